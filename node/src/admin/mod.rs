@@ -1,0 +1,191 @@
+//! The admin surface, served only on the node's local Unix socket (mode
+//! 0600 in a 0700 data directory): whoever can open it administers the node.
+
+use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::{OrgId, Peer, PeerAction};
+use crate::error::{Error, FieldError};
+use crate::peering;
+use crate::state::NodeState;
+use exitnet_proto::pb;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AdminApi {
+    state: Arc<NodeState>,
+}
+
+impl AdminApi {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+
+    pub fn into_service(self) -> pb::admin_service_server::AdminServiceServer<Self> {
+        pb::admin_service_server::AdminServiceServer::new(self)
+    }
+
+    fn view(&self, p: &Peer) -> Result<pb::PeerView, Error> {
+        let ours = self.state.fingerprint()?;
+        Ok(peer_view(p, &ours))
+    }
+}
+
+pub fn peer_view(p: &Peer, our_fingerprint: &str) -> pb::PeerView {
+    pb::PeerView {
+        profile: Some(p.profile.to_pb()),
+        state: p.state.to_pb() as i32,
+        awaiting: match p.awaiting {
+            crate::domain::Awaiting::Local => pb::Awaiting::Local,
+            crate::domain::Awaiting::Remote => pb::Awaiting::Remote,
+            crate::domain::Awaiting::None => pb::Awaiting::None,
+        } as i32,
+        remote_state: p.remote_state.map(|s| s.to_pb() as i32).unwrap_or(0),
+        endpoint: p.endpoint.clone(),
+        key_fingerprint: p.key_fingerprint.clone(),
+        verification_code: peering::verification_code(our_fingerprint, &p.key_fingerprint),
+        created_at: Some(to_timestamp(p.created_at_ms)),
+        updated_at: Some(to_timestamp(p.updated_at_ms)),
+        last_seen_at: p.last_seen_at_ms.map(to_timestamp),
+        pending_notices: u32::try_from(p.pending_notices).unwrap_or(u32::MAX),
+    }
+}
+
+fn org(field: &str, s: &str) -> Result<OrgId, Error> {
+    Ok(OrgId::parse(field, s)?)
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    async fn get_identity(
+        &self,
+        _: Request<pb::GetIdentityRequest>,
+    ) -> Result<Response<pb::GetIdentityResponse>, Status> {
+        let identity = self.state.identity().map_err(Error::from)?;
+        let now = now_ms();
+        let mut keys = vec![pb::KeyView {
+            fingerprint: identity.current().fingerprint().to_owned(),
+            created_at: Some(to_timestamp(identity.current_created_at_ms())),
+            valid_until: None,
+        }];
+        keys.extend(identity.retired(now).map(|r| pb::KeyView {
+            fingerprint: r.key.fingerprint().to_owned(),
+            created_at: Some(to_timestamp(r.created_at_ms)),
+            valid_until: Some(to_timestamp(r.valid_until_ms)),
+        }));
+        Ok(Response::new(pb::GetIdentityResponse {
+            profile: Some(self.state.profile().to_pb()),
+            key_fingerprint: identity.current().fingerprint().to_owned(),
+            endpoint: self.state.advertised_endpoint(),
+            keys,
+        }))
+    }
+
+    async fn rotate_identity(
+        &self,
+        _: Request<pb::RotateIdentityRequest>,
+    ) -> Result<Response<pb::RotateIdentityResponse>, Status> {
+        let r = peering::rotate_key(&self.state).await?;
+        Ok(Response::new(pb::RotateIdentityResponse {
+            new_fingerprint: r.new_fingerprint,
+            old_fingerprint: r.old_fingerprint,
+            old_key_valid_until: Some(to_timestamp(r.old_valid_until_ms)),
+            peers_notified: r.peers_notified,
+        }))
+    }
+
+    async fn create_invitation(
+        &self,
+        request: Request<pb::CreateInvitationRequest>,
+    ) -> Result<Response<pb::CreateInvitationResponse>, Status> {
+        let pb::CreateInvitationRequest {
+            expires_in_seconds,
+            endpoint,
+            note,
+        } = request.into_inner();
+        let created =
+            peering::create_invitation(&self.state, expires_in_seconds, Some(endpoint), note)
+                .await?;
+        Ok(Response::new(pb::CreateInvitationResponse {
+            code: created.code,
+            invitation_id: created.invitation_id,
+            expires_at: Some(to_timestamp(created.expires_at_ms)),
+        }))
+    }
+
+    async fn join_peer(
+        &self,
+        request: Request<pb::JoinPeerRequest>,
+    ) -> Result<Response<pb::JoinPeerResponse>, Status> {
+        let pb::JoinPeerRequest { code } = request.into_inner();
+        let peer = peering::join(&self.state, &code).await?;
+        Ok(Response::new(pb::JoinPeerResponse {
+            peer: Some(self.view(&peer)?),
+        }))
+    }
+
+    async fn list_peers(
+        &self,
+        _: Request<pb::AdminListPeersRequest>,
+    ) -> Result<Response<pb::AdminListPeersResponse>, Status> {
+        let peers = self.state.store.list_peers().await?;
+        let peers = peers
+            .iter()
+            .map(|p| self.view(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::AdminListPeersResponse { peers }))
+    }
+
+    async fn get_peer(
+        &self,
+        request: Request<pb::GetPeerRequest>,
+    ) -> Result<Response<pb::GetPeerResponse>, Status> {
+        let id = org("org_id", &request.into_inner().org_id)?;
+        let peer = self
+            .state
+            .store
+            .get_peer(&id)
+            .await?
+            .ok_or(Error::NotFound("peer"))?;
+        Ok(Response::new(pb::GetPeerResponse {
+            peer: Some(self.view(&peer)?),
+        }))
+    }
+
+    async fn set_peer_state(
+        &self,
+        request: Request<pb::SetPeerStateRequest>,
+    ) -> Result<Response<pb::SetPeerStateResponse>, Status> {
+        let pb::SetPeerStateRequest { org_id, action } = request.into_inner();
+        let id = org("org_id", &org_id)?;
+        let action = PeerAction::from_pb("action", action)?;
+        let peer = peering::decide(&self.state, &id, action).await?;
+        Ok(Response::new(pb::SetPeerStateResponse {
+            peer: Some(self.view(&peer)?),
+        }))
+    }
+
+    async fn list_security_events(
+        &self,
+        request: Request<pb::ListSecurityEventsRequest>,
+    ) -> Result<Response<pb::ListSecurityEventsResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n if n <= 10_000 => i64::from(n),
+            _ => return Err(Error::from(FieldError::new("limit", "at most 10000")).into()),
+        };
+        let events = self.state.store.security_events(limit).await?;
+        Ok(Response::new(pb::ListSecurityEventsResponse {
+            events: events
+                .into_iter()
+                .map(|e| pb::SecurityEvent {
+                    at: Some(to_timestamp(e.at_ms)),
+                    surface: e.surface,
+                    reason: e.reason,
+                    key_fingerprint: e.key_fingerprint.unwrap_or_default(),
+                    org_id: e.org_id.unwrap_or_default(),
+                    remote_addr: e.remote_addr.unwrap_or_default(),
+                    method: e.method.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}

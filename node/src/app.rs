@@ -1,0 +1,347 @@
+//! Builds a node from its configuration and runs it. `build` opens the store,
+//! loads the identity and binds every listener (so port 0 is resolved and
+//! reported before anything is served); `run_until_stopped` serves until the
+//! shutdown future completes, then stops gracefully within a deadline.
+
+use crate::admin::AdminApi;
+use crate::api::{DirectoryApi, NodeApi};
+use crate::config::Config;
+use crate::domain::{OrgId, OrgProfile};
+use crate::federation::FederationApi;
+use crate::identity::{Identity, create_private_dir, hex};
+use crate::peering;
+use crate::state::NodeState;
+use crate::telemetry::CallLog;
+use crate::tls;
+use anyhow::{Context, bail};
+use exitnet_proto::pb;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+/// How long in-flight calls may take to finish after a stop signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
+/// Longest time between HTTP/2 keepalive pings on idle connections.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+pub struct Application {
+    state: Arc<NodeState>,
+    api_listener: TcpListener,
+    federation_listener: TcpListener,
+    admin_listener: UnixListener,
+    api_addr: SocketAddr,
+    admin_socket: PathBuf,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("org_id", &self.state.org_id)
+            .field("api", &self.api_addr)
+            .field("federation", &self.state.federation_bound)
+            .finish()
+    }
+}
+
+/// The organisation ID: configured, or generated once and kept in the database.
+async fn resolve_org_id(config: &Config, store: &dyn crate::store::Store) -> anyhow::Result<OrgId> {
+    let stored = store.meta_get("org_id").await?;
+    let id = match (&config.org.id, stored) {
+        (Some(configured), Some(stored)) if configured != &stored => bail!(
+            "org.id is {configured} but this database belongs to {stored}; \
+             an organisation ID cannot change (peers pin it)"
+        ),
+        (Some(configured), _) => store.meta_init("org_id", configured).await?,
+        (None, Some(stored)) => stored,
+        (None, None) => {
+            let mut b = [0u8; 5];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            store
+                .meta_init("org_id", &format!("org-{}", hex(&b)))
+                .await?
+        }
+    };
+    Ok(OrgId::parse("org.id", &id)?)
+}
+
+fn profile_from_config(config: &Config, org_id: &OrgId) -> OrgProfile {
+    let o = &config.org;
+    let mut p = OrgProfile {
+        org_id: org_id.clone(),
+        name: o.name.clone().unwrap_or_else(|| org_id.to_string()),
+        sector: o.sector,
+        need_areas: o.need_areas.clone(),
+        services: o.services.clone(),
+        languages: o.languages.clone(),
+        settings: o.settings.clone(),
+        accepting_referrals: o.accepting_referrals,
+        updated_at_ms: 0,
+    };
+    p.need_areas.sort();
+    p.need_areas.dedup();
+    p.services.sort();
+    p.services.dedup();
+    p.settings.sort();
+    p.settings.dedup();
+    p.languages.sort();
+    p.languages.dedup();
+    p
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        create_private_dir(&config.data_dir)?;
+        let store = crate::store::open(&config.database_url()).await?;
+        let org_id = resolve_org_id(&config, store.as_ref()).await?;
+        let data_dir = config.data_dir.clone();
+        let id_for_key = org_id.to_string();
+        let identity =
+            tokio::task::spawn_blocking(move || Identity::load_or_create(&data_dir, &id_for_key))
+                .await
+                .context("identity task")??;
+        let current_key = tls::CurrentKey::new(identity.current().certified_key()?);
+
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+        let federation_listener = TcpListener::bind(config.federation.listen)
+            .await
+            .with_context(|| format!("binding federation.listen {}", config.federation.listen))?;
+        let admin_socket = config.admin_socket();
+        let admin_listener = bind_admin_socket(&admin_socket)?;
+        let api_addr = api_listener.local_addr()?;
+        let federation_bound = federation_listener.local_addr()?;
+
+        let profile = profile_from_config(&config, &org_id);
+        let state = Arc::new(NodeState {
+            config,
+            store,
+            identity: RwLock::new(identity),
+            current_key,
+            org_id,
+            profile: RwLock::new(profile),
+            federation_bound,
+            outbox_wake: tokio::sync::Notify::new(),
+        });
+        Ok(Self {
+            state,
+            api_listener,
+            federation_listener,
+            admin_listener,
+            api_addr,
+            admin_socket,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn federation_addr(&self) -> SocketAddr {
+        self.state.federation_bound
+    }
+
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    pub fn state(&self) -> Arc<NodeState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// in-flight calls finish (up to a deadline) and closes the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            state,
+            api_listener,
+            federation_listener,
+            admin_listener,
+            api_addr,
+            admin_socket,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(state.clone()))
+            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        let directory_svc = pb::directory_service_server::DirectoryServiceServer::new(
+            DirectoryApi::new(state.clone()),
+        )
+        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        health
+            .set_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
+            .await;
+        health
+            .set_serving::<pb::directory_service_server::DirectoryServiceServer<DirectoryApi>>()
+            .await;
+        health
+            .set_service_status(
+                crate::federation::SERVICE_NAME,
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+
+        let api_router = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .timeout(Duration::from_secs(60))
+            .layer(CallLog::new("client"))
+            .add_service(health_service.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(node_svc)
+            .add_service(directory_svc);
+        let api_task = match &state.config.api.tls {
+            Some(tls_cfg) => {
+                let cfg = tls::api_server_config(tls_cfg)?;
+                let incoming = tls::tls_incoming(
+                    api_listener,
+                    cfg,
+                    Duration::from_millis(state.config.federation.handshake_timeout_ms),
+                );
+                tokio::spawn(
+                    api_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                )
+            }
+            None => {
+                let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
+                tokio::spawn(
+                    api_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                )
+            }
+        };
+
+        let federation_incoming = tls::tls_incoming(
+            federation_listener,
+            tls::federation_server_config(state.current_key.clone())?,
+            Duration::from_millis(state.config.federation.handshake_timeout_ms),
+        );
+        let federation_task = tokio::spawn(
+            Server::builder()
+                .http2_keepalive_interval(Some(KEEPALIVE))
+                .timeout(Duration::from_secs(60))
+                .layer(CallLog::new("federation"))
+                .add_service(health_service.clone())
+                .add_service(FederationApi::new(state.clone()).into_service())
+                .serve_with_incoming_shutdown(federation_incoming, stopped(stop_rx.clone())),
+        );
+
+        let admin_incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
+        let admin_task = tokio::spawn(
+            Server::builder()
+                .layer(CallLog::new("admin"))
+                .add_service(health_service)
+                .add_service(AdminApi::new(state.clone()).into_service())
+                .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
+        );
+
+        let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
+        if let Err(e) = peering::announce_profile_if_changed(&state).await {
+            tracing::warn!(error = %e, "could not queue the profile for peers");
+        }
+
+        let listening = state.config.data_dir.join("listening.json");
+        let info = serde_json::json!({
+            "org_id": state.org_id.as_str(),
+            "api": api_addr.to_string(),
+            "federation": state.federation_bound.to_string(),
+            "admin_socket": admin_socket.display().to_string(),
+            "pid": std::process::id(),
+        });
+        crate::identity::write_private(&listening, info.to_string().as_bytes())?;
+        tracing::info!(
+            org_id = %state.org_id,
+            api = %api_addr,
+            federation = %state.federation_bound,
+            admin_socket = %admin_socket.display(),
+            backend = state.store.backend(),
+            "node is serving"
+        );
+
+        shutdown.await;
+        tracing::info!("stopping: no new calls, finishing in-flight ones");
+        health
+            .set_not_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
+            .await;
+        let _ = stop_tx.send(true);
+        let drain = async {
+            for (name, task) in [
+                ("client API", api_task),
+                ("federation", federation_task),
+                ("admin", admin_task),
+            ] {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(listener = name, error = %e, "listener ended with an error")
+                    }
+                    Err(e) => tracing::warn!(listener = name, error = %e, "listener task failed"),
+                }
+            }
+            let _ = outbox_task.await;
+        };
+        if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
+            tracing::warn!("in-flight calls did not finish in time; stopping anyway");
+        }
+        state.store.close().await;
+        let _ = std::fs::remove_file(&listening);
+        let _ = std::fs::remove_file(&admin_socket);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        create_private_dir(parent)?;
+    }
+    if path.exists() {
+        // A socket left by a node that died; refuse if one still answers.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another node is serving the admin socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,94 @@
+//! The `exitnet-node` command line.
+
+use crate::config::Config;
+use crate::identity::Identity;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "exitnet-node",
+    version,
+    about = "An Exitnet node: consent-scoped referrals between organisations in exit work"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node until SIGINT or SIGTERM.
+    Run {
+        /// TOML configuration file (also: EXITNET_CONFIG).
+        #[arg(long, env = "EXITNET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the organisation ID and the SHA-256 fingerprint of the node's key.
+    Identity {
+        #[arg(long, env = "EXITNET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted), or what is wrong.
+    Check {
+        #[arg(long, env = "EXITNET_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::load(config.map(|p| p.as_path()), &env)
+}
+
+/// Runs a parsed command; the exit code is the caller's to set.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = load(config.as_ref())?;
+            crate::telemetry::init(config.log.format);
+            let app = crate::Application::build(config).await?;
+            app.run_until_stopped(crate::app::shutdown_signal()).await
+        }
+        Command::Identity { config } => {
+            let config = load(config.as_ref())?;
+            crate::identity::create_private_dir(&config.data_dir)?;
+            let store = crate::store::open(&config.database_url()).await?;
+            let org_id = match (&config.org.id, store.meta_get("org_id").await?) {
+                (_, Some(stored)) => stored,
+                (Some(configured), None) => store.meta_init("org_id", configured).await?,
+                (None, None) => {
+                    anyhow::bail!("this node has not been started yet: run `exitnet-node run` once")
+                }
+            };
+            store.close().await;
+            let data_dir = config.data_dir.clone();
+            let id = org_id.clone();
+            let identity =
+                tokio::task::spawn_blocking(move || Identity::load_or_create(&data_dir, &id))
+                    .await
+                    .context("identity task")??;
+            println!("organisation: {org_id}");
+            println!("fingerprint:  {}", identity.current().fingerprint());
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let config = load(config.as_ref())?;
+            print!("{}", config.to_redacted_toml()?);
+            Ok(())
+        }
+    }
+}

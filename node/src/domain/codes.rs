@@ -1,0 +1,177 @@
+//! Code lists shared by every organisation (VOCABULARY.md). Each is a closed
+//! Rust enum with its wire value and its configuration name; an unknown or
+//! unspecified wire value is an invalid argument naming the field.
+
+use crate::error::FieldError;
+use exitnet_proto::pb;
+
+macro_rules! code_list {
+    ($(#[$meta:meta])* $name:ident => $pb:ident { $($var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($var),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// The name used in configuration files and JSON output.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some($name::$var),)+ _ => None }
+            }
+
+            pub fn to_pb(self) -> i32 {
+                match self { $($name::$var => pb::$pb::$var as i32),+ }
+            }
+
+            pub fn from_pb(field: &str, value: i32) -> Result<Self, FieldError> {
+                match pb::$pb::try_from(value) {
+                    $(Ok(pb::$pb::$var) => Ok($name::$var),)+
+                    _ => Err(FieldError::new(field, format!("unknown or unspecified value {value}"))),
+                }
+            }
+
+            /// Like `from_pb`, but the zero value means "none".
+            pub fn from_pb_optional(field: &str, value: i32) -> Result<Option<Self>, FieldError> {
+                if value == 0 { Ok(None) } else { Self::from_pb(field, value).map(Some) }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    serde::de::Error::custom(format!(
+                        "unknown value `{s}`, expected one of {}", names.join(", ")
+                    ))
+                })
+            }
+        }
+    };
+}
+
+code_list! {
+    /// Sector of a member organisation.
+    Sector => Sector {
+        Ngo = "ngo",
+        PrisonProbation = "prison_probation",
+        Police = "police",
+        MentalHealth = "mental_health",
+        SocialServices = "social_services",
+        Housing = "housing",
+        Employment = "employment",
+        Education = "education",
+        Health = "health",
+        OtherPublicBody = "other_public_body",
+    }
+}
+
+code_list! {
+    /// The five areas of needs (seed 001).
+    NeedArea => NeedArea {
+        FunctionalReintegration = "functional_reintegration",
+        SocialReintegration = "social_reintegration",
+        Cognitive = "cognitive",
+        MentalHealth = "mental_health",
+        Security = "security",
+    }
+}
+
+code_list! {
+    /// Services offered, grouped by need area.
+    Service => Service {
+        Housing = "housing",
+        Relocation = "relocation",
+        EmploymentSupport = "employment_support",
+        EducationSupport = "education_support",
+        TattooRemoval = "tattoo_removal",
+        FinancialAid = "financial_aid",
+        AdministrativeHelp = "administrative_help",
+        FamilySupport = "family_support",
+        ProSocialNetwork = "pro_social_network",
+        Mentoring = "mentoring",
+        IdentityWork = "identity_work",
+        IsolationStigma = "isolation_stigma",
+        AngerManagement = "anger_management",
+        CriticalThinking = "critical_thinking",
+        WorldView = "world_view",
+        IdeologyQuestioning = "ideology_questioning",
+        Dialogue = "dialogue",
+        TraumaPtsd = "trauma_ptsd",
+        SubstanceAbuse = "substance_abuse",
+        PsychiatricCare = "psychiatric_care",
+        Cbt = "cbt",
+        RetaliationRiskAssessment = "retaliation_risk_assessment",
+        SafetyPlanning = "safety_planning",
+        PoliceLiaison = "police_liaison",
+        ProtectedIdentity = "protected_identity",
+    }
+}
+
+code_list! {
+    /// Settings an organisation works in.
+    Setting => Setting {
+        Prison = "prison",
+        Probation = "probation",
+        Open = "open",
+        OpenWithJusticeLink = "open_with_justice_link",
+    }
+}
+
+impl Service {
+    /// The need area a service belongs to.
+    pub fn need_area(self) -> NeedArea {
+        use Service::*;
+        match self {
+            Housing | Relocation | EmploymentSupport | EducationSupport | TattooRemoval
+            | FinancialAid | AdministrativeHelp => NeedArea::FunctionalReintegration,
+            FamilySupport | ProSocialNetwork | Mentoring | IdentityWork | IsolationStigma
+            | AngerManagement => NeedArea::SocialReintegration,
+            CriticalThinking | WorldView | IdeologyQuestioning | Dialogue => NeedArea::Cognitive,
+            TraumaPtsd | SubstanceAbuse | PsychiatricCare | Cbt => NeedArea::MentalHealth,
+            RetaliationRiskAssessment | SafetyPlanning | PoliceLiaison | ProtectedIdentity => {
+                NeedArea::Security
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_wire_values_round_trip() {
+        for s in Service::ALL {
+            assert_eq!(Service::parse(s.as_str()), Some(*s));
+            assert_eq!(Service::from_pb("f", s.to_pb()), Ok(*s));
+        }
+        for s in Sector::ALL {
+            assert_eq!(Sector::from_pb("f", s.to_pb()), Ok(*s));
+        }
+    }
+
+    #[test]
+    fn unspecified_and_unknown_wire_values_name_the_field() {
+        let e = Sector::from_pb("profile.sector", 0).unwrap_err();
+        assert_eq!(e.field, "profile.sector");
+        assert!(Sector::from_pb("x", 999).is_err());
+        assert_eq!(NeedArea::from_pb_optional("x", 0), Ok(None));
+    }
+}

@@ -1,0 +1,195 @@
+//! A peering between this node and another organisation's node, and the
+//! rules for changing its state.
+
+use super::org::{OrgId, OrgProfile};
+use crate::error::{Error, FieldError};
+use exitnet_proto::pb;
+
+/// This side's view of a peering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    Pending,
+    Active,
+    Suspended,
+    Revoked,
+    Rejected,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Pending => "pending",
+            PeerState::Active => "active",
+            PeerState::Suspended => "suspended",
+            PeerState::Revoked => "revoked",
+            PeerState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => PeerState::Pending,
+            "active" => PeerState::Active,
+            "suspended" => PeerState::Suspended,
+            "revoked" => PeerState::Revoked,
+            "rejected" => PeerState::Rejected,
+            _ => return None,
+        })
+    }
+
+    pub fn to_pb(self) -> pb::PeerState {
+        match self {
+            PeerState::Pending => pb::PeerState::Pending,
+            PeerState::Active => pb::PeerState::Active,
+            PeerState::Suspended => pb::PeerState::Suspended,
+            PeerState::Revoked => pb::PeerState::Revoked,
+            PeerState::Rejected => pb::PeerState::Rejected,
+        }
+    }
+
+    pub fn from_pb(field: &str, v: i32) -> Result<Self, FieldError> {
+        match pb::PeerState::try_from(v) {
+            Ok(pb::PeerState::Pending) => Ok(PeerState::Pending),
+            Ok(pb::PeerState::Active) => Ok(PeerState::Active),
+            Ok(pb::PeerState::Suspended) => Ok(PeerState::Suspended),
+            Ok(pb::PeerState::Revoked) => Ok(PeerState::Revoked),
+            Ok(pb::PeerState::Rejected) => Ok(PeerState::Rejected),
+            _ => Err(FieldError::new(
+                field,
+                format!("unknown or unspecified value {v}"),
+            )),
+        }
+    }
+
+    /// Revoked and rejected peerings never come back.
+    pub fn is_final(self) -> bool {
+        matches!(self, PeerState::Revoked | PeerState::Rejected)
+    }
+}
+
+/// Whose approval a pending peering waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Awaiting {
+    /// This node's administrator (the peer joined through our invitation).
+    Local,
+    /// The other administrator (we joined through theirs).
+    Remote,
+    None,
+}
+
+impl Awaiting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Awaiting::Local => "local",
+            Awaiting::Remote => "remote",
+            Awaiting::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "local" => Awaiting::Local,
+            "remote" => Awaiting::Remote,
+            "none" => Awaiting::None,
+            _ => return None,
+        })
+    }
+}
+
+/// An administrator's decision about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAction {
+    Approve,
+    Reject,
+    Suspend,
+    Resume,
+    Revoke,
+}
+
+impl PeerAction {
+    pub fn from_pb(field: &str, v: i32) -> Result<Self, FieldError> {
+        match pb::PeerAction::try_from(v) {
+            Ok(pb::PeerAction::Approve) => Ok(PeerAction::Approve),
+            Ok(pb::PeerAction::Reject) => Ok(PeerAction::Reject),
+            Ok(pb::PeerAction::Suspend) => Ok(PeerAction::Suspend),
+            Ok(pb::PeerAction::Resume) => Ok(PeerAction::Resume),
+            Ok(pb::PeerAction::Revoke) => Ok(PeerAction::Revoke),
+            _ => Err(FieldError::new(
+                field,
+                format!("unknown or unspecified value {v}"),
+            )),
+        }
+    }
+
+    /// The state an action leads to from `current`, or why it may not be taken.
+    pub fn apply(self, current: PeerState, awaiting: Awaiting) -> Result<PeerState, Error> {
+        use PeerAction::*;
+        use PeerState::*;
+        let next = match (self, current) {
+            (Approve, Pending) if awaiting == Awaiting::Local => Active,
+            (Approve, Pending) => {
+                return Err(Error::FailedPrecondition(
+                    "this peering waits for the other administrator's approval".into(),
+                ));
+            }
+            (Reject, Pending) if awaiting == Awaiting::Local => Rejected,
+            (Suspend, Active) => Suspended,
+            (Resume, Suspended) => Active,
+            (Revoke, Pending | Active | Suspended) => Revoked,
+            (_, state) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "peer is {}; that action is not allowed",
+                    state.as_str()
+                )));
+            }
+        };
+        Ok(next)
+    }
+}
+
+/// A peer as this node records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Peer {
+    pub org_id: OrgId,
+    pub profile: OrgProfile,
+    pub state: PeerState,
+    pub awaiting: Awaiting,
+    /// What the other side last told us of its own view.
+    pub remote_state: Option<PeerState>,
+    pub endpoint: String,
+    /// Fingerprint of the peer's newest pinned key.
+    pub key_fingerprint: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub last_seen_at_ms: Option<i64>,
+    /// Notices queued for the peer and not yet delivered.
+    pub pending_notices: i64,
+}
+
+impl Peer {
+    /// Whether both administrators' decisions allow calls right now.
+    pub fn exchange_allowed(&self) -> bool {
+        self.state == PeerState::Active && self.remote_state == Some(PeerState::Active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_rules() {
+        use PeerAction::*;
+        use PeerState::*;
+        assert_eq!(Approve.apply(Pending, Awaiting::Local).unwrap(), Active);
+        assert!(Approve.apply(Pending, Awaiting::Remote).is_err());
+        assert_eq!(Suspend.apply(Active, Awaiting::None).unwrap(), Suspended);
+        assert_eq!(Resume.apply(Suspended, Awaiting::None).unwrap(), Active);
+        assert_eq!(Revoke.apply(Suspended, Awaiting::None).unwrap(), Revoked);
+        assert!(Resume.apply(Revoked, Awaiting::None).is_err());
+        assert!(Approve.apply(Revoked, Awaiting::None).is_err());
+        assert!(Reject.apply(Active, Awaiting::None).is_err());
+    }
+}

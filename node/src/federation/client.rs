@@ -1,0 +1,54 @@
+//! Calls to a peer: mutual TLS presenting one of our keys, accepting only
+//! the peer's pinned keys, with TCP_NODELAY and deadlines.
+
+use crate::identity::NodeKey;
+use anyhow::Context;
+use exitnet_proto::pb::federation_service_client::FederationServiceClient;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The name sent in SNI. Nodes are identified by key, not by name.
+const PEER_SERVER_NAME: &str = "peer.exitnet.invalid";
+
+pub async fn connect(
+    endpoint: &str,
+    ours: &NodeKey,
+    pinned: Vec<String>,
+    timeout: Duration,
+) -> anyhow::Result<FederationServiceClient<Channel>> {
+    crate::domain::endpoint_check("endpoint", endpoint)?;
+    let tls = Arc::new(crate::tls::peer_client_config(ours, pinned)?);
+    let connector = tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(7710);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(PEER_SERVER_NAME)
+                .map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+        .context("peer endpoint")?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("connecting to peer at {endpoint}"))?;
+    Ok(FederationServiceClient::new(channel)
+        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES))
+}

@@ -1,0 +1,226 @@
+//! The federation surface: the gRPC adapter for calls from other nodes.
+//! It authenticates the caller by the key it presented, then hands plain
+//! domain values to `peering`. Every refusal is recorded.
+
+pub mod client;
+
+use crate::domain::Peer;
+use crate::domain::time::now_ms;
+use crate::error::Error;
+use crate::identity::{fingerprint_spki, spki_from_cert};
+use crate::peering;
+use crate::state::NodeState;
+use crate::store::SecurityEvent;
+use exitnet_proto::pb;
+use std::sync::Arc;
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status};
+
+/// Largest message a peer may send or receive.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+pub struct FederationApi {
+    state: Arc<NodeState>,
+}
+
+impl FederationApi {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+
+    pub fn into_service(self) -> pb::federation_service_server::FederationServiceServer<Self> {
+        pb::federation_service_server::FederationServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// What the transport tells us about a caller.
+struct CallerInfo {
+    spki: Option<Vec<u8>>,
+    fingerprint: Option<String>,
+    /// The organisation a certificate names (`<org>.exitnet.invalid`); a
+    /// claim only, used to record "a known organisation with another key".
+    claimed_org: Option<String>,
+    remote: Option<String>,
+    method: &'static str,
+}
+
+fn caller_info<T>(req: &Request<T>, method: &'static str) -> CallerInfo {
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+    let remote = info
+        .and_then(|i| i.get_ref().remote_addr())
+        .map(|a| a.to_string());
+    let cert = info
+        .and_then(|i| i.peer_certs())
+        .and_then(|c| c.first().cloned());
+    let spki = cert.as_ref().and_then(|c| spki_from_cert(c).ok());
+    let claimed_org = cert.as_ref().and_then(|c| claimed_org(c));
+    CallerInfo {
+        fingerprint: spki.as_deref().map(fingerprint_spki),
+        spki,
+        claimed_org,
+        remote,
+        method,
+    }
+}
+
+fn claimed_org(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => {
+            d.strip_suffix(".exitnet.invalid").map(str::to_owned)
+        }
+        _ => None,
+    })
+}
+
+impl FederationApi {
+    async fn refuse(
+        &self,
+        info: &CallerInfo,
+        org: Option<String>,
+        reason: &str,
+        err: Error,
+    ) -> Status {
+        peering::record_refusal(
+            &self.state,
+            SecurityEvent {
+                at_ms: now_ms(),
+                surface: "federation".into(),
+                reason: reason.into(),
+                key_fingerprint: info.fingerprint.clone(),
+                org_id: org,
+                remote_addr: info.remote.clone(),
+                method: Some(info.method.into()),
+            },
+        )
+        .await;
+        err.into()
+    }
+
+    /// The approved peer that made this call, or a recorded refusal.
+    async fn authenticate(&self, info: &CallerInfo) -> Result<Peer, Status> {
+        let Some(fp) = &info.fingerprint else {
+            return Err(self
+                .refuse(
+                    info,
+                    None,
+                    "no_client_certificate",
+                    Error::Unauthenticated("a client certificate is required".into()),
+                )
+                .await);
+        };
+        let peer = match self.state.store.find_peer_by_key(fp, now_ms()).await {
+            Ok(p) => p,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(peer) = peer else {
+            // A known organisation presenting a key we never pinned (or one
+            // whose overlap has ended) is worth telling apart in the record.
+            let known = match &info.claimed_org {
+                Some(org) => match crate::domain::OrgId::parse("org", org) {
+                    Ok(id) => self
+                        .state
+                        .store
+                        .get_peer(&id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|p| p.org_id.to_string()),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let reason = if known.is_some() {
+                "key_mismatch_for_known_org"
+            } else {
+                "unknown_key"
+            };
+            return Err(self
+                .refuse(
+                    info,
+                    known,
+                    reason,
+                    Error::Unauthenticated("the presented key is not pinned for any peer".into()),
+                )
+                .await);
+        };
+        tracing::Span::current().record("peer", peer.org_id.as_str());
+        if let Err(reason) = peering::may_notify(&peer) {
+            let org = Some(peer.org_id.to_string());
+            return Err(self
+                .refuse(
+                    info,
+                    org,
+                    reason,
+                    Error::PermissionDenied(format!("refused: {reason}")),
+                )
+                .await);
+        }
+        Ok(peer)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::federation_service_server::FederationService for FederationApi {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let info = caller_info(&request, "Join");
+        let Some(spki) = info.spki.clone() else {
+            return Err(self
+                .refuse(
+                    &info,
+                    None,
+                    "no_client_certificate",
+                    Error::Unauthenticated("a client certificate is required".into()),
+                )
+                .await);
+        };
+        let req = request.into_inner();
+        let claimed = req.profile.as_ref().map(|p| p.org_id.clone());
+        match peering::accept_join(&self.state, &spki, req).await {
+            Ok(profile) => Ok(Response::new(pb::JoinResponse {
+                profile: Some(profile.to_pb()),
+                protocol_version: exitnet_proto::PROTOCOL_VERSION,
+            })),
+            Err(e) => {
+                let reason = peering::join_refusal_reason(&e, "join_failed");
+                let org = claimed.filter(|c| crate::domain::OrgId::parse("o", c).is_ok());
+                Err(self.refuse(&info, org, reason, e).await)
+            }
+        }
+    }
+
+    async fn notify(
+        &self,
+        request: Request<pb::NotifyRequest>,
+    ) -> Result<Response<pb::NotifyResponse>, Status> {
+        let info = caller_info(&request, "Notify");
+        let peer = self.authenticate(&info).await?;
+        let fp = info.fingerprint.clone().unwrap_or_default();
+        match peering::receive_notice(&self.state, &peer, &fp, request.into_inner()).await {
+            Ok(()) => {
+                let _ = self.state.store.touch_peer(&peer.org_id, now_ms()).await;
+                Ok(Response::new(pb::NotifyResponse {}))
+            }
+            Err(e @ Error::PermissionDenied(_)) => Err(self
+                .refuse(
+                    &info,
+                    Some(peer.org_id.to_string()),
+                    "notice_not_allowed",
+                    e,
+                )
+                .await),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The gRPC name of the federation service, for health reporting.
+pub const SERVICE_NAME: &str =
+    <pb::federation_service_server::FederationServiceServer<FederationApi> as NamedService>::NAME;

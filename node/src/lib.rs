@@ -1,0 +1,27 @@
+//! An Exitnet node: one organisation's server in the federated referral
+//! network. `main.rs` only parses the command line; everything is here.
+//!
+//! - `domain`: validated types and rules, free of gRPC and SQL.
+//! - `store`: the storage trait with SQLite and PostgreSQL backends.
+//! - `identity`, `tls`: the node's key, and mutual TLS pinned to peers' keys.
+//! - `peering`: invitations, joining, approval and the peer lifecycle.
+//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
+//! - `app`: builds the node, binds its listeners, runs until stopped.
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod federation;
+pub mod identity;
+pub mod peering;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+pub use app::Application;
+pub use config::Config;

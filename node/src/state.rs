@@ -1,0 +1,72 @@
+//! What every part of a running node shares.
+
+use crate::config::Config;
+use crate::domain::time::now_ms;
+use crate::domain::{OrgId, OrgProfile};
+use crate::identity::Identity;
+use crate::store::Store;
+use crate::tls::CurrentKey;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+pub struct NodeState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub identity: RwLock<Identity>,
+    /// The certificate the federation listener presents.
+    pub current_key: Arc<CurrentKey>,
+    pub org_id: OrgId,
+    pub profile: RwLock<OrgProfile>,
+    /// Where the federation listener is bound (port 0 resolved).
+    pub federation_bound: std::net::SocketAddr,
+    /// Wakes the notice sender when something was queued.
+    pub outbox_wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("org_id", &self.org_id)
+            .finish()
+    }
+}
+
+impl NodeState {
+    pub fn identity(&self) -> anyhow::Result<RwLockReadGuard<'_, Identity>> {
+        self.identity
+            .read()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))
+    }
+
+    pub fn fingerprint(&self) -> anyhow::Result<String> {
+        Ok(self.identity()?.current().fingerprint().to_owned())
+    }
+
+    pub fn profile(&self) -> OrgProfile {
+        match self.profile.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The federation endpoint peers are told to use.
+    pub fn advertised_endpoint(&self) -> String {
+        if let Some(a) = &self.config.federation.advertise {
+            return a.clone();
+        }
+        let addr = self.federation_bound;
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.federation.call_timeout_ms)
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}

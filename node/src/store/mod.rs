@@ -1,0 +1,196 @@
+//! Storage: one trait, a SQLite and a PostgreSQL implementation, each with its
+//! own migrations. The SQL both dialects share lives once, in `sql.rs`; what
+//! differs (connection set-up, transaction start) stays in the backend module.
+//!
+//! Every method that must change several rows together does so in one
+//! transaction; no transaction is ever held across a call to a peer.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use crate::config::DatabaseUrl;
+use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
+use crate::error::Result;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// An invitation as the inviter keeps it: the secret only as a hash.
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub expires_at_ms: i64,
+    pub note: String,
+    pub created_at_ms: i64,
+}
+
+/// A key pinned for a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerKey {
+    pub fingerprint: String,
+    pub spki_der: Vec<u8>,
+    pub added_at_ms: i64,
+    /// Unset while the key is the peer's current one.
+    pub valid_until_ms: Option<i64>,
+}
+
+/// A peer to record, with its first pinned key.
+#[derive(Debug, Clone)]
+pub struct NewPeer {
+    pub profile: OrgProfile,
+    pub state: PeerState,
+    pub awaiting: Awaiting,
+    pub remote_state: Option<PeerState>,
+    pub endpoint: String,
+    pub key: PeerKey,
+    pub now_ms: i64,
+}
+
+/// Why a join was refused. Each is recorded as a security event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    UnknownInvitation,
+    WrongSecret,
+    Expired,
+    AlreadyUsed,
+    OrgAlreadyPeered,
+    KeyAlreadyPinned,
+}
+
+impl JoinRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            JoinRefusal::UnknownInvitation => "invitation_unknown",
+            JoinRefusal::WrongSecret => "invitation_secret_wrong",
+            JoinRefusal::Expired => "invitation_expired",
+            JoinRefusal::AlreadyUsed => "invitation_used",
+            JoinRefusal::OrgAlreadyPeered => "org_already_peered",
+            JoinRefusal::KeyAlreadyPinned => "key_already_pinned",
+        }
+    }
+}
+
+/// A notice queued for a peer (outbox row).
+#[derive(Debug, Clone)]
+pub struct NewNotice {
+    pub notice_id: String,
+    pub org_id: OrgId,
+    /// Encoded `NotifyRequest`, exactly as it will be sent.
+    pub payload: Vec<u8>,
+    /// Fingerprint of our own key to present (a key rotation is announced
+    /// with the old key); unset means the current key.
+    pub present_key: Option<String>,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub id: i64,
+    pub notice_id: String,
+    pub org_id: OrgId,
+    pub payload: Vec<u8>,
+    pub present_key: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub created_at_ms: i64,
+}
+
+/// Changes to a peer that arrive together and must apply together.
+#[derive(Debug, Clone, Default)]
+pub struct PeerUpdate {
+    /// Apply only if the local state is still this one.
+    pub expected_state: Option<PeerState>,
+    pub state: Option<PeerState>,
+    pub awaiting: Option<Awaiting>,
+    pub remote_state: Option<PeerState>,
+    pub profile: Option<OrgProfile>,
+    pub add_key: Option<PeerKey>,
+    /// Retire every other current key of the peer at this time.
+    pub retire_other_keys_at_ms: Option<i64>,
+    /// Notices to queue in the same transaction.
+    pub notices: Vec<NewNotice>,
+    pub now_ms: i64,
+}
+
+/// A refused call, recorded without any payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SecurityEvent {
+    pub at_ms: i64,
+    pub surface: String,
+    pub reason: String,
+    pub key_fingerprint: Option<String>,
+    pub org_id: Option<String>,
+    pub remote_addr: Option<String>,
+    pub method: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend, for logs: "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+    /// Closes the connections (SQLite checkpoints its log).
+    async fn close(&self);
+
+    async fn meta_get(&self, key: &str) -> Result<Option<String>>;
+    /// Stores `value` under `key` unless a value is there; returns the value kept.
+    async fn meta_init(&self, key: &str, value: &str) -> Result<String>;
+    async fn meta_set(&self, key: &str, value: &str) -> Result<()>;
+
+    async fn create_invitation(&self, inv: &NewInvitation) -> Result<()>;
+    /// In one transaction: checks the invitation (known, secret, unexpired,
+    /// unused), marks it used and records the joiner as a pending peer.
+    async fn accept_join(
+        &self,
+        invitation_id: &str,
+        secret_hash: &[u8],
+        peer: &NewPeer,
+    ) -> Result<std::result::Result<(), JoinRefusal>>;
+
+    /// Records a peer we joined; replaces an earlier final (revoked or
+    /// rejected) record of the same organisation.
+    async fn insert_peer(&self, peer: &NewPeer) -> Result<()>;
+    async fn get_peer(&self, org: &OrgId) -> Result<Option<Peer>>;
+    async fn list_peers(&self) -> Result<Vec<Peer>>;
+    /// The peer that owns a key valid at `now_ms`.
+    async fn find_peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Result<Option<Peer>>;
+    /// Keys of a peer valid at `now_ms`, newest first.
+    async fn peer_keys(&self, org: &OrgId, now_ms: i64) -> Result<Vec<PeerKey>>;
+    /// Applies `update`; false (and nothing changed) if the expected state did not hold.
+    async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool>;
+    /// Like `update_peer`, once per `notice_id` from that peer: a repeated
+    /// notice changes nothing and returns false.
+    async fn apply_notice_once(
+        &self,
+        org: &OrgId,
+        notice_id: &str,
+        update: &PeerUpdate,
+    ) -> Result<bool>;
+    async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()>;
+
+    async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()>;
+    /// Undelivered notices, oldest first.
+    async fn undelivered_notices(&self, limit: i64) -> Result<Vec<Notice>>;
+    async fn notice_delivered(&self, id: i64, now_ms: i64) -> Result<()>;
+    async fn notice_failed(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<()>;
+    /// Gives up on a notice (the peering ended); kept for the record.
+    async fn notice_dropped(&self, id: i64, now_ms: i64, why: &str) -> Result<()>;
+
+    async fn record_security_event(&self, event: &SecurityEvent) -> Result<()>;
+    async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>>;
+}
+
+/// Opens the store the URL names and applies its migrations.
+pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Arc<dyn Store>> {
+    let u = url.expose();
+    if u.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(u).await?))
+    } else if u.starts_with("postgres:") || u.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(u).await?))
+    } else {
+        anyhow::bail!("database_url: unsupported scheme (use sqlite:// or postgres://)")
+    }
+}

@@ -1,0 +1,40 @@
+//! PostgreSQL backend: for larger organisations and for several replicas of
+//! one node. Migrations run under sqlx's advisory lock, so replicas that
+//! start together migrate once.
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: sqlx::PgPool,
+}
+
+impl PostgresStore {
+    const BACKEND: &'static str = "postgres";
+
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        // sqlx takes pg_advisory_lock around the migration run (Migrator::locking
+        // is on by default), so concurrent replicas wait rather than race.
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .context("migrating the PostgreSQL database")?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(
+        &self,
+    ) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+super::sql::impl_store!(PostgresStore, sqlx::Postgres);

@@ -1,0 +1,523 @@
+//! The SQL that SQLite and PostgreSQL share, written once and instantiated for
+//! each backend by `impl_store!`. Both schemas use the same table and column
+//! names and portable types (BIGINT milliseconds, TEXT, bytes), so these
+//! statements run unchanged on both; `$n` placeholders work in both dialects.
+
+/// Columns of a peer as `row_to_peer` reads them.
+pub(super) const PEER_SELECT: &str = "
+SELECT p.org_id, p.profile, p.state, p.awaiting, p.remote_state, p.endpoint,
+       p.created_at, p.updated_at, p.last_seen_at,
+       (SELECT k.fingerprint FROM peer_keys k WHERE k.org_id = p.org_id
+         ORDER BY k.added_at DESC, k.fingerprint LIMIT 1) AS key_fingerprint,
+       (SELECT COUNT(*) FROM peer_notices n WHERE n.org_id = p.org_id
+         AND n.delivered_at IS NULL AND n.dropped_at IS NULL) AS pending_notices
+FROM peers p";
+
+pub(super) fn row_to_peer<R>(row: &R) -> crate::error::Result<crate::domain::Peer>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
+    use anyhow::anyhow;
+    use prost::Message;
+    let org_id: String = row.try_get("org_id")?;
+    let profile: Vec<u8> = row.try_get("profile")?;
+    let profile = exitnet_proto::pb::OrgProfile::decode(profile.as_slice())
+        .map_err(|e| anyhow!("stored profile of {org_id}: {e}"))?;
+    let profile =
+        OrgProfile::from_pb(profile).map_err(|e| anyhow!("stored profile of {org_id}: {e}"))?;
+    let state: String = row.try_get("state")?;
+    let awaiting: String = row.try_get("awaiting")?;
+    let remote_state: Option<String> = row.try_get("remote_state")?;
+    let bad = |what: &str| anyhow!("stored peer {org_id}: bad {what}");
+    Ok(Peer {
+        org_id: OrgId::parse("org_id", &org_id).map_err(|_| bad("org_id"))?,
+        profile,
+        state: PeerState::parse(&state).ok_or_else(|| bad("state"))?,
+        awaiting: Awaiting::parse(&awaiting).ok_or_else(|| bad("awaiting"))?,
+        remote_state: match remote_state {
+            Some(s) => Some(PeerState::parse(&s).ok_or_else(|| bad("remote_state"))?),
+            None => None,
+        },
+        endpoint: row.try_get("endpoint")?,
+        key_fingerprint: row
+            .try_get::<Option<String>, _>("key_fingerprint")?
+            .unwrap_or_default(),
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        last_seen_at_ms: row.try_get("last_seen_at")?,
+        pending_notices: row.try_get("pending_notices")?,
+    })
+}
+
+pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
+    use prost::Message;
+    p.to_pb().encode_to_vec()
+}
+
+/// Implements `Store` for a backend type with a `pool` field and an inherent
+/// `begin_write()` that starts a transaction able to write.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        use $crate::domain::{OrgId, Peer, PeerState};
+        use $crate::error::Result;
+        use $crate::store::sql::{PEER_SELECT, encode_profile, row_to_peer};
+        use $crate::store::{
+            JoinRefusal, NewInvitation, NewNotice, NewPeer, Notice, PeerKey, PeerUpdate,
+            SecurityEvent, Store,
+        };
+        use sqlx::Row;
+
+        type Tx = sqlx::Transaction<'static, $db>;
+
+        async fn insert_notices(tx: &mut Tx, notices: &[NewNotice]) -> Result<()> {
+            for n in notices {
+                sqlx::query(
+                    "INSERT INTO peer_notices (notice_id, org_id, payload, present_key, created_at, attempts, next_attempt_at)
+                     VALUES ($1, $2, $3, $4, $5, 0, $5)",
+                )
+                .bind(&n.notice_id)
+                .bind(n.org_id.as_str())
+                .bind(&n.payload)
+                .bind(&n.present_key)
+                .bind(n.now_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        async fn insert_peer_rows(tx: &mut Tx, peer: &NewPeer) -> Result<()> {
+            // An earlier, final peering of the same organisation gives way.
+            sqlx::query("DELETE FROM peers WHERE org_id = $1 AND state IN ('revoked', 'rejected')")
+                .bind(peer.profile.org_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO peers (org_id, profile, state, awaiting, remote_state, endpoint, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(peer.profile.org_id.as_str())
+            .bind(encode_profile(&peer.profile))
+            .bind(peer.state.as_str())
+            .bind(peer.awaiting.as_str())
+            .bind(peer.remote_state.map(PeerState::as_str))
+            .bind(&peer.endpoint)
+            .bind(peer.now_ms)
+            .execute(&mut **tx)
+            .await?;
+            insert_key(tx, peer.profile.org_id.as_str(), &peer.key).await
+        }
+
+        async fn insert_key(tx: &mut Tx, org: &str, key: &PeerKey) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO peer_keys (fingerprint, org_id, spki, added_at, valid_until)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&key.fingerprint)
+            .bind(org)
+            .bind(&key.spki_der)
+            .bind(key.added_at_ms)
+            .bind(key.valid_until_ms)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// The live (non-final) peer that has pinned this key, if any.
+        async fn live_owner_of_key(tx: &mut Tx, fingerprint: &str) -> Result<Option<String>> {
+            let row = sqlx::query(
+                "SELECT p.org_id FROM peer_keys k JOIN peers p ON p.org_id = k.org_id
+                 WHERE k.fingerprint = $1 AND p.state NOT IN ('revoked', 'rejected')",
+            )
+            .bind(fingerprint)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Ok(row.map(|r| r.try_get("org_id")).transpose()?)
+        }
+
+        async fn live_peer_exists(tx: &mut Tx, org: &str) -> Result<bool> {
+            let row = sqlx::query(
+                "SELECT 1 AS one FROM peers WHERE org_id = $1 AND state NOT IN ('revoked', 'rejected')",
+            )
+            .bind(org)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Ok(row.is_some())
+        }
+
+        async fn apply_update(tx: &mut Tx, org: &OrgId, u: &PeerUpdate) -> Result<bool> {
+            let current = sqlx::query("SELECT state FROM peers WHERE org_id = $1")
+                .bind(org.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let current: String = current.try_get("state")?;
+            if let Some(expected) = u.expected_state {
+                if current != expected.as_str() {
+                    return Ok(false);
+                }
+            }
+            sqlx::query(
+                "UPDATE peers SET state = COALESCE($1, state), awaiting = COALESCE($2, awaiting),
+                        remote_state = COALESCE($3, remote_state), profile = COALESCE($4, profile),
+                        updated_at = $5
+                 WHERE org_id = $6",
+            )
+            .bind(u.state.map(PeerState::as_str))
+            .bind(u.awaiting.map(|a| a.as_str()))
+            .bind(u.remote_state.map(PeerState::as_str))
+            .bind(u.profile.as_ref().map(encode_profile))
+            .bind(u.now_ms)
+            .bind(org.as_str())
+            .execute(&mut **tx)
+            .await?;
+            if let Some(key) = &u.add_key {
+                if let Some(at) = u.retire_other_keys_at_ms {
+                    sqlx::query(
+                        "UPDATE peer_keys SET valid_until = $1
+                         WHERE org_id = $2 AND fingerprint <> $3 AND (valid_until IS NULL OR valid_until > $1)",
+                    )
+                    .bind(at)
+                    .bind(org.as_str())
+                    .bind(&key.fingerprint)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                insert_key(tx, org.as_str(), key).await?;
+            }
+            insert_notices(tx, &u.notices).await?;
+            Ok(true)
+        }
+
+        fn row_to_notice(r: &<$db as sqlx::Database>::Row) -> Result<Notice> {
+            let org: String = r.try_get("org_id")?;
+            Ok(Notice {
+                id: r.try_get("id")?,
+                notice_id: r.try_get("notice_id")?,
+                org_id: OrgId::parse("org_id", &org)
+                    .map_err(|e| anyhow::anyhow!("stored notice: {e}"))?,
+                payload: r.try_get("payload")?,
+                present_key: r.try_get("present_key")?,
+                attempts: r.try_get("attempts")?,
+                next_attempt_at_ms: r.try_get("next_attempt_at")?,
+                created_at_ms: r.try_get("created_at")?,
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                Self::BACKEND
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+                let row = sqlx::query("SELECT value FROM node_meta WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get("value")).transpose()?)
+            }
+
+            async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO node_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                let kept: String = sqlx::query("SELECT value FROM node_meta WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("value")?;
+                tx.commit().await?;
+                Ok(kept)
+            }
+
+            async fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO node_meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn create_invitation(&self, inv: &NewInvitation) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO invitations (id, secret_hash, expires_at, note, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&inv.id)
+                .bind(&inv.secret_hash)
+                .bind(inv.expires_at_ms)
+                .bind(&inv.note)
+                .bind(inv.created_at_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn accept_join(
+                &self,
+                invitation_id: &str,
+                secret_hash: &[u8],
+                peer: &NewPeer,
+            ) -> Result<std::result::Result<(), JoinRefusal>> {
+                use subtle::ConstantTimeEq;
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query("SELECT secret_hash, expires_at, used_at FROM invitations WHERE id = $1")
+                    .bind(invitation_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(Err(JoinRefusal::UnknownInvitation));
+                };
+                let stored: Vec<u8> = row.try_get("secret_hash")?;
+                if !bool::from(stored.as_slice().ct_eq(secret_hash)) {
+                    return Ok(Err(JoinRefusal::WrongSecret));
+                }
+                let used_at: Option<i64> = row.try_get("used_at")?;
+                if used_at.is_some() {
+                    return Ok(Err(JoinRefusal::AlreadyUsed));
+                }
+                let expires_at: i64 = row.try_get("expires_at")?;
+                if expires_at <= peer.now_ms {
+                    return Ok(Err(JoinRefusal::Expired));
+                }
+                if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
+                    return Ok(Err(JoinRefusal::OrgAlreadyPeered));
+                }
+                if live_owner_of_key(&mut tx, &peer.key.fingerprint).await?.is_some() {
+                    return Ok(Err(JoinRefusal::KeyAlreadyPinned));
+                }
+                sqlx::query("UPDATE invitations SET used_at = $1, used_by = $2 WHERE id = $3")
+                    .bind(peer.now_ms)
+                    .bind(peer.profile.org_id.as_str())
+                    .bind(invitation_id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_peer_rows(&mut tx, peer).await?;
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+
+            async fn insert_peer(&self, peer: &NewPeer) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
+                    return Err($crate::error::Error::AlreadyExists(format!(
+                        "peer {} is already recorded",
+                        peer.profile.org_id
+                    )));
+                }
+                if live_owner_of_key(&mut tx, &peer.key.fingerprint).await?.is_some() {
+                    return Err($crate::error::Error::AlreadyExists(
+                        "that key is already pinned for another peer".into(),
+                    ));
+                }
+                insert_peer_rows(&mut tx, peer).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_peer(&self, org: &OrgId) -> Result<Option<Peer>> {
+                let sql = sqlx::AssertSqlSafe(format!("{PEER_SELECT} WHERE p.org_id = $1"));
+                let row = sqlx::query(sql)
+                    .bind(org.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(row_to_peer).transpose()
+            }
+
+            async fn list_peers(&self) -> Result<Vec<Peer>> {
+                let sql = sqlx::AssertSqlSafe(format!("{PEER_SELECT} ORDER BY p.org_id"));
+                let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_peer).collect()
+            }
+
+            async fn find_peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Result<Option<Peer>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "{PEER_SELECT} JOIN peer_keys pk ON pk.org_id = p.org_id
+                     WHERE pk.fingerprint = $1 AND (pk.valid_until IS NULL OR pk.valid_until > $2)"
+                ));
+                let row = sqlx::query(sql)
+                    .bind(fingerprint)
+                    .bind(now_ms)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(row_to_peer).transpose()
+            }
+
+            async fn peer_keys(&self, org: &OrgId, now_ms: i64) -> Result<Vec<PeerKey>> {
+                let rows = sqlx::query(
+                    "SELECT fingerprint, spki, added_at, valid_until FROM peer_keys
+                     WHERE org_id = $1 AND (valid_until IS NULL OR valid_until > $2)
+                     ORDER BY added_at DESC, fingerprint",
+                )
+                .bind(org.as_str())
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PeerKey {
+                            fingerprint: r.try_get("fingerprint")?,
+                            spki_der: r.try_get("spki")?,
+                            added_at_ms: r.try_get("added_at")?,
+                            valid_until_ms: r.try_get("valid_until")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let applied = apply_update(&mut tx, org, update).await?;
+                if applied {
+                    tx.commit().await?;
+                }
+                Ok(applied)
+            }
+
+            async fn apply_notice_once(&self, org: &OrgId, notice_id: &str, update: &PeerUpdate) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let fresh = sqlx::query(
+                    "INSERT INTO seen_notices (org_id, notice_id, received_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (org_id, notice_id) DO NOTHING",
+                )
+                .bind(org.as_str())
+                .bind(notice_id)
+                .bind(update.now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !fresh {
+                    return Ok(false);
+                }
+                // A notice that no longer fits the state is remembered as seen and ignored.
+                let applied = apply_update(&mut tx, org, update).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+
+            async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()> {
+                sqlx::query("UPDATE peers SET last_seen_at = $1 WHERE org_id = $2")
+                    .bind(now_ms)
+                    .bind(org.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                insert_notices(&mut tx, notices).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn undelivered_notices(&self, limit: i64) -> Result<Vec<Notice>> {
+                let rows = sqlx::query(
+                    "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at
+                     FROM peer_notices WHERE delivered_at IS NULL AND dropped_at IS NULL
+                     ORDER BY id LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(row_to_notice).collect()
+            }
+
+            async fn notice_delivered(&self, id: i64, now_ms: i64) -> Result<()> {
+                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn notice_failed(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<()> {
+                sqlx::query(
+                    "UPDATE peer_notices SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2
+                     WHERE id = $3",
+                )
+                .bind(next_attempt_at_ms)
+                .bind(error)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn notice_dropped(&self, id: i64, now_ms: i64, why: &str) -> Result<()> {
+                sqlx::query("UPDATE peer_notices SET dropped_at = $1, last_error = $2 WHERE id = $3")
+                    .bind(now_ms)
+                    .bind(why)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_security_event(&self, e: &SecurityEvent) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO security_events (at, surface, reason, key_fingerprint, org_id, remote_addr, method)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(e.at_ms)
+                .bind(&e.surface)
+                .bind(&e.reason)
+                .bind(&e.key_fingerprint)
+                .bind(&e.org_id)
+                .bind(&e.remote_addr)
+                .bind(&e.method)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>> {
+                let rows = sqlx::query(
+                    "SELECT at, surface, reason, key_fingerprint, org_id, remote_addr, method
+                     FROM security_events ORDER BY id DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(SecurityEvent {
+                            at_ms: r.try_get("at")?,
+                            surface: r.try_get("surface")?,
+                            reason: r.try_get("reason")?,
+                            key_fingerprint: r.try_get("key_fingerprint")?,
+                            org_id: r.try_get("org_id")?,
+                            remote_addr: r.try_get("remote_addr")?,
+                            method: r.try_get("method")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+pub(super) use impl_store;

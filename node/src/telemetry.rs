@@ -1,0 +1,108 @@
+//! Logs and per-call spans. A span carries the surface, the method, the peer
+//! or caller, the status and the duration: never a field of a message.
+
+use crate::config::LogFormat;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::codegen::http;
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: text on a terminal, JSON when configured;
+/// `RUST_LOG` overrides the default level (info). Logs go to stderr.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A tower layer that wraps every gRPC call in a span and logs its outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLog {
+    surface: &'static str,
+}
+
+impl CallLog {
+    pub fn new(surface: &'static str) -> Self {
+        Self { surface }
+    }
+}
+
+impl<S> tower::Layer<S> for CallLog {
+    type Service = CallLogService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLogService {
+            inner,
+            surface: self.surface,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallLogService<S> {
+    inner: S,
+    surface: &'static str,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for CallLogService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The path is /package.Service/Method: fixed names, no content.
+        let method = req.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "call",
+            surface = self.surface,
+            method = %method,
+            peer = tracing::field::Empty,
+            caller = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let result = fut.await;
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                match &result {
+                    Ok(resp) => {
+                        // Errors come as trailers-only responses with the status
+                        // in the headers; a successful unary call ends with 0.
+                        let status = resp
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("0")
+                            .to_owned();
+                        if status == "0" {
+                            tracing::debug!(status = %status, ms = format!("{ms:.2}"), "call");
+                        } else {
+                            tracing::info!(status = %status, ms = format!("{ms:.2}"), "call");
+                        }
+                    }
+                    Err(_) => tracing::warn!(ms = format!("{ms:.2}"), "call failed in transport"),
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
