@@ -174,7 +174,8 @@ impl NodeKey {
         Ok(())
     }
 
-    fn read(dir: &Path, fingerprint: &str) -> anyhow::Result<Self> {
+    /// Reads a key by fingerprint from an identity directory.
+    pub fn read(dir: &Path, fingerprint: &str) -> anyhow::Result<Self> {
         let stem = fingerprint
             .get(..16)
             .ok_or_else(|| anyhow!("bad fingerprint in identity state"))?;

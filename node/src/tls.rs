@@ -186,18 +186,22 @@ pub fn federation_server_config(current: Arc<CurrentKey>) -> anyhow::Result<rust
 }
 
 /// TLS for calls to a peer: present `ours`, accept only the pinned keys.
+/// Without a key of ours (only probes and tests do that) no certificate is sent.
 pub fn peer_client_config(
-    ours: &crate::identity::NodeKey,
+    ours: Option<&crate::identity::NodeKey>,
     pinned: Vec<String>,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
             pinned,
             algs: algorithms(),
-        }))
-        .with_client_auth_cert(vec![ours.cert_der()], ours.private_key_der())?;
+        }));
+    let mut cfg = match ours {
+        Some(k) => builder.with_client_auth_cert(vec![k.cert_der()], k.private_key_der())?,
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }

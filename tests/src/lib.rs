@@ -1,1 +1,9 @@
+//! The test kit: starts real `exitnet-node` processes on port 0 with
+//! temporary data directories, on SQLite or on a fresh PostgreSQL database
+//! each, waits for them by polling, and drives them with `exitnetctl`.
 
+pub mod db;
+pub mod node;
+
+pub use db::{Backend, TestDatabase};
+pub use node::{CtlOutput, NodeProcess, NodeSpec, binary, wait_until};

@@ -15,7 +15,7 @@ const PEER_SERVER_NAME: &str = "peer.exitnet.invalid";
 
 pub async fn connect(
     endpoint: &str,
-    ours: &NodeKey,
+    ours: Option<&NodeKey>,
     pinned: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<FederationServiceClient<Channel>> {

@@ -170,7 +170,7 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
         let ours = state.identity()?.current().clone_key()?;
         crate::federation::client::connect(
             &inv.endpoint,
-            &ours,
+            Some(&ours),
             vec![inv.key_fingerprint.clone()],
             state.call_timeout(),
         )

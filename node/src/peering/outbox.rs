@@ -89,7 +89,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
     let first = queue.first().map(|n| n.attempts).unwrap_or(0);
     let mut client = match crate::federation::client::connect(
         &peer.endpoint,
-        &ours,
+        Some(&ours),
         pinned,
         state.call_timeout(),
     )

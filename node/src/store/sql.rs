@@ -153,24 +153,14 @@ macro_rules! impl_store {
         }
 
         async fn apply_update(tx: &mut Tx, org: &OrgId, u: &PeerUpdate) -> Result<bool> {
-            let current = sqlx::query("SELECT state FROM peers WHERE org_id = $1")
-                .bind(org.as_str())
-                .fetch_optional(&mut **tx)
-                .await?;
-            let Some(current) = current else {
-                return Ok(false);
-            };
-            let current: String = current.try_get("state")?;
-            if let Some(expected) = u.expected_state {
-                if current != expected.as_str() {
-                    return Ok(false);
-                }
-            }
-            sqlx::query(
+            // The expected state is part of the UPDATE's condition, so two
+            // concurrent decisions cannot both apply (the row lock serialises
+            // them on PostgreSQL; BEGIN IMMEDIATE does on SQLite).
+            let updated = sqlx::query(
                 "UPDATE peers SET state = COALESCE($1, state), awaiting = COALESCE($2, awaiting),
                         remote_state = COALESCE($3, remote_state), profile = COALESCE($4, profile),
                         updated_at = $5
-                 WHERE org_id = $6",
+                 WHERE org_id = $6 AND state = COALESCE($7, state)",
             )
             .bind(u.state.map(PeerState::as_str))
             .bind(u.awaiting.map(|a| a.as_str()))
@@ -178,8 +168,13 @@ macro_rules! impl_store {
             .bind(u.profile.as_ref().map(encode_profile))
             .bind(u.now_ms)
             .bind(org.as_str())
+            .bind(u.expected_state.map(PeerState::as_str))
             .execute(&mut **tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Ok(false);
+            }
             if let Some(key) = &u.add_key {
                 if let Some(at) = u.retire_other_keys_at_ms {
                     sqlx::query(
@@ -307,12 +302,20 @@ macro_rules! impl_store {
                 if live_owner_of_key(&mut tx, &peer.key.fingerprint).await?.is_some() {
                     return Ok(Err(JoinRefusal::KeyAlreadyPinned));
                 }
-                sqlx::query("UPDATE invitations SET used_at = $1, used_by = $2 WHERE id = $3")
-                    .bind(peer.now_ms)
-                    .bind(peer.profile.org_id.as_str())
-                    .bind(invitation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                // Conditional on still being unused: of concurrent joins with
+                // one invitation, exactly one marks it.
+                let marked = sqlx::query(
+                    "UPDATE invitations SET used_at = $1, used_by = $2 WHERE id = $3 AND used_at IS NULL",
+                )
+                .bind(peer.now_ms)
+                .bind(peer.profile.org_id.as_str())
+                .bind(invitation_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if marked != 1 {
+                    return Ok(Err(JoinRefusal::AlreadyUsed));
+                }
                 insert_peer_rows(&mut tx, peer).await?;
                 tx.commit().await?;
                 Ok(Ok(()))

@@ -1,0 +1,150 @@
+//! Command-line options (clap). Execution lives in `run`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "exitnetctl",
+    version,
+    about = "Administer an Exitnet node over its local admin socket"
+)]
+pub struct Opts {
+    /// The node's admin socket.
+    #[arg(
+        long,
+        global = true,
+        env = "EXITNET_ADMIN_SOCKET",
+        default_value = "./exitnet-data/admin.sock"
+    )]
+    pub socket: PathBuf,
+    /// Output for people (table) or for scripts (json).
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        env = "EXITNET_OUTPUT",
+        default_value = "table"
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// This node's identity and key.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// Peers: invitations, joining, approval and the lifecycle.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// Refused calls recorded by the node (who, when, why).
+    Security {
+        #[command(subcommand)]
+        command: SecurityCommand,
+    },
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Organisation, key fingerprint and federation endpoint.
+    Show,
+    /// Make a new key; peers are told and accept the old one for the overlap.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Create a single-use invitation code to give another administrator.
+    Invite {
+        /// Lifetime, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires: u64,
+        /// Federation endpoint (host:port) to put in the code.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// A note for your own records (not in the code).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Join the node that issued CODE; this is your approval of the peering.
+    Join { code: String },
+    /// All peers with their states and verification codes.
+    List,
+    /// One peer in full, with the verification code to read aloud.
+    Show { org: String },
+    /// Approve a pending join request.
+    Approve { org: String },
+    /// Refuse a pending join request.
+    Reject { org: String },
+    /// Pause the peering; every new call in both directions is refused.
+    Suspend { org: String },
+    /// Resume a suspended peering.
+    Resume { org: String },
+    /// End the peering for good.
+    Revoke { org: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecurityCommand {
+    /// The most recent refused calls.
+    Events {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` (or plain seconds) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30m, 24h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(86400));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("7d"), Ok(604800));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn options_are_consistent() {
+        use clap::CommandFactory;
+        Opts::command().debug_assert();
+    }
+}

@@ -1,0 +1,351 @@
+//! Carries out a parsed command against the node's admin socket.
+
+use crate::client;
+use crate::opts::{Command, IdentityCommand, Opts, Output, PeerCommand, SecurityCommand};
+use crate::output::{self, fields, peer_json, short_fp, table, timestamp};
+use exitnet_proto::pb;
+use serde_json::{Value, json};
+use std::io::Write;
+
+/// Turns a gRPC status into one line for the administrator.
+fn status_line(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+fn ts_text(v: Value) -> String {
+    v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into())
+}
+
+/// Runs one command, writing its result to `out`.
+pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
+    let json_out = opts.output == Output::Json;
+    if let Command::Completions { shell } = opts.command {
+        use clap::CommandFactory;
+        let mut cmd = Opts::command();
+        clap_complete::generate(shell, &mut cmd, "exitnetctl", out);
+        return Ok(());
+    }
+    let mut admin = client::connect(&opts.socket).await?;
+    match opts.command {
+        Command::Completions { .. } => {}
+        Command::Identity {
+            command: IdentityCommand::Show,
+        } => {
+            let r = admin
+                .get_identity(pb::GetIdentityRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let p = r.profile.clone().unwrap_or_default();
+            if json_out {
+                let mut v = output::profile_json(&p);
+                if let Value::Object(m) = &mut v {
+                    m.insert("key_fingerprint".into(), json!(r.key_fingerprint));
+                    m.insert("endpoint".into(), json!(r.endpoint));
+                    m.insert(
+                        "keys".into(),
+                        json!(
+                            r.keys
+                                .iter()
+                                .map(|k| json!({
+                                    "fingerprint": k.fingerprint,
+                                    "created_at": timestamp(k.created_at.as_ref()),
+                                    "valid_until": timestamp(k.valid_until.as_ref()),
+                                }))
+                                .collect::<Vec<_>>()
+                        ),
+                    );
+                }
+                writeln!(out, "{v}")?;
+            } else {
+                write!(
+                    out,
+                    "{}",
+                    fields(&[
+                        ("organisation", p.org_id.clone()),
+                        ("name", p.name.clone()),
+                        ("sector", output::sector(p.sector)),
+                        ("endpoint", r.endpoint.clone()),
+                        ("fingerprint", r.key_fingerprint.clone()),
+                    ])
+                )?;
+                for k in r.keys.iter().skip(1) {
+                    writeln!(
+                        out,
+                        "old key      {} accepted until {}",
+                        k.fingerprint,
+                        ts_text(timestamp(k.valid_until.as_ref()))
+                    )?;
+                }
+            }
+        }
+        Command::Identity {
+            command: IdentityCommand::Rotate,
+        } => {
+            let r = admin
+                .rotate_identity(pb::RotateIdentityRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let until = timestamp(r.old_key_valid_until.as_ref());
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "new_fingerprint": r.new_fingerprint,
+                        "old_fingerprint": r.old_fingerprint,
+                        "old_key_valid_until": until,
+                        "peers_notified": r.peers_notified,
+                    })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "new key {}\nold key {} stays valid until {}\nannouncement queued for {} peer(s)",
+                    r.new_fingerprint,
+                    r.old_fingerprint,
+                    ts_text(until),
+                    r.peers_notified
+                )?;
+            }
+        }
+        Command::Peer { command } => peer(&mut admin, command, json_out, out).await?,
+        Command::Security {
+            command: SecurityCommand::Events { limit },
+        } => {
+            let r = admin
+                .list_security_events(pb::ListSecurityEventsRequest { limit })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = r
+                    .events
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "at": timestamp(e.at.as_ref()),
+                            "surface": e.surface,
+                            "reason": e.reason,
+                            "key_fingerprint": e.key_fingerprint,
+                            "org_id": e.org_id,
+                            "remote_addr": e.remote_addr,
+                            "method": e.method,
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", Value::Array(v))?;
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            ts_text(timestamp(e.at.as_ref())),
+                            e.surface.clone(),
+                            e.reason.clone(),
+                            if e.org_id.is_empty() {
+                                "-".into()
+                            } else {
+                                e.org_id.clone()
+                            },
+                            if e.key_fingerprint.is_empty() {
+                                "-".into()
+                            } else {
+                                short_fp(&e.key_fingerprint)
+                            },
+                            e.remote_addr.clone(),
+                            e.method.clone(),
+                        ]
+                    })
+                    .collect();
+                write!(
+                    out,
+                    "{}",
+                    table(
+                        &["AT", "SURFACE", "REASON", "ORG", "KEY", "FROM", "METHOD"],
+                        &rows
+                    )
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn peer(
+    admin: &mut client::AdminClient,
+    command: PeerCommand,
+    json_out: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let action = |org: String, action: pb::PeerAction| pb::SetPeerStateRequest {
+        org_id: org,
+        action: action as i32,
+    };
+    let view = match command {
+        PeerCommand::Invite {
+            expires,
+            endpoint,
+            note,
+        } => {
+            let r = admin
+                .create_invitation(pb::CreateInvitationRequest {
+                    expires_in_seconds: expires,
+                    endpoint: endpoint.unwrap_or_default(),
+                    note,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "code": r.code,
+                        "invitation_id": r.invitation_id,
+                        "expires_at": timestamp(r.expires_at.as_ref()),
+                    })
+                )?;
+            } else {
+                // The code alone on stdout, so it can be piped or copied.
+                writeln!(out, "{}", r.code)?;
+                eprintln!(
+                    "single use, expires {}; give it to the other administrator over a trusted channel",
+                    ts_text(timestamp(r.expires_at.as_ref()))
+                );
+            }
+            return Ok(());
+        }
+        PeerCommand::List => {
+            let r = admin
+                .list_peers(pb::AdminListPeersRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    Value::Array(r.peers.iter().map(peer_json).collect())
+                )?;
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .peers
+                    .iter()
+                    .map(|v| {
+                        let p = v.profile.clone().unwrap_or_default();
+                        let state = match output::awaiting(v.awaiting).as_str() {
+                            "local" => format!("{} (your approval)", output::peer_state(v.state)),
+                            "remote" => format!("{} (their approval)", output::peer_state(v.state)),
+                            _ => output::peer_state(v.state),
+                        };
+                        vec![
+                            p.org_id.clone(),
+                            p.name.clone(),
+                            output::sector(p.sector),
+                            state,
+                            if v.remote_state == 0 {
+                                "-".into()
+                            } else {
+                                output::peer_state(v.remote_state)
+                            },
+                            v.verification_code.clone(),
+                            ts_text(timestamp(v.last_seen_at.as_ref())),
+                        ]
+                    })
+                    .collect();
+                write!(
+                    out,
+                    "{}",
+                    table(
+                        &[
+                            "ORG",
+                            "NAME",
+                            "SECTOR",
+                            "STATE",
+                            "THEIR VIEW",
+                            "VERIFY",
+                            "LAST SEEN"
+                        ],
+                        &rows
+                    )
+                )?;
+            }
+            return Ok(());
+        }
+        PeerCommand::Join { code } => {
+            admin
+                .join_peer(pb::JoinPeerRequest { code })
+                .await
+                .map_err(status_line)?
+                .into_inner()
+                .peer
+        }
+        PeerCommand::Show { org } => {
+            admin
+                .get_peer(pb::GetPeerRequest { org_id: org })
+                .await
+                .map_err(status_line)?
+                .into_inner()
+                .peer
+        }
+        PeerCommand::Approve { org } => set(admin, action(org, pb::PeerAction::Approve)).await?,
+        PeerCommand::Reject { org } => set(admin, action(org, pb::PeerAction::Reject)).await?,
+        PeerCommand::Suspend { org } => set(admin, action(org, pb::PeerAction::Suspend)).await?,
+        PeerCommand::Resume { org } => set(admin, action(org, pb::PeerAction::Resume)).await?,
+        PeerCommand::Revoke { org } => set(admin, action(org, pb::PeerAction::Revoke)).await?,
+    };
+    let v = view.ok_or_else(|| anyhow::anyhow!("the node answered without a peer"))?;
+    if json_out {
+        writeln!(out, "{}", peer_json(&v))?;
+    } else {
+        let p = v.profile.clone().unwrap_or_default();
+        write!(
+            out,
+            "{}",
+            fields(&[
+                ("organisation", p.org_id.clone()),
+                ("name", p.name.clone()),
+                ("sector", output::sector(p.sector)),
+                ("state", output::peer_state(v.state)),
+                ("awaiting", output::awaiting(v.awaiting)),
+                (
+                    "their view",
+                    if v.remote_state == 0 {
+                        "-".into()
+                    } else {
+                        output::peer_state(v.remote_state)
+                    }
+                ),
+                ("endpoint", v.endpoint.clone()),
+                ("fingerprint", v.key_fingerprint.clone()),
+                ("verification", v.verification_code.clone()),
+                ("last seen", ts_text(timestamp(v.last_seen_at.as_ref()))),
+                ("queued notices", v.pending_notices.to_string()),
+            ])
+        )?;
+        if output::awaiting(v.awaiting) == "local" {
+            writeln!(
+                out,
+                "\nRead the verification code to the other administrator; if it matches, run: exitnetctl peer approve {}",
+                p.org_id
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn set(
+    admin: &mut client::AdminClient,
+    req: pb::SetPeerStateRequest,
+) -> anyhow::Result<Option<pb::PeerView>> {
+    Ok(admin
+        .set_peer_state(req)
+        .await
+        .map_err(status_line)?
+        .into_inner()
+        .peer)
+}

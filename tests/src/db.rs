@@ -1,0 +1,86 @@
+//! Databases for tests: SQLite in a temporary directory, or a PostgreSQL
+//! database of its own per test, dropped afterwards. Under `CI=true` an
+//! unreachable PostgreSQL is an error, never a silent skip.
+
+use anyhow::Context;
+use sqlx::Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("EXITNET_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A PostgreSQL database created for one test and dropped with it.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (with a notice) when PostgreSQL is not
+    /// reachable outside CI.
+    pub async fn create() -> anyhow::Result<Option<Self>> {
+        let admin = pg_admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) if !in_ci() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL not reachable at {admin} ({e}); set CI=true to make this fail"
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e).context(format!("PostgreSQL must be reachable in CI at {admin}"));
+            }
+        };
+        let name = format!("exitnet_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin.clone());
+        Ok(Some(Self {
+            url: format!("{base}/{name}"),
+            name,
+        }))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; a thread of its own may block.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,382 @@
+//! Real nodes in child processes, and `exitnetctl` runs against them.
+
+use crate::db::{Backend, TestDatabase};
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary, built (once per test run) if needed, so the
+/// tests never run a stale binary.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "exitnet-node",
+                    "-p",
+                    "exitnetctl",
+                    "--bins",
+                ])
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err("cargo build of the binaries failed".into());
+            }
+            // target/debug/deps/<test> → target/debug
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .ok_or_else(|| "cannot find the target directory".into())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(dir.join(name))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a node is started with.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub org_id: String,
+    pub backend: Backend,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+}
+
+impl NodeSpec {
+    pub fn new(org_id: &str, backend: Backend) -> Self {
+        Self {
+            org_id: org_id.into(),
+            backend,
+            extra_toml: String::new(),
+        }
+    }
+
+    pub fn with_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+}
+
+/// The output of one `exitnetctl` run.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {} / {}", self.stdout, self.stderr))
+    }
+}
+
+/// A running node in a child process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub spec: NodeSpec,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub db: Option<TestDatabase>,
+    child: Option<Child>,
+    pub api_addr: String,
+    pub federation_addr: String,
+    pub admin_socket: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node; `None` when the backend is PostgreSQL and it is not
+    /// reachable outside CI.
+    pub async fn start(spec: NodeSpec) -> anyhow::Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let db = match spec.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => match TestDatabase::create().await? {
+                Some(db) => Some(db),
+                None => return Ok(None),
+            },
+        };
+        let data_dir = dir.path().join("data");
+        let mut toml = format!(
+            "data_dir = {data:?}\n{db}\n[api]\nlisten = \"127.0.0.1:0\"\n\n[federation]\nlisten = \"127.0.0.1:0\"\nretry_initial_ms = 50\nretry_max_ms = 1000\ncall_timeout_ms = 3000\n",
+            data = data_dir.display().to_string(),
+            db = db
+                .as_ref()
+                .map(|d| format!("database_url = {:?}", d.url))
+                .unwrap_or_default(),
+        );
+        toml.push_str(&format!(
+            "\n[org]\nid = {:?}\nname = {:?}\n",
+            spec.org_id,
+            format!("Org {}", spec.org_id)
+        ));
+        let config_path = dir.path().join("exitnet.toml");
+        std::fs::write(&config_path, merge_toml(&toml, &spec.extra_toml)?)?;
+        let mut node = Self {
+            spec,
+            admin_socket: data_dir.join("admin.sock"),
+            dir,
+            config_path,
+            db,
+            child: None,
+            api_addr: String::new(),
+            federation_addr: String::new(),
+        };
+        node.launch().await?;
+        Ok(Some(node))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The database URL the node uses.
+    pub fn database_url(&self) -> String {
+        match &self.db {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.data_dir().join("exitnet.db").display()),
+        }
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let listening = self.data_dir().join("listening.json");
+        let _ = std::fs::remove_file(&listening);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))?;
+        let child = Command::new(binary("exitnet-node")?)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("EXITNET_CONFIG")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting exitnet-node")?;
+        let pid = child.id();
+        self.child = Some(child);
+        let info = wait_until(
+            "the node to report its addresses",
+            Duration::from_secs(30),
+            || {
+                let listening = listening.clone();
+                async move {
+                    let text = std::fs::read_to_string(&listening).ok()?;
+                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    (v["pid"].as_u64() == pid.map(u64::from)).then_some(v)
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log()))?;
+        self.api_addr = info["api"].as_str().unwrap_or_default().to_owned();
+        self.federation_addr = info["federation"].as_str().unwrap_or_default().to_owned();
+        let api = self.api_addr.clone();
+        wait_until(
+            "the client API to answer SERVING",
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                async move { health_serving(&api).await.ok().filter(|s| *s) }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status and how long it took.
+    pub async fn stop(&mut self) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let mut child = self.child.take().context("node not running")?;
+        let pid = child.id().context("node already exited")?;
+        let started = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+        Ok((status, started.elapsed()))
+    }
+
+    /// SIGKILL: the node dies without any chance to clean up.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            let (status, _) = self.stop().await?;
+            if !status.success() {
+                bail!("node exited with {status} on stop");
+            }
+        }
+        self.launch().await
+    }
+
+    /// Runs `exitnetctl --socket <this node's socket> ARGS`.
+    pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<CtlOutput> {
+        let out = Command::new(binary("exitnetctl")?)
+            .arg("--socket")
+            .arg(&self.admin_socket)
+            .args(args)
+            .env_remove("EXITNET_OUTPUT")
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        Ok(CtlOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// `exitnetctl ARGS --output json`, which must succeed.
+    pub async fn ctl_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.ctl(&all).await?;
+        if !out.success {
+            bail!("exitnetctl {args:?} failed: {}", out.stderr);
+        }
+        out.json()
+    }
+
+    /// This node's view of one peer, as `peer list --output json` shows it.
+    pub async fn peer(&self, org: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let list = self.ctl_json(&["peer", "list"]).await?;
+        Ok(list
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["org_id"] == org).cloned()))
+    }
+
+    /// Waits until this node sees `org` in `state` with the other side's view `remote`.
+    pub async fn wait_peer_state(
+        &self,
+        org: &str,
+        state: &str,
+        remote: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        wait_until(
+            &format!("{} to see {org} as {state}/{remote:?}", self.spec.org_id),
+            Duration::from_secs(20),
+            || async {
+                let p = self.peer(org).await.ok()??;
+                let remote_ok = match remote {
+                    Some(r) => p["remote_state"] == r,
+                    None => true,
+                };
+                (p["state"] == state && remote_ok).then_some(p)
+            },
+        )
+        .await
+    }
+
+    pub async fn fingerprint(&self) -> anyhow::Result<String> {
+        let id = self.ctl_json(&["identity", "show"]).await?;
+        Ok(id["key_fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+/// Whether the gRPC health service at `addr` (plaintext) says SERVING.
+pub async fn health_serving(addr: &str) -> anyhow::Result<bool> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let r = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+/// Appends `extra` to `base`, merging tables of the same name so that a test
+/// can override a generated key.
+fn merge_toml(base: &str, extra: &str) -> anyhow::Result<String> {
+    let mut base: toml_edit_like::Table = toml_edit_like::parse(base)?;
+    let extra: toml_edit_like::Table = toml_edit_like::parse(extra)?;
+    toml_edit_like::merge(&mut base, extra);
+    Ok(toml_edit_like::render(&base))
+}
+
+/// Just enough TOML handling for the harness, on top of serde_json values.
+mod toml_edit_like {
+    pub type Table = serde_json::Map<String, serde_json::Value>;
+
+    pub fn parse(s: &str) -> anyhow::Result<Table> {
+        let v: toml::Value = toml::from_str(s)?;
+        match serde_json::to_value(v)? {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => anyhow::bail!("not a table"),
+        }
+    }
+
+    pub fn merge(base: &mut Table, extra: Table) {
+        for (k, v) in extra {
+            match (base.get_mut(&k), v) {
+                (Some(serde_json::Value::Object(b)), serde_json::Value::Object(e)) => merge(b, e),
+                (_, v) => {
+                    base.insert(k, v);
+                }
+            }
+        }
+    }
+
+    pub fn render(t: &Table) -> String {
+        let v: toml::Value = serde_json::from_value(serde_json::Value::Object(t.clone()))
+            .unwrap_or(toml::Value::Table(Default::default()));
+        toml::to_string(&v).unwrap_or_default()
+    }
+}

@@ -1,0 +1,10 @@
+//! The one integration-test binary of the workspace (each extra binary is
+//! another link step). Modules:
+//! - `store`: the storage suite, run against SQLite and PostgreSQL;
+//! - `node`: a single node's life: start, health, reflection, restart, stop, configuration;
+//! - `peering`: several nodes driven through `exitnetctl`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod node;
+mod peering;
+mod store;

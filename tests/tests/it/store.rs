@@ -1,0 +1,441 @@
+//! One storage suite, written once, run against both backends.
+
+use exitnet_node::config::DatabaseUrl;
+use exitnet_node::store::Store;
+use exitnet_tests::TestDatabase;
+use std::sync::Arc;
+
+async fn sqlite_store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = exitnet_node::store::open(&DatabaseUrl::new(url))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+async fn pg_store() -> Option<(TestDatabase, Arc<dyn Store>)> {
+    let db = TestDatabase::create().await.unwrap()?;
+    let store = exitnet_node::store::open(&DatabaseUrl::new(db.url.clone()))
+        .await
+        .unwrap();
+    Some((db, store))
+}
+
+macro_rules! store_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (_dir, store) = super::sqlite_store().await;
+                    assert_eq!(store.backend(), "sqlite");
+                    super::cases::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some((_db, store)) = super::pg_store().await else { return };
+                    assert_eq!(store.backend(), "postgres");
+                    super::cases::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    meta_values_are_kept,
+    invitation_is_single_use_and_checked,
+    concurrent_joins_with_one_invitation_admit_one,
+    a_live_peer_or_pinned_key_cannot_join_twice,
+    keys_expire_after_their_overlap,
+    updates_respect_the_expected_state,
+    notices_apply_once,
+    outbox_keeps_order_and_counts,
+    security_events_newest_first,
+);
+
+mod cases {
+    use exitnet_node::domain::{Awaiting, OrgId, OrgProfile, PeerState, Sector, Service};
+    use exitnet_node::store::{
+        JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent, Store,
+    };
+    use std::sync::Arc;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn org(s: &str) -> OrgId {
+        OrgId::parse("org", s).unwrap()
+    }
+
+    fn profile(id: &str) -> OrgProfile {
+        OrgProfile {
+            org_id: org(id),
+            name: format!("Org {id}"),
+            sector: Some(Sector::PrisonProbation),
+            need_areas: vec![],
+            services: vec![Service::Housing],
+            languages: vec!["de".into()],
+            settings: vec![],
+            accepting_referrals: true,
+            updated_at_ms: NOW,
+        }
+    }
+
+    fn key(fp: &str) -> PeerKey {
+        PeerKey {
+            fingerprint: fp.into(),
+            spki_der: fp.as_bytes().to_vec(),
+            added_at_ms: NOW,
+            valid_until_ms: None,
+        }
+    }
+
+    fn new_peer(id: &str, fp: &str, awaiting: Awaiting) -> NewPeer {
+        NewPeer {
+            profile: profile(id),
+            state: PeerState::Pending,
+            awaiting,
+            remote_state: Some(PeerState::Pending),
+            endpoint: "127.0.0.1:7710".into(),
+            key: key(fp),
+            now_ms: NOW,
+        }
+    }
+
+    fn invitation(id: &str, secret: &[u8], expires: i64) -> NewInvitation {
+        NewInvitation {
+            id: id.into(),
+            secret_hash: secret.to_vec(),
+            expires_at_ms: expires,
+            note: String::new(),
+            created_at_ms: NOW,
+        }
+    }
+
+    fn notice(id: &str, to: &str) -> NewNotice {
+        NewNotice {
+            notice_id: id.into(),
+            org_id: org(to),
+            payload: id.as_bytes().to_vec(),
+            present_key: None,
+            now_ms: NOW,
+        }
+    }
+
+    pub async fn meta_values_are_kept(s: Arc<dyn Store>) {
+        assert_eq!(s.meta_get("org_id").await.unwrap(), None);
+        assert_eq!(s.meta_init("org_id", "ngo-a").await.unwrap(), "ngo-a");
+        // A second initialisation keeps the first value.
+        assert_eq!(s.meta_init("org_id", "other").await.unwrap(), "ngo-a");
+        s.meta_set("digest", "1").await.unwrap();
+        s.meta_set("digest", "2").await.unwrap();
+        assert_eq!(s.meta_get("digest").await.unwrap().as_deref(), Some("2"));
+    }
+
+    pub async fn invitation_is_single_use_and_checked(s: Arc<dyn Store>) {
+        s.create_invitation(&invitation("inv1", b"hash-1", NOW + 1000))
+            .await
+            .unwrap();
+        s.create_invitation(&invitation("old", b"hash-2", NOW - 1))
+            .await
+            .unwrap();
+        let p = new_peer("prison-b", "fp-b", Awaiting::Local);
+        assert_eq!(
+            s.accept_join("nope", b"hash-1", &p).await.unwrap(),
+            Err(JoinRefusal::UnknownInvitation)
+        );
+        assert_eq!(
+            s.accept_join("inv1", b"hash-X", &p).await.unwrap(),
+            Err(JoinRefusal::WrongSecret)
+        );
+        assert_eq!(
+            s.accept_join("old", b"hash-2", &p).await.unwrap(),
+            Err(JoinRefusal::Expired)
+        );
+        // Nothing was recorded by the refusals.
+        assert!(s.get_peer(&org("prison-b")).await.unwrap().is_none());
+        assert_eq!(s.accept_join("inv1", b"hash-1", &p).await.unwrap(), Ok(()));
+        let peer = s.get_peer(&org("prison-b")).await.unwrap().unwrap();
+        assert_eq!(peer.state, PeerState::Pending);
+        assert_eq!(peer.awaiting, Awaiting::Local);
+        assert_eq!(peer.key_fingerprint, "fp-b");
+        assert_eq!(peer.profile, profile("prison-b"));
+        let other = new_peer("health-c", "fp-c", Awaiting::Local);
+        assert_eq!(
+            s.accept_join("inv1", b"hash-1", &other).await.unwrap(),
+            Err(JoinRefusal::AlreadyUsed)
+        );
+    }
+
+    pub async fn concurrent_joins_with_one_invitation_admit_one(s: Arc<dyn Store>) {
+        s.create_invitation(&invitation("inv", b"h", NOW + 1000))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let p = new_peer(&format!("org-{i}"), &format!("fp-{i}"), Awaiting::Local);
+                s.accept_join("inv", b"h", &p).await.unwrap()
+            }));
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 1);
+        assert_eq!(s.list_peers().await.unwrap().len(), 1);
+    }
+
+    pub async fn a_live_peer_or_pinned_key_cannot_join_twice(s: Arc<dyn Store>) {
+        s.insert_peer(&new_peer("prison-b", "fp-b", Awaiting::Remote))
+            .await
+            .unwrap();
+        assert!(
+            s.insert_peer(&new_peer("prison-b", "fp-x", Awaiting::Remote))
+                .await
+                .is_err()
+        );
+        s.create_invitation(&invitation("i1", b"h", NOW + 1000))
+            .await
+            .unwrap();
+        s.create_invitation(&invitation("i2", b"h", NOW + 1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.accept_join("i1", b"h", &new_peer("prison-b", "fp-y", Awaiting::Local))
+                .await
+                .unwrap(),
+            Err(JoinRefusal::OrgAlreadyPeered)
+        );
+        assert_eq!(
+            s.accept_join("i1", b"h", &new_peer("health-c", "fp-b", Awaiting::Local))
+                .await
+                .unwrap(),
+            Err(JoinRefusal::KeyAlreadyPinned)
+        );
+        // After revocation the organisation may peer again, through a new invitation.
+        let revoke = PeerUpdate {
+            state: Some(PeerState::Revoked),
+            now_ms: NOW,
+            ..Default::default()
+        };
+        assert!(s.update_peer(&org("prison-b"), &revoke).await.unwrap());
+        assert_eq!(
+            s.accept_join("i2", b"h", &new_peer("prison-b", "fp-b", Awaiting::Local))
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.get_peer(&org("prison-b")).await.unwrap().unwrap().state,
+            PeerState::Pending
+        );
+    }
+
+    pub async fn keys_expire_after_their_overlap(s: Arc<dyn Store>) {
+        s.insert_peer(&new_peer("prison-b", "old", Awaiting::Remote))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.find_peer_by_key("old", NOW)
+                .await
+                .unwrap()
+                .unwrap()
+                .org_id,
+            org("prison-b")
+        );
+        let rotate = PeerUpdate {
+            add_key: Some(PeerKey {
+                added_at_ms: NOW + 1,
+                ..key("new")
+            }),
+            retire_other_keys_at_ms: Some(NOW + 100),
+            now_ms: NOW,
+            ..Default::default()
+        };
+        assert!(s.update_peer(&org("prison-b"), &rotate).await.unwrap());
+        assert!(s.find_peer_by_key("old", NOW + 99).await.unwrap().is_some());
+        assert!(s.find_peer_by_key("new", NOW + 99).await.unwrap().is_some());
+        assert!(
+            s.find_peer_by_key("old", NOW + 100)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.find_peer_by_key("new", NOW + 100_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let keys: Vec<String> = s
+            .peer_keys(&org("prison-b"), NOW + 200)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.fingerprint)
+            .collect();
+        assert_eq!(keys, vec!["new".to_string()]);
+        assert_eq!(
+            s.get_peer(&org("prison-b"))
+                .await
+                .unwrap()
+                .unwrap()
+                .key_fingerprint,
+            "new"
+        );
+        assert!(s.find_peer_by_key("unknown", NOW).await.unwrap().is_none());
+    }
+
+    pub async fn updates_respect_the_expected_state(s: Arc<dyn Store>) {
+        s.insert_peer(&new_peer("prison-b", "fp", Awaiting::Local))
+            .await
+            .unwrap();
+        let approve = PeerUpdate {
+            expected_state: Some(PeerState::Pending),
+            state: Some(PeerState::Active),
+            awaiting: Some(Awaiting::None),
+            notices: vec![notice("n-approve", "prison-b")],
+            now_ms: NOW + 5,
+            ..Default::default()
+        };
+        assert!(s.update_peer(&org("prison-b"), &approve).await.unwrap());
+        // The same decision again finds the state changed, and writes nothing,
+        // not even its notice.
+        let again = PeerUpdate {
+            notices: vec![notice("n-again", "prison-b")],
+            ..approve.clone()
+        };
+        assert!(!s.update_peer(&org("prison-b"), &again).await.unwrap());
+        let p = s.get_peer(&org("prison-b")).await.unwrap().unwrap();
+        assert_eq!(
+            (p.state, p.awaiting, p.updated_at_ms, p.pending_notices),
+            (PeerState::Active, Awaiting::None, NOW + 5, 1)
+        );
+        assert!(
+            !s.update_peer(&org("nobody"), &PeerUpdate::default())
+                .await
+                .unwrap()
+        );
+    }
+
+    pub async fn notices_apply_once(s: Arc<dyn Store>) {
+        s.insert_peer(&new_peer("prison-b", "fp", Awaiting::Remote))
+            .await
+            .unwrap();
+        let mut renamed = profile("prison-b");
+        renamed.name = "Renamed".into();
+        let u = PeerUpdate {
+            remote_state: Some(PeerState::Suspended),
+            profile: Some(renamed.clone()),
+            now_ms: NOW,
+            ..Default::default()
+        };
+        assert!(
+            s.apply_notice_once(&org("prison-b"), "n1", &u)
+                .await
+                .unwrap()
+        );
+        let back = PeerUpdate {
+            remote_state: Some(PeerState::Active),
+            now_ms: NOW,
+            ..Default::default()
+        };
+        // A redelivery of n1 with other content changes nothing.
+        assert!(
+            !s.apply_notice_once(&org("prison-b"), "n1", &back)
+                .await
+                .unwrap()
+        );
+        let p = s.get_peer(&org("prison-b")).await.unwrap().unwrap();
+        assert_eq!(p.remote_state, Some(PeerState::Suspended));
+        assert_eq!(p.profile.name, "Renamed");
+    }
+
+    pub async fn outbox_keeps_order_and_counts(s: Arc<dyn Store>) {
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        s.insert_peer(&new_peer("health-c", "fc", Awaiting::Remote))
+            .await
+            .unwrap();
+        s.enqueue_notices(&[
+            notice("a1", "prison-b"),
+            notice("c1", "health-c"),
+            notice("a2", "prison-b"),
+        ])
+        .await
+        .unwrap();
+        let due = s.undelivered_notices(10).await.unwrap();
+        let ids: Vec<&str> = due.iter().map(|n| n.notice_id.as_str()).collect();
+        assert_eq!(ids, ["a1", "c1", "a2"]);
+        assert_eq!(due[0].payload, b"a1".to_vec());
+        s.notice_failed(due[0].id, NOW + 500, "unreachable")
+            .await
+            .unwrap();
+        s.notice_failed(due[0].id, NOW + 900, "unreachable")
+            .await
+            .unwrap();
+        let first = &s.undelivered_notices(1).await.unwrap()[0];
+        assert_eq!((first.attempts, first.next_attempt_at_ms), (2, NOW + 900));
+        s.notice_delivered(due[0].id, NOW).await.unwrap();
+        s.notice_dropped(due[1].id, NOW, "peering ended")
+            .await
+            .unwrap();
+        let left: Vec<String> = s
+            .undelivered_notices(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.notice_id)
+            .collect();
+        assert_eq!(left, vec!["a2".to_string()]);
+        assert_eq!(
+            s.get_peer(&org("prison-b"))
+                .await
+                .unwrap()
+                .unwrap()
+                .pending_notices,
+            1
+        );
+        assert_eq!(
+            s.get_peer(&org("health-c"))
+                .await
+                .unwrap()
+                .unwrap()
+                .pending_notices,
+            0
+        );
+    }
+
+    pub async fn security_events_newest_first(s: Arc<dyn Store>) {
+        for (i, reason) in ["unknown_key", "peer_suspended", "no_client_certificate"]
+            .iter()
+            .enumerate()
+        {
+            s.record_security_event(&SecurityEvent {
+                at_ms: NOW + i as i64,
+                surface: "federation".into(),
+                reason: (*reason).into(),
+                key_fingerprint: Some("fp".into()),
+                org_id: None,
+                remote_addr: Some("127.0.0.1:1".into()),
+                method: Some("Notify".into()),
+            })
+            .await
+            .unwrap();
+        }
+        let events = s.security_events(2).await.unwrap();
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["no_client_certificate", "peer_suspended"]);
+        assert_eq!(events[0].org_id, None);
+    }
+}
