@@ -221,7 +221,7 @@ async fn peer(
         }
         PeerCommand::List => {
             let r = admin
-                .list_peers(pb::AdminListPeersRequest {})
+                .list_peers(pb::AdminServiceListPeersRequest {})
                 .await
                 .map_err(status_line)?
                 .into_inner();

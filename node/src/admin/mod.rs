@@ -124,14 +124,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
 
     async fn list_peers(
         &self,
-        _: Request<pb::AdminListPeersRequest>,
-    ) -> Result<Response<pb::AdminListPeersResponse>, Status> {
+        _: Request<pb::AdminServiceListPeersRequest>,
+    ) -> Result<Response<pb::AdminServiceListPeersResponse>, Status> {
         let peers = self.state.store.list_peers().await?;
         let peers = peers
             .iter()
             .map(|p| self.view(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(pb::AdminListPeersResponse { peers }))
+        Ok(Response::new(pb::AdminServiceListPeersResponse { peers }))
     }
 
     async fn get_peer(

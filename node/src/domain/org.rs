@@ -177,6 +177,31 @@ impl OrgProfile {
     }
 }
 
+/// Checks an organisation's display name.
+pub fn org_name_check(name: &str) -> Result<(), FieldError> {
+    if name.trim().is_empty() {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    bounded_text("name", name, MAX_NAME_CHARS)
+}
+
+/// Checks a `host:port` endpoint.
+pub fn endpoint_check(field: &str, s: &str) -> Result<(), FieldError> {
+    let bad = || FieldError::new(field, "must be host:port");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,27 +243,3 @@ mod tests {
     }
 }
 
-/// Checks an organisation's display name.
-pub fn org_name_check(name: &str) -> Result<(), FieldError> {
-    if name.trim().is_empty() {
-        return Err(FieldError::new("name", "must not be empty"));
-    }
-    bounded_text("name", name, MAX_NAME_CHARS)
-}
-
-/// Checks a `host:port` endpoint.
-pub fn endpoint_check(field: &str, s: &str) -> Result<(), FieldError> {
-    let bad = || FieldError::new(field, "must be host:port");
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
-    if port == 0 || !host_ok {
-        return Err(bad());
-    }
-    Ok(())
-}
