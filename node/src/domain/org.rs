@@ -242,4 +242,3 @@ mod tests {
         assert_eq!(e.field, "languages");
     }
 }
-
