@@ -3,6 +3,7 @@
 //! that the test kit uses too.
 
 pub mod client;
+pub mod login;
 pub mod opts;
 mod output;
 pub mod run;

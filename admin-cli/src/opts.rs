@@ -55,10 +55,54 @@ pub enum Command {
         #[command(subcommand)]
         command: SecurityCommand,
     },
+    /// Mint a client-API token (only when the node runs with auth.mode = "dev").
+    DevToken {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "")]
+        team: String,
+    },
+    /// Sign in to the organisation's identity provider (OAuth 2.0 device flow).
+    Login {
+        /// The provider's issuer URL.
+        #[arg(long, env = "EXITNET_CTL_ISSUER")]
+        issuer: String,
+        /// The provider's client ID for exitnetctl.
+        #[arg(long, env = "EXITNET_CTL_CLIENT_ID", default_value = "exitnetctl")]
+        client_id: String,
+    },
+    /// Forget the stored sign-in.
+    Logout,
+    /// Calls on the node's client API, as the signed-in user.
+    Api {
+        /// The client API address (plaintext on loopback).
+        #[arg(long, env = "EXITNET_CTL_API", default_value = "127.0.0.1:7711")]
+        api: String,
+        /// A bearer token to use instead of the stored sign-in.
+        #[arg(long, env = "EXITNET_CTL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// The node's organisation, protocol version and key fingerprint.
+    Info,
+    /// Active peers from the directory, optionally by need area or service.
+    Peers {
+        #[arg(long)]
+        need_area: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 

@@ -1,7 +1,9 @@
 //! Carries out a parsed command against the node's admin socket.
 
 use crate::client;
-use crate::opts::{Command, IdentityCommand, Opts, Output, PeerCommand, SecurityCommand};
+use crate::opts::{
+    ApiCommand, Command, IdentityCommand, Opts, Output, PeerCommand, SecurityCommand,
+};
 use crate::output::{self, fields, peer_json, short_fp, table, timestamp};
 use exitnet_proto::pb;
 use serde_json::{Value, json};
@@ -25,9 +27,61 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         clap_complete::generate(shell, &mut cmd, "exitnetctl", out);
         return Ok(());
     }
+    match opts.command {
+        Command::Login { issuer, client_id } => {
+            let path = crate::login::login(&issuer, &client_id).await?;
+            eprintln!("signed in; tokens kept in {}", path.display());
+            return Ok(());
+        }
+        Command::Logout => {
+            let removed = crate::login::logout()?;
+            eprintln!(
+                "{}",
+                if removed {
+                    "signed out"
+                } else {
+                    "was not signed in"
+                }
+            );
+            return Ok(());
+        }
+        Command::Api {
+            api,
+            token,
+            command,
+        } => return api_call(&api, token, command, json_out, out).await,
+        _ => {}
+    }
     let mut admin = client::connect(&opts.socket).await?;
     match opts.command {
-        Command::Completions { .. } => {}
+        Command::Completions { .. }
+        | Command::Login { .. }
+        | Command::Logout
+        | Command::Api { .. } => {}
+        Command::DevToken {
+            role,
+            subject,
+            team,
+        } => {
+            let r = admin
+                .mint_dev_token(pb::MintDevTokenRequest {
+                    subject,
+                    role,
+                    team,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"access_token": r.access_token, "expires_at": timestamp(r.expires_at.as_ref())})
+                )?;
+            } else {
+                writeln!(out, "{}", r.access_token)?;
+            }
+        }
         Command::Identity {
             command: IdentityCommand::Show,
         } => {
@@ -348,4 +402,122 @@ async fn set(
         .map_err(status_line)?
         .into_inner()
         .peer)
+}
+
+/// Looks a code name up in a protobuf enum: `trauma_ptsd` → SERVICE_TRAUMA_PTSD.
+fn code<E>(
+    prefix: &str,
+    name: &str,
+    from_str: impl Fn(&str) -> Option<E>,
+    to_i32: impl Fn(E) -> i32,
+) -> anyhow::Result<i32> {
+    from_str(&format!("{prefix}{}", name.to_ascii_uppercase()))
+        .map(to_i32)
+        .ok_or_else(|| anyhow::anyhow!("unknown value `{name}`"))
+}
+
+async fn api_call(
+    api: &str,
+    token: Option<String>,
+    command: ApiCommand,
+    json_out: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let token = match token {
+        Some(t) => t,
+        None => crate::login::access_token().await?,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the client API at {api}: {e}"))?;
+    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token is not valid header text"))?;
+    let auth = move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    };
+    match command {
+        ApiCommand::Info => {
+            let mut c = pb::node_service_client::NodeServiceClient::with_interceptor(channel, auth);
+            let r = c
+                .get_node_info(pb::GetNodeInfoRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let p = r.profile.unwrap_or_default();
+            if json_out {
+                let mut v = output::profile_json(&p);
+                if let Value::Object(m) = &mut v {
+                    m.insert("protocol_version".into(), json!(r.protocol_version));
+                    m.insert("key_fingerprint".into(), json!(r.key_fingerprint));
+                    m.insert("software_version".into(), json!(r.software_version));
+                }
+                writeln!(out, "{v}")?;
+            } else {
+                write!(
+                    out,
+                    "{}",
+                    fields(&[
+                        ("organisation", p.org_id.clone()),
+                        ("name", p.name.clone()),
+                        ("sector", output::sector(p.sector)),
+                        ("protocol", r.protocol_version.to_string()),
+                        ("fingerprint", r.key_fingerprint.clone()),
+                        ("software", r.software_version.clone()),
+                    ])
+                )?;
+            }
+        }
+        ApiCommand::Peers { need_area, service } => {
+            let need_area = match need_area {
+                Some(n) => code("NEED_AREA_", &n, pb::NeedArea::from_str_name, |e| e as i32)?,
+                None => 0,
+            };
+            let service = match service {
+                Some(s) => code("SERVICE_", &s, pb::Service::from_str_name, |e| e as i32)?,
+                None => 0,
+            };
+            let mut c = pb::directory_service_client::DirectoryServiceClient::with_interceptor(
+                channel, auth,
+            );
+            let r = c
+                .list_peers(pb::ListPeersRequest {
+                    need_area,
+                    service,
+                    accepting_only: false,
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    Value::Array(r.peers.iter().map(output::profile_json).collect())
+                )?;
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        let v = output::profile_json(p);
+                        vec![
+                            p.org_id.clone(),
+                            p.name.clone(),
+                            output::sector(p.sector),
+                            v["services"].to_string(),
+                        ]
+                    })
+                    .collect();
+                write!(
+                    out,
+                    "{}",
+                    table(&["ORG", "NAME", "SECTOR", "SERVICES"], &rows)
+                )?;
+            }
+        }
+    }
+    Ok(())
 }

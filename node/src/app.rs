@@ -119,6 +119,17 @@ impl Application {
         let federation_bound = federation_listener.local_addr()?;
 
         let profile = profile_from_config(&config, &org_id);
+        let auth = crate::auth::Authenticator::from_config(&config.auth, org_id.as_str())?;
+        match &auth {
+            crate::auth::Authenticator::Dev(_) => tracing::warn!(
+                "DEVELOPMENT SIGN-IN: auth.mode = \"dev\" accepts tokens this node mints itself \
+                 (exitnetctl dev-token); never use it with real data"
+            ),
+            crate::auth::Authenticator::Unconfigured => tracing::warn!(
+                "sign-in is not configured (auth.issuer): the client API refuses every call but health and reflection"
+            ),
+            crate::auth::Authenticator::Oidc(_) => {}
+        }
         let state = Arc::new(NodeState {
             config,
             store,
@@ -127,6 +138,7 @@ impl Application {
             org_id,
             profile: RwLock::new(profile),
             federation_bound,
+            auth,
             outbox_wake: tokio::sync::Notify::new(),
         });
         Ok(Self {

@@ -26,7 +26,74 @@ pub struct Config {
     pub federation: FederationConfig,
     pub admin: AdminConfig,
     pub org: OrgConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Tokens from the organisation's OpenID Connect provider (the default).
+    Oidc,
+    /// Tokens the node mints itself; only with the client API on loopback.
+    Dev,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The provider's issuer URL (OpenID Connect discovery starts there).
+    pub issuer: Option<String>,
+    /// The audience access tokens must name (this node's API).
+    pub audience: Option<String>,
+    /// Claim holding roles: a name or a dotted path (`realm_access.roles`).
+    pub roles_claim: String,
+    /// Claim holding the caller's team, if teams are used.
+    pub team_claim: Option<String>,
+    /// Provider role or group names mapped to Exitnet roles
+    /// (`case_manager`, `supervisor`, `auditor`, `system`).
+    pub role_map: std::collections::BTreeMap<String, String>,
+    /// Signature algorithms accepted; `none` and HMAC never are.
+    pub algorithms: Vec<String>,
+    pub leeway_secs: u64,
+    /// Least time between two JWKS refetches triggered by unknown key IDs.
+    pub jwks_min_refetch_secs: u64,
+    /// RFC 7662 introspection for opaque tokens.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Client ID `exitnetctl login` uses for the device flow (shown to the CLI).
+    pub cli_client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    pub url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// A secret value: never shown by `Debug` or `config check`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -175,6 +242,15 @@ languages = []
 settings = []
 accepting_referrals = true
 
+[auth]
+mode = "oidc"
+roles_claim = "roles"
+algorithms = ["RS256", "PS256", "ES256", "EdDSA"]
+leeway_secs = 60
+jwks_min_refetch_secs = 30
+
+[auth.role_map]
+
 [log]
 format = "text"
 "#;
@@ -251,6 +327,23 @@ impl Config {
                  the client API may be plaintext only on a loopback address",
                 self.api.listen
             );
+        }
+        if self.auth.mode == AuthMode::Dev && !self.api.listen.ip().is_loopback() {
+            bail!(
+                "invalid configuration: auth.mode = \"dev\" accepts tokens the node mints itself; \
+                 it is refused unless api.listen is a loopback address (it is {})",
+                self.api.listen
+            );
+        }
+        if self.auth.issuer.is_some() && self.auth.audience.is_none() {
+            bail!("invalid configuration: auth.audience is required with auth.issuer");
+        }
+        for (from, to) in &self.auth.role_map {
+            if crate::auth::Role::parse(to).is_none() {
+                bail!(
+                    "invalid configuration: auth.role_map.{from}: `{to}` is not one of case_manager, supervisor, auditor, system"
+                );
+            }
         }
         if let Some(adv) = &self.federation.advertise {
             crate::domain::endpoint_check("federation.advertise", adv)
@@ -355,6 +448,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("api.tls"), "{e}");
+    }
+
+    #[test]
+    fn dev_auth_only_on_loopback_and_secrets_hidden() {
+        let e = Config::load(
+            None,
+            &env(&[
+                ("EXITNET_AUTH__MODE", "dev"),
+                ("EXITNET_API__LISTEN", "0.0.0.0:7711"),
+                ("EXITNET_API__TLS__CERT_FILE", "c"),
+                ("EXITNET_API__TLS__KEY_FILE", "k"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.mode"), "{e}");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("EXITNET_AUTH__ISSUER", "https://idp"),
+                ("EXITNET_AUTH__AUDIENCE", "urn:x"),
+                ("EXITNET_AUTH__INTROSPECTION__URL", "https://idp/introspect"),
+                ("EXITNET_AUTH__INTROSPECTION__CLIENT_ID", "node"),
+                ("EXITNET_AUTH__INTROSPECTION__CLIENT_SECRET", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.to_redacted_toml().unwrap().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = Config::load(None, &env(&[("EXITNET_AUTH__ISSUER", "https://idp")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.audience"), "{e}");
     }
 
     #[test]

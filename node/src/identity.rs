@@ -53,6 +53,23 @@ pub fn verify_signature(spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
     key.verify(message, sig).is_ok()
 }
 
+/// Verifies an ECDSA P-256 SHA-256 signature in the fixed (r‖s) form JWS uses.
+pub fn verify_signature_fixed(spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    let Ok((_, spki)) =
+        <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+            x509_parser::error::X509Error,
+        >>::from_der(spki_der)
+    else {
+        return false;
+    };
+    signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_FIXED,
+        spki.subject_public_key.data.as_ref(),
+    )
+    .verify(message, sig)
+    .is_ok()
+}
+
 /// One key of the node with its certificate.
 pub struct NodeKey {
     pkcs8: Vec<u8>,
@@ -144,6 +161,22 @@ impl NodeKey {
         Ok(self
             .signer
             .sign(&SystemRandom::new(), message)
+            .map_err(|_| anyhow!("signing failed"))?
+            .as_ref()
+            .to_vec())
+    }
+
+    /// ECDSA P-256 SHA-256 signature in the fixed (r‖s) form, as JWS ES256 uses.
+    pub fn sign_fixed(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        let signer = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &self.pkcs8,
+            &rng,
+        )
+        .map_err(|_| anyhow!("the identity key is not an ECDSA P-256 PKCS#8 key"))?;
+        Ok(signer
+            .sign(&rng, message)
             .map_err(|_| anyhow!("signing failed"))?
             .as_ref()
             .to_vec())

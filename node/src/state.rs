@@ -19,6 +19,8 @@ pub struct NodeState {
     pub profile: RwLock<OrgProfile>,
     /// Where the federation listener is bound (port 0 resolved).
     pub federation_bound: std::net::SocketAddr,
+    /// Verifies bearer tokens on the client API.
+    pub auth: crate::auth::Authenticator,
     /// Wakes the notice sender when something was queued.
     pub outbox_wake: tokio::sync::Notify,
 }

@@ -44,6 +44,7 @@ def list_services_v1alpha(channel):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--api", required=True, help="host:port of the client API (plaintext, loopback)")
+    ap.add_argument("--token", required=True, help="a bearer token for the client API")
     args = ap.parse_args()
     channel = grpc.insecure_channel(args.api)
 
@@ -58,22 +59,30 @@ def main():
         if not EXPECTED <= services:
             fail(f"reflection {name} lists {sorted(services)}; missing {sorted(EXPECTED - services)}")
 
-    info = node_pb2_grpc.NodeServiceStub(channel).GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=5)
+    node = node_pb2_grpc.NodeServiceStub(channel)
+    try:
+        node.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=5)
+        fail("a call without a token was answered")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+            fail(f"a call without a token got {e.code()}")
+    auth = (("authorization", f"Bearer {args.token}"),)
+    info = node.GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=5, metadata=auth)
     if info.protocol_version != 1 or len(info.key_fingerprint) != 64 or not info.profile.org_id:
         fail(f"unexpected node info {info}")
 
     directory = node_pb2_grpc.DirectoryServiceStub(channel)
     try:
-        directory.ListPeers(node_pb2.ListPeersRequest(service=9999), timeout=5)
+        directory.ListPeers(node_pb2.ListPeersRequest(service=9999), timeout=5, metadata=auth)
         fail("an unknown service code was accepted")
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.INVALID_ARGUMENT or "service" not in e.details():
             fail(f"unknown service code answered {e.code()} {e.details()!r}")
-    peers = directory.ListPeers(node_pb2.ListPeersRequest(need_area=common_pb2.NEED_AREA_MENTAL_HEALTH), timeout=5)
+    peers = directory.ListPeers(node_pb2.ListPeersRequest(need_area=common_pb2.NEED_AREA_MENTAL_HEALTH), timeout=5, metadata=auth)
     if len(peers.peers) != 0:
         fail("a new node lists peers")
 
-    print("ok: health SERVING, reflection v1 and v1alpha, GetNodeInfo, INVALID_ARGUMENT naming the field")
+    print("ok: health SERVING, reflection v1 and v1alpha, UNAUTHENTICATED without a token, GetNodeInfo, INVALID_ARGUMENT naming the field")
     print(info.key_fingerprint)
 
 

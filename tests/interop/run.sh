@@ -11,13 +11,14 @@ py=$root/target/tools/venv/bin/python
 gen=$root/target/interop-gen
 rm -rf "$gen" && mkdir -p "$gen"
 "$py" -m grpc_tools.protoc -I proto --python_out="$gen" --grpc_python_out="$gen" proto/exitnet/v1/*.proto
-cargo build --quiet -p exitnet-node
+cargo build --quiet -p exitnet-node -p exitnetctl
 node_bin=$root/target/debug/exitnet-node
+ctl_bin=$root/target/debug/exitnetctl
 pg_admin=${EXITNET_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 start_node() { # dir, extra env...
   local dir=$1; shift
-  (cd "$dir" && exec env EXITNET_API__LISTEN=127.0.0.1:0 EXITNET_FEDERATION__LISTEN=127.0.0.1:0 "$@" \
+  (cd "$dir" && exec env EXITNET_API__LISTEN=127.0.0.1:0 EXITNET_FEDERATION__LISTEN=127.0.0.1:0 EXITNET_AUTH__MODE=dev "$@" \
     "$node_bin" run </dev/null >>"$dir/node.log" 2>&1) &
   echo $! >"$dir/pid"
   for _ in $(seq 1 500); do
@@ -30,10 +31,11 @@ start_node() { # dir, extra env...
   echo "node did not start; log:" >&2; cat "$dir/node.log" >&2; return 1
 }
 
-check() { # api
-  local out
+check() { # api, dir
+  local out token
+  token=$("$ctl_bin" --socket "$2/exitnet-data/admin.sock" dev-token --role case_manager --subject interop)
   for _ in $(seq 1 250); do
-    if out=$(PYTHONPATH="$gen" "$py" tests/interop/check_node.py --api "$1" 2>&1); then
+    if out=$(PYTHONPATH="$gen" "$py" tests/interop/check_node.py --api "$1" --token "$token" 2>&1); then
       echo "$out" | head -1 >&2
       echo "$out" | tail -1
       return 0
@@ -67,8 +69,8 @@ run_case() { # name, extra env...
   local dir; dir=$(mktemp -d)
   echo "== $name" >&2
   local api fp1 fp2
-  api=$(start_node "$dir" "$@"); fp1=$(check "$api"); stop_node "$dir"
-  api=$(start_node "$dir" "$@"); fp2=$(check "$api"); stop_node "$dir"
+  api=$(start_node "$dir" "$@"); fp1=$(check "$api" "$dir"); stop_node "$dir"
+  api=$(start_node "$dir" "$@"); fp2=$(check "$api" "$dir"); stop_node "$dir"
   [ "$fp1" = "$fp2" ] || { echo "FAIL: identity changed across restart ($fp1 / $fp2)" >&2; exit 1; }
   echo "identity kept across restart: ${fp1:0:16}…" >&2
   rm -rf "$dir"

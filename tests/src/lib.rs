@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod node;
+pub mod oidc;
 
 pub use db::{Backend, TestDatabase};
-pub use node::{CtlOutput, NodeProcess, NodeSpec, binary, wait_until};
+pub use node::{CtlOutput, NodeProcess, NodeSpec, bearer, binary, wait_until, with_token};

@@ -135,7 +135,7 @@ impl NodeProcess {
                 .unwrap_or_default(),
         );
         toml.push_str(&format!(
-            "\n[org]\nid = {:?}\nname = {:?}\n",
+            "\n[org]\nid = {:?}\nname = {:?}\n\n[auth]\nmode = \"dev\"\n",
             spec.org_id,
             format!("Org {}", spec.org_id)
         ));
@@ -317,6 +317,26 @@ impl NodeProcess {
         .await
     }
 
+    /// A development token for the client API (`exitnetctl dev-token`).
+    pub async fn dev_token(&self, role: &str, subject: &str) -> anyhow::Result<String> {
+        let out = self
+            .ctl(&["dev-token", "--role", role, "--subject", subject])
+            .await?;
+        if !out.success {
+            bail!("dev-token failed: {}", out.stderr);
+        }
+        Ok(out.stdout.trim().to_owned())
+    }
+
+    /// A channel to the client API.
+    pub async fn api_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.api_addr))?
+                .connect()
+                .await?,
+        )
+    }
+
     pub async fn fingerprint(&self) -> anyhow::Result<String> {
         let id = self.ctl_json(&["identity", "show"]).await?;
         Ok(id["key_fingerprint"]
@@ -378,5 +398,28 @@ mod toml_edit_like {
         let v: toml::Value = serde_json::from_value(serde_json::Value::Object(t.clone()))
             .unwrap_or(toml::Value::Table(Default::default()));
         toml::to_string(&v).unwrap_or_default()
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
+/// An interceptor that adds `authorization: Bearer <token>` to every call.
+pub fn with_token(
+    token: &str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<> {
+    let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        format!("Bearer {token}").parse().ok();
+    move |mut req: tonic::Request<()>| {
+        if let Some(v) = &value {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
     }
 }

@@ -163,6 +163,41 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
+    async fn mint_dev_token(
+        &self,
+        request: Request<pb::MintDevTokenRequest>,
+    ) -> Result<Response<pb::MintDevTokenResponse>, Status> {
+        let pb::MintDevTokenRequest {
+            subject,
+            role,
+            team,
+        } = request.into_inner();
+        let crate::auth::Authenticator::Dev(dev) = &self.state.auth else {
+            return Err(Error::FailedPrecondition(
+                "dev tokens exist only with auth.mode = \"dev\"".into(),
+            )
+            .into());
+        };
+        if subject.is_empty() || subject.len() > 200 || subject.chars().any(char::is_control) {
+            return Err(FieldError::new("subject", "must be 1 to 200 printable characters").into());
+        }
+        let role = crate::auth::Role::parse(&role).ok_or_else(|| {
+            FieldError::new(
+                "role",
+                "must be case_manager, supervisor, auditor or system",
+            )
+        })?;
+        let team = Some(team).filter(|t| !t.is_empty());
+        let token = dev
+            .mint(&self.state, &subject, role, team.as_deref())
+            .map_err(Error::from)?;
+        tracing::info!(role = role.as_str(), "minted a development token");
+        Ok(Response::new(pb::MintDevTokenResponse {
+            access_token: token,
+            expires_at: Some(to_timestamp(now_ms() + 8 * 3600 * 1000)),
+        }))
+    }
+
     async fn list_security_events(
         &self,
         request: Request<pb::ListSecurityEventsRequest>,

@@ -1,14 +1,66 @@
 //! The client API for agency systems: thin gRPC adapters over the domain.
 
+use crate::auth::{ON_BEHALF_OF_HEADER, Principal};
+use crate::domain::time::now_ms;
 use crate::domain::{NeedArea, PeerState, Service};
 use crate::error::Error;
 use crate::state::NodeState;
+use crate::store::SecurityEvent;
 use exitnet_proto::pb;
 use std::sync::Arc;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 /// Largest message an agency system may send.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The caller of a client API request, or a refusal (recorded, without the token).
+pub async fn authenticate<T>(state: &NodeState, req: &Request<T>) -> Result<Principal, Status> {
+    let md = req.metadata();
+    let token = md
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let on_behalf_of = md.get(ON_BEHALF_OF_HEADER).and_then(|v| v.to_str().ok());
+    match state.auth.authenticate(state, token, on_behalf_of).await {
+        Ok(p) => {
+            tracing::Span::current().record("caller", p.role.as_str());
+            Ok(p)
+        }
+        Err(e) => {
+            let remote = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(|i| i.remote_addr())
+                .or_else(|| {
+                    req.extensions()
+                        .get::<TlsConnectInfo<TcpConnectInfo>>()
+                        .and_then(|i| i.get_ref().remote_addr())
+                });
+            crate::peering::record_refusal(
+                state,
+                SecurityEvent {
+                    at_ms: now_ms(),
+                    surface: "client".into(),
+                    reason: e.reason().into(),
+                    key_fingerprint: None,
+                    org_id: None,
+                    remote_addr: remote.map(|a| a.to_string()),
+                    method: req
+                        .extensions()
+                        .get::<tonic::GrpcMethod>()
+                        .map(|m| format!("{}/{}", m.service(), m.method())),
+                },
+            )
+            .await;
+            Err(Error::from(e).into())
+        }
+    }
+}
 
 pub struct NodeApi {
     state: Arc<NodeState>,
@@ -24,8 +76,9 @@ impl NodeApi {
 impl pb::node_service_server::NodeService for NodeApi {
     async fn get_node_info(
         &self,
-        _: Request<pb::GetNodeInfoRequest>,
+        request: Request<pb::GetNodeInfoRequest>,
     ) -> Result<Response<pb::GetNodeInfoResponse>, Status> {
+        authenticate(&self.state, &request).await?;
         Ok(Response::new(pb::GetNodeInfoResponse {
             profile: Some(self.state.profile().to_pb()),
             protocol_version: exitnet_proto::PROTOCOL_VERSION,
@@ -51,6 +104,7 @@ impl pb::directory_service_server::DirectoryService for DirectoryApi {
         &self,
         request: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        authenticate(&self.state, &request).await?;
         let pb::ListPeersRequest {
             need_area,
             service,

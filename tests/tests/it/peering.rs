@@ -2,7 +2,7 @@
 
 use exitnet_node::identity::NodeKey;
 use exitnet_proto::pb;
-use exitnet_tests::{Backend, NodeProcess, NodeSpec, wait_until};
+use exitnet_tests::{Backend, NodeProcess, NodeSpec, wait_until, with_token};
 use std::time::Duration;
 
 async fn start(org: &str, backend: Backend, extra: &str) -> Option<NodeProcess> {
@@ -237,7 +237,11 @@ async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
         .connect()
         .await
         .unwrap();
-    let mut dir = pb::directory_service_client::DirectoryServiceClient::new(channel);
+    let token = a.dev_token("case_manager", "alice").await.unwrap();
+    let mut dir = pb::directory_service_client::DirectoryServiceClient::with_interceptor(
+        channel,
+        with_token(&token),
+    );
     let all = dir
         .list_peers(pb::ListPeersRequest::default())
         .await

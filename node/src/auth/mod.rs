@@ -1,0 +1,367 @@
+//! Who is calling the client API. Every call (except health and reflection)
+//! carries a bearer token from the organisation's identity provider (or, in
+//! development, one the node minted itself); the token's role claim maps to
+//! one of four roles. Deny by default: a token without a mapped role gets
+//! nothing. Failure messages name the reason and never echo the token.
+
+pub mod dev;
+pub mod jwt;
+pub mod oidc;
+
+use crate::config::{AuthConfig, AuthMode};
+use crate::error::Error;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Header with which an agency system names the case manager it acts for.
+pub const ON_BEHALF_OF_HEADER: &str = "x-exitnet-on-behalf-of";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Acts on the consents and referrals they own or are assigned (and their team's).
+    CaseManager,
+    /// Sees the organisation's referrals and reassigns them.
+    Supervisor,
+    /// Reads metadata and the audit trail; never case content.
+    Auditor,
+    /// An agency system (client credentials) acting for a named case manager.
+    System,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "case_manager" => Role::CaseManager,
+            "supervisor" => Role::Supervisor,
+            "auditor" => Role::Auditor,
+            "system" => Role::System,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::CaseManager => "case_manager",
+            Role::Supervisor => "supervisor",
+            Role::Auditor => "auditor",
+            Role::System => "system",
+        }
+    }
+}
+
+/// A verified caller of the client API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's subject (a person, or a system's client ID).
+    pub subject: String,
+    pub role: Role,
+    /// The caller's team, where teams are configured.
+    pub team: Option<String>,
+    /// For a system: the case manager the call is made for.
+    pub on_behalf_of: Option<String>,
+}
+
+impl Principal {
+    /// The person the call acts as: the case manager a system names, or the caller.
+    pub fn acting_subject(&self) -> &str {
+        self.on_behalf_of.as_deref().unwrap_or(&self.subject)
+    }
+}
+
+/// Why a token was refused. The message is safe to send to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token (send `authorization: Bearer <token>`)")]
+    Missing,
+    #[error("sign-in is not configured on this node (auth.issuer)")]
+    NotConfigured,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not allowed")]
+    Algorithm,
+    #[error("the token's signature does not verify with the issuer's keys")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's issuer is not trusted here")]
+    Issuer,
+    #[error("the token's audience is not this node")]
+    Audience,
+    #[error("the token is not active")]
+    Inactive,
+    #[error("the identity provider cannot be reached")]
+    ProviderUnavailable,
+    #[error("the token carries no role for this node")]
+    NoRole,
+    #[error("a system must name the case manager it acts for in `x-exitnet-on-behalf-of`")]
+    OnBehalfOfMissing,
+    #[error("`x-exitnet-on-behalf-of` is only for systems")]
+    OnBehalfOfNotAllowed,
+    #[error("`x-exitnet-on-behalf-of` must be 1 to 200 printable characters")]
+    OnBehalfOfInvalid,
+}
+
+impl AuthError {
+    /// Short code for logs, security events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::NotConfigured => "auth_not_configured",
+            AuthError::Malformed => "token_malformed",
+            AuthError::Algorithm => "token_algorithm",
+            AuthError::Signature => "token_signature",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::Issuer => "token_issuer",
+            AuthError::Audience => "token_audience",
+            AuthError::Inactive => "token_inactive",
+            AuthError::ProviderUnavailable => "provider_unavailable",
+            AuthError::NoRole => "no_role",
+            AuthError::OnBehalfOfMissing => "on_behalf_of_missing",
+            AuthError::OnBehalfOfNotAllowed => "on_behalf_of_not_allowed",
+            AuthError::OnBehalfOfInvalid => "on_behalf_of_invalid",
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::NoRole | AuthError::OnBehalfOfNotAllowed => {
+                Error::PermissionDenied(e.to_string())
+            }
+            AuthError::ProviderUnavailable => Error::Unavailable(e.to_string()),
+            AuthError::OnBehalfOfMissing | AuthError::OnBehalfOfInvalid => Error::InvalidArgument(
+                crate::error::FieldError::new(ON_BEHALF_OF_HEADER, e.to_string()),
+            ),
+            _ => Error::Unauthenticated(e.to_string()),
+        }
+    }
+}
+
+/// Verified token claims, before roles are mapped.
+pub type Claims = serde_json::Map<String, Value>;
+
+/// Verifies tokens according to the configured mode.
+pub enum Authenticator {
+    Oidc(Box<oidc::OidcVerifier>),
+    Dev(dev::DevVerifier),
+    Unconfigured,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Authenticator::Oidc(_) => "Authenticator::Oidc",
+            Authenticator::Dev(_) => "Authenticator::Dev",
+            Authenticator::Unconfigured => "Authenticator::Unconfigured",
+        })
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(cfg: &AuthConfig, org_id: &str) -> anyhow::Result<Self> {
+        Ok(match cfg.mode {
+            AuthMode::Dev => Authenticator::Dev(dev::DevVerifier::new(org_id)),
+            AuthMode::Oidc => match &cfg.issuer {
+                Some(_) => Authenticator::Oidc(Box::new(oidc::OidcVerifier::new(cfg)?)),
+                None => Authenticator::Unconfigured,
+            },
+        })
+    }
+
+    /// Verifies a bearer token and maps its role; `on_behalf_of` is the
+    /// header value, if any.
+    pub async fn authenticate(
+        &self,
+        state: &crate::state::NodeState,
+        token: Option<&str>,
+        on_behalf_of: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = match self {
+            Authenticator::Unconfigured => return Err(AuthError::NotConfigured),
+            Authenticator::Oidc(v) => v.verify(token).await?,
+            Authenticator::Dev(v) => v.verify(state, token)?,
+        };
+        principal_from_claims(&state.config.auth, &claims, on_behalf_of)
+    }
+}
+
+/// Follows a dotted path (`realm_access.roles`) into the claims.
+fn claim_at<'a>(claims: &'a Claims, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.get(p)?;
+    }
+    Some(cur)
+}
+
+/// Maps claims to a principal: the role from the configured claim (a string
+/// or an array, through `auth.role_map` or the role's own name), the subject
+/// from `sub` (or `client_id`), the team from `auth.team_claim`.
+pub fn principal_from_claims(
+    cfg: &AuthConfig,
+    claims: &Claims,
+    on_behalf_of: Option<&str>,
+) -> Result<Principal, AuthError> {
+    let values: Vec<&str> = match claim_at(claims, &cfg.roles_claim) {
+        Some(Value::String(s)) => s.split_whitespace().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let map: &BTreeMap<String, String> = &cfg.role_map;
+    let mut roles: Vec<Role> = values
+        .iter()
+        .filter_map(|v| {
+            map.get(*v)
+                .map(String::as_str)
+                .or(Some(*v))
+                .and_then(Role::parse)
+        })
+        .collect();
+    roles.sort();
+    // One role per call: the most limited wins when a token carries several,
+    // except that a system is always a system.
+    let role = if roles.contains(&Role::System) {
+        Role::System
+    } else {
+        *roles
+            .iter()
+            .max_by_key(|r| match r {
+                Role::Auditor => 3,
+                Role::CaseManager => 2,
+                Role::Supervisor => 1,
+                Role::System => 0,
+            })
+            .ok_or(AuthError::NoRole)?
+    };
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .or_else(|| claims.get("client_id").and_then(Value::as_str))
+        .filter(|s| !s.is_empty() && s.len() <= 255)
+        .ok_or(AuthError::Malformed)?
+        .to_owned();
+    let team = cfg
+        .team_claim
+        .as_deref()
+        .and_then(|c| claim_at(claims, c))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let on_behalf_of = match (role, on_behalf_of) {
+        (Role::System, Some(who)) => {
+            if who.is_empty() || who.chars().count() > 200 || who.chars().any(char::is_control) {
+                return Err(AuthError::OnBehalfOfInvalid);
+            }
+            Some(who.to_owned())
+        }
+        (Role::System, None) => None,
+        (_, Some(_)) => return Err(AuthError::OnBehalfOfNotAllowed),
+        (_, None) => None,
+    };
+    Ok(Principal {
+        subject,
+        role,
+        team,
+        on_behalf_of,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AuthConfig {
+        let mut c = crate::config::Config::load(None, &Default::default())
+            .unwrap()
+            .auth;
+        c.role_map
+            .insert("exitnet-auditors".into(), "auditor".into());
+        c.team_claim = Some("team".into());
+        c
+    }
+
+    fn claims(v: serde_json::Value) -> Claims {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn roles_map_from_names_or_the_map() {
+        let p = principal_from_claims(
+            &cfg(),
+            &claims(serde_json::json!({"sub": "alice", "roles": ["case_manager"], "team": "east"})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.subject.as_str(), p.role, p.team.as_deref()),
+            ("alice", Role::CaseManager, Some("east"))
+        );
+        let p = principal_from_claims(
+            &cfg(),
+            &claims(serde_json::json!({"sub": "dpo", "roles": "exitnet-auditors"})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.role, Role::Auditor);
+        // The most limited role wins.
+        let p = principal_from_claims(
+            &cfg(),
+            &claims(serde_json::json!({"sub": "x", "roles": ["supervisor", "auditor"]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.role, Role::Auditor);
+    }
+
+    #[test]
+    fn deny_by_default() {
+        for c in [
+            serde_json::json!({"sub": "x"}),
+            serde_json::json!({"sub": "x", "roles": ["admin"]}),
+            serde_json::json!({"sub": "x", "roles": 5}),
+        ] {
+            assert_eq!(
+                principal_from_claims(&cfg(), &claims(c), None),
+                Err(AuthError::NoRole)
+            );
+        }
+    }
+
+    #[test]
+    fn systems_act_for_a_named_case_manager() {
+        let sys = claims(serde_json::json!({"client_id": "agency", "roles": ["system"]}));
+        let p = principal_from_claims(&cfg(), &sys, Some("alice")).unwrap();
+        assert_eq!(
+            (p.subject.as_str(), p.acting_subject()),
+            ("agency", "alice")
+        );
+        assert_eq!(
+            principal_from_claims(&cfg(), &sys, Some("a\nb")),
+            Err(AuthError::OnBehalfOfInvalid)
+        );
+        let person = claims(serde_json::json!({"sub": "bob", "roles": ["case_manager"]}));
+        assert_eq!(
+            principal_from_claims(&cfg(), &person, Some("alice")),
+            Err(AuthError::OnBehalfOfNotAllowed)
+        );
+    }
+
+    #[test]
+    fn nested_role_claims() {
+        let mut c = cfg();
+        c.roles_claim = "realm_access.roles".into();
+        let p = principal_from_claims(
+            &c,
+            &claims(serde_json::json!({"sub": "s", "realm_access": {"roles": ["supervisor"]}})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.role, Role::Supervisor);
+    }
+}

@@ -1,0 +1,340 @@
+//! Sign-in against a real OpenID provider (npm `oidc-provider`): accepted and
+//! refused tokens, roles, provider key rotation, and `exitnetctl login`.
+
+use exitnet_proto::pb;
+use exitnet_tests::oidc::{OidcProvider, SigningKey};
+use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, binary};
+use serde_json::json;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::Code;
+
+const AUDIENCE: &str = "urn:exitnet:test";
+
+async fn node_for(provider: &OidcProvider) -> NodeProcess {
+    let toml = format!(
+        "[auth]\nmode = \"oidc\"\nissuer = {iss:?}\naudience = {AUDIENCE:?}\njwks_min_refetch_secs = 0\n\
+         [auth.introspection]\nurl = \"{iss}/token/introspection\"\nclient_id = \"agency-system\"\nclient_secret = \"agency-secret\"\n",
+        iss = provider.issuer
+    );
+    NodeProcess::start(NodeSpec::new("ngo-auth", Backend::Sqlite).with_toml(&toml))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn info(
+    node: &NodeProcess,
+    token: Option<&str>,
+) -> Result<pb::GetNodeInfoResponse, tonic::Status> {
+    let mut c = pb::node_service_client::NodeServiceClient::new(node.api_channel().await.unwrap());
+    let req = match token {
+        Some(t) => bearer(t, pb::GetNodeInfoRequest {}),
+        None => tonic::Request::new(pb::GetNodeInfoRequest {}),
+    };
+    c.get_node_info(req).await.map(|r| r.into_inner())
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn refused(r: Result<pb::GetNodeInfoResponse, tonic::Status>, code: Code, token: &str) -> String {
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), code, "{s:?}");
+    // The reason is named; the token never echoed.
+    assert!(
+        token.is_empty() || !s.message().contains(token),
+        "message echoes the token"
+    );
+    s.message().to_owned()
+}
+
+#[tokio::test]
+async fn tokens_from_a_real_provider() {
+    let key = SigningKey::generate("k1").unwrap();
+    let mut provider = OidcProvider::start(&key, AUDIENCE).await.unwrap();
+    let node = node_for(&provider).await;
+
+    // Accepted: a client-credentials token of an agency system.
+    let system = provider
+        .client_credentials("agency-system", "agency-secret")
+        .await
+        .unwrap();
+    let ok = info(&node, Some(&system)).await.unwrap();
+    assert_eq!(ok.profile.unwrap().org_id, "ngo-auth");
+
+    // Refused, each for its reason.
+    let msg = refused(info(&node, None).await, Code::Unauthenticated, "");
+    assert!(msg.contains("no bearer token"), "{msg}");
+    let claims = |over: serde_json::Value| {
+        let mut c = json!({"iss": provider.issuer, "aud": AUDIENCE, "sub": "alice", "roles": ["case_manager"], "iat": now(), "exp": now() + 300});
+        for (k, v) in over.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"});
+    // A hand-signed token with the right key and claims is accepted (the crafting is sound).
+    let good = key.sign(header.clone(), claims(json!({}))).unwrap();
+    info(&node, Some(&good)).await.unwrap();
+    let cases = [
+        (
+            "expired",
+            key.sign(
+                header.clone(),
+                claims(json!({"exp": now() - 600, "iat": now() - 900})),
+            )
+            .unwrap(),
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            "audience",
+            key.sign(header.clone(), claims(json!({"aud": "urn:someone-else"})))
+                .unwrap(),
+            Code::Unauthenticated,
+            "audience",
+        ),
+        (
+            "issuer",
+            key.sign(header.clone(), claims(json!({"iss": "http://127.0.0.1:1"})))
+                .unwrap(),
+            Code::Unauthenticated,
+            "issuer",
+        ),
+    ];
+    for (what, token, code, needle) in cases {
+        let msg = refused(info(&node, Some(&token)).await, code, &token);
+        assert!(msg.contains(needle), "{what}: {msg}");
+    }
+    // An altered signature: the payload changed after signing.
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let forged_claims = claims(json!({"roles": ["supervisor"]}));
+    parts[1] = base64_url(forged_claims.to_string().as_bytes());
+    let altered = parts.join(".");
+    let msg = refused(
+        info(&node, Some(&altered)).await,
+        Code::Unauthenticated,
+        &altered,
+    );
+    assert!(msg.contains("signature"), "{msg}");
+    // alg: none.
+    let none = format!(
+        "{}.{}.",
+        base64_url(json!({"alg": "none"}).to_string().as_bytes()),
+        base64_url(claims(json!({})).to_string().as_bytes())
+    );
+    let msg = refused(info(&node, Some(&none)).await, Code::Unauthenticated, &none);
+    assert!(msg.contains("algorithm"), "{msg}");
+    // HS256 signed with the issuer's public key as the HMAC secret.
+    let input = format!(
+        "{}.{}",
+        base64_url(json!({"alg": "HS256", "kid": "k1"}).to_string().as_bytes()),
+        base64_url(claims(json!({})).to_string().as_bytes())
+    );
+    let hmac_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        key.public_jwk().to_string().as_bytes(),
+    );
+    let hs = format!(
+        "{input}.{}",
+        base64_url(ring::hmac::sign(&hmac_key, input.as_bytes()).as_ref())
+    );
+    let msg = refused(info(&node, Some(&hs)).await, Code::Unauthenticated, &hs);
+    assert!(msg.contains("algorithm"), "{msg}");
+    // A token from a second provider.
+    let other_key = SigningKey::generate("other").unwrap();
+    let other = OidcProvider::start(&other_key, AUDIENCE).await.unwrap();
+    let foreign = other
+        .client_credentials("agency-system", "agency-secret")
+        .await
+        .unwrap();
+    refused(
+        info(&node, Some(&foreign)).await,
+        Code::Unauthenticated,
+        &foreign,
+    );
+    // A valid token without a mapped role.
+    let norole = provider
+        .client_credentials("agency-norole", "norole-secret")
+        .await
+        .unwrap();
+    let msg = refused(
+        info(&node, Some(&norole)).await,
+        Code::PermissionDenied,
+        &norole,
+    );
+    assert!(msg.contains("no role"), "{msg}");
+    // An opaque token goes to introspection, which says it is not active.
+    let msg = refused(
+        info(&node, Some("opaque-token-value")).await,
+        Code::Unauthenticated,
+        "opaque-token-value",
+    );
+    assert!(msg.contains("not active"), "{msg}");
+
+    // The provider rotates its key: new tokens work without restarting the node.
+    let key2 = SigningKey::generate("k2").unwrap();
+    provider.rotate(&key2).await.unwrap();
+    let after = provider
+        .client_credentials("agency-system", "agency-secret")
+        .await
+        .unwrap();
+    info(&node, Some(&after)).await.unwrap();
+    // … and a token signed with the retired key is refused.
+    refused(info(&node, Some(&good)).await, Code::Unauthenticated, &good);
+
+    // Every refusal was recorded, without the token.
+    let events = node
+        .ctl(&["security", "events", "--limit", "100", "--output", "json"])
+        .await
+        .unwrap()
+        .stdout;
+    for reason in [
+        "token_missing",
+        "token_expired",
+        "token_audience",
+        "token_issuer",
+        "token_signature",
+        "token_algorithm",
+        "no_role",
+        "token_inactive",
+    ] {
+        assert!(events.contains(reason), "{reason} not recorded: {events}");
+    }
+    assert!(!events.contains(&system) && !events.contains(&norole));
+}
+
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[tokio::test]
+async fn exitnetctl_login_with_the_device_flow() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let key = SigningKey::generate("k1").unwrap();
+    let provider = OidcProvider::start(&key, AUDIENCE).await.unwrap();
+    let node = node_for(&provider).await;
+    let home = tempfile::tempdir().unwrap();
+    let ctl = binary("exitnetctl").unwrap();
+
+    let mut login = tokio::process::Command::new(&ctl)
+        .args(["login", "--issuer", &provider.issuer])
+        .env("XDG_CONFIG_HOME", home.path())
+        .env_remove("EXITNET_CTL_TOKEN_FILE")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let (mut uri, mut code) = (None, None);
+    while uri.is_none() || code.is_none() {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(u) = line.strip_prefix("open: ") {
+            uri = Some(u.to_owned());
+        }
+        if let Some(c) = line.strip_prefix("code: ") {
+            code = Some(c.to_owned());
+        }
+    }
+    provider
+        .complete_device(&uri.unwrap(), &code.unwrap(), "alice")
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), login.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let token_file = home.path().join("exitnet/tokens.json");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o077,
+        0
+    );
+
+    // The signed-in case manager reaches the client API through exitnetctl.
+    let api = |args: &[&str]| {
+        let mut c = std::process::Command::new(&ctl);
+        c.args(["api", "--api", &node.api_addr])
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("EXITNET_CTL_TOKEN");
+        c.output().unwrap()
+    };
+    let out = api(&["info", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["org_id"], "ngo-auth");
+
+    // An expired access token is refreshed with the refresh token.
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    let before = stored["access_token"].clone();
+    stored["expires_at"] = json!(0);
+    std::fs::write(&token_file, stored.to_string()).unwrap();
+    let out = api(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&token_file).unwrap()).unwrap();
+    assert_ne!(stored["access_token"], before);
+
+    // Logout removes the tokens; the API is then out of reach.
+    let out = std::process::Command::new(&ctl)
+        .arg("logout")
+        .env("XDG_CONFIG_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!token_file.exists());
+    let out = api(&["info"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed in"));
+}
+
+#[tokio::test]
+async fn dev_mode_tokens_and_roles() {
+    let node = NodeProcess::start(NodeSpec::new("ngo-dev", Backend::Sqlite))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = node.dev_token("auditor", "dpo").await.unwrap();
+    info(&node, Some(&token)).await.unwrap();
+    assert!(node.log().contains("DEVELOPMENT SIGN-IN"));
+    let out = node
+        .ctl(&["dev-token", "--role", "admin", "--subject", "x"])
+        .await
+        .unwrap();
+    assert!(
+        !out.success && out.stderr.contains("role"),
+        "{}",
+        out.stderr
+    );
+    // A token minted by another node is refused.
+    let other = NodeProcess::start(NodeSpec::new("ngo-other", Backend::Sqlite))
+        .await
+        .unwrap()
+        .unwrap();
+    let foreign = other.dev_token("case_manager", "eve").await.unwrap();
+    refused(
+        info(&node, Some(&foreign)).await,
+        Code::Unauthenticated,
+        &foreign,
+    );
+}
