@@ -198,6 +198,13 @@ impl Application {
             DirectoryApi::new(state.clone()),
         )
         .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        let consent_svc = pb::consent_service_server::ConsentServiceServer::new(
+            crate::api::consent::ConsentApi::new(state.clone()),
+        )
+        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        health
+            .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
+            .await;
         health
             .set_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
             .await;
@@ -219,7 +226,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(node_svc)
-            .add_service(directory_svc);
+            .add_service(directory_svc)
+            .add_service(consent_svc);
         let api_task = match &state.config.api.tls {
             Some(tls_cfg) => {
                 let cfg = tls::api_server_config(tls_cfg)?;

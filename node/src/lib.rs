@@ -8,12 +8,14 @@
 //! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
 //! - `app`: builds the node, binds its listeners, runs until stopped.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod consents;
 pub mod domain;
 pub mod error;
 pub mod federation;

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
+pub mod consent;
+
 /// Largest message an agency system may send.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 

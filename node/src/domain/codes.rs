@@ -134,6 +134,58 @@ code_list! {
     }
 }
 
+code_list! {
+    /// Why data may be processed under a consent.
+    Purpose => Purpose {
+        ExitSupport = "exit_support",
+        ServiceProvision = "service_provision",
+        RiskAssessment = "risk_assessment",
+        EvaluationStatistics = "evaluation_statistics",
+        Other = "other",
+    }
+}
+
+code_list! {
+    /// Summary fields a consent lets travel.
+    DataCategory => DataCategory {
+        AgeBand = "age_band",
+        Gender = "gender",
+        Languages = "languages",
+        Setting = "setting",
+        IdeologicalContext = "ideological_context",
+        RiskLevel = "risk_level",
+        SecurityConsiderations = "security_considerations",
+        NeedsNarrative = "needs_narrative",
+    }
+}
+
+code_list! {
+    /// The legal ground of an exchange.
+    LegalBasisKind => LegalBasisKind {
+        Consent = "consent",
+        Statute = "statute",
+        VitalInterests = "vital_interests",
+    }
+}
+
+code_list! {
+    /// Restrictions that travel with the data.
+    Restriction => Restriction {
+        NoOnwardSharing = "no_onward_sharing",
+        NotForCriminalInvestigation = "not_for_criminal_investigation",
+        NotForImmigrationEnforcement = "not_for_immigration_enforcement",
+    }
+}
+
+code_list! {
+    /// How a consent was collected.
+    CollectionMethod => CollectionMethod {
+        Written = "written",
+        VerbalWitnessed = "verbal_witnessed",
+        Digital = "digital",
+    }
+}
+
 impl Service {
     /// The need area a service belongs to.
     pub fn need_area(self) -> NeedArea {

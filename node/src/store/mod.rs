@@ -10,6 +10,7 @@ mod sql;
 mod sqlite;
 
 use crate::config::DatabaseUrl;
+use crate::domain::consent::Consent;
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
 use crate::error::Result;
 use async_trait::async_trait;
@@ -116,6 +117,20 @@ pub struct PeerUpdate {
     pub now_ms: i64,
 }
 
+/// Which consents (and later referrals) a caller may list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListScope {
+    All,
+    /// Those owned by this subject, or by anyone in this team.
+    Owner {
+        subject: String,
+        team: Option<String>,
+    },
+}
+
+/// A page position: (recorded_at, id) of the last item seen.
+pub type Cursor = (i64, String);
+
 /// A refused call, recorded without any payload.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SecurityEvent {
@@ -178,6 +193,28 @@ pub trait Store: Send + Sync + 'static {
     async fn notice_failed(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<()>;
     /// Gives up on a notice (the peering ended); kept for the record.
     async fn notice_dropped(&self, id: i64, now_ms: i64, why: &str) -> Result<()>;
+
+    /// Stores a consent, or returns the one stored earlier under the same
+    /// owner and request key (an idempotent retry).
+    /// `request_digest` tells a retry (same digest) from a reuse of the key
+    /// for another request (an error).
+    async fn insert_consent(
+        &self,
+        consent: &Consent,
+        request_key: &str,
+        request_digest: &[u8],
+    ) -> Result<Consent>;
+    async fn get_consent(&self, consent_id: &str) -> Result<Option<Consent>>;
+    /// Newest first, after `cursor`.
+    async fn list_consents(
+        &self,
+        scope: &ListScope,
+        subject_ref: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<Consent>>;
+    /// Sets the withdrawal time once; false if it was already withdrawn.
+    async fn withdraw_consent(&self, consent_id: &str, now_ms: i64) -> Result<bool>;
 
     async fn record_security_event(&self, event: &SecurityEvent) -> Result<()>;
     async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>>;

@@ -56,6 +56,44 @@ where
     })
 }
 
+pub(super) fn row_to_consent<R>(row: &R) -> crate::error::Result<crate::domain::consent::Consent>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    use crate::domain::CollectionMethod;
+    use crate::domain::consent::{Consent, ConsentTerms};
+    use anyhow::anyhow;
+    use prost::Message;
+    let id: String = row.try_get("consent_id")?;
+    let terms: Vec<u8> = row.try_get("terms")?;
+    let terms = exitnet_proto::pb::ConsentTerms::decode(terms.as_slice())
+        .map_err(|e| anyhow!("stored consent {id}: {e}"))?;
+    let terms =
+        ConsentTerms::from_stored(terms).map_err(|e| anyhow!("stored consent {id}: {e}"))?;
+    let method: String = row.try_get("collection_method")?;
+    Ok(Consent {
+        subject_ref: row.try_get("subject_ref")?,
+        terms,
+        collection_method: CollectionMethod::parse(&method)
+            .ok_or_else(|| anyhow!("stored consent {id}: bad method"))?,
+        witness: row.try_get("witness")?,
+        owner: row.try_get("owner")?,
+        team: row.try_get("team")?,
+        recorded_by: row.try_get("recorded_by")?,
+        recorded_at_ms: row.try_get("recorded_at")?,
+        withdrawn_at_ms: row.try_get("withdrawn_at")?,
+        consent_id: id,
+    })
+}
+
+pub(super) const CONSENT_COLUMNS: &str = "consent_id, owner, team, subject_ref, terms, collection_method, witness, recorded_by, recorded_at, withdrawn_at";
+
 pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
     use prost::Message;
     p.to_pb().encode_to_vec()
@@ -67,7 +105,8 @@ macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         use $crate::domain::{OrgId, Peer, PeerState};
         use $crate::error::Result;
-        use $crate::store::sql::{PEER_SELECT, encode_profile, row_to_peer};
+        use $crate::domain::consent::Consent;
+        use $crate::store::sql::{CONSENT_COLUMNS, PEER_SELECT, encode_profile, row_to_consent, row_to_peer};
         use $crate::store::{
             JoinRefusal, NewInvitation, NewNotice, NewPeer, Notice, PeerKey, PeerUpdate,
             SecurityEvent, Store,
@@ -478,6 +517,91 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8]) -> Result<Consent> {
+                use prost::Message;
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO consents (consent_id, owner, team, request_key, subject_ref, terms, collection_method,
+                                           witness, recorded_by, recorded_at, valid_until, request_digest)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                     ON CONFLICT (owner, request_key) DO NOTHING",
+                )
+                .bind(&c.consent_id)
+                .bind(&c.owner)
+                .bind(&c.team)
+                .bind(request_key)
+                .bind(&c.subject_ref)
+                .bind(c.terms.to_pb().encode_to_vec())
+                .bind(c.collection_method.as_str())
+                .bind(&c.witness)
+                .bind(&c.recorded_by)
+                .bind(c.recorded_at_ms)
+                .bind(c.terms.valid_until_ms)
+                .bind(request_digest)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {CONSENT_COLUMNS}, request_digest FROM consents WHERE owner = $1 AND request_key = $2"
+                ));
+                let row = sqlx::query(sql).bind(&c.owner).bind(request_key).fetch_one(&mut *tx).await?;
+                tx.commit().await?;
+                let stored = row_to_consent(&row)?;
+                let stored_digest: Vec<u8> = row.try_get("request_digest")?;
+                if inserted == 0 && stored_digest != request_digest {
+                    return Err($crate::error::Error::AlreadyExists(
+                        "request_id was used before for a different consent".into(),
+                    ));
+                }
+                Ok(stored)
+            }
+
+            async fn get_consent(&self, consent_id: &str) -> Result<Option<Consent>> {
+                let sql = sqlx::AssertSqlSafe(format!("SELECT {CONSENT_COLUMNS} FROM consents WHERE consent_id = $1"));
+                let row = sqlx::query(sql).bind(consent_id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(row_to_consent).transpose()
+            }
+
+            async fn list_consents(
+                &self,
+                scope: &$crate::store::ListScope,
+                subject_ref: Option<&str>,
+                cursor: Option<&$crate::store::Cursor>,
+                limit: i64,
+            ) -> Result<Vec<Consent>> {
+                let (owner, team) = match scope {
+                    $crate::store::ListScope::All => (None, None),
+                    $crate::store::ListScope::Owner { subject, team } => (Some(subject.as_str()), team.as_deref()),
+                };
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents
+                     WHERE (CAST($1 AS TEXT) IS NULL OR owner = $1 OR team = $2)
+                       AND (CAST($3 AS TEXT) IS NULL OR subject_ref = $3)
+                       AND (CAST($4 AS BIGINT) IS NULL OR recorded_at < $4 OR (recorded_at = $4 AND consent_id < $5))
+                     ORDER BY recorded_at DESC, consent_id DESC LIMIT $6"
+                ));
+                let rows = sqlx::query(sql)
+                    .bind(owner)
+                    .bind(team)
+                    .bind(subject_ref)
+                    .bind(cursor.map(|c| c.0))
+                    .bind(cursor.map(|c| c.1.as_str()))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(row_to_consent).collect()
+            }
+
+            async fn withdraw_consent(&self, consent_id: &str, now_ms: i64) -> Result<bool> {
+                let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
+                    .bind(now_ms)
+                    .bind(consent_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(n == 1)
             }
 
             async fn record_security_event(&self, e: &SecurityEvent) -> Result<()> {

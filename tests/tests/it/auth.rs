@@ -176,6 +176,69 @@ async fn tokens_from_a_real_provider() {
     );
     assert!(msg.contains("not active"), "{msg}");
 
+    // A case manager reaching for another case manager's object is refused:
+    // the agency system records a consent for alice, then asks for it as bob.
+    let mut consents =
+        pb::consent_service_client::ConsentServiceClient::new(node.api_channel().await.unwrap());
+    let obo = |who: &str, token: &str, msg: pb::GetConsentRequest| {
+        let mut r = bearer(token, msg);
+        r.metadata_mut()
+            .insert("x-exitnet-on-behalf-of", who.parse().unwrap());
+        r
+    };
+    let mut rec = bearer(
+        &system,
+        pb::RecordConsentRequest {
+            request_id: "crm-1".into(),
+            subject_ref: "client-7".into(),
+            terms: Some(pb::ConsentTerms {
+                recipients: vec!["prison-b".into()],
+                purposes: vec![pb::Purpose::ExitSupport as i32],
+                need_areas: vec![pb::NeedArea::MentalHealth as i32],
+                legal_basis: Some(pb::LegalBasis {
+                    kind: pb::LegalBasisKind::Consent as i32,
+                    statute: String::new(),
+                }),
+                valid_until: Some(exitnet_proto::Timestamp {
+                    seconds: now() + 86400,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            collection_method: pb::CollectionMethod::Digital as i32,
+            witness: String::new(),
+        },
+    );
+    rec.metadata_mut()
+        .insert("x-exitnet-on-behalf-of", "alice".parse().unwrap());
+    let consent = consents
+        .record_consent(rec)
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    let id = consent.consent_id.clone();
+    consents
+        .get_consent(obo(
+            "alice",
+            &system,
+            pb::GetConsentRequest {
+                consent_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let e = consents
+        .get_consent(obo(
+            "bob",
+            &system,
+            pb::GetConsentRequest { consent_id: id },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
     // The provider rotates its key: new tokens work without restarting the node.
     let key2 = SigningKey::generate("k2").unwrap();
     provider.rotate(&key2).await.unwrap();

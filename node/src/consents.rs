@@ -1,0 +1,213 @@
+//! Consent records: record, read, list, withdraw. No gRPC here.
+
+use crate::access::{self, View};
+use crate::auth::{Principal, Role};
+use crate::domain::consent::{Consent, ConsentTerms, subject_ref};
+use crate::domain::time::now_ms;
+use crate::domain::{CollectionMethod, bounded_text};
+use crate::error::{Error, FieldError, Result};
+use crate::state::NodeState;
+use crate::store::Cursor;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use exitnet_proto::pb;
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+
+pub struct NewConsent {
+    pub request_id: String,
+    /// SHA-256 of the request as sent: a retry carries the same.
+    pub request_digest: Vec<u8>,
+    pub subject_ref: String,
+    pub terms: ConsentTerms,
+    pub collection_method: CollectionMethod,
+    pub witness: String,
+}
+
+impl NewConsent {
+    pub fn from_pb(r: pb::RecordConsentRequest, now: i64) -> Result<Self, FieldError> {
+        let request_digest = {
+            use prost::Message;
+            ring::digest::digest(&ring::digest::SHA256, &r.encode_to_vec())
+                .as_ref()
+                .to_vec()
+        };
+        let pb::RecordConsentRequest {
+            request_id,
+            subject_ref: subject,
+            terms,
+            collection_method,
+            witness,
+        } = r;
+        request_id_check(&request_id)?;
+        let terms = ConsentTerms::from_pb(
+            terms.ok_or_else(|| FieldError::new("terms", "required"))?,
+            now,
+        )?;
+        let collection_method = CollectionMethod::from_pb("collection_method", collection_method)?;
+        bounded_text("witness", &witness, 200)?;
+        if collection_method == CollectionMethod::VerbalWitnessed && witness.trim().is_empty() {
+            return Err(FieldError::new("witness", "required for a verbal consent"));
+        }
+        Ok(Self {
+            request_id,
+            request_digest,
+            subject_ref: subject_ref("subject_ref", &subject)?,
+            terms,
+            collection_method,
+            witness,
+        })
+    }
+}
+
+/// A caller-chosen idempotency key: 1 to 100 printable ASCII characters.
+pub fn request_id_check(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FieldError::new(
+            "request_id",
+            "1 to 100 printable ASCII characters, unique per request",
+        ));
+    }
+    Ok(())
+}
+
+fn recorded_by(p: &Principal) -> String {
+    match (&p.role, &p.on_behalf_of) {
+        (Role::System, Some(who)) => format!("{} (system) for {who}", p.subject),
+        _ => p.subject.clone(),
+    }
+}
+
+pub async fn record(state: &NodeState, p: &Principal, new: NewConsent) -> Result<Consent> {
+    access::create(p)?;
+    let owner = access::acting_owner(p)?.to_owned();
+    let consent = Consent {
+        consent_id: uuid::Uuid::new_v4().to_string(),
+        subject_ref: new.subject_ref,
+        terms: new.terms,
+        collection_method: new.collection_method,
+        witness: new.witness,
+        team: if p.role == Role::CaseManager {
+            p.team.clone()
+        } else {
+            None
+        },
+        owner,
+        recorded_by: recorded_by(p),
+        recorded_at_ms: now_ms(),
+        withdrawn_at_ms: None,
+    };
+    state
+        .store
+        .insert_consent(&consent, &new.request_id, &new.request_digest)
+        .await
+}
+
+/// A consent the caller may read, with how much of it.
+pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, View)> {
+    let c = state
+        .store
+        .get_consent(id)
+        .await?
+        .ok_or(Error::NotFound("consent"))?;
+    let view = access::read(p, &c.owner, c.team.as_deref())?;
+    Ok((c, view))
+}
+
+pub struct Page {
+    pub consents: Vec<Consent>,
+    pub view: View,
+    pub next_page_token: String,
+}
+
+fn encode_cursor(c: &Consent) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", c.recorded_at_ms, c.consent_id))
+}
+
+fn decode_cursor(token: &str) -> Result<Option<Cursor>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Error::from(FieldError::new(
+            "page_token",
+            "not a token from a previous response",
+        ))
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (at, id) = raw.split_once(':').ok_or_else(bad)?;
+    Ok(Some((at.parse().map_err(|_| bad())?, id.to_owned())))
+}
+
+pub async fn list(
+    state: &NodeState,
+    p: &Principal,
+    subject: &str,
+    page_size: u32,
+    page_token: &str,
+) -> Result<Page> {
+    let (scope, view) = access::list(p)?;
+    let size = match page_size {
+        0 => DEFAULT_PAGE,
+        n if n <= MAX_PAGE => n,
+        _ => return Err(FieldError::new("page_size", format!("at most {MAX_PAGE}")).into()),
+    };
+    if !subject.is_empty() {
+        if view == View::MetadataOnly {
+            return Err(Error::PermissionDenied(
+                "auditors cannot look consents up by client".into(),
+            ));
+        }
+        subject_ref("subject_ref", subject)?;
+    }
+    let cursor = decode_cursor(page_token)?;
+    let mut consents = state
+        .store
+        .list_consents(
+            &scope,
+            Some(subject).filter(|s| !s.is_empty()),
+            cursor.as_ref(),
+            i64::from(size) + 1,
+        )
+        .await?;
+    let next_page_token = if consents.len() > size as usize {
+        consents.truncate(size as usize);
+        consents.last().map(encode_cursor).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(Page {
+        consents,
+        view,
+        next_page_token,
+    })
+}
+
+/// Withdraws a consent; referrals under it are withdrawn at every recipient.
+pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, u32)> {
+    let c = state
+        .store
+        .get_consent(id)
+        .await?
+        .ok_or(Error::NotFound("consent"))?;
+    access::write(p, &c.owner, c.team.as_deref())?;
+    if c.withdrawn_at_ms.is_some() {
+        return Err(Error::FailedPrecondition(
+            "the consent is already withdrawn".into(),
+        ));
+    }
+    if !state.store.withdraw_consent(id, now_ms()).await? {
+        return Err(Error::FailedPrecondition(
+            "the consent is already withdrawn".into(),
+        ));
+    }
+    let c = state
+        .store
+        .get_consent(id)
+        .await?
+        .ok_or(Error::NotFound("consent"))?;
+    tracing::info!(consent_id = %c.consent_id, "consent withdrawn");
+    Ok((c, 0))
+}

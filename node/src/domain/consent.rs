@@ -1,0 +1,324 @@
+//! Consent records: what the client agreed to, validated at the edge.
+
+use super::codes::{
+    CollectionMethod, DataCategory, LegalBasisKind, NeedArea, Purpose, Restriction,
+};
+use super::org::{OrgId, bounded_text};
+use super::time::{from_timestamp, to_timestamp};
+use crate::error::FieldError;
+use exitnet_proto::pb;
+
+pub const MAX_RECIPIENTS: usize = 20;
+pub const MAX_SUBJECT_REF_CHARS: usize = 100;
+/// Consents further in the future or the past than this are mistakes.
+const MAX_SPAN_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// The terms of a consent, valid by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentTerms {
+    pub recipients: Vec<OrgId>,
+    pub purposes: Vec<Purpose>,
+    pub purpose_text: String,
+    pub data_categories: Vec<DataCategory>,
+    pub need_areas: Vec<NeedArea>,
+    pub legal_basis: LegalBasisKind,
+    pub statute: String,
+    pub restrictions: Vec<Restriction>,
+    pub valid_from_ms: i64,
+    pub valid_until_ms: i64,
+}
+
+fn codes<T: Ord>(
+    field: &str,
+    values: Vec<i32>,
+    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    if values.len() > 64 {
+        return Err(FieldError::new(field, "at most 64 entries"));
+    }
+    let mut out = values
+        .into_iter()
+        .map(|v| parse(field, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+impl ConsentTerms {
+    /// Validates terms from a caller (`now_ms` bounds the validity period).
+    pub fn from_pb(t: pb::ConsentTerms, now_ms: i64) -> Result<Self, FieldError> {
+        let pb::ConsentTerms {
+            recipients,
+            purposes,
+            purpose_text,
+            data_categories,
+            need_areas,
+            legal_basis,
+            restrictions,
+            valid_from,
+            valid_until,
+        } = t;
+        if recipients.is_empty() || recipients.len() > MAX_RECIPIENTS {
+            return Err(FieldError::new(
+                "terms.recipients",
+                format!("1 to {MAX_RECIPIENTS} organisation IDs"),
+            ));
+        }
+        let mut recipients = recipients
+            .iter()
+            .map(|r| OrgId::parse("terms.recipients", r))
+            .collect::<Result<Vec<_>, _>>()?;
+        recipients.sort();
+        recipients.dedup();
+        let purposes = codes("terms.purposes", purposes, Purpose::from_pb)?;
+        if purposes.is_empty() {
+            return Err(FieldError::new("terms.purposes", "at least one purpose"));
+        }
+        bounded_text("terms.purpose_text", &purpose_text, 200)?;
+        if purposes.contains(&Purpose::Other) && purpose_text.trim().is_empty() {
+            return Err(FieldError::new(
+                "terms.purpose_text",
+                "required with PURPOSE_OTHER",
+            ));
+        }
+        let data_categories = codes(
+            "terms.data_categories",
+            data_categories,
+            DataCategory::from_pb,
+        )?;
+        let need_areas = codes("terms.need_areas", need_areas, NeedArea::from_pb)?;
+        if need_areas.is_empty() {
+            return Err(FieldError::new(
+                "terms.need_areas",
+                "at least one need area",
+            ));
+        }
+        let restrictions = codes("terms.restrictions", restrictions, Restriction::from_pb)?;
+        let lb = legal_basis.ok_or_else(|| FieldError::new("terms.legal_basis", "required"))?;
+        let kind = LegalBasisKind::from_pb("terms.legal_basis.kind", lb.kind)?;
+        bounded_text("terms.legal_basis.statute", &lb.statute, 200)?;
+        if kind == LegalBasisKind::Statute && lb.statute.trim().is_empty() {
+            return Err(FieldError::new(
+                "terms.legal_basis.statute",
+                "required when the legal basis is a statute",
+            ));
+        }
+        let valid_from_ms = valid_from.as_ref().map(from_timestamp).unwrap_or(now_ms);
+        let valid_until_ms = valid_until.as_ref().map(from_timestamp).ok_or_else(|| {
+            FieldError::new("terms.valid_until", "required: consent is time-limited")
+        })?;
+        if valid_until_ms <= valid_from_ms {
+            return Err(FieldError::new(
+                "terms.valid_until",
+                "must be after valid_from",
+            ));
+        }
+        if valid_until_ms <= now_ms {
+            return Err(FieldError::new("terms.valid_until", "is in the past"));
+        }
+        if (valid_from_ms - now_ms).abs() > MAX_SPAN_MS
+            || valid_until_ms - now_ms > MAX_SPAN_MS
+            || valid_until_ms - valid_from_ms > MAX_SPAN_MS
+        {
+            return Err(FieldError::new(
+                "terms.valid_until",
+                "more than ten years away",
+            ));
+        }
+        Ok(Self {
+            recipients,
+            purposes,
+            purpose_text,
+            data_categories,
+            need_areas,
+            legal_basis: kind,
+            statute: lb.statute,
+            restrictions,
+            valid_from_ms,
+            valid_until_ms,
+        })
+    }
+
+    /// Reads terms back from storage: validated as when recorded, but not
+    /// against today's date (a stored consent may have expired since).
+    pub fn from_stored(t: pb::ConsentTerms) -> Result<Self, FieldError> {
+        let recorded_as_of = t.valid_from.as_ref().map(from_timestamp).unwrap_or(0);
+        Self::from_pb(t, recorded_as_of)
+    }
+
+    pub fn to_pb(&self) -> pb::ConsentTerms {
+        pb::ConsentTerms {
+            recipients: self.recipients.iter().map(|r| r.to_string()).collect(),
+            purposes: self.purposes.iter().map(|v| v.to_pb()).collect(),
+            purpose_text: self.purpose_text.clone(),
+            data_categories: self.data_categories.iter().map(|v| v.to_pb()).collect(),
+            need_areas: self.need_areas.iter().map(|v| v.to_pb()).collect(),
+            legal_basis: Some(pb::LegalBasis {
+                kind: self.legal_basis.to_pb(),
+                statute: self.statute.clone(),
+            }),
+            restrictions: self.restrictions.iter().map(|v| v.to_pb()).collect(),
+            valid_from: Some(to_timestamp(self.valid_from_ms)),
+            valid_until: Some(to_timestamp(self.valid_until_ms)),
+        }
+    }
+
+    /// Whether the terms allow sharing at `now_ms` (withdrawal is checked apart).
+    pub fn in_force(&self, now_ms: i64) -> bool {
+        self.valid_from_ms <= now_ms && now_ms < self.valid_until_ms
+    }
+}
+
+/// The client's own reference: bounded, printable.
+pub fn subject_ref(field: &str, s: &str) -> Result<String, FieldError> {
+    if s.trim().is_empty() {
+        return Err(FieldError::new(field, "required"));
+    }
+    bounded_text(field, s, MAX_SUBJECT_REF_CHARS)?;
+    Ok(s.to_owned())
+}
+
+/// A recorded consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub consent_id: String,
+    pub subject_ref: String,
+    pub terms: ConsentTerms,
+    pub collection_method: CollectionMethod,
+    pub witness: String,
+    /// The case manager the consent belongs to (the acting subject).
+    pub owner: String,
+    pub team: Option<String>,
+    /// Who recorded it: the owner, or `system (for owner)`.
+    pub recorded_by: String,
+    pub recorded_at_ms: i64,
+    pub withdrawn_at_ms: Option<i64>,
+}
+
+impl Consent {
+    pub fn to_pb(&self, with_subject: bool) -> pb::Consent {
+        pb::Consent {
+            consent_id: self.consent_id.clone(),
+            subject_ref: if with_subject {
+                self.subject_ref.clone()
+            } else {
+                String::new()
+            },
+            terms: Some(self.terms.to_pb()),
+            collection_method: self.collection_method.to_pb(),
+            witness: self.witness.clone(),
+            recorded_by: self.recorded_by.clone(),
+            recorded_at: Some(to_timestamp(self.recorded_at_ms)),
+            withdrawn_at: self.withdrawn_at_ms.map(to_timestamp),
+            team: self.team.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms() -> pb::ConsentTerms {
+        pb::ConsentTerms {
+            recipients: vec!["prison-b".into()],
+            purposes: vec![pb::Purpose::ExitSupport as i32],
+            data_categories: vec![pb::DataCategory::AgeBand as i32],
+            need_areas: vec![pb::NeedArea::MentalHealth as i32],
+            legal_basis: Some(pb::LegalBasis {
+                kind: pb::LegalBasisKind::Consent as i32,
+                statute: String::new(),
+            }),
+            valid_until: Some(to_timestamp(2_000_000)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_terms() {
+        let t = ConsentTerms::from_pb(terms(), 1_000_000).unwrap();
+        assert_eq!(t.valid_from_ms, 1_000_000);
+        assert!(t.in_force(1_500_000));
+        assert!(!t.in_force(2_000_000));
+        assert_eq!(ConsentTerms::from_pb(t.to_pb(), 1_000_000).unwrap(), t);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(pb::ConsentTerms, &str)> = vec![
+            (
+                pb::ConsentTerms {
+                    recipients: vec![],
+                    ..terms()
+                },
+                "terms.recipients",
+            ),
+            (
+                pb::ConsentTerms {
+                    recipients: vec!["Bad Org".into()],
+                    ..terms()
+                },
+                "terms.recipients",
+            ),
+            (
+                pb::ConsentTerms {
+                    purposes: vec![],
+                    ..terms()
+                },
+                "terms.purposes",
+            ),
+            (
+                pb::ConsentTerms {
+                    purposes: vec![pb::Purpose::Other as i32],
+                    ..terms()
+                },
+                "terms.purpose_text",
+            ),
+            (
+                pb::ConsentTerms {
+                    need_areas: vec![99],
+                    ..terms()
+                },
+                "terms.need_areas",
+            ),
+            (
+                pb::ConsentTerms {
+                    legal_basis: None,
+                    ..terms()
+                },
+                "terms.legal_basis",
+            ),
+            (
+                pb::ConsentTerms {
+                    legal_basis: Some(pb::LegalBasis {
+                        kind: pb::LegalBasisKind::Statute as i32,
+                        statute: String::new(),
+                    }),
+                    ..terms()
+                },
+                "terms.legal_basis.statute",
+            ),
+            (
+                pb::ConsentTerms {
+                    valid_until: None,
+                    ..terms()
+                },
+                "terms.valid_until",
+            ),
+            (
+                pb::ConsentTerms {
+                    valid_until: Some(to_timestamp(500)),
+                    ..terms()
+                },
+                "terms.valid_until",
+            ),
+        ];
+        for (t, field) in cases {
+            assert_eq!(
+                ConsentTerms::from_pb(t, 1_000_000).unwrap_err().field,
+                field
+            );
+        }
+    }
+}
