@@ -119,6 +119,16 @@ impl Application {
         let federation_bound = federation_listener.local_addr()?;
 
         let profile = profile_from_config(&config, &org_id);
+        let pseudonym_key = {
+            let mut b = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            let kept = store.meta_init("pseudonym_key", &hex(&b)).await?;
+            (0..kept.len() / 2)
+                .map(|i| u8::from_str_radix(&kept[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .context("stored pseudonym key")?
+        };
         let auth = crate::auth::Authenticator::from_config(&config.auth, org_id.as_str())?;
         match &auth {
             crate::auth::Authenticator::Dev(_) => tracing::warn!(
@@ -139,6 +149,8 @@ impl Application {
             profile: RwLock::new(profile),
             federation_bound,
             auth,
+            pseudonym_key,
+            referral_events: tokio::sync::broadcast::channel(1024).0,
             outbox_wake: tokio::sync::Notify::new(),
         });
         Ok(Self {
@@ -198,6 +210,13 @@ impl Application {
             DirectoryApi::new(state.clone()),
         )
         .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        let referral_svc = pb::referral_service_server::ReferralServiceServer::new(
+            crate::api::referral::ReferralApi::new(state.clone()),
+        )
+        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        health
+            .set_serving::<pb::referral_service_server::ReferralServiceServer<crate::api::referral::ReferralApi>>()
+            .await;
         let consent_svc = pb::consent_service_server::ConsentServiceServer::new(
             crate::api::consent::ConsentApi::new(state.clone()),
         )
@@ -227,7 +246,8 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(node_svc)
             .add_service(directory_svc)
-            .add_service(consent_svc);
+            .add_service(consent_svc)
+            .add_service(referral_svc);
         let api_task = match &state.config.api.tls {
             Some(tls_cfg) => {
                 let cfg = tls::api_server_config(tls_cfg)?;

@@ -131,6 +131,8 @@ pub struct FederationConfig {
     /// Retry backoff for notices to peers: first delay and cap.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// A referral message not delivered within this time fails as undeliverable.
+    pub max_delivery_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -232,6 +234,7 @@ handshake_timeout_ms = 10000
 call_timeout_ms = 10000
 retry_initial_ms = 500
 retry_max_ms = 300000
+max_delivery_age_secs = 604800
 
 [admin]
 

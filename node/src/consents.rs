@@ -198,16 +198,19 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
             "the consent is already withdrawn".into(),
         ));
     }
-    if !state.store.withdraw_consent(id, now_ms()).await? {
-        return Err(Error::FailedPrecondition(
-            "the consent is already withdrawn".into(),
-        ));
-    }
+    // The consent and every referral under it, in one transaction; the
+    // withdrawal notices go out through the outbox.
+    let notified = crate::referrals::withdraw_consent(
+        state,
+        id,
+        exitnet_proto::pb::WithdrawalCause::ConsentWithdrawn,
+    )
+    .await?;
     let c = state
         .store
         .get_consent(id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    tracing::info!(consent_id = %c.consent_id, "consent withdrawn");
-    Ok((c, 0))
+    tracing::info!(consent_id = %c.consent_id, recipients = notified, "consent withdrawn");
+    Ok((c, notified))
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod federation;
 pub mod identity;
 pub mod peering;
+pub mod referrals;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -21,6 +21,10 @@ pub struct NodeState {
     pub federation_bound: std::net::SocketAddr,
     /// Verifies bearer tokens on the client API.
     pub auth: crate::auth::Authenticator,
+    /// Key for pairwise pseudonyms (kept in the database's node_meta).
+    pub pseudonym_key: Vec<u8>,
+    /// Referral IDs that changed, for `WatchReferrals`.
+    pub referral_events: tokio::sync::broadcast::Sender<String>,
     /// Wakes the notice sender when something was queued.
     pub outbox_wake: tokio::sync::Notify,
 }
@@ -66,6 +70,11 @@ impl NodeState {
 
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.config.federation.call_timeout_ms)
+    }
+
+    /// Tells watchers that a referral changed (no content, just the ID).
+    pub fn referral_changed(&self, referral_id: &str) {
+        let _ = self.referral_events.send(referral_id.to_owned());
     }
 
     pub fn now_ms(&self) -> i64 {

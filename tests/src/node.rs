@@ -207,6 +207,13 @@ impl NodeProcess {
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log()))?;
         self.api_addr = info["api"].as_str().unwrap_or_default().to_owned();
         self.federation_addr = info["federation"].as_str().unwrap_or_default().to_owned();
+        // A restart keeps the addresses, as a real node's would: peers know them.
+        let pinned = format!(
+            "[api]\nlisten = {:?}\n[federation]\nlisten = {:?}\n",
+            self.api_addr, self.federation_addr
+        );
+        let current = std::fs::read_to_string(&self.config_path)?;
+        std::fs::write(&self.config_path, merge_toml(&current, &pinned)?)?;
         let api = self.api_addr.clone();
         wait_until(
             "the client API to answer SERVING",

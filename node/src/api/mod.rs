@@ -12,6 +12,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 pub mod consent;
+pub mod referral;
 
 /// Largest message an agency system may send.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;

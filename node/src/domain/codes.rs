@@ -186,6 +186,84 @@ code_list! {
     }
 }
 
+code_list! {
+    Urgency => Urgency { Routine = "routine", Soon = "soon", Urgent = "urgent" }
+}
+
+code_list! {
+    AgeBand => AgeBand {
+        Under15 = "under_15",
+        AgeBand1517 = "15_17",
+        AgeBand1824 = "18_24",
+        AgeBand2534 = "25_34",
+        AgeBand3549 = "35_49",
+        AgeBand50AndOver = "50_and_over",
+    }
+}
+
+code_list! {
+    Gender => Gender { Female = "female", Male = "male", Diverse = "diverse", Undisclosed = "undisclosed" }
+}
+
+code_list! {
+    IdeologicalContext => IdeologicalContext {
+        FarRight = "far_right",
+        FarLeft = "far_left",
+        ReligiouslyMotivated = "religiously_motivated",
+        SingleIssue = "single_issue",
+        MixedOrUnclear = "mixed_or_unclear",
+        Other = "other",
+    }
+}
+
+code_list! {
+    RiskLevel => RiskLevel { Low = "low", Moderate = "moderate", High = "high", NotAssessed = "not_assessed" }
+}
+
+code_list! {
+    DeclineReason => DeclineReason {
+        NoCapacity = "no_capacity",
+        OutsideMandate = "outside_mandate",
+        NotEligible = "not_eligible",
+        SafetyConcern = "safety_concern",
+        Duplicate = "duplicate",
+        ConsentInsufficient = "consent_insufficient",
+        ClientDeclinedContact = "client_declined_contact",
+        Other = "other",
+    }
+}
+
+code_list! {
+    FailureReason => FailureReason {
+        ClientUnreachable = "client_unreachable",
+        ClientWithdrew = "client_withdrew",
+        ClientMoved = "client_moved",
+        SafetyIncident = "safety_incident",
+        Undeliverable = "undeliverable",
+        RefusedByReceiver = "refused_by_receiver",
+        Other = "other",
+    }
+}
+
+code_list! {
+    Progress => Progress { None = "none", Some = "some", Substantial = "substantial" }
+}
+
+code_list! {
+    /// The closed loop's states (FHIR Task, Gravity SDOH profile).
+    ReferralState => ReferralState {
+        Requested = "requested",
+        Received = "received",
+        Accepted = "accepted",
+        Declined = "declined",
+        InProgress = "in_progress",
+        OnHold = "on_hold",
+        Completed = "completed",
+        Failed = "failed",
+        Withdrawn = "withdrawn",
+    }
+}
+
 impl Service {
     /// The need area a service belongs to.
     pub fn need_area(self) -> NeedArea {

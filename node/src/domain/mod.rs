@@ -1,15 +1,17 @@
 //! Validated domain types. A value of these types is valid by construction;
-//! wire types are converted at the edge (`convert`).
+//! wire types are converted at the edge (`from_pb`/`to_pb`).
 
 mod codes;
 pub mod consent;
 pub mod org;
 mod peer;
+pub mod referral;
 pub mod time;
 
 pub use codes::{
-    CollectionMethod, DataCategory, LegalBasisKind, NeedArea, Purpose, Restriction, Sector,
-    Service, Setting,
+    AgeBand, CollectionMethod, DataCategory, DeclineReason, FailureReason, Gender,
+    IdeologicalContext, LegalBasisKind, NeedArea, Progress, Purpose, ReferralState, Restriction,
+    RiskLevel, Sector, Service, Setting, Urgency,
 };
 pub use org::{OrgId, OrgProfile, bounded_text, endpoint_check, org_name_check};
 pub use peer::{Awaiting, Peer, PeerAction, PeerState};

@@ -203,10 +203,22 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let info = caller_info(&request, "Notify");
         let peer = self.authenticate(&info).await?;
         let fp = info.fingerprint.clone().unwrap_or_default();
-        match peering::receive_notice(&self.state, &peer, &fp, request.into_inner()).await {
-            Ok(()) => {
+        let req = request.into_inner();
+        let outcome = match &req.notice {
+            Some(pb::notify_request::Notice::Message(signed)) => {
+                let spki = info.spki.clone().unwrap_or_default();
+                crate::referrals::receive::handle(&self.state, &peer, &req.notice_id, &spki, signed)
+                    .await
+                    .map(Some)
+            }
+            _ => peering::receive_notice(&self.state, &peer, &fp, req)
+                .await
+                .map(|()| None),
+        };
+        match outcome {
+            Ok(receipt) => {
                 let _ = self.state.store.touch_peer(&peer.org_id, now_ms()).await;
-                Ok(Response::new(pb::NotifyResponse {}))
+                Ok(Response::new(pb::NotifyResponse { receipt }))
             }
             Err(e @ Error::PermissionDenied(_)) => Err(self
                 .refuse(

@@ -382,6 +382,10 @@ pub async fn receive_notice(
         ..Default::default()
     };
     match notice.ok_or_else(|| FieldError::new("notice", "required"))? {
+        pb::notify_request::Notice::Message(_) => {
+            // Referral messages are handled by `referrals::receive`.
+            return Err(FieldError::new("notice", "a message is not a peering notice").into());
+        }
         pb::notify_request::Notice::State(s) => {
             let s = PeerState::from_pb("state", s)?;
             update.remote_state = Some(s);

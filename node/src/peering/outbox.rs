@@ -107,13 +107,61 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
             return Err(e);
         }
     };
+    let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     for n in queue {
         let req = pb::NotifyRequest::decode(n.payload.as_slice())?;
-        match client.notify(req).await {
-            Ok(_) => {
+        let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
+        if is_message && now_ms() - n.created_at_ms > max_age_ms {
+            // Undeliverable for too long: the sender learns it failed.
+            state
+                .store
+                .notice_dropped(n.id, now_ms(), "undeliverable")
+                .await?;
+            crate::referrals::on_refused(
+                state,
+                &req,
+                pb::FailureReason::Undeliverable,
+                "not delivered in time",
+            )
+            .await?;
+            continue;
+        }
+        match client.notify(req.clone()).await {
+            Ok(resp) => {
                 let now = now_ms();
-                state.store.notice_delivered(n.id, now).await?;
+                if is_message {
+                    if let Err(e) =
+                        crate::referrals::on_delivered(state, org, n.id, &req, resp.get_ref()).await
+                    {
+                        // An invalid receipt is not proof of delivery: try again later.
+                        let next = now_ms() + backoff_ms(state, n.attempts);
+                        state
+                            .store
+                            .notice_failed(n.id, next, "invalid receipt")
+                            .await?;
+                        tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
+                        break;
+                    }
+                } else {
+                    state.store.notice_delivered(n.id, now).await?;
+                }
                 state.store.touch_peer(org, now).await?;
+            }
+            Err(status) if is_message && refused_for_good(&status) => {
+                // The receiver checked the message and refused it: retrying
+                // cannot help. The referral fails with the receiver's reason.
+                state
+                    .store
+                    .notice_dropped(n.id, now_ms(), status.code().description())
+                    .await?;
+                crate::referrals::on_refused(
+                    state,
+                    &req,
+                    pb::FailureReason::RefusedByReceiver,
+                    status.message(),
+                )
+                .await?;
+                tracing::info!(peer = %org, code = ?status.code(), "the peer refused a message");
             }
             Err(status) => {
                 let final_refusal = matches!(
@@ -139,6 +187,17 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
         }
     }
     Ok(())
+}
+
+/// A refusal of the message itself, not of the connection or the peering.
+fn refused_for_good(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    match status.code() {
+        InvalidArgument | FailedPrecondition | NotFound | AlreadyExists | OutOfRange => true,
+        // "refused: peer_…" is about the peering (e.g. suspended), which may resume.
+        PermissionDenied => !status.message().starts_with("refused: peer_"),
+        _ => false,
+    }
 }
 
 /// Exponential backoff with full jitter, capped.

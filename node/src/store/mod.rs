@@ -131,6 +131,81 @@ pub enum ListScope {
 /// A page position: (recorded_at, id) of the last item seen.
 pub type Cursor = (i64, String);
 
+/// A referral as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralRecord {
+    pub referral_id: String,
+    pub outbound: bool,
+    pub peer_org: OrgId,
+    /// Outbound: the case manager who sent it. Inbound: the one who took it
+    /// on, or empty while it waits in the intake queue.
+    pub owner: String,
+    pub team: Option<String>,
+    pub consent_id: Option<String>,
+    /// Inbound: the sender's pseudonym for the client. Outbound: the one sent.
+    pub pseudonym: String,
+    /// Code names, comma-separated.
+    pub need_areas: String,
+    pub services: String,
+    pub urgency: String,
+    /// Encoded `CaseSummary`; `None` once purged.
+    pub summary: Option<Vec<u8>>,
+    /// Encoded `ConsentTerms` as they travelled.
+    pub terms: Vec<u8>,
+    pub state: String,
+    /// `none`, `pending` or `done`.
+    pub purge_status: String,
+    pub purged_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One state change in a referral's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralEvent {
+    pub state: String,
+    pub at_ms: i64,
+    pub by_org: String,
+    /// Encoded `StateChange` (reasons, outcome).
+    pub detail: Vec<u8>,
+}
+
+/// A signed receipt, ours or a peer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRecord {
+    pub message_id: String,
+    pub issued_by: String,
+    pub referral_id: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub at_ms: i64,
+}
+
+/// A change to a referral, applied only if its state is still `expected`.
+#[derive(Debug, Clone, Default)]
+pub struct ReferralChange {
+    pub expected_states: Vec<String>,
+    pub state: Option<String>,
+    pub event: Option<ReferralEvent>,
+    pub owner: Option<String>,
+    pub team: Option<Option<String>>,
+    pub purge_status: Option<String>,
+    pub purged_at_ms: Option<i64>,
+    /// Deletes the summary (a purge).
+    pub purge_summary: bool,
+    pub notices: Vec<NewNotice>,
+    pub now_ms: i64,
+}
+
+/// Filters for listing referrals.
+#[derive(Debug, Clone, Default)]
+pub struct ReferralFilter {
+    pub outbound: Option<bool>,
+    pub state: Option<String>,
+    pub peer_org: Option<String>,
+}
+
 /// A refused call, recorded without any payload.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SecurityEvent {
@@ -215,6 +290,59 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Consent>>;
     /// Sets the withdrawal time once; false if it was already withdrawn.
     async fn withdraw_consent(&self, consent_id: &str, now_ms: i64) -> Result<bool>;
+
+    /// Stores a new outbound referral with its first event and its message,
+    /// in one transaction; a retry (same owner, key and digest) returns the
+    /// stored one.
+    async fn create_referral(
+        &self,
+        r: &ReferralRecord,
+        request_key: &str,
+        request_digest: &[u8],
+        event: &ReferralEvent,
+        notice: &NewNotice,
+    ) -> Result<ReferralRecord>;
+    async fn get_referral(&self, referral_id: &str) -> Result<Option<ReferralRecord>>;
+    async fn referral_history(&self, referral_id: &str) -> Result<Vec<ReferralEvent>>;
+    async fn list_referrals(
+        &self,
+        scope: &ListScope,
+        filter: &ReferralFilter,
+        cursor: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<ReferralRecord>>;
+    /// Outbound referrals resting on a consent.
+    async fn referrals_under_consent(&self, consent_id: &str) -> Result<Vec<ReferralRecord>>;
+    /// Applies `change` if the referral's state is one of the expected ones;
+    /// false (nothing written) otherwise.
+    async fn change_referral(&self, referral_id: &str, change: &ReferralChange) -> Result<bool>;
+    /// Withdraws a consent and applies the changes to its referrals, together.
+    async fn withdraw_consent_with(
+        &self,
+        consent_id: &str,
+        changes: &[(String, ReferralChange)],
+        now_ms: i64,
+    ) -> Result<bool>;
+    /// A received message: stores the inbound referral (or applies the change)
+    /// and our receipt, once. A repeat returns the receipt stored the first time.
+    async fn receive_message(
+        &self,
+        receipt: &ReceiptRecord,
+        new_inbound: Option<(&ReferralRecord, &ReferralEvent)>,
+        change: Option<(&str, &ReferralChange)>,
+    ) -> Result<ReceiptRecord>;
+    /// A receipt a peer signed for our notice: kept with the change it
+    /// implies, and the notice marked delivered, together.
+    async fn accept_receipt(
+        &self,
+        notice_row: i64,
+        receipt: &ReceiptRecord,
+        change: Option<(&str, &ReferralChange)>,
+    ) -> Result<()>;
+    async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
+    /// After a purge: make sure no copy of the deleted content lingers in
+    /// the database's files (SQLite: truncate the write-ahead log).
+    async fn after_purge(&self) -> Result<()>;
 
     async fn record_security_event(&self, event: &SecurityEvent) -> Result<()>;
     async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>>;

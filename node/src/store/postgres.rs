@@ -30,6 +30,11 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
+    async fn after_purge_impl(&self) -> crate::error::Result<()> {
+        // PostgreSQL reclaims dead tuples with (auto)vacuum; see docs/operations.md.
+        Ok(())
+    }
+
     async fn begin_write(
         &self,
     ) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Postgres>> {

@@ -94,6 +94,62 @@ where
 
 pub(super) const CONSENT_COLUMNS: &str = "consent_id, owner, team, subject_ref, terms, collection_method, witness, recorded_by, recorded_at, withdrawn_at";
 
+pub(super) const REFERRAL_COLUMNS: &str = "referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, summary, terms, state, purge_status, purged_at, created_at, updated_at";
+
+pub(super) fn row_to_referral<R>(row: &R) -> crate::error::Result<crate::store::ReferralRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Vec<u8>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let peer: String = row.try_get("peer_org")?;
+    let direction: String = row.try_get("direction")?;
+    Ok(crate::store::ReferralRecord {
+        referral_id: row.try_get("referral_id")?,
+        outbound: direction == "outbound",
+        peer_org: crate::domain::OrgId::parse("peer_org", &peer)
+            .map_err(|e| anyhow::anyhow!("stored referral: {e}"))?,
+        owner: row.try_get("owner")?,
+        team: row.try_get("team")?,
+        consent_id: row.try_get("consent_id")?,
+        pseudonym: row.try_get("pseudonym")?,
+        need_areas: row.try_get("need_areas")?,
+        services: row.try_get("services")?,
+        urgency: row.try_get("urgency")?,
+        summary: row.try_get("summary")?,
+        terms: row.try_get("terms")?,
+        state: row.try_get("state")?,
+        purge_status: row.try_get("purge_status")?,
+        purged_at_ms: row.try_get("purged_at")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+pub(super) fn row_to_receipt<R>(row: &R) -> crate::error::Result<crate::store::ReceiptRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(crate::store::ReceiptRecord {
+        message_id: row.try_get("message_id")?,
+        issued_by: row.try_get("issued_by")?,
+        referral_id: row.try_get("referral_id")?,
+        kind: row.try_get("kind")?,
+        payload: row.try_get("payload")?,
+        signature: row.try_get("signature")?,
+        at_ms: row.try_get("at")?,
+    })
+}
+
 pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
     use prost::Message;
     p.to_pb().encode_to_vec()
@@ -106,7 +162,10 @@ macro_rules! impl_store {
         use $crate::domain::{OrgId, Peer, PeerState};
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
-        use $crate::store::sql::{CONSENT_COLUMNS, PEER_SELECT, encode_profile, row_to_consent, row_to_peer};
+        use $crate::store::sql::{
+            CONSENT_COLUMNS, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_consent, row_to_peer, row_to_receipt,
+            row_to_referral,
+        };
         use $crate::store::{
             JoinRefusal, NewInvitation, NewNotice, NewPeer, Notice, PeerKey, PeerUpdate,
             SecurityEvent, Store,
@@ -230,6 +289,115 @@ macro_rules! impl_store {
             }
             insert_notices(tx, &u.notices).await?;
             Ok(true)
+        }
+
+        async fn insert_referral(tx: &mut Tx, r: &$crate::store::ReferralRecord, request_key: Option<&str>, digest: Option<&[u8]>) -> Result<u64> {
+            Ok(sqlx::query(
+                "INSERT INTO referrals (referral_id, direction, peer_org, owner, team, request_key, request_digest, consent_id,
+                                        pseudonym, need_areas, services, urgency, summary, terms, state, purge_status,
+                                        purged_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.referral_id)
+            .bind(if r.outbound { "outbound" } else { "inbound" })
+            .bind(r.peer_org.as_str())
+            .bind(&r.owner)
+            .bind(&r.team)
+            .bind(request_key)
+            .bind(digest)
+            .bind(&r.consent_id)
+            .bind(&r.pseudonym)
+            .bind(&r.need_areas)
+            .bind(&r.services)
+            .bind(&r.urgency)
+            .bind(&r.summary)
+            .bind(&r.terms)
+            .bind(&r.state)
+            .bind(&r.purge_status)
+            .bind(r.purged_at_ms)
+            .bind(r.created_at_ms)
+            .bind(r.updated_at_ms)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected())
+        }
+
+        async fn insert_event(tx: &mut Tx, referral_id: &str, e: &$crate::store::ReferralEvent) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail)
+                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = $1), $2, $3, $4, $5)",
+            )
+            .bind(referral_id)
+            .bind(&e.state)
+            .bind(e.at_ms)
+            .bind(&e.by_org)
+            .bind(&e.detail)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn apply_referral_change(tx: &mut Tx, id: &str, c: &$crate::store::ReferralChange) -> Result<bool> {
+            let row = sqlx::query("SELECT state FROM referrals WHERE referral_id = $1")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            let current: String = row.try_get("state")?;
+            if !c.expected_states.is_empty() && !c.expected_states.contains(&current) {
+                return Ok(false);
+            }
+            let (set_team, team) = match &c.team {
+                Some(t) => (1i64, t.clone()),
+                None => (0i64, None),
+            };
+            let updated = sqlx::query(
+                "UPDATE referrals SET state = COALESCE($1, state), owner = COALESCE($2, owner),
+                        team = CASE WHEN $3 = 1 THEN $4 ELSE team END,
+                        purge_status = COALESCE($5, purge_status), purged_at = COALESCE($6, purged_at),
+                        summary = CASE WHEN $7 = 1 THEN NULL ELSE summary END,
+                        updated_at = $8
+                 WHERE referral_id = $9 AND state = $10",
+            )
+            .bind(&c.state)
+            .bind(&c.owner)
+            .bind(set_team)
+            .bind(team)
+            .bind(&c.purge_status)
+            .bind(c.purged_at_ms)
+            .bind(i64::from(c.purge_summary))
+            .bind(c.now_ms)
+            .bind(id)
+            .bind(&current)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Ok(false);
+            }
+            if let Some(e) = &c.event {
+                insert_event(tx, id, e).await?;
+            }
+            insert_notices(tx, &c.notices).await?;
+            Ok(true)
+        }
+
+        async fn insert_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<u64> {
+            Ok(sqlx::query(
+                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(&r.message_id)
+            .bind(&r.issued_by)
+            .bind(&r.referral_id)
+            .bind(&r.kind)
+            .bind(&r.payload)
+            .bind(&r.signature)
+            .bind(r.at_ms)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected())
         }
 
         fn row_to_notice(r: &<$db as sqlx::Database>::Row) -> Result<Notice> {
@@ -602,6 +770,187 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected();
                 Ok(n == 1)
+            }
+
+            async fn create_referral(
+                &self,
+                r: &$crate::store::ReferralRecord,
+                request_key: &str,
+                request_digest: &[u8],
+                event: &$crate::store::ReferralEvent,
+                notice: &NewNotice,
+            ) -> Result<$crate::store::ReferralRecord> {
+                let mut tx = self.begin_write().await?;
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
+                ));
+                if let Some(row) = sqlx::query(sql).bind(&r.owner).bind(request_key).fetch_optional(&mut *tx).await? {
+                    let digest: Option<Vec<u8>> = row.try_get("request_digest")?;
+                    if digest.as_deref() != Some(request_digest) {
+                        return Err($crate::error::Error::AlreadyExists("request_id was used before for a different referral".into()));
+                    }
+                    return row_to_referral(&row);
+                }
+                insert_referral(&mut tx, r, Some(request_key), Some(request_digest)).await?;
+                insert_event(&mut tx, &r.referral_id, event).await?;
+                insert_notices(&mut tx, std::slice::from_ref(notice)).await?;
+                tx.commit().await?;
+                Ok(r.clone())
+            }
+
+            async fn get_referral(&self, referral_id: &str) -> Result<Option<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_id = $1"));
+                let row = sqlx::query(sql).bind(referral_id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(row_to_referral).transpose()
+            }
+
+            async fn referral_history(&self, referral_id: &str) -> Result<Vec<$crate::store::ReferralEvent>> {
+                let rows = sqlx::query("SELECT state, at, by_org, detail FROM referral_events WHERE referral_id = $1 ORDER BY seq")
+                    .bind(referral_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::store::ReferralEvent {
+                            state: r.try_get("state")?,
+                            at_ms: r.try_get("at")?,
+                            by_org: r.try_get("by_org")?,
+                            detail: r.try_get("detail")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn list_referrals(
+                &self,
+                scope: &$crate::store::ListScope,
+                filter: &$crate::store::ReferralFilter,
+                cursor: Option<&$crate::store::Cursor>,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let (owner, team) = match scope {
+                    $crate::store::ListScope::All => (None, None),
+                    $crate::store::ListScope::Owner { subject, team } => (Some(subject.as_str()), team.as_deref()),
+                };
+                // Unassigned inbound referrals (owner '') are the intake queue every case manager sees.
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals
+                     WHERE (CAST($1 AS TEXT) IS NULL OR owner = $1 OR team = $2 OR (direction = 'inbound' AND owner = ''))
+                       AND (CAST($3 AS TEXT) IS NULL OR direction = $3)
+                       AND (CAST($4 AS TEXT) IS NULL OR state = $4)
+                       AND (CAST($5 AS TEXT) IS NULL OR peer_org = $5)
+                       AND (CAST($6 AS BIGINT) IS NULL OR created_at < $6 OR (created_at = $6 AND referral_id < $7))
+                     ORDER BY created_at DESC, referral_id DESC LIMIT $8"
+                ));
+                let rows = sqlx::query(sql)
+                    .bind(owner)
+                    .bind(team)
+                    .bind(filter.outbound.map(|o| if o { "outbound" } else { "inbound" }))
+                    .bind(&filter.state)
+                    .bind(&filter.peer_org)
+                    .bind(cursor.map(|c| c.0))
+                    .bind(cursor.map(|c| c.1.as_str()))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn referrals_under_consent(&self, consent_id: &str) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE consent_id = $1 AND direction = 'outbound' ORDER BY created_at"
+                ));
+                let rows = sqlx::query(sql).bind(consent_id).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn change_referral(&self, referral_id: &str, change: &$crate::store::ReferralChange) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let ok = apply_referral_change(&mut tx, referral_id, change).await?;
+                if ok {
+                    tx.commit().await?;
+                }
+                Ok(ok)
+            }
+
+            async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
+                    .bind(now_ms)
+                    .bind(consent_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n != 1 {
+                    return Ok(false);
+                }
+                for (id, c) in changes {
+                    apply_referral_change(&mut tx, id, c).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn receive_message(
+                &self,
+                receipt: &$crate::store::ReceiptRecord,
+                new_inbound: Option<(&$crate::store::ReferralRecord, &$crate::store::ReferralEvent)>,
+                change: Option<(&str, &$crate::store::ReferralChange)>,
+            ) -> Result<$crate::store::ReceiptRecord> {
+                let mut tx = self.begin_write().await?;
+                let existing = sqlx::query(
+                    "SELECT message_id, issued_by, referral_id, kind, payload, signature, at FROM receipts
+                     WHERE message_id = $1 AND issued_by = $2",
+                )
+                .bind(&receipt.message_id)
+                .bind(&receipt.issued_by)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = existing {
+                    // A redelivery: the same receipt, nothing applied twice.
+                    return row_to_receipt(&row);
+                }
+                if let Some((r, e)) = new_inbound {
+                    if insert_referral(&mut tx, r, None, None).await? == 1 {
+                        insert_event(&mut tx, &r.referral_id, e).await?;
+                    }
+                }
+                if let Some((id, c)) = change {
+                    apply_referral_change(&mut tx, id, c).await?;
+                }
+                insert_receipt(&mut tx, receipt).await?;
+                tx.commit().await?;
+                Ok(receipt.clone())
+            }
+
+            async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                insert_receipt(&mut tx, receipt).await?;
+                if let Some((id, c)) = change {
+                    apply_referral_change(&mut tx, id, c).await?;
+                }
+                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL WHERE id = $2")
+                    .bind(receipt.at_ms)
+                    .bind(notice_row)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn after_purge(&self) -> Result<()> {
+                self.after_purge_impl().await
+            }
+
+            async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
+                let rows = sqlx::query(
+                    "SELECT message_id, issued_by, referral_id, kind, payload, signature, at FROM receipts
+                     WHERE referral_id = $1 ORDER BY at",
+                )
+                .bind(referral_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(row_to_receipt).collect()
             }
 
             async fn record_security_event(&self, e: &SecurityEvent) -> Result<()> {

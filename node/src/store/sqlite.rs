@@ -39,7 +39,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Deleted content (a purged summary) is overwritten, not left in free pages.
+            .pragma("secure_delete", "ON");
         create_private_file(opts.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -51,6 +53,15 @@ impl SqliteStore {
             .await
             .context("migrating the SQLite database")?;
         Ok(Self { pool })
+    }
+
+    async fn after_purge_impl(&self) -> crate::error::Result<()> {
+        // secure_delete zeroes the freed content; the log still holds older
+        // page images until it is checkpointed and truncated.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn begin_write(&self) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {

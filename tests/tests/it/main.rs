@@ -9,4 +9,5 @@ mod auth;
 mod consents;
 mod node;
 mod peering;
+mod referrals;
 mod store;

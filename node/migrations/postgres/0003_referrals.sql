@@ -1,0 +1,52 @@
+-- Referrals, both directions. Case content (summary) is the encoded
+-- exitnet.v1.CaseSummary; a purge sets it to NULL and keeps the tombstone
+-- (IDs, times, states).
+CREATE TABLE referrals (
+    referral_id    TEXT PRIMARY KEY,
+    direction      TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+    peer_org       TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    team           TEXT,
+    request_key    TEXT,
+    request_digest BYTEA,
+    consent_id     TEXT,
+    pseudonym      TEXT NOT NULL,
+    need_areas     TEXT NOT NULL,
+    services       TEXT NOT NULL,
+    urgency        TEXT NOT NULL,
+    summary        BYTEA,
+    terms          BYTEA NOT NULL,
+    state          TEXT NOT NULL,
+    purge_status   TEXT NOT NULL,
+    purged_at      BIGINT,
+    created_at     BIGINT NOT NULL,
+    updated_at     BIGINT NOT NULL,
+    UNIQUE (owner, request_key)
+);
+CREATE INDEX referrals_by_time ON referrals (created_at, referral_id);
+CREATE INDEX referrals_by_consent ON referrals (consent_id);
+
+-- Every state change, in order: the closed loop's history.
+CREATE TABLE referral_events (
+    referral_id TEXT NOT NULL REFERENCES referrals (referral_id) ON DELETE CASCADE,
+    seq         BIGINT NOT NULL,
+    state       TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    by_org      TEXT NOT NULL,
+    detail      BYTEA NOT NULL,
+    PRIMARY KEY (referral_id, seq)
+);
+
+-- Receipts: those we signed for messages we received (returned again on a
+-- redelivery), and those peers signed for messages we sent (kept as proof).
+CREATE TABLE receipts (
+    message_id  TEXT NOT NULL,
+    issued_by   TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    payload     BYTEA NOT NULL,
+    signature   BYTEA NOT NULL,
+    at          BIGINT NOT NULL,
+    PRIMARY KEY (message_id, issued_by)
+);
+CREATE INDEX receipts_by_referral ON receipts (referral_id);

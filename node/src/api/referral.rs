@@ -1,0 +1,309 @@
+//! gRPC adapter for `ReferralService`.
+
+use super::authenticate;
+use crate::auth::Principal;
+use crate::domain::referral as rules;
+use crate::domain::{OrgId, ReferralState};
+use crate::error::FieldError;
+use crate::referrals::{self, NewReferral};
+use crate::state::NodeState;
+use crate::store::{ReferralFilter, ReferralRecord};
+use exitnet_proto::pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct ReferralApi {
+    state: Arc<NodeState>,
+}
+
+impl ReferralApi {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+
+    async fn out(&self, r: &ReferralRecord, p: &Principal) -> Result<pb::Referral, Status> {
+        let (_, view) = referrals::get(&self.state, p, &r.referral_id).await?;
+        Ok(referrals::view(&self.state, r, view).await?)
+    }
+
+    async fn act(
+        &self,
+        p: &Principal,
+        id: &str,
+        to: ReferralState,
+        change: pb::StateChange,
+    ) -> Result<pb::Referral, Status> {
+        let r = referrals::act(&self.state, p, id, to, change).await?;
+        self.out(&r, p).await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::referral_service_server::ReferralService for ReferralApi {
+    async fn create_referral(
+        &self,
+        request: Request<pb::CreateReferralRequest>,
+    ) -> Result<Response<pb::CreateReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let new = NewReferral::from_pb(request.into_inner())?;
+        let r = referrals::create(&self.state, &p, new).await?;
+        Ok(Response::new(pb::CreateReferralResponse {
+            referral: Some(self.out(&r, &p).await?),
+        }))
+    }
+
+    async fn get_referral(
+        &self,
+        request: Request<pb::GetReferralRequest>,
+    ) -> Result<Response<pb::GetReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let (r, view) = referrals::get(&self.state, &p, &request.into_inner().referral_id).await?;
+        Ok(Response::new(pb::GetReferralResponse {
+            referral: Some(referrals::view(&self.state, &r, view).await?),
+        }))
+    }
+
+    async fn list_referrals(
+        &self,
+        request: Request<pb::ListReferralsRequest>,
+    ) -> Result<Response<pb::ListReferralsResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::ListReferralsRequest {
+            direction,
+            state,
+            peer_org,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let filter = ReferralFilter {
+            outbound: match pb::Direction::try_from(direction) {
+                Ok(pb::Direction::Unspecified) => None,
+                Ok(pb::Direction::Outbound) => Some(true),
+                Ok(pb::Direction::Inbound) => Some(false),
+                Err(_) => {
+                    return Err(
+                        FieldError::new("direction", format!("unknown value {direction}")).into(),
+                    );
+                }
+            },
+            state: ReferralState::from_pb_optional("state", state)?.map(|s| s.as_str().to_owned()),
+            peer_org: if peer_org.is_empty() {
+                None
+            } else {
+                Some(OrgId::parse("peer_org", &peer_org)?.to_string())
+            },
+        };
+        let page = referrals::list(&self.state, &p, filter, page_size, &page_token).await?;
+        let mut out = Vec::with_capacity(page.referrals.len());
+        for (r, view) in &page.referrals {
+            out.push(referrals::view(&self.state, r, *view).await?);
+        }
+        Ok(Response::new(pb::ListReferralsResponse {
+            referrals: out,
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn accept_referral(
+        &self,
+        request: Request<pb::AcceptReferralRequest>,
+    ) -> Result<Response<pb::AcceptReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let id = request.into_inner().referral_id;
+        let r = self
+            .act(&p, &id, ReferralState::Accepted, pb::StateChange::default())
+            .await?;
+        Ok(Response::new(pb::AcceptReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn decline_referral(
+        &self,
+        request: Request<pb::DeclineReferralRequest>,
+    ) -> Result<Response<pb::DeclineReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::DeclineReferralRequest {
+            referral_id,
+            reason,
+            text,
+        } = request.into_inner();
+        rules::decline_reason("reason", reason)?;
+        rules::reason_text("text", &text)?;
+        let change = pb::StateChange {
+            decline_reason: reason,
+            text,
+            ..Default::default()
+        };
+        let r = self
+            .act(&p, &referral_id, ReferralState::Declined, change)
+            .await?;
+        Ok(Response::new(pb::DeclineReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn start_referral(
+        &self,
+        request: Request<pb::StartReferralRequest>,
+    ) -> Result<Response<pb::StartReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let id = request.into_inner().referral_id;
+        let r = self
+            .act(
+                &p,
+                &id,
+                ReferralState::InProgress,
+                pb::StateChange::default(),
+            )
+            .await?;
+        Ok(Response::new(pb::StartReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn hold_referral(
+        &self,
+        request: Request<pb::HoldReferralRequest>,
+    ) -> Result<Response<pb::HoldReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::HoldReferralRequest { referral_id, text } = request.into_inner();
+        rules::reason_text("text", &text)?;
+        let r = self
+            .act(
+                &p,
+                &referral_id,
+                ReferralState::OnHold,
+                pb::StateChange {
+                    text,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::HoldReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn complete_referral(
+        &self,
+        request: Request<pb::CompleteReferralRequest>,
+    ) -> Result<Response<pb::CompleteReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::CompleteReferralRequest {
+            referral_id,
+            outcome,
+        } = request.into_inner();
+        let outcome = rules::outcome("outcome", outcome)?;
+        let change = pb::StateChange {
+            outcome: Some(outcome),
+            ..Default::default()
+        };
+        let r = self
+            .act(&p, &referral_id, ReferralState::Completed, change)
+            .await?;
+        Ok(Response::new(pb::CompleteReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn fail_referral(
+        &self,
+        request: Request<pb::FailReferralRequest>,
+    ) -> Result<Response<pb::FailReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::FailReferralRequest {
+            referral_id,
+            reason,
+            text,
+        } = request.into_inner();
+        rules::failure_reason("reason", reason)?;
+        rules::reason_text("text", &text)?;
+        let change = pb::StateChange {
+            failure_reason: reason,
+            text,
+            ..Default::default()
+        };
+        let r = self
+            .act(&p, &referral_id, ReferralState::Failed, change)
+            .await?;
+        Ok(Response::new(pb::FailReferralResponse {
+            referral: Some(r),
+        }))
+    }
+
+    async fn withdraw_referral(
+        &self,
+        request: Request<pb::WithdrawReferralRequest>,
+    ) -> Result<Response<pb::WithdrawReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let r = referrals::withdraw(&self.state, &p, &request.into_inner().referral_id).await?;
+        Ok(Response::new(pb::WithdrawReferralResponse {
+            referral: Some(self.out(&r, &p).await?),
+        }))
+    }
+
+    type WatchReferralsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchReferralsResponse, Status>> + Send>>;
+
+    async fn watch_referrals(
+        &self,
+        request: Request<pb::WatchReferralsRequest>,
+    ) -> Result<Response<Self::WatchReferralsStream>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let mut changes = self.state.referral_events.subscribe();
+        let state = self.state.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // First what the caller may see now, then each change as it happens.
+            if let Ok(page) = referrals::list(&state, &p, ReferralFilter::default(), 500, "").await
+            {
+                for (r, view) in &page.referrals {
+                    let Ok(v) = referrals::view(&state, r, *view).await else {
+                        continue;
+                    };
+                    if tx
+                        .send(Ok(pb::WatchReferralsResponse { referral: Some(v) }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            loop {
+                let id = match changes.recv().await {
+                    Ok(id) => id,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(
+                                "the watcher fell behind; watch again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                // Only what this caller may see; nothing about the others.
+                let Ok((r, view)) = referrals::get(&state, &p, &id).await else {
+                    continue;
+                };
+                let Ok(v) = referrals::view(&state, &r, view).await else {
+                    continue;
+                };
+                if tx
+                    .send(Ok(pb::WatchReferralsResponse { referral: Some(v) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,173 @@
+//! Signed federation messages and receipts. What is signed is the encoded
+//! message exactly as sent (kept in the outbox), never a re-serialisation;
+//! the message names its sender, its recipient and its ID, so it cannot be
+//! replayed to another node, and a receiver remembers the IDs it has seen.
+
+use crate::domain::time::{now_ms, to_timestamp};
+use crate::error::{Error, FieldError, Result};
+use crate::identity::verify_signature;
+use crate::state::NodeState;
+use crate::store::{NewNotice, ReceiptRecord};
+use exitnet_proto::pb;
+use prost::Message;
+
+pub fn sha256(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+/// Signs a message for `recipient` and wraps it as an outbox notice.
+pub fn notice_for(
+    state: &NodeState,
+    recipient: &crate::domain::OrgId,
+    body: pb::federation_message::Body,
+) -> Result<NewNotice> {
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let msg = pb::FederationMessage {
+        message_id: message_id.clone(),
+        sender_org: state.org_id.to_string(),
+        recipient_org: recipient.to_string(),
+        sent_at: Some(to_timestamp(now_ms())),
+        body: Some(body),
+    };
+    let payload = msg.encode_to_vec();
+    let signature = state.identity()?.current().sign(&payload)?;
+    let req = pb::NotifyRequest {
+        notice_id: message_id.clone(),
+        notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+            payload,
+            signature,
+        })),
+    };
+    Ok(NewNotice {
+        notice_id: message_id,
+        org_id: recipient.clone(),
+        payload: req.encode_to_vec(),
+        present_key: None,
+        now_ms: now_ms(),
+    })
+}
+
+/// Our signed receipt for a message we received.
+pub fn issue_receipt(
+    state: &NodeState,
+    kind: pb::ReceiptKind,
+    msg: &pb::FederationMessage,
+    signed_payload: &[u8],
+    referral_id: &str,
+) -> Result<ReceiptRecord> {
+    let at = now_ms();
+    let (payload, signature, fp) = {
+        let identity = state.identity()?;
+        let key = identity.current();
+        let payload = pb::Receipt {
+            kind: kind as i32,
+            message_id: msg.message_id.clone(),
+            message_sha256: sha256(signed_payload),
+            sender_org: msg.sender_org.clone(),
+            receiver_org: state.org_id.to_string(),
+            referral_id: referral_id.to_owned(),
+            at: Some(to_timestamp(at)),
+            key_fingerprint: key.fingerprint().to_owned(),
+        }
+        .encode_to_vec();
+        let sig = key.sign(&payload)?;
+        (payload, sig, key.fingerprint().to_owned())
+    };
+    let _ = fp;
+    Ok(ReceiptRecord {
+        message_id: msg.message_id.clone(),
+        issued_by: state.org_id.to_string(),
+        referral_id: referral_id.to_owned(),
+        kind: kind.as_str_name().to_owned(),
+        payload,
+        signature,
+        at_ms: at,
+    })
+}
+
+/// Checks a receipt a peer returned for `sent` (the notice we delivered):
+/// signed by one of the peer's pinned keys, for this very message.
+pub async fn verify_receipt(
+    state: &NodeState,
+    peer: &crate::domain::OrgId,
+    sent: &pb::SignedMessage,
+    sent_msg: &pb::FederationMessage,
+    receipt: &pb::SignedReceipt,
+) -> Result<(pb::Receipt, ReceiptRecord)> {
+    let bad = |rule: &str| Error::Unavailable(format!("the peer's receipt is invalid: {rule}"));
+    let r = pb::Receipt::decode(receipt.payload.as_slice()).map_err(|_| bad("malformed"))?;
+    let keys = state.store.peer_keys(peer, now_ms()).await?;
+    if !keys
+        .iter()
+        .any(|k| verify_signature(&k.spki_der, &receipt.payload, &receipt.signature))
+    {
+        return Err(bad("signature"));
+    }
+    if r.message_id != sent_msg.message_id
+        || r.message_sha256 != sha256(&sent.payload)
+        || r.receiver_org != peer.as_str()
+        || r.sender_org != state.org_id.as_str()
+    {
+        return Err(bad("it is not for this message"));
+    }
+    let record = ReceiptRecord {
+        message_id: r.message_id.clone(),
+        issued_by: peer.to_string(),
+        referral_id: r.referral_id.clone(),
+        kind: pb::ReceiptKind::try_from(r.kind)
+            .map(|k| k.as_str_name())
+            .unwrap_or("RECEIPT_KIND_UNSPECIFIED")
+            .to_owned(),
+        payload: receipt.payload.clone(),
+        signature: receipt.signature.clone(),
+        at_ms: r
+            .at
+            .as_ref()
+            .map(crate::domain::time::from_timestamp)
+            .unwrap_or_else(now_ms),
+    };
+    Ok((r, record))
+}
+
+/// Verifies a signed message from `from` that arrived over a connection
+/// authenticated with `presented_spki`.
+pub fn open(
+    state: &NodeState,
+    from: &crate::domain::OrgId,
+    notice_id: &str,
+    presented_spki: &[u8],
+    signed: &pb::SignedMessage,
+) -> Result<pb::FederationMessage> {
+    if !verify_signature(presented_spki, &signed.payload, &signed.signature) {
+        return Err(Error::PermissionDenied(
+            "message.signature: not signed by the calling peer's key".into(),
+        ));
+    }
+    let msg = pb::FederationMessage::decode(signed.payload.as_slice())
+        .map_err(|_| FieldError::new("message.payload", "not a FederationMessage"))?;
+    if msg.message_id != notice_id {
+        return Err(FieldError::new("message.message_id", "must equal notice_id").into());
+    }
+    if msg.sender_org != from.as_str() {
+        return Err(Error::PermissionDenied(
+            "message.sender_org: not the calling peer".into(),
+        ));
+    }
+    if msg.recipient_org != state.org_id.as_str() {
+        return Err(Error::PermissionDenied(
+            "message.recipient_org: not this node".into(),
+        ));
+    }
+    let sent = msg
+        .sent_at
+        .as_ref()
+        .map(crate::domain::time::from_timestamp)
+        .ok_or_else(|| FieldError::new("message.sent_at", "required"))?;
+    // Clocks differ; a message from more than an hour in the future is wrong.
+    if sent > now_ms() + 3600 * 1000 {
+        return Err(FieldError::new("message.sent_at", "is in the future").into());
+    }
+    Ok(msg)
+}

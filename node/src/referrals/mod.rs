@@ -1,0 +1,686 @@
+//! Consent-scoped referrals and the closed loop. The sender commits a
+//! referral and its signed message in one transaction; the outbox delivers
+//! it; the receiver checks it against the consent's terms that travel with
+//! it, stores it once and signs a receipt; every state change travels back
+//! the same way. Withdrawal reaches every recipient, which purges and signs a
+//! purge receipt. No gRPC here.
+
+pub mod messages;
+pub mod receive;
+
+use crate::access::{self, View};
+use crate::auth::{Principal, Role};
+use crate::domain::consent::Consent;
+use crate::domain::referral::{self as rules, CaseSummary};
+use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
+use crate::error::{Error, FieldError, Result};
+use crate::state::NodeState;
+use crate::store::{ReferralChange, ReferralEvent, ReferralFilter, ReferralRecord};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use exitnet_proto::pb;
+use prost::Message;
+
+pub struct NewReferral {
+    pub request_id: String,
+    pub request_digest: Vec<u8>,
+    pub consent_id: String,
+    pub recipient: OrgId,
+    pub need_areas: Vec<NeedArea>,
+    pub services: Vec<Service>,
+    pub urgency: Urgency,
+    pub summary: CaseSummary,
+}
+
+fn codes<T: Ord>(
+    field: &str,
+    v: Vec<i32>,
+    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    if v.len() > 32 {
+        return Err(FieldError::new(field, "at most 32 entries"));
+    }
+    let mut out = v
+        .into_iter()
+        .map(|x| parse(field, x))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+impl NewReferral {
+    pub fn from_pb(r: pb::CreateReferralRequest) -> Result<Self, FieldError> {
+        let request_digest = messages::sha256(&r.encode_to_vec());
+        let pb::CreateReferralRequest {
+            request_id,
+            consent_id,
+            recipient_org,
+            need_areas,
+            services,
+            urgency,
+            summary,
+        } = r;
+        crate::consents::request_id_check(&request_id)?;
+        id_check("consent_id", &consent_id)?;
+        let need_areas = codes("need_areas", need_areas, NeedArea::from_pb)?;
+        if need_areas.is_empty() {
+            return Err(FieldError::new("need_areas", "at least one need area"));
+        }
+        Ok(Self {
+            request_id,
+            request_digest,
+            consent_id,
+            recipient: OrgId::parse("recipient_org", &recipient_org)?,
+            need_areas,
+            services: codes("services", services, Service::from_pb)?,
+            urgency: Urgency::from_pb("urgency", urgency)?,
+            summary: CaseSummary::from_pb(
+                "summary",
+                summary.ok_or_else(|| FieldError::new("summary", "required"))?,
+            )?,
+        })
+    }
+}
+
+/// An object ID: 1 to 64 characters of letters, digits and '-'.
+pub fn id_check(field: &str, id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(FieldError::new(
+            field,
+            "must be an ID (1 to 64 letters, digits or '-')",
+        ));
+    }
+    Ok(())
+}
+
+fn join<T: Copy>(v: &[T], name: impl Fn(T) -> &'static str) -> String {
+    v.iter().map(|x| name(*x)).collect::<Vec<_>>().join(",")
+}
+
+fn split<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .filter_map(parse)
+        .collect()
+}
+
+/// Everything the consent and this node's rules say about sending `new`.
+/// Refusals are PERMISSION_DENIED naming the field or term.
+pub fn check_scope(consent: &Consent, new: &NewReferral, now: i64) -> Result<()> {
+    let deny = |m: String| Err(Error::PermissionDenied(m));
+    if consent.withdrawn_at_ms.is_some() {
+        return deny("consent_id: the consent has been withdrawn".into());
+    }
+    if !consent.terms.in_force(now) {
+        return deny("consent_id: the consent is not in force (expired or not yet valid)".into());
+    }
+    if !consent.terms.recipients.contains(&new.recipient) {
+        return deny(format!(
+            "recipient_org: {} is not among the consent's recipients",
+            new.recipient
+        ));
+    }
+    for a in &new.need_areas {
+        if !consent.terms.need_areas.contains(a) {
+            return deny(format!("need_areas: {a} is outside the consent"));
+        }
+    }
+    for s in &new.services {
+        if !consent.terms.need_areas.contains(&s.need_area()) {
+            return deny(format!("services: {s} is outside the consent's need areas"));
+        }
+    }
+    for (cat, field) in new.summary.categories() {
+        if !consent.terms.data_categories.contains(&cat) {
+            return deny(format!("{field}: the consent does not cover {cat}"));
+        }
+    }
+    Ok(())
+}
+
+/// The pseudonym a peer receives for a client: a keyed hash of the local
+/// reference and the peer's ID. Stable per peer, unlinkable across peers.
+pub fn pseudonym(state: &NodeState, subject_ref: &str, peer: &OrgId) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.pseudonym_key);
+    let tag = ring::hmac::sign(&key, format!("subject\0{subject_ref}\0{peer}").as_bytes());
+    crate::identity::hex(&tag.as_ref()[..16])
+}
+
+fn consent_ref(state: &NodeState, consent_id: &str, peer: &OrgId) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.pseudonym_key);
+    let tag = ring::hmac::sign(&key, format!("consent\0{consent_id}\0{peer}").as_bytes());
+    crate::identity::hex(&tag.as_ref()[..16])
+}
+
+fn event(state: ReferralState, by: &str, change: &pb::StateChange) -> ReferralEvent {
+    ReferralEvent {
+        state: state.as_str().to_owned(),
+        at_ms: now_ms(),
+        by_org: by.to_owned(),
+        detail: change.encode_to_vec(),
+    }
+}
+
+fn bare_change(s: ReferralState) -> pb::StateChange {
+    pb::StateChange {
+        state: s.to_pb(),
+        at: Some(to_timestamp(now_ms())),
+        ..Default::default()
+    }
+}
+
+pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Result<ReferralRecord> {
+    access::create(p)?;
+    let owner = access::acting_owner(p)?.to_owned();
+    let consent = state
+        .store
+        .get_consent(&new.consent_id)
+        .await?
+        .ok_or(Error::NotFound("consent"))?;
+    access::write(p, &consent.owner, consent.team.as_deref())?;
+    let now = now_ms();
+    check_scope(&consent, &new, now)?;
+    let peer = state.store.get_peer(&new.recipient).await?.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "recipient_org: {} is not a peer of this node",
+            new.recipient
+        ))
+    })?;
+    if !peer.exchange_allowed() {
+        return Err(Error::FailedPrecondition(format!(
+            "recipient_org: the peering with {} is not active on both sides",
+            new.recipient
+        )));
+    }
+    let mut terms = consent.terms.clone();
+    // The recipient learns of itself only, not of the other recipients.
+    terms.recipients = vec![new.recipient.clone()];
+    let referral_id = uuid::Uuid::new_v4().to_string();
+    let pseudonym = pseudonym(state, &consent.subject_ref, &new.recipient);
+    let offer = pb::ReferralOffer {
+        referral_id: referral_id.clone(),
+        subject_pseudonym: pseudonym.clone(),
+        need_areas: new.need_areas.iter().map(|v| v.to_pb()).collect(),
+        services: new.services.iter().map(|v| v.to_pb()).collect(),
+        urgency: new.urgency.to_pb(),
+        summary: Some(new.summary.to_pb()),
+        terms: Some(terms.to_pb()),
+        consent_ref: consent_ref(state, &consent.consent_id, &new.recipient),
+    };
+    let notice = messages::notice_for(
+        state,
+        &new.recipient,
+        pb::federation_message::Body::Offer(offer),
+    )?;
+    let record = ReferralRecord {
+        referral_id: referral_id.clone(),
+        outbound: true,
+        peer_org: new.recipient.clone(),
+        owner: owner.clone(),
+        team: if p.role == Role::CaseManager {
+            p.team.clone()
+        } else {
+            consent.team.clone()
+        },
+        consent_id: Some(consent.consent_id.clone()),
+        pseudonym,
+        need_areas: join(&new.need_areas, NeedArea::as_str),
+        services: join(&new.services, Service::as_str),
+        urgency: new.urgency.as_str().to_owned(),
+        summary: Some(new.summary.to_pb().encode_to_vec()),
+        terms: terms.to_pb().encode_to_vec(),
+        state: ReferralState::Requested.as_str().to_owned(),
+        purge_status: "none".into(),
+        purged_at_ms: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let ev = event(
+        ReferralState::Requested,
+        state.org_id.as_str(),
+        &bare_change(ReferralState::Requested),
+    );
+    let stored = state
+        .store
+        .create_referral(&record, &new.request_id, &new.request_digest, &ev, &notice)
+        .await?;
+    state.outbox_wake.notify_one();
+    state.referral_changed(&stored.referral_id);
+    Ok(stored)
+}
+
+/// A referral the caller may see, with how much of it.
+pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(ReferralRecord, View)> {
+    id_check("referral_id", id)?;
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    let view = read_access(p, &r)?;
+    Ok((r, view))
+}
+
+fn read_access(p: &Principal, r: &ReferralRecord) -> Result<View> {
+    if !r.outbound && r.owner.is_empty() {
+        // The intake queue: any case manager or supervisor of this organisation.
+        return match p.role {
+            Role::Auditor => Ok(View::MetadataOnly),
+            _ => access::acting_owner(p).map(|_| View::Full),
+        };
+    }
+    access::read(p, &r.owner, r.team.as_deref())
+}
+
+fn write_access(p: &Principal, r: &ReferralRecord) -> Result<()> {
+    if !r.outbound && r.owner.is_empty() {
+        return match p.role {
+            Role::Auditor => Err(Error::PermissionDenied(
+                "auditors read; they do not change case objects".into(),
+            )),
+            _ => access::acting_owner(p).map(|_| ()),
+        };
+    }
+    access::write(p, &r.owner, r.team.as_deref())
+}
+
+/// The wire view of a referral.
+pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::Referral> {
+    let history = state.store.referral_history(&r.referral_id).await?;
+    let history = history
+        .iter()
+        .map(|e| {
+            let mut c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
+            c.by_org = e.by_org.clone();
+            c.at = Some(to_timestamp(e.at_ms));
+            if v == View::MetadataOnly {
+                c.text.clear();
+                if let Some(o) = &mut c.outcome {
+                    o.note.clear();
+                }
+            }
+            c
+        })
+        .collect();
+    let summary = match (&r.summary, v) {
+        (Some(s), View::Full) => pb::CaseSummary::decode(s.as_slice()).ok(),
+        _ => None,
+    };
+    let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
+    Ok(pb::Referral {
+        referral_id: r.referral_id.clone(),
+        direction: if r.outbound {
+            pb::Direction::Outbound
+        } else {
+            pb::Direction::Inbound
+        } as i32,
+        peer_org: r.peer_org.to_string(),
+        consent_id: r.consent_id.clone().unwrap_or_default(),
+        subject_pseudonym: if r.outbound || v == View::MetadataOnly {
+            String::new()
+        } else {
+            r.pseudonym.clone()
+        },
+        need_areas: split(&r.need_areas, NeedArea::parse)
+            .into_iter()
+            .map(|x| x.to_pb())
+            .collect(),
+        services: split(&r.services, Service::parse)
+            .into_iter()
+            .map(|x| x.to_pb())
+            .collect(),
+        urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
+        summary,
+        state: ReferralState::parse(&r.state)
+            .map(ReferralState::to_pb)
+            .unwrap_or(0),
+        history,
+        purge_status: match r.purge_status.as_str() {
+            "pending" => pb::PurgeStatus::Pending,
+            "done" => pb::PurgeStatus::Done,
+            _ => pb::PurgeStatus::None,
+        } as i32,
+        purged_at: r.purged_at_ms.map(to_timestamp),
+        terms,
+        owner: r.owner.clone(),
+        created_at: Some(to_timestamp(r.created_at_ms)),
+        updated_at: Some(to_timestamp(r.updated_at_ms)),
+    })
+}
+
+pub struct Page {
+    pub referrals: Vec<(ReferralRecord, View)>,
+    pub next_page_token: String,
+}
+
+pub async fn list(
+    state: &NodeState,
+    p: &Principal,
+    filter: ReferralFilter,
+    page_size: u32,
+    page_token: &str,
+) -> Result<Page> {
+    let (scope, _) = access::list(p)?;
+    let size = match page_size {
+        0 => 50,
+        n if n <= 500 => n,
+        _ => return Err(FieldError::new("page_size", "at most 500").into()),
+    };
+    let cursor = if page_token.is_empty() {
+        None
+    } else {
+        let bad = || {
+            Error::from(FieldError::new(
+                "page_token",
+                "not a token from a previous response",
+            ))
+        };
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(page_token).map_err(|_| bad())?)
+            .map_err(|_| bad())?;
+        let (at, id) = raw.split_once(':').ok_or_else(bad)?;
+        Some((at.parse().map_err(|_| bad())?, id.to_owned()))
+    };
+    let mut rows = state
+        .store
+        .list_referrals(&scope, &filter, cursor.as_ref(), i64::from(size) + 1)
+        .await?;
+    let next_page_token = if rows.len() > size as usize {
+        rows.truncate(size as usize);
+        rows.last()
+            .map(|r| URL_SAFE_NO_PAD.encode(format!("{}:{}", r.created_at_ms, r.referral_id)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let referrals = rows
+        .into_iter()
+        .filter_map(|r| read_access(p, &r).ok().map(|v| (r, v)))
+        .collect();
+    Ok(Page {
+        referrals,
+        next_page_token,
+    })
+}
+
+/// A state change by the receiver (accept, decline, start, hold, complete, fail).
+pub async fn act(
+    state: &NodeState,
+    p: &Principal,
+    id: &str,
+    to: ReferralState,
+    mut change: pb::StateChange,
+) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    write_access(p, &r)?;
+    if r.outbound {
+        return Err(Error::FailedPrecondition(
+            "only the receiving organisation sets that state".into(),
+        ));
+    }
+    let from = ReferralState::parse(&r.state)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    if !rules::receiver_may(from, to) {
+        return Err(Error::FailedPrecondition(format!(
+            "a referral that is {from} cannot become {to}"
+        )));
+    }
+    change.state = to.to_pb();
+    change.at = Some(to_timestamp(now_ms()));
+    change.by_org = state.org_id.to_string();
+    let notice = messages::notice_for(
+        state,
+        &r.peer_org,
+        pb::federation_message::Body::Status(pb::ReferralStatus {
+            referral_id: r.referral_id.clone(),
+            change: Some(change.clone()),
+        }),
+    )?;
+    let mut c = ReferralChange {
+        expected_states: vec![from.as_str().to_owned()],
+        state: Some(to.as_str().to_owned()),
+        event: Some(event(to, state.org_id.as_str(), &change)),
+        notices: vec![notice],
+        now_ms: now_ms(),
+        ..Default::default()
+    };
+    if to == ReferralState::Accepted && r.owner.is_empty() {
+        c.owner = Some(access::acting_owner(p)?.to_owned());
+        c.team = Some(if p.role == Role::CaseManager {
+            p.team.clone()
+        } else {
+            None
+        });
+    }
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
+}
+
+/// The change and message that withdraw one outbound referral.
+fn withdrawal(
+    state: &NodeState,
+    r: &ReferralRecord,
+    cause: pb::WithdrawalCause,
+) -> Result<Option<ReferralChange>> {
+    if r.purge_status != "none" {
+        return Ok(None);
+    }
+    let from = ReferralState::parse(&r.state)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let notice = messages::notice_for(
+        state,
+        &r.peer_org,
+        pb::federation_message::Body::Withdrawal(pb::ReferralWithdrawal {
+            referral_id: r.referral_id.clone(),
+            cause: cause as i32,
+        }),
+    )?;
+    let live = rules::sender_may_withdraw(from);
+    Ok(Some(ReferralChange {
+        expected_states: vec![from.as_str().to_owned()],
+        state: live.then(|| ReferralState::Withdrawn.as_str().to_owned()),
+        event: live.then(|| {
+            event(
+                ReferralState::Withdrawn,
+                state.org_id.as_str(),
+                &bare_change(ReferralState::Withdrawn),
+            )
+        }),
+        purge_status: Some("pending".into()),
+        notices: vec![notice],
+        now_ms: now_ms(),
+        ..Default::default()
+    }))
+}
+
+/// The sender withdraws a referral; the recipient purges and signs a receipt.
+pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    write_access(p, &r)?;
+    if !r.outbound {
+        return Err(Error::FailedPrecondition(
+            "only the sending organisation withdraws a referral".into(),
+        ));
+    }
+    let from = ReferralState::parse(&r.state).unwrap_or(ReferralState::Withdrawn);
+    if !rules::sender_may_withdraw(from) {
+        return Err(Error::FailedPrecondition(format!(
+            "a referral that is {from} cannot be withdrawn"
+        )));
+    }
+    let Some(c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew)? else {
+        return Err(Error::FailedPrecondition("already withdrawn".into()));
+    };
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
+}
+
+/// Withdraws a consent and, with it, every referral resting on it, at every
+/// recipient. Returns how many recipients are sent a withdrawal.
+pub async fn withdraw_consent(
+    state: &NodeState,
+    consent_id: &str,
+    cause: pb::WithdrawalCause,
+) -> Result<u32> {
+    let referrals = state.store.referrals_under_consent(consent_id).await?;
+    let mut changes = Vec::new();
+    for r in &referrals {
+        if let Some(c) = withdrawal(state, r, cause)? {
+            changes.push((r.referral_id.clone(), c));
+        }
+    }
+    if !state
+        .store
+        .withdraw_consent_with(consent_id, &changes, now_ms())
+        .await?
+    {
+        return Err(Error::FailedPrecondition(
+            "the consent is already withdrawn".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    for (id, _) in &changes {
+        state.referral_changed(id);
+    }
+    let mut recipients: Vec<&OrgId> = referrals.iter().map(|r| &r.peer_org).collect();
+    recipients.sort();
+    recipients.dedup();
+    Ok(recipients.len() as u32)
+}
+
+/// The outbox delivered one of our messages and the peer answered.
+pub async fn on_delivered(
+    state: &NodeState,
+    org: &OrgId,
+    notice_row: i64,
+    req: &pb::NotifyRequest,
+    resp: &pb::NotifyResponse,
+) -> Result<()> {
+    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+        return Ok(());
+    };
+    let sent_msg = pb::FederationMessage::decode(sent.payload.as_slice())
+        .map_err(|e| Error::Internal(e.into()))?;
+    let receipt = resp
+        .receipt
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("the peer sent no receipt".into()))?;
+    let (r, record) = messages::verify_receipt(state, org, sent, &sent_msg, receipt).await?;
+    let change = match &sent_msg.body {
+        Some(pb::federation_message::Body::Offer(o)) => Some((
+            o.referral_id.clone(),
+            ReferralChange {
+                expected_states: vec![ReferralState::Requested.as_str().to_owned()],
+                state: Some(ReferralState::Received.as_str().to_owned()),
+                event: Some(ReferralEvent {
+                    state: ReferralState::Received.as_str().to_owned(),
+                    at_ms: record.at_ms,
+                    by_org: org.to_string(),
+                    detail: bare_change(ReferralState::Received).encode_to_vec(),
+                }),
+                now_ms: now_ms(),
+                ..Default::default()
+            },
+        )),
+        Some(pb::federation_message::Body::Withdrawal(w))
+            if r.kind == pb::ReceiptKind::Purge as i32 =>
+        {
+            Some((
+                w.referral_id.clone(),
+                ReferralChange {
+                    purge_status: Some("done".into()),
+                    purged_at_ms: Some(record.at_ms),
+                    now_ms: now_ms(),
+                    ..Default::default()
+                },
+            ))
+        }
+        _ => None,
+    };
+    state
+        .store
+        .accept_receipt(
+            notice_row,
+            &record,
+            change.as_ref().map(|(id, c)| (id.as_str(), c)),
+        )
+        .await?;
+    if let Some((id, _)) = &change {
+        state.referral_changed(id);
+    }
+    Ok(())
+}
+
+/// The peer refused one of our messages for good (or it could not be
+/// delivered in time): the referral fails, with the reason.
+pub async fn on_refused(
+    state: &NodeState,
+    req: &pb::NotifyRequest,
+    reason: pb::FailureReason,
+    text: &str,
+) -> Result<()> {
+    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+        return Ok(());
+    };
+    let Ok(msg) = pb::FederationMessage::decode(sent.payload.as_slice()) else {
+        return Ok(());
+    };
+    let Some(pb::federation_message::Body::Offer(o)) = msg.body else {
+        tracing::warn!(message_id = %msg.message_id, "a peer refused a status or withdrawal message");
+        return Ok(());
+    };
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(rules::MAX_NOTE_CHARS)
+        .collect();
+    text.truncate(rules::MAX_NOTE_CHARS);
+    let change = pb::StateChange {
+        state: ReferralState::Failed.to_pb(),
+        failure_reason: reason as i32,
+        text,
+        ..Default::default()
+    };
+    let c = ReferralChange {
+        expected_states: vec![ReferralState::Requested.as_str().to_owned()],
+        state: Some(ReferralState::Failed.as_str().to_owned()),
+        event: Some(event(ReferralState::Failed, state.org_id.as_str(), &change)),
+        now_ms: now_ms(),
+        ..Default::default()
+    };
+    state.store.change_referral(&o.referral_id, &c).await?;
+    state.referral_changed(&o.referral_id);
+    Ok(())
+}

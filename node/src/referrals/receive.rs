@@ -1,0 +1,288 @@
+//! Messages from peers: checked against the terms that travel with them and
+//! against this node's own rules, applied once, answered with a signed receipt.
+//! Nothing is trusted because it came from a peer.
+
+use super::messages;
+use crate::domain::consent::ConsentTerms;
+use crate::domain::referral::{self as rules, CaseSummary};
+use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
+use crate::error::{Error, FieldError, Result};
+use crate::state::NodeState;
+use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
+use exitnet_proto::pb;
+use prost::Message;
+
+fn deny(m: impl Into<String>) -> Error {
+    Error::PermissionDenied(m.into())
+}
+
+/// Handles a signed message from an authenticated peer.
+pub async fn handle(
+    state: &NodeState,
+    from: &Peer,
+    notice_id: &str,
+    presented_spki: &[u8],
+    signed: &pb::SignedMessage,
+) -> Result<pb::SignedReceipt> {
+    if from.state != PeerState::Active {
+        return Err(deny("refused: peer_pending"));
+    }
+    let msg = messages::open(state, &from.org_id, notice_id, presented_spki, signed)?;
+    let body = msg
+        .body
+        .clone()
+        .ok_or_else(|| FieldError::new("message.body", "required"))?;
+    let receipt = match body {
+        pb::federation_message::Body::Offer(offer) => {
+            let (record, ev) = offer_to_record(state, from, offer)?;
+            let receipt = messages::issue_receipt(
+                state,
+                pb::ReceiptKind::Delivery,
+                &msg,
+                &signed.payload,
+                &record.referral_id,
+            )?;
+            let stored = state
+                .store
+                .receive_message(&receipt, Some((&record, &ev)), None)
+                .await?;
+            state.referral_changed(&record.referral_id);
+            stored
+        }
+        pb::federation_message::Body::Status(s) => {
+            super::id_check("status.referral_id", &s.referral_id)?;
+            let r = state.store.get_referral(&s.referral_id).await?;
+            let r = r
+                .filter(|r| r.outbound && r.peer_org == from.org_id)
+                .ok_or(Error::NotFound("referral"))?;
+            let change = s
+                .change
+                .ok_or_else(|| FieldError::new("status.change", "required"))?;
+            let c = status_change(state, from, &r, change)?;
+            let receipt = messages::issue_receipt(
+                state,
+                pb::ReceiptKind::Delivery,
+                &msg,
+                &signed.payload,
+                &r.referral_id,
+            )?;
+            let stored = state
+                .store
+                .receive_message(&receipt, None, Some((&r.referral_id, &c)))
+                .await?;
+            state.referral_changed(&r.referral_id);
+            stored
+        }
+        pb::federation_message::Body::Withdrawal(w) => {
+            super::id_check("withdrawal.referral_id", &w.referral_id)?;
+            let r = state.store.get_referral(&w.referral_id).await?;
+            let r = r.filter(|r| !r.outbound && r.peer_org == from.org_id);
+            let receipt = messages::issue_receipt(
+                state,
+                pb::ReceiptKind::Purge,
+                &msg,
+                &signed.payload,
+                &w.referral_id,
+            )?;
+            // Purge: the summary goes, the tombstone (IDs, times, states) stays.
+            // Nothing held (it never arrived, or was refused) is purged too.
+            let c = r.as_ref().map(|r| ReferralChange {
+                state: (!rules::is_closed(
+                    ReferralState::parse(&r.state).unwrap_or(ReferralState::Withdrawn),
+                ))
+                .then(|| ReferralState::Withdrawn.as_str().to_owned()),
+                event: Some(ReferralEvent {
+                    state: ReferralState::Withdrawn.as_str().to_owned(),
+                    at_ms: now_ms(),
+                    by_org: from.org_id.to_string(),
+                    detail: pb::StateChange {
+                        state: ReferralState::Withdrawn.to_pb(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                }),
+                purge_status: Some("done".into()),
+                purged_at_ms: Some(now_ms()),
+                purge_summary: true,
+                now_ms: now_ms(),
+                ..Default::default()
+            });
+            let stored = state
+                .store
+                .receive_message(
+                    &receipt,
+                    None,
+                    c.as_ref().map(|c| (w.referral_id.as_str(), c)),
+                )
+                .await?;
+            state.referral_changed(&w.referral_id);
+            state.store.after_purge().await?;
+            tracing::info!(peer = %from.org_id, "referral purged on withdrawal");
+            stored
+        }
+    };
+    Ok(pb::SignedReceipt {
+        payload: receipt.payload,
+        signature: receipt.signature,
+    })
+}
+
+/// Validates an offer against its own terms and this node's rules.
+fn offer_to_record(
+    state: &NodeState,
+    from: &Peer,
+    offer: pb::ReferralOffer,
+) -> Result<(ReferralRecord, ReferralEvent)> {
+    let pb::ReferralOffer {
+        referral_id,
+        subject_pseudonym,
+        need_areas,
+        services,
+        urgency,
+        summary,
+        terms,
+        consent_ref: _,
+    } = offer;
+    super::id_check("offer.referral_id", &referral_id)?;
+    if subject_pseudonym.len() != 32 || !subject_pseudonym.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FieldError::new("offer.subject_pseudonym", "must be 32 hex characters").into());
+    }
+    let need_areas = super::codes("offer.need_areas", need_areas, NeedArea::from_pb)?;
+    if need_areas.is_empty() {
+        return Err(FieldError::new("offer.need_areas", "at least one need area").into());
+    }
+    let services = super::codes("offer.services", services, Service::from_pb)?;
+    let urgency = Urgency::from_pb("offer.urgency", urgency)?;
+    let summary = CaseSummary::from_pb(
+        "offer.summary",
+        summary.ok_or_else(|| FieldError::new("offer.summary", "required"))?,
+    )?;
+    let terms =
+        ConsentTerms::from_stored(terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?)
+            .map_err(|e| e.within("offer"))?;
+    // The terms that travelled with the referral, checked here again.
+    let now = now_ms();
+    if !terms.in_force(now) {
+        return Err(deny("offer.terms.valid_until: the consent is not in force"));
+    }
+    if !terms.recipients.contains(&state.org_id) {
+        return Err(deny(
+            "offer.terms.recipients: this node is not a recipient under the consent",
+        ));
+    }
+    for a in &need_areas {
+        if !terms.need_areas.contains(a) {
+            return Err(deny(format!(
+                "offer.need_areas: {a} is outside the consent"
+            )));
+        }
+    }
+    for s in &services {
+        if !terms.need_areas.contains(&s.need_area()) {
+            return Err(deny(format!(
+                "offer.services: {s} is outside the consent's need areas"
+            )));
+        }
+    }
+    for (cat, field) in summary.categories() {
+        if !terms.data_categories.contains(&cat) {
+            return Err(deny(format!(
+                "offer.{field}: the consent does not cover {cat}"
+            )));
+        }
+    }
+    let record = ReferralRecord {
+        referral_id,
+        outbound: false,
+        peer_org: from.org_id.clone(),
+        owner: String::new(),
+        team: None,
+        consent_id: None,
+        pseudonym: subject_pseudonym,
+        need_areas: need_areas
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        services: services
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        urgency: urgency.as_str().to_owned(),
+        summary: Some(summary.to_pb().encode_to_vec()),
+        terms: terms.to_pb().encode_to_vec(),
+        state: ReferralState::Received.as_str().to_owned(),
+        purge_status: "none".into(),
+        purged_at_ms: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let ev = ReferralEvent {
+        state: ReferralState::Received.as_str().to_owned(),
+        at_ms: now,
+        by_org: state.org_id.to_string(),
+        detail: pb::StateChange {
+            state: ReferralState::Received.to_pb(),
+            at: Some(to_timestamp(now)),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    };
+    Ok((record, ev))
+}
+
+/// A state change the receiver reports: only states the receiver may set,
+/// only legal transitions.
+fn status_change(
+    state: &NodeState,
+    from: &Peer,
+    r: &ReferralRecord,
+    mut change: pb::StateChange,
+) -> Result<ReferralChange> {
+    let to = ReferralState::from_pb("status.change.state", change.state)?;
+    let current = ReferralState::parse(&r.state)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    // The sender may not have recorded "received" yet when the first change arrives.
+    let effective = if current == ReferralState::Requested {
+        ReferralState::Received
+    } else {
+        current
+    };
+    if !rules::receiver_may(effective, to) {
+        return Err(Error::FailedPrecondition(format!(
+            "status.change.state: a referral that is {current} cannot become {to}"
+        )));
+    }
+    match to {
+        ReferralState::Declined => {
+            rules::decline_reason("status.change.decline_reason", change.decline_reason)?;
+        }
+        ReferralState::Failed => {
+            rules::failure_reason("status.change.failure_reason", change.failure_reason)?;
+        }
+        ReferralState::Completed => {
+            change.outcome = Some(rules::outcome(
+                "status.change.outcome",
+                change.outcome.take(),
+            )?);
+        }
+        _ => {}
+    }
+    rules::reason_text("status.change.text", &change.text)?;
+    change.by_org = from.org_id.to_string();
+    let _ = state;
+    Ok(ReferralChange {
+        expected_states: vec![current.as_str().to_owned()],
+        state: Some(to.as_str().to_owned()),
+        event: Some(ReferralEvent {
+            state: to.as_str().to_owned(),
+            at_ms: now_ms(),
+            by_org: from.org_id.to_string(),
+            detail: change.encode_to_vec(),
+        }),
+        now_ms: now_ms(),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,881 @@
+//! Referrals across real nodes: the closed loop, scope at both ends,
+//! pseudonyms, durable delivery and withdrawal that reaches every recipient.
+
+use exitnet_node::identity::NodeKey;
+use exitnet_proto::pb;
+use exitnet_proto::pb::consent_service_client::ConsentServiceClient;
+use exitnet_proto::pb::referral_service_client::ReferralServiceClient;
+use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
+use prost::Message;
+use std::time::Duration;
+use tonic::Code;
+
+const NARRATIVE: &str =
+    "Needs stable housing after release; motivated, attends mentoring weekly. Marker-7f3a.";
+
+struct Net {
+    a: NodeProcess,
+    b: NodeProcess,
+    c: NodeProcess,
+}
+
+async fn start(org: &str, backend: Backend) -> Option<NodeProcess> {
+    NodeProcess::start(NodeSpec::new(org, backend))
+        .await
+        .unwrap()
+}
+
+/// A (NGO) peered with B (prison and probation) and C (mental health).
+async fn network(backend: Backend) -> Option<Net> {
+    let a = start("ngo-a", backend).await?;
+    let b = start("prison-b", backend).await?;
+    let c = start("health-c", backend).await?;
+    for n in [&b, &c] {
+        let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(n.ctl(&["peer", "join", &code]).await.unwrap().success);
+        assert!(
+            a.ctl(&["peer", "approve", &n.spec.org_id])
+                .await
+                .unwrap()
+                .success
+        );
+    }
+    for n in [&b, &c] {
+        a.wait_peer_state(&n.spec.org_id, "active", Some("active"))
+            .await
+            .unwrap();
+        n.wait_peer_state("ngo-a", "active", Some("active"))
+            .await
+            .unwrap();
+    }
+    Some(Net { a, b, c })
+}
+
+fn in_a_year() -> exitnet_proto::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    exitnet_proto::Timestamp {
+        seconds: now + 365 * 86400,
+        nanos: 0,
+    }
+}
+
+fn consent_request(id: &str, client: &str) -> pb::RecordConsentRequest {
+    pb::RecordConsentRequest {
+        request_id: id.into(),
+        subject_ref: client.into(),
+        terms: Some(pb::ConsentTerms {
+            recipients: vec!["prison-b".into(), "health-c".into()],
+            purposes: vec![
+                pb::Purpose::ExitSupport as i32,
+                pb::Purpose::ServiceProvision as i32,
+            ],
+            data_categories: vec![
+                pb::DataCategory::AgeBand as i32,
+                pb::DataCategory::RiskLevel as i32,
+                pb::DataCategory::NeedsNarrative as i32,
+            ],
+            need_areas: vec![
+                pb::NeedArea::FunctionalReintegration as i32,
+                pb::NeedArea::MentalHealth as i32,
+            ],
+            legal_basis: Some(pb::LegalBasis {
+                kind: pb::LegalBasisKind::Consent as i32,
+                statute: String::new(),
+            }),
+            restrictions: vec![pb::Restriction::NoOnwardSharing as i32],
+            valid_until: Some(in_a_year()),
+            ..Default::default()
+        }),
+        collection_method: pb::CollectionMethod::Written as i32,
+        witness: String::new(),
+    }
+}
+
+fn referral_request(
+    id: &str,
+    consent: &str,
+    to: &str,
+    area: pb::NeedArea,
+    service: pb::Service,
+) -> pb::CreateReferralRequest {
+    pb::CreateReferralRequest {
+        request_id: id.into(),
+        consent_id: consent.into(),
+        recipient_org: to.into(),
+        need_areas: vec![area as i32],
+        services: vec![service as i32],
+        urgency: pb::Urgency::Soon as i32,
+        summary: Some(pb::CaseSummary {
+            age_band: pb::AgeBand::AgeBand2534 as i32,
+            risk_level: pb::RiskLevel::Moderate as i32,
+            needs_narrative: NARRATIVE.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn clients(
+    n: &NodeProcess,
+) -> (
+    ConsentServiceClient<tonic::transport::Channel>,
+    ReferralServiceClient<tonic::transport::Channel>,
+) {
+    let ch = n.api_channel().await.unwrap();
+    (
+        ConsentServiceClient::new(ch.clone()),
+        ReferralServiceClient::new(ch),
+    )
+}
+
+async fn get(
+    r: &mut ReferralServiceClient<tonic::transport::Channel>,
+    token: &str,
+    id: &str,
+) -> pb::Referral {
+    r.get_referral(bearer(
+        token,
+        pb::GetReferralRequest {
+            referral_id: id.into(),
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .referral
+    .unwrap()
+}
+
+async fn wait_state(
+    r: &ReferralServiceClient<tonic::transport::Channel>,
+    token: &str,
+    id: &str,
+    state: pb::ReferralState,
+) -> pb::Referral {
+    wait_until(
+        &format!("referral {id} to be {state:?}"),
+        Duration::from_secs(30),
+        || {
+            let mut r = r.clone();
+            async move {
+                let got = r
+                    .get_referral(bearer(
+                        token,
+                        pb::GetReferralRequest {
+                            referral_id: id.into(),
+                        },
+                    ))
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .referral?;
+                (got.state == state as i32).then_some(got)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn inbound(
+    r: &mut ReferralServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Vec<pb::Referral> {
+    r.list_referrals(bearer(
+        token,
+        pb::ListReferralsRequest {
+            direction: pb::Direction::Inbound as i32,
+            page_size: 500,
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .referrals
+}
+
+async fn closed_loop(backend: Backend) {
+    let Some(net) = network(backend).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (mut ac, mut ar) = clients(&net.a).await;
+    let (_, mut br) = clients(&net.b).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-4711")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+
+    let req = referral_request(
+        "r-1",
+        &consent.consent_id,
+        "prison-b",
+        pb::NeedArea::FunctionalReintegration,
+        pb::Service::Housing,
+    );
+    let made = ar
+        .create_referral(bearer(&alice, req.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(made.state, pb::ReferralState::Requested as i32);
+    // A retry after a timeout returns the same referral.
+    let again = ar
+        .create_referral(bearer(&alice, req))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(again.referral_id, made.referral_id);
+    let id = made.referral_id.clone();
+    wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+
+    // At B: one inbound referral with the summary and a pseudonym, no client reference.
+    let list = inbound(&mut br, &bob).await;
+    assert_eq!(list.len(), 1);
+    let at_b = &list[0];
+    assert_eq!(at_b.referral_id, id);
+    assert_eq!(at_b.peer_org, "ngo-a");
+    assert_eq!(at_b.summary.as_ref().unwrap().needs_narrative, NARRATIVE);
+    assert_eq!(at_b.subject_pseudonym.len(), 32);
+    assert_eq!(
+        at_b.terms.as_ref().unwrap().recipients,
+        ["prison-b"],
+        "the other recipients stay hidden"
+    );
+    // Only the receiver sets these states, in order.
+    let e = br
+        .start_referral(bearer(
+            &bob,
+            pb::StartReferralRequest {
+                referral_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = ar
+        .accept_referral(bearer(
+            &alice,
+            pb::AcceptReferralRequest {
+                referral_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    br.accept_referral(bearer(
+        &bob,
+        pb::AcceptReferralRequest {
+            referral_id: id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    wait_state(&ar, &alice, &id, pb::ReferralState::Accepted).await;
+    br.start_referral(bearer(
+        &bob,
+        pb::StartReferralRequest {
+            referral_id: id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    wait_state(&ar, &alice, &id, pb::ReferralState::InProgress).await;
+    let e = br
+        .complete_referral(bearer(
+            &bob,
+            pb::CompleteReferralRequest {
+                referral_id: id.clone(),
+                outcome: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("outcome"));
+    let outcome = pb::Outcome {
+        disengagement: pb::Progress::Some as i32,
+        reintegration: pb::Progress::Substantial as i32,
+        service_delivered: true,
+        note: "Housing secured.".into(),
+        ..Default::default()
+    };
+    br.complete_referral(bearer(
+        &bob,
+        pb::CompleteReferralRequest {
+            referral_id: id.clone(),
+            outcome: Some(outcome.clone()),
+        },
+    ))
+    .await
+    .unwrap();
+    let done = wait_state(&ar, &alice, &id, pb::ReferralState::Completed).await;
+    let states: Vec<i32> = done.history.iter().map(|h| h.state).collect();
+    use pb::ReferralState as S;
+    assert_eq!(
+        states,
+        [
+            S::Requested,
+            S::Received,
+            S::Accepted,
+            S::InProgress,
+            S::Completed
+        ]
+        .map(|s| s as i32)
+    );
+    let last = done.history.last().unwrap();
+    assert_eq!(last.by_org, "prison-b");
+    assert_eq!(
+        last.outcome.as_ref().unwrap().reintegration,
+        pb::Progress::Substantial as i32
+    );
+    // Bob (at B) is now the owner; another case manager at B cannot act on it.
+    let eve = net.b.dev_token("case_manager", "eve").await.unwrap();
+    let e = br
+        .get_referral(bearer(
+            &eve,
+            pb::GetReferralRequest {
+                referral_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // The auditor at A sees the loop, not the case content.
+    let dpo = net.a.dev_token("auditor", "dpo").await.unwrap();
+    let seen = get(&mut ar, &dpo, &id).await;
+    assert!(seen.summary.is_none());
+    assert_eq!(seen.state, S::Completed as i32);
+
+    // Pairwise pseudonyms: C gets another one; a second referral to B the same.
+    let to_c = referral_request(
+        "r-2",
+        &consent.consent_id,
+        "health-c",
+        pb::NeedArea::MentalHealth,
+        pb::Service::TraumaPtsd,
+    );
+    let rc = ar
+        .create_referral(bearer(&alice, to_c))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    let second = referral_request(
+        "r-3",
+        &consent.consent_id,
+        "prison-b",
+        pb::NeedArea::FunctionalReintegration,
+        pb::Service::EmploymentSupport,
+    );
+    let rb2 = ar
+        .create_referral(bearer(&alice, second))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    wait_state(&ar, &alice, &rc.referral_id, S::Received).await;
+    wait_state(&ar, &alice, &rb2.referral_id, S::Received).await;
+    let carl = net.c.dev_token("case_manager", "carl").await.unwrap();
+    let (_, mut cr) = clients(&net.c).await;
+    let at_c = inbound(&mut cr, &carl).await;
+    let at_b = inbound(&mut br, &bob).await;
+    assert_eq!(at_c.len(), 1);
+    assert_eq!(at_b.len(), 2);
+    assert_eq!(at_b[0].subject_pseudonym, at_b[1].subject_pseudonym);
+    assert_ne!(at_c[0].subject_pseudonym, at_b[0].subject_pseudonym);
+
+    // Out of scope at the sender, each refusal naming the term.
+    let d = |f: fn(&mut pb::CreateReferralRequest)| {
+        let mut r = referral_request(
+            "x",
+            &consent.consent_id,
+            "prison-b",
+            pb::NeedArea::FunctionalReintegration,
+            pb::Service::Housing,
+        );
+        r.request_id = format!("x-{}", uuid::Uuid::new_v4());
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(pb::CreateReferralRequest, &str)> = vec![
+        (d(|r| r.recipient_org = "police-x".into()), "recipient_org"),
+        (
+            d(|r| r.need_areas = vec![pb::NeedArea::Security as i32]),
+            "need_areas",
+        ),
+        (
+            d(|r| r.services = vec![pb::Service::SafetyPlanning as i32]),
+            "services",
+        ),
+        (
+            d(|r| r.summary.as_mut().unwrap().gender = pb::Gender::Male as i32),
+            "summary.gender",
+        ),
+    ];
+    for (req, field) in cases {
+        let e = ar.create_referral(bearer(&alice, req)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{field}: {e:?}");
+        assert!(e.message().starts_with(field), "{field}: {}", e.message());
+    }
+    let bob_at_a = net.a.dev_token("case_manager", "bob").await.unwrap();
+    let e = ar
+        .create_referral(bearer(&bob_at_a, d(|_| {})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = ar
+        .create_referral(bearer(
+            &alice,
+            d(|r| r.summary.as_mut().unwrap().needs_narrative = "x".repeat(2001)),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("summary.needs_narrative"));
+}
+
+#[tokio::test]
+async fn closed_loop_on_sqlite() {
+    closed_loop(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn closed_loop_on_postgres() {
+    closed_loop(Backend::Postgres).await;
+}
+
+/// Sends a hand-built, signed message to `to`, as `from_key` presenting itself.
+async fn send_raw(
+    to: &NodeProcess,
+    key: &NodeKey,
+    msg: &pb::FederationMessage,
+) -> Result<pb::NotifyResponse, tonic::Status> {
+    let payload = msg.encode_to_vec();
+    let signature = key.sign(&payload).unwrap();
+    let pinned = vec![to.fingerprint().await.unwrap()];
+    let mut client = exitnet_node::federation::client::connect(
+        &to.federation_addr,
+        Some(key),
+        pinned,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    client
+        .notify(pb::NotifyRequest {
+            notice_id: msg.message_id.clone(),
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                payload,
+                signature,
+            })),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn the_receiver_checks_what_skips_the_senders_checks() {
+    let Some(net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let a_key = NodeKey::read(
+        &net.a.data_dir().join("identity"),
+        &net.a.fingerprint().await.unwrap(),
+    )
+    .unwrap();
+    let c_key = NodeKey::read(
+        &net.c.data_dir().join("identity"),
+        &net.c.fingerprint().await.unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let terms = |recipient: &str, cats: Vec<i32>| pb::ConsentTerms {
+        recipients: vec![recipient.into()],
+        purposes: vec![pb::Purpose::ExitSupport as i32],
+        data_categories: cats,
+        need_areas: vec![pb::NeedArea::FunctionalReintegration as i32],
+        legal_basis: Some(pb::LegalBasis {
+            kind: pb::LegalBasisKind::Consent as i32,
+            statute: String::new(),
+        }),
+        valid_from: Some(exitnet_proto::Timestamp {
+            seconds: now - 10,
+            nanos: 0,
+        }),
+        valid_until: Some(in_a_year()),
+        ..Default::default()
+    };
+    let offer = |recipient_in_terms: &str, cats: Vec<i32>, narrative: &str| pb::ReferralOffer {
+        referral_id: uuid::Uuid::new_v4().to_string(),
+        subject_pseudonym: "0123456789abcdef0123456789abcdef".into(),
+        need_areas: vec![pb::NeedArea::FunctionalReintegration as i32],
+        services: vec![],
+        urgency: pb::Urgency::Routine as i32,
+        summary: Some(pb::CaseSummary {
+            needs_narrative: narrative.into(),
+            ..Default::default()
+        }),
+        terms: Some(terms(recipient_in_terms, cats)),
+        consent_ref: "ref".into(),
+    };
+    let msg = |sender: &str, o: pb::ReferralOffer| pb::FederationMessage {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        sender_org: sender.into(),
+        recipient_org: "prison-b".into(),
+        sent_at: Some(exitnet_proto::Timestamp {
+            seconds: now,
+            nanos: 0,
+        }),
+        body: Some(pb::federation_message::Body::Offer(o)),
+    };
+    let narrative = vec![pb::DataCategory::NeedsNarrative as i32];
+    // Terms that do not name B.
+    let e = send_raw(
+        &net.b,
+        &a_key,
+        &msg("ngo-a", offer("health-c", narrative.clone(), "x")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("terms.recipients"), "{}", e.message());
+    // A summary field the terms do not cover.
+    let e = send_raw(
+        &net.b,
+        &a_key,
+        &msg("ngo-a", offer("prison-b", vec![], "x")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("needs_narrative"), "{}", e.message());
+    // C peers with B too; then a message signed by A but sent by C is refused.
+    let code = net.b.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(net.c.ctl(&["peer", "join", &code]).await.unwrap().success);
+    assert!(
+        net.b
+            .ctl(&["peer", "approve", "health-c"])
+            .await
+            .unwrap()
+            .success
+    );
+    net.b
+        .wait_peer_state("health-c", "active", Some("active"))
+        .await
+        .unwrap();
+    let signed_by_a = msg("ngo-a", offer("prison-b", narrative.clone(), "x"));
+    let payload = signed_by_a.encode_to_vec();
+    let a_signature = a_key.sign(&payload).unwrap();
+    let pinned = vec![net.b.fingerprint().await.unwrap()];
+    let mut as_c = exitnet_node::federation::client::connect(
+        &net.b.federation_addr,
+        Some(&c_key),
+        pinned,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let e = as_c
+        .notify(pb::NotifyRequest {
+            notice_id: signed_by_a.message_id.clone(),
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                payload,
+                signature: a_signature,
+            })),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("signature"), "{}", e.message());
+    // C signs a message itself but names A as the sender.
+    let e = send_raw(
+        &net.b,
+        &c_key,
+        &msg("ngo-a", offer("prison-b", narrative.clone(), "x")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("sender_org"), "{}", e.message());
+    // A valid offer, then its replay: the same receipt, one referral.
+    let ok = msg("ngo-a", offer("prison-b", narrative.clone(), "hand-built"));
+    let first = send_raw(&net.b, &a_key, &ok)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    let replay = send_raw(&net.b, &a_key, &ok)
+        .await
+        .unwrap()
+        .receipt
+        .unwrap();
+    assert_eq!(first, replay);
+    let r = pb::Receipt::decode(first.payload.as_slice()).unwrap();
+    assert_eq!(
+        (r.receiver_org.as_str(), r.sender_org.as_str()),
+        ("prison-b", "ngo-a")
+    );
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, mut br) = clients(&net.b).await;
+    assert_eq!(inbound(&mut br, &bob).await.len(), 1);
+    // A message for another recipient is refused (no replay to other nodes).
+    let mut elsewhere = msg("ngo-a", offer("prison-b", narrative, "x"));
+    elsewhere.recipient_org = "health-c".into();
+    let e = send_raw(&net.b, &a_key, &elsewhere).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(inbound(&mut br, &bob).await.len(), 1);
+}
+
+fn raw_db_contains(node: &NodeProcess, needle: &str) -> bool {
+    ["exitnet.db", "exitnet.db-wal"].iter().any(|f| {
+        std::fs::read(node.data_dir().join(f))
+            .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn withdrawal_reaches_every_recipient_even_one_that_was_down() {
+    let Some(mut net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let (mut ac, mut ar) = clients(&net.a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-99")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    let rb = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "r-b",
+                &consent.consent_id,
+                "prison-b",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    let rc = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "r-c",
+                &consent.consent_id,
+                "health-c",
+                pb::NeedArea::MentalHealth,
+                pb::Service::TraumaPtsd,
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    wait_state(&ar, &alice, &rb.referral_id, pb::ReferralState::Received).await;
+    wait_state(&ar, &alice, &rc.referral_id, pb::ReferralState::Received).await;
+    assert!(raw_db_contains(&net.c, "Marker-7f3a"));
+
+    // C goes down; the client withdraws consent.
+    let (status, _) = net.c.stop().await.unwrap();
+    assert!(status.success());
+    let w = ac
+        .withdraw_consent(bearer(
+            &alice,
+            pb::WithdrawConsentRequest {
+                consent_id: consent.consent_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.recipients_notified, 2);
+    // B purges at once; C's purge is pending.
+    let purged_b = wait_until("B's purge receipt", Duration::from_secs(30), || {
+        let mut ar = ar.clone();
+        let (alice, id) = (alice.clone(), rb.referral_id.clone());
+        async move {
+            let r = ar
+                .get_referral(bearer(&alice, pb::GetReferralRequest { referral_id: id }))
+                .await
+                .ok()?
+                .into_inner()
+                .referral?;
+            (r.purge_status == pb::PurgeStatus::Done as i32).then_some(r)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(purged_b.state, pb::ReferralState::Withdrawn as i32);
+    assert!(purged_b.purged_at.is_some());
+    let at_c = get(&mut ar, &alice, &rc.referral_id).await;
+    assert_eq!(at_c.purge_status, pb::PurgeStatus::Pending as i32);
+    // C returns and purges.
+    net.c.restart().await.unwrap();
+    wait_until("C's purge receipt", Duration::from_secs(30), || {
+        let mut ar = ar.clone();
+        let (alice, id) = (alice.clone(), rc.referral_id.clone());
+        async move {
+            let r = ar
+                .get_referral(bearer(&alice, pb::GetReferralRequest { referral_id: id }))
+                .await
+                .ok()?
+                .into_inner()
+                .referral?;
+            (r.purge_status == pb::PurgeStatus::Done as i32).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    // At B and C: a tombstone without the summary, and no trace in the raw files.
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, mut br) = clients(&net.b).await;
+    let tomb = get(&mut br, &bob, &rb.referral_id).await;
+    assert!(tomb.summary.is_none());
+    assert_eq!(tomb.state, pb::ReferralState::Withdrawn as i32);
+    assert_eq!(tomb.purge_status, pb::PurgeStatus::Done as i32);
+    assert!(
+        !raw_db_contains(&net.c, "Marker-7f3a"),
+        "purged text found in C's database files"
+    );
+    assert!(
+        !raw_db_contains(&net.b, "Marker-7f3a"),
+        "purged text found in B's database files"
+    );
+    // New referrals under the withdrawn consent are refused at the sender.
+    let e = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "r-late",
+                &consent.consent_id,
+                "prison-b",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("consent_id"));
+}
+
+#[tokio::test]
+async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
+    let Some(mut net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let (mut ac, ar) = clients(&net.a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-5")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    let (status, _) = net.b.stop().await.unwrap();
+    assert!(status.success());
+    const N: usize = 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (mut ar, alice, cid) = (ar.clone(), alice.clone(), consent.consent_id.clone());
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in (worker..N).step_by(8) {
+                let req = referral_request(
+                    &format!("burst-{i}"),
+                    &cid,
+                    "prison-b",
+                    pb::NeedArea::FunctionalReintegration,
+                    pb::Service::Housing,
+                );
+                ids.push(
+                    ar.create_referral(bearer(&alice, req))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .referral
+                        .unwrap()
+                        .referral_id,
+                );
+            }
+            ids
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(ids) = tasks.join_next().await {
+        sent.extend(ids.unwrap());
+    }
+    assert_eq!(sent.len(), N);
+    net.b.restart().await.unwrap();
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, br) = clients(&net.b).await;
+    let mut got = wait_until(
+        "all referrals to arrive at B",
+        Duration::from_secs(120),
+        || {
+            let (mut br, bob) = (br.clone(), bob.clone());
+            async move {
+                let mut all = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let page = br
+                        .list_referrals(bearer(
+                            &bob,
+                            pb::ListReferralsRequest {
+                                page_size: 500,
+                                page_token: token.clone(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .ok()?
+                        .into_inner();
+                    all.extend(page.referrals.into_iter().map(|r| r.referral_id));
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                (all.len() >= N).then_some(all)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "every referral exactly once");
+}
