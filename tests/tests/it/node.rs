@@ -268,3 +268,101 @@ async fn plaintext_client_api_off_loopback_is_refused() {
     assert!(!ok);
     assert!(text.contains("api.tls"), "{text}");
 }
+
+#[tokio::test]
+async fn client_api_over_tls_with_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["agency-crm".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let w = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        w("ca.pem", ca_cert.pem()),
+        w("server.pem", server.pem()),
+        w("server.key", server_key.serialize_pem()),
+    );
+    let toml = format!(
+        "[api.tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\nclient_ca_file = {ca_file:?}\n"
+    );
+    let node = NodeProcess::start(NodeSpec::new("ngo-tls", Backend::Sqlite).with_toml(&toml))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = node.dev_token("case_manager", "alice").await.unwrap();
+
+    let endpoint = |with_client_cert: bool| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_cert.pem()))
+            .domain_name("localhost");
+        if with_client_cert {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                client.pem(),
+                client_key.serialize_pem(),
+            ));
+        }
+        tonic::transport::Endpoint::from_shared(format!("https://{}", node.api_addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    // With a certificate from the agency CA: served over TLS.
+    let channel = endpoint(true).connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut info = exitnet_proto::pb::node_service_client::NodeServiceClient::new(channel);
+    let r = info
+        .get_node_info(exitnet_tests::bearer(
+            &token,
+            exitnet_proto::pb::GetNodeInfoRequest {},
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().profile.unwrap().org_id, "ngo-tls");
+    // Without a client certificate the handshake fails.
+    let refused = match endpoint(false).connect().await {
+        Err(_) => true,
+        Ok(ch) => {
+            let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate was served");
+    // Plaintext is not served on the TLS port.
+    assert!(
+        exitnet_tests::node::health_serving(&node.api_addr)
+            .await
+            .is_err()
+    );
+}

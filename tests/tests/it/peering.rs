@@ -547,6 +547,25 @@ async fn key_rotation(backend: Backend) {
     .unwrap();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     raw_notify(&a, Some(&new_key)).await.unwrap();
+
+    // A changed profile reaches the peer when the node starts with it.
+    b.set_config("[org]\nname = \"Probation Service East\"\nservices = [\"housing\", \"employment_support\"]\n").unwrap();
+    let mut b = b;
+    b.restart().await.unwrap();
+    let p = wait_until(
+        "A to see B's new profile",
+        Duration::from_secs(30),
+        || async {
+            let p = a.peer("prison-b").await.ok()??;
+            (p["name"] == "Probation Service East").then_some(p)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p["services"],
+        serde_json::json!(["housing", "employment_support"])
+    );
 }
 
 #[tokio::test]

@@ -882,20 +882,42 @@ async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
 
 #[tokio::test]
 async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
-    let Some(mut net) = network(Backend::Sqlite).await else { return };
+    let Some(mut net) = network(Backend::Sqlite).await else {
+        return;
+    };
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, ar) = clients(&net.a).await;
-    let consent = ac.record_consent(bearer(&alice, consent_request("c-1", "client-6"))).await.unwrap().into_inner().consent.unwrap();
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-6")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
     const WORKERS: usize = 8;
     let confirmed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..WORKERS {
-        let (mut ar, alice, cid, confirmed) = (ar.clone(), alice.clone(), consent.consent_id.clone(), confirmed.clone());
+        let (mut ar, alice, cid, confirmed) = (
+            ar.clone(),
+            alice.clone(),
+            consent.consent_id.clone(),
+            confirmed.clone(),
+        );
         tasks.spawn(async move {
             for i in (worker..1000).step_by(WORKERS) {
-                let req = referral_request(&format!("kill-{i}"), &cid, "prison-b", pb::NeedArea::FunctionalReintegration, pb::Service::Housing);
+                let req = referral_request(
+                    &format!("kill-{i}"),
+                    &cid,
+                    "prison-b",
+                    pb::NeedArea::FunctionalReintegration,
+                    pb::Service::Housing,
+                );
                 match ar.create_referral(bearer(&alice, req)).await {
-                    Ok(r) => confirmed.lock().unwrap().push(r.into_inner().referral.unwrap().referral_id),
+                    Ok(r) => confirmed
+                        .lock()
+                        .unwrap()
+                        .push(r.into_inner().referral.unwrap().referral_id),
                     Err(_) => return, // the node is gone
                 }
             }
@@ -913,26 +935,37 @@ async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
     net.a.restart().await.unwrap();
     let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
     let (_, br) = clients(&net.b).await;
-    let got = wait_until("every confirmed referral at B", Duration::from_secs(120), || {
-        let (mut br, bob, want) = (br.clone(), bob.clone(), confirmed.clone());
-        async move {
-            let mut all = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = br
-                    .list_referrals(bearer(&bob, pb::ListReferralsRequest { page_size: 500, page_token: token.clone(), ..Default::default() }))
-                    .await
-                    .ok()?
-                    .into_inner();
-                all.extend(page.referrals.into_iter().map(|r| r.referral_id));
-                if page.next_page_token.is_empty() {
-                    break;
+    let got = wait_until(
+        "every confirmed referral at B",
+        Duration::from_secs(120),
+        || {
+            let (mut br, bob, want) = (br.clone(), bob.clone(), confirmed.clone());
+            async move {
+                let mut all = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let page = br
+                        .list_referrals(bearer(
+                            &bob,
+                            pb::ListReferralsRequest {
+                                page_size: 500,
+                                page_token: token.clone(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .ok()?
+                        .into_inner();
+                    all.extend(page.referrals.into_iter().map(|r| r.referral_id));
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
                 }
-                token = page.next_page_token;
+                want.iter().all(|id| all.contains(id)).then_some(all)
             }
-            want.iter().all(|id| all.contains(id)).then_some(all)
-        }
-    })
+        },
+    )
     .await
     .unwrap();
     let mut unique = got.clone();
@@ -942,6 +975,12 @@ async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
     confirmed.sort();
     // Beyond the confirmed ones, at most the calls in flight at the kill
     // (committed, answer lost; a retry with the same request_id finds them).
-    let unconfirmed = got.iter().filter(|id| confirmed.binary_search(id).is_err()).count();
-    assert!(unconfirmed <= WORKERS, "{unconfirmed} unconfirmed referrals arrived");
+    let unconfirmed = got
+        .iter()
+        .filter(|id| confirmed.binary_search(id).is_err())
+        .count();
+    assert!(
+        unconfirmed <= WORKERS,
+        "{unconfirmed} unconfirmed referrals arrived"
+    );
 }
