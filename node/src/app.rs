@@ -119,6 +119,11 @@ impl Application {
         let federation_bound = federation_listener.local_addr()?;
 
         let profile = profile_from_config(&config, &org_id);
+        let master_key = crate::crypto::MasterKey::load(
+            config.master_key.as_ref().map(|s| s.expose()),
+            config.master_key_file.as_deref(),
+            &config.data_dir,
+        )?;
         let pseudonym_key = {
             let mut b = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
@@ -150,6 +155,7 @@ impl Application {
             federation_bound,
             auth,
             pseudonym_key,
+            master_key,
             referral_events: tokio::sync::broadcast::channel(1024).0,
             outbox_wake: tokio::sync::Notify::new(),
         });

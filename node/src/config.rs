@@ -28,6 +28,11 @@ pub struct Config {
     pub org: OrgConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    /// Master key for case content at rest: base64 of 32 bytes (use the
+    /// environment variable `EXITNET_MASTER_KEY`, not a file in version control).
+    pub master_key: Option<Secret>,
+    /// Or a file holding it; default `<data_dir>/identity/master.key`, created on first start.
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

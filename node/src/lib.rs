@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consents;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod federation;

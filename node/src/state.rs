@@ -21,6 +21,8 @@ pub struct NodeState {
     pub federation_bound: std::net::SocketAddr,
     /// Verifies bearer tokens on the client API.
     pub auth: crate::auth::Authenticator,
+    /// Wraps the data keys of case content.
+    pub master_key: crate::crypto::MasterKey,
     /// Key for pairwise pseudonyms (kept in the database's node_meta).
     pub pseudonym_key: Vec<u8>,
     /// Referral IDs that changed, for `WatchReferrals`.

@@ -14,6 +14,8 @@ CREATE TABLE referrals (
     need_areas     TEXT NOT NULL,
     services       TEXT NOT NULL,
     urgency        TEXT NOT NULL,
+    -- Sealed (AES-256-GCM) under the data key key_id.
+    key_id         TEXT NOT NULL,
     summary        BYTEA,
     terms          BYTEA NOT NULL,
     state          TEXT NOT NULL,
@@ -50,3 +52,11 @@ CREATE TABLE receipts (
     PRIMARY KEY (message_id, issued_by)
 );
 CREATE INDEX receipts_by_referral ON receipts (referral_id);
+
+-- Data keys of case content, wrapped by the master key (kept outside the
+-- database). Deleting one makes its content unreadable, also in old backups.
+CREATE TABLE data_keys (
+    key_id     TEXT PRIMARY KEY,
+    wrapped    BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -9,7 +9,6 @@ use crate::domain::time::now_ms;
 use crate::state::NodeState;
 use crate::store::Notice;
 use exitnet_proto::pb;
-use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +108,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
     };
     let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     for n in queue {
-        let req = pb::NotifyRequest::decode(n.payload.as_slice())?;
+        let req = crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload)?;
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
         if is_message && now_ms() - n.created_at_ms > max_age_ms {
             // Undeliverable for too long: the sender learns it failed.

@@ -11,6 +11,22 @@ use crate::store::{NewNotice, ReceiptRecord};
 use exitnet_proto::pb;
 use prost::Message;
 
+/// Marks a sealed outbox payload (a protobuf encoding never starts with 0).
+pub const SEALED_PREFIX: &[u8] = b"\x00S1";
+
+/// The `NotifyRequest` an outbox row holds, opened if it was sealed.
+pub fn open_notice(
+    state: &NodeState,
+    notice_id: &str,
+    payload: &[u8],
+) -> Result<pb::NotifyRequest> {
+    let plain = match payload.strip_prefix(SEALED_PREFIX) {
+        Some(sealed) => state.master_key.open_direct(notice_id, sealed)?,
+        None => payload.to_vec(),
+    };
+    pb::NotifyRequest::decode(plain.as_slice()).map_err(|e| Error::Internal(e.into()))
+}
+
 pub fn sha256(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b)
         .as_ref()
@@ -40,10 +56,17 @@ pub fn notice_for(
             signature,
         })),
     };
+    // The message carries case content: sealed while it waits in the outbox.
+    let mut payload = SEALED_PREFIX.to_vec();
+    payload.extend(
+        state
+            .master_key
+            .seal_direct(&message_id, &req.encode_to_vec())?,
+    );
     Ok(NewNotice {
         notice_id: message_id,
         org_id: recipient.clone(),
-        payload: req.encode_to_vec(),
+        payload,
         present_key: None,
         now_ms: now_ms(),
     })

@@ -155,6 +155,38 @@ fn consent_ref(state: &NodeState, consent_id: &str, peer: &OrgId) -> String {
     crate::identity::hex(&tag.as_ref()[..16])
 }
 
+/// The data key of a client's content at the sending node.
+fn outbound_key_id(state: &NodeState, subject_ref: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.pseudonym_key);
+    let tag = ring::hmac::sign(&key, format!("local\0{subject_ref}").as_bytes());
+    format!("subject:{}", crate::identity::hex(&tag.as_ref()[..16]))
+}
+
+/// Seals an encoded summary under data key `key_id`, bound to the referral.
+pub async fn seal_summary(
+    state: &NodeState,
+    key_id: &str,
+    referral_id: &str,
+    plain: &[u8],
+) -> Result<Vec<u8>> {
+    let fresh = state.master_key.new_wrapped_data_key(key_id)?;
+    let wrapped = state.store.data_key(key_id, &fresh, now_ms()).await?;
+    Ok(state
+        .master_key
+        .seal(key_id, &wrapped, referral_id, plain)?)
+}
+
+/// The summary, if it is still held and its data key still exists.
+pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<pb::CaseSummary> {
+    let sealed = r.summary.as_ref()?;
+    let wrapped = state.store.find_data_key(&r.key_id).await.ok()??;
+    let plain = state
+        .master_key
+        .open(&r.key_id, &wrapped, &r.referral_id, sealed)
+        .ok()?;
+    pb::CaseSummary::decode(plain.as_slice()).ok()
+}
+
 fn event(state: ReferralState, by: &str, change: &pb::StateChange) -> ReferralEvent {
     ReferralEvent {
         state: state.as_str().to_owned(),
@@ -215,7 +247,16 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         &new.recipient,
         pb::federation_message::Body::Offer(offer),
     )?;
+    let key_id = outbound_key_id(state, &consent.subject_ref);
+    let sealed = seal_summary(
+        state,
+        &key_id,
+        &referral_id,
+        &new.summary.to_pb().encode_to_vec(),
+    )
+    .await?;
     let record = ReferralRecord {
+        key_id,
         referral_id: referral_id.clone(),
         outbound: true,
         peer_org: new.recipient.clone(),
@@ -230,7 +271,7 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         need_areas: join(&new.need_areas, NeedArea::as_str),
         services: join(&new.services, Service::as_str),
         urgency: new.urgency.as_str().to_owned(),
-        summary: Some(new.summary.to_pb().encode_to_vec()),
+        summary: Some(sealed),
         terms: terms.to_pb().encode_to_vec(),
         state: ReferralState::Requested.as_str().to_owned(),
         purge_status: "none".into(),
@@ -305,9 +346,9 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
             c
         })
         .collect();
-    let summary = match (&r.summary, v) {
-        (Some(s), View::Full) => pb::CaseSummary::decode(s.as_slice()).ok(),
-        _ => None,
+    let summary = match v {
+        View::Full => open_summary(state, r).await,
+        View::MetadataOnly => None,
     };
     let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
     Ok(pb::Referral {

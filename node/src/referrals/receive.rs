@@ -35,7 +35,13 @@ pub async fn handle(
         .ok_or_else(|| FieldError::new("message.body", "required"))?;
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
-            let (record, ev) = offer_to_record(state, from, offer)?;
+            let (mut record, ev) = offer_to_record(state, from, offer)?;
+            // Sealed under a data key of this referral's own, destroyed on purge.
+            if let Some(plain) = record.summary.take() {
+                record.summary = Some(
+                    super::seal_summary(state, &record.key_id, &record.referral_id, &plain).await?,
+                );
+            }
             let receipt = messages::issue_receipt(
                 state,
                 pb::ReceiptKind::Delivery,
@@ -105,6 +111,7 @@ pub async fn handle(
                 purge_status: Some("done".into()),
                 purged_at_ms: Some(now_ms()),
                 purge_summary: true,
+                destroy_key: Some(r.key_id.clone()),
                 now_ms: now_ms(),
                 ..Default::default()
             });
@@ -193,6 +200,7 @@ fn offer_to_record(
         }
     }
     let record = ReferralRecord {
+        key_id: format!("referral:{referral_id}"),
         referral_id,
         outbound: false,
         peer_org: from.org_id.clone(),

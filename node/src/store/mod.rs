@@ -148,7 +148,9 @@ pub struct ReferralRecord {
     pub need_areas: String,
     pub services: String,
     pub urgency: String,
-    /// Encoded `CaseSummary`; `None` once purged.
+    /// The data key that seals `summary`.
+    pub key_id: String,
+    /// Encoded `CaseSummary`, sealed under `key_id`; `None` once purged.
     pub summary: Option<Vec<u8>>,
     /// Encoded `ConsentTerms` as they travelled.
     pub terms: Vec<u8>,
@@ -194,6 +196,8 @@ pub struct ReferralChange {
     pub purged_at_ms: Option<i64>,
     /// Deletes the summary (a purge).
     pub purge_summary: bool,
+    /// Destroys this data key (a purge): old copies can no longer be read.
+    pub destroy_key: Option<String>,
     pub notices: Vec<NewNotice>,
     pub now_ms: i64,
 }
@@ -340,6 +344,10 @@ pub trait Store: Send + Sync + 'static {
         change: Option<(&str, &ReferralChange)>,
     ) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
+    /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
+    async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>>;
+    /// The wrapped data key `key_id`, if it still exists.
+    async fn find_data_key(&self, key_id: &str) -> Result<Option<Vec<u8>>>;
     /// After a purge: make sure no copy of the deleted content lingers in
     /// the database's files (SQLite: truncate the write-ahead log).
     async fn after_purge(&self) -> Result<()>;

@@ -94,7 +94,7 @@ where
 
 pub(super) const CONSENT_COLUMNS: &str = "consent_id, owner, team, subject_ref, terms, collection_method, witness, recorded_by, recorded_at, withdrawn_at";
 
-pub(super) const REFERRAL_COLUMNS: &str = "referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, summary, terms, state, purge_status, purged_at, created_at, updated_at";
+pub(super) const REFERRAL_COLUMNS: &str = "referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at";
 
 pub(super) fn row_to_referral<R>(row: &R) -> crate::error::Result<crate::store::ReferralRecord>
 where
@@ -121,6 +121,7 @@ where
         need_areas: row.try_get("need_areas")?,
         services: row.try_get("services")?,
         urgency: row.try_get("urgency")?,
+        key_id: row.try_get("key_id")?,
         summary: row.try_get("summary")?,
         terms: row.try_get("terms")?,
         state: row.try_get("state")?,
@@ -295,8 +296,8 @@ macro_rules! impl_store {
             Ok(sqlx::query(
                 "INSERT INTO referrals (referral_id, direction, peer_org, owner, team, request_key, request_digest, consent_id,
                                         pseudonym, need_areas, services, urgency, summary, terms, state, purge_status,
-                                        purged_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                                        purged_at, created_at, updated_at, key_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
                  ON CONFLICT DO NOTHING",
             )
             .bind(&r.referral_id)
@@ -318,6 +319,7 @@ macro_rules! impl_store {
             .bind(r.purged_at_ms)
             .bind(r.created_at_ms)
             .bind(r.updated_at_ms)
+            .bind(&r.key_id)
             .execute(&mut **tx)
             .await?
             .rows_affected())
@@ -378,6 +380,9 @@ macro_rules! impl_store {
             }
             if let Some(e) = &c.event {
                 insert_event(tx, id, e).await?;
+            }
+            if let Some(k) = &c.destroy_key {
+                sqlx::query("DELETE FROM data_keys WHERE key_id = $1").bind(k).execute(&mut **tx).await?;
             }
             insert_notices(tx, &c.notices).await?;
             Ok(true)
@@ -936,6 +941,31 @@ macro_rules! impl_store {
                     .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO data_keys (key_id, wrapped, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
+                    .bind(key_id)
+                    .bind(new_wrapped)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let wrapped: Vec<u8> = sqlx::query("SELECT wrapped FROM data_keys WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("wrapped")?;
+                tx.commit().await?;
+                Ok(wrapped)
+            }
+
+            async fn find_data_key(&self, key_id: &str) -> Result<Option<Vec<u8>>> {
+                let row = sqlx::query("SELECT wrapped FROM data_keys WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get("wrapped")).transpose()?)
             }
 
             async fn after_purge(&self) -> Result<()> {

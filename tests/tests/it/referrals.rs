@@ -705,7 +705,23 @@ async fn withdrawal_reaches_every_recipient_even_one_that_was_down() {
         .unwrap();
     wait_state(&ar, &alice, &rb.referral_id, pb::ReferralState::Received).await;
     wait_state(&ar, &alice, &rc.referral_id, pb::ReferralState::Received).await;
-    assert!(raw_db_contains(&net.c, "Marker-7f3a"));
+    // Case content is sealed at rest: not even before the purge is it in the files.
+    assert!(!raw_db_contains(&net.c, "Marker-7f3a"));
+    assert!(!raw_db_contains(&net.a, "Marker-7f3a"));
+    let data_keys = |n: &NodeProcess| {
+        let url = n.database_url();
+        async move {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE key_id LIKE 'referral:%'")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    assert_eq!(data_keys(&net.c).await, 1);
 
     // C goes down; the client withdraws consent.
     let (status, _) = net.c.stop().await.unwrap();
@@ -773,6 +789,9 @@ async fn withdrawal_reaches_every_recipient_even_one_that_was_down() {
         !raw_db_contains(&net.b, "Marker-7f3a"),
         "purged text found in B's database files"
     );
+    // The purge destroyed the referral's data key at C and at B.
+    assert_eq!(data_keys(&net.c).await, 0);
+    assert_eq!(data_keys(&net.b).await, 0);
     // New referrals under the withdrawn consent are refused at the sender.
     let e = ar
         .create_referral(bearer(
