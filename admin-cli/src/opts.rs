@@ -144,6 +144,29 @@ pub enum PeerCommand {
     Resume { org: String },
     /// End the peering for good.
     Revoke { org: String },
+    /// Show or change what may be sent to and accepted from a peer.
+    Policy {
+        org: String,
+        /// Need areas allowed (comma-separated code names).
+        #[arg(long, value_delimiter = ',')]
+        need_areas: Option<Vec<String>>,
+        /// Summary fields allowed (age_band, gender, languages, setting,
+        /// ideological_context, risk_level, security_considerations, needs_narrative).
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+        /// Purposes allowed.
+        #[arg(long, value_delimiter = ',')]
+        purposes: Option<Vec<String>>,
+        /// Purge closed referrals at the peer this many days after they close (0: never).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Add the free-text needs narrative to the allowed fields.
+        #[arg(long, conflicts_with = "deny_narrative")]
+        allow_narrative: bool,
+        /// Remove the needs narrative from the allowed fields.
+        #[arg(long)]
+        deny_narrative: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -350,6 +350,123 @@ async fn peer(
         PeerCommand::Reject { org } => set(admin, action(org, pb::PeerAction::Reject)).await?,
         PeerCommand::Suspend { org } => set(admin, action(org, pb::PeerAction::Suspend)).await?,
         PeerCommand::Resume { org } => set(admin, action(org, pb::PeerAction::Resume)).await?,
+        PeerCommand::Policy {
+            org,
+            need_areas,
+            fields: field_names,
+            purposes,
+            retention_days,
+            allow_narrative,
+            deny_narrative,
+        } => {
+            let current = admin
+                .get_peer_policy(pb::GetPeerPolicyRequest {
+                    org_id: org.clone(),
+                })
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let mut p = current.policy.unwrap_or_default();
+            let before = p.clone();
+            let parse_all = |names: &[String],
+                             prefix: &str,
+                             f: &dyn Fn(&str) -> Option<i32>|
+             -> anyhow::Result<Vec<i32>> {
+                names
+                    .iter()
+                    .map(|n| {
+                        f(&format!("{prefix}{}", n.to_ascii_uppercase()))
+                            .ok_or_else(|| anyhow::anyhow!("unknown value `{n}`"))
+                    })
+                    .collect()
+            };
+            if let Some(n) = need_areas {
+                p.need_areas = parse_all(&n, "NEED_AREA_", &|s| {
+                    pb::NeedArea::from_str_name(s).map(|e| e as i32)
+                })?;
+            }
+            if let Some(f) = field_names {
+                p.data_categories = parse_all(&f, "DATA_CATEGORY_", &|s| {
+                    pb::DataCategory::from_str_name(s).map(|e| e as i32)
+                })?;
+            }
+            if let Some(x) = purposes {
+                p.purposes = parse_all(&x, "PURPOSE_", &|s| {
+                    pb::Purpose::from_str_name(s).map(|e| e as i32)
+                })?;
+            }
+            if let Some(d) = retention_days {
+                p.retention_days = d;
+            }
+            let narrative = pb::DataCategory::NeedsNarrative as i32;
+            if allow_narrative && !p.data_categories.contains(&narrative) {
+                p.data_categories.push(narrative);
+            }
+            if deny_narrative {
+                p.data_categories.retain(|c| *c != narrative);
+            }
+            let (p, customised) = if p != before {
+                let set = admin
+                    .set_peer_policy(pb::SetPeerPolicyRequest {
+                        org_id: org.clone(),
+                        policy: Some(p),
+                    })
+                    .await
+                    .map_err(status_line)?
+                    .into_inner();
+                (set.policy.unwrap_or_default(), true)
+            } else {
+                (p, current.customised)
+            };
+            let names =
+                |v: &[i32], f: &dyn Fn(i32) -> String| v.iter().map(|x| f(*x)).collect::<Vec<_>>();
+            let na = names(&p.need_areas, &|v| {
+                pb::NeedArea::try_from(v)
+                    .map(|e| output::code_name(e.as_str_name(), "NEED_AREA_"))
+                    .unwrap_or_default()
+            });
+            let dc = names(&p.data_categories, &|v| {
+                pb::DataCategory::try_from(v)
+                    .map(|e| output::code_name(e.as_str_name(), "DATA_CATEGORY_"))
+                    .unwrap_or_default()
+            });
+            let pu = names(&p.purposes, &|v| {
+                pb::Purpose::try_from(v)
+                    .map(|e| output::code_name(e.as_str_name(), "PURPOSE_"))
+                    .unwrap_or_default()
+            });
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "org_id": org, "need_areas": na, "fields": dc, "purposes": pu,
+                        "retention_days": p.retention_days, "customised": customised,
+                    })
+                )?;
+            } else {
+                write!(
+                    out,
+                    "{}",
+                    fields(&[
+                        ("peer", org),
+                        ("need areas", na.join(", ")),
+                        ("fields", dc.join(", ")),
+                        ("purposes", pu.join(", ")),
+                        (
+                            "retention",
+                            if p.retention_days == 0 {
+                                "until the consent ends".into()
+                            } else {
+                                format!("{} days after closing", p.retention_days)
+                            }
+                        ),
+                        ("customised", customised.to_string()),
+                    ])
+                )?;
+            }
+            return Ok(());
+        }
         PeerCommand::Revoke { org } => set(admin, action(org, pb::PeerAction::Revoke)).await?,
     };
     let v = view.ok_or_else(|| anyhow::anyhow!("the node answered without a peer"))?;

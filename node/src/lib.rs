@@ -22,6 +22,7 @@ pub mod error;
 pub mod federation;
 pub mod identity;
 pub mod peering;
+pub mod policy;
 pub mod referrals;
 pub mod state;
 pub mod store;

@@ -163,6 +163,44 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
+    async fn get_peer_policy(
+        &self,
+        request: Request<pb::GetPeerPolicyRequest>,
+    ) -> Result<Response<pb::GetPeerPolicyResponse>, Status> {
+        let id = org("org_id", &request.into_inner().org_id)?;
+        self.state
+            .store
+            .get_peer(&id)
+            .await?
+            .ok_or(Error::NotFound("peer"))?;
+        let (policy, customised) = crate::policy::for_peer(&self.state, &id).await?;
+        Ok(Response::new(pb::GetPeerPolicyResponse {
+            policy: Some(policy.to_pb()),
+            customised,
+        }))
+    }
+
+    async fn set_peer_policy(
+        &self,
+        request: Request<pb::SetPeerPolicyRequest>,
+    ) -> Result<Response<pb::SetPeerPolicyResponse>, Status> {
+        let pb::SetPeerPolicyRequest { org_id, policy } = request.into_inner();
+        let id = org("org_id", &org_id)?;
+        self.state
+            .store
+            .get_peer(&id)
+            .await?
+            .ok_or(Error::NotFound("peer"))?;
+        let policy = crate::policy::PeerPolicy::from_pb(
+            policy.ok_or_else(|| FieldError::new("policy", "required"))?,
+        )?;
+        crate::policy::set_for_peer(&self.state, &id, &policy).await?;
+        tracing::info!(peer = %id, "peer policy changed");
+        Ok(Response::new(pb::SetPeerPolicyResponse {
+            policy: Some(policy.to_pb()),
+        }))
+    }
+
     async fn mint_dev_token(
         &self,
         request: Request<pb::MintDevTokenRequest>,

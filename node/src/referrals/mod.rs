@@ -215,6 +215,15 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
     access::write(p, &consent.owner, consent.team.as_deref())?;
     let now = now_ms();
     check_scope(&consent, &new, now)?;
+    let (policy, _) = crate::policy::for_peer(state, &new.recipient).await?;
+    policy.check(
+        new.recipient.as_str(),
+        "",
+        &new.need_areas,
+        &new.services,
+        &new.summary,
+        &consent.terms,
+    )?;
     let peer = state.store.get_peer(&new.recipient).await?.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "recipient_org: {} is not a peer of this node",

@@ -35,7 +35,8 @@ pub async fn handle(
         .ok_or_else(|| FieldError::new("message.body", "required"))?;
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
-            let (mut record, ev) = offer_to_record(state, from, offer)?;
+            let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
+            let (mut record, ev) = offer_to_record(state, from, &policy, offer)?;
             // Sealed under a data key of this referral's own, destroyed on purge.
             if let Some(plain) = record.summary.take() {
                 record.summary = Some(
@@ -139,6 +140,7 @@ pub async fn handle(
 fn offer_to_record(
     state: &NodeState,
     from: &Peer,
+    policy: &crate::policy::PeerPolicy,
     offer: pb::ReferralOffer,
 ) -> Result<(ReferralRecord, ReferralEvent)> {
     let pb::ReferralOffer {
@@ -199,6 +201,15 @@ fn offer_to_record(
             )));
         }
     }
+    // And this node's own policy for the sending peer.
+    policy.check(
+        from.org_id.as_str(),
+        "offer.",
+        &need_areas,
+        &services,
+        &summary,
+        &terms,
+    )?;
     let record = ReferralRecord {
         key_id: format!("referral:{referral_id}"),
         referral_id,

@@ -51,6 +51,21 @@ async fn network(backend: Backend) -> Option<Net> {
             .await
             .unwrap();
     }
+    // The tests send the needs narrative: both ends enable it for each other.
+    for n in [&b, &c] {
+        assert!(
+            a.ctl(&["peer", "policy", &n.spec.org_id, "--allow-narrative"])
+                .await
+                .unwrap()
+                .success
+        );
+        assert!(
+            n.ctl(&["peer", "policy", "ngo-a", "--allow-narrative"])
+                .await
+                .unwrap()
+                .success
+        );
+    }
     Some(Net { a, b, c })
 }
 
@@ -1002,4 +1017,122 @@ async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
         unconfirmed <= WORKERS,
         "{unconfirmed} unconfirmed referrals arrived"
     );
+}
+
+#[tokio::test]
+async fn peer_policy_is_enforced_at_both_ends() {
+    let Some(net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let (mut ac, mut ar) = clients(&net.a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-8")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    // Back to the default for C: the narrative is refused at the sender.
+    let shown = net
+        .a
+        .ctl_json(&["peer", "policy", "health-c", "--deny-narrative"])
+        .await
+        .unwrap();
+    assert!(
+        !shown["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "needs_narrative")
+    );
+    let e = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "p-1",
+                &consent.consent_id,
+                "health-c",
+                pb::NeedArea::MentalHealth,
+                pb::Service::TraumaPtsd,
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().starts_with("summary.needs_narrative") && e.message().contains("policy"),
+        "{}",
+        e.message()
+    );
+    // A allows it again, but C's own policy for A refuses it: the receiver
+    // refuses, and the referral fails at A with C's reason.
+    assert!(
+        net.a
+            .ctl(&["peer", "policy", "health-c", "--allow-narrative"])
+            .await
+            .unwrap()
+            .success
+    );
+    assert!(
+        net.c
+            .ctl(&["peer", "policy", "ngo-a", "--deny-narrative"])
+            .await
+            .unwrap()
+            .success
+    );
+    let r = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "p-2",
+                &consent.consent_id,
+                "health-c",
+                pb::NeedArea::MentalHealth,
+                pb::Service::TraumaPtsd,
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    let failed = wait_state(&ar, &alice, &r.referral_id, pb::ReferralState::Failed).await;
+    let last = failed.history.last().unwrap();
+    assert_eq!(
+        last.failure_reason,
+        pb::FailureReason::RefusedByReceiver as i32
+    );
+    assert!(last.text.contains("needs_narrative"), "{}", last.text);
+    // Need areas can be narrowed per peer.
+    assert!(
+        net.a
+            .ctl(&[
+                "peer",
+                "policy",
+                "health-c",
+                "--need-areas",
+                "mental_health"
+            ])
+            .await
+            .unwrap()
+            .success
+    );
+    let e = ar
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "p-3",
+                &consent.consent_id,
+                "health-c",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("need_areas"), "{}", e.message());
+    let out = net.a.ctl(&["peer", "policy", "nobody-x"]).await.unwrap();
+    assert!(!out.success);
 }
