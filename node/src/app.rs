@@ -299,6 +299,11 @@ impl Application {
         );
 
         let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
+        let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
+            state.clone(),
+            Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
+            stop_rx.clone(),
+        ));
         if let Err(e) = peering::announce_profile_if_changed(&state).await {
             tracing::warn!(error = %e, "could not queue the profile for peers");
         }
@@ -342,6 +347,7 @@ impl Application {
                 }
             }
             let _ = outbox_task.await;
+            let _ = scheduler_task.await;
         };
         if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");

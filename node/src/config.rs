@@ -138,6 +138,8 @@ pub struct FederationConfig {
     pub retry_max_ms: u64,
     /// A referral message not delivered within this time fails as undeliverable.
     pub max_delivery_age_secs: u64,
+    /// How often expired consents and retention periods are checked.
+    pub scheduler_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -240,6 +242,7 @@ call_timeout_ms = 10000
 retry_initial_ms = 500
 retry_max_ms = 300000
 max_delivery_age_secs = 604800
+scheduler_interval_secs = 60
 
 [admin]
 

@@ -127,7 +127,7 @@ impl NodeProcess {
         };
         let data_dir = dir.path().join("data");
         let mut toml = format!(
-            "data_dir = {data:?}\n{db}\n[api]\nlisten = \"127.0.0.1:0\"\n\n[federation]\nlisten = \"127.0.0.1:0\"\nretry_initial_ms = 50\nretry_max_ms = 1000\ncall_timeout_ms = 3000\n",
+            "data_dir = {data:?}\n{db}\n[api]\nlisten = \"127.0.0.1:0\"\n\n[federation]\nlisten = \"127.0.0.1:0\"\nretry_initial_ms = 50\nretry_max_ms = 1000\ncall_timeout_ms = 3000\nscheduler_interval_secs = 1\n",
             data = data_dir.display().to_string(),
             db = db
                 .as_ref()

@@ -545,6 +545,7 @@ fn withdrawal(
     let live = rules::sender_may_withdraw(from);
     Ok(Some(ReferralChange {
         expected_states: vec![from.as_str().to_owned()],
+        expected_purge_status: Some("none".into()),
         state: live.then(|| ReferralState::Withdrawn.as_str().to_owned()),
         event: live.then(|| {
             event(
@@ -733,4 +734,70 @@ pub async fn on_refused(
     state.store.change_referral(&o.referral_id, &c).await?;
     state.referral_changed(&o.referral_id);
     Ok(())
+}
+
+/// Sends a withdrawal for each referral (the consent expired, or the
+/// retention period passed). Each is conditional, so several replicas
+/// running this at once queue each withdrawal once.
+pub async fn purge_referrals(
+    state: &NodeState,
+    referrals: &[ReferralRecord],
+    cause: pb::WithdrawalCause,
+) -> Result<u32> {
+    let mut n = 0;
+    for r in referrals {
+        if let Some(c) = withdrawal(state, r, cause)? {
+            if state.store.change_referral(&r.referral_id, &c).await? {
+                state.referral_changed(&r.referral_id);
+                n += 1;
+            }
+        }
+    }
+    if n > 0 {
+        state.outbox_wake.notify_one();
+    }
+    Ok(n)
+}
+
+/// One round of the scheduler: expired consents and retention periods.
+pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
+    let now = now_ms();
+    let expired = state.store.referrals_with_expired_consent(now).await?;
+    let mut n = purge_referrals(state, &expired, pb::WithdrawalCause::ConsentExpired).await?;
+    for peer in state.store.list_peers().await? {
+        let (policy, _) = crate::policy::for_peer(state, &peer.org_id).await?;
+        if policy.retention_days == 0 {
+            continue;
+        }
+        let before = now - i64::from(policy.retention_days) * 86_400_000;
+        let closed = state
+            .store
+            .closed_referrals_before(&peer.org_id, before)
+            .await?;
+        n += purge_referrals(state, &closed, pb::WithdrawalCause::Retention).await?;
+    }
+    if n > 0 {
+        tracing::info!(withdrawals = n, "scheduled purges queued");
+    }
+    Ok(n)
+}
+
+/// Runs `scheduled_purges` every `interval` until stopped.
+pub async fn run_scheduler(
+    state: std::sync::Arc<NodeState>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if let Err(e) = scheduled_purges(&state).await {
+            tracing::warn!(error = %e, "scheduled purges failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }

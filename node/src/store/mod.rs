@@ -196,6 +196,8 @@ pub struct ReferralChange {
     pub purged_at_ms: Option<i64>,
     /// Deletes the summary (a purge).
     pub purge_summary: bool,
+    /// Apply only if the purge status is still this one.
+    pub expected_purge_status: Option<String>,
     /// Destroys this data key (a purge): old copies can no longer be read.
     pub destroy_key: Option<String>,
     pub notices: Vec<NewNotice>,
@@ -346,6 +348,15 @@ pub trait Store: Send + Sync + 'static {
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
     /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
     async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>>;
+    /// Outbound referrals still holding data at their recipient whose consent
+    /// has expired (and was not withdrawn) by `now_ms`.
+    async fn referrals_with_expired_consent(&self, now_ms: i64) -> Result<Vec<ReferralRecord>>;
+    /// Closed outbound referrals to `peer`, not yet purged, closed before `before_ms`.
+    async fn closed_referrals_before(
+        &self,
+        peer: &OrgId,
+        before_ms: i64,
+    ) -> Result<Vec<ReferralRecord>>;
     /// The wrapped data key `key_id`, if it still exists.
     async fn find_data_key(&self, key_id: &str) -> Result<Option<Vec<u8>>>;
     /// After a purge: make sure no copy of the deleted content lingers in

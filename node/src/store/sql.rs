@@ -360,7 +360,7 @@ macro_rules! impl_store {
                         purge_status = COALESCE($5, purge_status), purged_at = COALESCE($6, purged_at),
                         summary = CASE WHEN $7 = 1 THEN NULL ELSE summary END,
                         updated_at = $8
-                 WHERE referral_id = $9 AND state = $10",
+                 WHERE referral_id = $9 AND state = $10 AND purge_status = COALESCE($11, purge_status)",
             )
             .bind(&c.state)
             .bind(&c.owner)
@@ -372,6 +372,7 @@ macro_rules! impl_store {
             .bind(c.now_ms)
             .bind(id)
             .bind(&current)
+            .bind(&c.expected_purge_status)
             .execute(&mut **tx)
             .await?
             .rows_affected();
@@ -958,6 +959,29 @@ macro_rules! impl_store {
                     .try_get("wrapped")?;
                 tx.commit().await?;
                 Ok(wrapped)
+            }
+
+            async fn referrals_with_expired_consent(&self, now_ms: i64) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM referrals r JOIN consents c ON c.consent_id = r.consent_id
+                     WHERE r.direction = 'outbound' AND r.purge_status = 'none'
+                       AND c.withdrawn_at IS NULL AND c.valid_until <= $1
+                     ORDER BY r.created_at LIMIT 1000",
+                    REFERRAL_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+                ));
+                let rows = sqlx::query(sql).bind(now_ms).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn closed_referrals_before(&self, peer: &OrgId, before_ms: i64) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals
+                     WHERE direction = 'outbound' AND peer_org = $1 AND purge_status = 'none'
+                       AND state IN ('declined', 'completed', 'failed') AND updated_at <= $2
+                     ORDER BY updated_at LIMIT 1000"
+                ));
+                let rows = sqlx::query(sql).bind(peer.as_str()).bind(before_ms).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
             }
 
             async fn find_data_key(&self, key_id: &str) -> Result<Option<Vec<u8>>> {

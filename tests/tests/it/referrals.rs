@@ -1136,3 +1136,66 @@ async fn peer_policy_is_enforced_at_both_ends() {
     let out = net.a.ctl(&["peer", "policy", "nobody-x"]).await.unwrap();
     assert!(!out.success);
 }
+
+#[tokio::test]
+async fn an_expired_consent_purges_at_every_recipient() {
+    let Some(net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let (mut ac, ar) = clients(&net.a).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut req = consent_request("c-short", "client-12");
+    let soon = now + 4000;
+    req.terms.as_mut().unwrap().valid_until = Some(exitnet_proto::Timestamp {
+        seconds: soon / 1000,
+        nanos: ((soon % 1000) * 1_000_000) as i32,
+    });
+    let consent = ac
+        .record_consent(bearer(&alice, req))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    let mut ar2 = ar.clone();
+    let r = ar2
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "e-1",
+                &consent.consent_id,
+                "prison-b",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    wait_state(&ar, &alice, &r.referral_id, pb::ReferralState::Received).await;
+    // No one withdraws anything: the scheduler finds the expiry.
+    let purged = wait_until("the expiry purge", Duration::from_secs(30), || {
+        let (mut ar, alice, id) = (ar.clone(), alice.clone(), r.referral_id.clone());
+        async move {
+            let got = ar
+                .get_referral(bearer(&alice, pb::GetReferralRequest { referral_id: id }))
+                .await
+                .ok()?
+                .into_inner()
+                .referral?;
+            (got.purge_status == pb::PurgeStatus::Done as i32).then_some(got)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(purged.state, pb::ReferralState::Withdrawn as i32);
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, mut br) = clients(&net.b).await;
+    assert!(get(&mut br, &bob, &r.referral_id).await.summary.is_none());
+}
