@@ -86,10 +86,179 @@ pub enum Command {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// Consent records on the client API, as the signed-in case manager.
+    Consent {
+        #[command(flatten)]
+        target: ApiTarget,
+        #[command(subcommand)]
+        command: ConsentCommand,
+    },
+    /// Referrals on the client API, as the signed-in case manager.
+    Referral {
+        #[command(flatten)]
+        target: ApiTarget,
+        #[command(subcommand)]
+        command: ReferralCommand,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+/// Where the client API is and how to sign in to it.
+#[derive(Debug, clap::Args)]
+pub struct ApiTarget {
+    /// The client API address (plaintext on loopback).
+    #[arg(
+        long,
+        global = true,
+        env = "EXITNET_CTL_API",
+        default_value = "127.0.0.1:7711"
+    )]
+    pub api: String,
+    /// A bearer token to use instead of the stored sign-in.
+    #[arg(long, global = true, env = "EXITNET_CTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// For an agency system: the case manager the call is made for.
+    #[arg(long, global = true)]
+    pub on_behalf_of: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum ConsentCommand {
+    /// Record what the client agreed to.
+    Record {
+        /// The client's reference in your own case files (never leaves this node).
+        #[arg(long)]
+        subject: String,
+        /// Organisations that may receive referrals (repeat or comma-separate).
+        #[arg(long = "recipient", value_delimiter = ',', required = true)]
+        recipients: Vec<String>,
+        #[arg(
+            long = "purpose",
+            value_delimiter = ',',
+            default_value = "exit_support"
+        )]
+        purposes: Vec<String>,
+        #[arg(long = "need-area", value_delimiter = ',', required = true)]
+        need_areas: Vec<String>,
+        /// Summary fields that may travel (age_band, gender, languages, setting,
+        /// ideological_context, risk_level, security_considerations, needs_narrative).
+        #[arg(long = "field", value_delimiter = ',')]
+        fields: Vec<String>,
+        /// How long the consent lasts, e.g. 180d.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        valid_for: u64,
+        /// written, verbal_witnessed or digital.
+        #[arg(long, default_value = "written")]
+        method: String,
+        #[arg(long, default_value = "")]
+        witness: String,
+        /// The statute, when the legal basis is a statute rather than consent.
+        #[arg(long)]
+        statute: Option<String>,
+        #[arg(long = "restriction", value_delimiter = ',')]
+        restrictions: Vec<String>,
+        /// Idempotency key (default: a new one).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        subject: String,
+    },
+    Show {
+        consent_id: String,
+    },
+    /// Withdraw: every recipient of every referral under it purges.
+    Withdraw {
+        consent_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReferralCommand {
+    /// Send a referral under a consent.
+    Create {
+        #[arg(long)]
+        consent: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long = "need-area", value_delimiter = ',', required = true)]
+        need_areas: Vec<String>,
+        #[arg(long = "service", value_delimiter = ',')]
+        services: Vec<String>,
+        /// routine, soon or urgent.
+        #[arg(long, default_value = "routine")]
+        urgency: String,
+        /// under_15, 15_17, 18_24, 25_34, 35_49, 50_and_over.
+        #[arg(long)]
+        age_band: Option<String>,
+        /// low, moderate, high, not_assessed.
+        #[arg(long)]
+        risk_level: Option<String>,
+        /// What the client needs (at most 2,000 characters; never where they are).
+        #[arg(long)]
+        narrative: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    List {
+        #[arg(long, conflicts_with = "outbound")]
+        inbound: bool,
+        #[arg(long)]
+        outbound: bool,
+    },
+    Show {
+        referral_id: String,
+    },
+    Accept {
+        referral_id: String,
+    },
+    Decline {
+        referral_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "")]
+        text: String,
+    },
+    Start {
+        referral_id: String,
+    },
+    Hold {
+        referral_id: String,
+        #[arg(long, default_value = "")]
+        text: String,
+    },
+    Complete {
+        referral_id: String,
+        /// Progress (none, some, substantial) on each goal.
+        #[arg(long)]
+        disengagement: Option<String>,
+        #[arg(long)]
+        deradicalisation: Option<String>,
+        #[arg(long)]
+        reintegration: Option<String>,
+        #[arg(long)]
+        rehabilitation: Option<String>,
+        /// The requested service was delivered.
+        #[arg(long)]
+        delivered: bool,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    Fail {
+        referral_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "")]
+        text: String,
+    },
+    Withdraw {
+        referral_id: String,
     },
 }
 

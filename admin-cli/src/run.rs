@@ -50,6 +50,12 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
             token,
             command,
         } => return api_call(&api, token, command, json_out, out).await,
+        Command::Consent { target, command } => {
+            return crate::cases::consent(target, command, json_out, out).await;
+        }
+        Command::Referral { target, command } => {
+            return crate::cases::referral(target, command, json_out, out).await;
+        }
         _ => {}
     }
     let mut admin = client::connect(&opts.socket).await?;
@@ -57,7 +63,9 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Completions { .. }
         | Command::Login { .. }
         | Command::Logout
-        | Command::Api { .. } => {}
+        | Command::Api { .. }
+        | Command::Consent { .. }
+        | Command::Referral { .. } => {}
         Command::DevToken {
             role,
             subject,

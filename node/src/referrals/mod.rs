@@ -746,11 +746,11 @@ pub async fn purge_referrals(
 ) -> Result<u32> {
     let mut n = 0;
     for r in referrals {
-        if let Some(c) = withdrawal(state, r, cause)? {
-            if state.store.change_referral(&r.referral_id, &c).await? {
-                state.referral_changed(&r.referral_id);
-                n += 1;
-            }
+        if let Some(c) = withdrawal(state, r, cause)?
+            && state.store.change_referral(&r.referral_id, &c).await?
+        {
+            state.referral_changed(&r.referral_id);
+            n += 1;
         }
     }
     if n > 0 {

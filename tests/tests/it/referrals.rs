@@ -1199,3 +1199,120 @@ async fn an_expired_consent_purges_at_every_recipient() {
     let (_, mut br) = clients(&net.b).await;
     assert!(get(&mut br, &bob, &r.referral_id).await.summary.is_none());
 }
+
+#[tokio::test]
+async fn the_happy_path_from_the_command_line() {
+    let Some(net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let run = |node: &NodeProcess, token: &str, args: Vec<String>| {
+        let mut full = vec!["--output".to_string(), "json".into()];
+        full.extend(args);
+        full.extend([
+            "--api".into(),
+            node.api_addr.clone(),
+            "--token".into(),
+            token.to_owned(),
+        ]);
+        let out = std::process::Command::new(exitnet_tests::binary("exitnetctl").unwrap())
+            .args(&full)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{full:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let consent = run(
+        &net.a,
+        &alice,
+        s(&[
+            "consent",
+            "record",
+            "--subject",
+            "client-cli",
+            "--recipient",
+            "prison-b",
+            "--need-area",
+            "functional_reintegration",
+            "--field",
+            "age_band,needs_narrative",
+        ]),
+    );
+    let consent_id = consent[0]["consent_id"].as_str().unwrap().to_owned();
+    let made = run(
+        &net.a,
+        &alice,
+        s(&[
+            "referral",
+            "create",
+            "--consent",
+            &consent_id,
+            "--to",
+            "prison-b",
+            "--need-area",
+            "functional_reintegration",
+            "--service",
+            "housing",
+            "--urgency",
+            "soon",
+            "--age-band",
+            "25_34",
+            "--narrative",
+            "Housing after release.",
+        ]),
+    );
+    let id = made[0]["referral_id"].as_str().unwrap().to_owned();
+    let (_, ar) = clients(&net.a).await;
+    wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+    let inbox = run(&net.b, &bob, s(&["referral", "list", "--inbound"]));
+    assert_eq!(inbox[0]["referral_id"], id.as_str());
+    assert_eq!(inbox[0]["needs_narrative"], "Housing after release.");
+    for step in ["accept", "start"] {
+        run(&net.b, &bob, s(&["referral", step, &id]));
+    }
+    run(
+        &net.b,
+        &bob,
+        s(&[
+            "referral",
+            "complete",
+            &id,
+            "--reintegration",
+            "substantial",
+            "--delivered",
+            "--note",
+            "Flat found.",
+        ]),
+    );
+    wait_state(&ar, &alice, &id, pb::ReferralState::Completed).await;
+    let shown = run(&net.a, &alice, s(&["referral", "show", &id]));
+    let states: Vec<&str> = shown[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "requested",
+            "received",
+            "accepted",
+            "in_progress",
+            "completed"
+        ]
+    );
+    run(&net.a, &alice, s(&["consent", "withdraw", &consent_id]));
+    wait_until("the purge receipt", Duration::from_secs(30), || async {
+        let v = run(&net.a, &alice, s(&["referral", "show", &id]));
+        (v[0]["purge_status"] == "done").then_some(())
+    })
+    .await
+    .unwrap();
+}
