@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod consents;
 pub mod crypto;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod federation;

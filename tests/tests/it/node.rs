@@ -366,3 +366,32 @@ async fn client_api_over_tls_with_client_certificates() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn the_demo_tells_the_story_and_exits_0() {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(binary("exitnet-node").unwrap())
+            .arg("demo")
+            .env_remove("RUST_LOG")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "verification code",
+        "trauma clinic: requested (exit-ngo) → received (trauma-clinic) → accepted (trauma-clinic) → in progress (trauma-clinic) → completed (trauma-clinic)",
+        "they cannot link the two",
+        "summary gone",
+        "purge status: done",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
