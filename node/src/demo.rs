@@ -18,18 +18,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Org {
-    label: &'static str,
-    state: Arc<NodeState>,
-    api: std::net::SocketAddr,
-    admin_socket: std::path::PathBuf,
+pub struct Org {
+    pub label: &'static str,
+    pub state: Arc<NodeState>,
+    pub api: std::net::SocketAddr,
+    pub admin_socket: std::path::PathBuf,
 }
 
 fn say(step: &str, text: &str) {
     println!("\n── {step}\n{text}");
 }
 
-fn person(subject: &str) -> Principal {
+pub fn person(subject: &str) -> Principal {
     Principal {
         subject: subject.into(),
         role: Role::CaseManager,
@@ -38,7 +38,7 @@ fn person(subject: &str) -> Principal {
     }
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -55,7 +55,7 @@ where
     }
 }
 
-async fn start(
+pub async fn start(
     dir: &std::path::Path,
     id: &str,
     name: &str,
@@ -99,7 +99,7 @@ async fn start(
     Ok((org, task))
 }
 
-async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
+pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
     let inv = crate::peering::create_invitation(
         &inviter.state,
         3600,
@@ -163,7 +163,7 @@ async fn wait_state(
     .await
 }
 
-fn consent_request(id: &str, to: &str, area: pb::NeedArea) -> pb::RecordConsentRequest {
+pub fn consent_request(id: &str, to: &str, area: pb::NeedArea) -> pb::RecordConsentRequest {
     let until = now_ms() / 1000 + 365 * 86400;
     pb::RecordConsentRequest {
         request_id: id.into(),
@@ -199,7 +199,7 @@ fn consent_request(id: &str, to: &str, area: pb::NeedArea) -> pb::RecordConsentR
     }
 }
 
-fn referral_request(
+pub fn referral_request(
     id: &str,
     consent: &str,
     to: &str,

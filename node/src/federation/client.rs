@@ -19,6 +19,17 @@ pub async fn connect(
     pinned: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<FederationServiceClient<Channel>> {
+    Ok(FederationServiceClient::new(channel(endpoint, ours, pinned, timeout).await?)
+        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES))
+}
+
+/// A channel to a peer's federation listener (mutual TLS, pinned keys).
+pub async fn channel(
+    endpoint: &str,
+    ours: Option<&NodeKey>,
+    pinned: Vec<String>,
+    timeout: Duration,
+) -> anyhow::Result<Channel> {
     crate::domain::endpoint_check("endpoint", endpoint)?;
     let tls = Arc::new(crate::tls::peer_client_config(ours, pinned)?);
     let connector = tower::service_fn(move |uri: Uri| {
@@ -49,6 +60,5 @@ pub async fn connect(
         .connect_with_connector(connector)
         .await
         .with_context(|| format!("connecting to peer at {endpoint}"))?;
-    Ok(FederationServiceClient::new(channel)
-        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES))
+    Ok(channel)
 }
