@@ -309,7 +309,14 @@ pub async fn referral(
                     })?,
                     None => 0,
                 },
-                needs_narrative: narrative.unwrap_or_default(),
+                needs_narrative: match narrative.as_deref() {
+                    // From standard input, so the text stays out of `ps` and shell history.
+                    Some("-") => std::io::read_to_string(std::io::stdin())?
+                        .trim_end()
+                        .to_owned(),
+                    Some(t) => t.to_owned(),
+                    None => String::new(),
+                },
                 contact_route: pb::ContactRoute::ReferringCaseManager as i32,
                 ..Default::default()
             };

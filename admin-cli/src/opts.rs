@@ -200,7 +200,8 @@ pub enum ReferralCommand {
         /// low, moderate, high, not_assessed.
         #[arg(long)]
         risk_level: Option<String>,
-        /// What the client needs (at most 2,000 characters; never where they are).
+        /// What the client needs (at most 2,000 characters; never where they are);
+        /// `-` reads it from standard input, keeping it out of `ps` and shell history.
         #[arg(long)]
         narrative: Option<String>,
         #[arg(long)]
@@ -297,7 +298,8 @@ pub enum PeerCommand {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// Join the node that issued CODE; this is your approval of the peering.
+    /// Join the node that issued CODE (`-`: read it from standard input); this is
+    /// your approval of the peering.
     Join { code: String },
     /// All peers with their states and verification codes.
     List,

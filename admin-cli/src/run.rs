@@ -339,6 +339,12 @@ async fn peer(
             return Ok(());
         }
         PeerCommand::Join { code } => {
+            let code = if code == "-" {
+                // From standard input, so the single-use secret stays out of `ps`.
+                std::io::read_to_string(std::io::stdin())?.trim().to_owned()
+            } else {
+                code
+            };
             admin
                 .join_peer(pb::JoinPeerRequest { code })
                 .await

@@ -24,6 +24,15 @@ use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+/// Services the client API offers (and reflection lists).
+const CLIENT_SERVICES: &[&str] = &[
+    "exitnet.v1.NodeService",
+    "exitnet.v1.DirectoryService",
+    "exitnet.v1.ConsentService",
+    "exitnet.v1.ReferralService",
+    "grpc.health.v1.Health",
+];
+
 /// How long in-flight calls may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// Longest time between HTTP/2 keepalive pings on idle connections.
@@ -202,14 +211,18 @@ impl Application {
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Reflection lists the client API's own services, not the admin or
+        // federation surfaces.
+        let reflection = || {
+            CLIENT_SERVICES.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |b, s| b.with_service_name(*s),
+            )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(state.clone()))
             .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
         let directory_svc = pb::directory_service_server::DirectoryServiceServer::new(

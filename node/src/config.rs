@@ -66,8 +66,6 @@ pub struct AuthConfig {
     pub jwks_min_refetch_secs: u64,
     /// RFC 7662 introspection for opaque tokens.
     pub introspection: Option<IntrospectionConfig>,
-    /// Client ID `exitnetctl login` uses for the device flow (shown to the CLI).
-    pub cli_client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -197,20 +195,44 @@ impl DatabaseUrl {
         let Some(scheme_end) = s.find("://") else {
             return s.clone();
         };
-        let rest = &s[scheme_end + 3..];
-        let Some(at) = rest.find('@') else {
-            return s.clone();
+        let (head, query) = match s.find('?') {
+            Some(q) => (&s[..q], Some(&s[q + 1..])),
+            None => (s.as_str(), None),
         };
-        let userinfo = &rest[..at];
-        match userinfo.find(':') {
-            Some(colon) => format!(
-                "{}://{}:***{}",
-                &s[..scheme_end],
-                &userinfo[..colon],
-                &rest[at..]
-            ),
-            None => s.clone(),
+        let rest = &head[scheme_end + 3..];
+        // The last '@' ends the user information (a password may contain '@').
+        let mut out = match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!(
+                        "{}://{}:***{}",
+                        &s[..scheme_end],
+                        &userinfo[..colon],
+                        &rest[at..]
+                    ),
+                    None => head.to_owned(),
+                }
+            }
+            None => head.to_owned(),
+        };
+        if let Some(q) = query {
+            let params: Vec<String> = q
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("password")
+                            || k.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&params.join("&"));
         }
+        out
     }
 }
 
@@ -438,6 +460,26 @@ mod tests {
         assert!(shown.contains("postgres://u:***@db/x"), "{shown}");
         assert!(!shown.contains("pw"));
         assert!(!format!("{c:?}").contains("pw"));
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_everywhere() {
+        for (url, hidden) in [
+            ("postgres://u:p@ss@db/x", "p@ss"),
+            (
+                "postgres://u@db/x?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            ("postgres://u:s3cret@db:5432/x?application_name=n", "s3cret"),
+        ] {
+            let shown = DatabaseUrl::new(url).redacted();
+            assert!(!shown.contains(hidden), "{shown}");
+            assert!(shown.contains("db"), "{shown}");
+        }
+        assert_eq!(
+            DatabaseUrl::new("sqlite://./x.db?mode=rwc").redacted(),
+            "sqlite://./x.db?mode=rwc"
+        );
     }
 
     #[test]

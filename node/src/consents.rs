@@ -204,6 +204,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
         state,
         id,
         exitnet_proto::pb::WithdrawalCause::ConsentWithdrawn,
+        &crate::referrals::actor(p),
     )
     .await?;
     let c = state

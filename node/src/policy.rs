@@ -110,10 +110,12 @@ impl PeerPolicy {
                 ));
             }
         }
-        if !terms.purposes.iter().any(|p| self.purposes.contains(p)) {
-            return deny(format!(
-                "{prefix}terms.purposes: none is allowed by the policy for {peer}"
-            ));
+        for p in &terms.purposes {
+            if !self.purposes.contains(p) {
+                return deny(format!(
+                    "{prefix}terms.purposes: {p} is not allowed by the policy for {peer}"
+                ));
+            }
         }
         Ok(())
     }

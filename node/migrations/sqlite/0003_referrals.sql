@@ -35,6 +35,8 @@ CREATE TABLE referral_events (
     state       TEXT NOT NULL,
     at          INTEGER NOT NULL,
     by_org      TEXT NOT NULL,
+    -- Who at this node made the change; never sent to a peer.
+    actor       TEXT NOT NULL,
     detail      BLOB NOT NULL,
     PRIMARY KEY (referral_id, seq)
 );
@@ -44,12 +46,14 @@ CREATE TABLE referral_events (
 CREATE TABLE receipts (
     message_id  TEXT NOT NULL,
     issued_by   TEXT NOT NULL,
+    -- The other party: the sender of the message a receipt acknowledges.
+    counterpart TEXT NOT NULL,
     referral_id TEXT NOT NULL,
     kind        TEXT NOT NULL,
     payload     BLOB NOT NULL,
     signature   BLOB NOT NULL,
     at          INTEGER NOT NULL,
-    PRIMARY KEY (message_id, issued_by)
+    PRIMARY KEY (message_id, issued_by, counterpart)
 );
 CREATE INDEX receipts_by_referral ON receipts (referral_id);
 

@@ -245,6 +245,23 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         }))
     }
 
+    async fn reassign_referral(
+        &self,
+        request: Request<pb::ReassignReferralRequest>,
+    ) -> Result<Response<pb::ReassignReferralResponse>, Status> {
+        let p = authenticate(&self.state, &request).await?;
+        let pb::ReassignReferralRequest {
+            referral_id,
+            owner,
+            team,
+        } = request.into_inner();
+        let team = Some(team).filter(|t| !t.is_empty());
+        let r = referrals::reassign(&self.state, &p, &referral_id, &owner, team).await?;
+        Ok(Response::new(pb::ReassignReferralResponse {
+            referral: Some(self.out(&r, &p).await?),
+        }))
+    }
+
     type WatchReferralsStream =
         Pin<Box<dyn Stream<Item = Result<pb::WatchReferralsResponse, Status>> + Send>>;
 

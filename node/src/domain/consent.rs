@@ -197,7 +197,13 @@ pub struct Consent {
 }
 
 impl Consent {
+    /// The wire view; without `with_subject` (auditors) no client reference,
+    /// no free text.
     pub fn to_pb(&self, with_subject: bool) -> pb::Consent {
+        let mut terms = self.terms.to_pb();
+        if !with_subject {
+            terms.purpose_text.clear();
+        }
         pb::Consent {
             consent_id: self.consent_id.clone(),
             subject_ref: if with_subject {
@@ -205,9 +211,13 @@ impl Consent {
             } else {
                 String::new()
             },
-            terms: Some(self.terms.to_pb()),
+            terms: Some(terms),
             collection_method: self.collection_method.to_pb(),
-            witness: self.witness.clone(),
+            witness: if with_subject {
+                self.witness.clone()
+            } else {
+                String::new()
+            },
             recorded_by: self.recorded_by.clone(),
             recorded_at: Some(to_timestamp(self.recorded_at_ms)),
             withdrawn_at: self.withdrawn_at_ms.map(to_timestamp),

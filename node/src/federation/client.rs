@@ -19,8 +19,10 @@ pub async fn connect(
     pinned: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<FederationServiceClient<Channel>> {
-    Ok(FederationServiceClient::new(channel(endpoint, ours, pinned, timeout).await?)
-        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES))
+    Ok(
+        FederationServiceClient::new(channel(endpoint, ours, pinned, timeout).await?)
+            .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES),
+    )
 }
 
 /// A channel to a peer's federation listener (mutual TLS, pinned keys).

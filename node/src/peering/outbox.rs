@@ -1,28 +1,33 @@
-//! The notice sender: delivers queued notices to each peer in the order they
-//! were queued, with exponential backoff and jitter per peer, peers in
-//! parallel, so one unreachable peer delays nobody else. A notice is marked
-//! delivered in its own transaction after the peer acknowledged it; a crash
-//! in between means it is sent again, and the peer ignores the repeat.
+//! The sender: delivers queued notices and messages to each peer in the order
+//! they were queued, with exponential backoff and jitter per peer. Each peer
+//! has a delivery task of its own, so a peer that is down, slow or silent
+//! delays nobody else. A notice is marked delivered in its own transaction
+//! after the peer acknowledged it; a crash in between means it is sent
+//! again, and the peer answers the repeat as before.
 
 use crate::domain::OrgId;
 use crate::domain::time::now_ms;
 use crate::state::NodeState;
 use crate::store::Notice;
 use exitnet_proto::pb;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BATCH: i64 = 1000;
+/// Notices one delivery task takes at a time.
+const BATCH: i64 = 500;
 /// Longest the sender sleeps without looking for due notices.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+type Running = Arc<Mutex<HashSet<OrgId>>>;
+
 pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let running: Running = Arc::default();
     loop {
         if *stop.borrow() {
             break;
         }
-        if let Err(e) = deliver_due(&state).await {
+        if let Err(e) = deliver_due(&state, &running).await {
             tracing::warn!(error = format!("{e:#}"), "notice delivery round failed");
         }
         tokio::select! {
@@ -33,33 +38,46 @@ pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
-/// One round: for every peer with a due notice, send its queue in order.
-pub async fn deliver_due(state: &Arc<NodeState>) -> anyhow::Result<()> {
-    let notices = state.store.undelivered_notices(BATCH).await?;
-    let mut by_peer: BTreeMap<OrgId, Vec<Notice>> = BTreeMap::new();
-    for n in notices {
-        by_peer.entry(n.org_id.clone()).or_default().push(n);
-    }
-    let now = now_ms();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (org, queue) in by_peer {
-        if queue.first().is_some_and(|n| n.next_attempt_at_ms > now) {
+/// Starts a delivery task for every peer with a due notice and none running.
+async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Result<()> {
+    for org in state.store.peers_with_due_notices(now_ms()).await? {
+        let fresh = running
+            .lock()
+            .map(|mut r| r.insert(org.clone()))
+            .unwrap_or(false);
+        if !fresh {
             continue;
         }
-        let state = state.clone();
-        tasks.spawn(async move {
-            if let Err(e) = deliver_to_peer(&state, &org, queue).await {
-                tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering notices failed");
+        let (state, running) = (state.clone(), running.clone());
+        tokio::spawn(async move {
+            if let Err(e) = deliver_to_peer(&state, &org).await {
+                tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
             }
+            if let Ok(mut r) = running.lock() {
+                r.remove(&org);
+            }
+            state.outbox_wake.notify_one();
         });
     }
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> anyhow::Result<()> {
+fn is_offer(req: &pb::NotifyRequest) -> bool {
+    match &req.notice {
+        Some(pb::notify_request::Notice::Message(m)) => {
+            use prost::Message;
+            matches!(
+                pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
+                Ok(Some(pb::federation_message::Body::Offer(_)))
+            )
+        }
+        _ => false,
+    }
+}
+
+async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
     let Some(peer) = state.store.get_peer(org).await? else {
-        for n in &queue {
+        for n in state.store.undelivered_notices_for(org, BATCH).await? {
             state
                 .store
                 .notice_dropped(n.id, now_ms(), "peer no longer recorded")
@@ -67,51 +85,13 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
         }
         return Ok(());
     };
-    let now = now_ms();
-    let pinned: Vec<String> = state
-        .store
-        .peer_keys(org, now)
-        .await?
-        .into_iter()
-        .map(|k| k.fingerprint)
-        .collect();
-    // Until a key rotation has reached this peer, it knows only our old key:
-    // everything queued before and with the announcement is sent with it.
-    let ours = {
-        let identity = state.identity()?;
-        let wanted = queue.iter().find_map(|n| n.present_key.clone());
-        let key = wanted
-            .and_then(|fp| identity.key(&fp))
-            .unwrap_or_else(|| identity.current());
-        key.clone_key()?
-    };
-    let first = queue.first().map(|n| n.attempts).unwrap_or(0);
-    let mut client = match crate::federation::client::connect(
-        &peer.endpoint,
-        Some(&ours),
-        pinned,
-        state.call_timeout(),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(n) = queue.first() {
-                let next = now + backoff_ms(state, first);
-                state
-                    .store
-                    .notice_failed(n.id, next, "peer unreachable")
-                    .await?;
-            }
-            return Err(e);
-        }
-    };
+    // Offers that waited too long fail as undeliverable, whether or not the
+    // peer can be reached now. Withdrawals and status changes never expire.
     let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
-    for n in queue {
+    let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
+    for n in state.store.undelivered_notices_for(org, BATCH).await? {
         let req = crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload)?;
-        let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
-        if is_message && now_ms() - n.created_at_ms > max_age_ms {
-            // Undeliverable for too long: the sender learns it failed.
+        if is_offer(&req) && now_ms() - n.created_at_ms > max_age_ms {
             state
                 .store
                 .notice_dropped(n.id, now_ms(), "undeliverable")
@@ -123,6 +103,79 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
                 "not delivered in time",
             )
             .await?;
+            continue;
+        }
+        queue.push((n, req));
+    }
+    let now = now_ms();
+    if !queue.iter().any(|(n, _)| n.next_attempt_at_ms <= now) {
+        return Ok(());
+    }
+    let pinned: Vec<String> = state
+        .store
+        .peer_keys(org, now)
+        .await?
+        .into_iter()
+        .map(|k| k.fingerprint)
+        .collect();
+    // Until a key rotation has reached this peer, it knows only our old key:
+    // everything queued before and with the announcement is sent with it.
+    let ours = {
+        let identity = state.identity()?;
+        let wanted = queue.iter().find_map(|(n, _)| n.present_key.clone());
+        let key = wanted
+            .and_then(|fp| identity.key(&fp))
+            .unwrap_or_else(|| identity.current());
+        key.clone_key()?
+    };
+    let mut client = match crate::federation::client::connect(
+        &peer.endpoint,
+        Some(&ours),
+        pinned,
+        state.call_timeout(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            for (n, _) in queue.iter().filter(|(n, _)| n.next_attempt_at_ms <= now) {
+                let next = now + backoff_ms(state, n.attempts);
+                state
+                    .store
+                    .notice_failed(n.id, next, "peer unreachable")
+                    .await?;
+            }
+            return Err(e);
+        }
+    };
+    let exchange_allowed = peer.exchange_allowed();
+    // Referral messages keep their order: once one waits, every later one
+    // waits too. Peering notices (states, profiles, keys) are independent of
+    // them and may go ahead, so a suspension is told even while messages wait.
+    let mut messages_wait = false;
+    let mut notices_wait = false;
+    for (n, req) in queue {
+        let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
+        if (is_message && messages_wait) || (!is_message && notices_wait) {
+            continue;
+        }
+        if n.next_attempt_at_ms > now_ms() {
+            if is_message {
+                messages_wait = true;
+            } else {
+                notices_wait = true;
+            }
+            continue;
+        }
+        if is_message && !exchange_allowed {
+            // Suspended (by either side) or not yet active: referral messages
+            // wait, in order, until the peering is active again.
+            let next = now_ms() + state.config.federation.retry_max_ms as i64;
+            state
+                .store
+                .notice_failed(n.id, next, "peering not active")
+                .await?;
+            messages_wait = true;
             continue;
         }
         match client.notify(req.clone()).await {
@@ -139,7 +192,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
                             .notice_failed(n.id, next, "invalid receipt")
                             .await?;
                         tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
-                        break;
+                        messages_wait = true;
                     }
                 } else {
                     state.store.notice_delivered(n.id, now).await?;
@@ -148,7 +201,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
             }
             Err(status) if is_message && refused_for_good(&status) => {
                 // The receiver checked the message and refused it: retrying
-                // cannot help. The referral fails with the receiver's reason.
+                // cannot help. An offer fails with the receiver's reason.
                 state
                     .store
                     .notice_dropped(n.id, now_ms(), status.code().description())
@@ -167,7 +220,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
                     status.code(),
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
                 ) && peer.state.is_final();
-                if final_refusal {
+                if final_refusal && !is_message {
                     // The peering is over on our side and they refuse us: stop trying.
                     state
                         .store
@@ -181,7 +234,11 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, queue: Vec<Notice>) -> 
                     .notice_failed(n.id, next, status.code().description())
                     .await?;
                 tracing::debug!(peer = %org, code = ?status.code(), "notice refused; will retry");
-                break;
+                if is_message {
+                    messages_wait = true;
+                } else {
+                    notices_wait = true;
+                }
             }
         }
     }

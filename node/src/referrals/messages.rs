@@ -102,6 +102,7 @@ pub fn issue_receipt(
     Ok(ReceiptRecord {
         message_id: msg.message_id.clone(),
         issued_by: state.org_id.to_string(),
+        counterpart: msg.sender_org.clone(),
         referral_id: referral_id.to_owned(),
         kind: kind.as_str_name().to_owned(),
         payload,
@@ -138,6 +139,7 @@ pub async fn verify_receipt(
     let record = ReceiptRecord {
         message_id: r.message_id.clone(),
         issued_by: peer.to_string(),
+        counterpart: state.org_id.to_string(),
         referral_id: r.referral_id.clone(),
         kind: pb::ReceiptKind::try_from(r.kind)
             .map(|k| k.as_str_name())
@@ -154,16 +156,20 @@ pub async fn verify_receipt(
     Ok((r, record))
 }
 
-/// Verifies a signed message from `from` that arrived over a connection
-/// authenticated with `presented_spki`.
+/// Verifies a signed message from `from`: signed by one of the keys pinned
+/// for that peer (a message queued before a key rotation carries the old
+/// key's signature), over a connection authenticated as that peer.
 pub fn open(
     state: &NodeState,
     from: &crate::domain::OrgId,
     notice_id: &str,
-    presented_spki: &[u8],
+    sender_keys: &[Vec<u8>],
     signed: &pb::SignedMessage,
 ) -> Result<pb::FederationMessage> {
-    if !verify_signature(presented_spki, &signed.payload, &signed.signature) {
+    if !sender_keys
+        .iter()
+        .any(|k| verify_signature(k, &signed.payload, &signed.signature))
+    {
         return Err(Error::PermissionDenied(
             "message.signature: not signed by the calling peer's key".into(),
         ));

@@ -187,8 +187,17 @@ pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<pb::C
     pb::CaseSummary::decode(plain.as_slice()).ok()
 }
 
+/// Who a principal is, as a referral's history records it locally.
+pub fn actor(p: &Principal) -> String {
+    match (&p.role, &p.on_behalf_of) {
+        (Role::System, Some(who)) => format!("{} (system) for {who}", p.subject),
+        _ => format!("{} ({})", p.subject, p.role.as_str()),
+    }
+}
+
 fn event(state: ReferralState, by: &str, change: &pb::StateChange) -> ReferralEvent {
     ReferralEvent {
+        actor: String::new(),
         state: state.as_str().to_owned(),
         at_ms: now_ms(),
         by_org: by.to_owned(),
@@ -288,11 +297,12 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         created_at_ms: now,
         updated_at_ms: now,
     };
-    let ev = event(
+    let mut ev = event(
         ReferralState::Requested,
         state.org_id.as_str(),
         &bare_change(ReferralState::Requested),
     );
+    ev.actor = actor(p);
     let stored = state
         .store
         .create_referral(&record, &new.request_id, &new.request_digest, &ev, &notice)
@@ -346,6 +356,7 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
             let mut c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
             c.by_org = e.by_org.clone();
             c.at = Some(to_timestamp(e.at_ms));
+            c.actor = e.actor.clone();
             if v == View::MetadataOnly {
                 c.text.clear();
                 if let Some(o) = &mut c.outcome {
@@ -496,7 +507,10 @@ pub async fn act(
     let mut c = ReferralChange {
         expected_states: vec![from.as_str().to_owned()],
         state: Some(to.as_str().to_owned()),
-        event: Some(event(to, state.org_id.as_str(), &change)),
+        event: Some(ReferralEvent {
+            actor: actor(p),
+            ..event(to, state.org_id.as_str(), &change)
+        }),
         notices: vec![notice],
         now_ms: now_ms(),
         ..Default::default()
@@ -581,9 +595,12 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "a referral that is {from} cannot be withdrawn"
         )));
     }
-    let Some(c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew)? else {
+    let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew)? else {
         return Err(Error::FailedPrecondition("already withdrawn".into()));
     };
+    if let Some(e) = c.event.as_mut() {
+        e.actor = actor(p);
+    }
     if !state.store.change_referral(id, &c).await? {
         return Err(Error::FailedPrecondition(
             "the referral changed meanwhile; read it and try again".into(),
@@ -604,11 +621,15 @@ pub async fn withdraw_consent(
     state: &NodeState,
     consent_id: &str,
     cause: pb::WithdrawalCause,
+    by: &str,
 ) -> Result<u32> {
     let referrals = state.store.referrals_under_consent(consent_id).await?;
     let mut changes = Vec::new();
     for r in &referrals {
-        if let Some(c) = withdrawal(state, r, cause)? {
+        if let Some(mut c) = withdrawal(state, r, cause)? {
+            if let Some(e) = c.event.as_mut() {
+                e.actor = by.to_owned();
+            }
             changes.push((r.referral_id.clone(), c));
         }
     }
@@ -656,6 +677,7 @@ pub async fn on_delivered(
                 expected_states: vec![ReferralState::Requested.as_str().to_owned()],
                 state: Some(ReferralState::Received.as_str().to_owned()),
                 event: Some(ReferralEvent {
+                    actor: String::new(),
                     state: ReferralState::Received.as_str().to_owned(),
                     at_ms: record.at_ms,
                     by_org: org.to_string(),
@@ -800,4 +822,51 @@ pub async fn run_scheduler(
             _ = stop.changed() => {}
         }
     }
+}
+
+/// A supervisor gives a referral to another case manager of this organisation.
+pub async fn reassign(
+    state: &NodeState,
+    p: &Principal,
+    id: &str,
+    owner: &str,
+    team: Option<String>,
+) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    if p.role != Role::Supervisor {
+        return Err(Error::PermissionDenied(
+            "only supervisors reassign referrals".into(),
+        ));
+    }
+    if owner.trim().is_empty() {
+        return Err(FieldError::new("owner", "required").into());
+    }
+    crate::domain::bounded_text("owner", owner, 200)?;
+    if let Some(t) = &team {
+        crate::domain::bounded_text("team", t, 200)?;
+    }
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    let c = ReferralChange {
+        expected_states: vec![r.state.clone()],
+        owner: Some(owner.to_owned()),
+        team: Some(team),
+        now_ms: now_ms(),
+        ..Default::default()
+    };
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    tracing::info!(referral_id = %id, "referral reassigned");
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
 }

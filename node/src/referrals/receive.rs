@@ -28,7 +28,20 @@ pub async fn handle(
     if from.state != PeerState::Active {
         return Err(deny("refused: peer_pending"));
     }
-    let msg = messages::open(state, &from.org_id, notice_id, presented_spki, signed)?;
+    if from.remote_state != Some(PeerState::Active) {
+        // The peer told us it suspended or ended the peering: it may not send.
+        return Err(deny("refused: peer_not_active"));
+    }
+    let mut keys: Vec<Vec<u8>> = state
+        .store
+        .peer_keys(&from.org_id, now_ms())
+        .await?
+        .into_iter()
+        .map(|k| k.spki_der)
+        .collect();
+    keys.retain(|k| k.as_slice() != presented_spki);
+    keys.insert(0, presented_spki.to_vec());
+    let msg = messages::open(state, &from.org_id, notice_id, &keys, signed)?;
     let body = msg
         .body
         .clone()
@@ -100,6 +113,7 @@ pub async fn handle(
                 ))
                 .then(|| ReferralState::Withdrawn.as_str().to_owned()),
                 event: Some(ReferralEvent {
+                    actor: String::new(),
                     state: ReferralState::Withdrawn.as_str().to_owned(),
                     at_ms: now_ms(),
                     by_org: from.org_id.to_string(),
@@ -239,6 +253,7 @@ fn offer_to_record(
         updated_at_ms: now,
     };
     let ev = ReferralEvent {
+        actor: String::new(),
         state: ReferralState::Received.as_str().to_owned(),
         at_ms: now,
         by_org: state.org_id.to_string(),
@@ -296,6 +311,7 @@ fn status_change(
         expected_states: vec![current.as_str().to_owned()],
         state: Some(to.as_str().to_owned()),
         event: Some(ReferralEvent {
+            actor: String::new(),
             state: to.as_str().to_owned(),
             at_ms: now_ms(),
             by_org: from.org_id.to_string(),

@@ -168,6 +168,8 @@ pub struct ReferralEvent {
     pub state: String,
     pub at_ms: i64,
     pub by_org: String,
+    /// Who at this node made the change (empty for a peer's change).
+    pub actor: String,
     /// Encoded `StateChange` (reasons, outcome).
     pub detail: Vec<u8>,
 }
@@ -177,6 +179,8 @@ pub struct ReferralEvent {
 pub struct ReceiptRecord {
     pub message_id: String,
     pub issued_by: String,
+    /// The sender of the acknowledged message.
+    pub counterpart: String,
     pub referral_id: String,
     pub kind: String,
     pub payload: Vec<u8>,
@@ -270,6 +274,10 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()>;
     /// Undelivered notices, oldest first.
     async fn undelivered_notices(&self, limit: i64) -> Result<Vec<Notice>>;
+    /// Peers with an undelivered notice due at `now_ms`.
+    async fn peers_with_due_notices(&self, now_ms: i64) -> Result<Vec<OrgId>>;
+    /// One peer's undelivered notices, oldest first.
+    async fn undelivered_notices_for(&self, org: &OrgId, limit: i64) -> Result<Vec<Notice>>;
     async fn notice_delivered(&self, id: i64, now_ms: i64) -> Result<()>;
     async fn notice_failed(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<()>;
     /// Gives up on a notice (the peering ended); kept for the record.

@@ -143,6 +143,7 @@ where
     Ok(crate::store::ReceiptRecord {
         message_id: row.try_get("message_id")?,
         issued_by: row.try_get("issued_by")?,
+        counterpart: row.try_get("counterpart")?,
         referral_id: row.try_get("referral_id")?,
         kind: row.try_get("kind")?,
         payload: row.try_get("payload")?,
@@ -327,14 +328,15 @@ macro_rules! impl_store {
 
         async fn insert_event(tx: &mut Tx, referral_id: &str, e: &$crate::store::ReferralEvent) -> Result<()> {
             sqlx::query(
-                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail)
-                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = $1), $2, $3, $4, $5)",
+                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor)
+                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = $1), $2, $3, $4, $5, $6)",
             )
             .bind(referral_id)
             .bind(&e.state)
             .bind(e.at_ms)
             .bind(&e.by_org)
             .bind(&e.detail)
+            .bind(&e.actor)
             .execute(&mut **tx)
             .await?;
             Ok(())
@@ -391,8 +393,8 @@ macro_rules! impl_store {
 
         async fn insert_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<u64> {
             Ok(sqlx::query(
-                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(&r.message_id)
             .bind(&r.issued_by)
@@ -401,6 +403,7 @@ macro_rules! impl_store {
             .bind(&r.payload)
             .bind(&r.signature)
             .bind(r.at_ms)
+            .bind(&r.counterpart)
             .execute(&mut **tx)
             .await?
             .rows_affected())
@@ -661,10 +664,41 @@ macro_rules! impl_store {
                 rows.iter().map(row_to_notice).collect()
             }
 
+            async fn peers_with_due_notices(&self, now_ms: i64) -> Result<Vec<OrgId>> {
+                let rows = sqlx::query(
+                    "SELECT DISTINCT org_id FROM peer_notices
+                     WHERE delivered_at IS NULL AND dropped_at IS NULL AND next_attempt_at <= $1",
+                )
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let org: String = r.try_get("org_id")?;
+                        Ok(OrgId::parse("org_id", &org).map_err(|e| anyhow::anyhow!("stored notice: {e}"))?)
+                    })
+                    .collect()
+            }
+
+            async fn undelivered_notices_for(&self, org: &OrgId, limit: i64) -> Result<Vec<Notice>> {
+                let rows = sqlx::query(
+                    "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at
+                     FROM peer_notices WHERE org_id = $1 AND delivered_at IS NULL AND dropped_at IS NULL
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(org.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(row_to_notice).collect()
+            }
+
             async fn notice_delivered(&self, id: i64, now_ms: i64) -> Result<()> {
-                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL WHERE id = $2")
+                // Delivered: the payload is no longer needed (the receipt proves what was sent).
+                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL, payload = $3 WHERE id = $2")
                     .bind(now_ms)
                     .bind(id)
+                    .bind(Vec::<u8>::new())
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -811,7 +845,7 @@ macro_rules! impl_store {
             }
 
             async fn referral_history(&self, referral_id: &str) -> Result<Vec<$crate::store::ReferralEvent>> {
-                let rows = sqlx::query("SELECT state, at, by_org, detail FROM referral_events WHERE referral_id = $1 ORDER BY seq")
+                let rows = sqlx::query("SELECT state, at, by_org, actor, detail FROM referral_events WHERE referral_id = $1 ORDER BY seq")
                     .bind(referral_id)
                     .fetch_all(&self.pool)
                     .await?;
@@ -821,6 +855,7 @@ macro_rules! impl_store {
                             state: r.try_get("state")?,
                             at_ms: r.try_get("at")?,
                             by_org: r.try_get("by_org")?,
+                            actor: r.try_get("actor")?,
                             detail: r.try_get("detail")?,
                         })
                     })
@@ -905,11 +940,12 @@ macro_rules! impl_store {
             ) -> Result<$crate::store::ReceiptRecord> {
                 let mut tx = self.begin_write().await?;
                 let existing = sqlx::query(
-                    "SELECT message_id, issued_by, referral_id, kind, payload, signature, at FROM receipts
-                     WHERE message_id = $1 AND issued_by = $2",
+                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                     WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
                 )
                 .bind(&receipt.message_id)
                 .bind(&receipt.issued_by)
+                .bind(&receipt.counterpart)
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(row) = existing {
@@ -917,9 +953,11 @@ macro_rules! impl_store {
                     return row_to_receipt(&row);
                 }
                 if let Some((r, e)) = new_inbound {
-                    if insert_referral(&mut tx, r, None, None).await? == 1 {
-                        insert_event(&mut tx, &r.referral_id, e).await?;
+                    if insert_referral(&mut tx, r, None, None).await? != 1 {
+                        // Another message already brought a referral with this ID.
+                        return Err($crate::error::Error::AlreadyExists("offer.referral_id: already used".into()));
                     }
+                    insert_event(&mut tx, &r.referral_id, e).await?;
                 }
                 if let Some((id, c)) = change {
                     apply_referral_change(&mut tx, id, c).await?;
@@ -935,9 +973,10 @@ macro_rules! impl_store {
                 if let Some((id, c)) = change {
                     apply_referral_change(&mut tx, id, c).await?;
                 }
-                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL WHERE id = $2")
-                    .bind(receipt.at_ms)
+                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL, payload = $3 WHERE id = $2")
+                    .bind(crate::domain::time::now_ms())
                     .bind(notice_row)
+                    .bind(Vec::<u8>::new())
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -998,7 +1037,7 @@ macro_rules! impl_store {
 
             async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
                 let rows = sqlx::query(
-                    "SELECT message_id, issued_by, referral_id, kind, payload, signature, at FROM receipts
+                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
                      WHERE referral_id = $1 ORDER BY at",
                 )
                 .bind(referral_id)

@@ -1,7 +1,7 @@
 //! `exitnet-bench`: measures a node against a bare tonic mutual-TLS call on
 //! the same machine, in the same run, and prints figures; its last line is
 //! one JSON object. Run: `cargo run --release -p exitnet-tests --bin exitnet-bench [-- --postgres]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 use exitnet_node::auth::{Authenticator, Role};
 use exitnet_node::demo::{self, Org, consent_request, referral_request};
@@ -18,12 +18,33 @@ struct Node {
     _db: Option<exitnet_tests::TestDatabase>,
 }
 
-async fn node(dir: &std::path::Path, id: &str, sector: &str, pg: bool, extra: &[(&str, &str)]) -> Node {
-    let db = if pg { Some(exitnet_tests::TestDatabase::create().await.unwrap().expect("PostgreSQL reachable")) } else { None };
+async fn node(
+    dir: &std::path::Path,
+    id: &str,
+    sector: &str,
+    pg: bool,
+    extra: &[(&str, &str)],
+) -> Node {
+    let db = if pg {
+        Some(
+            exitnet_tests::TestDatabase::create()
+                .await
+                .unwrap()
+                .expect("PostgreSQL reachable"),
+        )
+    } else {
+        None
+    };
     node_on(dir, id, sector, db, extra).await
 }
 
-async fn node_on(dir: &std::path::Path, id: &str, sector: &str, db: Option<exitnet_tests::TestDatabase>, extra: &[(&str, &str)]) -> Node {
+async fn node_on(
+    dir: &std::path::Path,
+    id: &str,
+    sector: &str,
+    db: Option<exitnet_tests::TestDatabase>,
+    extra: &[(&str, &str)],
+) -> Node {
     let mut env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
     env.push(("EXITNET_FEDERATION__SCHEDULER_INTERVAL_SECS", "3600".into()));
     env.push(("EXITNET_LOG__FORMAT", "text".into()));
@@ -32,8 +53,15 @@ async fn node_on(dir: &std::path::Path, id: &str, sector: &str, db: Option<exitn
     }
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let (org, task) = demo::start(dir, id, id, sector, &env_refs, &rx, "node").await.unwrap();
-    Node { org, stop, task, _db: db }
+    let (org, task) = demo::start(dir, id, id, sector, &env_refs, &rx, "node")
+        .await
+        .unwrap();
+    Node {
+        org,
+        stop,
+        task,
+        _db: db,
+    }
 }
 
 /// Stops a node; returns its database (PostgreSQL) for a restart.
@@ -51,7 +79,12 @@ fn token(state: &exitnet_node::state::NodeState) -> String {
 }
 
 async fn api(org: &Org) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", org.api)).unwrap().tcp_nodelay(true).connect().await.unwrap()
+    tonic::transport::Endpoint::from_shared(format!("http://{}", org.api))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -70,31 +103,63 @@ fn rss_mb(pid: u32) -> f64 {
 
 /// Waits until no outbound referral of `org` is still `requested`.
 async fn all_received(org: &Org, total: usize) {
-    let filter = exitnet_node::store::ReferralFilter { outbound: Some(true), state: Some("requested".into()), peer_org: None };
+    let filter = exitnet_node::store::ReferralFilter {
+        outbound: Some(true),
+        state: Some("requested".into()),
+        peer_org: None,
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let left = org.state.store.list_referrals(&exitnet_node::store::ListScope::All, &filter, None, 1).await.unwrap();
+        let left = org
+            .state
+            .store
+            .list_referrals(&exitnet_node::store::ListScope::All, &filter, None, 1)
+            .await
+            .unwrap();
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "{total} referrals not received in 600 s");
+        assert!(
+            Instant::now() < deadline,
+            "{total} referrals not received in 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-async fn create_many(org: &Org, consent: &str, to: &str, n: usize, concurrency: usize, tag: &str) -> Vec<f64> {
+async fn create_many(
+    org: &Org,
+    consent: &str,
+    to: &str,
+    n: usize,
+    concurrency: usize,
+    tag: &str,
+) -> Vec<f64> {
     let ch = api(org).await;
     let tok = token(&org.state);
     let mut set = tokio::task::JoinSet::new();
     for w in 0..concurrency {
         let mut c = pb::referral_service_client::ReferralServiceClient::new(ch.clone());
-        let (tok, consent, to, tag) = (tok.clone(), consent.to_owned(), to.to_owned(), tag.to_owned());
+        let (tok, consent, to, tag) = (
+            tok.clone(),
+            consent.to_owned(),
+            to.to_owned(),
+            tag.to_owned(),
+        );
         set.spawn(async move {
             let mut lat = Vec::new();
             for i in (w..n).step_by(concurrency) {
-                let req = referral_request(&format!("{tag}-{i}"), &consent, &to, pb::NeedArea::FunctionalReintegration, pb::Service::Housing, "Housing after release.");
+                let req = referral_request(
+                    &format!("{tag}-{i}"),
+                    &consent,
+                    &to,
+                    pb::NeedArea::FunctionalReintegration,
+                    pb::Service::Housing,
+                    "Housing after release.",
+                );
                 let mut r = tonic::Request::new(req);
-                r.metadata_mut().insert("authorization", format!("Bearer {tok}").parse().unwrap());
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {tok}").parse().unwrap());
                 let t = Instant::now();
                 c.create_referral(r).await.unwrap();
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -120,11 +185,24 @@ async fn baseline(dir: &std::path::Path, calls_c1: usize, calls_c64: usize) -> (
     let addr = listener.local_addr().unwrap();
     let incoming = exitnet_node::tls::tls_incoming(listener, cfg, Duration::from_secs(5));
     let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
     let _ = dir;
-    let ch = exitnet_node::federation::client::channel(&addr.to_string(), Some(&client_key), vec![key.fingerprint().to_owned()], Duration::from_secs(5)).await.unwrap();
+    let ch = exitnet_node::federation::client::channel(
+        &addr.to_string(),
+        Some(&client_key),
+        vec![key.fingerprint().to_owned()],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let mut c = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let req = || tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let req = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
     for _ in 0..200 {
         c.check(req()).await.unwrap();
     }
@@ -141,7 +219,11 @@ async fn baseline(dir: &std::path::Path, calls_c1: usize, calls_c64: usize) -> (
         let mut c = tonic_health::pb::health_client::HealthClient::new(ch.clone());
         set.spawn(async move {
             for _ in (w..calls_c64).step_by(64) {
-                c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+                c.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
             }
         });
     }
@@ -157,10 +239,18 @@ async fn main() {
     let scale = if quick { 10 } else { 1 };
     let dir = std::env::temp_dir().join(format!("exitnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("exitnet-bench: backend {}, {} cores", if pg { "postgres" } else { "sqlite" }, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "exitnet-bench: backend {}, {} cores",
+        if pg { "postgres" } else { "sqlite" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     let (base_p50, base_p99, base_per_s) = baseline(&dir, 2000 / scale, 20000 / scale).await;
-    println!("baseline (bare tonic mTLS health call): p50 {base_p50:.3} ms, p99 {base_p99:.3} ms at concurrency 1; {base_per_s:.0} calls/s at concurrency 64");
+    println!(
+        "baseline (bare tonic mTLS health call): p50 {base_p50:.3} ms, p99 {base_p99:.3} ms at concurrency 1; {base_per_s:.0} calls/s at concurrency 64"
+    );
 
     let a = node(&dir, "bench-ngo", "ngo", pg, &[]).await;
     let mut b = node(&dir, "bench-prison", "prison_probation", pg, &[]).await;
@@ -169,7 +259,15 @@ async fn main() {
     let consent = exitnet_node::consents::record(
         &a.org.state,
         &alice,
-        exitnet_node::consents::NewConsent::from_pb(consent_request("bench-c", "bench-prison", pb::NeedArea::FunctionalReintegration), exitnet_node::domain::time::now_ms()).unwrap(),
+        exitnet_node::consents::NewConsent::from_pb(
+            consent_request(
+                "bench-c",
+                "bench-prison",
+                pb::NeedArea::FunctionalReintegration,
+            ),
+            exitnet_node::domain::time::now_ms(),
+        )
+        .unwrap(),
     )
     .await
     .unwrap();
@@ -180,7 +278,11 @@ async fn main() {
     all_received(&a.org, 100).await;
     let lat = create_many(&a.org, &cid, "bench-prison", 1000 / scale, 1, "c1").await;
     let (create_p50, create_p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-    println!("create referral (client API, commit + queue): p50 {create_p50:.3} ms, p99 {create_p99:.3} ms at concurrency 1 — {:.1}x / {:.1}x the baseline", create_p50 / base_p50, create_p99 / base_p99);
+    println!(
+        "create referral (client API, commit + queue): p50 {create_p50:.3} ms, p99 {create_p99:.3} ms at concurrency 1 — {:.1}x / {:.1}x the baseline",
+        create_p50 / base_p50,
+        create_p99 / base_p99
+    );
     all_received(&a.org, 1000).await;
 
     // End to end at concurrency 64: from the API call to committed at the receiver and acknowledged back.
@@ -190,7 +292,10 @@ async fn main() {
     all_received(&a.org, n).await;
     let referrals_per_s = n as f64 / started.elapsed().as_secs_f64();
     let load_rss = rss_mb(std::process::id());
-    println!("end to end (created, delivered, receipt back): {referrals_per_s:.0} referrals/s at concurrency 64 — {:.2} of the baseline's calls/s", referrals_per_s / base_per_s);
+    println!(
+        "end to end (created, delivered, receipt back): {referrals_per_s:.0} referrals/s at concurrency 64 — {:.2} of the baseline's calls/s",
+        referrals_per_s / base_per_s
+    );
 
     // Backlog drain: 10,000 queued while the receiver is down.
     let b_dir_api = b.org.api;
@@ -198,34 +303,75 @@ async fn main() {
     let b_db = stop(b).await;
     let n = 10000 / scale;
     create_many(&a.org, &cid, "bench-prison", n, 64, "drain").await;
-    let restart_env = [("EXITNET_API__LISTEN", b_dir_api.to_string()), ("EXITNET_FEDERATION__LISTEN", b_fed.to_string())];
+    let restart_env = [
+        ("EXITNET_API__LISTEN", b_dir_api.to_string()),
+        ("EXITNET_FEDERATION__LISTEN", b_fed.to_string()),
+    ];
     let refs: Vec<(&str, &str)> = restart_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let started = Instant::now();
     b = node_on(&dir, "bench-prison", "prison_probation", b_db, &refs).await;
     a.org.state.outbox_wake.notify_one();
     all_received(&a.org, n).await;
     let drain_s = started.elapsed().as_secs_f64();
-    println!("backlog drain: {n} referrals queued while the receiver was down, delivered {drain_s:.2} s after it returned");
+    println!(
+        "backlog drain: {n} referrals queued while the receiver was down, delivered {drain_s:.2} s after it returned"
+    );
 
     // Fan-out: a withdrawal covering referrals to 20 peers.
     let mut peers = Vec::new();
     for i in 0..20 {
-        let p = node(&dir, &format!("bench-peer-{i:02}"), "mental_health", pg, &[]).await;
+        let p = node(
+            &dir,
+            &format!("bench-peer-{i:02}"),
+            "mental_health",
+            pg,
+            &[],
+        )
+        .await;
         demo::peer_up(&a.org, &p.org).await.unwrap();
         peers.push(p);
     }
     let mut req = consent_request("bench-fan", "bench-peer-00", pb::NeedArea::MentalHealth);
-    req.terms.as_mut().unwrap().recipients = (0..20).map(|i| format!("bench-peer-{i:02}")).collect();
-    let fan = exitnet_node::consents::record(&a.org.state, &alice, exitnet_node::consents::NewConsent::from_pb(req, exitnet_node::domain::time::now_ms()).unwrap()).await.unwrap();
+    req.terms.as_mut().unwrap().recipients =
+        (0..20).map(|i| format!("bench-peer-{i:02}")).collect();
+    let fan = exitnet_node::consents::record(
+        &a.org.state,
+        &alice,
+        exitnet_node::consents::NewConsent::from_pb(req, exitnet_node::domain::time::now_ms())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     for i in 0..20 {
-        let r = referral_request(&format!("fan-{i}"), &fan.consent_id, &format!("bench-peer-{i:02}"), pb::NeedArea::MentalHealth, pb::Service::TraumaPtsd, "Trauma therapy.");
-        exitnet_node::referrals::create(&a.org.state, &alice, exitnet_node::referrals::NewReferral::from_pb(r).unwrap()).await.unwrap();
+        let r = referral_request(
+            &format!("fan-{i}"),
+            &fan.consent_id,
+            &format!("bench-peer-{i:02}"),
+            pb::NeedArea::MentalHealth,
+            pb::Service::TraumaPtsd,
+            "Trauma therapy.",
+        );
+        exitnet_node::referrals::create(
+            &a.org.state,
+            &alice,
+            exitnet_node::referrals::NewReferral::from_pb(r).unwrap(),
+        )
+        .await
+        .unwrap();
     }
     all_received(&a.org, 20).await;
     let started = Instant::now();
-    exitnet_node::consents::withdraw(&a.org.state, &alice, &fan.consent_id).await.unwrap();
+    exitnet_node::consents::withdraw(&a.org.state, &alice, &fan.consent_id)
+        .await
+        .unwrap();
     loop {
-        let under = a.org.state.store.referrals_under_consent(&fan.consent_id).await.unwrap();
+        let under = a
+            .org
+            .state
+            .store
+            .referrals_under_consent(&fan.consent_id)
+            .await
+            .unwrap();
         if under.iter().all(|r| r.purge_status == "done") {
             break;
         }
@@ -235,9 +381,23 @@ async fn main() {
     println!("withdrawal fan-out to 20 peers: every purge receipt in after {fanout_ms:.0} ms");
 
     // Idle memory of one node process.
-    let exe_dir = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let exe_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let _ = std::process::Command::new(cargo).args(["build", "--release", "--quiet", "-p", "exitnet-node", "--bin", "exitnet-node"]).status();
+    let _ = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "exitnet-node",
+            "--bin",
+            "exitnet-node",
+        ])
+        .status();
     let idle_dir = dir.join("idle");
     std::fs::create_dir_all(&idle_dir).unwrap();
     let mut child = std::process::Command::new(exe_dir.join("exitnet-node"))
@@ -258,7 +418,9 @@ async fn main() {
     let idle_rss = rss_mb(child.id());
     let _ = child.kill();
     let _ = child.wait();
-    println!("memory: one idle node process {idle_rss:.1} MB resident; this bench process (2 nodes + clients) {load_rss:.1} MB under load");
+    println!(
+        "memory: one idle node process {idle_rss:.1} MB resident; this bench process (2 nodes + clients) {load_rss:.1} MB under load"
+    );
 
     for p in peers {
         stop(p).await;

@@ -873,6 +873,23 @@ async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
         sent.extend(ids.unwrap());
     }
     assert_eq!(sent.len(), N);
+    // B is down with 1,000 messages queued for it: C is not held up.
+    let to_c = referral_request(
+        "to-c",
+        &consent.consent_id,
+        "health-c",
+        pb::NeedArea::MentalHealth,
+        pb::Service::TraumaPtsd,
+    );
+    let rc = ar
+        .clone()
+        .create_referral(bearer(&alice, to_c))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    wait_state(&ar, &alice, &rc.referral_id, pb::ReferralState::Received).await;
     net.b.restart().await.unwrap();
     let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
     let (_, br) = clients(&net.b).await;
@@ -1375,4 +1392,163 @@ async fn watching_referrals_shows_each_change_to_those_who_may_see_it() {
     // Another case manager's watch shows nothing of Alice's referral.
     let quiet = tokio::time::timeout(Duration::from_millis(500), other.message()).await;
     assert!(quiet.is_err(), "mallory saw {quiet:?}");
+}
+
+#[tokio::test]
+async fn suspension_holds_referrals_and_supervisors_reassign() {
+    let Some(net) = network(Backend::Sqlite).await else {
+        return;
+    };
+    let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
+    let sys = net.a.dev_token("system", "agency-crm").await.unwrap();
+    let sue = net.a.dev_token("supervisor", "sue").await.unwrap();
+    let carol = net.a.dev_token("case_manager", "carol").await.unwrap();
+    let (mut ac, mut ar) = clients(&net.a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-s", "client-s")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+
+    // While B is suspended, a referral to it is refused at creation …
+    assert!(
+        net.a
+            .ctl(&["peer", "suspend", "prison-b"])
+            .await
+            .unwrap()
+            .success
+    );
+    let req = |id: &str| {
+        referral_request(
+            id,
+            &consent.consent_id,
+            "prison-b",
+            pb::NeedArea::FunctionalReintegration,
+            pb::Service::Housing,
+        )
+    };
+    let e = ar
+        .create_referral(bearer(&alice, req("s-0")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // … and so it is while B has suspended us (B told us so).
+    assert!(
+        net.a
+            .ctl(&["peer", "resume", "prison-b"])
+            .await
+            .unwrap()
+            .success
+    );
+    net.a
+        .wait_peer_state("prison-b", "active", Some("active"))
+        .await
+        .unwrap();
+    assert!(
+        net.b
+            .ctl(&["peer", "suspend", "ngo-a"])
+            .await
+            .unwrap()
+            .success
+    );
+    net.a
+        .wait_peer_state("prison-b", "active", Some("suspended"))
+        .await
+        .unwrap();
+    let e = ar
+        .create_referral(bearer(&alice, req("s-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "B suspended us: nothing new goes out"
+    );
+    assert!(
+        net.b
+            .ctl(&["peer", "resume", "ngo-a"])
+            .await
+            .unwrap()
+            .success
+    );
+    net.a
+        .wait_peer_state("prison-b", "active", Some("active"))
+        .await
+        .unwrap();
+    // A system acting for Alice creates one; the history names who did it.
+    let mut r = bearer(&sys, req("s-2"));
+    r.metadata_mut()
+        .insert("x-exitnet-on-behalf-of", "alice".parse().unwrap());
+    let made = ar
+        .create_referral(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(made.history[0].actor, "agency-crm (system) for alice");
+    assert_eq!(made.owner, "alice");
+    let got = wait_state(&ar, &alice, &made.referral_id, pb::ReferralState::Received).await;
+    // The receiver's history entries carry no actor of ours; ours are not sent.
+    let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, mut br) = clients(&net.b).await;
+    let at_b = get(&mut br, &bob, &made.referral_id).await;
+    assert!(
+        at_b.history.iter().all(|h| !h.actor.contains("alice")),
+        "{:?}",
+        at_b.history
+    );
+    assert_eq!(got.state, pb::ReferralState::Received as i32);
+
+    // Reassigning: supervisors only.
+    let e = ar
+        .reassign_referral(bearer(
+            &alice,
+            pb::ReassignReferralRequest {
+                referral_id: made.referral_id.clone(),
+                owner: "carol".into(),
+                team: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = ar
+        .get_referral(bearer(
+            &carol,
+            pb::GetReferralRequest {
+                referral_id: made.referral_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let moved = ar
+        .reassign_referral(bearer(
+            &sue,
+            pb::ReassignReferralRequest {
+                referral_id: made.referral_id.clone(),
+                owner: "carol".into(),
+                team: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(moved.owner, "carol");
+    get(&mut ar, &carol, &made.referral_id).await;
+    let e = ar
+        .get_referral(bearer(
+            &alice,
+            pb::GetReferralRequest {
+                referral_id: made.referral_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
 }
