@@ -1,7 +1,12 @@
 //! `exitnet-bench`: measures a node against a bare tonic mutual-TLS call on
 //! the same machine, in the same run, and prints figures; its last line is
 //! one JSON object. Run: `cargo run --release -p exitnet-tests --bin exitnet-bench [-- --postgres]`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use exitnet_node::auth::{Authenticator, Role};
 use exitnet_node::demo::{self, Org, consent_request, referral_request};
