@@ -149,23 +149,124 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
         }
     };
     let exchange_allowed = peer.exchange_allowed();
-    // Referral messages keep their order: once one waits, every later one
-    // waits too. Peering notices (states, profiles, keys) are independent of
-    // them and may go ahead, so a suspension is told even while messages wait.
-    let mut messages_wait = false;
-    let mut notices_wait = false;
-    for (n, req) in queue {
+    // Referral messages keep their order within a referral: once one waits,
+    // every later one waits too. Messages of different referrals go out
+    // together (up to PIPELINE at a time, multiplexed on one connection).
+    // Peering notices (states, profiles, keys) are independent of them and may
+    // go ahead, so a suspension is told even while messages wait.
+    let mut flow = Flow::default();
+    let mut queue = queue.into_iter().peekable();
+    while let Some((n, req)) = queue.next() {
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
-        if (is_message && messages_wait) || (!is_message && notices_wait) {
+        if !flow.ready(state, &n, is_message, exchange_allowed).await? {
             continue;
         }
-        if n.next_attempt_at_ms > now_ms() {
-            if is_message {
-                messages_wait = true;
-            } else {
-                notices_wait = true;
-            }
+        if !is_message {
+            let result = client.notify(req.clone()).await.map(|r| r.into_inner());
+            flow.handle(state, org, &peer, &n, &req, false, result)
+                .await?;
             continue;
+        }
+        // Gather the following messages of other referrals into one batch.
+        let mut batch = vec![(n, req)];
+        let mut referrals: HashSet<String> = batch
+            .iter()
+            .filter_map(|(_, r)| message_referral(r))
+            .collect();
+        while batch.len() < PIPELINE {
+            let Some((next, next_req)) = queue.peek() else {
+                break;
+            };
+            let next_is_message = matches!(
+                next_req.notice,
+                Some(pb::notify_request::Notice::Message(_))
+            );
+            let rid = message_referral(next_req);
+            if !next_is_message
+                || next.next_attempt_at_ms > now_ms()
+                || rid.as_ref().is_some_and(|r| referrals.contains(r))
+            {
+                break;
+            }
+            if let Some(r) = rid {
+                referrals.insert(r);
+            }
+            if let Some(item) = queue.next() {
+                batch.push(item);
+            }
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, (_, req)) in batch.iter().enumerate() {
+            let (mut client, req) = (client.clone(), req.clone());
+            calls.spawn(async move { (i, client.notify(req).await.map(|r| r.into_inner())) });
+        }
+        let mut results: Vec<Option<Result<pb::NotifyResponse, tonic::Status>>> =
+            batch.iter().map(|_| None).collect();
+        while let Some(done) = calls.join_next().await {
+            if let Ok((i, r)) = done
+                && let Some(slot) = results.get_mut(i)
+            {
+                *slot = Some(r);
+            }
+        }
+        for ((n, req), result) in batch.iter().zip(results) {
+            let result =
+                result.unwrap_or_else(|| Err(tonic::Status::unavailable("call task failed")));
+            flow.handle(state, org, &peer, n, req, true, result).await?;
+        }
+    }
+    Ok(())
+}
+
+/// How many referral messages of different referrals go out at once.
+const PIPELINE: usize = 32;
+
+/// The referral a message is about.
+fn message_referral(req: &pb::NotifyRequest) -> Option<String> {
+    use prost::Message;
+    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
+        return None;
+    };
+    match pb::FederationMessage::decode(m.payload.as_slice())
+        .ok()?
+        .body?
+    {
+        pb::federation_message::Body::Offer(o) => Some(o.referral_id),
+        pb::federation_message::Body::Status(s) => Some(s.referral_id),
+        pb::federation_message::Body::Withdrawal(w) => Some(w.referral_id),
+    }
+}
+
+/// Whether messages and notices still flow in this round.
+#[derive(Default)]
+struct Flow {
+    messages_wait: bool,
+    notices_wait: bool,
+}
+
+impl Flow {
+    fn wait(&mut self, is_message: bool) {
+        if is_message {
+            self.messages_wait = true;
+        } else {
+            self.notices_wait = true;
+        }
+    }
+
+    /// Whether `n` may be sent now; records why not.
+    async fn ready(
+        &mut self,
+        state: &NodeState,
+        n: &Notice,
+        is_message: bool,
+        exchange_allowed: bool,
+    ) -> anyhow::Result<bool> {
+        if (is_message && self.messages_wait) || (!is_message && self.notices_wait) {
+            return Ok(false);
+        }
+        if n.next_attempt_at_ms > now_ms() {
+            self.wait(is_message);
+            return Ok(false);
         }
         if is_message && !exchange_allowed {
             // Suspended (by either side) or not yet active: referral messages
@@ -175,15 +276,30 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
                 .store
                 .notice_failed(n.id, next, "peering not active")
                 .await?;
-            messages_wait = true;
-            continue;
+            self.wait(true);
+            return Ok(false);
         }
-        match client.notify(req.clone()).await {
+        Ok(true)
+    }
+
+    /// Records the outcome of one call.
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &mut self,
+        state: &NodeState,
+        org: &OrgId,
+        peer: &crate::domain::Peer,
+        n: &Notice,
+        req: &pb::NotifyRequest,
+        is_message: bool,
+        result: Result<pb::NotifyResponse, tonic::Status>,
+    ) -> anyhow::Result<()> {
+        match result {
             Ok(resp) => {
                 let now = now_ms();
                 if is_message {
                     if let Err(e) =
-                        crate::referrals::on_delivered(state, org, n.id, &req, resp.get_ref()).await
+                        crate::referrals::on_delivered(state, org, n.id, req, &resp).await
                     {
                         // An invalid receipt is not proof of delivery: try again later.
                         let next = now_ms() + backoff_ms(state, n.attempts);
@@ -192,7 +308,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
                             .notice_failed(n.id, next, "invalid receipt")
                             .await?;
                         tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
-                        messages_wait = true;
+                        self.wait(true);
                     }
                 } else {
                     state.store.notice_delivered(n.id, now).await?;
@@ -208,7 +324,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
                     .await?;
                 crate::referrals::on_refused(
                     state,
-                    &req,
+                    req,
                     pb::FailureReason::RefusedByReceiver,
                     status.message(),
                 )
@@ -226,7 +342,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
                         .store
                         .notice_dropped(n.id, now_ms(), status.code().description())
                         .await?;
-                    continue;
+                    return Ok(());
                 }
                 let next = now_ms() + backoff_ms(state, n.attempts);
                 state
@@ -234,15 +350,11 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
                     .notice_failed(n.id, next, status.code().description())
                     .await?;
                 tracing::debug!(peer = %org, code = ?status.code(), "notice refused; will retry");
-                if is_message {
-                    messages_wait = true;
-                } else {
-                    notices_wait = true;
-                }
+                self.wait(is_message);
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A refusal of the message itself, not of the connection or the peering.

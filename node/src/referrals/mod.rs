@@ -169,8 +169,14 @@ pub async fn seal_summary(
     referral_id: &str,
     plain: &[u8],
 ) -> Result<Vec<u8>> {
-    let fresh = state.master_key.new_wrapped_data_key(key_id)?;
-    let wrapped = state.store.data_key(key_id, &fresh, now_ms()).await?;
+    // Most subjects already have a key: a read, not a write transaction.
+    let wrapped = match state.store.find_data_key(key_id).await? {
+        Some(w) => w,
+        None => {
+            let fresh = state.master_key.new_wrapped_data_key(key_id)?;
+            state.store.data_key(key_id, &fresh, now_ms()).await?
+        }
+    };
     Ok(state
         .master_key
         .seal(key_id, &wrapped, referral_id, plain)?)
