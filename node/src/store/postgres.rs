@@ -37,8 +37,10 @@ impl PostgresStore {
 
     async fn begin_write(
         &self,
-    ) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        Ok(self.pool.begin().await?)
+    ) -> crate::error::Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
+        // PostgreSQL takes concurrent writers; row locks and conditional
+        // updates order them.
+        Ok(((), self.pool.begin().await?))
     }
 }
 

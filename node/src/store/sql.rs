@@ -443,7 +443,7 @@ macro_rules! impl_store {
             }
 
             async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query("INSERT INTO node_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key)
                     .bind(value)
@@ -492,7 +492,7 @@ macro_rules! impl_store {
                 peer: &NewPeer,
             ) -> Result<std::result::Result<(), JoinRefusal>> {
                 use subtle::ConstantTimeEq;
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let row = sqlx::query("SELECT secret_hash, expires_at, used_at FROM invitations WHERE id = $1")
                     .bind(invitation_id)
                     .fetch_optional(&mut *tx)
@@ -538,7 +538,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_peer(&self, peer: &NewPeer) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
                     return Err($crate::error::Error::AlreadyExists(format!(
                         "peer {} is already recorded",
@@ -606,7 +606,7 @@ macro_rules! impl_store {
             }
 
             async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let applied = apply_update(&mut tx, org, update).await?;
                 if applied {
                     tx.commit().await?;
@@ -615,7 +615,7 @@ macro_rules! impl_store {
             }
 
             async fn apply_notice_once(&self, org: &OrgId, notice_id: &str, update: &PeerUpdate) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let fresh = sqlx::query(
                     "INSERT INTO seen_notices (org_id, notice_id, received_at) VALUES ($1, $2, $3)
                      ON CONFLICT (org_id, notice_id) DO NOTHING",
@@ -646,7 +646,7 @@ macro_rules! impl_store {
             }
 
             async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 insert_notices(&mut tx, notices).await?;
                 tx.commit().await?;
                 Ok(())
@@ -729,7 +729,7 @@ macro_rules! impl_store {
 
             async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8]) -> Result<Consent> {
                 use prost::Message;
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO consents (consent_id, owner, team, request_key, subject_ref, terms, collection_method,
                                            witness, recorded_by, recorded_at, valid_until, request_digest)
@@ -820,7 +820,7 @@ macro_rules! impl_store {
                 event: &$crate::store::ReferralEvent,
                 notice: &NewNotice,
             ) -> Result<$crate::store::ReferralRecord> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let sql = sqlx::AssertSqlSafe(format!(
                     "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
                 ));
@@ -906,7 +906,7 @@ macro_rules! impl_store {
             }
 
             async fn change_referral(&self, referral_id: &str, change: &$crate::store::ReferralChange) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let ok = apply_referral_change(&mut tx, referral_id, change).await?;
                 if ok {
                     tx.commit().await?;
@@ -915,7 +915,7 @@ macro_rules! impl_store {
             }
 
             async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
                     .bind(now_ms)
                     .bind(consent_id)
@@ -938,7 +938,7 @@ macro_rules! impl_store {
                 new_inbound: Option<(&$crate::store::ReferralRecord, &$crate::store::ReferralEvent)>,
                 change: Option<(&str, &$crate::store::ReferralChange)>,
             ) -> Result<$crate::store::ReceiptRecord> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let existing = sqlx::query(
                     "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
                      WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
@@ -968,7 +968,7 @@ macro_rules! impl_store {
             }
 
             async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 insert_receipt(&mut tx, receipt).await?;
                 if let Some((id, c)) = change {
                     apply_referral_change(&mut tx, id, c).await?;
@@ -984,7 +984,7 @@ macro_rules! impl_store {
             }
 
             async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query("INSERT INTO data_keys (key_id, wrapped, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
                     .bind(key_id)
                     .bind(new_wrapped)

@@ -27,6 +27,9 @@ fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// SQLite has one writer. Write transactions queue here, fairly and
+    /// without sleeping, instead of in SQLite's busy handler.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -52,7 +55,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("migrating the SQLite database")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: std::sync::Arc::default(),
+        })
     }
 
     async fn after_purge_impl(&self) -> crate::error::Result<()> {
@@ -64,8 +70,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn begin_write(&self) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn begin_write(
+        &self,
+    ) -> crate::error::Result<(
+        tokio::sync::OwnedMutexGuard<()>,
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+    )> {
+        let turn = self.writer.clone().lock_owned().await;
+        Ok((turn, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 }
 
