@@ -215,6 +215,34 @@ async fn inbound(
     .referrals
 }
 
+/// Every referral ID the caller can list, page by page.
+async fn all_ids(
+    r: &mut ReferralServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Option<Vec<String>> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = r
+            .list_referrals(bearer(
+                token,
+                pb::ListReferralsRequest {
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .ok()?
+            .into_inner();
+        all.extend(page.referrals.into_iter().map(|r| r.referral_id));
+        if page.next_page_token.is_empty() {
+            return Some(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 async fn closed_loop(backend: Backend) {
     let Some(net) = network(backend).await else {
         return;
@@ -899,27 +927,7 @@ async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
         || {
             let (mut br, bob) = (br.clone(), bob.clone());
             async move {
-                let mut all = Vec::new();
-                let mut token = String::new();
-                loop {
-                    let page = br
-                        .list_referrals(bearer(
-                            &bob,
-                            pb::ListReferralsRequest {
-                                page_size: 500,
-                                page_token: token.clone(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await
-                        .ok()?
-                        .into_inner();
-                    all.extend(page.referrals.into_iter().map(|r| r.referral_id));
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    token = page.next_page_token;
-                }
+                let all = all_ids(&mut br, &bob).await?;
                 (all.len() >= N).then_some(all)
             }
         },
@@ -992,27 +1000,7 @@ async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
         || {
             let (mut br, bob, want) = (br.clone(), bob.clone(), confirmed.clone());
             async move {
-                let mut all = Vec::new();
-                let mut token = String::new();
-                loop {
-                    let page = br
-                        .list_referrals(bearer(
-                            &bob,
-                            pb::ListReferralsRequest {
-                                page_size: 500,
-                                page_token: token.clone(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await
-                        .ok()?
-                        .into_inner();
-                    all.extend(page.referrals.into_iter().map(|r| r.referral_id));
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    token = page.next_page_token;
-                }
+                let all = all_ids(&mut br, &bob).await?;
                 want.iter().all(|id| all.contains(id)).then_some(all)
             }
         },
