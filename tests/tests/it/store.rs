@@ -58,6 +58,7 @@ store_suite!(
     outbox_keeps_order_and_counts,
     security_events_newest_first,
     consents_are_idempotent_scoped_and_paged,
+    scheduler_finds_expired_consents_and_retention,
 );
 
 mod cases {
@@ -578,5 +579,137 @@ mod cases {
             Some(NOW + 9)
         );
         assert!(s.get_consent("nope").await.unwrap().is_none());
+    }
+
+    fn referral(
+        id: &str,
+        consent: &str,
+        peer: &str,
+        state: &str,
+        updated: i64,
+    ) -> exitnet_node::store::ReferralRecord {
+        exitnet_node::store::ReferralRecord {
+            referral_id: id.into(),
+            outbound: true,
+            peer_org: org(peer),
+            owner: "alice".into(),
+            team: None,
+            consent_id: Some(consent.into()),
+            pseudonym: "p".into(),
+            need_areas: "mental_health".into(),
+            services: String::new(),
+            urgency: "routine".into(),
+            key_id: "subject:x".into(),
+            summary: Some(b"sealed".to_vec()),
+            terms: vec![],
+            state: state.into(),
+            purge_status: "none".into(),
+            purged_at_ms: None,
+            created_at_ms: updated,
+            updated_at_ms: updated,
+        }
+    }
+
+    pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
+        use exitnet_node::store::{ReferralChange, ReferralEvent};
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        // c1 expires at NOW + 1_000_000 (see `consent`); c2 is withdrawn.
+        s.insert_consent(&consent("c1", "alice", None, "client-1", NOW), "k1", b"d1")
+            .await
+            .unwrap();
+        s.insert_consent(&consent("c2", "alice", None, "client-2", NOW), "k2", b"d2")
+            .await
+            .unwrap();
+        let ev = ReferralEvent {
+            state: "requested".into(),
+            at_ms: NOW,
+            by_org: "ngo-a".into(),
+            actor: "alice".into(),
+            detail: vec![],
+        };
+        for (id, c, st, at) in [
+            ("r1", "c1", "in_progress", NOW),
+            ("r2", "c1", "completed", NOW),
+            ("r3", "c2", "completed", NOW + 500),
+            ("r4", "c2", "accepted", NOW),
+        ] {
+            s.create_referral(
+                &referral(id, c, "prison-b", st, at),
+                &format!("req-{id}"),
+                id.as_bytes(),
+                &ev,
+                &notice(&format!("n-{id}"), "prison-b"),
+            )
+            .await
+            .unwrap();
+        }
+        assert!(s.withdraw_consent("c2", NOW + 10).await.unwrap());
+        let ids = |v: Vec<exitnet_node::store::ReferralRecord>| {
+            let mut v: Vec<String> = v.into_iter().map(|r| r.referral_id).collect();
+            v.sort();
+            v
+        };
+        // Not yet expired; then expired: c1's referrals, not the withdrawn c2's.
+        assert!(
+            s.referrals_with_expired_consent(NOW + 999_999)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            ids(s
+                .referrals_with_expired_consent(NOW + 1_000_000)
+                .await
+                .unwrap()),
+            ["r1", "r2"]
+        );
+        // Retention: closed (completed/declined/failed) before the cut-off, to that peer.
+        assert_eq!(
+            ids(s
+                .closed_referrals_before(&org("prison-b"), NOW + 100)
+                .await
+                .unwrap()),
+            ["r2"]
+        );
+        assert_eq!(
+            ids(s
+                .closed_referrals_before(&org("prison-b"), NOW + 600)
+                .await
+                .unwrap()),
+            ["r2", "r3"]
+        );
+        assert!(
+            s.closed_referrals_before(&org("health-c"), NOW + 600)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Once a purge is pending, neither lists it again, and a second
+        // (concurrent) withdrawal of the same referral does not apply.
+        let pending = ReferralChange {
+            expected_states: vec!["completed".into()],
+            expected_purge_status: Some("none".into()),
+            purge_status: Some("pending".into()),
+            now_ms: NOW,
+            ..Default::default()
+        };
+        assert!(s.change_referral("r2", &pending).await.unwrap());
+        assert!(!s.change_referral("r2", &pending).await.unwrap());
+        assert_eq!(
+            ids(s
+                .closed_referrals_before(&org("prison-b"), NOW + 600)
+                .await
+                .unwrap()),
+            ["r3"]
+        );
+        assert_eq!(
+            ids(s
+                .referrals_with_expired_consent(NOW + 1_000_000)
+                .await
+                .unwrap()),
+            ["r1"]
+        );
     }
 }
