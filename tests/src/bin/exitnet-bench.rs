@@ -325,11 +325,13 @@ async fn main() {
     // Fan-out: a withdrawal covering referrals to 20 peers.
     let mut peers = Vec::new();
     for i in 0..20 {
+        // The 20 recipients run on SQLite even with --postgres: 22 connection
+        // pools in one process would exceed PostgreSQL's default max_connections.
         let p = node(
             &dir,
             &format!("bench-peer-{i:02}"),
             "mental_health",
-            pg,
+            false,
             &[],
         )
         .await;
