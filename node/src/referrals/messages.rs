@@ -81,7 +81,7 @@ pub fn issue_receipt(
     referral_id: &str,
 ) -> Result<ReceiptRecord> {
     let at = now_ms();
-    let (payload, signature, fp) = {
+    let (payload, signature) = {
         let identity = state.identity()?;
         let key = identity.current();
         let payload = pb::Receipt {
@@ -96,9 +96,8 @@ pub fn issue_receipt(
         }
         .encode_to_vec();
         let sig = key.sign(&payload)?;
-        (payload, sig, key.fingerprint().to_owned())
+        (payload, sig)
     };
-    let _ = fp;
     Ok(ReceiptRecord {
         message_id: msg.message_id.clone(),
         issued_by: state.org_id.to_string(),

@@ -79,7 +79,7 @@ pub async fn handle(
             let change = s
                 .change
                 .ok_or_else(|| FieldError::new("status.change", "required"))?;
-            let c = status_change(state, from, &r, change)?;
+            let c = status_change(from, &r, change)?;
             let receipt = messages::issue_receipt(
                 state,
                 pb::ReceiptKind::Delivery,
@@ -270,7 +270,6 @@ fn offer_to_record(
 /// A state change the receiver reports: only states the receiver may set,
 /// only legal transitions.
 fn status_change(
-    state: &NodeState,
     from: &Peer,
     r: &ReferralRecord,
     mut change: pb::StateChange,
@@ -306,7 +305,6 @@ fn status_change(
     }
     rules::reason_text("status.change.text", &change.text)?;
     change.by_org = from.org_id.to_string();
-    let _ = state;
     Ok(ReferralChange {
         expected_states: vec![current.as_str().to_owned()],
         state: Some(to.as_str().to_owned()),
