@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "exitnet/v1/admin.proto",
         "exitnet/v1/consent.proto",
         "exitnet/v1/referral.proto",
+        "exitnet/v1/audit.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -2,6 +2,7 @@
 //! `opts`, carried out in `run`; `client` is the typed admin-socket client
 //! that the test kit uses too.
 
+pub mod audit;
 pub mod cases;
 pub mod client;
 pub mod login;

@@ -55,6 +55,16 @@ pub enum Command {
         #[command(subcommand)]
         command: SecurityCommand,
     },
+    /// The audit trail: verify it, export it, answer a subject access request.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Signed delivery and purge receipts: export them, verify one.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
     /// Mint a client-API token (only when the node runs with auth.mode = "dev").
     DevToken {
         #[arg(long)]
@@ -347,6 +357,54 @@ pub enum SecurityCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole chain, the checkpoints and what peers witnessed; exits
+    /// non-zero naming the first record that fails.
+    Verify {
+        /// Do not ask peers for the checkpoints they witnessed.
+        #[arg(long)]
+        local_only: bool,
+    },
+    /// Write the trail as JSON lines, oldest first.
+    Export {
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<time::OffsetDateTime>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<time::OffsetDateTime>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        object_id: Option<String>,
+    },
+    /// Everything this node holds and has shared about one client (GDPR Art. 15), as JSON.
+    Subject {
+        /// The client's local reference (or the pseudonym a peer used).
+        local_ref: String,
+    },
+    /// Sign a checkpoint of the chain now and send it to the peers to witness.
+    Checkpoint,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCommand {
+    /// The signed receipts kept for a referral, as JSON lines (one per receipt).
+    Export { referral_id: String },
+    /// Check receipts exported from a node (a file of JSON lines) against the
+    /// issuer's pinned key; exits non-zero if any does not verify.
+    Verify { file: PathBuf },
+}
+
+/// Parses an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("`{s}` is not an RFC 3339 time like 2026-11-25T10:00:00Z"))
 }
 
 /// Parses `90s`, `30m`, `24h`, `7d` (or plain seconds) into seconds.

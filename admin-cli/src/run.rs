@@ -173,6 +173,12 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
             }
         }
         Command::Peer { command } => peer(&mut admin, command, json_out, out).await?,
+        Command::Audit { command } => {
+            crate::audit::audit(&mut admin, command, json_out, out).await?
+        }
+        Command::Receipt { command } => {
+            crate::audit::receipt(&mut admin, command, json_out, out).await?
+        }
         Command::Security {
             command: SecurityCommand::Events { limit },
         } => {

@@ -30,6 +30,7 @@ const CLIENT_SERVICES: &[&str] = &[
     "exitnet.v1.DirectoryService",
     "exitnet.v1.ConsentService",
     "exitnet.v1.ReferralService",
+    "exitnet.v1.AuditService",
     "grpc.health.v1.Health",
 ];
 
@@ -243,6 +244,13 @@ impl Application {
         health
             .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
             .await;
+        let audit_svc = pb::audit_service_server::AuditServiceServer::new(
+            crate::api::audit::AuditApi::new(state.clone()),
+        )
+        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        health
+            .set_serving::<pb::audit_service_server::AuditServiceServer<crate::api::audit::AuditApi>>()
+            .await;
         health
             .set_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
             .await;
@@ -266,7 +274,8 @@ impl Application {
             .add_service(node_svc)
             .add_service(directory_svc)
             .add_service(consent_svc)
-            .add_service(referral_svc);
+            .add_service(referral_svc)
+            .add_service(audit_svc);
         let api_task = match &state.config.api.tls {
             Some(tls_cfg) => {
                 let cfg = tls::api_server_config(tls_cfg)?;
@@ -317,6 +326,12 @@ impl Application {
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
+        let checkpoint_task = tokio::spawn(crate::audit::checkpoint::run(
+            state.clone(),
+            stop_rx.clone(),
+        ));
+        // Our receipts and checkpoints must stay verifiable after a rotation.
+        crate::audit::checkpoint::remember_own_key(&state).await?;
         if let Err(e) = peering::announce_profile_if_changed(&state).await {
             tracing::warn!(error = %e, "could not queue the profile for peers");
         }
@@ -361,6 +376,7 @@ impl Application {
             }
             let _ = outbox_task.await;
             let _ = scheduler_task.await;
+            let _ = checkpoint_task.await;
         };
         if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");

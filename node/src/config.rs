@@ -28,6 +28,8 @@ pub struct Config {
     pub org: OrgConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub audit: AuditConfig,
     /// Master key for case content at rest: base64 of 32 bytes (use the
     /// environment variable `EXITNET_MASTER_KEY`, not a file in version control).
     pub master_key: Option<Secret>,
@@ -175,6 +177,22 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`); unset: no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A checkpoint is signed after this many new audit records…
+    pub checkpoint_every_records: u64,
+    /// …or after this many seconds with at least one new record.
+    pub checkpoint_interval_secs: u64,
+}
+
 /// A database URL. Its password never appears in `Debug` or in `config check`.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -286,6 +304,12 @@ jwks_min_refetch_secs = 30
 
 [log]
 format = "text"
+
+[metrics]
+
+[audit]
+checkpoint_every_records = 1000
+checkpoint_interval_secs = 300
 "#;
     config::Config::builder()
         .add_source(config::File::from_str(toml, config::FileFormat::Toml))

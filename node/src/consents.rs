@@ -1,6 +1,7 @@
 //! Consent records: record, read, list, withdraw. No gRPC here.
 
 use crate::access::{self, View};
+use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::consent::{Consent, ConsentTerms, subject_ref};
 use crate::domain::time::now_ms;
@@ -98,20 +99,25 @@ pub async fn record(state: &NodeState, p: &Principal, new: NewConsent) -> Result
         recorded_at_ms: now_ms(),
         withdrawn_at_ms: None,
     };
+    let audit = AuditEntry::caller(p, "consent.record", "consent", &consent.consent_id)
+        .consent(Some(&consent.consent_id));
     state
         .store
-        .insert_consent(&consent, &new.request_id, &new.request_digest)
+        .insert_consent(&consent, &new.request_id, &new.request_digest, &[audit])
         .await
 }
 
 /// A consent the caller may read, with how much of it.
 pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, View)> {
+    crate::referrals::id_check("consent_id", id)?;
     let c = state
         .store
         .get_consent(id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    let view = access::read(p, &c.owner, c.team.as_deref())?;
+    let entry = || AuditEntry::caller(p, "consent.read", "consent", id).consent(Some(id));
+    let view = audit::guard(state, entry, access::read(p, &c.owner, c.team.as_deref())).await?;
+    audit::record(state, &[entry()]).await;
     Ok((c, view))
 }
 
@@ -178,6 +184,14 @@ pub async fn list(
     } else {
         String::new()
     };
+    let reads: Vec<AuditEntry> = consents
+        .iter()
+        .map(|c| {
+            AuditEntry::caller(p, "consent.list", "consent", &c.consent_id)
+                .consent(Some(&c.consent_id))
+        })
+        .collect();
+    audit::record(state, &reads).await;
     Ok(Page {
         consents,
         view,
@@ -187,12 +201,19 @@ pub async fn list(
 
 /// Withdraws a consent; referrals under it are withdrawn at every recipient.
 pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, u32)> {
+    crate::referrals::id_check("consent_id", id)?;
     let c = state
         .store
         .get_consent(id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    access::write(p, &c.owner, c.team.as_deref())?;
+    let entry = AuditEntry::caller(p, "consent.withdraw", "consent", id).consent(Some(id));
+    audit::guard(
+        state,
+        || entry.clone(),
+        access::write(p, &c.owner, c.team.as_deref()),
+    )
+    .await?;
     if c.withdrawn_at_ms.is_some() {
         return Err(Error::FailedPrecondition(
             "the consent is already withdrawn".into(),
@@ -205,6 +226,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
         id,
         exitnet_proto::pb::WithdrawalCause::ConsentWithdrawn,
         &crate::referrals::actor(p),
+        &entry,
     )
     .await?;
     let c = state

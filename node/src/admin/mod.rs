@@ -104,6 +104,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let created =
             peering::create_invitation(&self.state, expires_in_seconds, Some(endpoint), note)
                 .await?;
+        self.audited("peer.invite", "invitation", &created.invitation_id)
+            .await;
         Ok(Response::new(pb::CreateInvitationResponse {
             code: created.code,
             invitation_id: created.invitation_id,
@@ -117,6 +119,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::JoinPeerResponse>, Status> {
         let pb::JoinPeerRequest { code } = request.into_inner();
         let peer = peering::join(&self.state, &code).await?;
+        self.audited("peer.join", "peer", peer.org_id.as_str())
+            .await;
         Ok(Response::new(pb::JoinPeerResponse {
             peer: Some(self.view(&peer)?),
         }))
@@ -260,5 +264,109 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn export_audit_records(
+        &self,
+        request: Request<pb::ExportAuditRecordsRequest>,
+    ) -> Result<Response<pb::ExportAuditRecordsResponse>, Status> {
+        let req = request.into_inner().query.unwrap_or_default();
+        let page = crate::audit::list(&self.state, &req).await?;
+        if req.page_token.is_empty() {
+            self.audited("audit.export", "audit", "").await;
+        }
+        Ok(Response::new(pb::ExportAuditRecordsResponse {
+            page: Some(page),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let local_only = request.into_inner().local_only;
+        let report = crate::audit::verify::verify(&self.state, local_only).await?;
+        tracing::info!(
+            ok = report.ok(),
+            records = report.records,
+            "audit trail verified"
+        );
+        Ok(Response::new(report.to_pb()))
+    }
+
+    async fn create_checkpoint(
+        &self,
+        _: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
+        let c = crate::audit::checkpoint::create(&self.state).await?;
+        Ok(Response::new(pb::CreateCheckpointResponse {
+            seq: c.seq.max(0) as u64,
+            head_sha256: c.head_hash,
+            sent_to: c.sent_to,
+        }))
+    }
+
+    async fn subject_access(
+        &self,
+        request: Request<pb::SubjectAccessRequest>,
+    ) -> Result<Response<pb::SubjectAccessResponse>, Status> {
+        let subject = request.into_inner().subject_ref;
+        crate::domain::consent::subject_ref("subject_ref", &subject).map_err(Error::from)?;
+        let doc = crate::audit::subject::gather(&self.state, &subject).await?;
+        // The record names no client: only that an export was made.
+        self.audited("subject.export", "subject", "").await;
+        let json = serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.into()))?;
+        Ok(Response::new(pb::SubjectAccessResponse { json }))
+    }
+
+    async fn list_receipts(
+        &self,
+        request: Request<pb::ListReceiptsRequest>,
+    ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
+        let id = request.into_inner().referral_id;
+        crate::referrals::id_check("referral_id", &id)?;
+        let receipts = self.state.store.receipts_for(&id).await?;
+        self.audited("receipt.export", "referral", &id).await;
+        Ok(Response::new(pb::ListReceiptsResponse {
+            receipts: receipts
+                .into_iter()
+                .map(|r| pb::ExportedReceipt {
+                    issued_by: r.issued_by,
+                    payload: r.payload,
+                    signature: r.signature,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn verify_receipt(
+        &self,
+        request: Request<pb::VerifyReceiptRequest>,
+    ) -> Result<Response<pb::VerifyReceiptResponse>, Status> {
+        let r = request
+            .into_inner()
+            .receipt
+            .ok_or_else(|| Error::from(FieldError::new("receipt", "required")))?;
+        if r.payload.len() > 64 * 1024 || r.signature.len() > 1024 || r.issued_by.len() > 200 {
+            return Err(Error::from(FieldError::new("receipt", "too large")).into());
+        }
+        Ok(Response::new(
+            crate::audit::verify_receipt(&self.state, &r).await?,
+        ))
+    }
+}
+
+impl AdminApi {
+    /// Records an administrator's action (standalone: it changes nothing else).
+    async fn audited(&self, action: &str, object_type: &str, object_id: &str) {
+        crate::audit::record(
+            &self.state,
+            &[crate::audit::AuditEntry::admin(
+                action,
+                object_type,
+                object_id,
+            )],
+        )
+        .await;
     }
 }

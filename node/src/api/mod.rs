@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
+pub mod audit;
 pub mod consent;
 pub mod referral;
 

@@ -304,7 +304,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                     Err(_) => return,
                 };
                 // Only what this caller may see; nothing about the others.
-                let Ok((r, view)) = referrals::get(&state, &p, &id).await else {
+                let Ok(Some((r, view))) = referrals::get_if_visible(&state, &p, &id).await else {
                     continue;
                 };
                 let Ok(v) = referrals::view(&state, &r, view).await else {

@@ -209,16 +209,27 @@ impl pb::federation_service_server::FederationService for FederationApi {
                 let spki = info.spki.clone().unwrap_or_default();
                 crate::referrals::receive::handle(&self.state, &peer, &req.notice_id, &spki, signed)
                     .await
-                    .map(Some)
+                    .map(|r| pb::NotifyResponse {
+                        receipt: Some(r),
+                        witness: None,
+                    })
+            }
+            Some(pb::notify_request::Notice::Checkpoint(signed)) => {
+                crate::audit::checkpoint::witness(&self.state, &peer.org_id, signed)
+                    .await
+                    .map(|w| pb::NotifyResponse {
+                        receipt: None,
+                        witness: Some(w),
+                    })
             }
             _ => peering::receive_notice(&self.state, &peer, &fp, req)
                 .await
-                .map(|()| None),
+                .map(|()| pb::NotifyResponse::default()),
         };
         match outcome {
-            Ok(receipt) => {
+            Ok(resp) => {
                 let _ = self.state.store.touch_peer(&peer.org_id, now_ms()).await;
-                Ok(Response::new(pb::NotifyResponse { receipt }))
+                Ok(Response::new(resp))
             }
             Err(e @ Error::PermissionDenied(_)) => Err(self
                 .refuse(
@@ -230,6 +241,42 @@ impl pb::federation_service_server::FederationService for FederationApi {
                 .await),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn list_witnessed_checkpoints(
+        &self,
+        request: Request<pb::ListWitnessedCheckpointsRequest>,
+    ) -> Result<Response<pb::ListWitnessedCheckpointsResponse>, Status> {
+        let info = caller_info(&request, "ListWitnessedCheckpoints");
+        let peer = self.authenticate(&info).await?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 1000,
+            n if n <= 1000 => i64::from(n),
+            _ => {
+                return Err(
+                    Error::from(crate::error::FieldError::new("limit", "at most 1000")).into(),
+                );
+            }
+        };
+        let after = i64::try_from(req.after_seq).map_err(|_| {
+            Status::from(Error::from(crate::error::FieldError::new(
+                "after_seq",
+                "at most 2^63-1",
+            )))
+        })?;
+        let checkpoints = self
+            .state
+            .store
+            .witnessed_checkpoints(&peer.org_id, after, limit)
+            .await
+            .map_err(Status::from)?
+            .into_iter()
+            .map(|(payload, signature)| pb::SignedCheckpoint { payload, signature })
+            .collect();
+        Ok(Response::new(pb::ListWitnessedCheckpointsResponse {
+            checkpoints,
+        }))
     }
 }
 

@@ -330,6 +330,14 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
             pb::notify_request::Notice::State(next.to_pb() as i32),
             None,
         )],
+        audit: vec![
+            crate::audit::AuditEntry::admin(
+                &format!("peer.{}", next.as_str()),
+                "peer",
+                org.as_str(),
+            )
+            .with_peer(org.as_str()),
+        ],
         now_ms: now_ms(),
         ..Default::default()
     };
@@ -382,9 +390,9 @@ pub async fn receive_notice(
         ..Default::default()
     };
     match notice.ok_or_else(|| FieldError::new("notice", "required"))? {
-        pb::notify_request::Notice::Message(_) => {
-            // Referral messages are handled by `referrals::receive`.
-            return Err(FieldError::new("notice", "a message is not a peering notice").into());
+        pb::notify_request::Notice::Message(_) | pb::notify_request::Notice::Checkpoint(_) => {
+            // Referral messages and checkpoints have handlers of their own.
+            return Err(FieldError::new("notice", "not a peering notice").into());
         }
         pb::notify_request::Notice::State(s) => {
             let s = PeerState::from_pb("state", s)?;
@@ -540,6 +548,16 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         )
     };
     state.current_key.set(certified);
+    crate::audit::checkpoint::remember_own_key(state).await?;
+    crate::audit::record(
+        state,
+        &[crate::audit::AuditEntry::admin(
+            "identity.rotate",
+            "key",
+            &new_fp,
+        )],
+    )
+    .await;
     let peers = state.store.list_peers().await?;
     let mut notices = Vec::new();
     // Peers that accept our calls: active ones, and those we suspended (they

@@ -310,6 +310,26 @@ impl Flow {
                         tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
                         self.wait(true);
                     }
+                } else if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
+                    match crate::audit::checkpoint::on_witnessed(
+                        state,
+                        org,
+                        cp,
+                        resp.witness.as_ref(),
+                    )
+                    .await
+                    {
+                        Ok(()) => state.store.notice_delivered(n.id, now).await?,
+                        Err(e) => {
+                            let next = now_ms() + backoff_ms(state, n.attempts);
+                            state
+                                .store
+                                .notice_failed(n.id, next, "invalid witness")
+                                .await?;
+                            tracing::warn!(peer = %org, error = %e, "witness refused; will retry");
+                            self.wait(false);
+                        }
+                    }
                 } else {
                     state.store.notice_delivered(n.id, now).await?;
                 }

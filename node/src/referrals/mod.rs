@@ -9,6 +9,7 @@ pub mod messages;
 pub mod receive;
 
 use crate::access::{self, View};
+use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::consent::Consent;
 use crate::domain::referral::{self as rules, CaseSummary};
@@ -227,7 +228,15 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         .get_consent(&new.consent_id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    access::write(p, &consent.owner, consent.team.as_deref())?;
+    audit::guard(
+        state,
+        || {
+            AuditEntry::caller(p, "referral.create", "consent", &consent.consent_id)
+                .consent(Some(&consent.consent_id))
+        },
+        access::write(p, &consent.owner, consent.team.as_deref()),
+    )
+    .await?;
     let now = now_ms();
     check_scope(&consent, &new, now)?;
     let (policy, _) = crate::policy::for_peer(state, &new.recipient).await?;
@@ -309,9 +318,19 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         &bare_change(ReferralState::Requested),
     );
     ev.actor = actor(p);
+    let audit = AuditEntry::caller(p, "referral.create", "referral", &referral_id)
+        .consent(Some(&consent.consent_id))
+        .with_peer(new.recipient.as_str());
     let stored = state
         .store
-        .create_referral(&record, &new.request_id, &new.request_digest, &ev, &notice)
+        .create_referral(
+            &record,
+            &new.request_id,
+            &new.request_digest,
+            &ev,
+            &notice,
+            &[audit],
+        )
         .await?;
     state.outbox_wake.notify_one();
     state.referral_changed(&stored.referral_id);
@@ -326,8 +345,34 @@ pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Referral
         .get_referral(id)
         .await?
         .ok_or(Error::NotFound("referral"))?;
-    let view = read_access(p, &r)?;
+    let entry = || audit_entry(p, "referral.read", &r);
+    let view = audit::guard(state, entry, read_access(p, &r)).await?;
+    audit::record(state, &[entry()]).await;
     Ok((r, view))
+}
+
+/// For a watcher: the referral if the caller may see it (a change to someone
+/// else's referral is skipped silently, not recorded as a refusal).
+pub async fn get_if_visible(
+    state: &NodeState,
+    p: &Principal,
+    id: &str,
+) -> Result<Option<(ReferralRecord, View)>> {
+    let Some(r) = state.store.get_referral(id).await? else {
+        return Ok(None);
+    };
+    let Ok(view) = read_access(p, &r) else {
+        return Ok(None);
+    };
+    audit::record(state, &[audit_entry(p, "referral.watch", &r)]).await;
+    Ok(Some((r, view)))
+}
+
+/// An audit record of `p` acting on `r`.
+pub fn audit_entry(p: &Principal, action: &str, r: &ReferralRecord) -> AuditEntry {
+    AuditEntry::caller(p, action, "referral", &r.referral_id)
+        .consent(r.consent_id.as_deref())
+        .with_peer(r.peer_org.as_str())
 }
 
 fn read_access(p: &Principal, r: &ReferralRecord) -> Result<View> {
@@ -462,10 +507,15 @@ pub async fn list(
     } else {
         String::new()
     };
-    let referrals = rows
+    let referrals: Vec<(ReferralRecord, View)> = rows
         .into_iter()
         .filter_map(|r| read_access(p, &r).ok().map(|v| (r, v)))
         .collect();
+    let reads: Vec<AuditEntry> = referrals
+        .iter()
+        .map(|(r, _)| audit_entry(p, "referral.list", r))
+        .collect();
+    audit::record(state, &reads).await;
     Ok(Page {
         referrals,
         next_page_token,
@@ -486,7 +536,8 @@ pub async fn act(
         .get_referral(id)
         .await?
         .ok_or(Error::NotFound("referral"))?;
-    write_access(p, &r)?;
+    let action = format!("referral.{}", to.as_str());
+    audit::guard(state, || audit_entry(p, &action, &r), write_access(p, &r)).await?;
     if r.outbound {
         return Err(Error::FailedPrecondition(
             "only the receiving organisation sets that state".into(),
@@ -518,6 +569,7 @@ pub async fn act(
             ..event(to, state.org_id.as_str(), &change)
         }),
         notices: vec![notice],
+        audit: vec![audit_entry(p, &action, &r)],
         now_ms: now_ms(),
         ..Default::default()
     };
@@ -548,6 +600,7 @@ fn withdrawal(
     state: &NodeState,
     r: &ReferralRecord,
     cause: pb::WithdrawalCause,
+    by: &AuditEntry,
 ) -> Result<Option<ReferralChange>> {
     if r.purge_status != "none" {
         return Ok(None);
@@ -576,9 +629,28 @@ fn withdrawal(
         }),
         purge_status: Some("pending".into()),
         notices: vec![notice],
+        audit: vec![
+            by.about(
+                &format!("referral.withdraw.{}", cause_name(cause)),
+                "referral",
+                &r.referral_id,
+            )
+            .consent(r.consent_id.as_deref())
+            .with_peer(r.peer_org.as_str()),
+        ],
         now_ms: now_ms(),
         ..Default::default()
     }))
+}
+
+fn cause_name(cause: pb::WithdrawalCause) -> &'static str {
+    match cause {
+        pb::WithdrawalCause::SenderWithdrew => "sender",
+        pb::WithdrawalCause::ConsentWithdrawn => "consent_withdrawn",
+        pb::WithdrawalCause::ConsentExpired => "consent_expired",
+        pb::WithdrawalCause::Retention => "retention",
+        pb::WithdrawalCause::Unspecified => "unspecified",
+    }
 }
 
 /// The sender withdraws a referral; the recipient purges and signs a receipt.
@@ -589,7 +661,12 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
         .get_referral(id)
         .await?
         .ok_or(Error::NotFound("referral"))?;
-    write_access(p, &r)?;
+    audit::guard(
+        state,
+        || audit_entry(p, "referral.withdraw.sender", &r),
+        write_access(p, &r),
+    )
+    .await?;
     if !r.outbound {
         return Err(Error::FailedPrecondition(
             "only the sending organisation withdraws a referral".into(),
@@ -601,7 +678,8 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "a referral that is {from} cannot be withdrawn"
         )));
     }
-    let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew)? else {
+    let by = AuditEntry::caller(p, "", "", "");
+    let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew, &by)? else {
         return Err(Error::FailedPrecondition("already withdrawn".into()));
     };
     if let Some(e) = c.event.as_mut() {
@@ -628,11 +706,12 @@ pub async fn withdraw_consent(
     consent_id: &str,
     cause: pb::WithdrawalCause,
     by: &str,
+    who: &AuditEntry,
 ) -> Result<u32> {
     let referrals = state.store.referrals_under_consent(consent_id).await?;
     let mut changes = Vec::new();
     for r in &referrals {
-        if let Some(mut c) = withdrawal(state, r, cause)? {
+        if let Some(mut c) = withdrawal(state, r, cause, who)? {
             if let Some(e) = c.event.as_mut() {
                 e.actor = by.to_owned();
             }
@@ -641,7 +720,7 @@ pub async fn withdraw_consent(
     }
     if !state
         .store
-        .withdraw_consent_with(consent_id, &changes, now_ms())
+        .withdraw_consent_with(consent_id, &changes, now_ms(), std::slice::from_ref(who))
         .await?
     {
         return Err(Error::FailedPrecondition(
@@ -714,6 +793,19 @@ pub async fn on_delivered(
             notice_row,
             &record,
             change.as_ref().map(|(id, c)| (id.as_str(), c)),
+            &[AuditEntry::peer(
+                org.as_str(),
+                &format!(
+                    "receipt.{}",
+                    if r.kind == pb::ReceiptKind::Purge as i32 {
+                        "purge"
+                    } else {
+                        "delivery"
+                    }
+                ),
+                "referral",
+                &r.referral_id,
+            )],
         )
         .await?;
     if let Some((id, _)) = &change {
@@ -756,6 +848,15 @@ pub async fn on_refused(
         expected_states: vec![ReferralState::Requested.as_str().to_owned()],
         state: Some(ReferralState::Failed.as_str().to_owned()),
         event: Some(event(ReferralState::Failed, state.org_id.as_str(), &change)),
+        audit: vec![
+            AuditEntry::node(
+                state.org_id.as_str(),
+                "referral.failed_delivery",
+                "referral",
+                &o.referral_id,
+            )
+            .with_peer(&msg.recipient_org),
+        ],
         now_ms: now_ms(),
         ..Default::default()
     };
@@ -773,8 +874,9 @@ pub async fn purge_referrals(
     cause: pb::WithdrawalCause,
 ) -> Result<u32> {
     let mut n = 0;
+    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
     for r in referrals {
-        if let Some(c) = withdrawal(state, r, cause)?
+        if let Some(c) = withdrawal(state, r, cause, &by)?
             && state.store.change_referral(&r.referral_id, &c).await?
         {
             state.referral_changed(&r.referral_id);
@@ -860,6 +962,7 @@ pub async fn reassign(
         expected_states: vec![r.state.clone()],
         owner: Some(owner.to_owned()),
         team: Some(team),
+        audit: vec![audit_entry(p, "referral.reassign", &r)],
         now_ms: now_ms(),
         ..Default::default()
     };

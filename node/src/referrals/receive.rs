@@ -3,6 +3,7 @@
 //! Nothing is trusted because it came from a peer.
 
 use super::messages;
+use crate::audit::AuditEntry;
 use crate::domain::consent::ConsentTerms;
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::{now_ms, to_timestamp};
@@ -65,7 +66,17 @@ pub async fn handle(
             )?;
             let stored = state
                 .store
-                .receive_message(&receipt, Some((&record, &ev)), None)
+                .receive_message(
+                    &receipt,
+                    Some((&record, &ev)),
+                    None,
+                    &[AuditEntry::peer(
+                        from.org_id.as_str(),
+                        "referral.receive",
+                        "referral",
+                        &record.referral_id,
+                    )],
+                )
                 .await?;
             state.referral_changed(&record.referral_id);
             stored
@@ -79,6 +90,18 @@ pub async fn handle(
             let change = s
                 .change
                 .ok_or_else(|| FieldError::new("status.change", "required"))?;
+            let audit = AuditEntry::peer(
+                from.org_id.as_str(),
+                &format!(
+                    "referral.status.{}",
+                    ReferralState::from_pb("state", change.state)
+                        .map(ReferralState::as_str)
+                        .unwrap_or("unknown")
+                ),
+                "referral",
+                &r.referral_id,
+            )
+            .consent(r.consent_id.as_deref());
             let c = status_change(from, &r, change)?;
             let receipt = messages::issue_receipt(
                 state,
@@ -89,7 +112,7 @@ pub async fn handle(
             )?;
             let stored = state
                 .store
-                .receive_message(&receipt, None, Some((&r.referral_id, &c)))
+                .receive_message(&receipt, None, Some((&r.referral_id, &c)), &[audit])
                 .await?;
             state.referral_changed(&r.referral_id);
             stored
@@ -136,6 +159,16 @@ pub async fn handle(
                     &receipt,
                     None,
                     c.as_ref().map(|c| (w.referral_id.as_str(), c)),
+                    &[AuditEntry::peer(
+                        from.org_id.as_str(),
+                        if r.is_some() {
+                            "referral.purge"
+                        } else {
+                            "referral.purge.nothing_held"
+                        },
+                        "referral",
+                        &w.referral_id,
+                    )],
                 )
                 .await?;
             state.referral_changed(&w.referral_id);

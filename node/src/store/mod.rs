@@ -9,6 +9,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 
+use crate::audit::{AuditEntry, AuditFilter, AuditRecord};
 use crate::config::DatabaseUrl;
 use crate::domain::consent::Consent;
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
@@ -114,6 +115,8 @@ pub struct PeerUpdate {
     pub retire_other_keys_at_ms: Option<i64>,
     /// Notices to queue in the same transaction.
     pub notices: Vec<NewNotice>,
+    /// Audit records written with the change.
+    pub audit: Vec<AuditEntry>,
     pub now_ms: i64,
 }
 
@@ -205,7 +208,31 @@ pub struct ReferralChange {
     /// Destroys this data key (a purge): old copies can no longer be read.
     pub destroy_key: Option<String>,
     pub notices: Vec<NewNotice>,
+    /// Audit records written with the change.
+    pub audit: Vec<AuditEntry>,
     pub now_ms: i64,
+}
+
+/// A checkpoint this node signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub at_ms: i64,
+    /// Encoded `AuditCheckpoint`, exactly as signed.
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A peer's countersignature of one of our checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessRecord {
+    pub seq: i64,
+    pub witness_org: String,
+    /// Encoded `CheckpointWitness`, exactly as signed.
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub at_ms: i64,
 }
 
 /// Filters for listing referrals.
@@ -292,6 +319,7 @@ pub trait Store: Send + Sync + 'static {
         consent: &Consent,
         request_key: &str,
         request_digest: &[u8],
+        audit: &[AuditEntry],
     ) -> Result<Consent>;
     async fn get_consent(&self, consent_id: &str) -> Result<Option<Consent>>;
     /// Newest first, after `cursor`.
@@ -315,6 +343,7 @@ pub trait Store: Send + Sync + 'static {
         request_digest: &[u8],
         event: &ReferralEvent,
         notice: &NewNotice,
+        audit: &[AuditEntry],
     ) -> Result<ReferralRecord>;
     async fn get_referral(&self, referral_id: &str) -> Result<Option<ReferralRecord>>;
     async fn referral_history(&self, referral_id: &str) -> Result<Vec<ReferralEvent>>;
@@ -336,6 +365,7 @@ pub trait Store: Send + Sync + 'static {
         consent_id: &str,
         changes: &[(String, ReferralChange)],
         now_ms: i64,
+        audit: &[AuditEntry],
     ) -> Result<bool>;
     /// A received message: stores the inbound referral (or applies the change)
     /// and our receipt, once. A repeat returns the receipt stored the first time.
@@ -344,6 +374,7 @@ pub trait Store: Send + Sync + 'static {
         receipt: &ReceiptRecord,
         new_inbound: Option<(&ReferralRecord, &ReferralEvent)>,
         change: Option<(&str, &ReferralChange)>,
+        audit: &[AuditEntry],
     ) -> Result<ReceiptRecord>;
     /// A receipt a peer signed for our notice: kept with the change it
     /// implies, and the notice marked delivered, together.
@@ -352,6 +383,7 @@ pub trait Store: Send + Sync + 'static {
         notice_row: i64,
         receipt: &ReceiptRecord,
         change: Option<(&str, &ReferralChange)>,
+        audit: &[AuditEntry],
     ) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
     /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
@@ -370,6 +402,47 @@ pub trait Store: Send + Sync + 'static {
     /// After a purge: make sure no copy of the deleted content lingers in
     /// the database's files (SQLite: truncate the write-ahead log).
     async fn after_purge(&self) -> Result<()>;
+
+    /// Inbound referrals a peer sent under this pseudonym.
+    async fn referrals_by_pseudonym(&self, pseudonym: &str) -> Result<Vec<ReferralRecord>>;
+
+    /// Appends audit records in a transaction of their own.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;
+    /// The chain's head: the number of records and the last hash.
+    async fn audit_head(&self) -> Result<(i64, Vec<u8>)>;
+    /// Records with `seq > after_seq` matching `filter`, oldest first.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>>;
+    /// Records about any of these objects (as object or as the consent).
+    async fn audit_for_objects(&self, ids: &[String]) -> Result<Vec<AuditRecord>>;
+    /// Stores a checkpoint we signed and queues it for peers, together.
+    async fn insert_checkpoint(&self, cp: &CheckpointRecord, notices: &[NewNotice]) -> Result<()>;
+    async fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>>;
+    async fn checkpoints(&self) -> Result<Vec<CheckpointRecord>>;
+    async fn insert_witness(&self, w: &WitnessRecord) -> Result<()>;
+    async fn witnesses(&self) -> Result<Vec<WitnessRecord>>;
+    /// Keeps a peer's checkpoint; if one with the same sequence number is
+    /// held already, returns that one's head hash instead (equal, or a fork).
+    async fn witness_checkpoint(
+        &self,
+        org: &OrgId,
+        seq: i64,
+        head_hash: &[u8],
+        payload: &[u8],
+        signature: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Vec<u8>>>;
+    /// A peer's checkpoints we hold, `(payload, signature)`, ascending.
+    async fn witnessed_checkpoints(
+        &self,
+        org: &OrgId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
     async fn record_security_event(&self, event: &SecurityEvent) -> Result<()>;
     async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>>;

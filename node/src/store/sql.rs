@@ -152,6 +152,52 @@ where
     })
 }
 
+pub(super) const AUDIT_COLUMNS: &str = "seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id, consent_id, peer_org, result, prev_hash, hash";
+
+pub(super) fn row_to_audit<R>(row: &R) -> crate::error::Result<crate::audit::AuditRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(crate::audit::AuditRecord {
+        seq: row.try_get("seq")?,
+        entry: crate::audit::AuditEntry {
+            at_ms: row.try_get("at")?,
+            actor_kind: row.try_get("actor_kind")?,
+            actor: row.try_get("actor")?,
+            role: row.try_get("role")?,
+            on_behalf_of: row.try_get("on_behalf_of")?,
+            action: row.try_get("action")?,
+            object_type: row.try_get("object_type")?,
+            object_id: row.try_get("object_id")?,
+            consent_id: row.try_get("consent_id")?,
+            peer_org: row.try_get("peer_org")?,
+            result: row.try_get("result")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+pub(super) fn row_to_checkpoint<R>(row: &R) -> crate::error::Result<crate::store::CheckpointRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(crate::store::CheckpointRecord {
+        seq: row.try_get("seq")?,
+        head_hash: row.try_get("head_hash")?,
+        at_ms: row.try_get("at")?,
+        payload: row.try_get("payload")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
 pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
     use prost::Message;
     p.to_pb().encode_to_vec()
@@ -165,8 +211,8 @@ macro_rules! impl_store {
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
         use $crate::store::sql::{
-            CONSENT_COLUMNS, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_consent, row_to_peer, row_to_receipt,
-            row_to_referral,
+            AUDIT_COLUMNS, CONSENT_COLUMNS, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_audit, row_to_checkpoint,
+            row_to_consent, row_to_peer, row_to_receipt, row_to_referral,
         };
         use $crate::store::{
             JoinRefusal, NewInvitation, NewNotice, NewPeer, Notice, PeerKey, PeerUpdate,
@@ -190,6 +236,54 @@ macro_rules! impl_store {
                 .execute(&mut **tx)
                 .await?;
             }
+            Ok(())
+        }
+
+        /// Appends audit records to the chain inside `tx`. Called last before
+        /// the commit: the head row's lock (PostgreSQL) is then held only for
+        /// the commit, and never while waiting for another lock.
+        async fn append_audit_tx(tx: &mut Tx, entries: &[$crate::audit::AuditEntry]) -> Result<()> {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let n = entries.len() as i64;
+            let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, head_hash")
+                .bind(n)
+                .fetch_one(&mut **tx)
+                .await?;
+            let last: i64 = head.try_get("seq")?;
+            let mut prev: Vec<u8> = head.try_get("head_hash")?;
+            let mut seq = last - n + 1;
+            for e in entries {
+                let hash = $crate::audit::record_hash(seq, &prev, e);
+                sqlx::query(
+                    "INSERT INTO audit_log (seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id,
+                                            consent_id, peer_org, result, prev_hash, hash)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(seq)
+                .bind(e.at_ms)
+                .bind(&e.actor_kind)
+                .bind(&e.actor)
+                .bind(&e.role)
+                .bind(&e.on_behalf_of)
+                .bind(&e.action)
+                .bind(&e.object_type)
+                .bind(&e.object_id)
+                .bind(&e.consent_id)
+                .bind(&e.peer_org)
+                .bind(&e.result)
+                .bind(&prev)
+                .bind(&hash)
+                .execute(&mut **tx)
+                .await?;
+                prev = hash;
+                seq += 1;
+            }
+            sqlx::query("UPDATE audit_head SET head_hash = $1 WHERE id = 1")
+                .bind(&prev)
+                .execute(&mut **tx)
+                .await?;
             Ok(())
         }
 
@@ -609,6 +703,7 @@ macro_rules! impl_store {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let applied = apply_update(&mut tx, org, update).await?;
                 if applied {
+                    append_audit_tx(&mut tx, &update.audit).await?;
                     tx.commit().await?;
                 }
                 Ok(applied)
@@ -632,6 +727,9 @@ macro_rules! impl_store {
                 }
                 // A notice that no longer fits the state is remembered as seen and ignored.
                 let applied = apply_update(&mut tx, org, update).await?;
+                if applied {
+                    append_audit_tx(&mut tx, &update.audit).await?;
+                }
                 tx.commit().await?;
                 Ok(applied)
             }
@@ -727,7 +825,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8]) -> Result<Consent> {
+            async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<Consent> {
                 use prost::Message;
                 let (_writer, mut tx) = self.begin_write().await?;
                 let inserted = sqlx::query(
@@ -755,6 +853,9 @@ macro_rules! impl_store {
                     "SELECT {CONSENT_COLUMNS}, request_digest FROM consents WHERE owner = $1 AND request_key = $2"
                 ));
                 let row = sqlx::query(sql).bind(&c.owner).bind(request_key).fetch_one(&mut *tx).await?;
+                if inserted == 1 {
+                    append_audit_tx(&mut tx, audit).await?;
+                }
                 tx.commit().await?;
                 let stored = row_to_consent(&row)?;
                 let stored_digest: Vec<u8> = row.try_get("request_digest")?;
@@ -819,6 +920,7 @@ macro_rules! impl_store {
                 request_digest: &[u8],
                 event: &$crate::store::ReferralEvent,
                 notice: &NewNotice,
+                audit: &[$crate::audit::AuditEntry],
             ) -> Result<$crate::store::ReferralRecord> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let sql = sqlx::AssertSqlSafe(format!(
@@ -834,6 +936,7 @@ macro_rules! impl_store {
                 insert_referral(&mut tx, r, Some(request_key), Some(request_digest)).await?;
                 insert_event(&mut tx, &r.referral_id, event).await?;
                 insert_notices(&mut tx, std::slice::from_ref(notice)).await?;
+                append_audit_tx(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(r.clone())
             }
@@ -909,12 +1012,13 @@ macro_rules! impl_store {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let ok = apply_referral_change(&mut tx, referral_id, change).await?;
                 if ok {
+                    append_audit_tx(&mut tx, &change.audit).await?;
                     tx.commit().await?;
                 }
                 Ok(ok)
             }
 
-            async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64) -> Result<bool> {
+            async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64, audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
                     .bind(now_ms)
@@ -925,9 +1029,13 @@ macro_rules! impl_store {
                 if n != 1 {
                     return Ok(false);
                 }
+                let mut records = audit.to_vec();
                 for (id, c) in changes {
-                    apply_referral_change(&mut tx, id, c).await?;
+                    if apply_referral_change(&mut tx, id, c).await? {
+                        records.extend(c.audit.iter().cloned());
+                    }
                 }
+                append_audit_tx(&mut tx, &records).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -937,6 +1045,7 @@ macro_rules! impl_store {
                 receipt: &$crate::store::ReceiptRecord,
                 new_inbound: Option<(&$crate::store::ReferralRecord, &$crate::store::ReferralEvent)>,
                 change: Option<(&str, &$crate::store::ReferralChange)>,
+                audit: &[$crate::audit::AuditEntry],
             ) -> Result<$crate::store::ReceiptRecord> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let existing = sqlx::query(
@@ -959,19 +1068,26 @@ macro_rules! impl_store {
                     }
                     insert_event(&mut tx, &r.referral_id, e).await?;
                 }
-                if let Some((id, c)) = change {
-                    apply_referral_change(&mut tx, id, c).await?;
+                let mut records = audit.to_vec();
+                if let Some((id, c)) = change
+                    && apply_referral_change(&mut tx, id, c).await?
+                {
+                    records.extend(c.audit.iter().cloned());
                 }
                 insert_receipt(&mut tx, receipt).await?;
+                append_audit_tx(&mut tx, &records).await?;
                 tx.commit().await?;
                 Ok(receipt.clone())
             }
 
-            async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>) -> Result<()> {
+            async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>, audit: &[$crate::audit::AuditEntry]) -> Result<()> {
                 let (_writer, mut tx) = self.begin_write().await?;
-                insert_receipt(&mut tx, receipt).await?;
-                if let Some((id, c)) = change {
-                    apply_referral_change(&mut tx, id, c).await?;
+                let fresh = insert_receipt(&mut tx, receipt).await? == 1;
+                let mut records = if fresh { audit.to_vec() } else { Vec::new() };
+                if let Some((id, c)) = change
+                    && apply_referral_change(&mut tx, id, c).await?
+                {
+                    records.extend(c.audit.iter().cloned());
                 }
                 sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL, payload = $3 WHERE id = $2")
                     .bind(crate::domain::time::now_ms())
@@ -979,6 +1095,7 @@ macro_rules! impl_store {
                     .bind(Vec::<u8>::new())
                     .execute(&mut *tx)
                     .await?;
+                append_audit_tx(&mut tx, &records).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1044,6 +1161,183 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(row_to_receipt).collect()
+            }
+
+            async fn referrals_by_pseudonym(&self, pseudonym: &str) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE pseudonym = $1 AND direction = 'inbound' ORDER BY created_at"
+                ));
+                let rows = sqlx::query(sql).bind(pseudonym).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn append_audit(&self, entries: &[$crate::audit::AuditEntry]) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                append_audit_tx(&mut tx, entries).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
+                let row = sqlx::query("SELECT seq, head_hash FROM audit_head WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((row.try_get("seq")?, row.try_get("head_hash")?))
+            }
+
+            async fn list_audit(&self, f: &$crate::audit::AuditFilter, after_seq: i64, limit: i64) -> Result<Vec<$crate::audit::AuditRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log
+                     WHERE seq > $1
+                       AND (CAST($2 AS BIGINT) IS NULL OR at >= $2)
+                       AND (CAST($3 AS BIGINT) IS NULL OR at < $3)
+                       AND (CAST($4 AS TEXT) IS NULL OR actor = $4)
+                       AND (CAST($5 AS TEXT) IS NULL OR action = $5)
+                       AND (CAST($6 AS TEXT) IS NULL OR object_id = $6)
+                     ORDER BY seq LIMIT $7"
+                ));
+                let rows = sqlx::query(sql)
+                    .bind(after_seq)
+                    .bind(f.since_ms)
+                    .bind(f.until_ms)
+                    .bind(&f.actor)
+                    .bind(&f.action)
+                    .bind(&f.object_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(row_to_audit).collect()
+            }
+
+            async fn audit_for_objects(&self, ids: &[String]) -> Result<Vec<$crate::audit::AuditRecord>> {
+                let mut out = std::collections::BTreeMap::new();
+                for id in ids.iter().filter(|i| !i.is_empty()) {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE object_id = $1 OR consent_id = $1 ORDER BY seq"
+                    ));
+                    for row in sqlx::query(sql).bind(id).fetch_all(&self.pool).await? {
+                        let r = row_to_audit(&row)?;
+                        out.insert(r.seq, r);
+                    }
+                }
+                Ok(out.into_values().collect())
+            }
+
+            async fn insert_checkpoint(&self, cp: &$crate::store::CheckpointRecord, notices: &[NewNotice]) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, head_hash, at, payload, signature) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(cp.seq)
+                .bind(&cp.head_hash)
+                .bind(cp.at_ms)
+                .bind(&cp.payload)
+                .bind(&cp.signature)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // Another replica signed this position first: its notices went out.
+                if inserted == 1 {
+                    insert_notices(&mut tx, notices).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn latest_checkpoint(&self) -> Result<Option<$crate::store::CheckpointRecord>> {
+                let row = sqlx::query("SELECT seq, head_hash, at, payload, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(row_to_checkpoint).transpose()
+            }
+
+            async fn checkpoints(&self) -> Result<Vec<$crate::store::CheckpointRecord>> {
+                let rows = sqlx::query("SELECT seq, head_hash, at, payload, signature FROM audit_checkpoints ORDER BY seq")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(row_to_checkpoint).collect()
+            }
+
+            async fn insert_witness(&self, w: &$crate::store::WitnessRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO audit_witnesses (seq, witness_org, payload, signature, at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (seq, witness_org) DO NOTHING",
+                )
+                .bind(w.seq)
+                .bind(&w.witness_org)
+                .bind(&w.payload)
+                .bind(&w.signature)
+                .bind(w.at_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn witnesses(&self) -> Result<Vec<$crate::store::WitnessRecord>> {
+                let rows = sqlx::query("SELECT seq, witness_org, payload, signature, at FROM audit_witnesses ORDER BY seq, witness_org")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok($crate::store::WitnessRecord {
+                            seq: r.try_get("seq")?,
+                            witness_org: r.try_get("witness_org")?,
+                            payload: r.try_get("payload")?,
+                            signature: r.try_get("signature")?,
+                            at_ms: r.try_get("at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn witness_checkpoint(
+                &self,
+                org: &OrgId,
+                seq: i64,
+                head_hash: &[u8],
+                payload: &[u8],
+                signature: &[u8],
+                now_ms: i64,
+            ) -> Result<Option<Vec<u8>>> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let n = sqlx::query(
+                    "INSERT INTO witnessed_checkpoints (org_id, seq, head_hash, payload, signature, received_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, seq) DO NOTHING",
+                )
+                .bind(org.as_str())
+                .bind(seq)
+                .bind(head_hash)
+                .bind(payload)
+                .bind(signature)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let held = if n == 1 {
+                    None
+                } else {
+                    let row = sqlx::query("SELECT head_hash FROM witnessed_checkpoints WHERE org_id = $1 AND seq = $2")
+                        .bind(org.as_str())
+                        .bind(seq)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Some(row.try_get("head_hash")?)
+                };
+                tx.commit().await?;
+                Ok(held)
+            }
+
+            async fn witnessed_checkpoints(&self, org: &OrgId, after_seq: i64, limit: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+                let rows = sqlx::query(
+                    "SELECT payload, signature FROM witnessed_checkpoints WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(org.as_str())
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|r| Ok((r.try_get("payload")?, r.try_get("signature")?))).collect()
             }
 
             async fn record_security_event(&self, e: &SecurityEvent) -> Result<()> {

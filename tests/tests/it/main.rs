@@ -5,6 +5,7 @@
 //! - `peering`: several nodes driven through `exitnetctl`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod auth;
 mod consents;
 mod node;

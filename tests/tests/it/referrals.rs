@@ -10,7 +10,7 @@ use prost::Message;
 use std::time::Duration;
 use tonic::Code;
 
-const NARRATIVE: &str =
+pub(crate) const NARRATIVE: &str =
     "Needs stable housing after release; motivated, attends mentoring weekly. Marker-7f3a.";
 
 struct Net {
@@ -19,7 +19,7 @@ struct Net {
     c: NodeProcess,
 }
 
-async fn start(org: &str, backend: Backend) -> Option<NodeProcess> {
+pub(crate) async fn start(org: &str, backend: Backend) -> Option<NodeProcess> {
     NodeProcess::start(NodeSpec::new(org, backend))
         .await
         .unwrap()
@@ -30,43 +30,43 @@ async fn network(backend: Backend) -> Option<Net> {
     let a = start("ngo-a", backend).await?;
     let b = start("prison-b", backend).await?;
     let c = start("health-c", backend).await?;
-    for n in [&b, &c] {
-        let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(n.ctl(&["peer", "join", &code]).await.unwrap().success);
-        assert!(
-            a.ctl(&["peer", "approve", &n.spec.org_id])
-                .await
-                .unwrap()
-                .success
-        );
-    }
-    for n in [&b, &c] {
-        a.wait_peer_state(&n.spec.org_id, "active", Some("active"))
-            .await
-            .unwrap();
-        n.wait_peer_state("ngo-a", "active", Some("active"))
-            .await
-            .unwrap();
-    }
-    // The tests send the needs narrative: both ends enable it for each other.
-    for n in [&b, &c] {
-        assert!(
-            a.ctl(&["peer", "policy", &n.spec.org_id, "--allow-narrative"])
-                .await
-                .unwrap()
-                .success
-        );
-        assert!(
-            n.ctl(&["peer", "policy", "ngo-a", "--allow-narrative"])
-                .await
-                .unwrap()
-                .success
-        );
-    }
+    peer_with(&a, &b).await;
+    peer_with(&a, &c).await;
     Some(Net { a, b, c })
+}
+
+/// Peers `n` with `a` (invited by `a`, approved by both) and lets the needs
+/// narrative through in both directions, as the tests send it.
+pub(crate) async fn peer_with(a: &NodeProcess, n: &NodeProcess) {
+    let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(n.ctl(&["peer", "join", &code]).await.unwrap().success);
+    assert!(
+        a.ctl(&["peer", "approve", &n.spec.org_id])
+            .await
+            .unwrap()
+            .success
+    );
+    a.wait_peer_state(&n.spec.org_id, "active", Some("active"))
+        .await
+        .unwrap();
+    n.wait_peer_state(&a.spec.org_id, "active", Some("active"))
+        .await
+        .unwrap();
+    assert!(
+        a.ctl(&["peer", "policy", &n.spec.org_id, "--allow-narrative"])
+            .await
+            .unwrap()
+            .success
+    );
+    assert!(
+        n.ctl(&["peer", "policy", &a.spec.org_id, "--allow-narrative"])
+            .await
+            .unwrap()
+            .success
+    );
 }
 
 fn in_a_year() -> exitnet_proto::Timestamp {
@@ -80,7 +80,7 @@ fn in_a_year() -> exitnet_proto::Timestamp {
     }
 }
 
-fn consent_request(id: &str, client: &str) -> pb::RecordConsentRequest {
+pub(crate) fn consent_request(id: &str, client: &str) -> pb::RecordConsentRequest {
     pb::RecordConsentRequest {
         request_id: id.into(),
         subject_ref: client.into(),
@@ -112,7 +112,7 @@ fn consent_request(id: &str, client: &str) -> pb::RecordConsentRequest {
     }
 }
 
-fn referral_request(
+pub(crate) fn referral_request(
     id: &str,
     consent: &str,
     to: &str,
@@ -135,7 +135,7 @@ fn referral_request(
     }
 }
 
-async fn clients(
+pub(crate) async fn clients(
     n: &NodeProcess,
 ) -> (
     ConsentServiceClient<tonic::transport::Channel>,
@@ -166,7 +166,7 @@ async fn get(
     .unwrap()
 }
 
-async fn wait_state(
+pub(crate) async fn wait_state(
     r: &ReferralServiceClient<tonic::transport::Channel>,
     token: &str,
     id: &str,
@@ -492,6 +492,64 @@ async fn closed_loop(backend: Backend) {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("summary.needs_narrative"));
+
+    // Every call above left its audit record, in the trail of the node that
+    // served it; no record holds any case content or the client reference.
+    use crate::audit::{export, has};
+    let at_a = export(&net.a).await;
+    let cid = consent.consent_id.as_str();
+    for (action, object, actor, result) in [
+        ("consent.record", cid, "alice", "ok"),
+        ("referral.create", id.as_str(), "alice", "ok"),
+        ("receipt.delivery", id.as_str(), "prison-b", "ok"),
+        ("referral.status.accepted", id.as_str(), "prison-b", "ok"),
+        ("referral.status.in_progress", id.as_str(), "prison-b", "ok"),
+        ("referral.status.completed", id.as_str(), "prison-b", "ok"),
+        ("referral.read", id.as_str(), "alice", "ok"),
+        ("referral.read", id.as_str(), "dpo", "ok"),
+        ("referral.create", cid, "bob", "denied"),
+        ("referral.create", rc.referral_id.as_str(), "alice", "ok"),
+    ] {
+        assert!(
+            has(&at_a, action, object, actor, result),
+            "A: no {action} {object} by {actor} ({result})"
+        );
+    }
+    let at_b = export(&net.b).await;
+    for (action, actor, result) in [
+        ("referral.receive", "ngo-a", "ok"),
+        ("referral.list", "bob", "ok"),
+        ("referral.accepted", "bob", "ok"),
+        ("referral.in_progress", "bob", "ok"),
+        ("referral.completed", "bob", "ok"),
+        ("referral.read", "eve", "denied"),
+    ] {
+        assert!(
+            has(&at_b, action, &id, actor, result),
+            "B: no {action} by {actor} ({result})"
+        );
+    }
+    let at_c = export(&net.c).await;
+    assert!(has(
+        &at_c,
+        "referral.receive",
+        &rc.referral_id,
+        "ngo-a",
+        "ok"
+    ));
+    for line in at_a.iter().chain(&at_b).chain(&at_c) {
+        let text = line.to_string();
+        for secret in [NARRATIVE, "Marker-7f3a", "Housing secured.", "client-4711"] {
+            assert!(
+                !text.contains(secret),
+                "an audit record holds {secret:?}: {text}"
+            );
+        }
+    }
+    for n in [&net.a, &net.b, &net.c] {
+        let out = n.ctl(&["audit", "verify"]).await.unwrap();
+        assert!(out.success, "{} {}", out.stdout, out.stderr);
+    }
 }
 
 #[tokio::test]

@@ -482,6 +482,7 @@ mod cases {
                 &consent("c1", "alice", Some("east"), "client-1", NOW),
                 "req-1",
                 b"d1",
+                &[],
             )
             .await
             .unwrap();
@@ -492,6 +493,7 @@ mod cases {
                 &consent("c1-retry", "alice", Some("east"), "client-1", NOW + 5),
                 "req-1",
                 b"d1",
+                &[],
             )
             .await
             .unwrap();
@@ -501,7 +503,8 @@ mod cases {
             s.insert_consent(
                 &consent("cx", "alice", Some("east"), "client-9", NOW),
                 "req-1",
-                b"d9"
+                b"d9",
+                &[]
             )
             .await
             .is_err()
@@ -510,6 +513,7 @@ mod cases {
             &consent("c2", "bob", None, "client-2", NOW + 1),
             "req-1",
             b"d2",
+            &[],
         )
         .await
         .unwrap();
@@ -517,6 +521,7 @@ mod cases {
             &consent("c3", "carol", Some("east"), "client-3", NOW + 2),
             "req-3",
             b"d3",
+            &[],
         )
         .await
         .unwrap();
@@ -524,6 +529,7 @@ mod cases {
             &consent("c4", "alice", Some("east"), "client-1", NOW + 3),
             "req-4",
             b"d4",
+            &[],
         )
         .await
         .unwrap();
@@ -616,12 +622,22 @@ mod cases {
             .await
             .unwrap();
         // c1 expires at NOW + 1_000_000 (see `consent`); c2 is withdrawn.
-        s.insert_consent(&consent("c1", "alice", None, "client-1", NOW), "k1", b"d1")
-            .await
-            .unwrap();
-        s.insert_consent(&consent("c2", "alice", None, "client-2", NOW), "k2", b"d2")
-            .await
-            .unwrap();
+        s.insert_consent(
+            &consent("c1", "alice", None, "client-1", NOW),
+            "k1",
+            b"d1",
+            &[],
+        )
+        .await
+        .unwrap();
+        s.insert_consent(
+            &consent("c2", "alice", None, "client-2", NOW),
+            "k2",
+            b"d2",
+            &[],
+        )
+        .await
+        .unwrap();
         let ev = ReferralEvent {
             state: "requested".into(),
             at_ms: NOW,
@@ -641,6 +657,7 @@ mod cases {
                 id.as_bytes(),
                 &ev,
                 &notice(&format!("n-{id}"), "prison-b"),
+                &[],
             )
             .await
             .unwrap();

@@ -1,0 +1,340 @@
+//! Checkpoints: the node signs its chain's head (count and last hash) and
+//! sends it to every active peer, which keeps it and returns a
+//! countersignature. A node that later rewrites its history cannot make the
+//! checkpoints its peers hold agree with the new chain.
+
+use crate::domain::OrgId;
+use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
+use crate::error::{Error, FieldError, Result};
+use crate::identity::{hex, verify_signature};
+use crate::referrals::messages::sha256;
+use crate::state::NodeState;
+use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
+use exitnet_proto::pb;
+use prost::Message;
+
+/// Where our own public keys are remembered, so checkpoints signed with a key
+/// long rotated away still verify.
+fn key_meta(fingerprint: &str) -> String {
+    format!("audit_key:{fingerprint}")
+}
+
+/// Our public key with this fingerprint, if we ever signed with it.
+pub async fn own_key(state: &NodeState, fingerprint: &str) -> Result<Option<Vec<u8>>> {
+    if let Some(k) = state.identity()?.key(fingerprint) {
+        return Ok(Some(k.spki_der().to_vec()));
+    }
+    Ok(state
+        .store
+        .meta_get(&key_meta(fingerprint))
+        .await?
+        .and_then(|h| decode_hex(&h)))
+}
+
+/// Remembers the current key's public half (see `own_key`).
+pub async fn remember_own_key(state: &NodeState) -> Result<()> {
+    let (fp, spki) = {
+        let identity = state.identity()?;
+        let k = identity.current();
+        (k.fingerprint().to_owned(), k.spki_der().to_vec())
+    };
+    state.store.meta_set(&key_meta(&fp), &hex(&spki)).await
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What `create` did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    /// Peers it was queued for (0 when the head was already checkpointed).
+    pub sent_to: u32,
+}
+
+/// Signs a checkpoint of the current head (unless one exists for it) and
+/// queues it for every active peer, in one transaction.
+pub async fn create(state: &NodeState) -> Result<Created> {
+    let (seq, head_hash) = state.store.audit_head().await?;
+    if let Some(last) = state.store.latest_checkpoint().await?
+        && last.seq >= seq
+    {
+        return Ok(Created {
+            seq: last.seq,
+            head_hash: last.head_hash,
+            sent_to: 0,
+        });
+    }
+    let at = now_ms();
+    let (payload, signature, fingerprint, spki) = {
+        let identity = state.identity()?;
+        let key = identity.current();
+        let payload = pb::AuditCheckpoint {
+            org_id: state.org_id.to_string(),
+            seq: seq as u64,
+            head_sha256: head_hash.clone(),
+            at: Some(to_timestamp(at)),
+            key_fingerprint: key.fingerprint().to_owned(),
+        }
+        .encode_to_vec();
+        let sig = key.sign(&payload)?;
+        (
+            payload,
+            sig,
+            key.fingerprint().to_owned(),
+            key.spki_der().to_vec(),
+        )
+    };
+    state
+        .store
+        .meta_set(&key_meta(&fingerprint), &hex(&spki))
+        .await?;
+    let signed = pb::SignedCheckpoint {
+        payload: payload.clone(),
+        signature: signature.clone(),
+    };
+    let notices: Vec<NewNotice> = state
+        .store
+        .list_peers()
+        .await?
+        .into_iter()
+        .filter(|p| p.exchange_allowed())
+        .map(|p| {
+            let id = crate::peering::new_notice_id();
+            NewNotice {
+                notice_id: id.clone(),
+                org_id: p.org_id,
+                payload: pb::NotifyRequest {
+                    notice_id: id,
+                    notice: Some(pb::notify_request::Notice::Checkpoint(signed.clone())),
+                }
+                .encode_to_vec(),
+                present_key: None,
+                now_ms: at,
+            }
+        })
+        .collect();
+    let sent_to = notices.len() as u32;
+    state
+        .store
+        .insert_checkpoint(
+            &CheckpointRecord {
+                seq,
+                head_hash: head_hash.clone(),
+                at_ms: at,
+                payload,
+                signature,
+            },
+            &notices,
+        )
+        .await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(seq, peers = sent_to, "audit checkpoint signed");
+    Ok(Created {
+        seq,
+        head_hash,
+        sent_to,
+    })
+}
+
+/// Whether the schedule calls for a checkpoint now.
+pub async fn due(state: &NodeState) -> Result<bool> {
+    let (seq, _) = state.store.audit_head().await?;
+    if seq == 0 {
+        return Ok(false);
+    }
+    let cfg = &state.config.audit;
+    Ok(match state.store.latest_checkpoint().await? {
+        None => true,
+        Some(last) if last.seq >= seq => false,
+        Some(last) => {
+            (seq - last.seq) as u64 >= cfg.checkpoint_every_records
+                || now_ms() - last.at_ms
+                    >= (cfg.checkpoint_interval_secs as i64).saturating_mul(1000)
+        }
+    })
+}
+
+/// Signs checkpoints on schedule until stopped.
+pub async fn run(state: std::sync::Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        match due(&state).await {
+            Ok(true) => {
+                if let Err(e) = create(&state).await {
+                    tracing::warn!(error = %e, "signing an audit checkpoint failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "checking the audit head failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Decodes and checks a peer's checkpoint against the keys pinned for it.
+pub fn open_checkpoint(
+    from: &OrgId,
+    keys: &[Vec<u8>],
+    signed: &pb::SignedCheckpoint,
+) -> Result<pb::AuditCheckpoint> {
+    if !keys
+        .iter()
+        .any(|k| verify_signature(k, &signed.payload, &signed.signature))
+    {
+        return Err(Error::PermissionDenied(
+            "checkpoint.signature: not signed by the calling peer's key".into(),
+        ));
+    }
+    let cp = pb::AuditCheckpoint::decode(signed.payload.as_slice())
+        .map_err(|_| FieldError::new("checkpoint.payload", "not an AuditCheckpoint"))?;
+    if cp.org_id != from.as_str() {
+        return Err(Error::PermissionDenied(
+            "checkpoint.org_id: not the calling peer".into(),
+        ));
+    }
+    if cp.seq == 0 || cp.seq > i64::MAX as u64 {
+        return Err(FieldError::new("checkpoint.seq", "must be between 1 and 2^63-1").into());
+    }
+    if cp.head_sha256.len() != 32 {
+        return Err(FieldError::new("checkpoint.head_sha256", "must be 32 bytes").into());
+    }
+    if cp.at.is_none() {
+        return Err(FieldError::new("checkpoint.at", "required").into());
+    }
+    Ok(cp)
+}
+
+/// A peer's checkpoint arrived: keep it and countersign it. A second,
+/// different checkpoint for the same position is a fork: refused, recorded.
+pub async fn witness(
+    state: &NodeState,
+    peer: &OrgId,
+    signed: &pb::SignedCheckpoint,
+) -> Result<pb::SignedWitness> {
+    let now = now_ms();
+    let keys: Vec<Vec<u8>> = state
+        .store
+        .peer_keys(peer, now)
+        .await?
+        .into_iter()
+        .map(|k| k.spki_der)
+        .collect();
+    let cp = open_checkpoint(peer, &keys, signed)?;
+    let seq = cp.seq as i64;
+    if let Some(held) = state
+        .store
+        .witness_checkpoint(
+            peer,
+            seq,
+            &cp.head_sha256,
+            &signed.payload,
+            &signed.signature,
+            now,
+        )
+        .await?
+        && held != cp.head_sha256
+    {
+        crate::peering::record_refusal(
+            state,
+            SecurityEvent {
+                at_ms: now,
+                surface: "federation".into(),
+                reason: "audit_checkpoint_fork".into(),
+                key_fingerprint: Some(cp.key_fingerprint.clone()),
+                org_id: Some(peer.to_string()),
+                remote_addr: None,
+                method: Some("Notify".into()),
+            },
+        )
+        .await;
+        return Err(Error::FailedPrecondition(format!(
+            "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {seq}"
+        )));
+    }
+    crate::audit::record(
+        state,
+        &[crate::audit::AuditEntry::peer(
+            peer.as_str(),
+            "checkpoint.witness",
+            "checkpoint",
+            &seq.to_string(),
+        )],
+    )
+    .await;
+    let identity = state.identity()?;
+    let key = identity.current();
+    let payload = pb::CheckpointWitness {
+        checkpoint_sha256: sha256(&signed.payload),
+        signer_org: peer.to_string(),
+        seq: cp.seq,
+        witness_org: state.org_id.to_string(),
+        at: Some(to_timestamp(now)),
+        key_fingerprint: key.fingerprint().to_owned(),
+    }
+    .encode_to_vec();
+    let signature = key.sign(&payload)?;
+    Ok(pb::SignedWitness { payload, signature })
+}
+
+/// Checks a peer's countersignature of `sent` and keeps it.
+pub async fn on_witnessed(
+    state: &NodeState,
+    peer: &OrgId,
+    sent: &pb::SignedCheckpoint,
+    witness: Option<&pb::SignedWitness>,
+) -> Result<()> {
+    let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
+    let w = witness.ok_or_else(|| bad("missing"))?;
+    let record = check_witness(state, peer, sent, w).await?;
+    state.store.insert_witness(&record).await
+}
+
+/// Verifies a witness against the peer's keys valid at the time it names.
+pub async fn check_witness(
+    state: &NodeState,
+    peer: &OrgId,
+    sent: &pb::SignedCheckpoint,
+    w: &pb::SignedWitness,
+) -> Result<WitnessRecord> {
+    let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
+    let wp = pb::CheckpointWitness::decode(w.payload.as_slice()).map_err(|_| bad("malformed"))?;
+    let at = wp
+        .at
+        .as_ref()
+        .map(from_timestamp)
+        .ok_or_else(|| bad("no time"))?;
+    let keys = state.store.peer_keys(peer, at.min(now_ms())).await?;
+    if !keys
+        .iter()
+        .any(|k| verify_signature(&k.spki_der, &w.payload, &w.signature))
+    {
+        return Err(bad("signature"));
+    }
+    if wp.checkpoint_sha256 != sha256(&sent.payload)
+        || wp.witness_org != peer.as_str()
+        || wp.signer_org != state.org_id.as_str()
+    {
+        return Err(bad("it is not for this checkpoint"));
+    }
+    Ok(WitnessRecord {
+        seq: wp.seq as i64,
+        witness_org: peer.to_string(),
+        payload: w.payload.clone(),
+        signature: w.signature.clone(),
+        at_ms: at,
+    })
+}

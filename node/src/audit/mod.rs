@@ -1,0 +1,363 @@
+//! The audit trail: one record for every exchange with a peer and every read
+//! or change of personal data, written in the transaction of the action it
+//! records, chained by SHA-256 (each record's hash covers the previous one's),
+//! with signed checkpoints of the chain's head that active peers witness.
+//! Records hold identifiers, roles and results — never case content.
+//! docs/audit.md says what this proves and what it does not.
+
+pub mod checkpoint;
+pub mod subject;
+pub mod verify;
+
+use crate::auth::{Principal, Role};
+use crate::domain::time::now_ms;
+
+/// Hash of the record before the first one.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// An audited action, as the code that performs it describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// `staff`, `system`, `peer`, `admin` or `node`.
+    pub actor_kind: String,
+    pub actor: String,
+    pub role: String,
+    pub on_behalf_of: String,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub consent_id: String,
+    pub peer_org: String,
+    pub result: String,
+}
+
+/// A record as stored: an entry at its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    #[serde(serialize_with = "hex_bytes")]
+    pub prev_hash: Vec<u8>,
+    #[serde(serialize_with = "hex_bytes")]
+    pub hash: Vec<u8>,
+}
+
+fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::identity::hex(b))
+}
+
+impl AuditEntry {
+    fn new(kind: &str, actor: &str, action: &str, object_type: &str, object_id: &str) -> Self {
+        Self {
+            at_ms: now_ms(),
+            actor_kind: kind.into(),
+            actor: actor.into(),
+            action: action.into(),
+            object_type: object_type.into(),
+            object_id: object_id.into(),
+            result: "ok".into(),
+            ..Self::default()
+        }
+    }
+
+    /// A signed-in caller of the client API (staff or an agency system).
+    pub fn caller(p: &Principal, action: &str, object_type: &str, object_id: &str) -> Self {
+        let kind = if p.role == Role::System {
+            "system"
+        } else {
+            "staff"
+        };
+        let mut e = Self::new(kind, &p.subject, action, object_type, object_id);
+        e.role = p.role.as_str().into();
+        e.on_behalf_of = p.on_behalf_of.clone().unwrap_or_default();
+        e
+    }
+
+    /// A peer organisation (a message or notice it sent).
+    pub fn peer(org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
+        let mut e = Self::new("peer", org, action, object_type, object_id);
+        e.peer_org = org.into();
+        e
+    }
+
+    /// The administrator, through the local socket.
+    pub fn admin(action: &str, object_type: &str, object_id: &str) -> Self {
+        Self::new("admin", "admin", action, object_type, object_id)
+    }
+
+    /// The node itself (its scheduler, its sender).
+    pub fn node(org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
+        Self::new("node", org, action, object_type, object_id)
+    }
+
+    /// The same actor, for another action or object.
+    pub fn about(&self, action: &str, object_type: &str, object_id: &str) -> Self {
+        Self {
+            at_ms: now_ms(),
+            action: action.into(),
+            object_type: object_type.into(),
+            object_id: object_id.into(),
+            consent_id: String::new(),
+            result: "ok".into(),
+            ..self.clone()
+        }
+    }
+
+    pub fn consent(mut self, consent_id: Option<&str>) -> Self {
+        self.consent_id = consent_id.unwrap_or_default().into();
+        self
+    }
+
+    pub fn with_peer(mut self, org: &str) -> Self {
+        self.peer_org = org.into();
+        self
+    }
+
+    pub fn result(mut self, result: &str) -> Self {
+        self.result = result.into();
+        self
+    }
+}
+
+/// The record hash: SHA-256 over a domain tag, the position, the time, every
+/// field (length-prefixed, so no two field lists encode alike) and the
+/// previous hash.
+pub fn record_hash(seq: i64, prev_hash: &[u8], e: &AuditEntry) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"exitnet-audit-v1\0");
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(&e.at_ms.to_be_bytes());
+    for f in [
+        &e.actor_kind,
+        &e.actor,
+        &e.role,
+        &e.on_behalf_of,
+        &e.action,
+        &e.object_type,
+        &e.object_id,
+        &e.consent_id,
+        &e.peer_org,
+        &e.result,
+    ] {
+        ctx.update(&(f.len() as u32).to_be_bytes());
+        ctx.update(f.as_bytes());
+    }
+    ctx.update(&(prev_hash.len() as u32).to_be_bytes());
+    ctx.update(prev_hash);
+    ctx.finish().as_ref().to_vec()
+}
+
+/// Filters for listing the trail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub object_id: Option<String>,
+}
+
+/// Appends records outside any other write (reads, refusals, admin actions).
+pub async fn record(state: &crate::state::NodeState, entries: &[AuditEntry]) {
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.append_audit(entries).await {
+        // The action already happened; say loudly that its record is missing.
+        tracing::error!(error = %e, action = %entries[0].action, "writing an audit record failed");
+    }
+}
+
+/// Records an attempt the caller had no right to make, and passes the
+/// result on unchanged.
+pub async fn guard<T>(
+    state: &crate::state::NodeState,
+    entry: impl FnOnce() -> AuditEntry,
+    r: crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    if let Err(crate::error::Error::PermissionDenied(_)) = &r {
+        record(state, &[entry().result("denied")]).await;
+    }
+    r
+}
+
+/// One page of the trail for `ListAuditRecords` (client API and admin socket).
+pub async fn list(
+    state: &crate::state::NodeState,
+    req: &exitnet_proto::pb::ListAuditRecordsRequest,
+) -> crate::error::Result<exitnet_proto::pb::ListAuditRecordsResponse> {
+    use crate::error::FieldError;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let size = match req.page_size {
+        0 => 100,
+        n if n <= 1000 => i64::from(n),
+        _ => return Err(FieldError::new("page_size", "at most 1000").into()),
+    };
+    let after = if req.page_token.is_empty() {
+        0
+    } else {
+        let bad = || FieldError::new("page_token", "not a token from a previous response");
+        let raw = URL_SAFE_NO_PAD.decode(&req.page_token).map_err(|_| bad())?;
+        String::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.strip_prefix("a:").and_then(|n| n.parse::<i64>().ok()))
+            .filter(|n| *n >= 0)
+            .ok_or_else(bad)?
+    };
+    let text = |field: &str, v: &str| -> crate::error::Result<Option<String>> {
+        if v.len() > 200 || v.chars().any(char::is_control) {
+            return Err(FieldError::new(field, "at most 200 printable characters").into());
+        }
+        Ok(Some(v.to_owned()).filter(|s| !s.is_empty()))
+    };
+    let filter = AuditFilter {
+        since_ms: req.since.as_ref().map(crate::domain::time::from_timestamp),
+        until_ms: req.until.as_ref().map(crate::domain::time::from_timestamp),
+        actor: text("actor", &req.actor)?,
+        action: text("action", &req.action)?,
+        object_id: text("object_id", &req.object_id)?,
+    };
+    if let (Some(s), Some(u)) = (filter.since_ms, filter.until_ms)
+        && u < s
+    {
+        return Err(FieldError::new("until", "must not be before since").into());
+    }
+    let mut rows = state.store.list_audit(&filter, after, size + 1).await?;
+    let next_page_token = if rows.len() as i64 > size {
+        rows.truncate(size as usize);
+        rows.last()
+            .map(|r| URL_SAFE_NO_PAD.encode(format!("a:{}", r.seq)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(exitnet_proto::pb::ListAuditRecordsResponse {
+        records: rows.iter().map(to_pb).collect(),
+        next_page_token,
+    })
+}
+
+/// Checks an exported receipt against the issuer's pinned keys (or ours).
+pub async fn verify_receipt(
+    state: &crate::state::NodeState,
+    r: &exitnet_proto::pb::ExportedReceipt,
+) -> crate::error::Result<exitnet_proto::pb::VerifyReceiptResponse> {
+    use exitnet_proto::pb;
+    use prost::Message;
+    let mut out = pb::VerifyReceiptResponse::default();
+    let Ok(receipt) = pb::Receipt::decode(r.payload.as_slice()) else {
+        out.reason = "the payload is not a receipt".into();
+        return Ok(out);
+    };
+    out.kind = pb::ReceiptKind::try_from(receipt.kind)
+        .map(|k| k.as_str_name().to_owned())
+        .unwrap_or_default();
+    out.message_id = receipt.message_id.clone();
+    out.referral_id = receipt.referral_id.clone();
+    out.sender_org = receipt.sender_org.clone();
+    out.receiver_org = receipt.receiver_org.clone();
+    out.at = receipt.at;
+    out.key_fingerprint = receipt.key_fingerprint.clone();
+    if receipt.receiver_org != r.issued_by {
+        out.reason = format!(
+            "issued_by {} but the receipt names {} as its issuer",
+            r.issued_by, receipt.receiver_org
+        );
+        return Ok(out);
+    }
+    let at = receipt
+        .at
+        .as_ref()
+        .map(crate::domain::time::from_timestamp)
+        .unwrap_or(0);
+    let keys: Vec<Vec<u8>> = if r.issued_by == state.org_id.as_str() {
+        checkpoint::own_key(state, &receipt.key_fingerprint)
+            .await?
+            .into_iter()
+            .collect()
+    } else {
+        let Ok(org) = crate::domain::OrgId::parse("issued_by", &r.issued_by) else {
+            out.reason = "issued_by is not an organisation ID".into();
+            return Ok(out);
+        };
+        // Keys valid when the receipt was signed (a retired key still counts).
+        state
+            .store
+            .peer_keys(&org, at.min(crate::domain::time::now_ms()))
+            .await?
+            .into_iter()
+            .filter(|k| k.fingerprint == receipt.key_fingerprint)
+            .map(|k| k.spki_der)
+            .collect()
+    };
+    if keys.is_empty() {
+        out.reason = format!(
+            "no key {} is pinned for {}",
+            receipt.key_fingerprint, r.issued_by
+        );
+        return Ok(out);
+    }
+    if !keys
+        .iter()
+        .any(|k| crate::identity::verify_signature(k, &r.payload, &r.signature))
+    {
+        out.reason = "the signature does not verify with the issuer's key".into();
+        return Ok(out);
+    }
+    out.valid = true;
+    Ok(out)
+}
+
+/// Converts a stored record for the API.
+pub fn to_pb(r: &AuditRecord) -> exitnet_proto::pb::AuditRecord {
+    let e = &r.entry;
+    exitnet_proto::pb::AuditRecord {
+        seq: r.seq as u64,
+        at: Some(crate::domain::time::to_timestamp(e.at_ms)),
+        actor_kind: e.actor_kind.clone(),
+        actor: e.actor.clone(),
+        role: e.role.clone(),
+        on_behalf_of: e.on_behalf_of.clone(),
+        action: e.action.clone(),
+        object_type: e.object_type.clone(),
+        object_id: e.object_id.clone(),
+        consent_id: e.consent_id.clone(),
+        peer_org: e.peer_org.clone(),
+        result: e.result.clone(),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_covered() {
+        let base = AuditEntry {
+            at_ms: 1,
+            actor_kind: "staff".into(),
+            actor: "alice".into(),
+            action: "referral.read".into(),
+            object_id: "r1".into(),
+            result: "ok".into(),
+            ..AuditEntry::default()
+        };
+        let h = record_hash(1, &GENESIS, &base);
+        assert_eq!(h, record_hash(1, &GENESIS, &base.clone()));
+        assert_ne!(h, record_hash(2, &GENESIS, &base));
+        assert_ne!(h, record_hash(1, &[1; 32], &base));
+        let mut moved = base.clone();
+        // Moving a character between fields changes the hash.
+        moved.actor = "alic".into();
+        moved.role = "e".into();
+        assert_ne!(h, record_hash(1, &GENESIS, &moved));
+        let mut later = base;
+        later.at_ms = 2;
+        assert_ne!(h, record_hash(1, &GENESIS, &later));
+    }
+}

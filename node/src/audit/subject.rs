@@ -1,0 +1,174 @@
+//! Subject access (GDPR Art. 15): everything this node holds and has shared
+//! about one client, gathered into one JSON document — the consents under the
+//! client's local reference, the referrals resting on them (and those a peer
+//! sent under a pseudonym, when that is what the administrator looks up),
+//! their summaries while not purged, histories, receipts and purges, and the
+//! audit records about all of these.
+
+use crate::domain::time::rfc3339;
+use crate::domain::{
+    AgeBand, DataCategory, Gender, IdeologicalContext, LegalBasisKind, NeedArea, Purpose,
+    Restriction, RiskLevel, Setting,
+};
+use crate::error::Result;
+use crate::state::NodeState;
+use crate::store::{ListScope, ReferralRecord};
+use exitnet_proto::pb;
+use prost::Message;
+use serde_json::{Value, json};
+
+fn name<T>(
+    parse: impl Fn(&str, i32) -> std::result::Result<T, crate::error::FieldError>,
+    v: i32,
+    s: impl Fn(T) -> &'static str,
+) -> Value {
+    match parse("", v) {
+        Ok(x) => json!(s(x)),
+        Err(_) => Value::Null,
+    }
+}
+
+fn time(ms: i64) -> Value {
+    json!(rfc3339(ms))
+}
+
+fn summary_json(s: &pb::CaseSummary) -> Value {
+    json!({
+        "age_band": name(AgeBand::from_pb, s.age_band, AgeBand::as_str),
+        "gender": name(Gender::from_pb, s.gender, Gender::as_str),
+        "languages": s.languages,
+        "setting": name(Setting::from_pb, s.setting, Setting::as_str),
+        "ideological_context": name(IdeologicalContext::from_pb, s.ideological_context, IdeologicalContext::as_str),
+        "risk_level": name(RiskLevel::from_pb, s.risk_level, RiskLevel::as_str),
+        "security": s.security.as_ref().map(|x| json!({
+            "retaliation_risk": name(RiskLevel::from_pb, x.retaliation_risk, RiskLevel::as_str),
+            "note": x.note,
+        })),
+        "needs_narrative": s.needs_narrative,
+        "contact_route": pb::ContactRoute::try_from(s.contact_route).map(|c| c.as_str_name()).unwrap_or_default(),
+    })
+}
+
+async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
+    let history: Vec<Value> = state
+        .store
+        .referral_history(&r.referral_id)
+        .await?
+        .iter()
+        .map(|e| {
+            let c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
+            json!({
+                "state": e.state,
+                "at": time(e.at_ms),
+                "by_org": e.by_org,
+                "actor": e.actor,
+                "text": c.text,
+                "outcome_note": c.outcome.map(|o| o.note).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let receipts: Vec<Value> = state
+        .store
+        .receipts_for(&r.referral_id)
+        .await?
+        .iter()
+        .map(|x| {
+            json!({
+                "kind": x.kind,
+                "message_id": x.message_id,
+                "issued_by": x.issued_by,
+                "at": time(x.at_ms),
+            })
+        })
+        .collect();
+    let summary = crate::referrals::open_summary(state, r).await;
+    Ok(json!({
+        "referral_id": r.referral_id,
+        "direction": if r.outbound { "outbound" } else { "inbound" },
+        "peer_org": r.peer_org.as_str(),
+        "consent_id": r.consent_id,
+        "pseudonym_shared": r.pseudonym,
+        "need_areas": r.need_areas,
+        "services": r.services,
+        "urgency": r.urgency,
+        "state": r.state,
+        "owner": r.owner,
+        "created_at": time(r.created_at_ms),
+        "updated_at": time(r.updated_at_ms),
+        "purge_status": r.purge_status,
+        "purged_at": r.purged_at_ms.map(time),
+        "summary": summary.as_ref().map(summary_json),
+        "history": history,
+        "receipts": receipts,
+    }))
+}
+
+/// The document for one client reference.
+pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
+    let mut consents = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = state
+            .store
+            .list_consents(&ListScope::All, Some(subject_ref), cursor.as_ref(), 100)
+            .await?;
+        let n = page.len();
+        cursor = page
+            .last()
+            .map(|c| (c.recorded_at_ms, c.consent_id.clone()));
+        consents.extend(page);
+        if n < 100 {
+            break;
+        }
+    }
+    let mut ids: Vec<String> = Vec::new();
+    let mut consent_docs = Vec::new();
+    let mut referral_docs = Vec::new();
+    for c in &consents {
+        ids.push(c.consent_id.clone());
+        let t = &c.terms;
+        consent_docs.push(json!({
+            "consent_id": c.consent_id,
+            "subject_ref": c.subject_ref,
+            "recipients": t.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            "purposes": t.purposes.iter().map(|p| Purpose::as_str(*p)).collect::<Vec<_>>(),
+            "purpose_text": t.purpose_text,
+            "data_categories": t.data_categories.iter().map(|d| DataCategory::as_str(*d)).collect::<Vec<_>>(),
+            "need_areas": t.need_areas.iter().map(|n| NeedArea::as_str(*n)).collect::<Vec<_>>(),
+            "legal_basis": LegalBasisKind::as_str(t.legal_basis),
+            "statute": t.statute,
+            "restrictions": t.restrictions.iter().map(|r| Restriction::as_str(*r)).collect::<Vec<_>>(),
+            "valid_from": time(t.valid_from_ms),
+            "valid_until": time(t.valid_until_ms),
+            "collection_method": c.collection_method.as_str(),
+            "witness": c.witness,
+            "owner": c.owner,
+            "recorded_by": c.recorded_by,
+            "recorded_at": time(c.recorded_at_ms),
+            "withdrawn_at": c.withdrawn_at_ms.map(time),
+        }));
+        for r in state.store.referrals_under_consent(&c.consent_id).await? {
+            ids.push(r.referral_id.clone());
+            referral_docs.push(referral_json(state, &r).await?);
+        }
+    }
+    for r in state.store.referrals_by_pseudonym(subject_ref).await? {
+        ids.push(r.referral_id.clone());
+        referral_docs.push(referral_json(state, &r).await?);
+    }
+    let audit: Vec<Value> = state
+        .store
+        .audit_for_objects(&ids)
+        .await?
+        .iter()
+        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+        .collect();
+    Ok(json!({
+        "subject_ref": subject_ref,
+        "organisation": state.org_id.as_str(),
+        "generated_at": time(crate::domain::time::now_ms()),
+        "consents": consent_docs,
+        "referrals": referral_docs,
+        "audit": audit,
+    }))
+}

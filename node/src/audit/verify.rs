@@ -1,0 +1,349 @@
+//! `audit verify`: recomputes the whole chain, checks every checkpoint we
+//! signed and every countersignature we hold, and asks each active peer for
+//! the checkpoints it witnessed. The first record that fails is named.
+
+use super::{AuditFilter, GENESIS, record_hash};
+use crate::domain::OrgId;
+use crate::domain::time::now_ms;
+use crate::error::Result;
+use crate::identity::verify_signature;
+use crate::state::NodeState;
+use exitnet_proto::pb;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// At most this many failures are listed (the first is what matters).
+const MAX_FAILURES: usize = 50;
+const PAGE: i64 = 1000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Failure {
+    /// The record (or checkpoint position) that fails; 0 when none.
+    pub seq: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PeerCheck {
+    pub org_id: String,
+    pub held: u32,
+    pub agreeing: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub records: i64,
+    pub head_hash: Vec<u8>,
+    pub checkpoints: u32,
+    pub witnesses: u32,
+    pub peers: Vec<PeerCheck>,
+    pub failures: Vec<Failure>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn fail(&mut self, seq: i64, reason: String) {
+        if self.failures.len() < MAX_FAILURES {
+            self.failures.push(Failure { seq, reason });
+        }
+    }
+
+    pub fn to_pb(&self) -> pb::VerifyAuditResponse {
+        pb::VerifyAuditResponse {
+            ok: self.ok(),
+            records: self.records.max(0) as u64,
+            head_sha256: self.head_hash.clone(),
+            checkpoints: self.checkpoints,
+            witnesses: self.witnesses,
+            peers: self
+                .peers
+                .iter()
+                .map(|p| pb::PeerWitnessCheck {
+                    org_id: p.org_id.clone(),
+                    held: p.held,
+                    agreeing: p.agreeing,
+                    error: p.error.clone().unwrap_or_default(),
+                })
+                .collect(),
+            failures: self
+                .failures
+                .iter()
+                .map(|f| pb::AuditFailure {
+                    seq: f.seq.max(0) as u64,
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A checkpoint of ours, as a peer or our own table holds it.
+struct Held {
+    /// Who holds it: "" for ourselves, else the witness.
+    holder: String,
+    seq: i64,
+    head: Vec<u8>,
+}
+
+/// Decodes one of our own checkpoints and checks our signature on it.
+async fn own_checkpoint(
+    state: &NodeState,
+    payload: &[u8],
+    signature: &[u8],
+) -> std::result::Result<pb::AuditCheckpoint, String> {
+    let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
+    let key = super::checkpoint::own_key(state, &cp.key_fingerprint)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("signed by an unknown key {}", cp.key_fingerprint))?;
+    if !verify_signature(&key, payload, signature) {
+        return Err("bad signature".into());
+    }
+    if cp.org_id != state.org_id.as_str() {
+        return Err("names another organisation".into());
+    }
+    Ok(cp)
+}
+
+/// The checkpoints one peer witnessed for us.
+async fn ask_peer(
+    state: &NodeState,
+    peer: &crate::domain::Peer,
+) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
+    let pinned = state
+        .store
+        .peer_keys(&peer.org_id, now_ms())
+        .await?
+        .into_iter()
+        .map(|k| k.fingerprint)
+        .collect();
+    let ours = state.identity()?.current().clone_key()?;
+    let mut client = crate::federation::client::connect(
+        &peer.endpoint,
+        Some(&ours),
+        pinned,
+        state.call_timeout(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page = client
+            .list_witnessed_checkpoints(pb::ListWitnessedCheckpointsRequest {
+                after_seq: after,
+                limit: 1000,
+            })
+            .await?
+            .into_inner()
+            .checkpoints;
+        let Some(last) = page.last() else { break };
+        let last_seq = pb::AuditCheckpoint::decode(last.payload.as_slice())
+            .map(|c| c.seq)
+            .unwrap_or(u64::MAX);
+        if last_seq <= after {
+            break;
+        }
+        after = last_seq;
+        let n = page.len();
+        out.extend(page);
+        if n < 1000 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
+    let mut report = Report::default();
+    let mut held: Vec<Held> = Vec::new();
+
+    // Our own checkpoints: our signature, then (below) the chain at each.
+    let checkpoints = state.store.checkpoints().await?;
+    report.checkpoints = checkpoints.len() as u32;
+    for c in &checkpoints {
+        match own_checkpoint(state, &c.payload, &c.signature).await {
+            Ok(cp) if cp.seq as i64 == c.seq && cp.head_sha256 == c.head_hash => held.push(Held {
+                holder: String::new(),
+                seq: c.seq,
+                head: c.head_hash.clone(),
+            }),
+            Ok(_) => report.fail(
+                c.seq,
+                format!("checkpoint {}: its row differs from what was signed", c.seq),
+            ),
+            Err(e) => report.fail(c.seq, format!("checkpoint {}: {e}", c.seq)),
+        }
+    }
+
+    // Countersignatures we hold: each must verify against the witness's key.
+    let by_seq: BTreeMap<i64, &crate::store::CheckpointRecord> =
+        checkpoints.iter().map(|c| (c.seq, c)).collect();
+    for w in state.store.witnesses().await? {
+        let Ok(org) = OrgId::parse("witness_org", &w.witness_org) else {
+            report.fail(
+                w.seq,
+                format!("witness of checkpoint {}: bad organisation", w.seq),
+            );
+            continue;
+        };
+        let Some(c) = by_seq.get(&w.seq) else {
+            report.fail(
+                w.seq,
+                format!(
+                    "witness by {org} of checkpoint {}: the checkpoint is gone",
+                    w.seq
+                ),
+            );
+            continue;
+        };
+        let sent = pb::SignedCheckpoint {
+            payload: c.payload.clone(),
+            signature: c.signature.clone(),
+        };
+        let signed = pb::SignedWitness {
+            payload: w.payload.clone(),
+            signature: w.signature.clone(),
+        };
+        match super::checkpoint::check_witness(state, &org, &sent, &signed).await {
+            Ok(_) => report.witnesses += 1,
+            Err(e) => report.fail(
+                w.seq,
+                format!("witness by {org} of checkpoint {}: {e}", w.seq),
+            ),
+        }
+    }
+
+    // What the peers hold: the part of the check the node itself cannot fake.
+    if !local_only {
+        for peer in state.store.list_peers().await? {
+            if !peer.exchange_allowed() {
+                continue;
+            }
+            let mut check = PeerCheck {
+                org_id: peer.org_id.to_string(),
+                ..PeerCheck::default()
+            };
+            match ask_peer(state, &peer).await {
+                Ok(list) => {
+                    for s in list {
+                        match own_checkpoint(state, &s.payload, &s.signature).await {
+                            Ok(cp) => {
+                                check.held += 1;
+                                held.push(Held {
+                                    holder: peer.org_id.to_string(),
+                                    seq: cp.seq as i64,
+                                    head: cp.head_sha256,
+                                });
+                            }
+                            Err(e) => {
+                                report.fail(0, format!("a checkpoint held by {}: {e}", peer.org_id))
+                            }
+                        }
+                    }
+                }
+                Err(e) => check.error = Some(format!("{e:#}")),
+            }
+            report.peers.push(check);
+        }
+    }
+
+    // Walk the chain once, remembering the hash at every checkpointed position.
+    let wanted: BTreeSet<i64> = held.iter().map(|h| h.seq).collect();
+    let mut at_seq: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    let mut prev = GENESIS.to_vec();
+    let mut expected = 1i64;
+    let mut after = 0i64;
+    loop {
+        let page = state
+            .store
+            .list_audit(&AuditFilter::default(), after, PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            if r.seq != expected {
+                let missing = if r.seq == expected + 1 {
+                    format!("record {expected} is missing")
+                } else {
+                    format!("records {expected} to {} are missing", r.seq - 1)
+                };
+                report.fail(expected, missing);
+            } else if r.prev_hash != prev {
+                report.fail(
+                    r.seq,
+                    format!(
+                        "record {} does not chain to record {} (one of them was changed)",
+                        r.seq,
+                        r.seq - 1
+                    ),
+                );
+            }
+            if record_hash(r.seq, &r.prev_hash, &r.entry) != r.hash {
+                report.fail(
+                    r.seq,
+                    format!("record {} was changed after it was written", r.seq),
+                );
+            }
+            if wanted.contains(&r.seq) {
+                at_seq.insert(r.seq, r.hash.clone());
+            }
+            prev = r.hash.clone();
+            expected = r.seq + 1;
+        }
+        if (page.len() as i64) < PAGE {
+            break;
+        }
+    }
+    let last_seq = expected - 1;
+    let (head_seq, head_hash) = state.store.audit_head().await?;
+    report.records = last_seq;
+    report.head_hash = head_hash.clone();
+    if head_seq != last_seq {
+        report.fail(
+            last_seq + 1,
+            format!("the chain ends at record {last_seq} but its head says {head_seq}: records were deleted or added"),
+        );
+    } else if head_hash != prev {
+        report.fail(
+            last_seq,
+            format!("the head hash does not match record {last_seq}"),
+        );
+    }
+
+    // Every checkpoint, ours or witnessed, must match the chain at its position.
+    held.sort_by_key(|h| h.seq);
+    for h in &held {
+        let who = if h.holder.is_empty() {
+            "our own".to_owned()
+        } else {
+            format!("witnessed by {}", h.holder)
+        };
+        match at_seq.get(&h.seq) {
+            Some(hash) if *hash == h.head => {
+                if let Some(p) = report.peers.iter_mut().find(|p| p.org_id == h.holder) {
+                    p.agreeing += 1;
+                }
+            }
+            Some(_) => report.fail(
+                h.seq,
+                format!(
+                    "checkpoint at record {} ({who}) does not match the chain: history was rewritten at or before record {}",
+                    h.seq, h.seq
+                ),
+            ),
+            None => report.fail(
+                h.seq,
+                format!("checkpoint at record {} ({who}) is beyond the chain's end: records were deleted", h.seq),
+            ),
+        }
+    }
+    // The first failure is the lowest position named.
+    report
+        .failures
+        .sort_by_key(|f| if f.seq == 0 { i64::MAX } else { f.seq });
+    Ok(report)
+}
