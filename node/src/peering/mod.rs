@@ -274,6 +274,16 @@ pub async fn accept_join(
         .await?;
     match outcome {
         Ok(()) => {
+            crate::audit::record(
+                state,
+                &[crate::audit::AuditEntry::peer(
+                    profile.org_id.as_str(),
+                    "peer.join_request",
+                    "invitation",
+                    &invitation_id,
+                )],
+            )
+            .await;
             tracing::info!(peer = %profile.org_id, "join request recorded; waiting for approval");
             Ok(state.profile())
         }
@@ -446,6 +456,22 @@ pub async fn receive_notice(
             update.retire_other_keys_at_ms = Some(old_valid_until.min(now + MAX_KEY_OVERLAP_MS));
         }
     }
+    let what = if update.add_key.is_some() {
+        "peer.notice.key_rotation".to_owned()
+    } else if update.profile.is_some() {
+        "peer.notice.profile".to_owned()
+    } else {
+        format!(
+            "peer.notice.state.{}",
+            update.remote_state.map(PeerState::as_str).unwrap_or("none")
+        )
+    };
+    update.audit.push(crate::audit::AuditEntry::peer(
+        from.org_id.as_str(),
+        &what,
+        "peer",
+        from.org_id.as_str(),
+    ));
     let applied = state
         .store
         .apply_notice_once(&from.org_id, &notice_id, &update)

@@ -59,6 +59,7 @@ store_suite!(
     security_events_newest_first,
     consents_are_idempotent_scoped_and_paged,
     scheduler_finds_expired_consents_and_retention,
+    concurrent_audit_appends_form_one_chain,
 );
 
 mod cases {
@@ -728,5 +729,53 @@ mod cases {
                 .unwrap()),
             ["r1"]
         );
+    }
+
+    pub async fn concurrent_audit_appends_form_one_chain(s: Arc<dyn Store>) {
+        use exitnet_node::audit::{AuditEntry, AuditFilter, GENESIS, record_hash};
+        // Eight writers at once (as several replicas would be): one gapless chain.
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let e = AuditEntry::node("ngo-a", "test.append", "test", &format!("w{w}-{i}"));
+                    s.append_audit(&[e.clone(), e.about("test.second", "test", "x")])
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (head, head_hash) = s.audit_head().await.unwrap();
+        assert_eq!(head, 160);
+        let all = s.list_audit(&AuditFilter::default(), 0, 1000).await.unwrap();
+        assert_eq!(all.len(), 160);
+        let mut prev = GENESIS.to_vec();
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.seq, i as i64 + 1);
+            assert_eq!(r.prev_hash, prev);
+            assert_eq!(r.hash, record_hash(r.seq, &r.prev_hash, &r.entry));
+            prev = r.hash.clone();
+        }
+        assert_eq!(head_hash, prev);
+        // The two records of one append are adjacent.
+        for pair in all.chunks(2) {
+            assert_eq!(pair[0].entry.action, "test.append");
+            assert_eq!(pair[1].entry.action, "test.second");
+        }
+        // Filters and paging.
+        let f = AuditFilter {
+            object_id: Some("w3-7".into()),
+            ..AuditFilter::default()
+        };
+        let one = s.list_audit(&f, 0, 10).await.unwrap();
+        assert_eq!(one.len(), 1);
+        let page = s.list_audit(&AuditFilter::default(), 150, 5).await.unwrap();
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [151, 152, 153, 154, 155]);
+        let about = s.audit_for_objects(&["w3-7".into(), "nothing".into()]).await.unwrap();
+        assert_eq!(about.len(), 1);
     }
 }
