@@ -46,6 +46,10 @@ pub struct Application {
     admin_listener: UnixListener,
     api_addr: SocketAddr,
     admin_socket: PathBuf,
+    /// Prometheus endpoint, when configured.
+    metrics_listener: Option<TcpListener>,
+    /// Plaintext gRPC health only, for orchestrators' probes, when configured.
+    health_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Application {
@@ -127,6 +131,22 @@ impl Application {
         let admin_listener = bind_admin_socket(&admin_socket)?;
         let api_addr = api_listener.local_addr()?;
         let federation_bound = federation_listener.local_addr()?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics.listen {addr}"))?,
+            ),
+            None => None,
+        };
+        let health_listener = match config.api.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding api.health_listen {addr}"))?,
+            ),
+            None => None,
+        };
 
         let profile = profile_from_config(&config, &org_id);
         let master_key = crate::crypto::MasterKey::load(
@@ -168,6 +188,8 @@ impl Application {
             master_key,
             referral_events: tokio::sync::broadcast::channel(1024).0,
             outbox_wake: tokio::sync::Notify::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            instance_id: uuid::Uuid::new_v4().to_string(),
         });
         Ok(Self {
             state,
@@ -176,6 +198,8 @@ impl Application {
             admin_listener,
             api_addr,
             admin_socket,
+            metrics_listener,
+            health_listener,
         })
     }
 
@@ -205,6 +229,8 @@ impl Application {
             admin_listener,
             api_addr,
             admin_socket,
+            metrics_listener,
+            health_listener,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -267,7 +293,7 @@ impl Application {
         let api_router = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
             .timeout(Duration::from_secs(60))
-            .layer(CallLog::new("client"))
+            .layer(CallLog::new("client", state.metrics.clone()))
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -305,16 +331,39 @@ impl Application {
             Server::builder()
                 .http2_keepalive_interval(Some(KEEPALIVE))
                 .timeout(Duration::from_secs(60))
-                .layer(CallLog::new("federation"))
+                .layer(CallLog::new("federation", state.metrics.clone()))
                 .add_service(health_service.clone())
                 .add_service(FederationApi::new(state.clone()).into_service())
                 .serve_with_incoming_shutdown(federation_incoming, stopped(stop_rx.clone())),
         );
 
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                tokio::spawn(crate::metrics::serve(state.clone(), l, stop_rx.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+        let health_addr = match health_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                tokio::spawn(
+                    Server::builder()
+                        .timeout(Duration::from_secs(10))
+                        .add_service(health_service.clone())
+                        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+                );
+                Some(addr)
+            }
+            None => None,
+        };
+
         let admin_incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
         let admin_task = tokio::spawn(
             Server::builder()
-                .layer(CallLog::new("admin"))
+                .layer(CallLog::new("admin", state.metrics.clone()))
                 .add_service(health_service)
                 .add_service(AdminApi::new(state.clone()).into_service())
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
@@ -342,6 +391,9 @@ impl Application {
             "api": api_addr.to_string(),
             "federation": state.federation_bound.to_string(),
             "admin_socket": admin_socket.display().to_string(),
+            "metrics": metrics_addr.map(|a| a.to_string()),
+            "health": health_addr.map(|a| a.to_string()),
+            "instance_id": state.instance_id,
             "pid": std::process::id(),
         });
         crate::identity::write_private(&listening, info.to_string().as_bytes())?;

@@ -108,6 +108,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// TLS for the client API; required unless `listen` is a loopback address.
     pub tls: Option<ApiTlsConfig>,
+    /// A plaintext listener serving only `grpc.health.v1`, for orchestrators'
+    /// probes (Kubernetes `grpc:` probes speak no TLS); unset: none.
+    pub health_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

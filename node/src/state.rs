@@ -29,6 +29,9 @@ pub struct NodeState {
     pub referral_events: tokio::sync::broadcast::Sender<String>,
     /// Wakes the notice sender when something was queued.
     pub outbox_wake: tokio::sync::Notify,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// This process, among replicas of one node (delivery leases name it).
+    pub instance_id: String,
 }
 
 impl std::fmt::Debug for NodeState {

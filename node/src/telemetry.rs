@@ -26,14 +26,15 @@ pub fn init(format: LogFormat) {
 }
 
 /// A tower layer that wraps every gRPC call in a span and logs its outcome.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CallLog {
     surface: &'static str,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl CallLog {
-    pub fn new(surface: &'static str) -> Self {
-        Self { surface }
+    pub fn new(surface: &'static str, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self { surface, metrics }
     }
 }
 
@@ -44,6 +45,7 @@ impl<S> tower::Layer<S> for CallLog {
         CallLogService {
             inner,
             surface: self.surface,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -52,6 +54,7 @@ impl<S> tower::Layer<S> for CallLog {
 pub struct CallLogService<S> {
     inner: S,
     surface: &'static str,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for CallLogService<S>
@@ -80,6 +83,7 @@ where
         );
         let started = Instant::now();
         let fut = self.inner.call(req);
+        let (metrics, surface) = (self.metrics.clone(), self.surface);
         Box::pin(
             async move {
                 let result = fut.await;
@@ -94,6 +98,19 @@ where
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("0")
                             .to_owned();
+                        metrics
+                            .calls
+                            .get_or_create(&crate::metrics::CallLabels {
+                                surface: surface.into(),
+                                // Unknown paths are not label values: no unbounded series.
+                                method: if status == "12" {
+                                    "unknown".into()
+                                } else {
+                                    method.clone()
+                                },
+                                code: status.clone(),
+                            })
+                            .inc();
                         if status == "0" {
                             tracing::debug!(status = %status, ms = format!("{ms:.2}"), "call");
                         } else {

@@ -111,6 +111,10 @@ pub struct NodeProcess {
     pub api_addr: String,
     pub federation_addr: String,
     pub admin_socket: PathBuf,
+    /// The Prometheus endpoint, when `metrics.listen` is configured.
+    pub metrics_addr: Option<String>,
+    /// This process among replicas (it names the delivery leases it holds).
+    pub instance_id: String,
 }
 
 impl NodeProcess {
@@ -150,9 +154,75 @@ impl NodeProcess {
             child: None,
             api_addr: String::new(),
             federation_addr: String::new(),
+            metrics_addr: None,
+            instance_id: String::new(),
         };
         node.launch().await?;
         Ok(Some(node))
+    }
+
+    /// Another process of the same node, as an organisation runs several
+    /// replicas: the same configuration, identity, master key and (PostgreSQL)
+    /// database, its own data directory and ports.
+    pub async fn replica(&self) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        copy_private_dir(
+            &self.data_dir().join("identity"),
+            &data_dir.join("identity"),
+        )?;
+        let config_path = dir.path().join("exitnet.toml");
+        let current = std::fs::read_to_string(&self.config_path)?;
+        let own = format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[federation]\nlisten = \"127.0.0.1:0\"\n",
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config_path, merge_toml(&current, &own)?)?;
+        let mut node = Self {
+            spec: self.spec.clone(),
+            admin_socket: data_dir.join("admin.sock"),
+            dir,
+            config_path,
+            db: None,
+            child: None,
+            api_addr: String::new(),
+            federation_addr: String::new(),
+            metrics_addr: None,
+            instance_id: String::new(),
+        };
+        node.launch().await?;
+        Ok(node)
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .metrics_addr
+            .as_deref()
+            .context("metrics.listen is not set")?;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: exitnet\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let (head, body) = out.split_once("\r\n\r\n").context("no HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!(
+                "metrics answered {}",
+                head.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(body.to_owned())
+    }
+
+    /// The value of one series in `metrics()` (0 when absent).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -161,9 +231,14 @@ impl NodeProcess {
 
     /// The database URL the node uses.
     pub fn database_url(&self) -> String {
-        match &self.db {
-            Some(db) => db.url.clone(),
-            None => format!("sqlite://{}", self.data_dir().join("exitnet.db").display()),
+        let configured = std::fs::read_to_string(&self.config_path)
+            .ok()
+            .and_then(|t| toml_edit_like::parse(&t).ok())
+            .and_then(|t| t.get("database_url")?.as_str().map(str::to_owned));
+        match (&self.db, configured) {
+            (Some(db), _) => db.url.clone(),
+            (None, Some(url)) => url,
+            (None, None) => format!("sqlite://{}", self.data_dir().join("exitnet.db").display()),
         }
     }
 
@@ -206,6 +281,8 @@ impl NodeProcess {
         .await
         .map_err(|e| anyhow::anyhow!("{e}; log:\n{}", self.log()))?;
         self.api_addr = info["api"].as_str().unwrap_or_default().to_owned();
+        self.metrics_addr = info["metrics"].as_str().map(str::to_owned);
+        self.instance_id = info["instance_id"].as_str().unwrap_or_default().to_owned();
         self.federation_addr = info["federation"].as_str().unwrap_or_default().to_owned();
         // A restart keeps the addresses, as a real node's would: peers know them.
         let pinned = format!(
@@ -378,6 +455,27 @@ pub async fn health_serving(addr: &str) -> anyhow::Result<bool> {
         .await?
         .into_inner();
     Ok(r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+/// Copies a directory of private files (the identity), keeping them private.
+fn copy_private_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(parent) = to.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_private_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends `extra` to `base`, merging tables of the same name so that a test

@@ -36,6 +36,13 @@ pub async fn authenticate<T>(state: &NodeState, req: &Request<T>) -> Result<Prin
             Ok(p)
         }
         Err(e) => {
+            state
+                .metrics
+                .sign_in_failures
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: e.reason().into(),
+                })
+                .inc();
             let remote = req
                 .extensions()
                 .get::<TcpConnectInfo>()

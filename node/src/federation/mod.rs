@@ -204,6 +204,11 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let peer = self.authenticate(&info).await?;
         let fp = info.fingerprint.clone().unwrap_or_default();
         let req = request.into_inner();
+        let req_kind = match &req.notice {
+            Some(pb::notify_request::Notice::Message(_)) => Kind::Message,
+            Some(pb::notify_request::Notice::Checkpoint(_)) => Kind::Checkpoint,
+            _ => Kind::Notice,
+        };
         let outcome = match &req.notice {
             Some(pb::notify_request::Notice::Message(signed)) => {
                 let spki = info.spki.clone().unwrap_or_default();
@@ -226,6 +231,15 @@ impl pb::federation_service_server::FederationService for FederationApi {
                 .await
                 .map(|()| pb::NotifyResponse::default()),
         };
+        if outcome.is_err() {
+            self.state
+                .metrics
+                .received(peer.org_id.as_str(), notice_kind(&req_kind), "refused");
+        } else if req_kind != Kind::Message {
+            self.state
+                .metrics
+                .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
+        }
         match outcome {
             Ok(resp) => {
                 let _ = self.state.store.touch_peer(&peer.org_id, now_ms()).await;
@@ -277,6 +291,21 @@ impl pb::federation_service_server::FederationService for FederationApi {
         Ok(Response::new(pb::ListWitnessedCheckpointsResponse {
             checkpoints,
         }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Message,
+    Checkpoint,
+    Notice,
+}
+
+fn notice_kind(k: &Kind) -> &'static str {
+    match k {
+        Kind::Message => "message",
+        Kind::Checkpoint => "checkpoint",
+        Kind::Notice => "notice",
     }
 }
 

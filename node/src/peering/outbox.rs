@@ -50,8 +50,22 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
         }
         let (state, running) = (state.clone(), running.clone());
         tokio::spawn(async move {
-            if let Err(e) = deliver_to_peer(&state, &org).await {
-                tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
+            // Replicas of one node on one database: one delivery task per
+            // peer across all of them, so nothing is sent twice and the order
+            // per peer holds. The lease is renewed as the task goes on; if
+            // this process dies, it expires and another replica takes over.
+            let lease = format!("outbox:{org}");
+            match take_lease(&state, &lease).await {
+                Ok(true) => {
+                    if let Err(e) = deliver_to_peer(&state, &org, &lease).await {
+                        tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
+                    }
+                    if let Err(e) = state.store.release_lease(&lease, &state.instance_id).await {
+                        tracing::warn!(peer = %org, error = %e, "releasing a delivery lease failed");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(peer = %org, error = %e, "taking a delivery lease failed"),
             }
             if let Ok(mut r) = running.lock() {
                 r.remove(&org);
@@ -60,6 +74,20 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
         });
     }
     Ok(())
+}
+
+/// Takes or renews this process's lease. It is renewed before every call
+/// (or batch of calls), each bounded by the call timeout, so it lasts two of
+/// those: a live holder never loses it, a dead one's passes on soon.
+async fn take_lease(state: &NodeState, name: &str) -> crate::error::Result<bool> {
+    let now = now_ms();
+    let ttl = (state.config.federation.call_timeout_ms as i64)
+        .saturating_mul(2)
+        .max(5_000);
+    state
+        .store
+        .acquire_lease(name, &state.instance_id, now, now + ttl)
+        .await
 }
 
 fn is_offer(req: &pb::NotifyRequest) -> bool {
@@ -75,7 +103,7 @@ fn is_offer(req: &pb::NotifyRequest) -> bool {
     }
 }
 
-async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
+async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow::Result<()> {
     let Some(peer) = state.store.get_peer(org).await? else {
         for n in state.store.undelivered_notices_for(org, BATCH).await? {
             state
@@ -136,8 +164,13 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
     )
     .await
     {
-        Ok(c) => c,
+        Ok(c) => {
+            state.metrics.reachable(org.as_str(), true);
+            c
+        }
         Err(e) => {
+            state.metrics.reachable(org.as_str(), false);
+            state.metrics.delivered(org.as_str(), "unreachable");
             for (n, _) in queue.iter().filter(|(n, _)| n.next_attempt_at_ms <= now) {
                 let next = now + backoff_ms(state, n.attempts);
                 state
@@ -157,6 +190,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId) -> anyhow::Result<()> {
     let mut flow = Flow::default();
     let mut queue = queue.into_iter().peekable();
     while let Some((n, req)) = queue.next() {
+        // Still ours? (A replica that stalled past its lease stops here.)
+        if !take_lease(state, lease).await? {
+            anyhow::bail!("the delivery lease passed to another replica");
+        }
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
         if !flow.ready(state, &n, is_message, exchange_allowed).await? {
             continue;
@@ -297,7 +334,10 @@ impl Flow {
         match result {
             Ok(resp) => {
                 let now = now_ms();
+                state.metrics.delivered(org.as_str(), "delivered");
                 if is_message {
+                    let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
+                    state.metrics.delivery_latency.observe(waited);
                     if let Err(e) =
                         crate::referrals::on_delivered(state, org, n.id, req, &resp).await
                     {
@@ -336,6 +376,7 @@ impl Flow {
                 state.store.touch_peer(org, now).await?;
             }
             Err(status) if is_message && refused_for_good(&status) => {
+                state.metrics.delivered(org.as_str(), "refused");
                 // The receiver checked the message and refused it: retrying
                 // cannot help. An offer fails with the receiver's reason.
                 state
@@ -356,6 +397,7 @@ impl Flow {
                     status.code(),
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
                 ) && peer.state.is_final();
+                state.metrics.delivered(org.as_str(), "retry");
                 if final_refusal && !is_message {
                     // The peering is over on our side and they refuse us: stop trying.
                     state

@@ -10,12 +10,29 @@ use crate::domain::time::{now_ms, to_timestamp};
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
-use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
+use crate::store::{ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
 use exitnet_proto::pb;
 use prost::Message;
 
 fn deny(m: impl Into<String>) -> Error {
     Error::PermissionDenied(m.into())
+}
+
+/// Counts a received message: new, or a redelivery answered with the
+/// receipt stored the first time.
+fn count(
+    state: &NodeState,
+    from: &Peer,
+    kind: &str,
+    issued: &ReceiptRecord,
+    stored: &ReceiptRecord,
+) {
+    let outcome = if issued.payload == stored.payload {
+        "new"
+    } else {
+        "repeat"
+    };
+    state.metrics.received(from.org_id.as_str(), kind, outcome);
 }
 
 /// Handles a signed message from an authenticated peer.
@@ -78,6 +95,7 @@ pub async fn handle(
                     )],
                 )
                 .await?;
+            count(state, from, "offer", &receipt, &stored);
             state.referral_changed(&record.referral_id);
             stored
         }
@@ -114,6 +132,7 @@ pub async fn handle(
                 .store
                 .receive_message(&receipt, None, Some((&r.referral_id, &c)), &[audit])
                 .await?;
+            count(state, from, "status", &receipt, &stored);
             state.referral_changed(&r.referral_id);
             stored
         }
@@ -171,6 +190,7 @@ pub async fn handle(
                     )],
                 )
                 .await?;
+            count(state, from, "withdrawal", &receipt, &stored);
             state.referral_changed(&w.referral_id);
             state.store.after_purge().await?;
             tracing::info!(peer = %from.org_id, "referral purged on withdrawal");

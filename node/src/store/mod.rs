@@ -405,6 +405,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inbound referrals a peer sent under this pseudonym.
     async fn referrals_by_pseudonym(&self, pseudonym: &str) -> Result<Vec<ReferralRecord>>;
+    /// How many referrals are held, by direction and state.
+    async fn referral_counts(&self) -> Result<Vec<(String, String, i64)>>;
+
+    /// Takes or renews the lease `name` for `holder` until `until_ms`; false
+    /// if another holder has it and it has not expired at `now_ms`. Replicas
+    /// of one node share work through leases (one delivery task per peer).
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool>;
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
 
     /// Appends audit records in a transaction of their own.
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;

@@ -1048,16 +1048,19 @@ macro_rules! impl_store {
                 audit: &[$crate::audit::AuditEntry],
             ) -> Result<$crate::store::ReceiptRecord> {
                 let (_writer, mut tx) = self.begin_write().await?;
-                let existing = sqlx::query(
-                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
-                     WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
-                )
-                .bind(&receipt.message_id)
-                .bind(&receipt.issued_by)
-                .bind(&receipt.counterpart)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(row) = existing {
+                // The receipt first: a concurrent redelivery of the same message
+                // (to another replica of this node) waits on its key until this
+                // transaction ends, then finds the receipt and applies nothing.
+                if insert_receipt(&mut tx, receipt).await? == 0 {
+                    let row = sqlx::query(
+                        "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                         WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
+                    )
+                    .bind(&receipt.message_id)
+                    .bind(&receipt.issued_by)
+                    .bind(&receipt.counterpart)
+                    .fetch_one(&mut *tx)
+                    .await?;
                     // A redelivery: the same receipt, nothing applied twice.
                     return row_to_receipt(&row);
                 }
@@ -1074,7 +1077,6 @@ macro_rules! impl_store {
                 {
                     records.extend(c.audit.iter().cloned());
                 }
-                insert_receipt(&mut tx, receipt).await?;
                 append_audit_tx(&mut tx, &records).await?;
                 tx.commit().await?;
                 Ok(receipt.clone())
@@ -1169,6 +1171,40 @@ macro_rules! impl_store {
                 ));
                 let rows = sqlx::query(sql).bind(pseudonym).fetch_all(&self.pool).await?;
                 rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn referral_counts(&self) -> Result<Vec<(String, String, i64)>> {
+                let rows = sqlx::query("SELECT direction, state, COUNT(*) AS n FROM referrals GROUP BY direction, state")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("direction")?, r.try_get("state")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+                let n = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until_ms)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn append_audit(&self, entries: &[$crate::audit::AuditEntry]) -> Result<()> {

@@ -11,4 +11,5 @@ mod consents;
 mod node;
 mod peering;
 mod referrals;
+mod replicas;
 mod store;

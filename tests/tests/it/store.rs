@@ -751,7 +751,10 @@ mod cases {
         }
         let (head, head_hash) = s.audit_head().await.unwrap();
         assert_eq!(head, 160);
-        let all = s.list_audit(&AuditFilter::default(), 0, 1000).await.unwrap();
+        let all = s
+            .list_audit(&AuditFilter::default(), 0, 1000)
+            .await
+            .unwrap();
         assert_eq!(all.len(), 160);
         let mut prev = GENESIS.to_vec();
         for (i, r) in all.iter().enumerate() {
@@ -774,8 +777,14 @@ mod cases {
         let one = s.list_audit(&f, 0, 10).await.unwrap();
         assert_eq!(one.len(), 1);
         let page = s.list_audit(&AuditFilter::default(), 150, 5).await.unwrap();
-        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [151, 152, 153, 154, 155]);
-        let about = s.audit_for_objects(&["w3-7".into(), "nothing".into()]).await.unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [151, 152, 153, 154, 155]
+        );
+        let about = s
+            .audit_for_objects(&["w3-7".into(), "nothing".into()])
+            .await
+            .unwrap();
         assert_eq!(about.len(), 1);
     }
 }

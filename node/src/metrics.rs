@@ -1,0 +1,269 @@
+//! Prometheus metrics on `metrics.listen` (`GET /metrics`, text format).
+//! Labels are organisation IDs, states, outcomes, methods and status codes:
+//! never a person, a client reference or case content.
+
+use crate::state::NodeState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub peer: String,
+    /// `delivered`, `retry`, `refused`, `dropped`, `unreachable`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceivedLabels {
+    pub peer: String,
+    /// `offer`, `status`, `withdrawal`, `checkpoint`, `notice`.
+    pub kind: String,
+    /// `new`, `repeat` (a redelivery answered with the stored receipt), `refused`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReferralLabels {
+    pub direction: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub surface: String,
+    /// `/package.Service/Method`.
+    pub method: String,
+    /// The gRPC status code (0 is OK).
+    pub code: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub delivery_latency: Histogram,
+    pub received: Family<ReceivedLabels, Counter>,
+    pub sign_in_failures: Family<ReasonLabel, Counter>,
+    pub calls: Family<CallLabels, Counter>,
+    pub peer_reachable: Family<PeerLabel, Gauge>,
+    referrals: Family<ReferralLabels, Gauge>,
+    outbox_depth: Family<PeerLabel, Gauge>,
+    peer_active: Family<PeerLabel, Gauge>,
+    audit_records: Gauge,
+    audit_checkpoint: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("exitnet");
+        let m = Self {
+            deliveries: Family::default(),
+            // 1 ms to about 65 s.
+            delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            received: Family::default(),
+            sign_in_failures: Family::default(),
+            calls: Family::default(),
+            peer_reachable: Family::default(),
+            referrals: Family::default(),
+            outbox_depth: Family::default(),
+            peer_active: Family::default(),
+            audit_records: Gauge::default(),
+            audit_checkpoint: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "deliveries",
+            "Calls to peers by outcome (referral messages, notices, checkpoints)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from queueing a message to the peer's receipt",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
+            "received",
+            "Messages and notices received from peers, by kind and outcome",
+            m.received.clone(),
+        );
+        registry.register(
+            "sign_in_failures",
+            "Client API calls refused at sign-in, by reason",
+            m.sign_in_failures.clone(),
+        );
+        registry.register(
+            "calls",
+            "gRPC calls served, by surface, method and status code",
+            m.calls.clone(),
+        );
+        registry.register(
+            "peer_reachable",
+            "1 if the last connection to the peer succeeded, 0 if it failed",
+            m.peer_reachable.clone(),
+        );
+        registry.register(
+            "referrals",
+            "Referrals held, by direction and state",
+            m.referrals.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Notices and messages waiting for delivery, per peer",
+            m.outbox_depth.clone(),
+        );
+        registry.register(
+            "peer_active",
+            "1 if the peering is active on this side",
+            m.peer_active.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Records in the audit chain",
+            m.audit_records.clone(),
+        );
+        registry.register(
+            "audit_checkpoint_seq",
+            "Position of the last signed audit checkpoint",
+            m.audit_checkpoint.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Reads the gauges that live in the database, then encodes everything.
+    pub async fn render(&self, state: &NodeState) -> anyhow::Result<String> {
+        self.referrals.clear();
+        for (direction, s, n) in state.store.referral_counts().await? {
+            self.referrals
+                .get_or_create(&ReferralLabels {
+                    direction,
+                    state: s,
+                })
+                .set(n);
+        }
+        self.outbox_depth.clear();
+        self.peer_active.clear();
+        for p in state.store.list_peers().await? {
+            let label = PeerLabel {
+                peer: p.org_id.to_string(),
+            };
+            self.outbox_depth
+                .get_or_create(&label)
+                .set(p.pending_notices);
+            self.peer_active
+                .get_or_create(&label)
+                .set(i64::from(p.state == crate::domain::PeerState::Active));
+        }
+        let (seq, _) = state.store.audit_head().await?;
+        self.audit_records.set(seq);
+        if let Some(cp) = state.store.latest_checkpoint().await? {
+            self.audit_checkpoint.set(cp.seq);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn delivered(&self, peer: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                peer: peer.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn received(&self, peer: &str, kind: &str, outcome: &str) {
+        self.received
+            .get_or_create(&ReceivedLabels {
+                peer: peer.into(),
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn reachable(&self, peer: &str, up: bool) {
+        self.peer_reachable
+            .get_or_create(&PeerLabel { peer: peer.into() })
+            .set(i64::from(up));
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    state: Arc<NodeState>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
+                        } else {
+                            match state.metrics.render(&state).await {
+                            Ok(text) => Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(text))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "rendering metrics failed");
+                                Response::builder()
+                                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                                    .body(Full::new(Bytes::from_static(b"unavailable\n")))
+                            }
+                        }
+                        }
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}
