@@ -38,6 +38,8 @@ const CLIENT_SERVICES: &[&str] = &[
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// Longest time between HTTP/2 keepalive pings on idle connections.
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// A connection whose ping is not answered in this time is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Application {
     state: Arc<NodeState>,
@@ -175,6 +177,7 @@ impl Application {
             ),
             crate::auth::Authenticator::Oidc(_) => {}
         }
+        let limits = crate::limits::Limits::new(&config.limits);
         let state = Arc::new(NodeState {
             config,
             store,
@@ -189,6 +192,7 @@ impl Application {
             referral_events: tokio::sync::broadcast::channel(1024).0,
             outbox_wake: tokio::sync::Notify::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            limits,
             instance_id: uuid::Uuid::new_v4().to_string(),
         });
         Ok(Self {
@@ -250,30 +254,34 @@ impl Application {
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
+        let limits = &state.config.limits;
+        let max_message = limits.max_message_bytes;
+        let streams = Some(limits.max_concurrent_streams);
+        let max_age = Duration::from_secs(limits.max_connection_age_secs.max(1));
         let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(state.clone()))
-            .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(max_message);
         let directory_svc = pb::directory_service_server::DirectoryServiceServer::new(
             DirectoryApi::new(state.clone()),
         )
-        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message);
         let referral_svc = pb::referral_service_server::ReferralServiceServer::new(
             crate::api::referral::ReferralApi::new(state.clone()),
         )
-        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message);
         health
             .set_serving::<pb::referral_service_server::ReferralServiceServer<crate::api::referral::ReferralApi>>()
             .await;
         let consent_svc = pb::consent_service_server::ConsentServiceServer::new(
             crate::api::consent::ConsentApi::new(state.clone()),
         )
-        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message);
         health
             .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
             .await;
         let audit_svc = pb::audit_service_server::AuditServiceServer::new(
             crate::api::audit::AuditApi::new(state.clone()),
         )
-        .max_decoding_message_size(crate::api::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message);
         health
             .set_serving::<pb::audit_service_server::AuditServiceServer<crate::api::audit::AuditApi>>()
             .await;
@@ -292,6 +300,9 @@ impl Application {
 
         let api_router = Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(streams)
+            .max_connection_age(max_age)
             .timeout(Duration::from_secs(60))
             .layer(CallLog::new("client", state.metrics.clone()))
             .add_service(health_service.clone())
@@ -330,6 +341,9 @@ impl Application {
         let federation_task = tokio::spawn(
             Server::builder()
                 .http2_keepalive_interval(Some(KEEPALIVE))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .max_concurrent_streams(streams)
+                .max_connection_age(max_age)
                 .timeout(Duration::from_secs(60))
                 .layer(CallLog::new("federation", state.metrics.clone()))
                 .add_service(health_service.clone())

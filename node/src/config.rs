@@ -30,6 +30,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
+    pub limits: LimitsConfig,
     /// Master key for case content at rest: base64 of 32 bytes (use the
     /// environment variable `EXITNET_MASTER_KEY`, not a file in version control).
     pub master_key: Option<Secret>,
@@ -187,6 +188,33 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Bounds on what callers and peers may ask of the node. Above a rate or a
+/// concurrency limit a call gets RESOURCE_EXHAUSTED; above the message size,
+/// RESOURCE_EXHAUSTED from the gRPC layer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted on the client API and from peers.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once (every listener).
+    pub max_concurrent_streams: u32,
+    /// Per signed-in caller (token subject) on the client API.
+    pub caller_calls_per_sec: u32,
+    pub caller_burst: u32,
+    /// Calls (and watch streams) one caller may have in flight.
+    pub caller_max_in_flight: u32,
+    /// Per peer organisation on the federation listener.
+    pub peer_calls_per_sec: u32,
+    pub peer_burst: u32,
+    pub peer_max_in_flight: u32,
+    /// Per remote address, before sign-in (client API and joins).
+    pub address_calls_per_sec: u32,
+    pub address_burst: u32,
+    /// Connections older than this are closed gracefully (clients reconnect);
+    /// HTTP/2 keepalive pings close dead ones sooner.
+    pub max_connection_age_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -313,6 +341,19 @@ format = "text"
 [audit]
 checkpoint_every_records = 1000
 checkpoint_interval_secs = 300
+
+[limits]
+max_message_bytes = 1048576
+max_concurrent_streams = 128
+caller_calls_per_sec = 100
+caller_burst = 200
+caller_max_in_flight = 32
+peer_calls_per_sec = 500
+peer_burst = 1000
+peer_max_in_flight = 64
+address_calls_per_sec = 200
+address_burst = 400
+max_connection_age_secs = 3600
 "#;
     config::Config::builder()
         .add_source(config::File::from_str(toml, config::FileFormat::Toml))

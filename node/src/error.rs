@@ -46,6 +46,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A rate or concurrency limit; the caller may try again later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,6 +77,7 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }

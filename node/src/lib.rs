@@ -23,6 +23,7 @@ pub mod domain;
 pub mod error;
 pub mod federation;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod peering;
 pub mod policy;

@@ -30,6 +30,7 @@ pub struct NodeState {
     /// Wakes the notice sender when something was queued.
     pub outbox_wake: tokio::sync::Notify,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub limits: crate::limits::Limits,
     /// This process, among replicas of one node (delivery leases name it).
     pub instance_id: String,
 }

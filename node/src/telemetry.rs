@@ -25,6 +25,27 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// tonic answers a request above the decoding limit with OUT_OF_RANGE; the
+/// API promises RESOURCE_EXHAUSTED for it (as gRPC itself does for oversized
+/// messages), so the status is rewritten here, where every call passes.
+fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
+    if oversize {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("message: larger than limits.max_message_bytes"),
+        );
+    }
+}
+
 /// A tower layer that wraps every gRPC call in a span and logs its outcome.
 #[derive(Debug, Clone)]
 pub struct CallLog {
@@ -86,8 +107,11 @@ where
         let (metrics, surface) = (self.metrics.clone(), self.surface);
         Box::pin(
             async move {
-                let result = fut.await;
+                let mut result = fut.await;
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
+                if let Ok(resp) = &mut result {
+                    oversize_is_resource_exhausted(resp.headers_mut());
+                }
                 match &result {
                     Ok(resp) => {
                         // Errors come as trailers-only responses with the status

@@ -138,6 +138,12 @@ impl NodeProcess {
                 .map(|d| format!("database_url = {:?}", d.url))
                 .unwrap_or_default(),
         );
+        // Bursts of hundreds of calls are what many tests do; the limits
+        // have tests of their own that set them low.
+        toml.push_str(
+            "\n[limits]\ncaller_calls_per_sec = 100000\ncaller_burst = 100000\ncaller_max_in_flight = 10000\n\
+             peer_calls_per_sec = 100000\npeer_burst = 100000\naddress_calls_per_sec = 100000\naddress_burst = 100000\n",
+        );
         toml.push_str(&format!(
             "\n[org]\nid = {:?}\nname = {:?}\n\n[auth]\nmode = \"dev\"\n",
             spec.org_id,

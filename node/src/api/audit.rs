@@ -24,7 +24,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let entry = || crate::audit::AuditEntry::caller(&p, "audit.query", "audit", "");
         let allowed = match p.role {
             Role::Auditor | Role::Supervisor => Ok(()),

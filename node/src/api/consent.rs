@@ -25,7 +25,7 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let new = NewConsent::from_pb(request.into_inner(), now_ms())?;
         let c = consents::record(&self.state, &p, new).await?;
         Ok(Response::new(pb::RecordConsentResponse {
@@ -37,7 +37,7 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let (c, view) = consents::get(&self.state, &p, &request.into_inner().consent_id).await?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(c.to_pb(view == View::Full)),
@@ -48,7 +48,7 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::ListConsentsRequest {
             subject_ref,
             page_size,
@@ -66,7 +66,7 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let (c, n) = consents::withdraw(&self.state, &p, &request.into_inner().consent_id).await?;
         Ok(Response::new(pb::WithdrawConsentResponse {
             consent: Some(c.to_pb(true)),

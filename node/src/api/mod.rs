@@ -19,7 +19,24 @@ pub mod referral;
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// The caller of a client API request, or a refusal (recorded, without the token).
-pub async fn authenticate<T>(state: &NodeState, req: &Request<T>) -> Result<Principal, Status> {
+pub async fn authenticate<T>(
+    state: &NodeState,
+    req: &Request<T>,
+) -> Result<(Principal, crate::limits::Permit), Status> {
+    let remote = req
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            req.extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        });
+    // Before sign-in, per address: a flood of bad tokens is refused before
+    // it costs a token check and a security-event row each.
+    if let Some(ip) = remote.map(|a| a.ip().to_string()) {
+        state.limits.addresses.rate(&ip)?;
+    }
     let md = req.metadata();
     let token = md
         .get("authorization")
@@ -33,7 +50,8 @@ pub async fn authenticate<T>(state: &NodeState, req: &Request<T>) -> Result<Prin
     match state.auth.authenticate(state, token, on_behalf_of).await {
         Ok(p) => {
             tracing::Span::current().record("caller", p.role.as_str());
-            Ok(p)
+            let permit = state.limits.callers.admit(&p.subject)?;
+            Ok((p, permit))
         }
         Err(e) => {
             state
@@ -43,15 +61,6 @@ pub async fn authenticate<T>(state: &NodeState, req: &Request<T>) -> Result<Prin
                     reason: e.reason().into(),
                 })
                 .inc();
-            let remote = req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(|i| i.remote_addr())
-                .or_else(|| {
-                    req.extensions()
-                        .get::<TlsConnectInfo<TcpConnectInfo>>()
-                        .and_then(|i| i.get_ref().remote_addr())
-                });
             crate::peering::record_refusal(
                 state,
                 SecurityEvent {

@@ -46,7 +46,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::CreateReferralRequest>,
     ) -> Result<Response<pb::CreateReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let new = NewReferral::from_pb(request.into_inner())?;
         let r = referrals::create(&self.state, &p, new).await?;
         Ok(Response::new(pb::CreateReferralResponse {
@@ -58,7 +58,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::GetReferralRequest>,
     ) -> Result<Response<pb::GetReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let (r, view) = referrals::get(&self.state, &p, &request.into_inner().referral_id).await?;
         Ok(Response::new(pb::GetReferralResponse {
             referral: Some(referrals::view(&self.state, &r, view).await?),
@@ -69,7 +69,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::ListReferralsRequest>,
     ) -> Result<Response<pb::ListReferralsResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::ListReferralsRequest {
             direction,
             state,
@@ -110,7 +110,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::AcceptReferralRequest>,
     ) -> Result<Response<pb::AcceptReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let id = request.into_inner().referral_id;
         let r = self
             .act(&p, &id, ReferralState::Accepted, pb::StateChange::default())
@@ -124,7 +124,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::DeclineReferralRequest>,
     ) -> Result<Response<pb::DeclineReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::DeclineReferralRequest {
             referral_id,
             reason,
@@ -149,7 +149,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::StartReferralRequest>,
     ) -> Result<Response<pb::StartReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let id = request.into_inner().referral_id;
         let r = self
             .act(
@@ -168,7 +168,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::HoldReferralRequest>,
     ) -> Result<Response<pb::HoldReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::HoldReferralRequest { referral_id, text } = request.into_inner();
         rules::reason_text("text", &text)?;
         let r = self
@@ -191,7 +191,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::CompleteReferralRequest>,
     ) -> Result<Response<pb::CompleteReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::CompleteReferralRequest {
             referral_id,
             outcome,
@@ -213,7 +213,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::FailReferralRequest>,
     ) -> Result<Response<pb::FailReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::FailReferralRequest {
             referral_id,
             reason,
@@ -238,7 +238,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::WithdrawReferralRequest>,
     ) -> Result<Response<pb::WithdrawReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let r = referrals::withdraw(&self.state, &p, &request.into_inner().referral_id).await?;
         Ok(Response::new(pb::WithdrawReferralResponse {
             referral: Some(self.out(&r, &p).await?),
@@ -249,7 +249,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::ReassignReferralRequest>,
     ) -> Result<Response<pb::ReassignReferralResponse>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, _permit) = authenticate(&self.state, &request).await?;
         let pb::ReassignReferralRequest {
             referral_id,
             owner,
@@ -269,11 +269,13 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::WatchReferralsRequest>,
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
-        let p = authenticate(&self.state, &request).await?;
+        let (p, permit) = authenticate(&self.state, &request).await?;
         let mut changes = self.state.referral_events.subscribe();
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            // A watch holds one of the caller's places in flight while it lasts.
+            let _permit = permit;
             // First what the caller may see now, then each change as it happens.
             if let Ok(page) = referrals::list(&state, &p, ReferralFilter::default(), 500, "").await
             {
@@ -291,7 +293,12 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                 }
             }
             loop {
-                let id = match changes.recv().await {
+                // A watcher that went away ends the task (and frees its place).
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    n = changes.recv() => n,
+                };
+                let id = match next {
                     Ok(id) => id,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let _ = tx

@@ -8,6 +8,7 @@ use crate::domain::Peer;
 use crate::domain::time::now_ms;
 use crate::error::Error;
 use crate::identity::{fingerprint_spki, spki_from_cert};
+use crate::limits::Permit;
 use crate::peering;
 use crate::state::NodeState;
 use crate::store::SecurityEvent;
@@ -30,9 +31,10 @@ impl FederationApi {
     }
 
     pub fn into_service(self) -> pb::federation_service_server::FederationServiceServer<Self> {
+        let max = self.state.config.limits.max_message_bytes;
         pb::federation_service_server::FederationServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max.max(MAX_MESSAGE_BYTES))
     }
 }
 
@@ -101,8 +103,21 @@ impl FederationApi {
         err.into()
     }
 
+    /// The approved peer that made this call, within its limits, or a refusal.
+    async fn authenticate(&self, info: &CallerInfo) -> Result<(Peer, Permit), Status> {
+        let peer = self.identify(info).await?;
+        let limits = &self.state.limits.peers;
+        let permit = limits.admit(peer.org_id.as_str()).map_err(|e| {
+            self.state
+                .metrics
+                .received(peer.org_id.as_str(), "any", "rate_limited");
+            Status::from(e)
+        })?;
+        Ok((peer, permit))
+    }
+
     /// The approved peer that made this call, or a recorded refusal.
-    async fn authenticate(&self, info: &CallerInfo) -> Result<Peer, Status> {
+    async fn identify(&self, info: &CallerInfo) -> Result<Peer, Status> {
         let Some(fp) = &info.fingerprint else {
             return Err(self
                 .refuse(
@@ -171,6 +186,16 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let info = caller_info(&request, "Join");
+        // Joins come from not yet known parties: bounded per address.
+        let address = info.remote.clone().unwrap_or_default();
+        let address = address
+            .rsplit_once(':')
+            .map(|(ip, _)| ip)
+            .unwrap_or(&address);
+        self.state
+            .limits
+            .addresses
+            .rate(&format!("join:{address}"))?;
         let Some(spki) = info.spki.clone() else {
             return Err(self
                 .refuse(
@@ -201,7 +226,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::NotifyResponse>, Status> {
         let info = caller_info(&request, "Notify");
-        let peer = self.authenticate(&info).await?;
+        let (peer, _permit) = self.authenticate(&info).await?;
         let fp = info.fingerprint.clone().unwrap_or_default();
         let req = request.into_inner();
         let req_kind = match &req.notice {
@@ -262,7 +287,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::ListWitnessedCheckpointsRequest>,
     ) -> Result<Response<pb::ListWitnessedCheckpointsResponse>, Status> {
         let info = caller_info(&request, "ListWitnessedCheckpoints");
-        let peer = self.authenticate(&info).await?;
+        let (peer, _permit) = self.authenticate(&info).await?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 1000,

@@ -53,6 +53,18 @@ async fn node_on(
     let mut env: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
     env.push(("EXITNET_FEDERATION__SCHEDULER_INTERVAL_SECS", "3600".into()));
     env.push(("EXITNET_LOG__FORMAT", "text".into()));
+    // The benchmark measures throughput, not the limits that guard it.
+    for (k, v) in [
+        ("EXITNET_LIMITS__CALLER_CALLS_PER_SEC", "1000000"),
+        ("EXITNET_LIMITS__CALLER_BURST", "1000000"),
+        ("EXITNET_LIMITS__CALLER_MAX_IN_FLIGHT", "100000"),
+        ("EXITNET_LIMITS__PEER_CALLS_PER_SEC", "1000000"),
+        ("EXITNET_LIMITS__PEER_BURST", "1000000"),
+        ("EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC", "1000000"),
+        ("EXITNET_LIMITS__ADDRESS_BURST", "1000000"),
+    ] {
+        env.push((k, v.into()));
+    }
     if let Some(d) = &db {
         env.push(("EXITNET_DATABASE_URL", d.url.clone()));
     }

@@ -8,6 +8,7 @@
 mod audit;
 mod auth;
 mod consents;
+mod limits;
 mod node;
 mod peering;
 mod referrals;

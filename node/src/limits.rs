@@ -1,0 +1,177 @@
+//! Rate and concurrency limits per caller, per peer and per remote address.
+//! A token bucket per key (refilled continuously) and a semaphore per key for
+//! calls in flight. Both maps are pruned of idle keys, so a flood of distinct
+//! keys cannot grow them without bound.
+
+use crate::error::Error;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Keys kept before idle ones are pruned.
+const PRUNE_ABOVE: usize = 10_000;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// One kind of limit (callers, peers or addresses).
+#[derive(Debug)]
+pub struct Limiter {
+    what: &'static str,
+    per_sec: f64,
+    burst: f64,
+    max_in_flight: usize,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Holds a call's place among the key's calls in flight; released on drop.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Limiter {
+    /// `max_in_flight = 0` means no concurrency limit (rate only).
+    pub fn new(what: &'static str, per_sec: u32, burst: u32, max_in_flight: u32) -> Self {
+        Self {
+            what,
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst.max(1)),
+            max_in_flight: max_in_flight as usize,
+            buckets: Mutex::default(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// Takes one token for `key`, or refuses.
+    pub fn rate(&self, key: &str) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| Error::Internal(anyhow::anyhow!("limiter lock poisoned")))?;
+        if buckets.len() > PRUNE_ABOVE {
+            // Keys whose bucket has refilled hold no state worth keeping.
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+        }
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return Err(Error::ResourceExhausted(format!(
+                "rate limit: at most {} calls per second per {}; try again shortly",
+                self.per_sec, self.what
+            )));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// A place among `key`'s calls in flight, or a refusal.
+    pub fn enter(&self, key: &str) -> Result<Permit, Error> {
+        if self.max_in_flight == 0 {
+            return Ok(Permit(None));
+        }
+        let sem = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .map_err(|_| Error::Internal(anyhow::anyhow!("limiter lock poisoned")))?;
+            if map.len() > PRUNE_ABOVE {
+                map.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            map.entry(key.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_in_flight)))
+                .clone()
+        };
+        sem.try_acquire_owned()
+            .map(|p| Permit(Some(p)))
+            .map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "at most {} calls in flight per {}",
+                    self.max_in_flight, self.what
+                ))
+            })
+    }
+
+    /// Both: the rate, then a place in flight.
+    pub fn admit(&self, key: &str) -> Result<Permit, Error> {
+        self.rate(key)?;
+        self.enter(key)
+    }
+}
+
+/// The node's limiters, built from `[limits]`.
+#[derive(Debug)]
+pub struct Limits {
+    pub callers: Limiter,
+    pub peers: Limiter,
+    pub addresses: Limiter,
+}
+
+impl Limits {
+    pub fn new(c: &crate::config::LimitsConfig) -> Self {
+        Self {
+            callers: Limiter::new(
+                "caller",
+                c.caller_calls_per_sec,
+                c.caller_burst,
+                c.caller_max_in_flight,
+            ),
+            peers: Limiter::new(
+                "peer",
+                c.peer_calls_per_sec,
+                c.peer_burst,
+                c.peer_max_in_flight,
+            ),
+            addresses: Limiter::new("address", c.address_calls_per_sec, c.address_burst, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_rate() {
+        let l = Limiter::new("caller", 1, 3, 0);
+        for _ in 0..3 {
+            l.rate("a").unwrap();
+        }
+        let e = l.rate("a").unwrap_err();
+        assert!(matches!(e, Error::ResourceExhausted(_)));
+        // Another key has its own bucket.
+        l.rate("b").unwrap();
+    }
+
+    #[test]
+    fn calls_in_flight_are_bounded_and_released() {
+        let l = Limiter::new("peer", 1000, 1000, 2);
+        let p1 = l.enter("x").unwrap();
+        let _p2 = l.enter("x").unwrap();
+        assert!(l.enter("x").is_err());
+        drop(p1);
+        assert!(l.enter("x").is_ok());
+    }
+
+    #[test]
+    fn many_keys_are_pruned() {
+        let l = Limiter::new("address", 1_000_000, 1, 0);
+        for i in 0..(PRUNE_ABOVE + 10) {
+            let _ = l.rate(&format!("k{i}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        l.rate("last").unwrap();
+        assert!(l.buckets.lock().unwrap().len() < PRUNE_ABOVE);
+    }
+}

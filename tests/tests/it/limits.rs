@@ -1,0 +1,167 @@
+//! Limits: rates and calls in flight per caller and per peer, message size,
+//! each answered with RESOURCE_EXHAUSTED while others keep being served, and
+//! a peer over its rate loses nothing (its messages are retried).
+
+use crate::referrals::{clients, consent_request, peer_with, referral_request, start};
+use exitnet_proto::pb;
+use exitnet_proto::pb::node_service_client::NodeServiceClient;
+use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
+use std::collections::HashSet;
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test]
+async fn callers_are_limited_one_by_one() {
+    let a = NodeProcess::start(NodeSpec::new("ngo-a", Backend::Sqlite).with_toml(
+        "[limits]\ncaller_calls_per_sec = 2\ncaller_burst = 5\ncaller_max_in_flight = 1\nmax_message_bytes = 8192\n",
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = a.dev_token("case_manager", "bob").await.unwrap();
+    let mut node = NodeServiceClient::new(a.api_channel().await.unwrap());
+    let info = |t: &str| bearer(t, pb::GetNodeInfoRequest {});
+    // A burst of five, then the rate.
+    let mut refused = None;
+    for i in 0..8 {
+        if let Err(e) = node.get_node_info(info(&alice)).await {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("the sixth call in a burst is refused");
+    assert!(i >= 5, "refused after {i} calls");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("rate limit"), "{}", e.message());
+    // Another caller is served meanwhile; alice again after a pause.
+    node.get_node_info(info(&bob)).await.unwrap();
+    wait_until("alice's bucket to refill", Duration::from_secs(5), || {
+        let mut node = node.clone();
+        let alice = alice.clone();
+        async move { node.get_node_info(info(&alice)).await.ok() }
+    })
+    .await
+    .unwrap();
+
+    // One call in flight per caller: a watch holds it until it ends.
+    let (_, mut r) = clients(&a).await;
+    let carol = a.dev_token("case_manager", "carol").await.unwrap();
+    let watch = r
+        .watch_referrals(bearer(&carol, pb::WatchReferralsRequest::default()))
+        .await
+        .unwrap();
+    let e = node.get_node_info(info(&carol)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("in flight"), "{}", e.message());
+    drop(watch);
+    wait_until(
+        "the watch's place to be released",
+        Duration::from_secs(5),
+        || {
+            let mut node = node.clone();
+            let carol = carol.clone();
+            async move { node.get_node_info(info(&carol)).await.ok() }
+        },
+    )
+    .await
+    .unwrap();
+
+    // A message above max_message_bytes.
+    let dave = a.dev_token("case_manager", "dave").await.unwrap();
+    let (mut c, _) = clients(&a).await;
+    let mut big = consent_request("c-big", "client-1");
+    big.witness = "w".repeat(20_000);
+    let e = c.record_consent(bearer(&dave, big)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // The node keeps serving.
+    node.get_node_info(info(&bob)).await.unwrap();
+}
+
+async fn inbound_count(b: &NodeProcess, token: &str) -> usize {
+    let (_, mut r) = clients(b).await;
+    let mut n = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = r
+            .list_referrals(bearer(
+                token,
+                pb::ListReferralsRequest {
+                    direction: pb::Direction::Inbound as i32,
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        n += page.referrals.len();
+        let ids: HashSet<String> = page.referrals.into_iter().map(|r| r.referral_id).collect();
+        assert!(ids.len() <= n);
+        if page.next_page_token.is_empty() {
+            return n;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_over_its_rate_is_slowed_not_lost() {
+    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
+    let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
+        "[limits]\npeer_calls_per_sec = 20\npeer_burst = 10\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    peer_with(&a, &b).await;
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let (mut ac, mut ar) = clients(&a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-1", "client-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap()
+        .consent_id;
+    for i in 0..60 {
+        ar.create_referral(bearer(
+            &alice,
+            referral_request(
+                &format!("r-{i}"),
+                &consent,
+                "prison-b",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    if let Err(e) = wait_until(
+        "all 60 to arrive despite B's limit",
+        Duration::from_secs(60),
+        || async { (inbound_count(&b, &bob).await == 60).then_some(()) },
+    )
+    .await
+    {
+        let log = a.log();
+        panic!("{e}; A's log:\n{}", &log[log.len().saturating_sub(6000)..]);
+    }
+    eprintln!(
+        "60 referrals through a 20/s limit in {:?}",
+        started.elapsed()
+    );
+    // B refused calls for the rate (A retried them), and applied each once.
+    let limited = r#"exitnet_received_total{peer="ngo-a",kind="any",outcome="rate_limited"}"#;
+    assert!(
+        b.metric(limited).await.unwrap() > 0.0,
+        "A never met B's limit"
+    );
+    let new = r#"exitnet_received_total{peer="ngo-a",kind="offer",outcome="new"}"#;
+    assert_eq!(b.metric(new).await.unwrap(), 60.0);
+}
