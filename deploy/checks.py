@@ -3,11 +3,15 @@
 Usage: python deploy/checks.py SECTION [ARGS]; SECTION is one of yaml, kubernetes,
 compose, dockerfile, systemd. Prints one line per check, `ok   …` or `FAIL …` (with
 the reason on the following indented lines), and exits 1 if any check failed.
-Needs PyYAML (target/tools/venv, installed by scripts/install-tools).
+`health`, `unauthenticated` and `metrics` probe a running node instead (deploy/check's
+smoke test): they print only what is wrong, and exit 1 then.
+Needs PyYAML, grpcio and grpcio-health-checking (target/tools/venv, installed by
+scripts/install-tools).
 """
 
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -98,41 +102,99 @@ def container_hardening(pod, c):
     return problems
 
 
-def port_number(c, port):
-    if isinstance(port, int):
-        return port
-    for p in c.get("ports", []):
-        if p.get("name") == port:
-            return p.get("containerPort")
-    return None
+HEALTH_PORT = 7712
+TLS_PORTS = {7710: "the federation listener", 7711: "the client API"}
 
 
-def node_probe_problems(c):
+def listen_port(addr):
+    """The port of a `host:port` listen address (None if unset or malformed)."""
+    try:
+        return int(str(addr).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def node_probe_problems(c, health_port):
+    """All three probes must be the kubelet's native gRPC probes on the plaintext
+    health listener (api.health_listen). The client API and the federation listener
+    are TLS in a pod; the kubelet's gRPC probes speak no TLS, so a gRPC probe there can
+    never pass."""
     problems = []
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = c.get(kind)
         if not probe:
             problems.append(f"no {kind}")
             continue
-        if "grpc" in probe:
-            g = probe["grpc"]
-            # The node's client API and federation listener are TLS off loopback; a
-            # plaintext gRPC probe (the kubelet's default) can never pass.
-            if g.get("port") != 7711:
-                problems.append(f"{kind}: grpc probe on {g.get('port')}, not the client API 7711")
-            if g.get("mode") != "TLS":
-                problems.append(f"{kind}: grpc probe without mode: TLS against a TLS listener")
-        elif "tcpSocket" in probe:
-            port = port_number(c, probe["tcpSocket"].get("port"))
-            if port != 7711:
-                problems.append(f"{kind}: tcpSocket on {port}, not the client API 7711")
-        elif "exec" in probe:
-            cmd = probe["exec"].get("command") or []
-            if not cmd or not cmd[0].endswith("exitnetctl"):
-                problems.append(f"{kind}: exec probe is not exitnetctl")
-        else:
-            problems.append(f"{kind}: neither grpc, tcpSocket nor exec")
+        if "grpc" not in probe:
+            other = next((k for k in ("tcpSocket", "exec", "httpGet") if k in probe), "no handler")
+            problems.append(f"{kind}: {other}, expected a grpc probe on the health listener {health_port}")
+            continue
+        g = probe["grpc"]
+        port = g.get("port")
+        if port in TLS_PORTS:
+            problems.append(f"{kind}: plaintext grpc probe on {port}, {TLS_PORTS[port]}, which is TLS")
+        elif port != health_port:
+            problems.append(f"{kind}: grpc probe on {port}, not the health listener {health_port}")
+        if g.get("mode"):
+            problems.append(f"{kind}: grpc probe with mode {g['mode']} against the plaintext health listener")
     return problems
+
+
+def secret_names(volume):
+    """The Secrets a volume is made of (a secret volume, or a projected one)."""
+    if "secret" in volume:
+        return [volume["secret"].get("secretName")]
+    return [s["secret"].get("name") for s in (volume.get("projected") or {}).get("sources", []) if "secret" in s]
+
+
+def replica_problems(node, c, mounts, volumes, node_cfg, budgets):
+    """Replicas of one node must share the identity directory's contents, the master
+    key, the configuration (org.id) and the PostgreSQL database. A per-pod volume for
+    the identity is right for one replica only."""
+    problems = []
+    replicas = node["spec"].get("replicas", 1)
+    claims = {t["metadata"]["name"] for t in node["spec"].get("volumeClaimTemplates", [])}
+    data_name = mounts.get("/var/lib/exitnet", {}).get("name")
+    data = volumes.get(data_name, {})
+    ident_mount = mounts.get("/var/lib/exitnet/identity")
+    if ident_mount is not None:
+        ident = volumes.get(ident_mount["name"], {})
+        if secret_names(ident):
+            if not ident_mount.get("readOnly"):
+                problems.append("the identity Secret is not mounted readOnly")
+        elif "persistentVolumeClaim" not in ident:
+            problems.append("data_dir/identity is neither a Secret nor a shared PersistentVolumeClaim")
+    elif "emptyDir" in data:
+        problems.append("data_dir/identity would be created anew in an emptyDir at every start")
+    elif replicas > 1 and "persistentVolumeClaim" not in data:
+        problems.append(f"{replicas} replicas, but each would create its own identity in its data directory "
+                        "(mount the identity from a Secret at /var/lib/exitnet/identity)")
+    elif replicas == 1 and data_name not in claims and "persistentVolumeClaim" not in data:
+        problems.append("the data directory holding the identity is not on a PersistentVolumeClaim")
+    mk = node_cfg.get("master_key_file")
+    mk_mount = next((m for path, m in mounts.items() if mk and mk.startswith(path.rstrip("/") + "/")), None)
+    if not mk:
+        problems.append("master_key_file is unset: the master key would be created in data_dir/identity")
+    elif mk_mount is None or not secret_names(volumes.get(mk_mount["name"], {})):
+        problems.append(f"master_key_file {mk} is not on a Secret volume")
+    if not (node_cfg.get("org") or {}).get("id"):
+        problems.append("org.id is not set in exitnet.toml")
+    if replicas > 1:
+        env = {e["name"]: e for e in c.get("env", [])}
+        ref = env.get("EXITNET_DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef")
+        if not ref:
+            problems.append("replicas need PostgreSQL: EXITNET_DATABASE_URL from a Secret")
+        elif ref.get("optional"):
+            problems.append("EXITNET_DATABASE_URL is optional: a pod without it would run on a SQLite database of its own")
+        labels = pod_labels(node)
+        if not any(all(labels.get(k) == v for k, v in (b["spec"].get("selector", {}).get("matchLabels") or {}).items())
+                   for b in budgets):
+            problems.append("no PodDisruptionBudget selects the replicas")
+    return problems
+
+
+def pod_labels(workload):
+    return ((workload.get("spec", {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
 
 
 def check_kubernetes(rendered=None):
@@ -174,13 +236,31 @@ def check_kubernetes(rendered=None):
             problems += container_hardening(pod, c)
         report(f"kubernetes: {w['kind']} {w['metadata']['name']} runs non-root, read-only, no capabilities, RuntimeDefault seccomp, probes, resources", problems)
 
+    toml_path = kdir / "exitnet.toml"
+    with open(toml_path, "rb") as f:
+        node_cfg = tomllib.load(f)
+    api_cfg = node_cfg.get("api", {})
+    health_port = listen_port(api_cfg.get("health_listen"))
+    problems = []
+    if health_port is None:
+        problems.append("api.health_listen is not set (the kubelet's gRPC probes need a plaintext health listener)")
+    elif health_port != HEALTH_PORT:
+        problems.append(f"api.health_listen is on {health_port}, not {HEALTH_PORT}")
+    elif str(api_cfg.get("health_listen")).rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "localhost"):
+        problems.append("api.health_listen is on loopback: the kubelet probes the pod IP")
+    if health_port in TLS_PORTS or health_port == listen_port(api_cfg.get("listen")):
+        problems.append("api.health_listen shares a port with a TLS listener")
+    if listen_port((node_cfg.get("metrics") or {}).get("listen")) != 9711:
+        problems.append("metrics.listen is not on 9711")
+    report(f"kubernetes: exitnet.toml sets api.health_listen on {HEALTH_PORT} (plaintext, health only) and metrics.listen on 9711", problems)
+
     node = next((w for w in workloads if w["metadata"]["name"] == "exitnet-node"), None)
     if node is None:
         report("kubernetes: exitnet-node workload", ["not found"])
     else:
         pod = pod_spec(node)
         c = pod["containers"][0]
-        report("kubernetes: exitnet-node probes on the client API (7711) or exitnetctl, never plaintext gRPC on a TLS port", node_probe_problems(c))
+        report(f"kubernetes: exitnet-node probes are native gRPC probes on the health listener {HEALTH_PORT} from exitnet.toml, none on a TLS port", node_probe_problems(c, health_port or HEALTH_PORT))
         problems = []
         if pod.get("enableServiceLinks") is not False:
             problems.append("enableServiceLinks must be false: service links inject EXITNET_* variables the node rejects")
@@ -188,6 +268,7 @@ def check_kubernetes(rendered=None):
             problems.append("automountServiceAccountToken should be false (the node never calls the Kubernetes API)")
         report("kubernetes: exitnet-node has no service-link variables and no API token", problems)
         mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
         args = c.get("args", [])
         problems = []
         for path in ("/var/lib/exitnet", "/etc/exitnet", "/run/secrets", "/tmp"):
@@ -195,13 +276,16 @@ def check_kubernetes(rendered=None):
                 problems.append(f"no volume at {path}")
         if "--config" not in args or not args[args.index("--config") + 1].startswith("/etc/exitnet/"):
             problems.append("args do not name --config under /etc/exitnet")
-        claims = [t["metadata"]["name"] for t in node["spec"].get("volumeClaimTemplates", [])]
-        if mounts.get("/var/lib/exitnet", {}).get("name") not in claims:
-            problems.append("the data directory is not on a PersistentVolumeClaim")
-        ports = {p.get("containerPort") for p in c.get("ports", [])}
-        if not {7710, 7711, 9711} <= ports:
-            problems.append(f"container ports {sorted(ports)} lack 7710, 7711 or 9711")
-        report("kubernetes: exitnet-node mounts data (PVC), config, secrets, /tmp; ports 7710 7711 9711", problems)
+        if node_cfg.get("data_dir") != "/var/lib/exitnet":
+            problems.append(f"exitnet.toml's data_dir {node_cfg.get('data_dir')} is not the mounted /var/lib/exitnet")
+        ports = {p.get("containerPort"): p.get("name") for p in c.get("ports", [])}
+        if not {7710, 7711, HEALTH_PORT, 9711} <= set(ports):
+            problems.append(f"container ports {sorted(ports)} lack 7710, 7711, {HEALTH_PORT} or 9711")
+        elif ports[HEALTH_PORT] != "health":
+            problems.append(f"container port {HEALTH_PORT} is not named health")
+        report(f"kubernetes: exitnet-node mounts data, config, secrets, /tmp; ports 7710 7711 {HEALTH_PORT} 9711", problems)
+        report("kubernetes: exitnet-node replicas share the identity, the master key, org.id and PostgreSQL",
+               replica_problems(node, c, mounts, volumes, node_cfg, by_kind.get("PodDisruptionBudget", [])))
 
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
     problems = []
@@ -385,15 +469,15 @@ def check_dockerfile():
         if needle not in build:
             problems.append(f"cargo build lacks {needle}")
     expose = {p for l in final if l.upper().startswith("EXPOSE ") for p in l.split()[1:]}
-    if not {"7710", "7711", "9711"} <= expose:
-        problems.append(f"EXPOSE {sorted(expose)} lacks 7710, 7711 or 9711")
+    if not {"7710", "7711", "7712", "9711"} <= expose:
+        problems.append(f"EXPOSE {sorted(expose)} lacks 7710, 7711, 7712 or 9711")
     if not any(l.upper().startswith("VOLUME") and "/var/lib/exitnet" in l for l in final):
         problems.append("no VOLUME /var/lib/exitnet")
     if not any(l.upper().startswith("HEALTHCHECK") for l in final):
         problems.append("no HEALTHCHECK")
     if re.search(r"\b(curl|wget)\b|ADD\s+https?://", text.split("FROM", 2)[-1]):
         problems.append("the runtime stage downloads something")
-    report("Dockerfile: --release --locked both binaries; EXPOSE 7710 7711 9711; VOLUME; HEALTHCHECK", problems)
+    report("Dockerfile: --release --locked both binaries; EXPOSE 7710 7711 7712 9711; VOLUME; HEALTHCHECK", problems)
 
     ignore = DEPLOY.parent / ".dockerignore"
     entries = ignore.read_text().split() if ignore.exists() else []
@@ -450,8 +534,182 @@ def check_systemd():
     report("systemd: hardening, StateDirectory, master key by LoadCredential, Restart, TimeoutStopSec", problems)
 
 
+# === probes of a running node (deploy/check's smoke test) ===
+# These print nothing when the node answers as expected, else the reason, and exit 1.
+
+# Every service the node reports in grpc.health.v1 ("" is the overall status).
+HEALTH_SERVICES = [
+    "",
+    "exitnet.v1.NodeService",
+    "exitnet.v1.DirectoryService",
+    "exitnet.v1.ConsentService",
+    "exitnet.v1.ReferralService",
+    "exitnet.v1.AuditService",
+    "exitnet.v1.FederationService",
+]
+
+# Every family of node/src/metrics.rs, as OpenMetrics names it (counters get _total
+# in their samples, not in the family name).
+METRIC_FAMILIES = {
+    "exitnet_deliveries": "counter",
+    "exitnet_delivery_latency_seconds": "histogram",
+    "exitnet_received": "counter",
+    "exitnet_sign_in_failures": "counter",
+    "exitnet_calls": "counter",
+    "exitnet_peer_reachable": "gauge",
+    "exitnet_referrals": "gauge",
+    "exitnet_outbox_depth": "gauge",
+    "exitnet_peer_active": "gauge",
+    "exitnet_audit_records": "gauge",
+    "exitnet_audit_checkpoint_seq": "gauge",
+}
+
+
+def health_statuses(addr, ca=None, services=HEALTH_SERVICES):
+    """grpc.health.v1 Check for each service: {service: status name}. Plaintext, or TLS
+    verified against the PEM file ca."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if ca:
+        creds = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+        channel = grpc.secure_channel(addr, creds)
+    else:
+        channel = grpc.insecure_channel(addr)
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        out = {}
+        for s in services:
+            r = stub.Check(health_pb2.HealthCheckRequest(service=s), timeout=5)
+            out[s] = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+        return out
+
+
+def probe_health(args):
+    """health ADDR [--ca PEM]: every service SERVING. health ADDR --stopped: the overall
+    status is no longer SERVING (NOT_SERVING, or the listener is gone)."""
+    import grpc
+
+    addr, rest = args[0], args[1:]
+    ca = rest[rest.index("--ca") + 1] if "--ca" in rest else None
+    if "--stopped" in rest:
+        try:
+            status = health_statuses(addr, ca, [""])[""]
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return 0
+            print(f"health check on {addr}: {e.code()} {e.details()}")
+            return 1
+        if status == "SERVING":
+            print("still SERVING")
+            return 1
+        return 0
+    try:
+        statuses = health_statuses(addr, ca)
+    except grpc.RpcError as e:
+        print(f"health check on {addr}: {e.code()} {e.details()}")
+        return 1
+    bad = {s or '""': st for s, st in statuses.items() if st != "SERVING"}
+    if bad:
+        print(f"not SERVING: {bad}")
+        return 1
+    return 0
+
+
+def parse_openmetrics(text):
+    """({family: type}, {sample line name{labels}: value}) of an OpenMetrics text."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return types, samples
+
+
+def probe_unauthenticated(args):
+    """unauthenticated ADDR --ca PEM: NodeService.GetNodeInfo without a token over TLS
+    is refused with UNAUTHENTICATED (and counted as a sign-in failure)."""
+    import grpc
+
+    addr, ca = args[0], args[args.index("--ca") + 1]
+    creds = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+    with grpc.secure_channel(addr, creds) as channel:
+        call = channel.unary_unary("/exitnet.v1.NodeService/GetNodeInfo")
+        try:
+            call(b"", timeout=5)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return 0
+            print(f"{e.code()} {e.details()}")
+            return 1
+    print("answered without a token")
+    return 1
+
+
+# Families a node shows from its start; the others appear with their first sample.
+METRIC_FAMILIES_ALWAYS = ("exitnet_delivery_latency_seconds", "exitnet_audit_records", "exitnet_audit_checkpoint_seq")
+
+
+def probe_metrics(args):
+    """metrics ADDR [SAMPLE>=N ...]: GET /metrics answers 200 in OpenMetrics; every
+    family is one of node/src/metrics.rs (as docs/operations.md lists them) with its
+    type, those without labels are there from the start, and the named samples are at
+    least N. Labels are only those of node/src/metrics.rs; another path is 404."""
+    import urllib.error
+    import urllib.request
+
+    addr, wants = args[0], args[1:]
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        status, ctype, text = r.status, r.headers.get("content-type", ""), r.read().decode()
+    problems = []
+    if status != 200:
+        problems.append(f"status {status}")
+    if not ctype.startswith("application/openmetrics-text"):
+        problems.append(f"content-type {ctype}")
+    if not text.rstrip().endswith("# EOF"):
+        problems.append("no # EOF at the end")
+    types, samples = parse_openmetrics(text)
+    for name, kind in types.items():
+        if name not in METRIC_FAMILIES:
+            problems.append(f"family {name} is unknown here: add it to METRIC_FAMILIES in deploy/checks.py "
+                            "and to the list in docs/operations.md")
+        elif METRIC_FAMILIES[name] != kind:
+            problems.append(f"family {name} is a {kind}, expected a {METRIC_FAMILIES[name]}")
+    for name in METRIC_FAMILIES_ALWAYS:
+        if name not in types:
+            problems.append(f"family {name} missing")
+    allowed = {"peer", "outcome", "kind", "direction", "state", "reason", "surface", "method", "code", "le"}
+    for key in samples:
+        for label in re.findall(r'([a-z_]+)="', key):
+            if label not in allowed:
+                problems.append(f"unexpected label {label} in {key}")
+    for want in wants:
+        series, minimum = want.rsplit(">=", 1)
+        value = samples.get(series)
+        if value is None or value < float(minimum):
+            problems.append(f"{series} is {value}, expected >= {minimum}")
+    try:
+        urllib.request.urlopen(f"http://{addr}/other", timeout=5)
+        problems.append("GET /other answered")
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            problems.append(f"GET /other: {e.code}, expected 404")
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
 def main():
     section, args = sys.argv[1], sys.argv[2:]
+    if section == "health":
+        sys.exit(probe_health(args))
+    if section == "metrics":
+        sys.exit(probe_metrics(args))
+    if section == "unauthenticated":
+        sys.exit(probe_unauthenticated(args))
     if section == "yaml":
         check_yaml()
     elif section == "kubernetes":
