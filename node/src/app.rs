@@ -425,6 +425,10 @@ impl Application {
         health
             .set_not_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
             .await;
+        // The overall status too, so probes see the stop before the listener closes.
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
         let drain = async {
             for (name, task) in [

@@ -5,6 +5,8 @@
 pub mod db;
 pub mod node;
 pub mod oidc;
+pub mod proxy;
 
 pub use db::{Backend, TestDatabase};
 pub use node::{CtlOutput, NodeProcess, NodeSpec, bearer, binary, wait_until, with_token};
+pub use proxy::{Fault, FaultProxy};

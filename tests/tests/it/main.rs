@@ -8,6 +8,7 @@
 mod audit;
 mod auth;
 mod consents;
+mod faults;
 mod limits;
 mod node;
 mod peering;
