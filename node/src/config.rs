@@ -362,6 +362,21 @@ max_connection_age_secs = 3600
 }
 
 impl Config {
+    /// The defaults overlaid with one TOML text (no environment): what
+    /// `config check` does with a file, for the fuzz target.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let raw = config::Config::builder()
+            .add_source(defaults())
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .context("reading configuration")?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Loads the configuration from the defaults, `file` and `env`.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder().add_source(defaults());

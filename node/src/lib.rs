@@ -22,6 +22,8 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

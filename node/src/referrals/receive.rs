@@ -67,7 +67,7 @@ pub async fn handle(
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
-            let (mut record, ev) = offer_to_record(state, from, &policy, offer)?;
+            let (mut record, ev) = offer_to_record(&state.org_id, from, &policy, offer)?;
             // Sealed under a data key of this referral's own, destroyed on purge.
             if let Some(plain) = record.summary.take() {
                 record.summary = Some(
@@ -204,8 +204,10 @@ pub async fn handle(
 }
 
 /// Validates an offer against its own terms and this node's rules.
-fn offer_to_record(
-    state: &NodeState,
+/// Validates an offer from `from` to `me` into the records to store. Pure:
+/// the fuzz targets call it with arbitrary offers.
+pub fn offer_to_record(
+    me: &crate::domain::OrgId,
     from: &Peer,
     policy: &crate::policy::PeerPolicy,
     offer: pb::ReferralOffer,
@@ -242,7 +244,7 @@ fn offer_to_record(
     if !terms.in_force(now) {
         return Err(deny("offer.terms.valid_until: the consent is not in force"));
     }
-    if !terms.recipients.contains(&state.org_id) {
+    if !terms.recipients.contains(me) {
         return Err(deny(
             "offer.terms.recipients: this node is not a recipient under the consent",
         ));
@@ -309,7 +311,7 @@ fn offer_to_record(
         actor: String::new(),
         state: ReferralState::Received.as_str().to_owned(),
         at_ms: now,
-        by_org: state.org_id.to_string(),
+        by_org: me.to_string(),
         detail: pb::StateChange {
             state: ReferralState::Received.to_pb(),
             at: Some(to_timestamp(now)),
@@ -322,7 +324,7 @@ fn offer_to_record(
 
 /// A state change the receiver reports: only states the receiver may set,
 /// only legal transitions.
-fn status_change(
+pub fn status_change(
     from: &Peer,
     r: &ReferralRecord,
     mut change: pb::StateChange,
