@@ -395,6 +395,7 @@ impl Application {
         ));
         // Our receipts and checkpoints must stay verifiable after a rotation.
         crate::audit::checkpoint::remember_own_key(&state).await?;
+        peering::announce_rotation_if_missing(&state).await?;
         if let Err(e) = peering::announce_profile_if_changed(&state).await {
             tracing::warn!(error = %e, "could not queue the profile for peers");
         }

@@ -11,6 +11,15 @@
 #     development sign-in. The client gets its own token from the provider,
 #     records a consent, sends a referral, watches it be delivered and accepted
 #     at B, and checks that bad input is INVALID_ARGUMENT naming the field.
+#  3. hostile.py on two nodes on SQLite in development sign-in: A with low
+#     limits per caller (rate, burst, calls in flight), a small message limit
+#     and a short TLS handshake deadline, B with a low limit per address. While
+#     a good client keeps calling A, garbage, HTTP/1.1, oversized, undecodable
+#     and invalid requests, floods of bad tokens and of one caller's calls, too
+#     many watches, and strangers' TLS (fresh keys, no certificate, TLS 1.2,
+#     plaintext) on A's federation port are each answered with the right code;
+#     the refusals are in `exitnetctl security events`, both nodes stay
+#     SERVING, log no panic and stop cleanly.
 #
 # Every PostgreSQL database is fresh per run and dropped on exit; nodes and the
 # provider are stopped on exit, also after a failure.
@@ -219,9 +228,41 @@ run_peered() {
   passed=$((passed + 1))
 }
 
+# ---- hostile input ------------------------------------------------------------
+
+run_hostile() {
+  local a=$work/hostile-a b=$work/hostile-b org_a=hostile-a org_b=hostile-b
+  # A: low limits per caller; the limit per address high, since every caller
+  # here comes from 127.0.0.1. B: a low limit per address.
+  local max_message=65536 rate=20 burst=40 in_flight=4 b_rate=5 b_burst=20 handshake_ms=2000
+  mkdir -p "$a" "$b"
+  echo "== hostile: $org_a (SQLite, limits per caller) and $org_b (SQLite, limit per address), development sign-in" >&2
+  local api_a api_b fed_a summary
+  api_a=$(start_node "$a" EXITNET_ORG__ID=$org_a EXITNET_LIMITS__MAX_MESSAGE_BYTES=$max_message \
+    EXITNET_LIMITS__CALLER_CALLS_PER_SEC=$rate EXITNET_LIMITS__CALLER_BURST=$burst \
+    EXITNET_LIMITS__CALLER_MAX_IN_FLIGHT=$in_flight \
+    EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC=100000 EXITNET_LIMITS__ADDRESS_BURST=100000 \
+    EXITNET_FEDERATION__HANDSHAKE_TIMEOUT_MS=$handshake_ms)
+  api_b=$(start_node "$b" EXITNET_ORG__ID=$org_b \
+    EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC=$b_rate EXITNET_LIMITS__ADDRESS_BURST=$b_burst)
+  fed_a=$(json_get federation <"$a/exitnet-data/listening.json")
+  summary=$(PYTHONPATH="$gen" "$py" tests/interop/hostile.py \
+    --api-a "$api_a" --fed-a "$fed_a" --org-a $org_a --socket-a "$a/exitnet-data/admin.sock" --log-a "$a/node.log" \
+    --api-b "$api_b" --org-b $org_b --socket-b "$b/exitnet-data/admin.sock" --log-b "$b/node.log" \
+    --ctl "$ctl_bin" --max-message-bytes $max_message --caller-rate $rate --caller-burst $burst \
+    --caller-in-flight $in_flight --b-address-rate $b_rate --b-address-burst $b_burst \
+    --handshake-timeout-ms $handshake_ms)
+  [[ "$summary" =~ ^hostile:\ [0-9]+\ passed,\ 0\ failed$ ]] || die "hostile.py ended with '$summary'"
+  echo "$summary" >&2
+  stop_node "$a"; stop_node "$b"
+  ! grep -q panicked "$a/node.log" "$b/node.log" || die "a node panicked: $(grep -h -m1 panicked "$a/node.log" "$b/node.log")"
+  passed=$((passed + 1))
+}
+
 run_case sqlite
 db="exitnet_interop_$$"
 new_db "$db"
 run_case postgres "EXITNET_DATABASE_URL=${pg_admin%/*}/$db"
 run_peered
+run_hostile
 echo "interop: $passed passed, 0 failed"

@@ -60,6 +60,26 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Empties the database (drops and creates it again).
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {}",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();

@@ -167,6 +167,31 @@ impl NodeProcess {
         Ok(Some(node))
     }
 
+    /// Like `start`, but the first run is killed `after` it was spawned
+    /// (whatever it was doing: creating its identity, migrating, binding);
+    /// the node is left stopped, for `restart`.
+    pub async fn start_killed_after(
+        spec: NodeSpec,
+        after: Duration,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(mut node) = Self::start(spec).await? else {
+            return Ok(None);
+        };
+        // `start` ran it once to learn its ports; begin again from nothing.
+        node.kill().await?;
+        if let Some(db) = &node.db {
+            db.reset().await?;
+        }
+        let data = node.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        node.spawn()?;
+        tokio::time::sleep(after).await;
+        node.kill().await?;
+        Ok(Some(node))
+    }
+
     /// Another process of the same node, as an organisation runs several
     /// replicas: the same configuration, identity, master key and (PostgreSQL)
     /// database, its own data directory and ports.
@@ -248,7 +273,8 @@ impl NodeProcess {
         }
     }
 
-    async fn launch(&mut self) -> anyhow::Result<()> {
+    /// Starts the process without waiting for it.
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let listening = self.data_dir().join("listening.json");
         let _ = std::fs::remove_file(&listening);
         let log = std::fs::OpenOptions::new()
@@ -270,8 +296,14 @@ impl NodeProcess {
             .kill_on_drop(true)
             .spawn()
             .context("starting exitnet-node")?;
-        let pid = child.id();
         self.child = Some(child);
+        Ok(())
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        let listening = self.data_dir().join("listening.json");
+        let pid = self.child.as_ref().and_then(|c| c.id());
         let info = wait_until(
             "the node to report its addresses",
             Duration::from_secs(30),
@@ -375,6 +407,19 @@ impl NodeProcess {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    /// Starts `exitnetctl ARGS` without waiting for it (to kill the node meanwhile).
+    pub fn ctl_spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(Command::new(binary("exitnetctl")?)
+            .arg("--socket")
+            .arg(&self.admin_socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?)
     }
 
     /// `exitnetctl ARGS --output json`, which must succeed.

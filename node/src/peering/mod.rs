@@ -584,6 +584,68 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         )],
     )
     .await;
+    // If the process dies before this commits, the next start finds the
+    // new key unannounced and announces it (`announce_rotation_if_missing`).
+    let notices = rotation_notices(state, &old_fp, &old_spki, &new_spki, until).await?;
+    state
+        .store
+        .enqueue_notices_with_meta(&notices, ANNOUNCED_KEY, &new_fp)
+        .await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(old = %old_fp, new = %new_fp, "identity key rotated");
+    Ok(Rotation {
+        old_fingerprint: old_fp,
+        new_fingerprint: new_fp,
+        old_valid_until_ms: until,
+        peers_notified: notices.len() as u32,
+    })
+}
+
+/// Where the fingerprint of the key peers were last told of is kept.
+const ANNOUNCED_KEY: &str = "announced_key";
+
+/// At start: a rotation that reached the key files but not the database (the
+/// process died in between) is announced now, signed with the key the peers
+/// know, so they do not refuse the new one.
+pub async fn announce_rotation_if_missing(state: &NodeState) -> Result<()> {
+    let current = state.fingerprint()?;
+    let announced = state.store.meta_init(ANNOUNCED_KEY, &current).await?;
+    if announced == current {
+        return Ok(());
+    }
+    let found = {
+        let identity = state.identity()?;
+        let new_spki = identity.current().spki_der().to_vec();
+        identity
+            .retired(now_ms())
+            .find(|r| r.key.fingerprint() == announced)
+            .map(|r| (r.key.spki_der().to_vec(), new_spki, r.valid_until_ms))
+    };
+    let Some((old_spki, new_spki, until)) = found else {
+        tracing::error!(
+            announced = %announced,
+            current = %current,
+            "the key peers know is gone and the new one was never announced: peers must be re-peered"
+        );
+        return Ok(());
+    };
+    let notices = rotation_notices(state, &announced, &old_spki, &new_spki, until).await?;
+    state
+        .store
+        .enqueue_notices_with_meta(&notices, ANNOUNCED_KEY, &current)
+        .await?;
+    tracing::warn!(old = %announced, new = %current, peers = notices.len(), "announcing a key rotation interrupted by a crash");
+    Ok(())
+}
+
+/// The signed announcements of a new key, one per peer that accepts our calls.
+async fn rotation_notices(
+    state: &NodeState,
+    old_fp: &str,
+    old_spki: &[u8],
+    new_spki: &[u8],
+    until: i64,
+) -> Result<Vec<NewNotice>> {
     let peers = state.store.list_peers().await?;
     let mut notices = Vec::new();
     // Peers that accept our calls: active ones, and those we suspended (they
@@ -596,8 +658,8 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         let payload = pb::KeyRotation {
             org_id: state.org_id.to_string(),
             recipient_org_id: peer.org_id.to_string(),
-            new_public_key: new_spki.clone(),
-            old_public_key: old_spki.clone(),
+            new_public_key: new_spki.to_vec(),
+            old_public_key: old_spki.to_vec(),
             issued_at: Some(to_timestamp(now_ms())),
             old_key_valid_until: Some(to_timestamp(until)),
         }
@@ -605,7 +667,7 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         let signature = {
             let identity = state.identity()?;
             let old = identity
-                .key(&old_fp)
+                .key(old_fp)
                 .ok_or_else(|| Error::Internal(anyhow::anyhow!("old key vanished")))?;
             old.sign(&payload)?
         };
@@ -613,18 +675,10 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
             state,
             &peer.org_id,
             pb::notify_request::Notice::KeyRotation(pb::SignedKeyRotation { payload, signature }),
-            Some(old_fp.clone()),
+            Some(old_fp.to_owned()),
         ));
     }
-    state.store.enqueue_notices(&notices).await?;
-    state.outbox_wake.notify_one();
-    tracing::info!(old = %old_fp, new = %new_fp, "identity key rotated");
-    Ok(Rotation {
-        old_fingerprint: old_fp,
-        new_fingerprint: new_fp,
-        old_valid_until_ms: until,
-        peers_notified: notices.len() as u32,
-    })
+    Ok(notices)
 }
 
 /// At start: if the configured profile differs from the one last announced,

@@ -299,6 +299,13 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()>;
 
     async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()>;
+    /// Queues notices and sets a meta value, together.
+    async fn enqueue_notices_with_meta(
+        &self,
+        notices: &[NewNotice],
+        key: &str,
+        value: &str,
+    ) -> Result<()>;
     /// Undelivered notices, oldest first.
     async fn undelivered_notices(&self, limit: i64) -> Result<Vec<Notice>>;
     /// Peers with an undelivered notice due at `now_ms`.

@@ -606,6 +606,18 @@ macro_rules! impl_store {
                 if expires_at <= peer.now_ms {
                     return Ok(Err(JoinRefusal::Expired));
                 }
+                // The same node joining again (with the same key) while its
+                // first join still waits for our approval: it lost its own
+                // record (a crash between our answer and its commit), so its
+                // new join replaces the pending one.
+                sqlx::query(
+                    "DELETE FROM peers WHERE org_id = $1 AND state = 'pending' AND awaiting = 'local'
+                     AND EXISTS (SELECT 1 FROM peer_keys k WHERE k.org_id = peers.org_id AND k.fingerprint = $2)",
+                )
+                .bind(peer.profile.org_id.as_str())
+                .bind(&peer.key.fingerprint)
+                .execute(&mut *tx)
+                .await?;
                 if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
                     return Ok(Err(JoinRefusal::OrgAlreadyPeered));
                 }
@@ -740,6 +752,21 @@ macro_rules! impl_store {
                     .bind(org.as_str())
                     .execute(&self.pool)
                     .await?;
+                Ok(())
+            }
+
+            async fn enqueue_notices_with_meta(&self, notices: &[NewNotice], key: &str, value: &str) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                insert_notices(&mut tx, notices).await?;
+                sqlx::query(
+                    "INSERT INTO node_meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

@@ -8,6 +8,7 @@
 mod audit;
 mod auth;
 mod consents;
+mod crashes;
 mod faults;
 mod limits;
 mod node;
