@@ -44,6 +44,20 @@ fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
             http::HeaderValue::from_static("message: larger than limits.max_message_bytes"),
         );
     }
+    // A message that is not valid protobuf (wrong wire types, invalid UTF-8
+    // in a string field) is the caller's error, not ours: INVALID_ARGUMENT,
+    // keeping prost's text, which names the message and field.
+    let undecodable = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed%20to%20decode%20Protobuf%20message")
+                    || m.starts_with("failed to decode Protobuf message")
+            });
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
 }
 
 /// A tower layer that wraps every gRPC call in a span and logs its outcome.
