@@ -60,6 +60,10 @@ fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The called method's path, for handlers that record it (security events).
+#[derive(Debug, Clone)]
+pub struct CallPath(pub String);
+
 /// A tower layer that wraps every gRPC call in a span and logs its outcome.
 #[derive(Debug, Clone)]
 pub struct CallLog {
@@ -106,9 +110,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         // The path is /package.Service/Method: fixed names, no content.
         let method = req.uri().path().to_owned();
+        req.extensions_mut().insert(CallPath(method.clone()));
         let span = tracing::info_span!(
             "call",
             surface = self.surface,

@@ -246,7 +246,7 @@ run_hostile() {
   api_b=$(start_node "$b" EXITNET_ORG__ID=$org_b \
     EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC=$b_rate EXITNET_LIMITS__ADDRESS_BURST=$b_burst)
   fed_a=$(json_get federation <"$a/exitnet-data/listening.json")
-  summary=$(PYTHONPATH="$gen" "$py" tests/interop/hostile.py \
+  summary=$(PYTHONPATH="$gen" "$py" tests/interop/hostile.py --strict \
     --api-a "$api_a" --fed-a "$fed_a" --org-a $org_a --socket-a "$a/exitnet-data/admin.sock" --log-a "$a/node.log" \
     --api-b "$api_b" --org-b $org_b --socket-b "$b/exitnet-data/admin.sock" --log-b "$b/node.log" \
     --ctl "$ctl_bin" --max-message-bytes $max_message --caller-rate $rate --caller-burst $burst \

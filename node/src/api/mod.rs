@@ -72,8 +72,8 @@ pub async fn authenticate<T>(
                     remote_addr: remote.map(|a| a.to_string()),
                     method: req
                         .extensions()
-                        .get::<tonic::GrpcMethod>()
-                        .map(|m| format!("{}/{}", m.service(), m.method())),
+                        .get::<crate::telemetry::CallPath>()
+                        .map(|m| m.0.trim_start_matches('/').to_owned()),
                 },
             )
             .await;

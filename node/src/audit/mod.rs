@@ -214,8 +214,16 @@ pub async fn list(
         Ok(Some(v.to_owned()).filter(|s| !s.is_empty()))
     };
     let filter = AuditFilter {
-        since_ms: req.since.as_ref().map(crate::domain::time::from_timestamp),
-        until_ms: req.until.as_ref().map(crate::domain::time::from_timestamp),
+        since_ms: req
+            .since
+            .as_ref()
+            .map(|t| crate::domain::time::checked_timestamp("since", t))
+            .transpose()?,
+        until_ms: req
+            .until
+            .as_ref()
+            .map(|t| crate::domain::time::checked_timestamp("until", t))
+            .transpose()?,
         actor: text("actor", &req.actor)?,
         action: text("action", &req.action)?,
         object_id: text("object_id", &req.object_id)?,

@@ -104,10 +104,16 @@ impl ConsentTerms {
                 "required when the legal basis is a statute",
             ));
         }
-        let valid_from_ms = valid_from.as_ref().map(from_timestamp).unwrap_or(now_ms);
-        let valid_until_ms = valid_until.as_ref().map(from_timestamp).ok_or_else(|| {
-            FieldError::new("terms.valid_until", "required: consent is time-limited")
-        })?;
+        let valid_from_ms = match &valid_from {
+            Some(ts) => crate::domain::time::checked_timestamp("terms.valid_from", ts)?,
+            None => now_ms,
+        };
+        let valid_until_ms = crate::domain::time::checked_timestamp(
+            "terms.valid_until",
+            valid_until.as_ref().ok_or_else(|| {
+                FieldError::new("terms.valid_until", "required: consent is time-limited")
+            })?,
+        )?;
         if valid_until_ms <= valid_from_ms {
             return Err(FieldError::new(
                 "terms.valid_until",
@@ -117,10 +123,14 @@ impl ConsentTerms {
         if valid_until_ms <= now_ms {
             return Err(FieldError::new("terms.valid_until", "is in the past"));
         }
-        if (valid_from_ms - now_ms).abs() > MAX_SPAN_MS
-            || valid_until_ms - now_ms > MAX_SPAN_MS
-            || valid_until_ms - valid_from_ms > MAX_SPAN_MS
-        {
+        // Both are within the years 0001–9999 (checked above): no overflow.
+        if (valid_from_ms - now_ms).abs() > MAX_SPAN_MS {
+            return Err(FieldError::new(
+                "terms.valid_from",
+                "more than ten years away",
+            ));
+        }
+        if valid_until_ms - now_ms > MAX_SPAN_MS || valid_until_ms - valid_from_ms > MAX_SPAN_MS {
             return Err(FieldError::new(
                 "terms.valid_until",
                 "more than ten years away",
