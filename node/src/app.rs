@@ -452,6 +452,10 @@ impl Application {
         if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");
         }
+        // Another replica may deliver at once, without waiting for expiry.
+        if let Err(e) = state.store.release_leases(&state.instance_id).await {
+            tracing::warn!(error = %e, "releasing delivery leases failed");
+        }
         state.store.close().await;
         let _ = std::fs::remove_file(&listening);
         let _ = std::fs::remove_file(&admin_socket);

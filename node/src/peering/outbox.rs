@@ -60,9 +60,9 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
                     if let Err(e) = deliver_to_peer(&state, &org, &lease).await {
                         tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
                     }
-                    if let Err(e) = state.store.release_lease(&lease, &state.instance_id).await {
-                        tracing::warn!(peer = %org, error = %e, "releasing a delivery lease failed");
-                    }
+                    // Kept, not released: this replica stays the peer's sender
+                    // while it lives (a write saved per round); another takes
+                    // over when it expires.
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(peer = %org, error = %e, "taking a delivery lease failed"),
@@ -76,18 +76,41 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
     Ok(())
 }
 
-/// Takes or renews this process's lease. It is renewed before every call
-/// (or batch of calls), each bounded by the call timeout, so it lasts two of
-/// those: a live holder never loses it, a dead one's passes on soon.
+/// How long a lease lasts: two call timeouts (at least 5 s), so a live holder
+/// that renews before each call never loses it, and a dead one's passes on soon.
+fn lease_ttl(state: &NodeState) -> i64 {
+    (state.config.federation.call_timeout_ms as i64)
+        .saturating_mul(2)
+        .max(5_000)
+}
+
+/// Takes or renews this process's lease.
 async fn take_lease(state: &NodeState, name: &str) -> crate::error::Result<bool> {
     let now = now_ms();
-    let ttl = (state.config.federation.call_timeout_ms as i64)
-        .saturating_mul(2)
-        .max(5_000);
     state
         .store
-        .acquire_lease(name, &state.instance_id, now, now + ttl)
+        .acquire_lease(name, &state.instance_id, now, now + lease_ttl(state))
         .await
+}
+
+/// A lease held by a delivery task. Renewing is a database write, so it is
+/// renewed only once a quarter of its time has passed: at least 1.5 call
+/// timeouts remain before each call, more than the call can take.
+struct HeldLease<'a> {
+    name: &'a str,
+    renewed_at: i64,
+}
+
+impl HeldLease<'_> {
+    async fn keep(&mut self, state: &NodeState) -> crate::error::Result<bool> {
+        let now = now_ms();
+        if now - self.renewed_at < lease_ttl(state) / 4 {
+            return Ok(true);
+        }
+        let kept = take_lease(state, self.name).await?;
+        self.renewed_at = now;
+        Ok(kept)
+    }
 }
 
 fn is_offer(req: &pb::NotifyRequest) -> bool {
@@ -189,9 +212,14 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     // go ahead, so a suspension is told even while messages wait.
     let mut flow = Flow::default();
     let mut queue = queue.into_iter().peekable();
+    // Just taken (by the caller).
+    let mut held = HeldLease {
+        name: lease,
+        renewed_at: now_ms(),
+    };
     while let Some((n, req)) = queue.next() {
         // Still ours? (A replica that stalled past its lease stops here.)
-        if !take_lease(state, lease).await? {
+        if !held.keep(state).await? {
             anyhow::bail!("the delivery lease passed to another replica");
         }
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));

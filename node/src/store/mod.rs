@@ -425,7 +425,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool>;
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Gives up every lease `holder` has (a replica stopping gracefully).
+    async fn release_leases(&self, holder: &str) -> Result<()>;
 
     /// Appends audit records in a transaction of their own.
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;

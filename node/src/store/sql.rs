@@ -1225,9 +1225,8 @@ macro_rules! impl_store {
                 Ok(n == 1)
             }
 
-            async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
-                    .bind(name)
+            async fn release_leases(&self, holder: &str) -> Result<()> {
+                sqlx::query("DELETE FROM leases WHERE holder = $1")
                     .bind(holder)
                     .execute(&self.pool)
                     .await?;
