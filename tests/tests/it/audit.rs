@@ -230,8 +230,13 @@ async fn tamper_evidence(backend: Backend) {
         "B to witness a checkpoint",
         Duration::from_secs(30),
         || async {
+            // Every checkpoint we signed (the one just made among them) is
+            // countersigned by B.
             let (ok, r) = verify(&a, false).await;
-            (ok && r["witnesses"].as_u64()? >= 1 && r["peers"][0]["agreeing"].as_u64()? >= 1)
+            let n = r["checkpoints"].as_u64()?;
+            (ok && n >= 1
+                && r["witnesses"].as_u64()? == n
+                && r["peers"][0]["agreeing"].as_u64()? >= n)
                 .then_some(r)
         },
     )
@@ -239,6 +244,8 @@ async fn tamper_evidence(backend: Backend) {
     .unwrap();
     assert_eq!(report["peers"][0]["org_id"], "prison-b");
     let witnessed = report["peers"][0]["held"].as_u64().unwrap();
+    // The position of the checkpoint just made, which B holds.
+    let w = cp["seq"].as_u64().unwrap() as i64;
     let url = a.database_url();
 
     // 1. One field of one record changed: verify names that record.
@@ -284,8 +291,9 @@ async fn tamper_evidence(backend: Backend) {
         );
         let rows = sqlx::query(
             "SELECT seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id,
-                    consent_id, peer_org, result FROM audit_log WHERE seq >= 2 ORDER BY seq",
+                    consent_id, peer_org, result FROM audit_log WHERE seq >= 2 AND seq <= $1 ORDER BY seq",
         )
+        .bind(w)
         .fetch_all(&pool)
         .await
         .unwrap();
@@ -320,7 +328,16 @@ async fn tamper_evidence(backend: Backend) {
                 .unwrap();
             prev = hash;
         }
-        sqlx::query("UPDATE audit_head SET head_hash = $1 WHERE id = 1").bind(&prev).execute(&pool).await.unwrap();
+        // What came after the witnessed position goes too (records of
+        // checkpoints A witnessed for B, say), so the chain ends where B's
+        // checkpoint is: a new checkpoint there is a fork B must refuse.
+        sqlx::query("DELETE FROM audit_log WHERE seq > $1").bind(w).execute(&pool).await.unwrap();
+        sqlx::query("UPDATE audit_head SET seq = $1, head_hash = $2 WHERE id = 1")
+            .bind(w)
+            .bind(&prev)
+            .execute(&pool)
+            .await
+            .unwrap();
         sqlx::query("DELETE FROM audit_witnesses").execute(&pool).await.unwrap();
         sqlx::query("DELETE FROM audit_checkpoints").execute(&pool).await.unwrap();
     });

@@ -3,7 +3,7 @@
 //! duplicated; a silent peer does not hold up another; a slow peer does not
 //! grow the sender's memory without bound.
 
-use crate::referrals::{clients, consent_request, peer_with, referral_request, start};
+use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request, start};
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, Fault, FaultProxy, NodeProcess, NodeSpec, bearer, wait_until};
 use std::collections::HashSet;
@@ -31,32 +31,6 @@ async fn behind_proxy(org: &str, backend: Backend) -> Option<(NodeProcess, Fault
     .unwrap()?;
     proxy.set_target(&node.federation_addr).unwrap();
     Some((node, proxy))
-}
-
-async fn inbound_ids(b: &NodeProcess, token: &str) -> Vec<String> {
-    let (_, mut r) = clients(b).await;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = r
-            .list_referrals(bearer(
-                token,
-                pb::ListReferralsRequest {
-                    direction: pb::Direction::Inbound as i32,
-                    page_size: 500,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.referrals.into_iter().map(|r| r.referral_id));
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 struct Sender {

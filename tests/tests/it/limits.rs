@@ -2,11 +2,10 @@
 //! each answered with RESOURCE_EXHAUSTED while others keep being served, and
 //! a peer over its rate loses nothing (its messages are retried).
 
-use crate::referrals::{clients, consent_request, peer_with, referral_request, start};
+use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request, start};
 use exitnet_proto::pb;
 use exitnet_proto::pb::node_service_client::NodeServiceClient;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
-use std::collections::HashSet;
 use std::time::Duration;
 use tonic::Code;
 
@@ -78,34 +77,6 @@ async fn callers_are_limited_one_by_one() {
     node.get_node_info(info(&bob)).await.unwrap();
 }
 
-async fn inbound_count(b: &NodeProcess, token: &str) -> usize {
-    let (_, mut r) = clients(b).await;
-    let mut n = 0;
-    let mut page_token = String::new();
-    loop {
-        let page = r
-            .list_referrals(bearer(
-                token,
-                pb::ListReferralsRequest {
-                    direction: pb::Direction::Inbound as i32,
-                    page_size: 500,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        n += page.referrals.len();
-        let ids: HashSet<String> = page.referrals.into_iter().map(|r| r.referral_id).collect();
-        assert!(ids.len() <= n);
-        if page.next_page_token.is_empty() {
-            return n;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 #[tokio::test]
 async fn a_peer_over_its_rate_is_slowed_not_lost() {
     let a = start("ngo-a", Backend::Sqlite).await.unwrap();
@@ -145,7 +116,7 @@ async fn a_peer_over_its_rate_is_slowed_not_lost() {
     if let Err(e) = wait_until(
         "all 60 to arrive despite B's limit",
         Duration::from_secs(60),
-        || async { (inbound_count(&b, &bob).await == 60).then_some(()) },
+        || async { (inbound_ids(&b, &bob).await.len() == 60).then_some(()) },
     )
     .await
     {

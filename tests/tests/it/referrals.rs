@@ -220,6 +220,22 @@ async fn all_ids(
     r: &mut ReferralServiceClient<tonic::transport::Channel>,
     token: &str,
 ) -> Option<Vec<String>> {
+    ids_in(r, token, pb::Direction::Unspecified).await
+}
+
+/// Every inbound referral ID at `n` that `token` may list, all pages.
+pub(crate) async fn inbound_ids(n: &NodeProcess, token: &str) -> Vec<String> {
+    let (_, mut r) = clients(n).await;
+    ids_in(&mut r, token, pb::Direction::Inbound)
+        .await
+        .expect("listing inbound referrals")
+}
+
+async fn ids_in(
+    r: &mut ReferralServiceClient<tonic::transport::Channel>,
+    token: &str,
+    direction: pb::Direction,
+) -> Option<Vec<String>> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -227,6 +243,7 @@ async fn all_ids(
             .list_referrals(bearer(
                 token,
                 pb::ListReferralsRequest {
+                    direction: direction as i32,
                     page_size: 500,
                     page_token: page_token.clone(),
                     ..Default::default()

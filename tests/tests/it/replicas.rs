@@ -3,40 +3,13 @@
 //! without sending anything twice, and one can be killed at any moment with
 //! nothing lost.
 
-use crate::referrals::{clients, consent_request, peer_with, referral_request};
+use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request};
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::collections::HashSet;
 use std::time::Duration;
 
 const METRICS: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
-
-/// Every referral ID at `b` (inbound), all pages.
-async fn inbound_ids(b: &NodeProcess, token: &str) -> Vec<String> {
-    let (_, mut r) = clients(b).await;
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = r
-            .list_referrals(bearer(
-                token,
-                pb::ListReferralsRequest {
-                    direction: pb::Direction::Inbound as i32,
-                    page_size: 500,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.referrals.into_iter().map(|r| r.referral_id));
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
 
 /// Creates `n` referrals, spread over the replicas' client APIs, `tag`ged.
 async fn burst(
