@@ -3,15 +3,12 @@
 use crate::client::AdminClient;
 use crate::opts::{AuditCommand, ReceiptCommand};
 use crate::output::timestamp;
+use crate::run::status_line;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use exitnet_proto::pb;
 use serde_json::{Value, json};
 use std::io::Write;
-
-fn status_line(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

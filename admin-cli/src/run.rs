@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::io::Write;
 
 /// Turns a gRPC status into one line for the administrator.
-fn status_line(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_line(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 

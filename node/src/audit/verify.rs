@@ -89,16 +89,27 @@ struct Held {
     head: Vec<u8>,
 }
 
+/// Our public keys by fingerprint, looked up once each during a verification.
+type OwnKeys = BTreeMap<String, Option<Vec<u8>>>;
+
 /// Decodes one of our own checkpoints and checks our signature on it.
 async fn own_checkpoint(
     state: &NodeState,
+    keys: &mut OwnKeys,
     payload: &[u8],
     signature: &[u8],
 ) -> std::result::Result<pb::AuditCheckpoint, String> {
     let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
-    let key = super::checkpoint::own_key(state, &cp.key_fingerprint)
-        .await
-        .map_err(|e| e.to_string())?
+    if !keys.contains_key(&cp.key_fingerprint) {
+        let k = super::checkpoint::own_key(state, &cp.key_fingerprint)
+            .await
+            .map_err(|e| e.to_string())?;
+        keys.insert(cp.key_fingerprint.clone(), k);
+    }
+    let key = keys
+        .get(&cp.key_fingerprint)
+        .cloned()
+        .flatten()
         .ok_or_else(|| format!("signed by an unknown key {}", cp.key_fingerprint))?;
     if !verify_signature(&key, payload, signature) {
         return Err("bad signature".into());
@@ -160,12 +171,13 @@ async fn ask_peer(
 pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
     let mut report = Report::default();
     let mut held: Vec<Held> = Vec::new();
+    let mut own_keys = OwnKeys::new();
 
     // Our own checkpoints: our signature, then (below) the chain at each.
     let checkpoints = state.store.checkpoints().await?;
     report.checkpoints = checkpoints.len() as u32;
     for c in &checkpoints {
-        match own_checkpoint(state, &c.payload, &c.signature).await {
+        match own_checkpoint(state, &mut own_keys, &c.payload, &c.signature).await {
             Ok(cp) if cp.seq as i64 == c.seq && cp.head_sha256 == c.head_hash => held.push(Held {
                 holder: String::new(),
                 seq: c.seq,
@@ -230,7 +242,7 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
             match ask_peer(state, &peer).await {
                 Ok(list) => {
                     for s in list {
-                        match own_checkpoint(state, &s.payload, &s.signature).await {
+                        match own_checkpoint(state, &mut own_keys, &s.payload, &s.signature).await {
                             Ok(cp) => {
                                 check.held += 1;
                                 held.push(Held {
