@@ -23,9 +23,9 @@ impl ReferralApi {
         Self { state }
     }
 
+    /// The referral the caller has just acted on.
     async fn out(&self, r: &ReferralRecord, p: &Principal) -> Result<pb::Referral, Status> {
-        let (_, view) = referrals::get(&self.state, p, &r.referral_id).await?;
-        Ok(referrals::view(&self.state, r, view).await?)
+        Ok(referrals::view_after_action(&self.state, p, r).await?)
     }
 
     async fn act(
@@ -48,9 +48,9 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
     ) -> Result<Response<pb::CreateReferralResponse>, Status> {
         let (p, _permit) = authenticate(&self.state, &request).await?;
         let new = NewReferral::from_pb(request.into_inner())?;
-        let r = referrals::create(&self.state, &p, new).await?;
+        let referral = referrals::create_and_view(&self.state, &p, new).await?;
         Ok(Response::new(pb::CreateReferralResponse {
-            referral: Some(self.out(&r, &p).await?),
+            referral: Some(referral),
         }))
     }
 

@@ -267,7 +267,11 @@ impl pb::federation_service_server::FederationService for FederationApi {
         }
         match outcome {
             Ok(resp) => {
-                let _ = self.state.store.touch_peer(&peer.org_id, now_ms()).await;
+                // "Last seen" to the second: not a write per message.
+                let now = now_ms();
+                if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
+                    let _ = self.state.store.touch_peer(&peer.org_id, now).await;
+                }
                 Ok(Response::new(resp))
             }
             Err(e @ Error::PermissionDenied(_)) => Err(self

@@ -228,8 +228,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
         }
         if !is_message {
             let result = client.notify(req.clone()).await.map(|r| r.into_inner());
-            flow.handle(state, org, &peer, &n, &req, false, result)
+            let handled = flow
+                .handle(state, org, &peer, &n, &req, false, result)
                 .await?;
+            flow.apply(handled, false);
             continue;
         }
         // Gather the following messages of other referrals into one batch.
@@ -274,11 +276,21 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
                 *slot = Some(r);
             }
         }
-        for ((n, req), result) in batch.iter().zip(results) {
-            let result =
-                result.unwrap_or_else(|| Err(tonic::Status::unavailable("call task failed")));
-            flow.handle(state, org, &peer, n, req, true, result).await?;
+        // The answers are stored together: on SQLite their writes then
+        // share one commit (group commit), on PostgreSQL they overlap.
+        let handled =
+            futures_util::future::join_all(batch.iter().zip(results).map(|((n, req), result)| {
+                let result =
+                    result.unwrap_or_else(|| Err(tonic::Status::unavailable("call task failed")));
+                flow.handle(state, org, &peer, n, req, true, result)
+            }))
+            .await;
+        for h in handled {
+            flow.apply(h?, true);
         }
+    }
+    if flow.seen {
+        state.store.touch_peer(org, now_ms()).await?;
     }
     Ok(())
 }
@@ -307,9 +319,26 @@ fn message_referral(req: &pb::NotifyRequest) -> Option<String> {
 struct Flow {
     messages_wait: bool,
     notices_wait: bool,
+    /// The peer answered in this round.
+    seen: bool,
+}
+
+/// What one call's outcome means for the rest of the round.
+struct Handled {
+    /// Later messages (or notices) wait for a later round.
+    wait: bool,
+    /// The peer answered.
+    seen: bool,
 }
 
 impl Flow {
+    fn apply(&mut self, h: Handled, is_message: bool) {
+        self.seen |= h.seen;
+        if h.wait {
+            self.wait(is_message);
+        }
+    }
+
     fn wait(&mut self, is_message: bool) {
         if is_message {
             self.messages_wait = true;
@@ -350,7 +379,7 @@ impl Flow {
     /// Records the outcome of one call.
     #[allow(clippy::too_many_arguments)]
     async fn handle(
-        &mut self,
+        &self,
         state: &NodeState,
         org: &OrgId,
         peer: &crate::domain::Peer,
@@ -358,7 +387,7 @@ impl Flow {
         req: &pb::NotifyRequest,
         is_message: bool,
         result: Result<pb::NotifyResponse, tonic::Status>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Handled> {
         match result {
             Ok(resp) => {
                 let now = now_ms();
@@ -376,7 +405,10 @@ impl Flow {
                             .notice_failed(n.id, next, "invalid receipt")
                             .await?;
                         tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
-                        self.wait(true);
+                        return Ok(Handled {
+                            wait: true,
+                            seen: true,
+                        });
                     }
                 } else if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
                     match crate::audit::checkpoint::on_witnessed(
@@ -395,13 +427,19 @@ impl Flow {
                                 .notice_failed(n.id, next, "invalid witness")
                                 .await?;
                             tracing::warn!(peer = %org, error = %e, "witness refused; will retry");
-                            self.wait(false);
+                            return Ok(Handled {
+                                wait: true,
+                                seen: true,
+                            });
                         }
                     }
                 } else {
                     state.store.notice_delivered(n.id, now).await?;
                 }
-                state.store.touch_peer(org, now).await?;
+                Ok(Handled {
+                    wait: false,
+                    seen: true,
+                })
             }
             Err(status) if is_message && refused_for_good(&status) => {
                 state.metrics.delivered(org.as_str(), "refused");
@@ -419,6 +457,10 @@ impl Flow {
                 )
                 .await?;
                 tracing::info!(peer = %org, code = ?status.code(), "the peer refused a message");
+                Ok(Handled {
+                    wait: false,
+                    seen: true,
+                })
             }
             Err(status) => {
                 let final_refusal = matches!(
@@ -432,7 +474,10 @@ impl Flow {
                         .store
                         .notice_dropped(n.id, now_ms(), status.code().description())
                         .await?;
-                    return Ok(());
+                    return Ok(Handled {
+                        wait: false,
+                        seen: false,
+                    });
                 }
                 let next = now_ms() + backoff_ms(state, n.attempts);
                 state
@@ -440,10 +485,12 @@ impl Flow {
                     .notice_failed(n.id, next, status.code().description())
                     .await?;
                 tracing::debug!(peer = %org, code = ?status.code(), "notice refused; will retry");
-                self.wait(is_message);
+                Ok(Handled {
+                    wait: true,
+                    seen: false,
+                })
             }
         }
-        Ok(())
     }
 }
 

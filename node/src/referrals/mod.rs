@@ -221,6 +221,35 @@ fn bare_change(s: ReferralState) -> pb::StateChange {
 }
 
 pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Result<ReferralRecord> {
+    Ok(create_record(state, p, new).await?.0)
+}
+
+/// Creates a referral and returns it as its creator sees it. A new referral's
+/// view is put together from what was just written, not read back.
+pub async fn create_and_view(
+    state: &NodeState,
+    p: &Principal,
+    new: NewReferral,
+) -> Result<pb::Referral> {
+    let summary = new.summary.to_pb();
+    let (r, fresh) = create_record(state, p, new).await?;
+    match fresh {
+        Some(ev) => {
+            let entry = || audit_entry(p, "referral.read", &r);
+            let v = audit::guard(state, entry, read_access(p, &r)).await?;
+            Ok(assemble(&r, v, &[ev], Some(summary)))
+        }
+        // A repeated request: the referral as it is now.
+        None => view_after_action(state, p, &r).await,
+    }
+}
+
+/// Creates a referral; with its first event if it is new (not a repeat).
+async fn create_record(
+    state: &NodeState,
+    p: &Principal,
+    new: NewReferral,
+) -> Result<(ReferralRecord, Option<ReferralEvent>)> {
     access::create(p)?;
     let owner = access::acting_owner(p)?.to_owned();
     let consent = state
@@ -334,7 +363,8 @@ pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Resul
         .await?;
     state.outbox_wake.notify_one();
     state.referral_changed(&stored.referral_id);
-    Ok(stored)
+    let fresh = (stored.referral_id == referral_id).then_some(ev);
+    Ok((stored, fresh))
 }
 
 /// A referral the caller may see, with how much of it.
@@ -349,6 +379,18 @@ pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Referral
     let view = audit::guard(state, entry, read_access(p, &r)).await?;
     audit::record(state, &[entry()]).await;
     Ok((r, view))
+}
+
+/// The referral as the caller sees it right after acting on it. The action
+/// has its audit record already; handing back its result is not another read.
+pub async fn view_after_action(
+    state: &NodeState,
+    p: &Principal,
+    r: &ReferralRecord,
+) -> Result<pb::Referral> {
+    let entry = || audit_entry(p, "referral.read", r);
+    let v = audit::guard(state, entry, read_access(p, r)).await?;
+    view(state, r, v).await
 }
 
 /// For a watcher: the referral if the caller may see it (a change to someone
@@ -401,6 +443,24 @@ fn write_access(p: &Principal, r: &ReferralRecord) -> Result<()> {
 /// The wire view of a referral.
 pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::Referral> {
     let history = state.store.referral_history(&r.referral_id).await?;
+    let summary = match v {
+        View::Full => open_summary(state, r).await,
+        View::MetadataOnly => None,
+    };
+    Ok(assemble(r, v, &history, summary))
+}
+
+/// The wire view from a referral's parts.
+fn assemble(
+    r: &ReferralRecord,
+    v: View,
+    history: &[ReferralEvent],
+    summary: Option<pb::CaseSummary>,
+) -> pb::Referral {
+    let summary = match v {
+        View::Full => summary,
+        View::MetadataOnly => None,
+    };
     let history = history
         .iter()
         .map(|e| {
@@ -417,12 +477,8 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
             c
         })
         .collect();
-    let summary = match v {
-        View::Full => open_summary(state, r).await,
-        View::MetadataOnly => None,
-    };
     let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
-    Ok(pb::Referral {
+    pb::Referral {
         referral_id: r.referral_id.clone(),
         direction: if r.outbound {
             pb::Direction::Outbound
@@ -460,7 +516,7 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
         owner: r.owner.clone(),
         created_at: Some(to_timestamp(r.created_at_ms)),
         updated_at: Some(to_timestamp(r.updated_at_ms)),
-    })
+    }
 }
 
 pub struct Page {

@@ -68,11 +68,18 @@ pub async fn handle(
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
             let (mut record, ev) = offer_to_record(&state.org_id, from, &policy, offer)?;
-            // Sealed under a data key of this referral's own, destroyed on purge.
+            // Sealed under a data key of this referral's own, destroyed on
+            // purge, and stored with the referral (one transaction).
+            let mut wrapped_key = None;
             if let Some(plain) = record.summary.take() {
-                record.summary = Some(
-                    super::seal_summary(state, &record.key_id, &record.referral_id, &plain).await?,
-                );
+                let wrapped = state.master_key.new_wrapped_data_key(&record.key_id)?;
+                record.summary = Some(state.master_key.seal(
+                    &record.key_id,
+                    &wrapped,
+                    &record.referral_id,
+                    &plain,
+                )?);
+                wrapped_key = Some(wrapped);
             }
             let receipt = messages::issue_receipt(
                 state,
@@ -85,7 +92,11 @@ pub async fn handle(
                 .store
                 .receive_message(
                     &receipt,
-                    Some((&record, &ev)),
+                    Some(crate::store::NewInbound {
+                        record: &record,
+                        event: &ev,
+                        wrapped_key: wrapped_key.as_deref(),
+                    }),
                     None,
                     &[AuditEntry::peer(
                         from.org_id.as_str(),

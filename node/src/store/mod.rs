@@ -5,6 +5,7 @@
 //! Every method that must change several rows together does so in one
 //! transaction; no transaction is ever held across a call to a peer.
 
+mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -255,6 +256,15 @@ pub struct SecurityEvent {
     pub method: Option<String>,
 }
 
+/// A referral offered by a peer, stored with its first event and the data
+/// key its summary is sealed under (a key of its own, `record.key_id`).
+#[derive(Debug, Clone, Copy)]
+pub struct NewInbound<'a> {
+    pub record: &'a ReferralRecord,
+    pub event: &'a ReferralEvent,
+    pub wrapped_key: Option<&'a [u8]>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend, for logs: "sqlite" or "postgres".
@@ -379,7 +389,7 @@ pub trait Store: Send + Sync + 'static {
     async fn receive_message(
         &self,
         receipt: &ReceiptRecord,
-        new_inbound: Option<(&ReferralRecord, &ReferralEvent)>,
+        new_inbound: Option<NewInbound<'_>>,
         change: Option<(&str, &ReferralChange)>,
         audit: &[AuditEntry],
     ) -> Result<ReceiptRecord>;

@@ -17,6 +17,18 @@ impl PostgresStore {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // A ping before every use would double the round trips of a
+            // read; a connection idle for a while is checked, since the
+            // server (or something between) may have closed it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(10) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
@@ -37,11 +49,19 @@ impl PostgresStore {
 
     async fn begin_write(
         &self,
-    ) -> crate::error::Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
-        // PostgreSQL takes concurrent writers; row locks and conditional
-        // updates order them.
-        Ok(((), self.pool.begin().await?))
+    ) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        // PostgreSQL takes concurrent writers (row locks and conditional
+        // updates order them) and groups their commits itself.
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn close_impl(&self) {
+        self.pool.close().await;
     }
 }
 
-super::sql::impl_store!(PostgresStore, sqlx::Postgres);
+super::sql::impl_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::Transaction<'static, sqlx::Postgres>
+);

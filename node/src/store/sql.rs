@@ -206,7 +206,7 @@ pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
 /// Implements `Store` for a backend type with a `pool` field and an inherent
 /// `begin_write()` that starts a transaction able to write.
 macro_rules! impl_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $tx:ty) => {
         use $crate::domain::{OrgId, Peer, PeerState};
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
@@ -220,7 +220,7 @@ macro_rules! impl_store {
         };
         use sqlx::Row;
 
-        type Tx = sqlx::Transaction<'static, $db>;
+        type Tx = $tx;
 
         async fn insert_notices(tx: &mut Tx, notices: &[NewNotice]) -> Result<()> {
             for n in notices {
@@ -525,7 +525,7 @@ macro_rules! impl_store {
             }
 
             async fn close(&self) {
-                self.pool.close().await;
+                self.close_impl().await;
             }
 
             async fn meta_get(&self, key: &str) -> Result<Option<String>> {
@@ -537,7 +537,7 @@ macro_rules! impl_store {
             }
 
             async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO node_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key)
                     .bind(value)
@@ -553,18 +553,21 @@ macro_rules! impl_store {
             }
 
             async fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO node_meta (key, value) VALUES ($1, $2)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 )
                 .bind(key)
                 .bind(value)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn create_invitation(&self, inv: &NewInvitation) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO invitations (id, secret_hash, expires_at, note, created_at)
                      VALUES ($1, $2, $3, $4, $5)",
@@ -574,8 +577,9 @@ macro_rules! impl_store {
                 .bind(inv.expires_at_ms)
                 .bind(&inv.note)
                 .bind(inv.created_at_ms)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -586,7 +590,7 @@ macro_rules! impl_store {
                 peer: &NewPeer,
             ) -> Result<std::result::Result<(), JoinRefusal>> {
                 use subtle::ConstantTimeEq;
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let row = sqlx::query("SELECT secret_hash, expires_at, used_at FROM invitations WHERE id = $1")
                     .bind(invitation_id)
                     .fetch_optional(&mut *tx)
@@ -644,7 +648,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_peer(&self, peer: &NewPeer) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
                     return Err($crate::error::Error::AlreadyExists(format!(
                         "peer {} is already recorded",
@@ -712,7 +716,7 @@ macro_rules! impl_store {
             }
 
             async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let applied = apply_update(&mut tx, org, update).await?;
                 if applied {
                     append_audit_tx(&mut tx, &update.audit).await?;
@@ -722,7 +726,7 @@ macro_rules! impl_store {
             }
 
             async fn apply_notice_once(&self, org: &OrgId, notice_id: &str, update: &PeerUpdate) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let fresh = sqlx::query(
                     "INSERT INTO seen_notices (org_id, notice_id, received_at) VALUES ($1, $2, $3)
                      ON CONFLICT (org_id, notice_id) DO NOTHING",
@@ -747,16 +751,18 @@ macro_rules! impl_store {
             }
 
             async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query("UPDATE peers SET last_seen_at = $1 WHERE org_id = $2")
                     .bind(now_ms)
                     .bind(org.as_str())
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn enqueue_notices_with_meta(&self, notices: &[NewNotice], key: &str, value: &str) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 insert_notices(&mut tx, notices).await?;
                 sqlx::query(
                     "INSERT INTO node_meta (key, value) VALUES ($1, $2)
@@ -771,7 +777,7 @@ macro_rules! impl_store {
             }
 
             async fn enqueue_notices(&self, notices: &[NewNotice]) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 insert_notices(&mut tx, notices).await?;
                 tx.commit().await?;
                 Ok(())
@@ -819,17 +825,20 @@ macro_rules! impl_store {
             }
 
             async fn notice_delivered(&self, id: i64, now_ms: i64) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 // Delivered: the payload is no longer needed (the receipt proves what was sent).
                 sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL, payload = $3 WHERE id = $2")
                     .bind(now_ms)
                     .bind(id)
                     .bind(Vec::<u8>::new())
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn notice_failed(&self, id: i64, next_attempt_at_ms: i64, error: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "UPDATE peer_notices SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2
                      WHERE id = $3",
@@ -837,24 +846,27 @@ macro_rules! impl_store {
                 .bind(next_attempt_at_ms)
                 .bind(error)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn notice_dropped(&self, id: i64, now_ms: i64, why: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query("UPDATE peer_notices SET dropped_at = $1, last_error = $2 WHERE id = $3")
                     .bind(now_ms)
                     .bind(why)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<Consent> {
                 use prost::Message;
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO consents (consent_id, owner, team, request_key, subject_ref, terms, collection_method,
                                            witness, recorded_by, recorded_at, valid_until, request_digest)
@@ -931,12 +943,14 @@ macro_rules! impl_store {
             }
 
             async fn withdraw_consent(&self, consent_id: &str, now_ms: i64) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
                     .bind(now_ms)
                     .bind(consent_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                tx.commit().await?;
                 Ok(n == 1)
             }
 
@@ -949,18 +963,22 @@ macro_rules! impl_store {
                 notice: &NewNotice,
                 audit: &[$crate::audit::AuditEntry],
             ) -> Result<$crate::store::ReferralRecord> {
-                let (_writer, mut tx) = self.begin_write().await?;
-                let sql = sqlx::AssertSqlSafe(format!(
-                    "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
-                ));
-                if let Some(row) = sqlx::query(sql).bind(&r.owner).bind(request_key).fetch_optional(&mut *tx).await? {
+                let mut tx = self.begin_write().await?;
+                // Inserted first (the usual case); a repeated request finds its
+                // (owner, request_key) taken and gets the referral it made.
+                if insert_referral(&mut tx, r, Some(request_key), Some(request_digest)).await? == 0 {
+                    let sql = sqlx::AssertSqlSafe(format!(
+                        "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
+                    ));
+                    let Some(row) = sqlx::query(sql).bind(&r.owner).bind(request_key).fetch_optional(&mut *tx).await? else {
+                        return Err($crate::error::Error::AlreadyExists("referral_id: already used".into()));
+                    };
                     let digest: Option<Vec<u8>> = row.try_get("request_digest")?;
                     if digest.as_deref() != Some(request_digest) {
                         return Err($crate::error::Error::AlreadyExists("request_id was used before for a different referral".into()));
                     }
                     return row_to_referral(&row);
                 }
-                insert_referral(&mut tx, r, Some(request_key), Some(request_digest)).await?;
                 insert_event(&mut tx, &r.referral_id, event).await?;
                 insert_notices(&mut tx, std::slice::from_ref(notice)).await?;
                 append_audit_tx(&mut tx, audit).await?;
@@ -1036,7 +1054,7 @@ macro_rules! impl_store {
             }
 
             async fn change_referral(&self, referral_id: &str, change: &$crate::store::ReferralChange) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let ok = apply_referral_change(&mut tx, referral_id, change).await?;
                 if ok {
                     append_audit_tx(&mut tx, &change.audit).await?;
@@ -1046,7 +1064,7 @@ macro_rules! impl_store {
             }
 
             async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64, audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
                     .bind(now_ms)
                     .bind(consent_id)
@@ -1070,11 +1088,11 @@ macro_rules! impl_store {
             async fn receive_message(
                 &self,
                 receipt: &$crate::store::ReceiptRecord,
-                new_inbound: Option<(&$crate::store::ReferralRecord, &$crate::store::ReferralEvent)>,
+                new_inbound: Option<$crate::store::NewInbound<'_>>,
                 change: Option<(&str, &$crate::store::ReferralChange)>,
                 audit: &[$crate::audit::AuditEntry],
             ) -> Result<$crate::store::ReceiptRecord> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 // The receipt first: a concurrent redelivery of the same message
                 // (to another replica of this node) waits on its key until this
                 // transaction ends, then finds the receipt and applies nothing.
@@ -1091,12 +1109,25 @@ macro_rules! impl_store {
                     // A redelivery: the same receipt, nothing applied twice.
                     return row_to_receipt(&row);
                 }
-                if let Some((r, e)) = new_inbound {
+                if let Some(new) = new_inbound {
+                    let r = new.record;
                     if insert_referral(&mut tx, r, None, None).await? != 1 {
                         // Another message already brought a referral with this ID.
                         return Err($crate::error::Error::AlreadyExists("offer.referral_id: already used".into()));
                     }
-                    insert_event(&mut tx, &r.referral_id, e).await?;
+                    insert_event(&mut tx, &r.referral_id, new.event).await?;
+                    if let Some(wrapped) = new.wrapped_key {
+                        let n = sqlx::query("INSERT INTO data_keys (key_id, wrapped, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
+                            .bind(&r.key_id)
+                            .bind(wrapped)
+                            .bind(r.created_at_ms)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if n != 1 {
+                            return Err($crate::error::Error::AlreadyExists("offer.referral_id: already used".into()));
+                        }
+                    }
                 }
                 let mut records = audit.to_vec();
                 if let Some((id, c)) = change
@@ -1110,7 +1141,7 @@ macro_rules! impl_store {
             }
 
             async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>, audit: &[$crate::audit::AuditEntry]) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let fresh = insert_receipt(&mut tx, receipt).await? == 1;
                 let mut records = if fresh { audit.to_vec() } else { Vec::new() };
                 if let Some((id, c)) = change
@@ -1130,7 +1161,7 @@ macro_rules! impl_store {
             }
 
             async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO data_keys (key_id, wrapped, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
                     .bind(key_id)
                     .bind(new_wrapped)
@@ -1210,6 +1241,7 @@ macro_rules! impl_store {
             }
 
             async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
                     "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
                      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
@@ -1219,22 +1251,25 @@ macro_rules! impl_store {
                 .bind(holder)
                 .bind(until_ms)
                 .bind(now_ms)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                tx.commit().await?;
                 Ok(n == 1)
             }
 
             async fn release_leases(&self, holder: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query("DELETE FROM leases WHERE holder = $1")
                     .bind(holder)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn append_audit(&self, entries: &[$crate::audit::AuditEntry]) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 append_audit_tx(&mut tx, entries).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1286,7 +1321,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_checkpoint(&self, cp: &$crate::store::CheckpointRecord, notices: &[NewNotice]) -> Result<()> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO audit_checkpoints (seq, head_hash, at, payload, signature) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (seq) DO NOTHING",
@@ -1322,6 +1357,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_witness(&self, w: &$crate::store::WitnessRecord) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO audit_witnesses (seq, witness_org, payload, signature, at) VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (seq, witness_org) DO NOTHING",
@@ -1331,8 +1367,9 @@ macro_rules! impl_store {
                 .bind(&w.payload)
                 .bind(&w.signature)
                 .bind(w.at_ms)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -1362,7 +1399,7 @@ macro_rules! impl_store {
                 signature: &[u8],
                 now_ms: i64,
             ) -> Result<Option<Vec<u8>>> {
-                let (_writer, mut tx) = self.begin_write().await?;
+                let mut tx = self.begin_write().await?;
                 let n = sqlx::query(
                     "INSERT INTO witnessed_checkpoints (org_id, seq, head_hash, payload, signature, received_at)
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, seq) DO NOTHING",
@@ -1403,6 +1440,7 @@ macro_rules! impl_store {
             }
 
             async fn record_security_event(&self, e: &SecurityEvent) -> Result<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO security_events (at, surface, reason, key_fingerprint, org_id, remote_addr, method)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1414,8 +1452,9 @@ macro_rules! impl_store {
                 .bind(&e.org_id)
                 .bind(&e.remote_addr)
                 .bind(&e.method)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
