@@ -63,9 +63,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = load(config.as_ref())?;
-            crate::telemetry::init(config.log.format);
+            let traces = crate::telemetry::init(config.log.format, &config.traces)?;
             let app = crate::Application::build(config).await?;
-            app.run_until_stopped(crate::app::shutdown_signal()).await
+            let ran = app.run_until_stopped(crate::app::shutdown_signal()).await;
+            // The exporter's last batch is sent from a thread of its own.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            ran
         }
         Command::Identity { config } => {
             let config = load(config.as_ref())?;
@@ -97,7 +100,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_writer(std::io::stderr)
                     .try_init();
             } else {
-                crate::telemetry::init(crate::config::LogFormat::Text);
+                let _ = crate::telemetry::init(
+                    crate::config::LogFormat::Text,
+                    &crate::config::TracesConfig {
+                        otlp_endpoint: None,
+                        sample_ratio: 1.0,
+                    },
+                );
             }
             crate::demo::run(keep_running).await
         }

@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub traces: TracesConfig,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
     /// Master key for case content at rest: base64 of 32 bytes (use the
@@ -179,6 +180,18 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+}
+
+/// Export of the per-call spans to an OpenTelemetry collector (OTLP over
+/// gRPC). Spans carry what the logs carry: surface, method, peer or caller,
+/// status, duration; never a field of a message.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's OTLP/gRPC address (`http://collector:4317`); unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of calls whose spans are exported, 0.0 to 1.0.
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -338,6 +351,9 @@ format = "text"
 
 [metrics]
 
+[traces]
+sample_ratio = 1.0
+
 [audit]
 checkpoint_every_records = 1000
 checkpoint_interval_secs = 300
@@ -419,6 +435,14 @@ impl Config {
 
     /// Rules that span fields, checked before anything starts.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.traces.sample_ratio) {
+            bail!("invalid configuration: traces.sample_ratio: between 0.0 and 1.0");
+        }
+        if let Some(e) = &self.traces.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            bail!("invalid configuration: traces.otlp_endpoint: an http:// or https:// URL");
+        }
         if let Some(id) = &self.org.id {
             OrgId::parse("org.id", id)
                 .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

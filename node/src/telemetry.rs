@@ -1,7 +1,8 @@
 //! Logs and per-call spans. A span carries the surface, the method, the peer
-//! or caller, the status and the duration: never a field of a message.
+//! or caller, the status and the duration: never a field of a message. The
+//! spans can also be exported to an OpenTelemetry collector (`[traces]`).
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TracesConfig};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,18 +12,81 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: text on a terminal, JSON when configured;
-/// `RUST_LOG` overrides the default level (info). Logs go to stderr.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` overrides the default level (info). Logs go to stderr; spans
+/// also to the OTLP collector if one is configured. Call within the runtime.
+pub fn init(format: LogFormat, traces: &TracesConfig) -> anyhow::Result<Traces> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let provider = tracer_provider(traces)?;
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("exitnet-node"))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(Traces { provider })
+}
+
+/// The span exporter, if any; `shutdown` sends what is still buffered.
+pub struct Traces {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Traces {
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing the trace exporter failed");
+        }
+    }
+}
+
+fn tracer_provider(
+    cfg: &TracesConfig,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    let Some(endpoint) = &cfg.otlp_endpoint else {
+        return Ok(None);
+    };
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .with_timeout(std::time::Duration::from_secs(5));
+    if endpoint.starts_with("https://") {
+        exporter =
+            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|e| anyhow::anyhow!("traces.otlp_endpoint: {e}"))?;
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))))
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("exitnet-node")
+                    .build(),
+            )
+            .build(),
+    ))
 }
 
 /// tonic answers a request above the decoding limit with OUT_OF_RANGE; the

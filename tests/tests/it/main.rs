@@ -2,7 +2,8 @@
 //! another link step). Modules:
 //! - `store`: the storage suite, run against SQLite and PostgreSQL;
 //! - `node`: a single node's life: start, health, reflection, restart, stop, configuration;
-//! - `peering`: several nodes driven through `exitnetctl`.
+//! - `peering`: several nodes driven through `exitnetctl`;
+//! - `traces`: span export to an OpenTelemetry collector.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
@@ -16,3 +17,4 @@ mod peering;
 mod referrals;
 mod replicas;
 mod store;
+mod traces;
