@@ -178,6 +178,7 @@ impl Application {
             crate::auth::Authenticator::Oidc(_) => {}
         }
         let limits = crate::limits::Limits::new(&config.limits);
+        let store_is_shared = store.backend() == "postgres";
         let state = Arc::new(NodeState {
             config,
             store,
@@ -194,6 +195,7 @@ impl Application {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             limits,
             instance_id: uuid::Uuid::new_v4().to_string(),
+            publish_changes: store_is_shared,
         });
         Ok(Self {
             state,
@@ -383,6 +385,7 @@ impl Application {
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
         );
 
+        state.follow_other_replicas().await?;
         let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
         let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
             state.clone(),

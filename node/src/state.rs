@@ -33,6 +33,9 @@ pub struct NodeState {
     pub limits: crate::limits::Limits,
     /// This process, among replicas of one node (delivery leases name it).
     pub instance_id: String,
+    /// Other processes may share the database (PostgreSQL): changes are
+    /// published to them, so that their watchers see them too.
+    pub publish_changes: bool,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -81,6 +84,33 @@ impl NodeState {
     /// Tells watchers that a referral changed (no content, just the ID).
     pub fn referral_changed(&self, referral_id: &str) {
         let _ = self.referral_events.send(referral_id.to_owned());
+        if self.publish_changes {
+            let store = self.store.clone();
+            let payload = format!("{}:{referral_id}", self.instance_id);
+            tokio::spawn(async move {
+                if let Err(e) = store.publish_change(&payload).await {
+                    tracing::warn!(error = %e, "telling other replicas of a change failed");
+                }
+            });
+        }
+    }
+
+    /// Passes changes other replicas published to this process's watchers.
+    pub async fn follow_other_replicas(self: &std::sync::Arc<Self>) -> anyhow::Result<()> {
+        let Some(mut rx) = self.store.subscribe_changes().await? else {
+            return Ok(());
+        };
+        let state = self.clone();
+        tokio::spawn(async move {
+            while let Some(payload) = rx.recv().await {
+                if let Some((from, id)) = payload.split_once(':')
+                    && from != state.instance_id
+                {
+                    let _ = state.referral_events.send(id.to_owned());
+                }
+            }
+        });
+        Ok(())
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -419,6 +419,12 @@ pub trait Store: Send + Sync + 'static {
     /// After a purge: make sure no copy of the deleted content lingers in
     /// the database's files (SQLite: truncate the write-ahead log).
     async fn after_purge(&self) -> Result<()>;
+    /// Tells the other processes on this database (replicas of this node)
+    /// that something changed; PostgreSQL: NOTIFY, SQLite: nothing (one process).
+    async fn publish_change(&self, payload: &str) -> Result<()>;
+    /// What the other processes published, as it comes; `None` where there
+    /// are none (SQLite).
+    async fn subscribe_changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>>;
 
     /// Inbound referrals a peer sent under this pseudonym.
     async fn referrals_by_pseudonym(&self, pseudonym: &str) -> Result<Vec<ReferralRecord>>;

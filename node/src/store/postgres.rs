@@ -6,6 +6,9 @@ use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
 
+/// The channel replicas tell each other of changes on (`LISTEN`/`NOTIFY`).
+const CHANGES: &str = "exitnet_changes";
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: sqlx::PgPool,
@@ -53,6 +56,42 @@ impl PostgresStore {
         // PostgreSQL takes concurrent writers (row locks and conditional
         // updates order them) and groups their commits itself.
         Ok(self.pool.begin().await?)
+    }
+
+    async fn publish_change_impl(&self, payload: &str) -> crate::error::Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn subscribe_changes_impl(
+        &self,
+    ) -> crate::error::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGES).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                // `recv` reconnects after a lost connection (and re-listens);
+                // what was published meanwhile is missed, as a watcher that
+                // falls behind is told elsewhere.
+                match listener.recv().await {
+                    Ok(n) => {
+                        if tx.send(n.payload().to_owned()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listening for other replicas' changes");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     async fn close_impl(&self) {

@@ -1212,6 +1212,14 @@ macro_rules! impl_store {
                 self.after_purge_impl().await
             }
 
+            async fn publish_change(&self, payload: &str) -> Result<()> {
+                self.publish_change_impl(payload).await
+            }
+
+            async fn subscribe_changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+                self.subscribe_changes_impl().await
+            }
+
             async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
                 let rows = sqlx::query(
                     "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts

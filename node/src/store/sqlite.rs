@@ -77,6 +77,16 @@ impl SqliteStore {
         Ok(())
     }
 
+    async fn publish_change_impl(&self, _payload: &str) -> crate::error::Result<()> {
+        Ok(())
+    }
+
+    async fn subscribe_changes_impl(
+        &self,
+    ) -> crate::error::Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        Ok(None)
+    }
+
     async fn begin_write(&self) -> crate::error::Result<WriteTx> {
         self.writer.begin().await
     }

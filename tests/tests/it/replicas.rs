@@ -184,3 +184,82 @@ async fn replicas_share_delivery_and_survive_a_kill() {
         .unwrap();
     assert!(out.success, "{} {}", out.stdout, out.stderr);
 }
+
+/// A watch on one replica sees the changes made through another: a referral
+/// created through replica 1, and the peer's answer arriving at replica 1.
+#[tokio::test]
+async fn a_watch_on_one_replica_sees_changes_made_through_another() {
+    let Some(a1) = NodeProcess::start(NodeSpec::new("ngo-a", Backend::Postgres))
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite))
+        .await
+        .unwrap()
+        .unwrap();
+    peer_with(&a1, &b).await;
+    let a2 = a1.replica().await.unwrap();
+    let alice = a1.dev_token("case_manager", "alice").await.unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let (mut ac1, mut ar1) = clients(&a1).await;
+    let (_, mut ar2) = clients(&a2).await;
+    let (_, mut br) = clients(&b).await;
+    let mut watch = ar2
+        .watch_referrals(bearer(&alice, pb::WatchReferralsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let consent = ac1
+        .record_consent(bearer(&alice, consent_request("c-w", "client-w")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap()
+        .consent_id;
+    let id = ar1
+        .create_referral(bearer(
+            &alice,
+            referral_request(
+                "w-1",
+                &consent,
+                "prison-b",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap()
+        .referral_id;
+    // B accepts; its status message comes to replica 1 (B's peer endpoint).
+    wait_until("the referral at B", Duration::from_secs(30), || async {
+        inbound_ids(&b, &bob).await.contains(&id).then_some(())
+    })
+    .await
+    .unwrap();
+    br.accept_referral(bearer(
+        &bob,
+        pb::AcceptReferralRequest {
+            referral_id: id.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&(pb::ReferralState::Accepted as i32)) {
+        let msg = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .expect("replica 2's watcher told of every change")
+            .unwrap()
+            .unwrap();
+        let got = msg.referral.unwrap();
+        assert_eq!(got.referral_id, id);
+        seen.push(got.state);
+    }
+    assert_eq!(seen.first(), Some(&(pb::ReferralState::Requested as i32)));
+}
