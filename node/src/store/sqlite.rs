@@ -48,7 +48,9 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             // Deleted content (a purged summary) is overwritten, not left in free pages.
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            // Savepoints' sub-journals (group commit) in memory, not in temporary files.
+            .pragma("temp_store", "MEMORY");
         create_private_file(opts.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -62,7 +64,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("migrating the SQLite database")?;
-        let writer = GroupCommit::connect(&opts)
+        // The writer touches every table and index: a larger page cache
+        // (16 MiB at most, filled only as pages are used) saves it re-reads.
+        let writer = GroupCommit::connect(&opts.clone().pragma("cache_size", "-16384"))
             .await
             .context("opening the SQLite database for writing")?;
         Ok(Self { pool, writer })
