@@ -12,6 +12,8 @@ const CHANGES: &str = "exitnet_changes";
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: sqlx::PgPool,
+    /// Set on close: the change listener gives its connection back.
+    closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PostgresStore {
@@ -42,7 +44,10 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("migrating the PostgreSQL database")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        })
     }
 
     async fn after_purge_impl(&self) -> crate::error::Result<()> {
@@ -73,12 +78,16 @@ impl PostgresStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANGES).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
             loop {
                 // `recv` reconnects after a lost connection (and re-listens);
-                // what was published meanwhile is missed, as a watcher that
-                // falls behind is told elsewhere.
-                match listener.recv().await {
+                // what was published meanwhile is missed.
+                let next = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    n = listener.recv() => n,
+                };
+                match next {
                     Ok(n) => {
                         if tx.send(n.payload().to_owned()).await.is_err() {
                             return;
@@ -95,6 +104,8 @@ impl PostgresStore {
     }
 
     async fn close_impl(&self) {
+        // The listener holds a pooled connection, which closing waits for.
+        self.closing.send_replace(true);
         self.pool.close().await;
     }
 }
