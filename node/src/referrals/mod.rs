@@ -170,8 +170,20 @@ pub async fn seal_summary(
     referral_id: &str,
     plain: &[u8],
 ) -> Result<Vec<u8>> {
+    let found = state.store.find_data_key(key_id).await?;
+    seal_summary_with(state, key_id, found, referral_id, plain).await
+}
+
+/// Seals under `key_id`, whose wrapped key the caller looked up (`found`).
+async fn seal_summary_with(
+    state: &NodeState,
+    key_id: &str,
+    found: Option<Vec<u8>>,
+    referral_id: &str,
+    plain: &[u8],
+) -> Result<Vec<u8>> {
     // Most subjects already have a key: a read, not a write transaction.
-    let wrapped = match state.store.find_data_key(key_id).await? {
+    let wrapped = match found {
         Some(w) => w,
         None => {
             let fresh = state.master_key.new_wrapped_data_key(key_id)?;
@@ -268,7 +280,13 @@ async fn create_record(
     .await?;
     let now = now_ms();
     check_scope(&consent, &new, now)?;
-    let (policy, _) = crate::policy::for_peer(state, &new.recipient).await?;
+    let key_id = outbound_key_id(state, &consent.subject_ref);
+    // Three independent reads, at once (each a round trip to the database).
+    let ((policy, _), peer, data_key) = tokio::try_join!(
+        crate::policy::for_peer(state, &new.recipient),
+        state.store.get_peer(&new.recipient),
+        state.store.find_data_key(&key_id),
+    )?;
     policy.check(
         new.recipient.as_str(),
         "",
@@ -277,7 +295,7 @@ async fn create_record(
         &new.summary,
         &consent.terms,
     )?;
-    let peer = state.store.get_peer(&new.recipient).await?.ok_or_else(|| {
+    let peer = peer.ok_or_else(|| {
         Error::FailedPrecondition(format!(
             "recipient_org: {} is not a peer of this node",
             new.recipient
@@ -309,10 +327,10 @@ async fn create_record(
         &new.recipient,
         pb::federation_message::Body::Offer(offer),
     )?;
-    let key_id = outbound_key_id(state, &consent.subject_ref);
-    let sealed = seal_summary(
+    let sealed = seal_summary_with(
         state,
         &key_id,
+        data_key,
         &referral_id,
         &new.summary.to_pb().encode_to_vec(),
     )

@@ -80,38 +80,15 @@ impl GroupCommit {
     /// transaction and opens this writer's savepoint.
     pub async fn begin(&self) -> Result<WriteTx> {
         let waiting = Queued::new(&self.shared);
-        let mut guard = self.shared.open.clone().lock_owned().await;
+        let guard = self.shared.open.clone().lock_owned().await;
         waiting.done();
-        let started = async {
-            settle_failed(&mut guard).await;
-            if guard.in_tx {
-                sqlx::raw_sql("SAVEPOINT w")
-                    .execute(&mut guard.conn)
-                    .await?;
-                Ok::<_, Error>(Undo::Savepoint)
-            } else {
-                sqlx::raw_sql("BEGIN IMMEDIATE")
-                    .execute(&mut guard.conn)
-                    .await?;
-                guard.in_tx = true;
-                Ok(Undo::Transaction)
-            }
-        }
-        .await;
-        match started {
-            Ok(undo) => Ok(WriteTx {
-                guard,
-                shared: self.shared.clone(),
-                undo,
-                ended: false,
-            }),
-            Err(e) => {
-                // Nothing of this writer is in the transaction; the others'
-                // work is committed (or left to the next writer).
-                settle(&mut guard, &self.shared).await;
-                Err(e)
-            }
-        }
+        // A statement handed to SQLite runs to its end even if our caller
+        // goes away; so does the rest of this, on a task of its own, so that
+        // what the connection is in (a transaction, a savepoint) stays known.
+        // A caller gone meanwhile drops the finished WriteTx: rolled back.
+        tokio::spawn(start(guard, self.shared.clone()))
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("starting a write: {e}")))?
     }
 
     /// Closes the connection after committing what is open.
@@ -120,6 +97,40 @@ impl GroupCommit {
         settle_failed(&mut guard).await;
         if guard.in_tx {
             commit(&mut guard).await;
+        }
+    }
+}
+
+/// Joins (or begins) the open transaction and opens the writer's savepoint.
+async fn start(mut guard: OwnedMutexGuard<Open>, shared: Arc<Shared>) -> Result<WriteTx> {
+    let started = async {
+        settle_failed(&mut guard).await;
+        if guard.in_tx {
+            sqlx::raw_sql("SAVEPOINT w")
+                .execute(&mut guard.conn)
+                .await?;
+            Ok::<_, Error>(Undo::Savepoint)
+        } else {
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut guard.conn)
+                .await?;
+            guard.in_tx = true;
+            Ok(Undo::Transaction)
+        }
+    }
+    .await;
+    match started {
+        Ok(undo) => Ok(WriteTx {
+            guard,
+            shared,
+            undo,
+            ended: false,
+        }),
+        Err(e) => {
+            // Nothing of this writer is in the transaction; the others'
+            // work is committed (or left to the next writer).
+            settle(&mut guard, &shared).await;
+            Err(e)
         }
     }
 }
@@ -226,7 +237,23 @@ pub struct WriteTx {
 
 impl WriteTx {
     /// Keeps this writer's work; returns once it is durable.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        // On a task of its own, like `begin`: a caller that goes away must
+        // not leave a RELEASE or COMMIT half-recorded.
+        let rx = tokio::spawn(self.finish())
+            .await
+            .map_err(|e| Error::Internal(anyhow::anyhow!("committing a write: {e}")))??;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(Error::Internal(anyhow::anyhow!("database: {why}"))),
+            Err(_) => Err(Error::Internal(anyhow::anyhow!(
+                "database: the transaction was abandoned"
+            ))),
+        }
+    }
+
+    /// Ends this writer's part; the receiver hears when it is durable.
+    async fn finish(mut self) -> Result<oneshot::Receiver<Outcome>> {
         self.ended = true;
         if let Undo::Savepoint = self.undo {
             let released = sqlx::raw_sql("RELEASE w")
@@ -243,13 +270,7 @@ impl WriteTx {
         settle(&mut self.guard, &self.shared).await;
         // Our turn ends here; the commit may be another writer's to make.
         drop(self);
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(Error::Internal(anyhow::anyhow!("database: {why}"))),
-            Err(_) => Err(Error::Internal(anyhow::anyhow!(
-                "database: the transaction was abandoned"
-            ))),
-        }
+        Ok(rx)
     }
 }
 
@@ -360,5 +381,53 @@ mod tests {
         let mut want = expected.clone();
         want.push(2000);
         assert_eq!(count(&pool).await, want);
+    }
+
+    /// Callers that go away at any point (starting, writing, committing)
+    /// leave the writer usable: everything that reported success is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_go_away_leave_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, pool) = open(dir.path()).await;
+        let mut set = tokio::task::JoinSet::new();
+        for n in 0..200i64 {
+            let g = g.clone();
+            set.spawn(async move {
+                // Half wait as long as it takes; half give up after 0–20 ms.
+                let limit = std::time::Duration::from_micros(if n % 2 == 0 {
+                    10_000_000
+                } else {
+                    (n as u64 * 997) % 20_000
+                });
+                let write = async {
+                    let mut tx = g.begin().await?;
+                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                };
+                matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))).then_some(n)
+            });
+        }
+        let mut reported = Vec::new();
+        while let Some(r) = set.join_next().await {
+            reported.extend(r.unwrap());
+        }
+        let mut tx = g.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (n) VALUES (5000)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let held = count(&pool).await;
+        assert!(held.contains(&5000));
+        for n in &reported {
+            assert!(held.contains(n), "{n} reported committed but not held");
+        }
+        assert!(held.iter().all(|n| *n < 200 || *n == 5000));
+        reported.sort();
+        let patient: Vec<i64> = (0..200).step_by(2).collect();
+        assert!(patient.iter().all(|n| reported.contains(n)));
     }
 }
