@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Largest message a peer may send or receive.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -226,54 +227,22 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::NotifyResponse>, Status> {
         let info = caller_info(&request, "Notify");
-        let (peer, _permit) = self.authenticate(&info).await?;
+        let (peer, permit) = self.authenticate(&info).await?;
         let fp = info.fingerprint.clone().unwrap_or_default();
+        let spki = info.spki.clone().unwrap_or_default();
         let req = request.into_inner();
-        let req_kind = match &req.notice {
-            Some(pb::notify_request::Notice::Message(_)) => Kind::Message,
-            Some(pb::notify_request::Notice::Checkpoint(_)) => Kind::Checkpoint,
-            _ => Kind::Notice,
-        };
-        let outcome = match &req.notice {
-            Some(pb::notify_request::Notice::Message(signed)) => {
-                let spki = info.spki.clone().unwrap_or_default();
-                crate::referrals::receive::handle(&self.state, &peer, &req.notice_id, &spki, signed)
-                    .await
-                    .map(|r| pb::NotifyResponse {
-                        receipt: Some(r),
-                        witness: None,
-                    })
-            }
-            Some(pb::notify_request::Notice::Checkpoint(signed)) => {
-                crate::audit::checkpoint::witness(&self.state, &peer.org_id, signed)
-                    .await
-                    .map(|w| pb::NotifyResponse {
-                        receipt: None,
-                        witness: Some(w),
-                    })
-            }
-            _ => peering::receive_notice(&self.state, &peer, &fp, req)
-                .await
-                .map(|()| pb::NotifyResponse::default()),
-        };
-        if outcome.is_err() {
-            self.state
-                .metrics
-                .received(peer.org_id.as_str(), notice_kind(&req_kind), "refused");
-        } else if req_kind != Kind::Message {
-            self.state
-                .metrics
-                .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
-        }
+        // An accepted notice runs to its end on a task of its own: a peer
+        // that hangs up mid-call (it will send again) must not cut the work
+        // between the commit and its accounting.
+        let task = tokio::spawn(
+            apply_notice(self.state.clone(), peer.clone(), fp, spki, req, permit)
+                .instrument(tracing::Span::current()),
+        );
+        let outcome = task
+            .await
+            .map_err(|_| Status::internal("the notice could not be applied"))?;
         match outcome {
-            Ok(resp) => {
-                // "Last seen" to the second: not a write per message.
-                let now = now_ms();
-                if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
-                    let _ = self.state.store.touch_peer(&peer.org_id, now).await;
-                }
-                Ok(Response::new(resp))
-            }
+            Ok(resp) => Ok(Response::new(resp)),
             Err(e @ Error::PermissionDenied(_)) => Err(self
                 .refuse(
                     &info,
@@ -321,6 +290,60 @@ impl pb::federation_service_server::FederationService for FederationApi {
             checkpoints,
         }))
     }
+}
+
+/// Applies one notice from an authenticated peer and counts it.
+async fn apply_notice(
+    state: Arc<NodeState>,
+    peer: Peer,
+    fp: String,
+    spki: Vec<u8>,
+    req: pb::NotifyRequest,
+    _permit: Permit,
+) -> Result<pb::NotifyResponse, Error> {
+    let req_kind = match &req.notice {
+        Some(pb::notify_request::Notice::Message(_)) => Kind::Message,
+        Some(pb::notify_request::Notice::Checkpoint(_)) => Kind::Checkpoint,
+        _ => Kind::Notice,
+    };
+    let outcome = match &req.notice {
+        Some(pb::notify_request::Notice::Message(signed)) => {
+            crate::referrals::receive::handle(&state, &peer, &req.notice_id, &spki, signed)
+                .await
+                .map(|r| pb::NotifyResponse {
+                    receipt: Some(r),
+                    witness: None,
+                })
+        }
+        Some(pb::notify_request::Notice::Checkpoint(signed)) => {
+            crate::audit::checkpoint::witness(&state, &peer.org_id, signed)
+                .await
+                .map(|w| pb::NotifyResponse {
+                    receipt: None,
+                    witness: Some(w),
+                })
+        }
+        _ => peering::receive_notice(&state, &peer, &fp, req)
+            .await
+            .map(|()| pb::NotifyResponse::default()),
+    };
+    if outcome.is_err() {
+        state
+            .metrics
+            .received(peer.org_id.as_str(), notice_kind(&req_kind), "refused");
+    } else {
+        if req_kind != Kind::Message {
+            state
+                .metrics
+                .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
+        }
+        // "Last seen" to the second: not a write per message.
+        let now = now_ms();
+        if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
+            let _ = state.store.touch_peer(&peer.org_id, now).await;
+        }
+    }
+    outcome
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
