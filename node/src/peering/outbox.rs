@@ -212,6 +212,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     // go ahead, so a suspension is told even while messages wait.
     let mut flow = Flow::default();
     let mut queue = queue.into_iter().peekable();
+    // Receipts of the last batch, being stored while the next one is sent.
+    let mut storing: Option<Storing<'_>> = None;
+    let mut flow_later = Flow::default();
+    let mut stored_error = None;
     // Just taken (by the caller).
     let mut held = HeldLease {
         name: lease,
@@ -227,6 +231,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             continue;
         }
         if !is_message {
+            finish(&mut flow, storing.take()).await?;
             let result = client.notify(req.clone()).await.map(|r| r.into_inner());
             let handled = flow
                 .handle(state, org, &peer, &n, &req, false, result)
@@ -262,37 +267,98 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
                 batch.push(item);
             }
         }
-        let mut calls = tokio::task::JoinSet::new();
-        for (i, (_, req)) in batch.iter().enumerate() {
-            let (mut client, req) = (client.clone(), req.clone());
-            calls.spawn(async move { (i, client.notify(req).await.map(|r| r.into_inner())) });
+        // The previous batch's receipts are still being stored: a message
+        // of one of its referrals waits for that (order within a referral),
+        // others go out meanwhile.
+        if storing
+            .as_ref()
+            .is_some_and(|(pending, _)| !pending.is_disjoint(&referrals))
+        {
+            finish(&mut flow, storing.take()).await?;
         }
-        let mut results: Vec<Option<Result<pb::NotifyResponse, tonic::Status>>> =
-            batch.iter().map(|_| None).collect();
-        while let Some(done) = calls.join_next().await {
-            if let Ok((i, r)) = done
-                && let Some(slot) = results.get_mut(i)
-            {
-                *slot = Some(r);
+        let (results, ()) = tokio::join!(call_all(&client, &batch), async {
+            if let Err(e) = finish(&mut flow_later, storing.take()).await {
+                stored_error = Some(e);
+            }
+        });
+        if let Some(e) = stored_error.take() {
+            return Err(e);
+        }
+        flow.merge(&mut flow_later);
+        // Refusals and failures are handled at once (they decide whether
+        // later messages wait); receipts are checked and stored together
+        // (multi-row statements in one transaction) while the next batch
+        // is on its way.
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for ((n, req), result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(resp) => answered.push((n, req, resp)),
+                Err(status) => failed.push((n, req, status)),
             }
         }
-        // The answers are stored together: on SQLite their writes then
-        // share one commit (group commit), on PostgreSQL they overlap.
-        let handled =
-            futures_util::future::join_all(batch.iter().zip(results).map(|((n, req), result)| {
-                let result =
-                    result.unwrap_or_else(|| Err(tonic::Status::unavailable("call task failed")));
-                flow.handle(state, org, &peer, n, req, true, result)
-            }))
-            .await;
+        let handled = futures_util::future::join_all(failed.iter().map(|(n, req, status)| {
+            flow.handle(state, org, &peer, n, req, true, Err(status.clone()))
+        }))
+        .await;
         for h in handled {
             flow.apply(h?, true);
         }
+        if !answered.is_empty() {
+            let ids: HashSet<String> = answered
+                .iter()
+                .filter_map(|(_, req, _)| message_referral(req))
+                .collect();
+            storing = Some((ids, Box::pin(accept_deliveries(state, org, answered))));
+        }
     }
+    finish(&mut flow, storing.take()).await?;
     if flow.seen {
         state.store.touch_peer(org, now_ms()).await?;
     }
     Ok(())
+}
+
+/// Receipts being stored: the referrals they are about, and the work.
+type Storing<'a> = (
+    HashSet<String>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Handled>>> + Send + 'a>>,
+);
+
+/// Waits for receipts being stored and takes in their outcomes.
+async fn finish(flow: &mut Flow, storing: Option<Storing<'_>>) -> anyhow::Result<()> {
+    if let Some((_, work)) = storing {
+        for h in work.await? {
+            flow.apply(h, true);
+        }
+    }
+    Ok(())
+}
+
+/// Sends a batch of messages at once (multiplexed on one connection); the
+/// answers in the batch's order.
+async fn call_all(
+    client: &pb::federation_service_client::FederationServiceClient<tonic::transport::Channel>,
+    batch: &[(Notice, pb::NotifyRequest)],
+) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, (_, req)) in batch.iter().enumerate() {
+        let (mut client, req) = (client.clone(), req.clone());
+        calls.spawn(async move { (i, client.notify(req).await.map(|r| r.into_inner())) });
+    }
+    let mut results: Vec<Option<Result<pb::NotifyResponse, tonic::Status>>> =
+        batch.iter().map(|_| None).collect();
+    while let Some(done) = calls.join_next().await {
+        if let Ok((i, r)) = done
+            && let Some(slot) = results.get_mut(i)
+        {
+            *slot = Some(r);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(tonic::Status::unavailable("call task failed"))))
+        .collect()
 }
 
 /// How many referral messages of different referrals go out at once.
@@ -332,6 +398,14 @@ struct Handled {
 }
 
 impl Flow {
+    /// Takes in what was learnt meanwhile (and clears it).
+    fn merge(&mut self, other: &mut Flow) {
+        let o = std::mem::take(other);
+        self.messages_wait |= o.messages_wait;
+        self.notices_wait |= o.notices_wait;
+        self.seen |= o.seen;
+    }
+
     fn apply(&mut self, h: Handled, is_message: bool) {
         self.seen |= h.seen;
         if h.wait {
@@ -389,28 +463,18 @@ impl Flow {
         result: Result<pb::NotifyResponse, tonic::Status>,
     ) -> anyhow::Result<Handled> {
         match result {
+            Ok(resp) if is_message => {
+                let mut handled =
+                    accept_deliveries(state, org, vec![(n.clone(), req.clone(), resp)]).await?;
+                Ok(handled.pop().unwrap_or(Handled {
+                    wait: false,
+                    seen: true,
+                }))
+            }
             Ok(resp) => {
                 let now = now_ms();
                 state.metrics.delivered(org.as_str(), "delivered");
-                if is_message {
-                    let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
-                    state.metrics.delivery_latency.observe(waited);
-                    if let Err(e) =
-                        crate::referrals::on_delivered(state, org, n.id, req, &resp).await
-                    {
-                        // An invalid receipt is not proof of delivery: try again later.
-                        let next = now_ms() + backoff_ms(state, n.attempts);
-                        state
-                            .store
-                            .notice_failed(n.id, next, "invalid receipt")
-                            .await?;
-                        tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
-                        return Ok(Handled {
-                            wait: true,
-                            seen: true,
-                        });
-                    }
-                } else if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
+                if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
                     match crate::audit::checkpoint::on_witnessed(
                         state,
                         org,
@@ -492,6 +556,75 @@ impl Flow {
             }
         }
     }
+}
+
+/// The peer answered these messages: their receipts are checked and stored
+/// together. An invalid receipt is not proof of delivery: its message is
+/// tried again later. One outcome per message, in order.
+async fn accept_deliveries(
+    state: &NodeState,
+    org: &OrgId,
+    answered: Vec<(Notice, pb::NotifyRequest, pb::NotifyResponse)>,
+) -> anyhow::Result<Vec<Handled>> {
+    if answered.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = state.store.peer_keys(org, now_ms()).await?;
+    let now = now_ms();
+    let mut handled = Vec::with_capacity(answered.len());
+    let mut items = Vec::with_capacity(answered.len());
+    let mut attempts = Vec::with_capacity(answered.len());
+    for (n, req, resp) in &answered {
+        state.metrics.delivered(org.as_str(), "delivered");
+        let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
+        state.metrics.delivery_latency.observe(waited);
+        match crate::referrals::delivery_receipt(state, org, &keys, n.id, req, resp) {
+            Ok(Some(item)) => {
+                items.push(item);
+                attempts.push((handled.len(), n.attempts));
+            }
+            Ok(None) => state.store.notice_delivered(n.id, now).await?,
+            Err(e) => {
+                retry_later(state, n.id, n.attempts, "invalid receipt").await?;
+                tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
+                handled.push(Handled {
+                    wait: true,
+                    seen: true,
+                });
+                continue;
+            }
+        }
+        handled.push(Handled {
+            wait: false,
+            seen: true,
+        });
+    }
+    if let Err(e) = crate::referrals::on_delivered(state, &items).await {
+        // One receipt that cannot be stored must not hold up the others.
+        tracing::warn!(peer = %org, error = %e, "storing receipts together failed; storing them one by one");
+        for (item, (at, tries)) in items.iter().zip(attempts) {
+            if let Err(e) = crate::referrals::on_delivered(state, std::slice::from_ref(item)).await
+            {
+                retry_later(state, item.notice_row, tries, "receipt not stored").await?;
+                tracing::warn!(peer = %org, error = %e, "a receipt could not be stored; will retry");
+                if let Some(h) = handled.get_mut(at) {
+                    h.wait = true;
+                }
+            }
+        }
+    }
+    Ok(handled)
+}
+
+async fn retry_later(
+    state: &NodeState,
+    notice_row: i64,
+    attempts: i64,
+    why: &str,
+) -> anyhow::Result<()> {
+    let next = now_ms() + backoff_ms(state, attempts);
+    state.store.notice_failed(notice_row, next, why).await?;
+    Ok(())
 }
 
 /// A refusal of the message itself, not of the connection or the peering.

@@ -112,16 +112,16 @@ pub fn issue_receipt(
 
 /// Checks a receipt a peer returned for `sent` (the notice we delivered):
 /// signed by one of the peer's pinned keys, for this very message.
-pub async fn verify_receipt(
+pub fn verify_receipt(
     state: &NodeState,
     peer: &crate::domain::OrgId,
+    keys: &[crate::store::PeerKey],
     sent: &pb::SignedMessage,
     sent_msg: &pb::FederationMessage,
     receipt: &pb::SignedReceipt,
 ) -> Result<(pb::Receipt, ReceiptRecord)> {
     let bad = |rule: &str| Error::Unavailable(format!("the peer's receipt is invalid: {rule}"));
     let r = pb::Receipt::decode(receipt.payload.as_slice()).map_err(|_| bad("malformed"))?;
-    let keys = state.store.peer_keys(peer, now_ms()).await?;
     if !keys
         .iter()
         .any(|k| verify_signature(&k.spki_der, &receipt.payload, &receipt.signature))

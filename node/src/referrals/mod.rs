@@ -17,7 +17,9 @@ use crate::domain::time::{now_ms, to_timestamp};
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
-use crate::store::{ReferralChange, ReferralEvent, ReferralFilter, ReferralRecord};
+use crate::store::{
+    AcceptedReceipt, ReferralChange, ReferralEvent, ReferralFilter, ReferralRecord,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use exitnet_proto::pb;
@@ -811,16 +813,19 @@ pub async fn withdraw_consent(
     Ok(recipients.len() as u32)
 }
 
-/// The outbox delivered one of our messages and the peer answered.
-pub async fn on_delivered(
+/// The outbox delivered one of our messages and the peer answered: its
+/// receipt checked against the peer's pinned `keys`, with what it implies
+/// (`None` for a notice that is not a referral message).
+pub fn delivery_receipt(
     state: &NodeState,
     org: &OrgId,
+    keys: &[crate::store::PeerKey],
     notice_row: i64,
     req: &pb::NotifyRequest,
     resp: &pb::NotifyResponse,
-) -> Result<()> {
+) -> Result<Option<AcceptedReceipt>> {
     let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
-        return Ok(());
+        return Ok(None);
     };
     let sent_msg = pb::FederationMessage::decode(sent.payload.as_slice())
         .map_err(|e| Error::Internal(e.into()))?;
@@ -828,7 +833,7 @@ pub async fn on_delivered(
         .receipt
         .as_ref()
         .ok_or_else(|| Error::Unavailable("the peer sent no receipt".into()))?;
-    let (r, record) = messages::verify_receipt(state, org, sent, &sent_msg, receipt).await?;
+    let (r, record) = messages::verify_receipt(state, org, keys, sent, &sent_msg, receipt)?;
     let change = match &sent_msg.body {
         Some(pb::federation_message::Body::Offer(o)) => Some((
             o.referral_id.clone(),
@@ -861,28 +866,32 @@ pub async fn on_delivered(
         }
         _ => None,
     };
-    state
-        .store
-        .accept_receipt(
-            notice_row,
-            &record,
-            change.as_ref().map(|(id, c)| (id.as_str(), c)),
-            &[AuditEntry::peer(
-                org.as_str(),
-                &format!(
-                    "receipt.{}",
-                    if r.kind == pb::ReceiptKind::Purge as i32 {
-                        "purge"
-                    } else {
-                        "delivery"
-                    }
-                ),
-                "referral",
-                &r.referral_id,
-            )],
-        )
-        .await?;
-    if let Some((id, _)) = &change {
+    let audit = AuditEntry::peer(
+        org.as_str(),
+        &format!(
+            "receipt.{}",
+            if r.kind == pb::ReceiptKind::Purge as i32 {
+                "purge"
+            } else {
+                "delivery"
+            }
+        ),
+        "referral",
+        &r.referral_id,
+    );
+    Ok(Some(AcceptedReceipt {
+        notice_row,
+        receipt: record,
+        change,
+        audit: vec![audit],
+    }))
+}
+
+/// Stores checked receipts for our messages together (one transaction) and
+/// tells watchers of the referrals they changed.
+pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Result<()> {
+    state.store.accept_receipts(items).await?;
+    for (id, _) in items.iter().filter_map(|i| i.change.as_ref()) {
         state.referral_changed(id);
     }
     Ok(())

@@ -192,6 +192,18 @@ pub struct ReceiptRecord {
     pub at_ms: i64,
 }
 
+/// A checked receipt for one of our notices, with what it implies.
+#[derive(Debug, Clone)]
+pub struct AcceptedReceipt {
+    /// The notice it acknowledges (`Notice::id`).
+    pub notice_row: i64,
+    pub receipt: ReceiptRecord,
+    /// The change to the referral it is about, if any.
+    pub change: Option<(String, ReferralChange)>,
+    /// Audit records written if the receipt is new.
+    pub audit: Vec<AuditEntry>,
+}
+
 /// A change to a referral, applied only if its state is still `expected`.
 #[derive(Debug, Clone, Default)]
 pub struct ReferralChange {
@@ -393,15 +405,11 @@ pub trait Store: Send + Sync + 'static {
         change: Option<(&str, &ReferralChange)>,
         audit: &[AuditEntry],
     ) -> Result<ReceiptRecord>;
-    /// A receipt a peer signed for our notice: kept with the change it
-    /// implies, and the notice marked delivered, together.
-    async fn accept_receipt(
-        &self,
-        notice_row: i64,
-        receipt: &ReceiptRecord,
-        change: Option<(&str, &ReferralChange)>,
-        audit: &[AuditEntry],
-    ) -> Result<()>;
+    /// Receipts peers signed for our notices: each kept with the change it
+    /// implies and its notice marked delivered, all in one transaction. A
+    /// receipt already held (its notice was delivered twice) is not recorded
+    /// again.
+    async fn accept_receipts(&self, items: &[AcceptedReceipt]) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
     /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
     async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>>;

@@ -1140,23 +1140,58 @@ macro_rules! impl_store {
                 Ok(receipt.clone())
             }
 
-            async fn accept_receipt(&self, notice_row: i64, receipt: &$crate::store::ReceiptRecord, change: Option<(&str, &$crate::store::ReferralChange)>, audit: &[$crate::audit::AuditEntry]) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let fresh = insert_receipt(&mut tx, receipt).await? == 1;
-                let mut records = if fresh { audit.to_vec() } else { Vec::new() };
-                if let Some((id, c)) = change
-                    && apply_referral_change(&mut tx, id, c).await?
-                {
-                    records.extend(c.audit.iter().cloned());
+            async fn accept_receipts(&self, items: &[$crate::store::AcceptedReceipt]) -> Result<()> {
+                // Multi-row statements: a batch of receipts costs a handful
+                // of round trips to the database, not a handful per receipt.
+                for chunk in items.chunks(256) {
+                    let mut tx = self.begin_write().await?;
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
+                    );
+                    insert.push_values(chunk, |mut b, i| {
+                        let r = &i.receipt;
+                        b.push_bind(&r.message_id)
+                            .push_bind(&r.issued_by)
+                            .push_bind(&r.referral_id)
+                            .push_bind(&r.kind)
+                            .push_bind(&r.payload)
+                            .push_bind(&r.signature)
+                            .push_bind(r.at_ms)
+                            .push_bind(&r.counterpart);
+                    });
+                    insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
+                    let mut fresh = std::collections::HashSet::new();
+                    for row in insert.build().fetch_all(&mut *tx).await? {
+                        let key: (String, String, String) =
+                            (row.try_get("message_id")?, row.try_get("issued_by")?, row.try_get("counterpart")?);
+                        fresh.insert(key);
+                    }
+                    let mut records = Vec::new();
+                    for i in chunk {
+                        let r = &i.receipt;
+                        if fresh.contains(&(r.message_id.clone(), r.issued_by.clone(), r.counterpart.clone())) {
+                            records.extend(i.audit.iter().cloned());
+                        }
+                        if let Some((id, c)) = &i.change
+                            && apply_referral_change(&mut tx, id, c).await?
+                        {
+                            records.extend(c.audit.iter().cloned());
+                        }
+                    }
+                    let mut mark = sqlx::QueryBuilder::<$db>::new("UPDATE peer_notices SET delivered_at = ");
+                    mark.push_bind(crate::domain::time::now_ms())
+                        .push(", last_error = NULL, payload = ")
+                        .push_bind(Vec::<u8>::new())
+                        .push(" WHERE id IN (");
+                    let mut rows = mark.separated(", ");
+                    for i in chunk {
+                        rows.push_bind(i.notice_row);
+                    }
+                    rows.push_unseparated(")");
+                    mark.build().execute(&mut *tx).await?;
+                    append_audit_tx(&mut tx, &records).await?;
+                    tx.commit().await?;
                 }
-                sqlx::query("UPDATE peer_notices SET delivered_at = $1, last_error = NULL, payload = $3 WHERE id = $2")
-                    .bind(crate::domain::time::now_ms())
-                    .bind(notice_row)
-                    .bind(Vec::<u8>::new())
-                    .execute(&mut *tx)
-                    .await?;
-                append_audit_tx(&mut tx, &records).await?;
-                tx.commit().await?;
                 Ok(())
             }
 

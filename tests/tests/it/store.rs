@@ -60,6 +60,7 @@ store_suite!(
     consents_are_idempotent_scoped_and_paged,
     scheduler_finds_expired_consents_and_retention,
     concurrent_audit_appends_form_one_chain,
+    receipts_are_accepted_together_and_once,
 );
 
 mod cases {
@@ -615,6 +616,117 @@ mod cases {
             created_at_ms: updated,
             updated_at_ms: updated,
         }
+    }
+
+    pub async fn receipts_are_accepted_together_and_once(s: Arc<dyn Store>) {
+        use exitnet_node::audit::AuditEntry;
+        use exitnet_node::store::{AcceptedReceipt, ReceiptRecord, ReferralChange, ReferralEvent};
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        s.insert_consent(
+            &consent("c1", "alice", None, "client-1", NOW),
+            "k1",
+            b"d1",
+            &[],
+        )
+        .await
+        .unwrap();
+        let event = |state: &str| ReferralEvent {
+            state: state.into(),
+            at_ms: NOW,
+            by_org: "ngo-a".into(),
+            actor: String::new(),
+            detail: vec![],
+        };
+        for id in ["r1", "r2", "r3"] {
+            s.create_referral(
+                &referral(id, "c1", "prison-b", "requested", NOW),
+                &format!("req-{id}"),
+                id.as_bytes(),
+                &event("requested"),
+                &notice(&format!("n-{id}"), "prison-b"),
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+        let rows: Vec<i64> = s
+            .undelivered_notices(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(rows.len(), 3);
+        let item = |i: usize, id: &str| AcceptedReceipt {
+            notice_row: rows[i],
+            receipt: ReceiptRecord {
+                message_id: format!("m-{id}"),
+                issued_by: "prison-b".into(),
+                counterpart: "ngo-a".into(),
+                referral_id: id.into(),
+                kind: "RECEIPT_KIND_DELIVERY".into(),
+                payload: id.as_bytes().to_vec(),
+                signature: b"sig".to_vec(),
+                at_ms: NOW + 1,
+            },
+            change: Some((
+                id.into(),
+                ReferralChange {
+                    expected_states: vec!["requested".into()],
+                    state: Some("received".into()),
+                    event: Some(event("received")),
+                    now_ms: NOW + 2,
+                    ..Default::default()
+                },
+            )),
+            audit: vec![AuditEntry::peer(
+                "prison-b",
+                "receipt.delivery",
+                "referral",
+                id,
+            )],
+        };
+        s.accept_receipts(&[item(0, "r1"), item(1, "r2")])
+            .await
+            .unwrap();
+        // A redelivered receipt (r1) with a new one (r3): only r3 is new.
+        s.accept_receipts(&[item(0, "r1"), item(2, "r3")])
+            .await
+            .unwrap();
+        // And an empty batch is nothing.
+        s.accept_receipts(&[]).await.unwrap();
+        for id in ["r1", "r2", "r3"] {
+            let r = s.get_referral(id).await.unwrap().unwrap();
+            assert_eq!(r.state, "received", "{id}");
+            let states: Vec<String> = s
+                .referral_history(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.state)
+                .collect();
+            assert_eq!(states, ["requested", "received"], "{id}");
+            assert_eq!(s.receipts_for(id).await.unwrap().len(), 1, "{id}");
+            let recorded = s
+                .audit_for_objects(&[id.to_string()])
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.entry.action == "receipt.delivery")
+                .count();
+            assert_eq!(recorded, 1, "{id}: one audit record per receipt");
+        }
+        assert!(s.undelivered_notices(10).await.unwrap().is_empty());
+        assert_eq!(
+            s.get_peer(&org("prison-b"))
+                .await
+                .unwrap()
+                .unwrap()
+                .pending_notices,
+            0
+        );
     }
 
     pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
