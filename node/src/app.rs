@@ -179,6 +179,7 @@ impl Application {
         }
         let limits = crate::limits::Limits::new(&config.limits);
         let store_is_shared = store.backend() == "postgres";
+        let intake = crate::referrals::intake::Intake::start(store.clone());
         let state = Arc::new(NodeState {
             config,
             store,
@@ -196,6 +197,7 @@ impl Application {
             limits,
             instance_id: uuid::Uuid::new_v4().to_string(),
             publish_changes: store_is_shared,
+            intake,
         });
         Ok(Self {
             state,

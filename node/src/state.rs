@@ -36,6 +36,8 @@ pub struct NodeState {
     /// Other processes may share the database (PostgreSQL): changes are
     /// published to them, so that their watchers see them too.
     pub publish_changes: bool,
+    /// Stores received offers together.
+    pub intake: crate::referrals::intake::Intake,
 }
 
 impl std::fmt::Debug for NodeState {

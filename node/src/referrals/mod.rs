@@ -5,6 +5,7 @@
 //! the same way. Withdrawal reaches every recipient, which purges and signs a
 //! purge receipt. No gRPC here.
 
+pub mod intake;
 pub mod messages;
 pub mod receive;
 

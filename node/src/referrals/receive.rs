@@ -88,26 +88,25 @@ pub async fn handle(
                 &signed.payload,
                 &record.referral_id,
             )?;
+            let referral_id = record.referral_id.clone();
+            let audit = AuditEntry::peer(
+                from.org_id.as_str(),
+                "referral.receive",
+                "referral",
+                &referral_id,
+            );
             let stored = state
-                .store
-                .receive_message(
-                    &receipt,
-                    Some(crate::store::NewInbound {
-                        record: &record,
-                        event: &ev,
-                        wrapped_key: wrapped_key.as_deref(),
-                    }),
-                    None,
-                    &[AuditEntry::peer(
-                        from.org_id.as_str(),
-                        "referral.receive",
-                        "referral",
-                        &record.referral_id,
-                    )],
-                )
+                .intake
+                .receive(crate::store::NewOffer {
+                    receipt: receipt.clone(),
+                    record,
+                    event: ev,
+                    wrapped_key,
+                    audit: vec![audit],
+                })
                 .await?;
             count(state, from, "offer", &receipt, &stored);
-            state.referral_changed(&record.referral_id);
+            state.referral_changed(&referral_id);
             stored
         }
         pb::federation_message::Body::Status(s) => {

@@ -192,6 +192,16 @@ pub struct ReceiptRecord {
     pub at_ms: i64,
 }
 
+/// A referral a peer offered, checked and sealed, with our receipt for it.
+#[derive(Debug, Clone)]
+pub struct NewOffer {
+    pub receipt: ReceiptRecord,
+    pub record: ReferralRecord,
+    pub event: ReferralEvent,
+    pub wrapped_key: Option<Vec<u8>>,
+    pub audit: Vec<AuditEntry>,
+}
+
 /// A checked receipt for one of our notices, with what it implies.
 #[derive(Debug, Clone)]
 pub struct AcceptedReceipt {
@@ -405,6 +415,11 @@ pub trait Store: Send + Sync + 'static {
         change: Option<(&str, &ReferralChange)>,
         audit: &[AuditEntry],
     ) -> Result<ReceiptRecord>;
+    /// Offers received at once, stored together, each as `receive_message`
+    /// would: once, a repeat answered with the receipt stored the first
+    /// time, a referral ID already taken refused. One outcome per offer, in
+    /// order; `Err` only if nothing could be stored.
+    async fn receive_offers(&self, items: &[NewOffer]) -> Result<Vec<Result<ReceiptRecord>>>;
     /// Receipts peers signed for our notices: each kept with the change it
     /// implies and its notice marked delivered, all in one transaction. A
     /// receipt already held (its notice was delivered twice) is not recorded

@@ -1140,6 +1140,137 @@ macro_rules! impl_store {
                 Ok(receipt.clone())
             }
 
+            async fn receive_offers(&self, items: &[$crate::store::NewOffer]) -> Result<Vec<Result<$crate::store::ReceiptRecord>>> {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin_write().await?;
+                // The receipts first, as in `receive_message`: a repeat (or a
+                // concurrent delivery to another replica) finds its receipt.
+                let mut insert = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
+                );
+                insert.push_values(items, |mut b, i| {
+                    let r = &i.receipt;
+                    b.push_bind(&r.message_id)
+                        .push_bind(&r.issued_by)
+                        .push_bind(&r.referral_id)
+                        .push_bind(&r.kind)
+                        .push_bind(&r.payload)
+                        .push_bind(&r.signature)
+                        .push_bind(r.at_ms)
+                        .push_bind(&r.counterpart);
+                });
+                insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
+                let mut fresh = std::collections::HashSet::new();
+                for row in insert.build().fetch_all(&mut *tx).await? {
+                    let key: (String, String, String) =
+                        (row.try_get("message_id")?, row.try_get("issued_by")?, row.try_get("counterpart")?);
+                    fresh.insert(key);
+                }
+                let mut out: Vec<Option<Result<$crate::store::ReceiptRecord>>> = items.iter().map(|_| None).collect();
+                let mut new = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let r = &item.receipt;
+                    if fresh.contains(&(r.message_id.clone(), r.issued_by.clone(), r.counterpart.clone())) {
+                        new.push(item);
+                        continue;
+                    }
+                    // A redelivery: the same receipt, nothing applied twice.
+                    let row = sqlx::query(
+                        "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                         WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
+                    )
+                    .bind(&r.message_id)
+                    .bind(&r.issued_by)
+                    .bind(&r.counterpart)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    out[i] = Some(row_to_receipt(&row));
+                }
+                if !new.is_empty() {
+                    let mut referrals = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO referrals (referral_id, direction, peer_org, owner, team, request_key, request_digest, consent_id,
+                                                pseudonym, need_areas, services, urgency, summary, terms, state, purge_status,
+                                                purged_at, created_at, updated_at, key_id) ",
+                    );
+                    referrals.push_values(&new, |mut b, i| {
+                        let r = &i.record;
+                        b.push_bind(&r.referral_id)
+                            .push_bind(if r.outbound { "outbound" } else { "inbound" })
+                            .push_bind(r.peer_org.as_str())
+                            .push_bind(&r.owner)
+                            .push_bind(&r.team)
+                            .push_bind(None::<String>)
+                            .push_bind(None::<Vec<u8>>)
+                            .push_bind(&r.consent_id)
+                            .push_bind(&r.pseudonym)
+                            .push_bind(&r.need_areas)
+                            .push_bind(&r.services)
+                            .push_bind(&r.urgency)
+                            .push_bind(&r.summary)
+                            .push_bind(&r.terms)
+                            .push_bind(&r.state)
+                            .push_bind(&r.purge_status)
+                            .push_bind(r.purged_at_ms)
+                            .push_bind(r.created_at_ms)
+                            .push_bind(r.updated_at_ms)
+                            .push_bind(&r.key_id);
+                    });
+                    referrals.push(" ON CONFLICT DO NOTHING RETURNING referral_id");
+                    let stored = referrals.build().fetch_all(&mut *tx).await?.len();
+                    let with_key: Vec<_> = new.iter().filter(|i| i.wrapped_key.is_some()).collect();
+                    let mut keys_stored = 0;
+                    if !with_key.is_empty() {
+                        let mut keys = sqlx::QueryBuilder::<$db>::new("INSERT INTO data_keys (key_id, wrapped, created_at) ");
+                        keys.push_values(&with_key, |mut b, i| {
+                            b.push_bind(&i.record.key_id).push_bind(&i.wrapped_key).push_bind(i.record.created_at_ms);
+                        });
+                        keys.push(" ON CONFLICT (key_id) DO NOTHING RETURNING key_id");
+                        keys_stored = keys.build().fetch_all(&mut *tx).await?.len();
+                    }
+                    if stored != new.len() || keys_stored != with_key.len() {
+                        // A referral ID or data key already taken (a peer's
+                        // mistake, or a replayed ID): each offer on its own,
+                        // so that only the offending ones are refused.
+                        drop(tx);
+                        let mut each = Vec::with_capacity(items.len());
+                        for i in items {
+                            let inbound = $crate::store::NewInbound {
+                                record: &i.record,
+                                event: &i.event,
+                                wrapped_key: i.wrapped_key.as_deref(),
+                            };
+                            each.push(self.receive_message(&i.receipt, Some(inbound), None, &i.audit).await);
+                        }
+                        return Ok(each);
+                    }
+                    // New referrals: each one's first event.
+                    let mut events = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
+                    );
+                    events.push_values(&new, |mut b, i| {
+                        let e = &i.event;
+                        b.push_bind(&i.record.referral_id)
+                            .push_bind(1i64)
+                            .push_bind(&e.state)
+                            .push_bind(e.at_ms)
+                            .push_bind(&e.by_org)
+                            .push_bind(&e.detail)
+                            .push_bind(&e.actor);
+                    });
+                    events.build().execute(&mut *tx).await?;
+                    let records: Vec<$crate::audit::AuditEntry> = new.iter().flat_map(|i| i.audit.iter().cloned()).collect();
+                    append_audit_tx(&mut tx, &records).await?;
+                }
+                tx.commit().await?;
+                Ok(items
+                    .iter()
+                    .zip(out)
+                    .map(|(i, o)| o.unwrap_or_else(|| Ok(i.receipt.clone())))
+                    .collect())
+            }
+
             async fn accept_receipts(&self, items: &[$crate::store::AcceptedReceipt]) -> Result<()> {
                 // Multi-row statements: a batch of receipts costs a handful
                 // of round trips to the database, not a handful per receipt.

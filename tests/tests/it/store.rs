@@ -61,6 +61,7 @@ store_suite!(
     scheduler_finds_expired_consents_and_retention,
     concurrent_audit_appends_form_one_chain,
     receipts_are_accepted_together_and_once,
+    offers_are_received_together_and_once,
 );
 
 mod cases {
@@ -727,6 +728,102 @@ mod cases {
                 .pending_notices,
             0
         );
+    }
+
+    pub async fn offers_are_received_together_and_once(s: Arc<dyn Store>) {
+        use exitnet_node::audit::AuditEntry;
+        use exitnet_node::error::Error;
+        use exitnet_node::store::{NewOffer, ReceiptRecord, ReferralEvent};
+        s.insert_peer(&new_peer("ngo-a", "fa", Awaiting::Remote))
+            .await
+            .unwrap();
+        let offer = |msg: &str, id: &str, payload: &[u8]| {
+            let mut record = referral(id, "c-remote", "ngo-a", "requested", NOW);
+            record.outbound = false;
+            record.consent_id = None;
+            record.owner = String::new();
+            record.key_id = format!("referral:{id}");
+            NewOffer {
+                receipt: ReceiptRecord {
+                    message_id: msg.into(),
+                    issued_by: "prison-b".into(),
+                    counterpart: "ngo-a".into(),
+                    referral_id: id.into(),
+                    kind: "RECEIPT_KIND_DELIVERY".into(),
+                    payload: payload.to_vec(),
+                    signature: b"sig".to_vec(),
+                    at_ms: NOW,
+                },
+                record,
+                event: ReferralEvent {
+                    state: "requested".into(),
+                    at_ms: NOW,
+                    by_org: "ngo-a".into(),
+                    actor: String::new(),
+                    detail: vec![],
+                },
+                wrapped_key: Some(format!("wrapped-{id}").into_bytes()),
+                audit: vec![AuditEntry::peer(
+                    "ngo-a",
+                    "referral.receive",
+                    "referral",
+                    id,
+                )],
+            }
+        };
+        let first = s
+            .receive_offers(&[
+                offer("m1", "r1", b"p1"),
+                offer("m2", "r2", b"p2"),
+                offer("m3", "r3", b"p3"),
+            ])
+            .await
+            .unwrap();
+        let payloads: Vec<Vec<u8>> = first.into_iter().map(|r| r.unwrap().payload).collect();
+        assert_eq!(payloads, [b"p1".to_vec(), b"p2".to_vec(), b"p3".to_vec()]);
+        // A repeat of m1 (answered with the receipt stored the first time),
+        // a new offer, an offer reusing r2's ID under a new message (refused,
+        // and nothing of it kept), and another new one.
+        let second = s
+            .receive_offers(&[
+                offer("m1", "r1", b"p1-again"),
+                offer("m4", "r4", b"p4"),
+                offer("m5", "r2", b"p5"),
+                offer("m6", "r6", b"p6"),
+            ])
+            .await
+            .unwrap();
+        let mut second = second.into_iter();
+        assert_eq!(second.next().unwrap().unwrap().payload, b"p1");
+        assert_eq!(second.next().unwrap().unwrap().payload, b"p4");
+        assert!(matches!(
+            second.next().unwrap(),
+            Err(Error::AlreadyExists(m)) if m.contains("referral_id")
+        ));
+        assert_eq!(second.next().unwrap().unwrap().payload, b"p6");
+        for id in ["r1", "r2", "r3", "r4", "r6"] {
+            let r = s.get_referral(id).await.unwrap().unwrap();
+            assert!(!r.outbound, "{id}");
+            assert_eq!(s.referral_history(id).await.unwrap().len(), 1, "{id}");
+            assert_eq!(s.receipts_for(id).await.unwrap().len(), 1, "{id}");
+            assert_eq!(
+                s.data_key(&format!("referral:{id}"), b"other", NOW)
+                    .await
+                    .unwrap(),
+                format!("wrapped-{id}").into_bytes(),
+                "{id}: its own data key, stored with it"
+            );
+            let received = s
+                .audit_for_objects(&[id.to_string()])
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.entry.action == "referral.receive")
+                .count();
+            assert_eq!(received, 1, "{id}");
+        }
+        assert_eq!(s.receipts_for("r2").await.unwrap()[0].payload, b"p2");
+        assert!(s.receive_offers(&[]).await.unwrap().is_empty());
     }
 
     pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
