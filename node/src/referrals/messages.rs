@@ -165,14 +165,27 @@ pub fn open(
     sender_keys: &[Vec<u8>],
     signed: &pb::SignedMessage,
 ) -> Result<pb::FederationMessage> {
-    if !sender_keys
-        .iter()
-        .any(|k| verify_signature(k, &signed.payload, &signed.signature))
-    {
+    if !signed_by_any(sender_keys, signed) {
         return Err(Error::PermissionDenied(
             "message.signature: not signed by the calling peer's key".into(),
         ));
     }
+    open_signed(state, from, notice_id, signed)
+}
+
+/// Whether one of `keys` (SubjectPublicKeyInfo, DER) signed the message.
+pub fn signed_by_any<K: AsRef<[u8]>>(keys: &[K], signed: &pb::SignedMessage) -> bool {
+    keys.iter()
+        .any(|k| verify_signature(k.as_ref(), &signed.payload, &signed.signature))
+}
+
+/// Checks a message whose signature was verified against a key of `from`.
+pub fn open_signed(
+    state: &NodeState,
+    from: &crate::domain::OrgId,
+    notice_id: &str,
+    signed: &pb::SignedMessage,
+) -> Result<pb::FederationMessage> {
     let msg = pb::FederationMessage::decode(signed.payload.as_slice())
         .map_err(|_| FieldError::new("message.payload", "not a FederationMessage"))?;
     if msg.message_id != notice_id {

@@ -50,16 +50,22 @@ pub async fn handle(
         // The peer told us it suspended or ended the peering: it may not send.
         return Err(deny("refused: peer_not_active"));
     }
-    let mut keys: Vec<Vec<u8>> = state
-        .store
-        .peer_keys(&from.org_id, now_ms())
-        .await?
-        .into_iter()
-        .map(|k| k.spki_der)
-        .collect();
-    keys.retain(|k| k.as_slice() != presented_spki);
-    keys.insert(0, presented_spki.to_vec());
-    let msg = messages::open(state, &from.org_id, notice_id, &keys, signed)?;
+    // The key the peer called with is pinned (it was found by it) and is
+    // almost always the one that signed: the other pinned keys (a rotation
+    // under way) are read only when it is not.
+    let msg = if messages::signed_by_any(&[presented_spki], signed) {
+        messages::open_signed(state, &from.org_id, notice_id, signed)?
+    } else {
+        let keys: Vec<Vec<u8>> = state
+            .store
+            .peer_keys(&from.org_id, now_ms())
+            .await?
+            .into_iter()
+            .map(|k| k.spki_der)
+            .filter(|k| k.as_slice() != presented_spki)
+            .collect();
+        messages::open(state, &from.org_id, notice_id, &keys, signed)?
+    };
     let body = msg
         .body
         .clone()
