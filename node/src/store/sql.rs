@@ -503,6 +503,33 @@ macro_rules! impl_store {
             .rows_affected())
         }
 
+        /// Inserts receipts with one statement; the keys of those that were
+        /// not held yet (message, issuer, counterpart).
+        async fn insert_receipts<'a>(
+            tx: &mut Tx,
+            receipts: impl Iterator<Item = &'a $crate::store::ReceiptRecord>,
+        ) -> Result<std::collections::HashSet<(String, String, String)>> {
+            let mut insert = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
+            );
+            insert.push_values(receipts, |mut b, r| {
+                b.push_bind(&r.message_id)
+                    .push_bind(&r.issued_by)
+                    .push_bind(&r.referral_id)
+                    .push_bind(&r.kind)
+                    .push_bind(&r.payload)
+                    .push_bind(&r.signature)
+                    .push_bind(r.at_ms)
+                    .push_bind(&r.counterpart);
+            });
+            insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
+            let mut fresh = std::collections::HashSet::new();
+            for row in insert.build().fetch_all(&mut **tx).await? {
+                fresh.insert((row.try_get("message_id")?, row.try_get("issued_by")?, row.try_get("counterpart")?));
+            }
+            Ok(fresh)
+        }
+
         fn row_to_notice(r: &<$db as sqlx::Database>::Row) -> Result<Notice> {
             let org: String = r.try_get("org_id")?;
             Ok(Notice {
@@ -1147,27 +1174,7 @@ macro_rules! impl_store {
                 let mut tx = self.begin_write().await?;
                 // The receipts first, as in `receive_message`: a repeat (or a
                 // concurrent delivery to another replica) finds its receipt.
-                let mut insert = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
-                );
-                insert.push_values(items, |mut b, i| {
-                    let r = &i.receipt;
-                    b.push_bind(&r.message_id)
-                        .push_bind(&r.issued_by)
-                        .push_bind(&r.referral_id)
-                        .push_bind(&r.kind)
-                        .push_bind(&r.payload)
-                        .push_bind(&r.signature)
-                        .push_bind(r.at_ms)
-                        .push_bind(&r.counterpart);
-                });
-                insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
-                let mut fresh = std::collections::HashSet::new();
-                for row in insert.build().fetch_all(&mut *tx).await? {
-                    let key: (String, String, String) =
-                        (row.try_get("message_id")?, row.try_get("issued_by")?, row.try_get("counterpart")?);
-                    fresh.insert(key);
-                }
+                let fresh = insert_receipts(&mut tx, items.iter().map(|i| &i.receipt)).await?;
                 let mut out: Vec<Option<Result<$crate::store::ReceiptRecord>>> = items.iter().map(|_| None).collect();
                 let mut new = Vec::new();
                 for (i, item) in items.iter().enumerate() {
@@ -1276,27 +1283,7 @@ macro_rules! impl_store {
                 // of round trips to the database, not a handful per receipt.
                 for chunk in items.chunks(256) {
                     let mut tx = self.begin_write().await?;
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
-                    );
-                    insert.push_values(chunk, |mut b, i| {
-                        let r = &i.receipt;
-                        b.push_bind(&r.message_id)
-                            .push_bind(&r.issued_by)
-                            .push_bind(&r.referral_id)
-                            .push_bind(&r.kind)
-                            .push_bind(&r.payload)
-                            .push_bind(&r.signature)
-                            .push_bind(r.at_ms)
-                            .push_bind(&r.counterpart);
-                    });
-                    insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
-                    let mut fresh = std::collections::HashSet::new();
-                    for row in insert.build().fetch_all(&mut *tx).await? {
-                        let key: (String, String, String) =
-                            (row.try_get("message_id")?, row.try_get("issued_by")?, row.try_get("counterpart")?);
-                        fresh.insert(key);
-                    }
+                    let fresh = insert_receipts(&mut tx, chunk.iter().map(|i| &i.receipt)).await?;
                     let mut records = Vec::new();
                     for i in chunk {
                         let r = &i.receipt;
