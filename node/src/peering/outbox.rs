@@ -195,11 +195,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             state.metrics.reachable(org.as_str(), false);
             state.metrics.delivered(org.as_str(), "unreachable");
             for (n, _) in queue.iter().filter(|(n, _)| n.next_attempt_at_ms <= now) {
-                let next = now + backoff_ms(state, n.attempts);
-                state
-                    .store
-                    .notice_failed(n.id, next, "peer unreachable")
-                    .await?;
+                retry_later(state, n.id, n.attempts, "peer unreachable").await?;
             }
             return Err(e);
         }
@@ -214,8 +210,6 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     let mut queue = queue.into_iter().peekable();
     // Receipts of the last batch, being stored while the next one is sent.
     let mut storing: Option<Storing<'_>> = None;
-    let mut flow_later = Flow::default();
-    let mut stored_error = None;
     // Just taken (by the caller).
     let mut held = HeldLease {
         name: lease,
@@ -231,7 +225,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             continue;
         }
         if !is_message {
-            finish(&mut flow, storing.take()).await?;
+            flow.apply_all(finish(storing.take()).await?);
             let result = client.notify(req.clone()).await.map(|r| r.into_inner());
             let handled = flow
                 .handle(state, org, &peer, &n, &req, false, result)
@@ -274,17 +268,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             .as_ref()
             .is_some_and(|(pending, _)| !pending.is_disjoint(&referrals))
         {
-            finish(&mut flow, storing.take()).await?;
+            flow.apply_all(finish(storing.take()).await?);
         }
-        let (results, ()) = tokio::join!(call_all(&client, &batch), async {
-            if let Err(e) = finish(&mut flow_later, storing.take()).await {
-                stored_error = Some(e);
-            }
-        });
-        if let Some(e) = stored_error.take() {
-            return Err(e);
-        }
-        flow.merge(&mut flow_later);
+        let (results, stored) = tokio::join!(call_all(&client, &batch), finish(storing.take()));
+        flow.apply_all(stored?);
         // Refusals and failures are handled at once (they decide whether
         // later messages wait); receipts are checked and stored together
         // (multi-row statements in one transaction) while the next batch
@@ -312,7 +299,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             storing = Some((ids, Box::pin(accept_deliveries(state, org, answered))));
         }
     }
-    finish(&mut flow, storing.take()).await?;
+    flow.apply_all(finish(storing.take()).await?);
     if flow.seen {
         state.store.touch_peer(org, now_ms()).await?;
     }
@@ -325,14 +312,12 @@ type Storing<'a> = (
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Handled>>> + Send + 'a>>,
 );
 
-/// Waits for receipts being stored and takes in their outcomes.
-async fn finish(flow: &mut Flow, storing: Option<Storing<'_>>) -> anyhow::Result<()> {
-    if let Some((_, work)) = storing {
-        for h in work.await? {
-            flow.apply(h, true);
-        }
+/// Waits for receipts being stored; their outcomes.
+async fn finish(storing: Option<Storing<'_>>) -> anyhow::Result<Vec<Handled>> {
+    match storing {
+        Some((_, work)) => work.await,
+        None => Ok(Vec::new()),
     }
-    Ok(())
 }
 
 /// Sends a batch of messages at once (multiplexed on one connection); the
@@ -398,12 +383,11 @@ struct Handled {
 }
 
 impl Flow {
-    /// Takes in what was learnt meanwhile (and clears it).
-    fn merge(&mut self, other: &mut Flow) {
-        let o = std::mem::take(other);
-        self.messages_wait |= o.messages_wait;
-        self.notices_wait |= o.notices_wait;
-        self.seen |= o.seen;
+    /// Takes in the outcomes of stored receipts (referral messages).
+    fn apply_all(&mut self, handled: Vec<Handled>) {
+        for h in handled {
+            self.apply(h, true);
+        }
     }
 
     fn apply(&mut self, h: Handled, is_message: bool) {
@@ -485,11 +469,7 @@ impl Flow {
                     {
                         Ok(()) => state.store.notice_delivered(n.id, now).await?,
                         Err(e) => {
-                            let next = now_ms() + backoff_ms(state, n.attempts);
-                            state
-                                .store
-                                .notice_failed(n.id, next, "invalid witness")
-                                .await?;
+                            retry_later(state, n.id, n.attempts, "invalid witness").await?;
                             tracing::warn!(peer = %org, error = %e, "witness refused; will retry");
                             return Ok(Handled {
                                 wait: true,
@@ -543,11 +523,7 @@ impl Flow {
                         seen: false,
                     });
                 }
-                let next = now_ms() + backoff_ms(state, n.attempts);
-                state
-                    .store
-                    .notice_failed(n.id, next, status.code().description())
-                    .await?;
+                retry_later(state, n.id, n.attempts, status.code().description()).await?;
                 tracing::debug!(peer = %org, code = ?status.code(), "notice refused; will retry");
                 Ok(Handled {
                     wait: true,
@@ -616,6 +592,7 @@ async fn accept_deliveries(
     Ok(handled)
 }
 
+/// Records a failed attempt; the notice is due again after a backoff.
 async fn retry_later(
     state: &NodeState,
     notice_row: i64,

@@ -3,6 +3,12 @@
 //! names and portable types (BIGINT milliseconds, TEXT, bytes), so these
 //! statements run unchanged on both; `$n` placeholders work in both dialects.
 
+/// The start of an insert of a referral row: every column, in the order
+/// both inserts bind them.
+pub(super) const INSERT_REFERRAL: &str = "INSERT INTO referrals (referral_id, direction, peer_org, owner, team,
+    request_key, request_digest, consent_id, pseudonym, need_areas, services, urgency, summary, terms, state,
+    purge_status, purged_at, created_at, updated_at, key_id)";
+
 /// Columns of a peer as `row_to_peer` reads them.
 pub(super) const PEER_SELECT: &str = "
 SELECT p.org_id, p.profile, p.state, p.awaiting, p.remote_state, p.endpoint,
@@ -211,7 +217,7 @@ macro_rules! impl_store {
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
         use $crate::store::sql::{
-            AUDIT_COLUMNS, CONSENT_COLUMNS, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_audit, row_to_checkpoint,
+            AUDIT_COLUMNS, CONSENT_COLUMNS, INSERT_REFERRAL, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_audit, row_to_checkpoint,
             row_to_consent, row_to_peer, row_to_receipt, row_to_referral,
         };
         use $crate::store::{
@@ -388,13 +394,10 @@ macro_rules! impl_store {
         }
 
         async fn insert_referral(tx: &mut Tx, r: &$crate::store::ReferralRecord, request_key: Option<&str>, digest: Option<&[u8]>) -> Result<u64> {
-            Ok(sqlx::query(
-                "INSERT INTO referrals (referral_id, direction, peer_org, owner, team, request_key, request_digest, consent_id,
-                                        pseudonym, need_areas, services, urgency, summary, terms, state, purge_status,
-                                        purged_at, created_at, updated_at, key_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-                 ON CONFLICT DO NOTHING",
-            )
+            Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{INSERT_REFERRAL} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                 ON CONFLICT DO NOTHING"
+            )))
             .bind(&r.referral_id)
             .bind(if r.outbound { "outbound" } else { "inbound" })
             .bind(r.peer_org.as_str())
@@ -501,6 +504,20 @@ macro_rules! impl_store {
             .execute(&mut **tx)
             .await?
             .rows_affected())
+        }
+
+        /// The receipt held for the message `r` acknowledges.
+        async fn stored_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<$crate::store::ReceiptRecord> {
+            let row = sqlx::query(
+                "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                 WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
+            )
+            .bind(&r.message_id)
+            .bind(&r.issued_by)
+            .bind(&r.counterpart)
+            .fetch_one(&mut **tx)
+            .await?;
+            row_to_receipt(&row)
         }
 
         /// Inserts receipts with one statement; the keys of those that were
@@ -1124,17 +1141,8 @@ macro_rules! impl_store {
                 // (to another replica of this node) waits on its key until this
                 // transaction ends, then finds the receipt and applies nothing.
                 if insert_receipt(&mut tx, receipt).await? == 0 {
-                    let row = sqlx::query(
-                        "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
-                         WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
-                    )
-                    .bind(&receipt.message_id)
-                    .bind(&receipt.issued_by)
-                    .bind(&receipt.counterpart)
-                    .fetch_one(&mut *tx)
-                    .await?;
                     // A redelivery: the same receipt, nothing applied twice.
-                    return row_to_receipt(&row);
+                    return stored_receipt(&mut tx, receipt).await;
                 }
                 if let Some(new) = new_inbound {
                     let r = new.record;
@@ -1184,23 +1192,10 @@ macro_rules! impl_store {
                         continue;
                     }
                     // A redelivery: the same receipt, nothing applied twice.
-                    let row = sqlx::query(
-                        "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
-                         WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
-                    )
-                    .bind(&r.message_id)
-                    .bind(&r.issued_by)
-                    .bind(&r.counterpart)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    out[i] = Some(row_to_receipt(&row));
+                    out[i] = Some(stored_receipt(&mut tx, r).await);
                 }
                 if !new.is_empty() {
-                    let mut referrals = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO referrals (referral_id, direction, peer_org, owner, team, request_key, request_digest, consent_id,
-                                                pseudonym, need_areas, services, urgency, summary, terms, state, purge_status,
-                                                purged_at, created_at, updated_at, key_id) ",
-                    );
+                    let mut referrals = sqlx::QueryBuilder::<$db>::new(format!("{INSERT_REFERRAL} "));
                     referrals.push_values(&new, |mut b, i| {
                         let r = &i.record;
                         b.push_bind(&r.referral_id)
