@@ -5,6 +5,7 @@
 //! Every method that must change several rows together does so in one
 //! transaction; no transaction is ever held across a call to a peer.
 
+mod cache;
 mod group_commit;
 mod postgres;
 mod sql;

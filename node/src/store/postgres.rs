@@ -14,6 +14,8 @@ pub struct PostgresStore {
     pool: sqlx::PgPool,
     /// Set on close: the change listener gives its connection back.
     closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// Off: other replicas change the same rows.
+    cache: std::sync::Arc<super::cache::ReadCache>,
 }
 
 impl PostgresStore {
@@ -47,6 +49,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             closing: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            cache: std::sync::Arc::new(super::cache::ReadCache::disabled()),
         })
     }
 

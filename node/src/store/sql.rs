@@ -573,14 +573,23 @@ macro_rules! impl_store {
             }
 
             async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+                if let Some(hit) = self.cache.meta(key) {
+                    return Ok(hit);
+                }
+                let ticket = self.cache.ticket();
                 let row = sqlx::query("SELECT value FROM node_meta WHERE key = $1")
                     .bind(key)
                     .fetch_optional(&self.pool)
                     .await?;
-                Ok(row.map(|r| r.try_get("value")).transpose()?)
+                let value: Option<String> = row.map(|r| r.try_get("value")).transpose()?;
+                if let Some(ticket) = ticket {
+                    self.cache.put_meta(ticket, key, value.clone());
+                }
+                Ok(value)
             }
 
             async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO node_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key)
@@ -597,6 +606,7 @@ macro_rules! impl_store {
             }
 
             async fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO node_meta (key, value) VALUES ($1, $2)
@@ -634,6 +644,7 @@ macro_rules! impl_store {
                 peer: &NewPeer,
             ) -> Result<std::result::Result<(), JoinRefusal>> {
                 use subtle::ConstantTimeEq;
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query("SELECT secret_hash, expires_at, used_at FROM invitations WHERE id = $1")
                     .bind(invitation_id)
@@ -692,6 +703,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_peer(&self, peer: &NewPeer) -> Result<()> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 if live_peer_exists(&mut tx, peer.profile.org_id.as_str()).await? {
                     return Err($crate::error::Error::AlreadyExists(format!(
@@ -725,16 +737,32 @@ macro_rules! impl_store {
             }
 
             async fn find_peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Result<Option<Peer>> {
+                if let Some(hit) = self.cache.peer_by_key(fingerprint, now_ms) {
+                    return Ok(hit);
+                }
+                let ticket = self.cache.ticket();
                 let sql = sqlx::AssertSqlSafe(format!(
                     "{PEER_SELECT} JOIN peer_keys pk ON pk.org_id = p.org_id
                      WHERE pk.fingerprint = $1 AND (pk.valid_until IS NULL OR pk.valid_until > $2)"
-                ));
+                ).replacen("SELECT ", "SELECT pk.valid_until AS key_valid_until, ", 1));
                 let row = sqlx::query(sql)
                     .bind(fingerprint)
                     .bind(now_ms)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.as_ref().map(row_to_peer).transpose()
+                let peer = row.as_ref().map(row_to_peer).transpose()?;
+                if let Some(ticket) = ticket {
+                    let valid_until_ms = match &row {
+                        Some(r) => r.try_get("key_valid_until")?,
+                        None => None,
+                    };
+                    self.cache.put_peer_by_key(
+                        ticket,
+                        fingerprint,
+                        $crate::store::cache::KeyEntry { peer: peer.clone(), valid_until_ms },
+                    );
+                }
+                Ok(peer)
             }
 
             async fn peer_keys(&self, org: &OrgId, now_ms: i64) -> Result<Vec<PeerKey>> {
@@ -760,6 +788,7 @@ macro_rules! impl_store {
             }
 
             async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 let applied = apply_update(&mut tx, org, update).await?;
                 if applied {
@@ -770,6 +799,7 @@ macro_rules! impl_store {
             }
 
             async fn apply_notice_once(&self, org: &OrgId, notice_id: &str, update: &PeerUpdate) -> Result<bool> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 let fresh = sqlx::query(
                     "INSERT INTO seen_notices (org_id, notice_id, received_at) VALUES ($1, $2, $3)
@@ -795,6 +825,7 @@ macro_rules! impl_store {
             }
 
             async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 sqlx::query("UPDATE peers SET last_seen_at = $1 WHERE org_id = $2")
                     .bind(now_ms)
@@ -806,6 +837,7 @@ macro_rules! impl_store {
             }
 
             async fn enqueue_notices_with_meta(&self, notices: &[NewNotice], key: &str, value: &str) -> Result<()> {
+                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 insert_notices(&mut tx, notices).await?;
                 sqlx::query(

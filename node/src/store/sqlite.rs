@@ -34,6 +34,8 @@ pub struct SqliteStore {
     /// fairly and without sleeping (not in SQLite's busy handler), and those
     /// that queue up share one commit.
     writer: GroupCommit,
+    /// Peers by key and settings: this process is the database's only user.
+    cache: std::sync::Arc<super::cache::ReadCache>,
 }
 
 impl SqliteStore {
@@ -69,7 +71,11 @@ impl SqliteStore {
         let writer = GroupCommit::connect(&opts.clone().pragma("cache_size", "-16384"))
             .await
             .context("opening the SQLite database for writing")?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            cache: std::sync::Arc::new(super::cache::ReadCache::enabled()),
+        })
     }
 
     async fn after_purge_impl(&self) -> crate::error::Result<()> {

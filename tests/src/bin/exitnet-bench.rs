@@ -325,6 +325,7 @@ async fn main() {
         ("EXITNET_FEDERATION__LISTEN", b_fed.to_string()),
     ];
     let refs: Vec<(&str, &str)> = restart_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    println!("backlog drain: {n} referrals queued; the receiver returns");
     let started = Instant::now();
     b = node_on(&dir, "bench-prison", "prison_probation", b_db, &refs).await;
     a.org.state.outbox_wake.notify_one();

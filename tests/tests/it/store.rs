@@ -62,6 +62,7 @@ store_suite!(
     concurrent_audit_appends_form_one_chain,
     receipts_are_accepted_together_and_once,
     offers_are_received_together_and_once,
+    lookups_see_every_change_at_once,
 );
 
 mod cases {
@@ -140,6 +141,78 @@ mod cases {
         s.meta_set("digest", "1").await.unwrap();
         s.meta_set("digest", "2").await.unwrap();
         assert_eq!(s.meta_get("digest").await.unwrap().as_deref(), Some("2"));
+    }
+
+    /// The lookups every call makes (peer by key, settings) may be answered
+    /// from memory (SQLite); whatever wrote the rows, the next lookup sees it.
+    pub async fn lookups_see_every_change_at_once(s: Arc<dyn Store>) {
+        let by_key = |fp: &'static str| {
+            let s = s.clone();
+            async move { s.find_peer_by_key(fp, NOW).await.unwrap() }
+        };
+        // Unknown keys and unset settings, looked up (and remembered) first.
+        assert!(by_key("fp-b").await.is_none());
+        assert!(by_key("fp-c").await.is_none());
+        assert_eq!(s.meta_get("policy:prison-b").await.unwrap(), None);
+        s.insert_peer(&new_peer("prison-b", "fp-b", Awaiting::Local))
+            .await
+            .unwrap();
+        assert_eq!(by_key("fp-b").await.unwrap().state, PeerState::Pending);
+        s.create_invitation(&invitation("inv", b"hash", NOW + 1000))
+            .await
+            .unwrap();
+        let joined = new_peer("health-c", "fp-c", Awaiting::Local);
+        assert_eq!(
+            s.accept_join("inv", b"hash", &joined).await.unwrap(),
+            Ok(())
+        );
+        assert_eq!(by_key("fp-c").await.unwrap().org_id, org("health-c"));
+        let approve = PeerUpdate {
+            state: Some(PeerState::Active),
+            awaiting: Some(Awaiting::None),
+            remote_state: Some(PeerState::Active),
+            now_ms: NOW + 1,
+            ..Default::default()
+        };
+        assert!(s.update_peer(&org("prison-b"), &approve).await.unwrap());
+        let p = by_key("fp-b").await.unwrap();
+        assert!(p.exchange_allowed());
+        // The peer tells us it suspended: its next call is refused.
+        let suspended = PeerUpdate {
+            remote_state: Some(PeerState::Suspended),
+            now_ms: NOW + 2,
+            ..Default::default()
+        };
+        assert!(
+            s.apply_notice_once(&org("prison-b"), "n-suspend", &suspended)
+                .await
+                .unwrap()
+        );
+        let p = by_key("fp-b").await.unwrap();
+        assert_eq!(p.remote_state, Some(PeerState::Suspended));
+        assert!(!p.exchange_allowed());
+        s.touch_peer(&org("prison-b"), NOW + 3).await.unwrap();
+        assert_eq!(by_key("fp-b").await.unwrap().last_seen_at_ms, Some(NOW + 3));
+        s.meta_set("policy:prison-b", "01").await.unwrap();
+        assert_eq!(
+            s.meta_get("policy:prison-b").await.unwrap().as_deref(),
+            Some("01")
+        );
+        s.enqueue_notices_with_meta(&[notice("n-1", "prison-b")], "policy:prison-b", "02")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.meta_get("policy:prison-b").await.unwrap().as_deref(),
+            Some("02")
+        );
+        // Lookups at once from many tasks agree with the database.
+        let mut many = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            many.spawn(by_key("fp-b"));
+        }
+        while let Some(p) = many.join_next().await {
+            assert_eq!(p.unwrap().unwrap().last_seen_at_ms, Some(NOW + 3));
+        }
     }
 
     pub async fn invitation_is_single_use_and_checked(s: Arc<dyn Store>) {
