@@ -284,10 +284,11 @@ async fn create_record(
     let now = now_ms();
     check_scope(&consent, &new, now)?;
     let key_id = outbound_key_id(state, &consent.subject_ref);
-    // Three independent reads, at once (each a round trip to the database).
+    // Three independent lookups, at once (the peer and its policy are
+    // usually answered from memory, see store/cache.rs).
     let ((policy, _), peer, data_key) = tokio::try_join!(
         crate::policy::for_peer(state, &new.recipient),
-        state.store.get_peer(&new.recipient),
+        state.store.peer_for_exchange(&new.recipient),
         state.store.find_data_key(&key_id),
     )?;
     policy.check(

@@ -1,5 +1,6 @@
 //! What nearly every call reads and almost nothing writes: which peer holds a
-//! key (every federation call) and the node's settings, among them each
+//! key (every federation call), a peer's state (every referral sent) and the
+//! node's settings, among them each
 //! peer's policy (every referral, both ways). Kept in memory only where this
 //! process is the database's only user (SQLite); with PostgreSQL, other
 //! replicas change the same rows, so every lookup goes to the database.
@@ -29,6 +30,7 @@ pub(super) struct ReadCache {
 struct Inner {
     generation: u64,
     by_key: HashMap<String, KeyEntry>,
+    by_org: HashMap<String, Option<Peer>>,
     meta: HashMap<String, Option<String>>,
 }
 
@@ -92,6 +94,24 @@ impl ReadCache {
         inner.by_key.insert(fingerprint.to_owned(), entry);
     }
 
+    pub fn peer(&self, org: &str) -> Option<Option<Peer>> {
+        if !self.enabled {
+            return None;
+        }
+        self.lock().by_org.get(org).cloned()
+    }
+
+    pub fn put_peer(&self, ticket: Ticket, org: &str, peer: Option<Peer>) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.by_org.len() >= MAX_ENTRIES {
+            inner.by_org.clear();
+        }
+        inner.by_org.insert(org.to_owned(), peer);
+    }
+
     pub fn meta(&self, key: &str) -> Option<Option<String>> {
         if !self.enabled {
             return None;
@@ -115,6 +135,7 @@ impl ReadCache {
         let mut inner = self.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.by_key.clear();
+        inner.by_org.clear();
         inner.meta.clear();
     }
 

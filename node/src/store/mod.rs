@@ -315,7 +315,11 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_peer(&self, peer: &NewPeer) -> Result<()>;
     async fn get_peer(&self, org: &OrgId) -> Result<Option<Peer>>;
     async fn list_peers(&self) -> Result<Vec<Peer>>;
-    /// The peer that owns a key valid at `now_ms`.
+    /// The peer as a call to or from it needs it: `get_peer` without counting
+    /// its pending notices (`pending_notices` is 0). Answered from memory
+    /// where the store may keep it (see `cache.rs`).
+    async fn peer_for_exchange(&self, org: &OrgId) -> Result<Option<Peer>>;
+    /// The peer that owns a key valid at `now_ms` (as `peer_for_exchange`).
     async fn find_peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Result<Option<Peer>>;
     /// Keys of a peer valid at `now_ms`, newest first.
     async fn peer_keys(&self, org: &OrgId, now_ms: i64) -> Result<Vec<PeerKey>>;

@@ -19,6 +19,17 @@ SELECT p.org_id, p.profile, p.state, p.awaiting, p.remote_state, p.endpoint,
          AND n.delivered_at IS NULL AND n.dropped_at IS NULL) AS pending_notices
 FROM peers p";
 
+/// A peer as calls need it: without the count of its pending notices (which
+/// grows with a backlog, and only administrators and metrics read).
+pub(super) fn peer_select_uncounted() -> String {
+    PEER_SELECT.replacen(
+        "(SELECT COUNT(*) FROM peer_notices n WHERE n.org_id = p.org_id
+         AND n.delivered_at IS NULL AND n.dropped_at IS NULL)",
+        "CAST(0 AS BIGINT)",
+        1,
+    )
+}
+
 pub(super) fn row_to_peer<R>(row: &R) -> crate::error::Result<crate::domain::Peer>
 where
     R: sqlx::Row,
@@ -217,7 +228,7 @@ macro_rules! impl_store {
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
         use $crate::store::sql::{
-            AUDIT_COLUMNS, CONSENT_COLUMNS, INSERT_REFERRAL, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, row_to_audit, row_to_checkpoint,
+            AUDIT_COLUMNS, CONSENT_COLUMNS, INSERT_REFERRAL, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, peer_select_uncounted, row_to_audit, row_to_checkpoint,
             row_to_consent, row_to_peer, row_to_receipt, row_to_referral,
         };
         use $crate::store::{
@@ -730,6 +741,23 @@ macro_rules! impl_store {
                 row.as_ref().map(row_to_peer).transpose()
             }
 
+            async fn peer_for_exchange(&self, org: &OrgId) -> Result<Option<Peer>> {
+                if let Some(hit) = self.cache.peer(org.as_str()) {
+                    return Ok(hit);
+                }
+                let ticket = self.cache.ticket();
+                let sql = sqlx::AssertSqlSafe(format!("{} WHERE p.org_id = $1", peer_select_uncounted()));
+                let row = sqlx::query(sql)
+                    .bind(org.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let peer = row.as_ref().map(row_to_peer).transpose()?;
+                if let Some(ticket) = ticket {
+                    self.cache.put_peer(ticket, org.as_str(), peer.clone());
+                }
+                Ok(peer)
+            }
+
             async fn list_peers(&self) -> Result<Vec<Peer>> {
                 let sql = sqlx::AssertSqlSafe(format!("{PEER_SELECT} ORDER BY p.org_id"));
                 let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
@@ -742,8 +770,9 @@ macro_rules! impl_store {
                 }
                 let ticket = self.cache.ticket();
                 let sql = sqlx::AssertSqlSafe(format!(
-                    "{PEER_SELECT} JOIN peer_keys pk ON pk.org_id = p.org_id
-                     WHERE pk.fingerprint = $1 AND (pk.valid_until IS NULL OR pk.valid_until > $2)"
+                    "{} JOIN peer_keys pk ON pk.org_id = p.org_id
+                     WHERE pk.fingerprint = $1 AND (pk.valid_until IS NULL OR pk.valid_until > $2)",
+                    peer_select_uncounted()
                 ).replacen("SELECT ", "SELECT pk.valid_until AS key_valid_until, ", 1));
                 let row = sqlx::query(sql)
                     .bind(fingerprint)

@@ -191,6 +191,29 @@ mod cases {
         let p = by_key("fp-b").await.unwrap();
         assert_eq!(p.remote_state, Some(PeerState::Suspended));
         assert!(!p.exchange_allowed());
+        let p = s
+            .peer_for_exchange(&org("prison-b"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!p.exchange_allowed());
+        let resumed = PeerUpdate {
+            remote_state: Some(PeerState::Active),
+            now_ms: NOW + 2,
+            ..Default::default()
+        };
+        assert!(
+            s.apply_notice_once(&org("prison-b"), "n-resume", &resumed)
+                .await
+                .unwrap()
+        );
+        let p = s
+            .peer_for_exchange(&org("prison-b"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(p.exchange_allowed());
+        assert!(s.peer_for_exchange(&org("nobody")).await.unwrap().is_none());
         s.touch_peer(&org("prison-b"), NOW + 3).await.unwrap();
         assert_eq!(by_key("fp-b").await.unwrap().last_seen_at_ms, Some(NOW + 3));
         s.meta_set("policy:prison-b", "01").await.unwrap();
@@ -201,6 +224,16 @@ mod cases {
         s.enqueue_notices_with_meta(&[notice("n-1", "prison-b")], "policy:prison-b", "02")
             .await
             .unwrap();
+        // The count of pending notices is for administrators, not for calls.
+        let counted = s.get_peer(&org("prison-b")).await.unwrap().unwrap();
+        assert_eq!(counted.pending_notices, 1);
+        let uncounted = s
+            .peer_for_exchange(&org("prison-b"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(uncounted.pending_notices, 0);
+        assert_eq!(uncounted.last_seen_at_ms, Some(NOW + 3));
         assert_eq!(
             s.meta_get("policy:prison-b").await.unwrap().as_deref(),
             Some("02")
