@@ -198,6 +198,7 @@ impl Application {
             instance_id: uuid::Uuid::new_v4().to_string(),
             publish_changes: store_is_shared,
             intake,
+            peer_channels: crate::federation::client::Channels::default(),
         });
         Ok(Self {
             state,

@@ -38,6 +38,8 @@ pub struct NodeState {
     pub publish_changes: bool,
     /// Stores received offers together.
     pub intake: crate::referrals::intake::Intake,
+    /// The sender's connections to peers, kept between delivery rounds.
+    pub peer_channels: crate::federation::client::Channels,
 }
 
 impl std::fmt::Debug for NodeState {

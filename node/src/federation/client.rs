@@ -25,6 +25,66 @@ pub async fn connect(
     )
 }
 
+/// The sender's connections to peers, kept between delivery rounds: a round
+/// would otherwise open a new mutual-TLS connection (a handshake and its
+/// round trips) before its first message. One is reused only for the same
+/// endpoint, the same key of ours and the same pinned keys of the peer; a
+/// change of any of them (a rotation, a new endpoint) opens a new one.
+#[derive(Debug, Default)]
+pub struct Channels {
+    kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    endpoint: String,
+    ours: Option<String>,
+    pinned: Vec<String>,
+    client: FederationServiceClient<Channel>,
+}
+
+impl Channels {
+    fn kept(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Kept>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client for the peer `org`: the kept connection if it still fits,
+    /// else a new one (kept for next time).
+    pub async fn connect(
+        &self,
+        org: &str,
+        endpoint: &str,
+        ours: Option<&NodeKey>,
+        pinned: Vec<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<FederationServiceClient<Channel>> {
+        let ours_fp = ours.map(|k| k.fingerprint().to_owned());
+        if let Some(k) = self.kept().get(org)
+            && k.endpoint == endpoint
+            && k.ours == ours_fp
+            && k.pinned == pinned
+        {
+            return Ok(k.client.clone());
+        }
+        let client = connect(endpoint, ours, pinned.clone(), timeout).await?;
+        self.kept().insert(
+            org.to_owned(),
+            Kept {
+                endpoint: endpoint.to_owned(),
+                ours: ours_fp,
+                pinned,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
+
+    /// Drops the kept connection (the peer did not answer through it).
+    pub fn forget(&self, org: &str) {
+        self.kept().remove(org);
+    }
+}
+
 /// A channel to a peer's federation listener (mutual TLS, pinned keys).
 pub async fn channel(
     endpoint: &str,

@@ -127,7 +127,8 @@ fn is_offer(req: &pb::NotifyRequest) -> bool {
 }
 
 async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow::Result<()> {
-    let Some(peer) = state.store.get_peer(org).await? else {
+    let Some(peer) = state.store.peer_for_exchange(org).await? else {
+        state.peer_channels.forget(org.as_str());
         for n in state.store.undelivered_notices_for(org, BATCH).await? {
             state
                 .store
@@ -179,13 +180,16 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             .unwrap_or_else(|| identity.current());
         key.clone_key()?
     };
-    let mut client = match crate::federation::client::connect(
-        &peer.endpoint,
-        Some(&ours),
-        pinned,
-        state.call_timeout(),
-    )
-    .await
+    let mut client = match state
+        .peer_channels
+        .connect(
+            org.as_str(),
+            &peer.endpoint,
+            Some(&ours),
+            pinned,
+            state.call_timeout(),
+        )
+        .await
     {
         Ok(c) => {
             state.metrics.reachable(org.as_str(), true);
@@ -300,8 +304,13 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
         }
     }
     flow.apply_all(finish(storing.take()).await?);
-    if flow.seen {
-        state.store.touch_peer(org, now_ms()).await?;
+    // "Last seen" to the second: not a write per round.
+    let now = now_ms();
+    if flow.seen && now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
+        state.store.touch_peer(org, now).await?;
+    } else if !flow.seen && (flow.messages_wait || flow.notices_wait) {
+        // Nothing got through: the next round connects afresh.
+        state.peer_channels.forget(org.as_str());
     }
     Ok(())
 }

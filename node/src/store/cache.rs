@@ -1,6 +1,6 @@
 //! What nearly every call reads and almost nothing writes: which peer holds a
-//! key (every federation call), a peer's state (every referral sent) and the
-//! node's settings, among them each
+//! key (every federation call), a peer's state and keys (every referral sent
+//! and every receipt checked) and the node's settings, among them each
 //! peer's policy (every referral, both ways). Kept in memory only where this
 //! process is the database's only user (SQLite); with PostgreSQL, other
 //! replicas change the same rows, so every lookup goes to the database.
@@ -12,6 +12,7 @@
 //! kept after it. A call that starts after a change (a suspension, say) was
 //! committed and returned therefore sees it.
 
+use super::PeerKey;
 use crate::domain::Peer;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -31,6 +32,7 @@ struct Inner {
     generation: u64,
     by_key: HashMap<String, KeyEntry>,
     by_org: HashMap<String, Option<Peer>>,
+    keys: HashMap<String, Vec<PeerKey>>,
     meta: HashMap<String, Option<String>>,
 }
 
@@ -112,6 +114,25 @@ impl ReadCache {
         inner.by_org.insert(org.to_owned(), peer);
     }
 
+    /// All the keys pinned for a peer, retired ones included.
+    pub fn keys(&self, org: &str) -> Option<Vec<PeerKey>> {
+        if !self.enabled {
+            return None;
+        }
+        self.lock().keys.get(org).cloned()
+    }
+
+    pub fn put_keys(&self, ticket: Ticket, org: &str, keys: Vec<PeerKey>) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.keys.len() >= MAX_ENTRIES {
+            inner.keys.clear();
+        }
+        inner.keys.insert(org.to_owned(), keys);
+    }
+
     pub fn meta(&self, key: &str) -> Option<Option<String>> {
         if !self.enabled {
             return None;
@@ -130,12 +151,28 @@ impl ReadCache {
         inner.meta.insert(key.to_owned(), value);
     }
 
+    /// A peer was seen: the kept copies say so (last seen is shown, and
+    /// decides when it is written next), nothing else is forgotten.
+    pub fn touched(&self, org: &str, at_ms: i64) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        if let Some(Some(p)) = inner.by_org.get_mut(org) {
+            p.last_seen_at_ms = Some(at_ms);
+        }
+        for e in inner.by_key.values_mut() {
+            if let Some(p) = e.peer.as_mut().filter(|p| p.org_id.as_str() == org) {
+                p.last_seen_at_ms = Some(at_ms);
+            }
+        }
+    }
+
     /// Forgets everything; lookups under way do not store what they read.
     pub fn invalidate(&self) {
         let mut inner = self.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.by_key.clear();
         inner.by_org.clear();
+        inner.keys.clear();
         inner.meta.clear();
     }
 

@@ -795,16 +795,26 @@ macro_rules! impl_store {
             }
 
             async fn peer_keys(&self, org: &OrgId, now_ms: i64) -> Result<Vec<PeerKey>> {
+                // All of the peer's keys are read (and kept), those valid at
+                // `now_ms` returned: a retired key drops out as its time passes.
+                let valid = |keys: Vec<PeerKey>| -> Vec<PeerKey> {
+                    keys.into_iter()
+                        .filter(|k| k.valid_until_ms.is_none_or(|v| v > now_ms))
+                        .collect()
+                };
+                if let Some(all) = self.cache.keys(org.as_str()) {
+                    return Ok(valid(all));
+                }
+                let ticket = self.cache.ticket();
                 let rows = sqlx::query(
                     "SELECT fingerprint, spki, added_at, valid_until FROM peer_keys
-                     WHERE org_id = $1 AND (valid_until IS NULL OR valid_until > $2)
-                     ORDER BY added_at DESC, fingerprint",
+                     WHERE org_id = $1 ORDER BY added_at DESC, fingerprint",
                 )
                 .bind(org.as_str())
-                .bind(now_ms)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
+                let all = rows
+                    .iter()
                     .map(|r| {
                         Ok(PeerKey {
                             fingerprint: r.try_get("fingerprint")?,
@@ -813,7 +823,11 @@ macro_rules! impl_store {
                             valid_until_ms: r.try_get("valid_until")?,
                         })
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                if let Some(ticket) = ticket {
+                    self.cache.put_keys(ticket, org.as_str(), all.clone());
+                }
+                Ok(valid(all))
             }
 
             async fn update_peer(&self, org: &OrgId, update: &PeerUpdate) -> Result<bool> {
@@ -854,7 +868,6 @@ macro_rules! impl_store {
             }
 
             async fn touch_peer(&self, org: &OrgId, now_ms: i64) -> Result<()> {
-                let _invalidate = self.cache.invalidate_on_drop();
                 let mut tx = self.begin_write().await?;
                 sqlx::query("UPDATE peers SET last_seen_at = $1 WHERE org_id = $2")
                     .bind(now_ms)
@@ -862,6 +875,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                self.cache.touched(org.as_str(), now_ms);
                 Ok(())
             }
 
