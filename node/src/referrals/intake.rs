@@ -1,62 +1,110 @@
-//! Offers that arrive at once are stored together. A peer sends many
-//! messages at a time (one call each); each is checked, sealed and answered
-//! on its own, but their writes are gathered here and stored with a handful
-//! of multi-row statements in one transaction instead of a handful of
-//! statements each. A lone offer is stored at once: nothing waits for
+//! Writes that arrive at once are stored together: offers from a peer (which
+//! sends many messages at a time, one call each) and referrals that case
+//! managers create at the same time. Each is checked, sealed and signed on
+//! its own, but their writes are gathered here and stored with a handful of
+//! multi-row statements in one transaction instead of a handful of
+//! statements each. A lone write is stored at once: nothing waits for
 //! company.
 
 use crate::error::{Error, Result};
-use crate::store::{NewOffer, ReceiptRecord, Store};
+use crate::store::{NewCreate, NewOffer, ReceiptRecord, ReferralRecord, Store};
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most offers stored in one transaction.
+/// Most writes stored in one transaction.
 const MAX_BATCH: usize = 256;
 
-struct Job {
-    offer: NewOffer,
-    done: oneshot::Sender<Result<ReceiptRecord>>,
+/// Stores a batch; one outcome per item, or an error for the whole batch
+/// (then nothing of it was stored).
+type StoreMany<I, O> =
+    fn(Arc<dyn Store>, Arc<Vec<I>>) -> BoxFuture<'static, Result<Vec<Result<O>>>>;
+
+struct Job<I, O> {
+    item: I,
+    done: oneshot::Sender<Result<O>>,
 }
 
-/// Gathers received offers into batched writes.
-#[derive(Debug, Clone)]
+/// One kind of write, gathered by a task of its own.
+struct Gather<I, O> {
+    jobs: mpsc::Sender<Job<I, O>>,
+}
+
+impl<I, O> Clone for Gather<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Gather<I, O> {
+    fn start(store: Arc<dyn Store>, store_many: StoreMany<I, O>) -> Self {
+        let (jobs, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run(store, rx, store_many));
+        Self { jobs }
+    }
+
+    async fn submit(&self, item: I) -> Result<O> {
+        let (done, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { item, done })
+            .await
+            .map_err(|_| Error::Unavailable("the node is stopping".into()))?;
+        rx.await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("storing was abandoned")))?
+    }
+}
+
+/// Gathers received offers and created referrals into batched writes.
+#[derive(Clone)]
 pub struct Intake {
-    jobs: mpsc::Sender<Job>,
+    offers: Gather<NewOffer, ReceiptRecord>,
+    creates: Gather<NewCreate, ReferralRecord>,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for Intake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
+        f.write_str("Intake")
     }
 }
 
 impl Intake {
-    /// Starts the writer task; it ends when the last `Intake` is dropped.
+    /// Starts the writer tasks; they end when the last `Intake` is dropped.
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (jobs, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(store, rx));
-        Self { jobs }
+        Self {
+            offers: Gather::start(store.clone(), |s, items| {
+                Box::pin(async move { s.receive_offers(&items).await })
+            }),
+            creates: Gather::start(store, |s, items| {
+                Box::pin(async move { s.create_referrals(&items).await })
+            }),
+        }
     }
 
     /// Stores one offer (with others waiting at the same time); its receipt,
     /// or the receipt stored the first time for a repeat.
     pub async fn receive(&self, offer: NewOffer) -> Result<ReceiptRecord> {
-        let (done, rx) = oneshot::channel();
-        self.jobs
-            .send(Job { offer, done })
-            .await
-            .map_err(|_| Error::Unavailable("the node is stopping".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("storing an offer was abandoned")))?
+        self.offers.submit(offer).await
+    }
+
+    /// Stores one new referral (with others created at the same time); the
+    /// stored referral, the one made the first time for a repeated request.
+    pub async fn create(&self, new: NewCreate) -> Result<ReferralRecord> {
+        self.creates.submit(new).await
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
+async fn run<I: Clone + Send + Sync + 'static, O: Send + 'static>(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Job<I, O>>,
+    store_many: StoreMany<I, O>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (offers, done): (Vec<NewOffer>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.offer, j.done)).unzip();
-        match store.receive_offers(&offers).await {
+        let (items, done): (Vec<I>, Vec<_>) = jobs.drain(..).map(|j| (j.item, j.done)).unzip();
+        let items = Arc::new(items);
+        match store_many(store.clone(), items.clone()).await {
             Ok(results) => {
                 for (d, r) in done.into_iter().zip(results) {
                     let _ = d.send(r);
@@ -64,15 +112,14 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 // Nothing of the batch was stored: each on its own, so that
-                // one offer's failure is not the others'.
-                tracing::warn!(error = %e, offers = offers.len(), "storing offers together failed; storing them one by one");
-                for (d, o) in done.into_iter().zip(offers) {
-                    let r = store
-                        .receive_offers(std::slice::from_ref(&o))
+                // one item's failure is not the others'.
+                tracing::warn!(error = %e, items = items.len(), "storing writes together failed; storing them one by one");
+                for (d, item) in done.into_iter().zip(items.iter()) {
+                    let r = store_many(store.clone(), Arc::new(vec![item.clone()]))
                         .await
                         .and_then(|mut r| {
                             r.pop().unwrap_or_else(|| {
-                                Err(Error::Internal(anyhow::anyhow!("no outcome for an offer")))
+                                Err(Error::Internal(anyhow::anyhow!("no outcome for a write")))
                             })
                         });
                     let _ = d.send(r);

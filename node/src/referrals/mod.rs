@@ -373,15 +373,15 @@ async fn create_record(
         .consent(Some(&consent.consent_id))
         .with_peer(new.recipient.as_str());
     let stored = state
-        .store
-        .create_referral(
-            &record,
-            &new.request_id,
-            &new.request_digest,
-            &ev,
-            &notice,
-            &[audit],
-        )
+        .intake
+        .create(crate::store::NewCreate {
+            record,
+            request_key: new.request_id.clone(),
+            request_digest: new.request_digest.clone(),
+            event: ev.clone(),
+            notice,
+            audit: vec![audit],
+        })
         .await?;
     state.outbox_wake.notify_one();
     state.referral_changed(&stored.referral_id);

@@ -203,6 +203,18 @@ pub struct NewOffer {
     pub audit: Vec<AuditEntry>,
 }
 
+/// A new outbound referral, with what is stored with it (`create_referrals`).
+#[derive(Debug, Clone)]
+pub struct NewCreate {
+    pub record: ReferralRecord,
+    /// The caller's request ID (retries of one request make one referral).
+    pub request_key: String,
+    pub request_digest: Vec<u8>,
+    pub event: ReferralEvent,
+    pub notice: NewNotice,
+    pub audit: Vec<AuditEntry>,
+}
+
 /// A checked receipt for one of our notices, with what it implies.
 #[derive(Debug, Clone)]
 pub struct AcceptedReceipt {
@@ -389,6 +401,10 @@ pub trait Store: Send + Sync + 'static {
         notice: &NewNotice,
         audit: &[AuditEntry],
     ) -> Result<ReferralRecord>;
+    /// Stores referrals created at the same time together (multi-row
+    /// statements, one transaction), each as `create_referral` would: a
+    /// repeated request gets the referral it made. One outcome per item.
+    async fn create_referrals(&self, items: &[NewCreate]) -> Result<Vec<Result<ReferralRecord>>>;
     async fn get_referral(&self, referral_id: &str) -> Result<Option<ReferralRecord>>;
     async fn referral_history(&self, referral_id: &str) -> Result<Vec<ReferralEvent>>;
     async fn list_referrals(

@@ -238,21 +238,78 @@ macro_rules! impl_store {
         use sqlx::Row;
 
         type Tx = $tx;
+        type Db = $db;
 
         async fn insert_notices(tx: &mut Tx, notices: &[NewNotice]) -> Result<()> {
-            for n in notices {
-                sqlx::query(
-                    "INSERT INTO peer_notices (notice_id, org_id, payload, present_key, created_at, attempts, next_attempt_at)
-                     VALUES ($1, $2, $3, $4, $5, 0, $5)",
-                )
-                .bind(&n.notice_id)
-                .bind(n.org_id.as_str())
-                .bind(&n.payload)
-                .bind(&n.present_key)
-                .bind(n.now_ms)
-                .execute(&mut **tx)
-                .await?;
+            for chunk in notices.chunks(256) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO peer_notices (notice_id, org_id, payload, present_key, created_at, attempts, next_attempt_at) ",
+                );
+                insert.push_values(chunk, |mut b, n| {
+                    b.push_bind(&n.notice_id)
+                        .push_bind(n.org_id.as_str())
+                        .push_bind(&n.payload)
+                        .push_bind(&n.present_key)
+                        .push_bind(n.now_ms)
+                        .push_bind(0i64)
+                        .push_bind(n.now_ms);
+                });
+                insert.build().execute(&mut **tx).await?;
             }
+            Ok(())
+        }
+
+        /// New referrals, by one multi-row statement; how many were stored
+        /// (an ID, or an owner's request key, already taken is skipped).
+        async fn insert_referrals(
+            tx: &mut Tx,
+            rows: &[(&$crate::store::ReferralRecord, Option<&str>, Option<&[u8]>)],
+        ) -> Result<usize> {
+            let mut referrals = sqlx::QueryBuilder::<Db>::new(format!("{INSERT_REFERRAL} "));
+            referrals.push_values(rows, |mut b, (r, request_key, digest)| {
+                b.push_bind(&r.referral_id)
+                    .push_bind(if r.outbound { "outbound" } else { "inbound" })
+                    .push_bind(r.peer_org.as_str())
+                    .push_bind(&r.owner)
+                    .push_bind(&r.team)
+                    .push_bind(*request_key)
+                    .push_bind(*digest)
+                    .push_bind(&r.consent_id)
+                    .push_bind(&r.pseudonym)
+                    .push_bind(&r.need_areas)
+                    .push_bind(&r.services)
+                    .push_bind(&r.urgency)
+                    .push_bind(&r.summary)
+                    .push_bind(&r.terms)
+                    .push_bind(&r.state)
+                    .push_bind(&r.purge_status)
+                    .push_bind(r.purged_at_ms)
+                    .push_bind(r.created_at_ms)
+                    .push_bind(r.updated_at_ms)
+                    .push_bind(&r.key_id);
+            });
+            referrals.push(" ON CONFLICT DO NOTHING RETURNING referral_id");
+            Ok(referrals.build().fetch_all(&mut **tx).await?.len())
+        }
+
+        /// The first event of each new referral, by one multi-row statement.
+        async fn insert_first_events(
+            tx: &mut Tx,
+            rows: &[(&str, &$crate::store::ReferralEvent)],
+        ) -> Result<()> {
+            let mut events = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
+            );
+            events.push_values(rows, |mut b, (id, e)| {
+                b.push_bind(*id)
+                    .push_bind(1i64)
+                    .push_bind(&e.state)
+                    .push_bind(e.at_ms)
+                    .push_bind(&e.by_org)
+                    .push_bind(&e.detail)
+                    .push_bind(&e.actor);
+            });
+            events.build().execute(&mut **tx).await?;
             Ok(())
         }
 
@@ -271,31 +328,36 @@ macro_rules! impl_store {
             let last: i64 = head.try_get("seq")?;
             let mut prev: Vec<u8> = head.try_get("head_hash")?;
             let mut seq = last - n + 1;
+            // Chained in order, inserted by multi-row statements (a batch of
+            // records costs a round trip per 256, not one each).
+            let mut rows = Vec::with_capacity(entries.len());
             for e in entries {
                 let hash = $crate::audit::record_hash(seq, &prev, e);
-                sqlx::query(
-                    "INSERT INTO audit_log (seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id,
-                                            consent_id, peer_org, result, prev_hash, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                )
-                .bind(seq)
-                .bind(e.at_ms)
-                .bind(&e.actor_kind)
-                .bind(&e.actor)
-                .bind(&e.role)
-                .bind(&e.on_behalf_of)
-                .bind(&e.action)
-                .bind(&e.object_type)
-                .bind(&e.object_id)
-                .bind(&e.consent_id)
-                .bind(&e.peer_org)
-                .bind(&e.result)
-                .bind(&prev)
-                .bind(&hash)
-                .execute(&mut **tx)
-                .await?;
-                prev = hash;
+                rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
                 seq += 1;
+            }
+            for chunk in rows.chunks(256) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO audit_log (seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id,
+                                            consent_id, peer_org, result, prev_hash, hash) ",
+                );
+                insert.push_values(chunk, |mut b, (seq, e, prev_hash, hash)| {
+                    b.push_bind(*seq)
+                        .push_bind(e.at_ms)
+                        .push_bind(&e.actor_kind)
+                        .push_bind(&e.actor)
+                        .push_bind(&e.role)
+                        .push_bind(&e.on_behalf_of)
+                        .push_bind(&e.action)
+                        .push_bind(&e.object_type)
+                        .push_bind(&e.object_id)
+                        .push_bind(&e.consent_id)
+                        .push_bind(&e.peer_org)
+                        .push_bind(&e.result)
+                        .push_bind(prev_hash)
+                        .push_bind(hash);
+                });
+                insert.build().execute(&mut **tx).await?;
             }
             sqlx::query("UPDATE audit_head SET head_hash = $1 WHERE id = 1")
                 .bind(&prev)
@@ -1105,6 +1167,40 @@ macro_rules! impl_store {
                 Ok(r.clone())
             }
 
+            async fn create_referrals(&self, items: &[$crate::store::NewCreate]) -> Result<Vec<Result<$crate::store::ReferralRecord>>> {
+                async fn one(s: &$store, i: &$crate::store::NewCreate) -> Result<$crate::store::ReferralRecord> {
+                    s.create_referral(&i.record, &i.request_key, &i.request_digest, &i.event, &i.notice, &i.audit).await
+                }
+                match items {
+                    [] => return Ok(Vec::new()),
+                    [i] => return Ok(vec![one(self, i).await]),
+                    _ => {}
+                }
+                let mut tx = self.begin_write().await?;
+                let rows: Vec<_> = items
+                    .iter()
+                    .map(|i| (&i.record, Some(i.request_key.as_str()), Some(i.request_digest.as_slice())))
+                    .collect();
+                if insert_referrals(&mut tx, &rows).await? != items.len() {
+                    // A repeated request (or an ID taken): each on its own,
+                    // answered as create_referral answers it.
+                    drop(tx);
+                    let mut each = Vec::with_capacity(items.len());
+                    for i in items {
+                        each.push(one(self, i).await);
+                    }
+                    return Ok(each);
+                }
+                let events: Vec<_> = items.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
+                insert_first_events(&mut tx, &events).await?;
+                let notices: Vec<NewNotice> = items.iter().map(|i| i.notice.clone()).collect();
+                insert_notices(&mut tx, &notices).await?;
+                let records: Vec<$crate::audit::AuditEntry> = items.iter().flat_map(|i| i.audit.iter().cloned()).collect();
+                append_audit_tx(&mut tx, &records).await?;
+                tx.commit().await?;
+                Ok(items.iter().map(|i| Ok(i.record.clone())).collect())
+            }
+
             async fn get_referral(&self, referral_id: &str) -> Result<Option<$crate::store::ReferralRecord>> {
                 let sql = sqlx::AssertSqlSafe(format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_id = $1"));
                 let row = sqlx::query(sql).bind(referral_id).fetch_optional(&self.pool).await?;
@@ -1270,32 +1366,8 @@ macro_rules! impl_store {
                     out[i] = Some(stored_receipt(&mut tx, r).await);
                 }
                 if !new.is_empty() {
-                    let mut referrals = sqlx::QueryBuilder::<$db>::new(format!("{INSERT_REFERRAL} "));
-                    referrals.push_values(&new, |mut b, i| {
-                        let r = &i.record;
-                        b.push_bind(&r.referral_id)
-                            .push_bind(if r.outbound { "outbound" } else { "inbound" })
-                            .push_bind(r.peer_org.as_str())
-                            .push_bind(&r.owner)
-                            .push_bind(&r.team)
-                            .push_bind(None::<String>)
-                            .push_bind(None::<Vec<u8>>)
-                            .push_bind(&r.consent_id)
-                            .push_bind(&r.pseudonym)
-                            .push_bind(&r.need_areas)
-                            .push_bind(&r.services)
-                            .push_bind(&r.urgency)
-                            .push_bind(&r.summary)
-                            .push_bind(&r.terms)
-                            .push_bind(&r.state)
-                            .push_bind(&r.purge_status)
-                            .push_bind(r.purged_at_ms)
-                            .push_bind(r.created_at_ms)
-                            .push_bind(r.updated_at_ms)
-                            .push_bind(&r.key_id);
-                    });
-                    referrals.push(" ON CONFLICT DO NOTHING RETURNING referral_id");
-                    let stored = referrals.build().fetch_all(&mut *tx).await?.len();
+                    let rows: Vec<_> = new.iter().map(|i| (&i.record, None, None)).collect();
+                    let stored = insert_referrals(&mut tx, &rows).await?;
                     let with_key: Vec<_> = new.iter().filter(|i| i.wrapped_key.is_some()).collect();
                     let mut keys_stored = 0;
                     if !with_key.is_empty() {
@@ -1323,20 +1395,8 @@ macro_rules! impl_store {
                         return Ok(each);
                     }
                     // New referrals: each one's first event.
-                    let mut events = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
-                    );
-                    events.push_values(&new, |mut b, i| {
-                        let e = &i.event;
-                        b.push_bind(&i.record.referral_id)
-                            .push_bind(1i64)
-                            .push_bind(&e.state)
-                            .push_bind(e.at_ms)
-                            .push_bind(&e.by_org)
-                            .push_bind(&e.detail)
-                            .push_bind(&e.actor);
-                    });
-                    events.build().execute(&mut *tx).await?;
+                    let events: Vec<_> = new.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
+                    insert_first_events(&mut tx, &events).await?;
                     let records: Vec<$crate::audit::AuditEntry> = new.iter().flat_map(|i| i.audit.iter().cloned()).collect();
                     append_audit_tx(&mut tx, &records).await?;
                 }

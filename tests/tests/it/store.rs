@@ -63,6 +63,7 @@ store_suite!(
     receipts_are_accepted_together_and_once,
     offers_are_received_together_and_once,
     lookups_see_every_change_at_once,
+    creates_are_stored_together_and_once,
 );
 
 mod cases {
@@ -930,6 +931,89 @@ mod cases {
         }
         assert_eq!(s.receipts_for("r2").await.unwrap()[0].payload, b"p2");
         assert!(s.receive_offers(&[]).await.unwrap().is_empty());
+    }
+
+    pub async fn creates_are_stored_together_and_once(s: Arc<dyn Store>) {
+        use exitnet_node::audit::AuditEntry;
+        use exitnet_node::error::Error;
+        use exitnet_node::store::{NewCreate, ReferralEvent};
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        s.insert_consent(
+            &consent("c1", "alice", None, "client-1", NOW),
+            "k1",
+            b"d1",
+            &[],
+        )
+        .await
+        .unwrap();
+        let create = |id: &str, request: &str| NewCreate {
+            record: referral(id, "c1", "prison-b", "requested", NOW),
+            request_key: request.into(),
+            request_digest: request.as_bytes().to_vec(),
+            event: ReferralEvent {
+                state: "requested".into(),
+                at_ms: NOW,
+                by_org: "ngo-a".into(),
+                actor: "alice".into(),
+                detail: vec![],
+            },
+            notice: notice(&format!("n-{id}"), "prison-b"),
+            audit: vec![AuditEntry::peer("ngo-a", "referral.create", "referral", id)],
+        };
+        let first = s
+            .create_referrals(&[create("r1", "q1"), create("r2", "q2"), create("r3", "q3")])
+            .await
+            .unwrap();
+        let ids: Vec<String> = first.into_iter().map(|r| r.unwrap().referral_id).collect();
+        assert_eq!(ids, ["r1", "r2", "r3"]);
+        // A retry of q1 (a new ID, the same request: the first referral), a
+        // new one, an ID already taken under a new request (refused, nothing
+        // kept), and another new one.
+        let second = s
+            .create_referrals(&[
+                create("r1-retry", "q1"),
+                create("r4", "q4"),
+                create("r2", "q5"),
+                create("r6", "q6"),
+            ])
+            .await
+            .unwrap();
+        let mut second = second.into_iter();
+        assert_eq!(second.next().unwrap().unwrap().referral_id, "r1");
+        assert_eq!(second.next().unwrap().unwrap().referral_id, "r4");
+        assert!(matches!(
+            second.next().unwrap(),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(second.next().unwrap().unwrap().referral_id, "r6");
+        assert!(s.get_referral("r1-retry").await.unwrap().is_none());
+        for id in ["r1", "r2", "r3", "r4", "r6"] {
+            assert!(s.get_referral(id).await.unwrap().unwrap().outbound, "{id}");
+            assert_eq!(s.referral_history(id).await.unwrap().len(), 1, "{id}");
+            let created = s
+                .audit_for_objects(&[id.to_string()])
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.entry.action == "referral.create")
+                .count();
+            assert_eq!(created, 1, "{id}");
+        }
+        // One notice queued per new referral, in order.
+        let queued: Vec<String> = s
+            .undelivered_notices_for(&org("prison-b"), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.notice_id)
+            .collect();
+        assert_eq!(queued, ["n-r1", "n-r2", "n-r3", "n-r4", "n-r6"]);
+        assert!(s.create_referrals(&[]).await.unwrap().is_empty());
+        // The chain over the batched records holds.
+        let (head, _) = s.audit_head().await.unwrap();
+        assert_eq!(head, 5);
     }
 
     pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
