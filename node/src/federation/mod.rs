@@ -43,9 +43,10 @@ impl FederationApi {
 struct CallerInfo {
     spki: Option<Vec<u8>>,
     fingerprint: Option<String>,
-    /// The organisation a certificate names (`<org>.exitnet.invalid`); a
-    /// claim only, used to record "a known organisation with another key".
-    claimed_org: Option<String>,
+    /// The certificate presented; the organisation it names is read only
+    /// when its key is unknown (to record "a known organisation with
+    /// another key"), not on every call.
+    cert: Option<Vec<u8>>,
     remote: Option<String>,
     method: &'static str,
 }
@@ -57,13 +58,12 @@ fn caller_info<T>(req: &Request<T>, method: &'static str) -> CallerInfo {
         .map(|a| a.to_string());
     let cert = info
         .and_then(|i| i.peer_certs())
-        .and_then(|c| c.first().cloned());
+        .and_then(|c| c.first().map(|c| c.to_vec()));
     let spki = cert.as_ref().and_then(|c| spki_from_cert(c).ok());
-    let claimed_org = cert.as_ref().and_then(|c| claimed_org(c));
     CallerInfo {
         fingerprint: spki.as_deref().map(fingerprint_spki),
         spki,
-        claimed_org,
+        cert,
         remote,
         method,
     }
@@ -136,8 +136,8 @@ impl FederationApi {
         let Some(peer) = peer else {
             // A known organisation presenting a key we never pinned (or one
             // whose overlap has ended) is worth telling apart in the record.
-            let known = match &info.claimed_org {
-                Some(org) => match crate::domain::OrgId::parse("org", org) {
+            let known = match info.cert.as_deref().and_then(claimed_org) {
+                Some(org) => match crate::domain::OrgId::parse("org", &org) {
                     Ok(id) => self
                         .state
                         .store
