@@ -193,6 +193,7 @@ impl Application {
             master_key,
             referral_events: tokio::sync::broadcast::channel(1024).0,
             outbox_wake: tokio::sync::Notify::new(),
+            outbox_queued: std::sync::Mutex::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             limits,
             instance_id: uuid::Uuid::new_v4().to_string(),

@@ -30,10 +30,28 @@ pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<b
         if let Err(e) = deliver_due(&state, &running).await {
             tracing::warn!(error = format!("{e:#}"), "notice delivery round failed");
         }
-        tokio::select! {
-            _ = state.outbox_wake.notified() => {}
-            _ = tokio::time::sleep(IDLE_POLL) => {}
-            _ = stop.changed() => {}
+        loop {
+            tokio::select! {
+                _ = state.outbox_wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => break,
+                _ = stop.changed() => break,
+            }
+            // Woken for notices queued for peers whose delivery task is
+            // running: that task's next round takes them (a task that ends
+            // wakes this loop, bare), so there is nothing to look for.
+            let queued: Vec<OrgId> = state
+                .outbox_queued
+                .lock()
+                .map(|mut q| q.drain().collect())
+                .unwrap_or_default();
+            let all_running = !queued.is_empty()
+                && running
+                    .lock()
+                    .map(|r| queued.iter().all(|o| r.contains(o)))
+                    .unwrap_or(false);
+            if !all_running {
+                break;
+            }
         }
     }
 }

@@ -383,7 +383,7 @@ async fn create_record(
             audit: vec![audit],
         })
         .await?;
-    state.outbox_wake.notify_one();
+    state.queued_for(&stored.peer_org);
     state.referral_changed(&stored.referral_id);
     let fresh = (stored.referral_id == referral_id).then_some(ev);
     Ok((stored, fresh))
