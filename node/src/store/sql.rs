@@ -561,6 +561,80 @@ macro_rules! impl_store {
             Ok(true)
         }
 
+        /// A change of state (with its event) and nothing else.
+        fn is_transition(c: &$crate::store::ReferralChange) -> bool {
+            !c.expected_states.is_empty()
+                && c.state.is_some()
+                && c.event.is_some()
+                && c.owner.is_none()
+                && c.team.is_none()
+                && c.purge_status.is_none()
+                && c.purged_at_ms.is_none()
+                && !c.purge_summary
+                && c.expected_purge_status.is_none()
+                && c.destroy_key.is_none()
+                && c.notices.is_empty()
+        }
+
+        fn same_transition(a: &$crate::store::ReferralChange, b: &$crate::store::ReferralChange) -> bool {
+            is_transition(b) && a.expected_states == b.expected_states && a.state == b.state
+        }
+
+        /// Applies one transition (`same_transition` for all) to several
+        /// referrals, each at most once: one UPDATE, one multi-row INSERT of
+        /// their events. The referrals it applied to.
+        async fn apply_transitions(
+            tx: &mut Tx,
+            items: &[(&str, &$crate::store::ReferralChange)],
+        ) -> Result<std::collections::HashSet<String>> {
+            let Some((_, first)) = items.first() else {
+                return Ok(std::collections::HashSet::new());
+            };
+            let now = items.iter().map(|(_, c)| c.now_ms).max().unwrap_or(first.now_ms);
+            let mut update = sqlx::QueryBuilder::<Db>::new("UPDATE referrals SET state = ");
+            update.push_bind(&first.state).push(", updated_at = ").push_bind(now).push(" WHERE state IN (");
+            let mut states = update.separated(", ");
+            for s in &first.expected_states {
+                states.push_bind(s);
+            }
+            update.push(") AND referral_id IN (");
+            let mut ids = update.separated(", ");
+            for (id, _) in items {
+                ids.push_bind(*id);
+            }
+            update.push(") RETURNING referral_id");
+            let applied: std::collections::HashSet<String> = update
+                .build()
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("referral_id"))
+                .collect::<std::result::Result<_, _>>()?;
+            let events: Vec<_> = items
+                .iter()
+                .filter(|(id, _)| applied.contains(*id))
+                .filter_map(|(id, c)| c.event.as_ref().map(|e| (*id, e)))
+                .collect();
+            if !events.is_empty() {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
+                );
+                insert.push_values(&events, |mut b, (id, e)| {
+                    b.push_bind(*id)
+                        .push("(SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = ")
+                        .push_bind_unseparated(*id)
+                        .push_unseparated(")")
+                        .push_bind(&e.state)
+                        .push_bind(e.at_ms)
+                        .push_bind(&e.by_org)
+                        .push_bind(&e.detail)
+                        .push_bind(&e.actor);
+                });
+                insert.build().execute(&mut **tx).await?;
+            }
+            Ok(applied)
+        }
+
         async fn insert_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<u64> {
             Ok(sqlx::query(
                 "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart)
@@ -1415,14 +1489,30 @@ macro_rules! impl_store {
                     let mut tx = self.begin_write().await?;
                     let fresh = insert_receipts(&mut tx, chunk.iter().map(|i| &i.receipt)).await?;
                     let mut records = Vec::new();
+                    // The usual change (an offer's receipt: requested ->
+                    // received, with its event) is applied to the whole batch
+                    // by two statements; any other one by one.
+                    let ids: std::collections::HashSet<&str> =
+                        chunk.iter().filter_map(|i| i.change.as_ref().map(|(id, _)| id.as_str())).collect();
+                    let distinct = ids.len() == chunk.iter().filter(|i| i.change.is_some()).count();
+                    let shape = chunk.iter().find_map(|i| i.change.as_ref().map(|(_, c)| c)).filter(|c| is_transition(c));
+                    let mut together = Vec::new();
                     for i in chunk {
                         let r = &i.receipt;
                         if fresh.contains(&(r.message_id.clone(), r.issued_by.clone(), r.counterpart.clone())) {
                             records.extend(i.audit.iter().cloned());
                         }
-                        if let Some((id, c)) = &i.change
-                            && apply_referral_change(&mut tx, id, c).await?
-                        {
+                        if let Some((id, c)) = &i.change {
+                            if distinct && shape.is_some_and(|s| same_transition(s, c)) {
+                                together.push((id.as_str(), c));
+                            } else if apply_referral_change(&mut tx, id, c).await? {
+                                records.extend(c.audit.iter().cloned());
+                            }
+                        }
+                    }
+                    let applied = apply_transitions(&mut tx, &together).await?;
+                    for (id, c) in &together {
+                        if applied.contains(*id) {
                             records.extend(c.audit.iter().cloned());
                         }
                     }
