@@ -72,83 +72,70 @@ impl ReadCache {
         self.enabled.then(|| Ticket(self.lock().generation))
     }
 
-    /// The peer holding `fingerprint`, if known and still valid at `now_ms`.
-    pub fn peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Option<Option<Peer>> {
+    /// What `pick` finds, if the cache is on.
+    fn read<T>(&self, pick: impl FnOnce(&Inner) -> Option<T>) -> Option<T> {
         if !self.enabled {
             return None;
         }
-        let inner = self.lock();
-        let e = inner.by_key.get(fingerprint)?;
-        if e.valid_until_ms.is_some_and(|v| v <= now_ms) {
-            return None;
+        pick(&self.lock())
+    }
+
+    /// Keeps what a lookup read, unless something changed since it started.
+    fn keep<V>(
+        &self,
+        ticket: Ticket,
+        map: impl FnOnce(&mut Inner) -> &mut HashMap<String, V>,
+        key: &str,
+        value: V,
+    ) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
         }
-        Some(e.peer.clone())
+        let map = map(&mut inner);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(key.to_owned(), value);
+    }
+
+    /// The peer holding `fingerprint`, if known and still valid at `now_ms`.
+    pub fn peer_by_key(&self, fingerprint: &str, now_ms: i64) -> Option<Option<Peer>> {
+        self.read(|i| {
+            let e = i.by_key.get(fingerprint)?;
+            e.valid_until_ms
+                .is_none_or(|v| v > now_ms)
+                .then(|| e.peer.clone())
+        })
     }
 
     pub fn put_peer_by_key(&self, ticket: Ticket, fingerprint: &str, entry: KeyEntry) {
-        let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
-        }
-        if inner.by_key.len() >= MAX_ENTRIES {
-            inner.by_key.clear();
-        }
-        inner.by_key.insert(fingerprint.to_owned(), entry);
+        self.keep(ticket, |i| &mut i.by_key, fingerprint, entry);
     }
 
     pub fn peer(&self, org: &str) -> Option<Option<Peer>> {
-        if !self.enabled {
-            return None;
-        }
-        self.lock().by_org.get(org).cloned()
+        self.read(|i| i.by_org.get(org).cloned())
     }
 
     pub fn put_peer(&self, ticket: Ticket, org: &str, peer: Option<Peer>) {
-        let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
-        }
-        if inner.by_org.len() >= MAX_ENTRIES {
-            inner.by_org.clear();
-        }
-        inner.by_org.insert(org.to_owned(), peer);
+        self.keep(ticket, |i| &mut i.by_org, org, peer);
     }
 
     /// All the keys pinned for a peer, retired ones included.
     pub fn keys(&self, org: &str) -> Option<Vec<PeerKey>> {
-        if !self.enabled {
-            return None;
-        }
-        self.lock().keys.get(org).cloned()
+        self.read(|i| i.keys.get(org).cloned())
     }
 
     pub fn put_keys(&self, ticket: Ticket, org: &str, keys: Vec<PeerKey>) {
-        let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
-        }
-        if inner.keys.len() >= MAX_ENTRIES {
-            inner.keys.clear();
-        }
-        inner.keys.insert(org.to_owned(), keys);
+        self.keep(ticket, |i| &mut i.keys, org, keys);
     }
 
     pub fn meta(&self, key: &str) -> Option<Option<String>> {
-        if !self.enabled {
-            return None;
-        }
-        self.lock().meta.get(key).cloned()
+        self.read(|i| i.meta.get(key).cloned())
     }
 
     pub fn put_meta(&self, ticket: Ticket, key: &str, value: Option<String>) {
-        let mut inner = self.lock();
-        if inner.generation != ticket.0 {
-            return;
-        }
-        if inner.meta.len() >= MAX_ENTRIES {
-            inner.meta.clear();
-        }
-        inner.meta.insert(key.to_owned(), value);
+        self.keep(ticket, |i| &mut i.meta, key, value);
     }
 
     /// A peer was seen: the kept copies say so (last seen is shown, and
