@@ -292,24 +292,30 @@ macro_rules! impl_store {
             Ok(referrals.build().fetch_all(&mut **tx).await?.len())
         }
 
-        /// The first event of each new referral, by one multi-row statement.
-        async fn insert_first_events(
+        /// Events of referrals (each referral once), by one multi-row
+        /// statement; each takes its referral's next sequence number.
+        async fn insert_events(
             tx: &mut Tx,
             rows: &[(&str, &$crate::store::ReferralEvent)],
         ) -> Result<()> {
-            let mut events = sqlx::QueryBuilder::<Db>::new(
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
                 "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
             );
-            events.push_values(rows, |mut b, (id, e)| {
+            insert.push_values(rows, |mut b, (id, e)| {
                 b.push_bind(*id)
-                    .push_bind(1i64)
+                    .push("(SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = ")
+                    .push_bind_unseparated(*id)
+                    .push_unseparated(")")
                     .push_bind(&e.state)
                     .push_bind(e.at_ms)
                     .push_bind(&e.by_org)
                     .push_bind(&e.detail)
                     .push_bind(&e.actor);
             });
-            events.build().execute(&mut **tx).await?;
+            insert.build().execute(&mut **tx).await?;
             Ok(())
         }
 
@@ -467,49 +473,11 @@ macro_rules! impl_store {
         }
 
         async fn insert_referral(tx: &mut Tx, r: &$crate::store::ReferralRecord, request_key: Option<&str>, digest: Option<&[u8]>) -> Result<u64> {
-            Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{INSERT_REFERRAL} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-                 ON CONFLICT DO NOTHING"
-            )))
-            .bind(&r.referral_id)
-            .bind(if r.outbound { "outbound" } else { "inbound" })
-            .bind(r.peer_org.as_str())
-            .bind(&r.owner)
-            .bind(&r.team)
-            .bind(request_key)
-            .bind(digest)
-            .bind(&r.consent_id)
-            .bind(&r.pseudonym)
-            .bind(&r.need_areas)
-            .bind(&r.services)
-            .bind(&r.urgency)
-            .bind(&r.summary)
-            .bind(&r.terms)
-            .bind(&r.state)
-            .bind(&r.purge_status)
-            .bind(r.purged_at_ms)
-            .bind(r.created_at_ms)
-            .bind(r.updated_at_ms)
-            .bind(&r.key_id)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected())
+            Ok(insert_referrals(tx, &[(r, request_key, digest)]).await? as u64)
         }
 
         async fn insert_event(tx: &mut Tx, referral_id: &str, e: &$crate::store::ReferralEvent) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor)
-                 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = $1), $2, $3, $4, $5, $6)",
-            )
-            .bind(referral_id)
-            .bind(&e.state)
-            .bind(e.at_ms)
-            .bind(&e.by_org)
-            .bind(&e.detail)
-            .bind(&e.actor)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
+            insert_events(tx, &[(referral_id, e)]).await
         }
 
         async fn apply_referral_change(tx: &mut Tx, id: &str, c: &$crate::store::ReferralChange) -> Result<bool> {
@@ -615,23 +583,7 @@ macro_rules! impl_store {
                 .filter(|(id, _)| applied.contains(*id))
                 .filter_map(|(id, c)| c.event.as_ref().map(|e| (*id, e)))
                 .collect();
-            if !events.is_empty() {
-                let mut insert = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
-                );
-                insert.push_values(&events, |mut b, (id, e)| {
-                    b.push_bind(*id)
-                        .push("(SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = ")
-                        .push_bind_unseparated(*id)
-                        .push_unseparated(")")
-                        .push_bind(&e.state)
-                        .push_bind(e.at_ms)
-                        .push_bind(&e.by_org)
-                        .push_bind(&e.detail)
-                        .push_bind(&e.actor);
-                });
-                insert.build().execute(&mut **tx).await?;
-            }
+            insert_events(tx, &events).await?;
             Ok(applied)
         }
 
@@ -1266,7 +1218,7 @@ macro_rules! impl_store {
                     return Ok(each);
                 }
                 let events: Vec<_> = items.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
-                insert_first_events(&mut tx, &events).await?;
+                insert_events(&mut tx, &events).await?;
                 let notices: Vec<NewNotice> = items.iter().map(|i| i.notice.clone()).collect();
                 insert_notices(&mut tx, &notices).await?;
                 let records: Vec<$crate::audit::AuditEntry> = items.iter().flat_map(|i| i.audit.iter().cloned()).collect();
@@ -1470,7 +1422,7 @@ macro_rules! impl_store {
                     }
                     // New referrals: each one's first event.
                     let events: Vec<_> = new.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
-                    insert_first_events(&mut tx, &events).await?;
+                    insert_events(&mut tx, &events).await?;
                     let records: Vec<$crate::audit::AuditEntry> = new.iter().flat_map(|i| i.audit.iter().cloned()).collect();
                     append_audit_tx(&mut tx, &records).await?;
                 }
