@@ -11,7 +11,8 @@ pub mod oidc;
 use crate::config::{AuthConfig, AuthMode};
 use crate::error::Error;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// Header with which an agency system names the case manager it acts for.
 pub const ON_BEHALF_OF_HEADER: &str = "x-exitnet-on-behalf-of";
@@ -144,6 +145,49 @@ impl From<AuthError> for Error {
 
 /// Verified token claims, before roles are mapped.
 pub type Claims = serde_json::Map<String, Value>;
+
+/// Tokens whose signature was verified, by their SHA-256, with the key set
+/// that verified them. An agency system calls with one token for minutes:
+/// its signature (tens of microseconds) need not be checked on every call.
+/// Only the signature's result is kept: a token is found by its exact bytes
+/// (signature included), counts only while the same key set is in use (a
+/// rotation or a refetched JWKS starts afresh), and its claims (expiry,
+/// issuer, audience) are checked on every call as before. Bounded: when full,
+/// it is emptied.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    map: Mutex<HashMap<[u8; 32], (u64, Arc<Claims>)>>,
+}
+
+/// Most tokens remembered.
+const VERIFIED_TOKENS: usize = 4096;
+
+impl VerifiedTokens {
+    pub fn digest(token: &str) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    /// The claims of a token verified under `key_set`.
+    pub fn get(&self, digest: &[u8; 32], key_set: u64) -> Option<Arc<Claims>> {
+        let map = self.map.lock().ok()?;
+        match map.get(digest) {
+            Some((k, claims)) if *k == key_set => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, digest: [u8; 32], key_set: u64, claims: Arc<Claims>) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= VERIFIED_TOKENS {
+                map.clear();
+            }
+            map.insert(digest, (key_set, claims));
+        }
+    }
+}
 
 /// Verifies tokens according to the configured mode.
 pub enum Authenticator {
@@ -317,6 +361,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.role, Role::Auditor);
+    }
+
+    #[test]
+    fn verified_tokens_count_only_under_their_key_set() {
+        let cache = VerifiedTokens::default();
+        let claims = Arc::new(claims(serde_json::json!({"sub": "alice"})));
+        let d = VerifiedTokens::digest("header.payload.signature");
+        cache.put(d, 7, claims.clone());
+        assert_eq!(cache.get(&d, 7).as_deref(), Some(&*claims));
+        // Another key set (a rotation, a refetched JWKS): verified afresh.
+        assert!(cache.get(&d, 8).is_none());
+        // Another signature is another token.
+        assert!(
+            cache
+                .get(&VerifiedTokens::digest("header.payload.signaturf"), 7)
+                .is_none()
+        );
+        // Bounded: full, it starts again.
+        for i in 0..VERIFIED_TOKENS {
+            cache.put(VerifiedTokens::digest(&i.to_string()), 7, claims.clone());
+        }
+        assert!(cache.map.lock().unwrap().len() <= VERIFIED_TOKENS);
     }
 
     #[test]

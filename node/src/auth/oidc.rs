@@ -19,6 +19,9 @@ struct Discovered {
     jwks_uri: openidconnect::JsonWebKeySetUrl,
     keys: CoreJsonWebKeySet,
     fetched_at: Instant,
+    /// Names this key set among those fetched: a token verified under one
+    /// is verified again under the next.
+    generation: u64,
 }
 
 pub struct OidcVerifier {
@@ -32,6 +35,9 @@ pub struct OidcVerifier {
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// Serialises discovery and refetches.
     fetch_lock: Mutex<()>,
+    /// Key sets fetched so far.
+    fetches: std::sync::atomic::AtomicU64,
+    verified: super::VerifiedTokens,
 }
 
 impl OidcVerifier {
@@ -56,6 +62,8 @@ impl OidcVerifier {
             http,
             discovered: RwLock::new(None),
             fetch_lock: Mutex::new(()),
+            fetches: Default::default(),
+            verified: Default::default(),
         })
     }
 
@@ -78,6 +86,7 @@ impl OidcVerifier {
             jwks_uri: meta.jwks_uri().clone(),
             keys: meta.jwks().clone(),
             fetched_at: Instant::now(),
+            generation: self.next_generation(),
         });
         *self.discovered.write().await = Some(d.clone());
         Ok(d)
@@ -109,12 +118,26 @@ impl OidcVerifier {
             jwks_uri: seen.jwks_uri.clone(),
             keys,
             fetched_at: Instant::now(),
+            generation: self.next_generation(),
         });
         *self.discovered.write().await = Some(d.clone());
         Ok(Some(d))
     }
 
+    fn next_generation(&self) -> u64 {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let digest = super::VerifiedTokens::digest(token);
+        if let Some(d) = self.discovered.read().await.clone()
+            && let Some(claims) = self.verified.get(&digest, d.generation)
+        {
+            let now = crate::domain::time::now_ms() / 1000;
+            jwt::check_claims(&claims, &self.issuer, &self.audience, self.leeway_secs, now)?;
+            return Ok((*claims).clone());
+        }
         let jwt = match jwt::decode(token) {
             Ok(j) => j,
             Err(_) if self.introspection.is_some() => return self.introspect(token).await,
@@ -141,15 +164,11 @@ impl OidcVerifier {
                 KeyOutcome::NoKey => return Err(AuthError::Signature),
             }
         }
+        let claims = Arc::new(jwt.claims);
+        self.verified.put(digest, d.generation, claims.clone());
         let now = crate::domain::time::now_ms() / 1000;
-        jwt::check_claims(
-            &jwt.claims,
-            &self.issuer,
-            &self.audience,
-            self.leeway_secs,
-            now,
-        )?;
-        Ok(jwt.claims)
+        jwt::check_claims(&claims, &self.issuer, &self.audience, self.leeway_secs, now)?;
+        Ok((*claims).clone())
     }
 
     /// RFC 7662: the provider says whether an opaque token is active.
