@@ -16,6 +16,10 @@ use tonic::transport::Channel;
 
 type Stop = tokio::sync::watch::Sender<bool>;
 
+// The allocator the node binary uses (node/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Node {
     org: Org,
     stop: Stop,
