@@ -48,6 +48,14 @@ impl Limiter {
 
     /// Takes one token for `key`, or refuses.
     pub fn rate(&self, key: &str) -> Result<(), Error> {
+        self.rate_n(key, 1)
+    }
+
+    /// Takes `n` tokens for `key` (a call that does the work of `n`), or
+    /// refuses. More than the burst is allowed on a full bucket, which then
+    /// owes the rest: the rate holds over time.
+    pub fn rate_n(&self, key: &str, n: usize) -> Result<(), Error> {
+        let n = n as f64;
         let now = Instant::now();
         let mut buckets = self
             .buckets
@@ -66,13 +74,13 @@ impl Limiter {
         b.tokens =
             (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst);
         b.at = now;
-        if b.tokens < 1.0 {
+        if b.tokens < n.min(self.burst) {
             return Err(Error::ResourceExhausted(format!(
                 "rate limit: at most {} calls per second per {}; try again shortly",
                 self.per_sec, self.what
             )));
         }
-        b.tokens -= 1.0;
+        b.tokens -= n;
         Ok(())
     }
 
@@ -152,6 +160,19 @@ mod tests {
         assert!(matches!(e, Error::ResourceExhausted(_)));
         // Another key has its own bucket.
         l.rate("b").unwrap();
+    }
+
+    #[test]
+    fn a_call_of_many_counts_as_many() {
+        let l = Limiter::new("peer", 1, 10, 0);
+        l.rate_n("a", 8).unwrap();
+        // Two left: a call of three waits.
+        assert!(l.rate_n("a", 3).is_err());
+        l.rate_n("a", 2).unwrap();
+        assert!(l.rate("a").is_err());
+        // More than the burst passes on a full bucket, and is owed.
+        l.rate_n("b", 25).unwrap();
+        assert!(l.rate("b").is_err());
     }
 
     #[test]

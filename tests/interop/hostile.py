@@ -508,7 +508,9 @@ def size_cases(args, md, chan):
     ok(f"client API: a gzip-compressed message (8 MiB of zeros) is not decompressed: UNIMPLEMENTED {details!r}")
 
     for n in (60_000, 1_000_000):
-        fresh = grpc.insecure_channel(args.api_a)
+        # A connection of its own: gRPC Python shares connections between
+        # channels to one address, and this one is meant to be closed.
+        fresh = grpc.insecure_channel(args.api_a, options=(("grpc.use_local_subchannel_pool", 1),))
         got, details = outcome(lambda: node_pb2_grpc.NodeServiceStub(fresh).GetNodeInfo(
             node_pb2.GetNodeInfoRequest(), metadata=(("authorization", "Bearer " + "A" * n),), timeout=RPC_TIMEOUT))
         fresh.close()
@@ -839,13 +841,16 @@ def federation_cases(args, good, info_a):
     d = expect("Notify with a fresh self-signed certificate", Code.UNAUTHENTICATED, lambda: fed.notify(ch))
     expect("ListWitnessedCheckpoints with it", Code.UNAUTHENTICATED, lambda: federation_pb2_grpc.FederationServiceStub(ch)
                 .ListWitnessedCheckpoints(federation_pb2.ListWitnessedCheckpointsRequest(), timeout=RPC_TIMEOUT))
+    expect("NotifyBatch with it", Code.UNAUTHENTICATED, lambda: federation_pb2_grpc.FederationServiceStub(ch)
+                .NotifyBatch(federation_pb2.NotifyBatchRequest(notices=[federation_pb2.NotifyRequest(notice_id="n")]),
+                             timeout=RPC_TIMEOUT))
     over = federation_pb2.NotifyRequest(notice_id="n" * (args.max_message_bytes + 1024))
     d3 = expect("an oversized Notify from it", Code.RESOURCE_EXHAUSTED, lambda: fed.notify(ch, over))
     d4, _ = outcome(lambda: fed.notify(ch, raw=fld(1, LEN, b"\xff\xfe")))
     if d4 not in (Code.INTERNAL, INV):
         fail(f"an undecodable Notify from a stranger: {d4.name}")
     ch.close()
-    ok(f"federation: a fresh self-signed key: Notify and ListWitnessedCheckpoints UNAUTHENTICATED {d!r}; "
+    ok(f"federation: a fresh self-signed key: Notify, NotifyBatch and ListWitnessedCheckpoints UNAUTHENTICATED {d!r}; "
        f"an oversized Notify RESOURCE_EXHAUSTED {d3!r}; an undecodable one {d4.name} (decoded before the key is checked)")
 
     key, cert, fp_claim = self_signed(f"{args.org_b}.exitnet.invalid")

@@ -156,8 +156,11 @@ pub type Claims = serde_json::Map<String, Value>;
 /// it is emptied.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    map: Mutex<HashMap<[u8; 32], (u64, Arc<Claims>)>>,
+    map: Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// The key set that verified a token, and its claims.
+type Verified = (u64, Arc<Claims>);
 
 /// Most tokens remembered.
 const VERIFIED_TOKENS: usize = 4096;

@@ -33,6 +33,8 @@ pub async fn connect(
 #[derive(Debug, Default)]
 pub struct Channels {
     kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    /// Peers that do not know `NotifyBatch`.
+    unbatched: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug)]
@@ -76,7 +78,24 @@ impl Channels {
                 client: client.clone(),
             },
         );
+        self.unbatched().remove(org);
         Ok(client)
+    }
+
+    fn unbatched(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unbatched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `NotifyBatch` may be tried with the peer `org`.
+    pub fn batches(&self, org: &str) -> bool {
+        !self.unbatched().contains(org)
+    }
+
+    /// The peer answered `NotifyBatch` with UNIMPLEMENTED (an older node):
+    /// one `Notify` per message until a new connection is opened (it may
+    /// have been upgraded by then).
+    pub fn no_batches(&self, org: &str) {
+        self.unbatched().insert(org.to_owned());
     }
 
     /// Drops the kept connection (the peer did not answer through it).

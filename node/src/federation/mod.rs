@@ -22,6 +22,9 @@ use tracing::Instrument;
 /// Largest message a peer may send or receive.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Most notices in one `NotifyBatch`.
+pub const MAX_BATCH: usize = 64;
+
 pub struct FederationApi {
     state: Arc<NodeState>,
 }
@@ -107,14 +110,40 @@ impl FederationApi {
     /// The approved peer that made this call, within its limits, or a refusal.
     async fn authenticate(&self, info: &CallerInfo) -> Result<(Peer, Permit), Status> {
         let peer = self.identify(info).await?;
-        let limits = &self.state.limits.peers;
-        let permit = limits.admit(peer.org_id.as_str()).map_err(|e| {
-            self.state
-                .metrics
-                .received(peer.org_id.as_str(), "any", "rate_limited");
-            Status::from(e)
-        })?;
+        let permit = self.admit(&peer, 1)?;
         Ok((peer, permit))
+    }
+
+    /// A place for a call of `peer` carrying `notices` notices: each counts
+    /// against the peer's rate, the call holds one place in flight.
+    fn admit(&self, peer: &Peer, notices: usize) -> Result<Permit, Status> {
+        let limits = &self.state.limits.peers;
+        let org = peer.org_id.as_str();
+        limits
+            .rate_n(org, notices)
+            .and_then(|()| limits.enter(org))
+            .map_err(|e| {
+                self.state.metrics.received(org, "any", "rate_limited");
+                Status::from(e)
+            })
+    }
+
+    /// Notify's answer to an applied notice; a notice the peer may not send
+    /// is recorded as a refusal.
+    async fn answer(
+        &self,
+        info: &CallerInfo,
+        peer: &Peer,
+        outcome: Result<Result<pb::NotifyResponse, Error>, tokio::task::JoinError>,
+    ) -> Result<pb::NotifyResponse, Status> {
+        match outcome {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e @ Error::PermissionDenied(_))) => Err(self
+                .refuse(info, Some(peer.org_id.to_string()), "notice_not_allowed", e)
+                .await),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Status::internal("the notice could not be applied")),
+        }
     }
 
     /// The approved peer that made this call, or a recorded refusal.
@@ -235,24 +264,63 @@ impl pb::federation_service_server::FederationService for FederationApi {
         // that hangs up mid-call (it will send again) must not cut the work
         // between the commit and its accounting.
         let task = tokio::spawn(
-            apply_notice(self.state.clone(), peer.clone(), fp, spki, req, permit)
-                .instrument(tracing::Span::current()),
+            apply_notice(
+                self.state.clone(),
+                peer.clone(),
+                fp,
+                spki,
+                req,
+                Arc::new(permit),
+            )
+            .instrument(tracing::Span::current()),
         );
-        let outcome = task
-            .await
-            .map_err(|_| Status::internal("the notice could not be applied"))?;
-        match outcome {
-            Ok(resp) => Ok(Response::new(resp)),
-            Err(e @ Error::PermissionDenied(_)) => Err(self
-                .refuse(
-                    &info,
-                    Some(peer.org_id.to_string()),
-                    "notice_not_allowed",
-                    e,
+        let outcome = task.await;
+        self.answer(&info, &peer, outcome).await.map(Response::new)
+    }
+
+    async fn notify_batch(
+        &self,
+        request: Request<pb::NotifyBatchRequest>,
+    ) -> Result<Response<pb::NotifyBatchResponse>, Status> {
+        let info = caller_info(&request, "NotifyBatch");
+        let peer = self.identify(&info).await?;
+        let notices = request.into_inner().notices;
+        batch_check(&notices)?;
+        let permit = Arc::new(self.admit(&peer, notices.len())?);
+        let fp = info.fingerprint.clone().unwrap_or_default();
+        let spki = info.spki.clone().unwrap_or_default();
+        // Each notice is applied on a task of its own, as with Notify; they
+        // run together, so the receiver stores their referrals together.
+        let tasks: Vec<_> = notices
+            .into_iter()
+            .map(|req| {
+                tokio::spawn(
+                    apply_notice(
+                        self.state.clone(),
+                        peer.clone(),
+                        fp.clone(),
+                        spki.clone(),
+                        req,
+                        permit.clone(),
+                    )
+                    .instrument(tracing::Span::current()),
                 )
-                .await),
-            Err(e) => Err(e.into()),
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let outcome = match self.answer(&info, &peer, task.await).await {
+                Ok(resp) => pb::notify_outcome::Outcome::Response(resp),
+                Err(status) => pb::notify_outcome::Outcome::Refusal(pb::NotifyRefusal {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            };
+            outcomes.push(pb::NotifyOutcome {
+                outcome: Some(outcome),
+            });
         }
+        Ok(Response::new(pb::NotifyBatchResponse { outcomes }))
     }
 
     async fn list_witnessed_checkpoints(
@@ -292,14 +360,33 @@ impl pb::federation_service_server::FederationService for FederationApi {
     }
 }
 
-/// Applies one notice from an authenticated peer and counts it.
+/// A batch carries 1 to `MAX_BATCH` referral messages, nothing else.
+fn batch_check(notices: &[pb::NotifyRequest]) -> Result<(), Error> {
+    use crate::error::FieldError;
+    if notices.is_empty() || notices.len() > MAX_BATCH {
+        return Err(FieldError::new("notices", format!("1 to {MAX_BATCH} notices")).into());
+    }
+    for (i, n) in notices.iter().enumerate() {
+        if !matches!(n.notice, Some(pb::notify_request::Notice::Message(_))) {
+            return Err(FieldError::new(
+                format!("notices[{i}].message"),
+                "required: a batch carries referral messages only",
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Applies one notice from an authenticated peer and counts it. The call's
+/// place among the peer's calls in flight is held until the work is done.
 async fn apply_notice(
     state: Arc<NodeState>,
     peer: Peer,
     fp: String,
     spki: Vec<u8>,
     req: pb::NotifyRequest,
-    _permit: Permit,
+    _permit: Arc<Permit>,
 ) -> Result<pb::NotifyResponse, Error> {
     let req_kind = match &req.notice {
         Some(pb::notify_request::Notice::Message(_)) => Kind::Message,

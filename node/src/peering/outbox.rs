@@ -256,6 +256,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             continue;
         }
         // Gather the following messages of other referrals into one batch.
+        let mut bytes = notice_bytes(&req);
         let mut batch = vec![(n, req)];
         let mut referrals: HashSet<String> = batch
             .iter()
@@ -270,12 +271,15 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
                 Some(pb::notify_request::Notice::Message(_))
             );
             let rid = message_referral(next_req);
+            let next_bytes = notice_bytes(next_req);
             if !next_is_message
                 || next.next_attempt_at_ms > now_ms()
                 || rid.as_ref().is_some_and(|r| referrals.contains(r))
+                || bytes + next_bytes > BATCH_BYTES
             {
                 break;
             }
+            bytes += next_bytes;
             if let Some(r) = rid {
                 referrals.insert(r);
             }
@@ -292,7 +296,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
         {
             flow.apply_all(finish(storing.take()).await?);
         }
-        let (results, stored) = tokio::join!(call_all(&client, &batch), finish(storing.take()));
+        let (results, stored) = tokio::join!(
+            call_all(&state.peer_channels, org.as_str(), &client, &batch),
+            finish(storing.take())
+        );
         flow.apply_all(stored?);
         // Refusals and failures are handled at once (they decide whether
         // later messages wait); receipts are checked and stored together
@@ -347,10 +354,70 @@ async fn finish(storing: Option<Storing<'_>>) -> anyhow::Result<Vec<Handled>> {
     }
 }
 
-/// Sends a batch of messages at once (multiplexed on one connection); the
-/// answers in the batch's order.
+type Client = pb::federation_service_client::FederationServiceClient<tonic::transport::Channel>;
+
+/// Sends a batch of messages at once: in one `NotifyBatch` call, or, to a
+/// peer that does not know it, in one `Notify` call each (multiplexed on one
+/// connection). The answers in the batch's order.
 async fn call_all(
-    client: &pb::federation_service_client::FederationServiceClient<tonic::transport::Channel>,
+    channels: &crate::federation::client::Channels,
+    org: &str,
+    client: &Client,
+    batch: &[(Notice, pb::NotifyRequest)],
+) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
+    if batch.len() > 1 && channels.batches(org) {
+        let req = pb::NotifyBatchRequest {
+            notices: batch.iter().map(|(_, r)| r.clone()).collect(),
+        };
+        match client.clone().notify_batch(req).await {
+            Ok(resp) => return batch_outcomes(resp.into_inner(), batch.len()),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                channels.no_batches(org);
+            }
+            // Larger than the peer accepts in one message (or its rate
+            // refused it): each message goes on its own, as it would alone.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {}
+            // The call failed as a whole: so did each message in it.
+            Err(status) => return batch.iter().map(|_| Err(status.clone())).collect(),
+        }
+    }
+    call_each(client, batch).await
+}
+
+/// A peer's answer to a batch, one result per message sent. Answers missing
+/// (or too many) mean nothing was proven: those messages are tried again.
+fn batch_outcomes(
+    resp: pb::NotifyBatchResponse,
+    sent: usize,
+) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
+    if resp.outcomes.len() != sent {
+        let status = tonic::Status::unavailable(format!(
+            "the peer answered {sent} messages with {} outcomes",
+            resp.outcomes.len()
+        ));
+        return (0..sent).map(|_| Err(status.clone())).collect();
+    }
+    resp.outcomes
+        .into_iter()
+        .map(|o| match o.outcome {
+            Some(pb::notify_outcome::Outcome::Response(r)) => Ok(r),
+            Some(pb::notify_outcome::Outcome::Refusal(r)) => {
+                // A refusal is never OK: an unknown or OK code counts as
+                // UNKNOWN, which is tried again.
+                let code = match tonic::Code::from(r.code) {
+                    tonic::Code::Ok => tonic::Code::Unknown,
+                    c => c,
+                };
+                Err(tonic::Status::new(code, r.message))
+            }
+            None => Err(tonic::Status::unavailable("the peer left an outcome empty")),
+        })
+        .collect()
+}
+
+/// One `Notify` call per message, all at once on one connection.
+async fn call_each(
+    client: &Client,
     batch: &[(Notice, pb::NotifyRequest)],
 ) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
     let mut calls = tokio::task::JoinSet::new();
@@ -375,6 +442,14 @@ async fn call_all(
 
 /// How many referral messages of different referrals go out at once.
 const PIPELINE: usize = 32;
+/// Most bytes of messages in one `NotifyBatch`: well below the smallest
+/// message size a peer accepts (a message larger than this goes alone).
+const BATCH_BYTES: usize = crate::federation::MAX_MESSAGE_BYTES / 4;
+
+fn notice_bytes(req: &pb::NotifyRequest) -> usize {
+    use prost::Message;
+    req.encoded_len()
+}
 
 /// The referral a message is about.
 fn message_referral(req: &pb::NotifyRequest) -> Option<String> {
@@ -653,4 +728,177 @@ fn backoff_ms(state: &NodeState, attempts: i64) -> i64 {
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     let jitter = (u64::from_le_bytes(b) % (exp as u64 / 2 + 1)) as i64;
     exp / 2 + jitter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exitnet_proto::pb::federation_service_server::{
+        FederationService, FederationServiceServer,
+    };
+    use tonic::{Request, Response, Status};
+
+    /// A peer of an older version, without `NotifyBatch`: it answers each
+    /// `Notify` with a receipt whose payload is the notice's ID.
+    struct Older;
+
+    #[tonic::async_trait]
+    impl FederationService for Older {
+        async fn join(
+            &self,
+            _: Request<pb::JoinRequest>,
+        ) -> Result<Response<pb::JoinResponse>, Status> {
+            Err(Status::unimplemented("join"))
+        }
+
+        async fn notify(
+            &self,
+            r: Request<pb::NotifyRequest>,
+        ) -> Result<Response<pb::NotifyResponse>, Status> {
+            Ok(Response::new(pb::NotifyResponse {
+                receipt: Some(pb::SignedReceipt {
+                    payload: r.into_inner().notice_id.into_bytes(),
+                    signature: vec![],
+                }),
+                witness: None,
+            }))
+        }
+
+        async fn notify_batch(
+            &self,
+            _: Request<pb::NotifyBatchRequest>,
+        ) -> Result<Response<pb::NotifyBatchResponse>, Status> {
+            Err(Status::unimplemented(
+                "exitnet.v1.FederationService/NotifyBatch",
+            ))
+        }
+
+        async fn list_witnessed_checkpoints(
+            &self,
+            _: Request<pb::ListWitnessedCheckpointsRequest>,
+        ) -> Result<Response<pb::ListWitnessedCheckpointsResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+    }
+
+    fn queued(i: i64) -> (Notice, pb::NotifyRequest) {
+        let id = format!("notice-{i}");
+        let n = Notice {
+            id: i,
+            notice_id: id.clone(),
+            org_id: OrgId::parse("org", "older-peer").unwrap(),
+            payload: vec![],
+            present_key: None,
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            created_at_ms: 0,
+        };
+        let req = pb::NotifyRequest {
+            notice_id: id,
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                payload: vec![1, 2, 3],
+                signature: vec![4],
+            })),
+        };
+        (n, req)
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_batches_gets_one_call_per_message() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(FederationServiceServer::new(Older))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let client = Client::new(channel);
+        let channels = crate::federation::client::Channels::default();
+        let batch: Vec<_> = (0..3).map(queued).collect();
+        assert!(channels.batches("older-peer"));
+        let results = call_all(&channels, "older-peer", &client, &batch).await;
+        let answered: Vec<Vec<u8>> = results
+            .into_iter()
+            .map(|r| r.unwrap().receipt.unwrap().payload)
+            .collect();
+        assert_eq!(
+            answered,
+            vec![
+                b"notice-0".to_vec(),
+                b"notice-1".to_vec(),
+                b"notice-2".to_vec()
+            ]
+        );
+        // Remembered: the next round does not ask again.
+        assert!(!channels.batches("older-peer"));
+        assert!(channels.batches("another-peer"));
+    }
+
+    #[test]
+    fn a_batch_answer_proves_only_what_it_answers() {
+        let receipt = |p: &[u8]| pb::NotifyOutcome {
+            outcome: Some(pb::notify_outcome::Outcome::Response(pb::NotifyResponse {
+                receipt: Some(pb::SignedReceipt {
+                    payload: p.to_vec(),
+                    signature: vec![],
+                }),
+                witness: None,
+            })),
+        };
+        let refusal = |code: i32| pb::NotifyOutcome {
+            outcome: Some(pb::notify_outcome::Outcome::Refusal(pb::NotifyRefusal {
+                code,
+                message: "offer.terms.recipients: not a recipient".into(),
+            })),
+        };
+        // One outcome per message, in order; a refusal keeps its code.
+        let r = batch_outcomes(
+            pb::NotifyBatchResponse {
+                outcomes: vec![
+                    receipt(b"a"),
+                    refusal(tonic::Code::PermissionDenied as i32),
+                    refusal(0),
+                    refusal(999),
+                    pb::NotifyOutcome { outcome: None },
+                ],
+            },
+            5,
+        );
+        assert_eq!(
+            r[0].as_ref().unwrap().receipt.as_ref().unwrap().payload,
+            b"a"
+        );
+        let codes: Vec<tonic::Code> = r[1..]
+            .iter()
+            .map(|x| x.as_ref().unwrap_err().code())
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                tonic::Code::PermissionDenied,
+                // "Refused with OK" and codes we do not know are tried again.
+                tonic::Code::Unknown,
+                tonic::Code::Unknown,
+                tonic::Code::Unavailable
+            ]
+        );
+        assert!(refused_for_good(r[1].as_ref().unwrap_err()));
+        assert!(!refused_for_good(r[2].as_ref().unwrap_err()));
+        // Too few (or too many) answers: nothing is proven, all are retried.
+        let r = batch_outcomes(
+            pb::NotifyBatchResponse {
+                outcomes: vec![receipt(b"a")],
+            },
+            2,
+        );
+        assert!(
+            r.iter()
+                .all(|x| x.as_ref().unwrap_err().code() == tonic::Code::Unavailable)
+        );
+    }
 }

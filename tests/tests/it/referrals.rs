@@ -759,12 +759,95 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
     let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
     let (_, mut br) = clients(&net.b).await;
     assert_eq!(inbound(&mut br, &bob).await.len(), 1);
+    // Several messages in one NotifyBatch, each answered as Notify would
+    // answer it, in order: a new offer, one refused for its terms, and a
+    // replay of `ok` (answered with the receipt it got the first time).
+    let signed = |m: &pb::FederationMessage| {
+        let payload = m.encode_to_vec();
+        pb::NotifyRequest {
+            notice_id: m.message_id.clone(),
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                signature: a_key.sign(&payload).unwrap(),
+                payload,
+            })),
+        }
+    };
+    let fresh = msg("ngo-a", offer("prison-b", narrative.clone(), "batched"));
+    let not_ours = msg("ngo-a", offer("health-c", narrative.clone(), "x"));
+    let mut as_a = exitnet_node::federation::client::connect(
+        &net.b.federation_addr,
+        Some(&a_key),
+        vec![net.b.fingerprint().await.unwrap()],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let outcomes = as_a
+        .notify_batch(pb::NotifyBatchRequest {
+            notices: vec![signed(&fresh), signed(&not_ours), signed(&ok)],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), 3);
+    use pb::notify_outcome::Outcome;
+    let Some(Outcome::Response(pb::NotifyResponse {
+        receipt: Some(receipt),
+        ..
+    })) = &outcomes[0].outcome
+    else {
+        panic!("{:?}", outcomes[0]);
+    };
+    let Some(pb::federation_message::Body::Offer(fresh_offer)) = &fresh.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        pb::Receipt::decode(receipt.payload.as_slice())
+            .unwrap()
+            .referral_id,
+        fresh_offer.referral_id
+    );
+    let Some(Outcome::Refusal(refusal)) = &outcomes[1].outcome else {
+        panic!("{:?}", outcomes[1]);
+    };
+    assert_eq!(refusal.code, Code::PermissionDenied as i32);
+    assert!(
+        refusal.message.contains("terms.recipients"),
+        "{}",
+        refusal.message
+    );
+    let Some(Outcome::Response(again)) = &outcomes[2].outcome else {
+        panic!("{:?}", outcomes[2]);
+    };
+    assert_eq!(again.receipt.as_ref(), Some(&first));
+    assert_eq!(inbound(&mut br, &bob).await.len(), 2);
+    // A batch's shape is checked before anything in it is applied.
+    let peering_notice = pb::NotifyRequest {
+        notice_id: uuid::Uuid::now_v7().to_string(),
+        notice: Some(pb::notify_request::Notice::State(
+            pb::PeerState::Active as i32,
+        )),
+    };
+    for (notices, field) in [
+        (vec![], "notices"),
+        (vec![signed(&fresh); 65], "notices"),
+        (vec![signed(&fresh), peering_notice], "notices[1].message"),
+    ] {
+        let e = as_a
+            .notify_batch(pb::NotifyBatchRequest { notices })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().starts_with(field), "{}", e.message());
+    }
+    assert_eq!(inbound(&mut br, &bob).await.len(), 2);
     // A message for another recipient is refused (no replay to other nodes).
     let mut elsewhere = msg("ngo-a", offer("prison-b", narrative, "x"));
     elsewhere.recipient_org = "health-c".into();
     let e = send_raw(&net.b, &a_key, &elsewhere).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert_eq!(inbound(&mut br, &bob).await.len(), 1);
+    assert_eq!(inbound(&mut br, &bob).await.len(), 2);
 }
 
 fn raw_db_contains(node: &NodeProcess, needle: &str) -> bool {
