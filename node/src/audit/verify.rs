@@ -263,6 +263,12 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
         }
     }
 
+    // The head before the walk: records are appended while it runs (on
+    // PostgreSQL every statement sees what is committed by then), so the
+    // chain must reach this head and match it there; whatever follows must
+    // be covered by the head read after the walk.
+    let (head_seq, head_hash) = state.store.audit_head().await?;
+    let mut at_head: Option<Vec<u8>> = None;
     // Walk the chain once, remembering the hash at every checkpointed position.
     let wanted: BTreeSet<i64> = held.iter().map(|h| h.seq).collect();
     let mut at_seq: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
@@ -303,6 +309,9 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
             if wanted.contains(&r.seq) {
                 at_seq.insert(r.seq, r.hash.clone());
             }
+            if r.seq == head_seq {
+                at_head = Some(r.hash.clone());
+            }
             prev = r.hash.clone();
             expected = r.seq + 1;
         }
@@ -311,15 +320,25 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
         }
     }
     let last_seq = expected - 1;
-    let (head_seq, head_hash) = state.store.audit_head().await?;
+    let (head_after, head_hash_after) = state.store.audit_head().await?;
     report.records = last_seq;
-    report.head_hash = head_hash.clone();
-    if head_seq != last_seq {
+    report.head_hash = prev.clone();
+    if last_seq < head_seq {
         report.fail(
             last_seq + 1,
-            format!("the chain ends at record {last_seq} but its head says {head_seq}: records were deleted or added"),
+            format!("the chain ends at record {last_seq} but its head says {head_seq}: records were deleted"),
         );
-    } else if head_hash != prev {
+    } else if last_seq > head_after {
+        report.fail(
+            head_after + 1,
+            format!("the chain goes on to record {last_seq} but its head says {head_after}: records were added"),
+        );
+    } else if head_seq > 0 && at_head.as_ref() != Some(&head_hash) {
+        report.fail(
+            head_seq,
+            format!("the head hash does not match record {head_seq}"),
+        );
+    } else if last_seq == head_after && prev != head_hash_after {
         report.fail(
             last_seq,
             format!("the head hash does not match record {last_seq}"),

@@ -263,7 +263,8 @@ async fn tamper_evidence(backend: Backend) {
     on_db!(&url, pool => {
         sqlx::query("UPDATE audit_log SET actor = $1 WHERE seq = 3").bind(&original).execute(&pool).await.unwrap();
     });
-    assert!(verify(&a, true).await.0);
+    let (ok, r) = verify(&a, true).await;
+    assert!(ok, "{r}");
 
     // 2. One record deleted: verify names it.
     on_db!(&url, pool => {
@@ -279,7 +280,32 @@ async fn tamper_evidence(backend: Backend) {
         sqlx::query("INSERT INTO audit_log SELECT * FROM audit_saved").execute(&pool).await.unwrap();
         sqlx::query("DROP TABLE audit_saved").execute(&pool).await.unwrap();
     });
-    assert!(verify(&a, true).await.0);
+    let (ok, r) = verify(&a, true).await;
+    assert!(ok, "{r}");
+
+    // 2b. The last record deleted, the head left as it was: verify says the
+    // chain ends short of its head (or, if a record was appended meanwhile,
+    // that the last one is missing).
+    let last: i64 = on_db!(&url, pool => {
+        sqlx::query("CREATE TABLE audit_saved AS SELECT * FROM audit_log WHERE seq = (SELECT seq FROM audit_head WHERE id = 1)").execute(&pool).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_saved)").execute(&pool).await.unwrap();
+        let row = sqlx::query("SELECT seq FROM audit_saved").fetch_one(&pool).await.unwrap();
+        sqlx::Row::get::<i64, _>(&row, "seq")
+    });
+    let (ok, r) = verify(&a, true).await;
+    assert!(!ok, "{r}");
+    let (seq, reason) = first_failure(&r);
+    assert_eq!(seq, last as u64, "{reason}");
+    assert!(
+        reason.contains("records were deleted") || reason.contains("is missing"),
+        "{reason}"
+    );
+    on_db!(&url, pool => {
+        sqlx::query("INSERT INTO audit_log SELECT * FROM audit_saved").execute(&pool).await.unwrap();
+        sqlx::query("DROP TABLE audit_saved").execute(&pool).await.unwrap();
+    });
+    let (ok, r) = verify(&a, true).await;
+    assert!(ok, "{r}");
 
     // 3. The history rewritten consistently from record 2 on (every hash
     // recomputed, the head moved, our own checkpoints and countersignatures

@@ -116,7 +116,7 @@ async fn replicas_share_delivery_and_survive_a_kill() {
     // A backlog while B is down, then the replica delivering it is killed
     // mid-way: the other takes over when the lease expires; all arrive once.
     b.stop().await.unwrap();
-    want.extend(burst(&[&a1, &a2], &alice, &consent, "p2", 240).await);
+    want.extend(burst(&[&a1, &a2], &alice, &consent, "p2", 400).await);
     b.restart().await.unwrap();
     let url = a1.database_url();
     let holder = wait_until(
@@ -132,8 +132,9 @@ async fn replicas_share_delivery_and_survive_a_kill() {
                     .await
                     .ok()??;
                 pool.close().await;
-                // Kill it once delivery is under way.
-                (inbound_ids(b, bob).await.len() > 80)
+                // Kill it once delivery is under way (the 60 sent before
+                // and at least one batch of the backlog arrived).
+                (inbound_ids(b, bob).await.len() > 60)
                     .then(|| sqlx::Row::get::<String, _>(&row, "holder"))
             }
         },
@@ -168,10 +169,10 @@ async fn replicas_share_delivery_and_survive_a_kill() {
         .unwrap_err();
     let text = b.metrics().await.unwrap();
     for series in [
-        "exitnet_referrals{direction=\"inbound\",state=\"received\"} 300",
+        "exitnet_referrals{direction=\"inbound\",state=\"received\"} 460",
         "exitnet_peer_active{peer=\"ngo-a\"} 1",
         "exitnet_outbox_depth{peer=\"ngo-a\"} ",
-        "exitnet_calls_total{surface=\"federation\",method=\"/exitnet.v1.FederationService/Notify\",code=\"0\"}",
+        "exitnet_calls_total{surface=\"federation\",method=\"/exitnet.v1.FederationService/NotifyBatch\",code=\"0\"}",
         "exitnet_sign_in_failures_total{reason=",
         "exitnet_audit_records ",
         "exitnet_delivery_latency_seconds_bucket",
