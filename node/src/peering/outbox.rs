@@ -440,8 +440,9 @@ async fn call_each(
         .collect()
 }
 
-/// How many referral messages of different referrals go out at once.
-const PIPELINE: usize = 32;
+/// How many referral messages of different referrals go out at once (one
+/// `NotifyBatch`; as many as a peer accepts in one).
+const PIPELINE: usize = crate::federation::MAX_BATCH;
 /// Most bytes of messages in one `NotifyBatch`: well below the smallest
 /// message size a peer accepts (a message larger than this goes alone).
 const BATCH_BYTES: usize = crate::federation::MAX_MESSAGE_BYTES / 4;
