@@ -4,7 +4,8 @@ use clap::Parser;
 
 // mimalloc, not the system allocator: a node allocates and frees many small
 // buffers per call from two or more threads; glibc's malloc cost about a
-// tenth of the CPU under load (docs/performance.md).
+// tenth of the CPU under load (docs/performance.md). Built without
+// transparent huge pages (`no_thp`): with them an idle node held 40 MB, not 20.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
