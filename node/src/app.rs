@@ -180,6 +180,9 @@ impl Application {
         let limits = crate::limits::Limits::new(&config.limits);
         let store_is_shared = store.backend() == "postgres";
         let intake = crate::referrals::intake::Intake::start(store.clone());
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let changes_out =
+            store_is_shared.then(|| NodeState::publish_changes(store.clone(), instance_id.clone()));
         let state = Arc::new(NodeState {
             config,
             store,
@@ -196,8 +199,8 @@ impl Application {
             outbox_queued: std::sync::Mutex::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             limits,
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            publish_changes: store_is_shared,
+            instance_id,
+            changes_out,
             intake,
             peer_channels: crate::federation::client::Channels::default(),
         });

@@ -36,9 +36,10 @@ pub struct NodeState {
     pub limits: crate::limits::Limits,
     /// This process, among replicas of one node (delivery leases name it).
     pub instance_id: String,
-    /// Other processes may share the database (PostgreSQL): changes are
-    /// published to them, so that their watchers see them too.
-    pub publish_changes: bool,
+    /// Other processes may share the database (PostgreSQL): the referrals
+    /// that changed go to them (see `publish_changes`), so that their
+    /// watchers see them too.
+    pub changes_out: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Stores received offers together.
     pub intake: crate::referrals::intake::Intake,
     /// The sender's connections to peers, kept between delivery rounds.
@@ -101,15 +102,32 @@ impl NodeState {
     /// Tells watchers that a referral changed (no content, just the ID).
     pub fn referral_changed(&self, referral_id: &str) {
         let _ = self.referral_events.send(referral_id.to_owned());
-        if self.publish_changes {
-            let store = self.store.clone();
-            let payload = format!("{}:{referral_id}", self.instance_id);
-            tokio::spawn(async move {
-                if let Err(e) = store.publish_change(&payload).await {
-                    tracing::warn!(error = %e, "telling other replicas of a change failed");
-                }
-            });
+        if let Some(out) = &self.changes_out {
+            let _ = out.send(referral_id.to_owned());
         }
+    }
+
+    /// Tells the other replicas which referrals changed, gathered: one
+    /// notification per gathering, not one per referral (on PostgreSQL each
+    /// notification's commit takes one lock for the whole database, and 64
+    /// referrals received at once queued on it for seconds).
+    pub fn publish_changes(
+        store: Arc<dyn Store>,
+        instance_id: String,
+    ) -> tokio::sync::mpsc::UnboundedSender<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while rx.recv_many(&mut ids, 1024).await > 0 {
+                for payload in change_payloads(&instance_id, &ids) {
+                    if let Err(e) = store.publish_change(&payload).await {
+                        tracing::warn!(error = %e, "telling other replicas of a change failed");
+                    }
+                }
+                ids.clear();
+            }
+        });
+        tx
     }
 
     /// Passes changes other replicas published to this process's watchers.
@@ -120,10 +138,12 @@ impl NodeState {
         let state = self.clone();
         tokio::spawn(async move {
             while let Some(payload) = rx.recv().await {
-                if let Some((from, id)) = payload.split_once(':')
+                if let Some((from, ids)) = payload.split_once(':')
                     && from != state.instance_id
                 {
-                    let _ = state.referral_events.send(id.to_owned());
+                    for id in ids.split(',') {
+                        let _ = state.referral_events.send(id.to_owned());
+                    }
                 }
             }
         });
@@ -132,5 +152,60 @@ impl NodeState {
 
     pub fn now_ms(&self) -> i64 {
         now_ms()
+    }
+}
+
+/// Largest notification payload: PostgreSQL's limit is 8,000 bytes.
+const MAX_CHANGE_PAYLOAD: usize = 7_900;
+
+/// `instance:id,id,…`, as few as fit under the limit.
+fn change_payloads(instance_id: &str, ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for id in ids {
+        if !cur.is_empty() && cur.len() + 1 + id.len() > MAX_CHANGE_PAYLOAD {
+            out.push(std::mem::take(&mut cur));
+        }
+        if cur.is_empty() {
+            cur = format!("{instance_id}:{id}");
+        } else {
+            cur.push(',');
+            cur.push_str(id);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_go_out_gathered_and_under_the_limit() {
+        let ids: Vec<String> = (0..1000)
+            .map(|i| format!("0190b3c4-5d6e-7f80-9a1b-{i:012}"))
+            .collect();
+        let payloads = change_payloads("instance-1", &ids);
+        assert!(
+            payloads.len() > 1 && payloads.len() < 10,
+            "{}",
+            payloads.len()
+        );
+        let mut back = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= MAX_CHANGE_PAYLOAD);
+            let (from, list) = p.split_once(':').unwrap();
+            assert_eq!(from, "instance-1");
+            back.extend(list.split(',').map(str::to_owned));
+        }
+        assert_eq!(back, ids);
+        assert_eq!(
+            change_payloads("i", &["a".to_owned()]),
+            vec!["i:a".to_owned()]
+        );
+        assert!(change_payloads("i", &[]).is_empty());
     }
 }
