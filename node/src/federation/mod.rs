@@ -271,6 +271,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
                 spki,
                 req,
                 Arc::new(permit),
+                true,
             )
             .instrument(tracing::Span::current()),
         );
@@ -302,15 +303,22 @@ impl pb::federation_service_server::FederationService for FederationApi {
                         spki.clone(),
                         req,
                         permit.clone(),
+                        // Once for the whole batch, below: not one update
+                        // of the peer's row per message.
+                        false,
                     )
                     .instrument(tracing::Span::current()),
                 )
             })
             .collect();
         let mut outcomes = Vec::with_capacity(tasks.len());
+        let mut answered = false;
         for task in tasks {
             let outcome = match self.answer(&info, &peer, task.await).await {
-                Ok(resp) => pb::notify_outcome::Outcome::Response(resp),
+                Ok(resp) => {
+                    answered = true;
+                    pb::notify_outcome::Outcome::Response(resp)
+                }
                 Err(status) => pb::notify_outcome::Outcome::Refusal(pb::NotifyRefusal {
                     code: status.code() as i32,
                     message: status.message().to_owned(),
@@ -319,6 +327,9 @@ impl pb::federation_service_server::FederationService for FederationApi {
             outcomes.push(pb::NotifyOutcome {
                 outcome: Some(outcome),
             });
+        }
+        if answered {
+            seen(&self.state, &peer).await;
         }
         Ok(Response::new(pb::NotifyBatchResponse { outcomes }))
     }
@@ -387,6 +398,7 @@ async fn apply_notice(
     spki: Vec<u8>,
     req: pb::NotifyRequest,
     _permit: Arc<Permit>,
+    touch: bool,
 ) -> Result<pb::NotifyResponse, Error> {
     let req_kind = match &req.notice {
         Some(pb::notify_request::Notice::Message(_)) => Kind::Message,
@@ -424,13 +436,19 @@ async fn apply_notice(
                 .metrics
                 .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
         }
-        // "Last seen" to the second: not a write per message.
-        let now = now_ms();
-        if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
-            let _ = state.store.touch_peer(&peer.org_id, now).await;
+        if touch {
+            seen(&state, &peer).await;
         }
     }
     outcome
+}
+
+/// "Last seen" to the second: not a write per message.
+async fn seen(state: &NodeState, peer: &Peer) {
+    let now = now_ms();
+    if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
+        let _ = state.store.touch_peer(&peer.org_id, now).await;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
