@@ -7,6 +7,7 @@ use crate::run::status_line;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use exitnet_proto::pb;
+use prost::Message;
 use serde_json::{Value, json};
 use std::io::Write;
 
@@ -175,11 +176,17 @@ pub async fn audit(
 
 /// The file format of an exported receipt: one JSON object per line.
 fn receipt_json(r: &pb::ExportedReceipt) -> Value {
-    json!({
+    let mut v = json!({
         "issued_by": r.issued_by,
         "payload": B64.encode(&r.payload),
         "signature": B64.encode(&r.signature),
-    })
+    });
+    // A receipt signed in a batch: its inclusion proof, an encoded
+    // exitnet.v1.BatchProof.
+    if let Some(b) = &r.batch {
+        v["batch"] = json!(B64.encode(b.encode_to_vec()));
+    }
+    v
 }
 
 fn parse_receipt(line: &str) -> anyhow::Result<pb::ExportedReceipt> {
@@ -194,6 +201,12 @@ fn parse_receipt(line: &str) -> anyhow::Result<pb::ExportedReceipt> {
         issued_by: field("issued_by")?,
         payload: B64.decode(field("payload")?)?,
         signature: B64.decode(field("signature")?)?,
+        batch: match v.get("batch") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(pb::BatchProof::decode(
+                B64.decode(field("batch")?)?.as_slice(),
+            )?),
+        },
     })
 }
 

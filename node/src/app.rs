@@ -203,6 +203,7 @@ impl Application {
             changes_out,
             intake,
             peer_channels: crate::federation::client::Channels::default(),
+            verified_roots: Default::default(),
         });
         Ok(Self {
             state,

@@ -181,6 +181,16 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
     if let Ok(r) = pb::SignedReceipt::decode(data) {
         let _ = pb::Receipt::decode(r.payload.as_slice());
         let _ = crate::identity::verify_signature(&r.payload, &r.payload, &r.signature);
+        if let Some(proof) = &r.batch {
+            let _ = crate::batch_sign::root_of(&r.payload, proof);
+            let _ = crate::batch_sign::verify(
+                &[r.payload.as_slice()],
+                &r.payload,
+                &r.signature,
+                Some(proof),
+                None,
+            );
+        }
     }
     if let Ok(c) = pb::SignedCheckpoint::decode(data)
         && let Some(them) = org("prison-b")

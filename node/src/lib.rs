@@ -14,6 +14,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod batch_sign;
 pub mod cli;
 pub mod config;
 pub mod consents;

@@ -44,6 +44,8 @@ pub struct NodeState {
     pub intake: crate::referrals::intake::Intake,
     /// The sender's connections to peers, kept between delivery rounds.
     pub peer_channels: crate::federation::client::Channels,
+    /// Batch roots of peers' receipts already verified.
+    pub verified_roots: crate::batch_sign::VerifiedRoots,
 }
 
 impl std::fmt::Debug for NodeState {

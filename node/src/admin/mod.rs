@@ -334,6 +334,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
                     issued_by: r.issued_by,
                     payload: r.payload,
                     signature: r.signature,
+                    batch: r
+                        .batch
+                        .and_then(|b| prost::Message::decode(b.as_slice()).ok()),
                 })
                 .collect(),
         }))

@@ -308,11 +308,19 @@ pub async fn verify_receipt(
         );
         return Ok(out);
     }
-    if !keys
-        .iter()
-        .any(|k| crate::identity::verify_signature(k, &r.payload, &r.signature))
+    if let Some(proof) = &r.batch
+        && let Err(why) = crate::batch_sign::root_of(&r.payload, proof)
     {
-        out.reason = "the signature does not verify with the issuer's key".into();
+        out.reason = format!("the batch proof does not hold: {why}");
+        return Ok(out);
+    }
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    if !crate::batch_sign::verify(&keys, &r.payload, &r.signature, r.batch.as_ref(), None) {
+        out.reason = if r.batch.is_some() {
+            "the batch signature does not verify with the issuer's key".into()
+        } else {
+            "the signature does not verify with the issuer's key".into()
+        };
         return Ok(out);
     }
     out.valid = true;

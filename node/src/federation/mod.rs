@@ -271,7 +271,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
                 spki,
                 req,
                 Arc::new(permit),
-                true,
+                None,
             )
             .instrument(tracing::Span::current()),
         );
@@ -292,9 +292,11 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let spki = info.spki.clone().unwrap_or_default();
         // Each notice is applied on a task of its own, as with Notify; they
         // run together, so the receiver stores their referrals together.
+        let members = crate::batch_sign::Member::round(&self.state, notices.len());
         let tasks: Vec<_> = notices
             .into_iter()
-            .map(|req| {
+            .zip(members)
+            .map(|(req, member)| {
                 tokio::spawn(
                     apply_notice(
                         self.state.clone(),
@@ -303,9 +305,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
                         spki.clone(),
                         req,
                         permit.clone(),
-                        // Once for the whole batch, below: not one update
-                        // of the peer's row per message.
-                        false,
+                        Some(member),
                     )
                     .instrument(tracing::Span::current()),
                 )
@@ -391,6 +391,8 @@ fn batch_check(notices: &[pb::NotifyRequest]) -> Result<(), Error> {
 
 /// Applies one notice from an authenticated peer and counts it. The call's
 /// place among the peer's calls in flight is held until the work is done.
+/// `batch`: its place in a `NotifyBatch` (its receipt is signed with the
+/// others; the peer's last seen is updated once, for the whole batch).
 async fn apply_notice(
     state: Arc<NodeState>,
     peer: Peer,
@@ -398,8 +400,9 @@ async fn apply_notice(
     spki: Vec<u8>,
     req: pb::NotifyRequest,
     _permit: Arc<Permit>,
-    touch: bool,
+    batch: Option<crate::batch_sign::Member>,
 ) -> Result<pb::NotifyResponse, Error> {
+    let in_batch = batch.is_some();
     let req_kind = match &req.notice {
         Some(pb::notify_request::Notice::Message(_)) => Kind::Message,
         Some(pb::notify_request::Notice::Checkpoint(_)) => Kind::Checkpoint,
@@ -407,7 +410,7 @@ async fn apply_notice(
     };
     let outcome = match &req.notice {
         Some(pb::notify_request::Notice::Message(signed)) => {
-            crate::referrals::receive::handle(&state, &peer, &req.notice_id, &spki, signed)
+            crate::referrals::receive::handle(&state, &peer, &req.notice_id, &spki, signed, batch)
                 .await
                 .map(|r| pb::NotifyResponse {
                     receipt: Some(r),
@@ -436,7 +439,8 @@ async fn apply_notice(
                 .metrics
                 .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
         }
-        if touch {
+        // A batch updates it once, when all its notices are done.
+        if !in_batch {
             seen(&state, &peer).await;
         }
     }

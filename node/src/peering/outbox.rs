@@ -770,6 +770,7 @@ mod tests {
                 receipt: Some(pb::SignedReceipt {
                     payload: r.into_inner().notice_id.into_bytes(),
                     signature: vec![],
+                    batch: None,
                 }),
                 witness: None,
             }))
@@ -857,6 +858,7 @@ mod tests {
                 receipt: Some(pb::SignedReceipt {
                     payload: p.to_vec(),
                     signature: vec![],
+                    batch: None,
                 }),
                 witness: None,
             })),

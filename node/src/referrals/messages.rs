@@ -72,19 +72,20 @@ pub fn notice_for(
     })
 }
 
-/// Our signed receipt for a message we received.
-pub fn issue_receipt(
+/// Our signed receipt for a message we received. With a `batch` place the
+/// sender called `NotifyBatch` (so it reads receipts signed in batches),
+/// and this one is signed together with the others of the call.
+pub async fn issue_receipt(
     state: &NodeState,
     kind: pb::ReceiptKind,
     msg: &pb::FederationMessage,
     signed_payload: &[u8],
     referral_id: &str,
+    batch: Option<crate::batch_sign::Member>,
 ) -> Result<ReceiptRecord> {
     let at = now_ms();
-    let (payload, signature) = {
-        let identity = state.identity()?;
-        let key = identity.current();
-        let payload = pb::Receipt {
+    let receipt = |fingerprint: &str| {
+        pb::Receipt {
             kind: kind as i32,
             message_id: msg.message_id.clone(),
             message_sha256: sha256(signed_payload),
@@ -92,11 +93,23 @@ pub fn issue_receipt(
             receiver_org: state.org_id.to_string(),
             referral_id: referral_id.to_owned(),
             at: Some(to_timestamp(at)),
-            key_fingerprint: key.fingerprint().to_owned(),
+            key_fingerprint: fingerprint.to_owned(),
         }
-        .encode_to_vec();
-        let sig = key.sign(&payload)?;
-        (payload, sig)
+        .encode_to_vec()
+    };
+    let (payload, signature, batch) = if let Some(member) = batch {
+        let fingerprint = state.fingerprint()?;
+        let payload = receipt(&fingerprint);
+        let (signature, proof) = member
+            .sign(&fingerprint, &msg.sender_org, payload.clone())
+            .await?;
+        (payload, signature, proof.map(|p| p.encode_to_vec()))
+    } else {
+        let identity = state.identity()?;
+        let key = identity.current();
+        let payload = receipt(key.fingerprint());
+        let signature = key.sign(&payload)?;
+        (payload, signature, None)
     };
     Ok(ReceiptRecord {
         message_id: msg.message_id.clone(),
@@ -106,6 +119,7 @@ pub fn issue_receipt(
         kind: kind.as_str_name().to_owned(),
         payload,
         signature,
+        batch,
         at_ms: at,
     })
 }
@@ -122,10 +136,14 @@ pub fn verify_receipt(
 ) -> Result<(pb::Receipt, ReceiptRecord)> {
     let bad = |rule: &str| Error::Unavailable(format!("the peer's receipt is invalid: {rule}"));
     let r = pb::Receipt::decode(receipt.payload.as_slice()).map_err(|_| bad("malformed"))?;
-    if !keys
-        .iter()
-        .any(|k| verify_signature(&k.spki_der, &receipt.payload, &receipt.signature))
-    {
+    let spkis: Vec<&[u8]> = keys.iter().map(|k| k.spki_der.as_slice()).collect();
+    if !crate::batch_sign::verify(
+        &spkis,
+        &receipt.payload,
+        &receipt.signature,
+        receipt.batch.as_ref(),
+        Some(&state.verified_roots),
+    ) {
         return Err(bad("signature"));
     }
     if r.message_id != sent_msg.message_id
@@ -146,6 +164,7 @@ pub fn verify_receipt(
             .to_owned(),
         payload: receipt.payload.clone(),
         signature: receipt.signature.clone(),
+        batch: receipt.batch.as_ref().map(Message::encode_to_vec),
         at_ms: r
             .at
             .as_ref()

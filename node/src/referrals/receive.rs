@@ -35,13 +35,16 @@ fn count(
     state.metrics.received(from.org_id.as_str(), kind, outcome);
 }
 
-/// Handles a signed message from an authenticated peer.
+/// Handles a signed message from an authenticated peer. With a `batch`
+/// place it came in a `NotifyBatch`, and its receipt is signed with the
+/// others of the call.
 pub async fn handle(
     state: &NodeState,
     from: &Peer,
     notice_id: &str,
     presented_spki: &[u8],
     signed: &pb::SignedMessage,
+    batch: Option<crate::batch_sign::Member>,
 ) -> Result<pb::SignedReceipt> {
     if from.state != PeerState::Active {
         return Err(deny("refused: peer_pending"));
@@ -93,7 +96,9 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &record.referral_id,
-            )?;
+                batch,
+            )
+            .await?;
             let referral_id = record.referral_id.clone();
             let audit = AuditEntry::peer(
                 from.org_id.as_str(),
@@ -143,7 +148,9 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &r.referral_id,
-            )?;
+                batch,
+            )
+            .await?;
             let stored = state
                 .store
                 .receive_message(&receipt, None, Some((&r.referral_id, &c)), &[audit])
@@ -162,7 +169,9 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &w.referral_id,
-            )?;
+                batch,
+            )
+            .await?;
             // Purge: the summary goes, the tombstone (IDs, times, states) stays.
             // Nothing held (it never arrived, or was refused) is purged too.
             let c = r.as_ref().map(|r| ReferralChange {
@@ -213,9 +222,16 @@ pub async fn handle(
             stored
         }
     };
+    let batch = match receipt.batch {
+        Some(b) => {
+            Some(pb::BatchProof::decode(b.as_slice()).map_err(|e| Error::Internal(e.into()))?)
+        }
+        None => None,
+    };
     Ok(pb::SignedReceipt {
         payload: receipt.payload,
         signature: receipt.signature,
+        batch,
     })
 }
 

@@ -190,6 +190,8 @@ pub struct ReceiptRecord {
     pub kind: String,
     pub payload: Vec<u8>,
     pub signature: Vec<u8>,
+    /// An encoded `BatchProof`, when the signature covers a batch.
+    pub batch: Option<Vec<u8>>,
     pub at_ms: i64,
 }
 

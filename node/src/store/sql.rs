@@ -165,6 +165,7 @@ where
         kind: row.try_get("kind")?,
         payload: row.try_get("payload")?,
         signature: row.try_get("signature")?,
+        batch: row.try_get("batch")?,
         at_ms: row.try_get("at")?,
     })
 }
@@ -589,8 +590,8 @@ macro_rules! impl_store {
 
         async fn insert_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<u64> {
             Ok(sqlx::query(
-                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart, batch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
             )
             .bind(&r.message_id)
             .bind(&r.issued_by)
@@ -600,6 +601,7 @@ macro_rules! impl_store {
             .bind(&r.signature)
             .bind(r.at_ms)
             .bind(&r.counterpart)
+            .bind(&r.batch)
             .execute(&mut **tx)
             .await?
             .rows_affected())
@@ -608,7 +610,7 @@ macro_rules! impl_store {
         /// The receipt held for the message `r` acknowledges.
         async fn stored_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<$crate::store::ReceiptRecord> {
             let row = sqlx::query(
-                "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
                  WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
             )
             .bind(&r.message_id)
@@ -626,7 +628,7 @@ macro_rules! impl_store {
             receipts: impl Iterator<Item = &'a $crate::store::ReceiptRecord>,
         ) -> Result<std::collections::HashSet<(String, String, String)>> {
             let mut insert = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart) ",
+                "INSERT INTO receipts (message_id, issued_by, referral_id, kind, payload, signature, at, counterpart, batch) ",
             );
             insert.push_values(receipts, |mut b, r| {
                 b.push_bind(&r.message_id)
@@ -636,7 +638,8 @@ macro_rules! impl_store {
                     .push_bind(&r.payload)
                     .push_bind(&r.signature)
                     .push_bind(r.at_ms)
-                    .push_bind(&r.counterpart);
+                    .push_bind(&r.counterpart)
+                    .push_bind(&r.batch);
             });
             insert.push(" ON CONFLICT DO NOTHING RETURNING message_id, issued_by, counterpart");
             let mut fresh = std::collections::HashSet::new();
@@ -1547,7 +1550,7 @@ macro_rules! impl_store {
 
             async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
                 let rows = sqlx::query(
-                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, at FROM receipts
+                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
                      WHERE referral_id = $1 ORDER BY at",
                 )
                 .bind(referral_id)

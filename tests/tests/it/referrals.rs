@@ -1095,6 +1095,56 @@ async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
     got.sort();
     sent.sort();
     assert_eq!(got, sent, "every referral exactly once");
+
+    // The backlog went in batches: B signed each call's receipts once, and
+    // each receipt still verifies on its own, with its inclusion proof.
+    let id = &sent[N / 2];
+    wait_state(&ar, &alice, id, pb::ReferralState::Received).await;
+    let out = net.a.ctl(&["receipt", "export", id]).await.unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let line = out.stdout.lines().find(|l| l.contains("prison-b")).unwrap();
+    let mut receipt: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(
+        receipt["batch"].is_string(),
+        "not signed in a batch: {line}"
+    );
+    let file = net.a.dir.path().join("batched.jsonl");
+    let path = file.to_str().unwrap().to_owned();
+    let verify = |text: String| {
+        std::fs::write(&file, text).unwrap();
+        let a = &net.a;
+        let path = path.clone();
+        async move { a.ctl(&["receipt", "verify", &path]).await }
+    };
+    let ok = verify(line.to_owned()).await.unwrap();
+    assert!(ok.success, "{} {}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("VALID  delivery receipt by prison-b"));
+    // Moved to another place in its batch, or with one sibling changed, or
+    // without its proof, it proves nothing.
+    use base64::Engine;
+    use prost::Message;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let proof = pb::BatchProof::decode(
+        b64.decode(receipt["batch"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert!(proof.size >= 2 && !proof.path.is_empty(), "{proof:?}");
+    let mut moved = proof.clone();
+    moved.index = (proof.index + 1) % proof.size;
+    let mut sibling = proof.clone();
+    sibling.path[0][0] ^= 1;
+    for forged in [moved, sibling] {
+        receipt["batch"] = b64.encode(forged.encode_to_vec()).into();
+        let bad = verify(receipt.to_string()).await.unwrap();
+        assert!(!bad.success);
+        assert!(bad.stdout.contains("INVALID"), "{}", bad.stdout);
+    }
+    receipt.as_object_mut().unwrap().remove("batch");
+    let bad = verify(receipt.to_string()).await.unwrap();
+    assert!(!bad.success);
+    assert!(bad.stdout.contains("INVALID"), "{}", bad.stdout);
 }
 
 #[tokio::test]

@@ -777,6 +777,7 @@ mod cases {
                 kind: "RECEIPT_KIND_DELIVERY".into(),
                 payload: id.as_bytes().to_vec(),
                 signature: b"sig".to_vec(),
+                batch: Some(format!("proof of {id}").into_bytes()),
                 at_ms: NOW + 1,
             },
             change: Some((
@@ -816,7 +817,10 @@ mod cases {
                 .map(|e| e.state)
                 .collect();
             assert_eq!(states, ["requested", "received"], "{id}");
-            assert_eq!(s.receipts_for(id).await.unwrap().len(), 1, "{id}");
+            let kept = s.receipts_for(id).await.unwrap();
+            assert_eq!(kept.len(), 1, "{id}");
+            // A batch's inclusion proof is kept with its receipt.
+            assert_eq!(kept[0].batch, Some(format!("proof of {id}").into_bytes()));
             let recorded = s
                 .audit_for_objects(&[id.to_string()])
                 .await
@@ -859,6 +863,7 @@ mod cases {
                     kind: "RECEIPT_KIND_DELIVERY".into(),
                     payload: payload.to_vec(),
                     signature: b"sig".to_vec(),
+                    batch: None,
                     at_ms: NOW,
                 },
                 record,
