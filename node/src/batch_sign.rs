@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// What a batch signature covers, before the root: the zero byte keeps it
-/// from being any protobuf message the same key signs.
-pub const RECEIPT_BATCH_CONTEXT: &[u8] = b"\x00exitnet.v1.receipt-batch\x00";
+/// from being any protobuf message the same key signs, and receipts and
+/// messages each have their own.
+pub const RECEIPTS: &[u8] = b"\x00exitnet.v1.receipt-batch\x00";
+pub const MESSAGES: &[u8] = b"\x00exitnet.v1.message-batch\x00";
 
 /// Most leaves of a batch, signed or accepted.
 pub const MAX_BATCH_LEAVES: usize = 4096;
@@ -106,15 +108,46 @@ pub fn root_of(payload: &[u8], proof: &pb::BatchProof) -> std::result::Result<Ha
     Ok(r)
 }
 
-/// The bytes a batch signature covers.
-pub fn signed_bytes(root: &Hash) -> Vec<u8> {
-    [RECEIPT_BATCH_CONTEXT, root.as_slice()].concat()
+/// The bytes a batch signature covers (`context`: `RECEIPTS` or `MESSAGES`).
+pub fn signed_bytes(context: &[u8], root: &Hash) -> Vec<u8> {
+    [context, root.as_slice()].concat()
+}
+
+/// Signs `payloads` with `key`: one alone directly, several as one batch.
+/// One signature and proof per payload, in order.
+pub fn sign_all(
+    key: &crate::identity::NodeKey,
+    context: &[u8],
+    payloads: &[&[u8]],
+) -> anyhow::Result<Vec<Signed>> {
+    if let [one] = payloads {
+        return Ok(vec![(key.sign(one)?, None)]);
+    }
+    let leaves: Vec<Hash> = payloads.iter().map(|p| leaf_hash(p)).collect();
+    let (root, paths) = tree(&leaves);
+    let signature = key.sign(&signed_bytes(context, &root))?;
+    let size = u32::try_from(payloads.len())?;
+    Ok(paths
+        .into_iter()
+        .zip(0..)
+        .map(|(path, index)| {
+            (
+                signature.clone(),
+                Some(pb::BatchProof {
+                    index,
+                    size,
+                    path: path.into_iter().map(|h| h.to_vec()).collect(),
+                }),
+            )
+        })
+        .collect())
 }
 
 /// Whether one of `keys` signed `payload`: directly, or as a leaf of a
-/// batch. A batch root that verified once is remembered, so the other
-/// receipts of the batch cost hashes only.
+/// batch under `context`. A batch root that verified once is remembered, so
+/// the other leaves of the batch cost hashes only.
 pub fn verify(
+    context: &[u8],
     keys: &[&[u8]],
     payload: &[u8],
     signature: &[u8],
@@ -129,7 +162,7 @@ pub fn verify(
     let Ok(root) = root_of(payload, proof) else {
         return false;
     };
-    let signed = signed_bytes(&root);
+    let signed = signed_bytes(context, &root);
     keys.iter().any(|k| {
         let id = verified.map(|_| VerifiedRoots::id(k, &signed, signature));
         if let (Some(v), Some(id)) = (verified, &id)
@@ -290,46 +323,23 @@ fn sign_groups(state: &NodeState, items: Vec<Pending>) {
 
 /// One result per receipt of the group.
 fn sign_group(state: &NodeState, fingerprint: &str, group: &[Pending]) -> Vec<Result<Signed>> {
-    let fail = |e: &str| {
-        group
+    let signed = state
+        .identity()
+        .map_err(Error::Internal)
+        .and_then(|identity| {
+            let key = identity
+                .key(fingerprint)
+                .ok_or_else(|| Error::Internal(anyhow::anyhow!("the signing key is gone")))?;
+            let payloads: Vec<&[u8]> = group.iter().map(|p| p.payload.as_slice()).collect();
+            sign_all(key, RECEIPTS, &payloads).map_err(Error::Internal)
+        });
+    match signed {
+        Ok(all) => all.into_iter().map(Ok).collect(),
+        Err(e) => group
             .iter()
             .map(|_| Err(Error::Internal(anyhow::anyhow!("{e}"))))
-            .collect()
-    };
-    let Ok(identity) = state.identity() else {
-        return fail("identity lock poisoned");
-    };
-    let Some(key) = identity.key(fingerprint) else {
-        return fail("the signing key is gone");
-    };
-    if let [one] = group {
-        return vec![
-            key.sign(&one.payload)
-                .map(|s| (s, None))
-                .map_err(Error::Internal),
-        ];
+            .collect(),
     }
-    let leaves: Vec<Hash> = group.iter().map(|p| leaf_hash(&p.payload)).collect();
-    let (root, paths) = tree(&leaves);
-    let signature = match key.sign(&signed_bytes(&root)) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let size = group.len() as u32;
-    paths
-        .into_iter()
-        .enumerate()
-        .map(|(i, path)| {
-            Ok((
-                signature.clone(),
-                Some(pb::BatchProof {
-                    index: i as u32,
-                    size,
-                    path: path.into_iter().map(|h| h.to_vec()).collect(),
-                }),
-            ))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -410,40 +420,29 @@ mod tests {
         let key = crate::identity::NodeKey::generate("a").expect("key");
         let other = crate::identity::NodeKey::generate("b").expect("key");
         let d = leaves(5);
-        let hashes: Vec<Hash> = d.iter().map(|p| leaf_hash(p)).collect();
-        let (root, paths) = tree(&hashes);
-        let sig = key.sign(&signed_bytes(&root)).expect("sign");
+        let payloads: Vec<&[u8]> = d.iter().map(Vec::as_slice).collect();
+        let signed = sign_all(&key, RECEIPTS, &payloads).expect("sign");
+        assert_eq!(signed.len(), 5);
         let cache = VerifiedRoots::default();
-        for (i, path) in paths.iter().enumerate() {
-            let pr = proof(i, 5, path);
-            assert!(verify(
-                &[key.spki_der()],
-                &d[i],
-                &sig,
-                Some(&pr),
-                Some(&cache)
-            ));
-            assert!(verify(&[key.spki_der()], &d[i], &sig, Some(&pr), None));
-            // Remembered for its key only.
-            assert!(!verify(
-                &[other.spki_der()],
-                &d[i],
-                &sig,
-                Some(&pr),
-                Some(&cache)
-            ));
-            assert!(!verify(
-                &[key.spki_der()],
-                b"forged",
-                &sig,
-                Some(&pr),
-                Some(&cache)
-            ));
+        let ok = |k: &crate::identity::NodeKey, ctx, p: &[u8], s: &Signed, c| {
+            verify(ctx, &[k.spki_der()], p, &s.0, s.1.as_ref(), c)
+        };
+        for (p, s) in payloads.iter().zip(&signed) {
+            assert!(s.1.is_some());
+            assert!(ok(&key, RECEIPTS, p, s, Some(&cache)));
+            assert!(ok(&key, RECEIPTS, p, s, None));
+            // Remembered for its key and context only.
+            assert!(!ok(&other, RECEIPTS, p, s, Some(&cache)));
+            assert!(!ok(&key, MESSAGES, p, s, Some(&cache)));
+            assert!(!ok(&key, RECEIPTS, b"forged", s, Some(&cache)));
+            // The root's signature is no signature of any one payload.
+            assert!(!ok(&key, RECEIPTS, p, &(s.0.clone(), None), None));
         }
         assert_eq!(cache.seen.lock().expect("lock").len(), 1);
-        // The root's signature is not a signature of any one receipt.
-        assert!(!verify(&[key.spki_der()], &d[0], &sig, None, None));
-        let direct = key.sign(&d[0]).expect("sign");
-        assert!(verify(&[key.spki_der()], &d[0], &direct, None, None));
+        // One payload alone is signed directly.
+        let alone = sign_all(&key, MESSAGES, &[b"one"]).expect("sign");
+        assert!(alone[0].1.is_none());
+        assert!(ok(&key, MESSAGES, b"one", &alone[0], None));
+        assert!(!ok(&key, MESSAGES, b"two", &alone[0], None));
     }
 }

@@ -184,6 +184,7 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
         if let Some(proof) = &r.batch {
             let _ = crate::batch_sign::root_of(&r.payload, proof);
             let _ = crate::batch_sign::verify(
+                crate::batch_sign::RECEIPTS,
                 &[r.payload.as_slice()],
                 &r.payload,
                 &r.signature,

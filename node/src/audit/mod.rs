@@ -315,7 +315,14 @@ pub async fn verify_receipt(
         return Ok(out);
     }
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    if !crate::batch_sign::verify(&keys, &r.payload, &r.signature, r.batch.as_ref(), None) {
+    if !crate::batch_sign::verify(
+        crate::batch_sign::RECEIPTS,
+        &keys,
+        &r.payload,
+        &r.signature,
+        r.batch.as_ref(),
+        None,
+    ) {
         out.reason = if r.batch.is_some() {
             "the batch signature does not verify with the issuer's key".into()
         } else {

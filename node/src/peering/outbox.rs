@@ -7,6 +7,7 @@
 
 use crate::domain::OrgId;
 use crate::domain::time::now_ms;
+use crate::referrals::messages::sign_for_sending;
 use crate::state::NodeState;
 use crate::store::Notice;
 use exitnet_proto::pb;
@@ -297,7 +298,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             flow.apply_all(finish(storing.take()).await?);
         }
         let (results, stored) = tokio::join!(
-            call_all(&state.peer_channels, org.as_str(), &client, &batch),
+            call_all(&state.peer_channels, org.as_str(), &client, &ours, &batch),
             finish(storing.take())
         );
         flow.apply_all(stored?);
@@ -363,13 +364,25 @@ async fn call_all(
     channels: &crate::federation::client::Channels,
     org: &str,
     client: &Client,
+    key: &crate::identity::NodeKey,
     batch: &[(Notice, pb::NotifyRequest)],
 ) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
+    let queued = || batch.iter().map(|(_, r)| r);
+    let signing_failed = |e: anyhow::Error| {
+        tracing::error!(error = %e, "signing messages failed");
+        let status = tonic::Status::internal("signing failed");
+        batch.iter().map(|_| Err(status.clone())).collect()
+    };
     if batch.len() > 1 && channels.batches(org) {
-        let req = pb::NotifyBatchRequest {
-            notices: batch.iter().map(|(_, r)| r.clone()).collect(),
+        let notices = match sign_for_sending(key, queued(), true) {
+            Ok(n) => n,
+            Err(e) => return signing_failed(e),
         };
-        match client.clone().notify_batch(req).await {
+        match client
+            .clone()
+            .notify_batch(pb::NotifyBatchRequest { notices })
+            .await
+        {
             Ok(resp) => return batch_outcomes(resp.into_inner(), batch.len()),
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 channels.no_batches(org);
@@ -381,7 +394,10 @@ async fn call_all(
             Err(status) => return batch.iter().map(|_| Err(status.clone())).collect(),
         }
     }
-    call_each(client, batch).await
+    match sign_for_sending(key, queued(), false) {
+        Ok(notices) => call_each(client, notices).await,
+        Err(e) => signing_failed(e),
+    }
 }
 
 /// A peer's answer to a batch, one result per message sent. Answers missing
@@ -418,15 +434,16 @@ fn batch_outcomes(
 /// One `Notify` call per message, all at once on one connection.
 async fn call_each(
     client: &Client,
-    batch: &[(Notice, pb::NotifyRequest)],
+    batch: Vec<pb::NotifyRequest>,
 ) -> Vec<Result<pb::NotifyResponse, tonic::Status>> {
     let mut calls = tokio::task::JoinSet::new();
-    for (i, (_, req)) in batch.iter().enumerate() {
-        let (mut client, req) = (client.clone(), req.clone());
+    let n = batch.len();
+    for (i, req) in batch.into_iter().enumerate() {
+        let mut client = client.clone();
         calls.spawn(async move { (i, client.notify(req).await.map(|r| r.into_inner())) });
     }
     let mut results: Vec<Option<Result<pb::NotifyResponse, tonic::Status>>> =
-        batch.iter().map(|_| None).collect();
+        (0..n).map(|_| None).collect();
     while let Some(done) = calls.join_next().await {
         if let Ok((i, r)) = done
             && let Some(slot) = results.get_mut(i)
@@ -750,8 +767,11 @@ mod tests {
     use tonic::{Request, Response, Status};
 
     /// A peer of an older version, without `NotifyBatch`: it answers each
-    /// `Notify` with a receipt whose payload is the notice's ID.
-    struct Older;
+    /// `Notify` carrying a message signed alone by `spki` (it reads no batch
+    /// proofs) with a receipt whose payload is the notice's ID.
+    struct Older {
+        spki: Vec<u8>,
+    }
 
     #[tonic::async_trait]
     impl FederationService for Older {
@@ -766,9 +786,18 @@ mod tests {
             &self,
             r: Request<pb::NotifyRequest>,
         ) -> Result<Response<pb::NotifyResponse>, Status> {
+            let r = r.into_inner();
+            let Some(pb::notify_request::Notice::Message(m)) = &r.notice else {
+                return Err(Status::invalid_argument("notice"));
+            };
+            if m.batch.is_some()
+                || !crate::identity::verify_signature(&self.spki, &m.payload, &m.signature)
+            {
+                return Err(Status::permission_denied("signature"));
+            }
             Ok(Response::new(pb::NotifyResponse {
                 receipt: Some(pb::SignedReceipt {
-                    payload: r.into_inner().notice_id.into_bytes(),
+                    payload: r.notice_id.into_bytes(),
                     signature: vec![],
                     batch: None,
                 }),
@@ -809,7 +838,8 @@ mod tests {
             notice_id: id,
             notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
                 payload: vec![1, 2, 3],
-                signature: vec![4],
+                signature: Vec::new(),
+                batch: None,
             })),
         };
         (n, req)
@@ -817,11 +847,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_without_batches_gets_one_call_per_message() {
+        let key = crate::identity::NodeKey::generate("sender").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(FederationServiceServer::new(Older))
+                .add_service(FederationServiceServer::new(Older {
+                    spki: key.spki_der().to_vec(),
+                }))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -833,7 +866,7 @@ mod tests {
         let channels = crate::federation::client::Channels::default();
         let batch: Vec<_> = (0..3).map(queued).collect();
         assert!(channels.batches("older-peer"));
-        let results = call_all(&channels, "older-peer", &client, &batch).await;
+        let results = call_all(&channels, "older-peer", &client, &key, &batch).await;
         let answered: Vec<Vec<u8>> = results
             .into_iter()
             .map(|r| r.unwrap().receipt.unwrap().payload)

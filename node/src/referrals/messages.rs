@@ -5,7 +5,6 @@
 
 use crate::domain::time::{now_ms, to_timestamp};
 use crate::error::{Error, FieldError, Result};
-use crate::identity::verify_signature;
 use crate::state::NodeState;
 use crate::store::{NewNotice, ReceiptRecord};
 use exitnet_proto::pb;
@@ -33,7 +32,9 @@ pub fn sha256(b: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// Signs a message for `recipient` and wraps it as an outbox notice.
+/// A message for `recipient`, wrapped as an outbox notice. It is signed
+/// when it is sent (`sign_for_sending`), with the key of that connection,
+/// and with the other messages of its batch.
 pub fn notice_for(
     state: &NodeState,
     recipient: &crate::domain::OrgId,
@@ -47,13 +48,12 @@ pub fn notice_for(
         sent_at: Some(to_timestamp(now_ms())),
         body: Some(body),
     };
-    let payload = msg.encode_to_vec();
-    let signature = state.identity()?.current().sign(&payload)?;
     let req = pb::NotifyRequest {
         notice_id: message_id.clone(),
         notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
-            payload,
-            signature,
+            payload: msg.encode_to_vec(),
+            signature: Vec::new(),
+            batch: None,
         })),
     };
     // The message carries case content: sealed while it waits in the outbox.
@@ -70,6 +70,38 @@ pub fn notice_for(
         present_key: None,
         now_ms: now_ms(),
     })
+}
+
+/// Queued notices as sent: each referral message signed by `key`, all of
+/// them with one signature (a proof each) when `together` (one
+/// `NotifyBatch`), else each alone. Other notices go as they are.
+pub fn sign_for_sending<'a>(
+    key: &crate::identity::NodeKey,
+    queued: impl Iterator<Item = &'a pb::NotifyRequest>,
+    together: bool,
+) -> anyhow::Result<Vec<pb::NotifyRequest>> {
+    let mut out: Vec<pb::NotifyRequest> = queued.cloned().collect();
+    let mut messages: Vec<&mut pb::SignedMessage> = out
+        .iter_mut()
+        .filter_map(|r| match &mut r.notice {
+            Some(pb::notify_request::Notice::Message(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let signed = if together {
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+        crate::batch_sign::sign_all(key, crate::batch_sign::MESSAGES, &payloads)?
+    } else {
+        messages
+            .iter()
+            .map(|m| Ok((key.sign(&m.payload)?, None)))
+            .collect::<anyhow::Result<_>>()?
+    };
+    for (m, (signature, batch)) in messages.iter_mut().zip(signed) {
+        m.signature = signature;
+        m.batch = batch;
+    }
+    Ok(out)
 }
 
 /// Our signed receipt for a message we received. With a `batch` place the
@@ -138,6 +170,7 @@ pub fn verify_receipt(
     let r = pb::Receipt::decode(receipt.payload.as_slice()).map_err(|_| bad("malformed"))?;
     let spkis: Vec<&[u8]> = keys.iter().map(|k| k.spki_der.as_slice()).collect();
     if !crate::batch_sign::verify(
+        crate::batch_sign::RECEIPTS,
         &spkis,
         &receipt.payload,
         &receipt.signature,
@@ -184,7 +217,8 @@ pub fn open(
     sender_keys: &[Vec<u8>],
     signed: &pb::SignedMessage,
 ) -> Result<pb::FederationMessage> {
-    if !signed_by_any(sender_keys, signed) {
+    let keys: Vec<&[u8]> = sender_keys.iter().map(Vec::as_slice).collect();
+    if !signed_by_any(&keys, signed, Some(&state.verified_roots)) {
         return Err(Error::PermissionDenied(
             "message.signature: not signed by the calling peer's key".into(),
         ));
@@ -192,10 +226,21 @@ pub fn open(
     open_signed(state, from, notice_id, signed)
 }
 
-/// Whether one of `keys` (SubjectPublicKeyInfo, DER) signed the message.
-pub fn signed_by_any<K: AsRef<[u8]>>(keys: &[K], signed: &pb::SignedMessage) -> bool {
-    keys.iter()
-        .any(|k| verify_signature(k.as_ref(), &signed.payload, &signed.signature))
+/// Whether one of `keys` (SubjectPublicKeyInfo, DER) signed the message,
+/// alone or in a batch (a root verified before is in `verified`).
+pub fn signed_by_any(
+    keys: &[&[u8]],
+    signed: &pb::SignedMessage,
+    verified: Option<&crate::batch_sign::VerifiedRoots>,
+) -> bool {
+    crate::batch_sign::verify(
+        crate::batch_sign::MESSAGES,
+        keys,
+        &signed.payload,
+        &signed.signature,
+        signed.batch.as_ref(),
+        verified,
+    )
 }
 
 /// Checks a message whose signature was verified against a key of `from`.

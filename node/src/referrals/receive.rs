@@ -56,7 +56,7 @@ pub async fn handle(
     // The key the peer called with is pinned (it was found by it) and is
     // almost always the one that signed: the other pinned keys (a rotation
     // under way) are read only when it is not.
-    let msg = if messages::signed_by_any(&[presented_spki], signed) {
+    let msg = if messages::signed_by_any(&[presented_spki], signed, Some(&state.verified_roots)) {
         messages::open_signed(state, &from.org_id, notice_id, signed)?
     } else {
         let keys: Vec<Vec<u8>> = state

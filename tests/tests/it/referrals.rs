@@ -602,6 +602,7 @@ async fn send_raw(
             notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
                 payload,
                 signature,
+                batch: None,
             })),
         })
         .await
@@ -722,6 +723,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
             notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
                 payload,
                 signature: a_signature,
+                batch: None,
             })),
         })
         .await
@@ -768,6 +770,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
             notice_id: m.message_id.clone(),
             notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
                 signature: a_key.sign(&payload).unwrap(),
+                batch: None,
                 payload,
             })),
         }
@@ -842,12 +845,74 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
         assert!(e.message().starts_with(field), "{}", e.message());
     }
     assert_eq!(inbound(&mut br, &bob).await.len(), 2);
+    // Messages signed together, as a sender's NotifyBatch sends them (one
+    // signature over their batch's root, a proof each): accepted, and B
+    // signs its receipts for them together too.
+    let together = |ms: &[pb::FederationMessage]| {
+        let queued: Vec<pb::NotifyRequest> = ms
+            .iter()
+            .map(|m| pb::NotifyRequest {
+                notice_id: m.message_id.clone(),
+                notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                    payload: m.encode_to_vec(),
+                    signature: vec![],
+                    batch: None,
+                })),
+            })
+            .collect();
+        exitnet_node::referrals::messages::sign_for_sending(&a_key, queued.iter(), true).unwrap()
+    };
+    let pair = [
+        msg("ngo-a", offer("prison-b", narrative.clone(), "together-1")),
+        msg("ngo-a", offer("prison-b", narrative.clone(), "together-2")),
+    ];
+    let outcomes = as_a
+        .notify_batch(pb::NotifyBatchRequest {
+            notices: together(&pair),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    let receipts: Vec<pb::SignedReceipt> = outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            Some(Outcome::Response(r)) => r.receipt.clone().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(receipts.iter().all(|r| r.batch.is_some()), "{receipts:?}");
+    assert_eq!(receipts[0].signature, receipts[1].signature);
+    assert_eq!(inbound(&mut br, &bob).await.len(), 4);
+    // A payload that is not the leaf its proof names is refused, alone.
+    let mut notices = together(&[
+        msg("ngo-a", offer("prison-b", narrative.clone(), "forged-1")),
+        msg("ngo-a", offer("prison-b", narrative.clone(), "forged-2")),
+    ]);
+    let swapped = msg("ngo-a", offer("prison-b", narrative.clone(), "forged-3"));
+    notices[1].notice_id = swapped.message_id.clone();
+    if let Some(pb::notify_request::Notice::Message(m)) = &mut notices[1].notice {
+        m.payload = swapped.encode_to_vec();
+    }
+    let outcomes = as_a
+        .notify_batch(pb::NotifyBatchRequest { notices })
+        .await
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert!(matches!(outcomes[0].outcome, Some(Outcome::Response(_))));
+    let Some(Outcome::Refusal(refusal)) = &outcomes[1].outcome else {
+        panic!("{:?}", outcomes[1]);
+    };
+    assert_eq!(refusal.code, Code::PermissionDenied as i32);
+    assert!(refusal.message.contains("signature"), "{}", refusal.message);
+    assert_eq!(inbound(&mut br, &bob).await.len(), 5);
     // A message for another recipient is refused (no replay to other nodes).
     let mut elsewhere = msg("ngo-a", offer("prison-b", narrative, "x"));
     elsewhere.recipient_org = "health-c".into();
     let e = send_raw(&net.b, &a_key, &elsewhere).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert_eq!(inbound(&mut br, &bob).await.len(), 2);
+    assert_eq!(inbound(&mut br, &bob).await.len(), 5);
 }
 
 fn raw_db_contains(node: &NodeProcess, needle: &str) -> bool {
