@@ -226,7 +226,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     let exchange_allowed = peer.exchange_allowed();
     // Referral messages keep their order within a referral: once one waits,
     // every later one waits too. Messages of different referrals go out
-    // together (up to `pipeline(state)` in one call).
+    // together (up to `MAX_BATCH`, as many as a peer accepts, in one call).
     // Peering notices (states, profiles, keys) are independent of them and may
     // go ahead, so a suspension is told even while messages wait.
     let mut flow = Flow::default();
@@ -263,7 +263,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             .iter()
             .filter_map(|(_, r)| message_referral(r))
             .collect();
-        while batch.len() < pipeline(state) {
+        while batch.len() < crate::federation::MAX_BATCH {
             let Some((next, next_req)) = queue.peek() else {
                 break;
             };
@@ -457,19 +457,6 @@ async fn call_each(
         .collect()
 }
 
-/// How many referral messages of different referrals go out at once, in one
-/// `NotifyBatch`: as many as a peer accepts (64) from a node on SQLite, 32
-/// from one on PostgreSQL. Measured, not derived: 64 drained a backlog
-/// faster than 32 on SQLite in five of five paired runs, and took 22–24 s
-/// instead of 8.5–11 s on PostgreSQL (docs/performance.md; the cause there
-/// is not found yet).
-fn pipeline(state: &NodeState) -> usize {
-    if state.store.backend() == "postgres" {
-        crate::federation::MAX_BATCH / 2
-    } else {
-        crate::federation::MAX_BATCH
-    }
-}
 /// Most bytes of messages in one `NotifyBatch`: well below the smallest
 /// message size a peer accepts (a message larger than this goes alone).
 const BATCH_BYTES: usize = crate::federation::MAX_MESSAGE_BYTES / 4;
