@@ -379,10 +379,28 @@ async fn tamper_evidence(backend: Backend) {
 
     // A new checkpoint for a position B witnessed before is a fork: B refuses
     // it and records it.
-    a.ctl(&["audit", "checkpoint"]).await.unwrap();
-    // Generous: on a loaded machine an earlier notice to B may be waiting out
-    // its backoff, and this one goes after it (one full run took 30 s here).
-    wait_until("B to record the fork", Duration::from_secs(90), || async {
+    // B keeps sending its own checkpoints, and A records witnessing each:
+    // one arriving since the rewrite moved A's head past `w`. Then the
+    // rewrite's end is restored (as the insider would) and tried again.
+    let mut fork = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
+    for _ in 0..5 {
+        if fork["seq"].as_u64() == Some(w as u64) {
+            break;
+        }
+        on_db!(&url, pool => {
+            sqlx::query("DELETE FROM audit_log WHERE seq > $1").bind(w).execute(&pool).await.unwrap();
+            sqlx::query("UPDATE audit_head SET seq = $1, head_hash = (SELECT hash FROM audit_log WHERE seq = $1) WHERE id = 1")
+                .bind(w)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM audit_witnesses").execute(&pool).await.unwrap();
+            sqlx::query("DELETE FROM audit_checkpoints").execute(&pool).await.unwrap();
+        });
+        fork = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
+    }
+    assert_eq!(fork["seq"].as_u64(), Some(w as u64), "{fork}");
+    wait_until("B to record the fork", Duration::from_secs(60), || async {
         let events = b.ctl_json(&["security", "events"]).await.ok()?;
         events
             .as_array()?
