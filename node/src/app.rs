@@ -180,7 +180,12 @@ impl Application {
         let limits = crate::limits::Limits::new(&config.limits);
         let store_is_shared = store.backend() == "postgres";
         let intake = crate::referrals::intake::Intake::start(store.clone());
-        let instance_id = uuid::Uuid::new_v4().to_string();
+        // Kept in the data directory: a restarted process is the same
+        // instance and takes over the delivery leases its predecessor held
+        // at once, instead of waiting for them to expire (other replicas,
+        // with data directories of their own, still wait for each other's).
+        let instance_id = instance_id(&config.data_dir)?;
+        store.release_leases(&instance_id).await?;
         let changes_out =
             store_is_shared.then(|| NodeState::publish_changes(store.clone(), instance_id.clone()));
         let state = Arc::new(NodeState {
@@ -511,4 +516,19 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// This process's instance ID: made once per data directory and kept.
+fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if uuid::Uuid::parse_str(s.trim()).is_ok() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }

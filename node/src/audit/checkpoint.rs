@@ -235,35 +235,71 @@ pub async fn witness(
         .collect();
     let cp = open_checkpoint(peer, &keys, signed)?;
     let seq = cp.seq as i64;
-    if let Some(held) = state
+    // Signed before it is stored, in a scope of its own: the identity's
+    // lock is not held across the write.
+    let witness = {
+        let identity = state.identity()?;
+        let key = identity.current();
+        let payload = pb::CheckpointWitness {
+            checkpoint_sha256: sha256(&signed.payload),
+            signer_org: peer.to_string(),
+            seq: cp.seq,
+            witness_org: state.org_id.to_string(),
+            at: Some(to_timestamp(now)),
+            key_fingerprint: key.fingerprint().to_owned(),
+        }
+        .encode_to_vec();
+        pb::SignedWitness {
+            signature: key.sign(&payload)?,
+            payload,
+        }
+    };
+    let held = state
         .store
         .witness_checkpoint(
             peer,
-            seq,
-            &cp.head_sha256,
-            &signed.payload,
-            &signed.signature,
+            &crate::store::HeldCheckpoint {
+                seq,
+                head_hash: cp.head_sha256.clone(),
+                payload: signed.payload.clone(),
+                signature: signed.signature.clone(),
+                witness: Some((witness.payload.clone(), witness.signature.clone())),
+            },
             now,
         )
-        .await?
-        && held != cp.head_sha256
-    {
-        crate::peering::record_refusal(
-            state,
-            SecurityEvent {
-                at_ms: now,
-                surface: "federation".into(),
-                reason: "audit_checkpoint_fork".into(),
-                key_fingerprint: Some(cp.key_fingerprint.clone()),
-                org_id: Some(peer.to_string()),
-                remote_addr: None,
-                method: Some("Notify".into()),
-            },
-        )
-        .await;
-        return Err(Error::FailedPrecondition(format!(
-            "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {seq}"
-        )));
+        .await?;
+    match held {
+        None => {}
+        // The same checkpoint again (our witness was lost on the way): the
+        // witness given the first time, and nothing recorded twice.
+        Some(held) if held.head_hash == cp.head_sha256 => {
+            return Ok(match held.witness {
+                Some((payload, signature)) if held.payload == signed.payload => {
+                    pb::SignedWitness { payload, signature }
+                }
+                // Witnessed before witnesses were kept, or the same head
+                // signed anew: the head is what a witness vouches for.
+                _ => witness,
+            });
+        }
+        Some(_) => {
+            crate::peering::record_refusal(
+                state,
+                SecurityEvent {
+                    at_ms: now,
+                    surface: "federation".into(),
+                    reason: "audit_checkpoint_fork".into(),
+                    key_fingerprint: Some(cp.key_fingerprint.clone()),
+                    org_id: Some(peer.to_string()),
+                    remote_addr: None,
+                    method: Some("Notify".into()),
+                },
+            )
+            .await;
+            return Err(Error::FailedPrecondition(format!(
+                "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {seq}"
+            )));
+        }
     }
     crate::audit::record(
         state,
@@ -275,19 +311,7 @@ pub async fn witness(
         )],
     )
     .await;
-    let identity = state.identity()?;
-    let key = identity.current();
-    let payload = pb::CheckpointWitness {
-        checkpoint_sha256: sha256(&signed.payload),
-        signer_org: peer.to_string(),
-        seq: cp.seq,
-        witness_org: state.org_id.to_string(),
-        at: Some(to_timestamp(now)),
-        key_fingerprint: key.fingerprint().to_owned(),
-    }
-    .encode_to_vec();
-    let signature = key.sign(&payload)?;
-    Ok(pb::SignedWitness { payload, signature })
+    Ok(witness)
 }
 
 /// Checks a peer's countersignature of `sent` and keeps it.

@@ -73,10 +73,37 @@ pub async fn handle(
         .body
         .clone()
         .ok_or_else(|| FieldError::new("message.body", "required"))?;
+    let kind = match &body {
+        pb::federation_message::Body::Offer(_) => "offer",
+        pb::federation_message::Body::Status(_) => "status",
+        pb::federation_message::Body::Withdrawal(_) => "withdrawal",
+    };
+    // An exact repeat (the peer did not get or keep our answer) is answered
+    // with the receipt stored the first time, before any state rule: the
+    // referral may have moved on since. Offers, the bulk of the traffic, look
+    // only when their checks fail: a repeat that passes them finds its
+    // receipt when it is stored (`receive_message`, the intake).
+    if !matches!(body, pb::federation_message::Body::Offer(_))
+        && let Some(stored) = stored_answer(state, &msg, &signed.payload).await?
+    {
+        state.metrics.received(from.org_id.as_str(), kind, "repeat");
+        return Ok(to_signed_receipt(stored)?);
+    }
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
-            let (mut record, ev) = offer_to_record(&state.org_id, from, &policy, offer)?;
+            let (mut record, ev) = match offer_to_record(&state.org_id, from, &policy, offer) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    return match stored_answer(state, &msg, &signed.payload).await? {
+                        Some(stored) => {
+                            state.metrics.received(from.org_id.as_str(), kind, "repeat");
+                            to_signed_receipt(stored)
+                        }
+                        None => Err(e),
+                    };
+                }
+            };
             // Sealed under a data key of this referral's own, destroyed on
             // purge, and stored with the referral (one transaction).
             let mut wrapped_key = None;
@@ -216,12 +243,20 @@ pub async fn handle(
                 )
                 .await?;
             count(state, from, "withdrawal", &receipt, &stored);
-            state.referral_changed(&w.referral_id);
-            state.store.after_purge().await?;
-            tracing::info!(peer = %from.org_id, "referral purged on withdrawal");
+            // Purge work (a WAL checkpoint) only when something was purged
+            // now: not for a referral never held, not for a repeat.
+            if r.is_some() && stored.payload == receipt.payload {
+                state.referral_changed(&w.referral_id);
+                state.store.after_purge().await?;
+                tracing::info!(peer = %from.org_id, "referral purged on withdrawal");
+            }
             stored
         }
     };
+    to_signed_receipt(receipt)
+}
+
+fn to_signed_receipt(receipt: ReceiptRecord) -> Result<pb::SignedReceipt> {
     let batch = match receipt.batch {
         Some(b) => {
             Some(pb::BatchProof::decode(b.as_slice()).map_err(|e| Error::Internal(e.into()))?)
@@ -233,6 +268,30 @@ pub async fn handle(
         signature: receipt.signature,
         batch,
     })
+}
+
+/// The receipt stored for this very message, if it came before. The same
+/// message ID with other content is refused: IDs are never reused.
+async fn stored_answer(
+    state: &NodeState,
+    msg: &pb::FederationMessage,
+    signed_payload: &[u8],
+) -> Result<Option<ReceiptRecord>> {
+    let Some(stored) = state
+        .store
+        .issued_receipt(&msg.message_id, state.org_id.as_str(), &msg.sender_org)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let first = pb::Receipt::decode(stored.payload.as_slice())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("a stored receipt: {e}")))?;
+    if first.message_sha256 != messages::sha256(signed_payload) {
+        return Err(Error::FailedPrecondition(
+            "message.message_id: already used for another message".into(),
+        ));
+    }
+    Ok(Some(stored))
 }
 
 /// Validates an offer against its own terms and this node's rules.

@@ -195,6 +195,18 @@ pub struct ReceiptRecord {
     pub at_ms: i64,
 }
 
+/// A peer's audit checkpoint as we hold it, with the witness we signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCheckpoint {
+    pub seq: i64,
+    pub head_hash: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// `(payload, signature)` of our witness; none for one witnessed before
+    /// witnesses were kept.
+    pub witness: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A referral a peer offered, checked and sealed, with our receipt for it.
 #[derive(Debug, Clone)]
 pub struct NewOffer {
@@ -449,6 +461,14 @@ pub trait Store: Send + Sync + 'static {
     /// again.
     async fn accept_receipts(&self, items: &[AcceptedReceipt]) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
+    /// The receipt `issued_by` signed for message `message_id` from
+    /// `counterpart`, if it was received before: a repeat is answered with it.
+    async fn issued_receipt(
+        &self,
+        message_id: &str,
+        issued_by: &str,
+        counterpart: &str,
+    ) -> Result<Option<ReceiptRecord>>;
     /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
     async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>>;
     /// Outbound referrals still holding data at their recipient whose consent
@@ -476,6 +496,9 @@ pub trait Store: Send + Sync + 'static {
     async fn referrals_by_pseudonym(&self, pseudonym: &str) -> Result<Vec<ReferralRecord>>;
     /// How many referrals are held, by direction and state.
     async fn referral_counts(&self) -> Result<Vec<(String, String, i64)>>;
+    /// Outbound referrals whose purge at the recipient is pending, per peer:
+    /// (peer, how many, the oldest one's last change in ms).
+    async fn pending_purges(&self) -> Result<Vec<(String, i64, i64)>>;
 
     /// Takes or renews the lease `name` for `holder` until `until_ms`; false
     /// if another holder has it and it has not expired at `now_ms`. Replicas
@@ -509,17 +532,15 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoints(&self) -> Result<Vec<CheckpointRecord>>;
     async fn insert_witness(&self, w: &WitnessRecord) -> Result<()>;
     async fn witnesses(&self) -> Result<Vec<WitnessRecord>>;
-    /// Keeps a peer's checkpoint; if one with the same sequence number is
-    /// held already, returns that one's head hash instead (equal, or a fork).
+    /// Keeps a peer's checkpoint with the witness we signed for it; if one
+    /// with the same sequence number is held already, returns that one
+    /// instead (the same, or a fork) and keeps nothing.
     async fn witness_checkpoint(
         &self,
         org: &OrgId,
-        seq: i64,
-        head_hash: &[u8],
-        payload: &[u8],
-        signature: &[u8],
+        checkpoint: &HeldCheckpoint,
         now_ms: i64,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Option<HeldCheckpoint>>;
     /// A peer's checkpoints we hold, `(payload, signature)`, ascending.
     async fn witnessed_checkpoints(
         &self,

@@ -1548,6 +1548,24 @@ macro_rules! impl_store {
                 self.subscribe_changes_impl().await
             }
 
+            async fn issued_receipt(
+                &self,
+                message_id: &str,
+                issued_by: &str,
+                counterpart: &str,
+            ) -> Result<Option<$crate::store::ReceiptRecord>> {
+                let row = sqlx::query(
+                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
+                     WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
+                )
+                .bind(message_id)
+                .bind(issued_by)
+                .bind(counterpart)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(row_to_receipt).transpose()
+            }
+
             async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
                 let rows = sqlx::query(
                     "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
@@ -1573,6 +1591,18 @@ macro_rules! impl_store {
                     .await?;
                 rows.iter()
                     .map(|r| Ok((r.try_get("direction")?, r.try_get("state")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn pending_purges(&self) -> Result<Vec<(String, i64, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT peer_org, COUNT(*) AS n, MIN(updated_at) AS oldest FROM referrals
+                     WHERE direction = 'outbound' AND purge_status = 'pending' GROUP BY peer_org",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("peer_org")?, r.try_get("n")?, r.try_get("oldest")?)))
                     .collect()
             }
 
@@ -1729,35 +1759,50 @@ macro_rules! impl_store {
             async fn witness_checkpoint(
                 &self,
                 org: &OrgId,
-                seq: i64,
-                head_hash: &[u8],
-                payload: &[u8],
-                signature: &[u8],
+                cp: &$crate::store::HeldCheckpoint,
                 now_ms: i64,
-            ) -> Result<Option<Vec<u8>>> {
+            ) -> Result<Option<$crate::store::HeldCheckpoint>> {
                 let mut tx = self.begin_write().await?;
+                let (witness_payload, witness_signature) = match &cp.witness {
+                    Some((p, s)) => (Some(p.as_slice()), Some(s.as_slice())),
+                    None => (None, None),
+                };
                 let n = sqlx::query(
-                    "INSERT INTO witnessed_checkpoints (org_id, seq, head_hash, payload, signature, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, seq) DO NOTHING",
+                    "INSERT INTO witnessed_checkpoints
+                       (org_id, seq, head_hash, payload, signature, received_at, witness_payload, witness_signature)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (org_id, seq) DO NOTHING",
                 )
                 .bind(org.as_str())
-                .bind(seq)
-                .bind(head_hash)
-                .bind(payload)
-                .bind(signature)
+                .bind(cp.seq)
+                .bind(&cp.head_hash)
+                .bind(&cp.payload)
+                .bind(&cp.signature)
                 .bind(now_ms)
+                .bind(witness_payload)
+                .bind(witness_signature)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 let held = if n == 1 {
                     None
                 } else {
-                    let row = sqlx::query("SELECT head_hash FROM witnessed_checkpoints WHERE org_id = $1 AND seq = $2")
-                        .bind(org.as_str())
-                        .bind(seq)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Some(row.try_get("head_hash")?)
+                    let row = sqlx::query(
+                        "SELECT head_hash, payload, signature, witness_payload, witness_signature
+                         FROM witnessed_checkpoints WHERE org_id = $1 AND seq = $2",
+                    )
+                    .bind(org.as_str())
+                    .bind(cp.seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let wp: Option<Vec<u8>> = row.try_get("witness_payload")?;
+                    let ws: Option<Vec<u8>> = row.try_get("witness_signature")?;
+                    Some($crate::store::HeldCheckpoint {
+                        seq: cp.seq,
+                        head_hash: row.try_get("head_hash")?,
+                        payload: row.try_get("payload")?,
+                        signature: row.try_get("signature")?,
+                        witness: wp.zip(ws),
+                    })
                 };
                 tx.commit().await?;
                 Ok(held)

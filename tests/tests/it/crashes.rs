@@ -294,3 +294,102 @@ async fn killed_during_a_purge() {
         .collect();
     assert!(!raw.windows(11).any(|w| w == &NARRATIVE.as_bytes()[..11]));
 }
+
+/// A node killed while delivering takes its own delivery lease back when it
+/// starts again: delivery resumes at once, not when the dead process's lease
+/// expires (a minute here, from the call timeout), which a replica would wait
+/// for.
+#[tokio::test]
+async fn a_restarted_node_takes_its_own_leases_back() {
+    let spec = NodeSpec::new("ngo-a", Backend::Sqlite)
+        .with_toml("[federation]\ncall_timeout_ms = 30000\n");
+    let mut a = NodeProcess::start(spec).await.unwrap().unwrap();
+    let mut b = start("prison-b", Backend::Sqlite).await.unwrap();
+    peer_with(&a, &b).await;
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let (mut ac, mut ar) = clients(&a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-lease", "client-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap()
+        .consent_id;
+    // B is down: A's delivery task for B takes the lease and keeps retrying.
+    b.stop().await.unwrap();
+    let mut want = std::collections::HashSet::new();
+    for i in 0..3 {
+        let r = ar
+            .create_referral(bearer(
+                &alice,
+                referral_request(
+                    &format!("lease-{i}"),
+                    &consent,
+                    "prison-b",
+                    pb::NeedArea::FunctionalReintegration,
+                    pb::Service::Housing,
+                ),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .referral
+            .unwrap();
+        want.insert(r.referral_id);
+    }
+    let url = a.database_url();
+    let expires_at: i64 = wait_until(
+        "A to hold B's delivery lease",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let pool = sqlx::SqlitePool::connect(&url).await.ok()?;
+                let row =
+                    sqlx::query("SELECT expires_at FROM leases WHERE name = 'outbox:prison-b'")
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()??;
+                pool.close().await;
+                sqlx::Row::try_get(&row, "expires_at").ok()
+            }
+        },
+    )
+    .await
+    .unwrap();
+    a.kill().await.unwrap();
+    b.restart().await.unwrap();
+    a.restart().await.unwrap();
+    let restarted = std::time::Instant::now();
+    wait_until(
+        "every referral to reach B",
+        Duration::from_secs(120),
+        || {
+            let (b, bob, want) = (&b, &bob, &want);
+            async move {
+                let got: std::collections::HashSet<String> = crate::referrals::inbound_ids(b, bob)
+                    .await
+                    .into_iter()
+                    .collect();
+                want.is_subset(&got).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    eprintln!(
+        "delivery resumed {:?} after the restart; the dead process's lease had {} ms left",
+        restarted.elapsed(),
+        expires_at - now
+    );
+    assert!(
+        now < expires_at,
+        "delivery waited for the dead process's lease to expire"
+    );
+}

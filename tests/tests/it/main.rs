@@ -15,6 +15,7 @@ mod limits;
 mod node;
 mod peering;
 mod referrals;
+mod repeats;
 mod replicas;
 mod store;
 mod traces;
