@@ -21,21 +21,23 @@ async fn callers_are_limited_one_by_one() {
     let bob = a.dev_token("case_manager", "bob").await.unwrap();
     let mut node = NodeServiceClient::new(a.api_channel().await.unwrap());
     let info = |t: &str| bearer(t, pb::GetNodeInfoRequest {});
-    // A burst of five, then the rate.
+    // A burst of five, then the rate. On a loaded machine calls are slower
+    // and the bucket refills meanwhile, so the refusal may come later than
+    // the sixth call, never earlier; 100 calls outrun 2 per second anywhere.
     let mut refused = None;
-    for i in 0..8 {
+    for i in 0..100 {
         if let Err(e) = node.get_node_info(info(&alice)).await {
             refused = Some((i, e));
             break;
         }
     }
-    let (i, e) = refused.expect("the sixth call in a burst is refused");
+    let (i, e) = refused.expect("a burst beyond the rate is refused");
     assert!(i >= 5, "refused after {i} calls");
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("rate limit"), "{}", e.message());
     // Another caller is served meanwhile; alice again after a pause.
     node.get_node_info(info(&bob)).await.unwrap();
-    wait_until("alice's bucket to refill", Duration::from_secs(5), || {
+    wait_until("alice's bucket to refill", Duration::from_secs(30), || {
         let mut node = node.clone();
         let alice = alice.clone();
         async move { node.get_node_info(info(&alice)).await.ok() }
@@ -56,7 +58,7 @@ async fn callers_are_limited_one_by_one() {
     drop(watch);
     wait_until(
         "the watch's place to be released",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || {
             let mut node = node.clone();
             let carol = carol.clone();

@@ -580,7 +580,7 @@ async fn closed_loop_on_postgres() {
 }
 
 /// Sends a hand-built, signed message to `to`, as `from_key` presenting itself.
-async fn send_raw(
+pub(crate) async fn send_raw(
     to: &NodeProcess,
     key: &NodeKey,
     msg: &pb::FederationMessage,
@@ -1427,7 +1427,9 @@ async fn an_expired_consent_purges_at_every_recipient() {
         .unwrap()
         .as_millis() as i64;
     let mut req = consent_request("c-short", "client-12");
-    let soon = now + 4000;
+    // Long enough for the referral to be delivered first on a loaded machine;
+    // the test then waits for the scheduler, never on the clock itself.
+    let soon = now + 8000;
     req.terms.as_mut().unwrap().valid_until = Some(exitnet_proto::Timestamp {
         seconds: soon / 1000,
         nanos: ((soon % 1000) * 1_000_000) as i32,
@@ -1458,7 +1460,7 @@ async fn an_expired_consent_purges_at_every_recipient() {
         .unwrap();
     wait_state(&ar, &alice, &r.referral_id, pb::ReferralState::Received).await;
     // No one withdraws anything: the scheduler finds the expiry.
-    let purged = wait_until("the expiry purge", Duration::from_secs(30), || {
+    let purged = wait_until("the expiry purge", Duration::from_secs(60), || {
         let (mut ar, alice, id) = (ar.clone(), alice.clone(), r.referral_id.clone());
         async move {
             let got = ar
