@@ -400,6 +400,11 @@ impl Application {
 
         state.follow_other_replicas().await?;
         let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
+        // Purges a restore from backup would have undone, applied again.
+        tokio::spawn(crate::referrals::reconcile::run_at_start(
+            state.clone(),
+            stop_rx.clone(),
+        ));
         let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
             state.clone(),
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),

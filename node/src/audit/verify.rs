@@ -359,16 +359,41 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
                     p.agreeing += 1;
                 }
             }
-            Some(_) => report.fail(
+            Some(_) if h.holder.is_empty() => report.fail(
                 h.seq,
                 format!(
                     "checkpoint at record {} ({who}) does not match the chain: history was rewritten at or before record {}",
                     h.seq, h.seq
                 ),
             ),
-            None => report.fail(
+            // A peer saw a longer or other history: either it was rewritten,
+            // or this database was restored from a backup and has gone on
+            // since. Purges after the backup were applied again at start.
+            Some(_) => report.fail(
+                h.seq,
+                format!(
+                    "checkpoint at record {} ({who}) does not match the chain: history was rewritten at or before record {}, \
+                     or this database was restored from a backup taken before it and the records after the backup are lost \
+                     (purges since the backup were applied again at start: referral.purge.reapplied)",
+                    h.seq, h.seq
+                ),
+            ),
+            None if h.holder.is_empty() => report.fail(
                 h.seq,
                 format!("checkpoint at record {} ({who}) is beyond the chain's end: records were deleted", h.seq),
+            ),
+            None => report.fail(
+                h.seq,
+                format!(
+                    "the chain ends at record {last_seq} but {} witnessed a checkpoint at record {}: this database was \
+                     restored from a backup taken before record {} (or records were deleted); records {} to {} are lost \
+                     (purges since the backup were applied again at start: referral.purge.reapplied)",
+                    h.holder,
+                    h.seq,
+                    h.seq,
+                    last_seq + 1,
+                    h.seq
+                ),
             ),
         }
     }

@@ -334,6 +334,18 @@ impl pb::federation_service_server::FederationService for FederationApi {
         Ok(Response::new(pb::NotifyBatchResponse { outcomes }))
     }
 
+    async fn list_withdrawn(
+        &self,
+        request: Request<pb::ListWithdrawnRequest>,
+    ) -> Result<Response<pb::ListWithdrawnResponse>, Status> {
+        let info = caller_info(&request, "ListWithdrawn");
+        let (peer, _permit) = self.authenticate(&info).await?;
+        let ids = crate::referrals::reconcile::checked_ids(request.into_inner().referral_ids)?;
+        let referral_ids =
+            crate::referrals::reconcile::withdrawn_among(&self.state, &peer.org_id, &ids).await?;
+        Ok(Response::new(pb::ListWithdrawnResponse { referral_ids }))
+    }
+
     async fn list_witnessed_checkpoints(
         &self,
         request: Request<pb::ListWitnessedCheckpointsRequest>,

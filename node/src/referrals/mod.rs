@@ -8,6 +8,7 @@
 pub mod intake;
 pub mod messages;
 pub mod receive;
+pub mod reconcile;
 
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};

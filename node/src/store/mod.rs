@@ -461,6 +461,12 @@ pub trait Store: Send + Sync + 'static {
     /// again.
     async fn accept_receipts(&self, items: &[AcceptedReceipt]) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
+    /// Referrals exchanged with `peer` (either way) that are not purged or
+    /// being purged here.
+    async fn unpurged_referral_ids(&self, peer: &OrgId) -> Result<Vec<String>>;
+    /// Those of `ids` exchanged with `peer` that are withdrawn here (purge
+    /// pending or done).
+    async fn withdrawn_among(&self, peer: &OrgId, ids: &[String]) -> Result<Vec<String>>;
     /// The receipt `issued_by` signed for message `message_id` from
     /// `counterpart`, if it was received before: a repeat is answered with it.
     async fn issued_receipt(

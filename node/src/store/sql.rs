@@ -1548,6 +1548,33 @@ macro_rules! impl_store {
                 self.subscribe_changes_impl().await
             }
 
+            async fn unpurged_referral_ids(&self, peer: &OrgId) -> Result<Vec<String>> {
+                let rows = sqlx::query(
+                    "SELECT referral_id FROM referrals WHERE peer_org = $1 AND purge_status = 'none'",
+                )
+                .bind(peer.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|r| Ok(r.try_get("referral_id")?)).collect()
+            }
+
+            async fn withdrawn_among(&self, peer: &OrgId, ids: &[String]) -> Result<Vec<String>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT referral_id FROM referrals WHERE purge_status <> 'none' AND peer_org = ",
+                );
+                q.push_bind(peer.as_str()).push(" AND referral_id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(id);
+                }
+                list.push_unseparated(")");
+                let rows = q.build().fetch_all(&self.pool).await?;
+                rows.iter().map(|r| Ok(r.try_get("referral_id")?)).collect()
+            }
+
             async fn issued_receipt(
                 &self,
                 message_id: &str,

@@ -17,5 +17,6 @@ mod peering;
 mod referrals;
 mod repeats;
 mod replicas;
+mod restore;
 mod store;
 mod traces;

@@ -214,7 +214,7 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
     )
     .await
     .unwrap();
-    let mut witness = || {
+    let witness = || {
         let mut client = client.clone();
         let signed = signed.clone();
         async move {

@@ -1,0 +1,213 @@
+//! Purges that a restore from backup would undo are applied again. A
+//! database restored from a backup taken before a withdrawal holds the
+//! referral's content (and data key) again, and the sender, holding the
+//! purge receipt, will never send that withdrawal again. So at every start
+//! the node asks each peer which of the referrals it holds unpurged with
+//! that peer the peer holds as withdrawn (`ListWithdrawn`), and purges
+//! those again. The same question answered the other way tells a restored
+//! sender which of its referrals its recipients purged.
+
+use crate::audit::AuditEntry;
+use crate::domain::referral as rules;
+use crate::domain::time::now_ms;
+use crate::domain::{OrgId, Peer, ReferralState};
+use crate::error::{Error, FieldError, Result};
+use crate::state::NodeState;
+use crate::store::{ReferralChange, ReferralEvent};
+use exitnet_proto::pb;
+use prost::Message;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Referral IDs in one `ListWithdrawn` call, at most.
+pub const MAX_IDS: usize = 1000;
+/// Peers asked at once at start.
+const CONCURRENT_PEERS: usize = 8;
+
+/// Checks a `ListWithdrawn` request: 1 to `MAX_IDS` referral IDs.
+pub fn checked_ids(ids: Vec<String>) -> Result<Vec<String>> {
+    if ids.is_empty() || ids.len() > MAX_IDS {
+        return Err(FieldError::new("referral_ids", format!("1 to {MAX_IDS} IDs")).into());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        super::id_check(&format!("referral_ids[{i}]"), id)?;
+    }
+    Ok(ids)
+}
+
+/// Answers a peer: those of `ids` exchanged with it that are withdrawn here.
+pub async fn withdrawn_among(
+    state: &NodeState,
+    peer: &OrgId,
+    ids: &[String],
+) -> Result<Vec<String>> {
+    state.store.withdrawn_among(peer, ids).await
+}
+
+/// Asks every peer that may exchange with us, a few at a time, each until it
+/// answers once (with backoff) or the node stops.
+pub async fn run_at_start(state: Arc<NodeState>, stop: tokio::sync::watch::Receiver<bool>) {
+    let peers = match state.store.list_peers().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing peers to reconcile purges failed");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PEERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for peer in peers.into_iter().filter(Peer::exchange_allowed) {
+        let (state, slots, mut stop) = (state.clone(), slots.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut wait = Duration::from_millis(state.config.federation.retry_initial_ms.max(1));
+            let most = Duration::from_millis(state.config.federation.retry_max_ms.max(1));
+            loop {
+                let outcome = match slots.acquire().await {
+                    Ok(_slot) => with_peer(&state, &peer).await,
+                    Err(_) => return,
+                };
+                match outcome {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        tracing::warn!(
+                            peer = %peer.org_id,
+                            referrals = n,
+                            "purged again what the peer withdrew after this database's backup was taken"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %peer.org_id, error = format!("{e:#}"), "reconciling purges with a peer failed; trying again");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+                wait = (wait * 2).min(most);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Asks one peer; purges what it names. How many were purged again.
+async fn with_peer(state: &NodeState, peer: &Peer) -> anyhow::Result<usize> {
+    let ids = state.store.unpurged_referral_ids(&peer.org_id).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let pinned = state
+        .store
+        .peer_keys(&peer.org_id, now_ms())
+        .await?
+        .into_iter()
+        .map(|k| k.fingerprint)
+        .collect();
+    let ours = state.identity()?.current().clone_key()?;
+    let mut client = crate::federation::client::connect(
+        &peer.endpoint,
+        Some(&ours),
+        pinned,
+        state.call_timeout(),
+    )
+    .await?;
+    let mut purged = 0;
+    for chunk in ids.chunks(MAX_IDS) {
+        let named = match client
+            .list_withdrawn(pb::ListWithdrawnRequest {
+                referral_ids: chunk.to_vec(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().referral_ids,
+            // A peer of an older release cannot say; nothing to do.
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(purged),
+            Err(s) => return Err(anyhow::anyhow!("ListWithdrawn: {}", s.code())),
+        };
+        // Only what was asked counts: a peer cannot name other referrals.
+        let asked: HashSet<&str> = chunk.iter().map(String::as_str).collect();
+        for id in named.iter().filter(|id| asked.contains(id.as_str())) {
+            if purge_again(state, &peer.org_id, id).await? {
+                purged += 1;
+            }
+        }
+    }
+    if purged > 0 {
+        state.store.after_purge().await?;
+    }
+    Ok(purged)
+}
+
+/// Applies a withdrawal the peer holds and this database lost: at a
+/// recipient the content and data key go (as on a withdrawal); at the
+/// sender the referral is withdrawn and its purge done (the recipient's
+/// receipt was lost with the rest). Recorded in the audit trail.
+async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> {
+    let Some(r) = state.store.get_referral(id).await? else {
+        return Ok(false);
+    };
+    if r.peer_org != *peer || r.purge_status != "none" {
+        return Ok(false);
+    }
+    let current = ReferralState::parse(&r.state)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let now = now_ms();
+    let moves = if r.outbound {
+        rules::sender_may_withdraw(current)
+    } else {
+        !rules::is_closed(current)
+    };
+    let change = ReferralChange {
+        expected_states: vec![current.as_str().to_owned()],
+        expected_purge_status: Some("none".into()),
+        state: moves.then(|| ReferralState::Withdrawn.as_str().to_owned()),
+        event: moves.then(|| ReferralEvent {
+            actor: String::new(),
+            state: ReferralState::Withdrawn.as_str().to_owned(),
+            at_ms: now,
+            by_org: peer.to_string(),
+            detail: pb::StateChange {
+                state: ReferralState::Withdrawn.to_pb(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        }),
+        purge_status: Some("done".into()),
+        purged_at_ms: Some(now),
+        purge_summary: !r.outbound,
+        destroy_key: (!r.outbound).then(|| r.key_id.clone()),
+        audit: vec![AuditEntry::peer(
+            peer.as_str(),
+            if r.outbound {
+                "referral.withdraw.reapplied"
+            } else {
+                "referral.purge.reapplied"
+            },
+            "referral",
+            id,
+        )],
+        now_ms: now,
+        ..Default::default()
+    };
+    let changed = state.store.change_referral(id, &change).await?;
+    if changed {
+        state.referral_changed(id);
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_bounded_and_ids_checked() {
+        assert!(checked_ids(vec![]).is_err());
+        assert!(checked_ids(vec!["a".into(); MAX_IDS]).is_ok());
+        assert!(checked_ids(vec!["a".into(); MAX_IDS + 1]).is_err());
+        let e = checked_ids(vec!["ok".into(), "not ok!".into()]).unwrap_err();
+        assert!(e.to_string().contains("referral_ids[1]"), "{e}");
+    }
+}
