@@ -1,8 +1,8 @@
 //! `exitnetctl audit …` and `exitnetctl receipt …`.
 
 use crate::client::AdminClient;
-use crate::opts::{AuditCommand, ReceiptCommand};
-use crate::output::timestamp;
+use crate::opts::{AuditCommand, Output, ReceiptCommand, SubjectFormat};
+use crate::output::{table, timestamp, ts_cell};
 use crate::run::status_line;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -45,9 +45,10 @@ pub fn record_json(r: &pb::AuditRecord) -> Value {
 pub async fn audit(
     admin: &mut AdminClient,
     command: AuditCommand,
-    json_out: bool,
+    output: Option<Output>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let json_out = output == Some(Output::Json);
     match command {
         AuditCommand::Verify { local_only } => {
             let r = admin
@@ -110,6 +111,9 @@ pub async fn audit(
             action,
             object_id,
         } => {
+            // JSON lines unless a table is asked for.
+            let as_table = output == Some(Output::Table);
+            let mut rows: Vec<Vec<String>> = Vec::new();
             let mut token = String::new();
             loop {
                 let page = admin
@@ -130,15 +134,44 @@ pub async fn audit(
                     .page
                     .unwrap_or_default();
                 for r in &page.records {
-                    writeln!(out, "{}", record_json(r))?;
+                    if as_table {
+                        let dash = |s: &str| {
+                            if s.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                s.to_owned()
+                            }
+                        };
+                        rows.push(vec![
+                            r.seq.to_string(),
+                            ts_cell(r.at.as_ref()),
+                            format!("{}:{}", r.actor_kind, dash(&r.actor)),
+                            r.action.clone(),
+                            format!("{} {}", r.object_type, dash(&r.object_id)),
+                            dash(&r.peer_org),
+                            r.result.clone(),
+                        ]);
+                    } else {
+                        writeln!(out, "{}", record_json(r))?;
+                    }
                 }
                 if page.next_page_token.is_empty() {
                     break;
                 }
                 token = page.next_page_token;
             }
+            if as_table {
+                write!(
+                    out,
+                    "{}",
+                    table(
+                        &["SEQ", "AT", "ACTOR", "ACTION", "OBJECT", "PEER", "RESULT"],
+                        &rows
+                    )
+                )?;
+            }
         }
-        AuditCommand::Subject { local_ref } => {
+        AuditCommand::Subject { local_ref, format } => {
             let r = admin
                 .subject_access(pb::SubjectAccessRequest {
                     subject_ref: local_ref,
@@ -146,7 +179,15 @@ pub async fn audit(
                 .await
                 .map_err(status_line)?
                 .into_inner();
-            writeln!(out, "{}", r.json)?;
+            match format {
+                SubjectFormat::Json => writeln!(out, "{}", r.json)?,
+                SubjectFormat::Markdown => {
+                    let doc: Value = serde_json::from_str(&r.json).map_err(|e| {
+                        anyhow::anyhow!("the node sent a document that is not JSON: {e}")
+                    })?;
+                    write!(out, "{}", crate::report::subject_markdown(&doc))?;
+                }
+            }
         }
         AuditCommand::Checkpoint => {
             let r = admin

@@ -1,22 +1,63 @@
-//! A typed client for a node's admin socket.
+//! A typed client for a node's admin socket, and the channel to its client API.
 
+use crate::opts::ApiTarget;
 use anyhow::Context;
 use exitnet_proto::pb::admin_service_client::AdminServiceClient;
 use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub type AdminClient = AdminServiceClient<Channel>;
 
-/// Connects to the admin socket at `path`.
-pub async fn connect(path: &Path) -> anyhow::Result<AdminClient> {
-    let path: PathBuf = path.to_owned();
-    if !path.exists() {
-        anyhow::bail!(
-            "no admin socket at {} (is the node running? set --socket or EXITNET_ADMIN_SOCKET)",
+/// How often a `--wait` polls.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Why the admin socket cannot be used, in words for the administrator.
+fn socket_problem(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "no admin socket at {} (is the node running? set --socket or EXITNET_ADMIN_SOCKET; --wait SECS waits for it)",
             path.display()
-        );
+        ),
+        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "the node is not running: nothing listens on the admin socket {} (the file is left from an earlier run)",
+            path.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "may not open the admin socket {}: permission denied (run exitnetctl as the node's user)",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("cannot open the admin socket {}: {e}", path.display()),
+    }
+}
+
+/// Connects to the admin socket at `path`, waiting up to `wait` for the node
+/// to listen on it.
+pub async fn connect(path: &Path, wait: Duration) -> anyhow::Result<AdminClient> {
+    let path: PathBuf = path.to_owned();
+    let deadline = Instant::now() + wait;
+    loop {
+        match UnixStream::connect(&path).await {
+            Ok(_) => break,
+            Err(e) => {
+                let retryable = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                );
+                if !retryable || Instant::now() >= deadline {
+                    let err = socket_problem(&path, &e);
+                    return Err(if wait.is_zero() {
+                        err
+                    } else {
+                        anyhow::anyhow!("{err} (waited {wait:?})")
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
     }
     let shown = path.display().to_string();
     // The URI is a placeholder: the connector always dials the socket.
@@ -28,4 +69,183 @@ pub async fn connect(path: &Path) -> anyhow::Result<AdminClient> {
         .await
         .with_context(|| format!("connecting to the admin socket {shown}"))?;
     Ok(AdminServiceClient::new(channel))
+}
+
+/// `HOST:PORT` split, with whether the host is loopback (127.0.0.0/8, ::1 or
+/// `localhost`).
+pub fn parse_api(addr: &str) -> anyhow::Result<(String, bool)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--api {addr}: expected HOST:PORT such as 127.0.0.1:7711 or api.example.org:7711"
+        )
+    };
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), sa.ip().is_loopback()));
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() || host.contains(['/', '@', ' ']) {
+        return Err(bad());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    Ok((host.to_owned(), loopback))
+}
+
+/// The endpoint for the client API: plaintext on loopback without `--ca`,
+/// TLS checked against `--ca` otherwise; refused off loopback without it, so
+/// a token never travels in plaintext.
+pub fn api_endpoint(t: &ApiTarget) -> anyhow::Result<Endpoint> {
+    let (host, loopback) = parse_api(&t.api)?;
+    let endpoint = match &t.ca {
+        None if !loopback => anyhow::bail!(
+            "--api {}: not on loopback, so exitnetctl talks to it only over TLS and never sends a token in plaintext; give the CA of the API's certificate with --ca FILE (or EXITNET_CTL_CA)",
+            t.api
+        ),
+        None => Endpoint::from_shared(format!("http://{}", t.api)).map_err(|_| {
+            anyhow::anyhow!("--api {}: expected HOST:PORT such as 127.0.0.1:7711", t.api)
+        })?,
+        Some(ca) => {
+            let pem =
+                std::fs::read(ca).map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                .domain_name(host);
+            Endpoint::from_shared(format!("https://{}", t.api))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--api {}: expected HOST:PORT such as api.example.org:7711",
+                        t.api
+                    )
+                })?
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("--ca {}: {}", ca.display(), chain(&e)))?
+        }
+    };
+    Ok(endpoint.connect_timeout(Duration::from_secs(10)))
+}
+
+/// An error and its causes on one line: `transport error: tcp connect error: Connection refused`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Connects to the client API, waiting up to `wait` for it to accept.
+pub async fn api_channel(t: &ApiTarget, wait: Duration) -> anyhow::Result<Channel> {
+    let endpoint = api_endpoint(t)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    let waited = if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" (waited {wait:?})")
+                    };
+                    anyhow::bail!(
+                        "cannot reach the client API at {}: {}{waited}",
+                        t.api,
+                        chain(&e)
+                    );
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(api: &str) -> ApiTarget {
+        ApiTarget {
+            api: api.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loopback_or_not() {
+        assert_eq!(
+            parse_api("127.0.0.1:7711").unwrap(),
+            ("127.0.0.1".into(), true)
+        );
+        assert_eq!(parse_api("[::1]:7711").unwrap(), ("::1".into(), true));
+        assert_eq!(
+            parse_api("localhost:7711").unwrap(),
+            ("localhost".into(), true)
+        );
+        assert_eq!(
+            parse_api("10.0.0.5:7711").unwrap(),
+            ("10.0.0.5".into(), false)
+        );
+        assert_eq!(
+            parse_api("api.example.org:7711").unwrap(),
+            ("api.example.org".into(), false)
+        );
+        let e = parse_api("localhost").unwrap_err().to_string();
+        assert!(e.starts_with("--api localhost: expected HOST:PORT"), "{e}");
+        assert!(parse_api("http://x:1").is_err());
+    }
+
+    #[test]
+    fn no_plaintext_off_loopback() {
+        let e = api_endpoint(&target("10.0.0.5:7711"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--api 10.0.0.5:7711") && e.contains("--ca"),
+            "{e}"
+        );
+        assert!(api_endpoint(&target("127.0.0.1:7711")).is_ok());
+        let mut t = target("10.0.0.5:7711");
+        t.ca = Some("/nonexistent/ca.pem".into());
+        let e = api_endpoint(&t).unwrap_err().to_string();
+        assert!(e.starts_with("--ca /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_says_the_node_is_not_running() {
+        let dir = std::env::temp_dir().join(format!("exitnetctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+        let _ = std::fs::remove_file(&path);
+        let e = connect(&path, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("no admin socket at"), "{e}");
+        // A socket file nobody listens on: bound, then the listener dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let e = connect(&path, Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("the node is not running"), "{e}");
+        // --wait waits, then says how long.
+        let started = Instant::now();
+        let e = format!(
+            "{:#}",
+            connect(&path, Duration::from_millis(300))
+                .await
+                .unwrap_err()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(e.contains("not running"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,7 +5,9 @@
 pub mod audit;
 pub mod cases;
 pub mod client;
+pub mod codes;
 pub mod login;
 pub mod opts;
-mod output;
+pub mod output;
+pub mod report;
 pub mod run;

@@ -1,5 +1,6 @@
 //! Command-line options (clap). Execution lives in `run`.
 
+use crate::codes::{self, one_of};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -7,7 +8,8 @@ use std::path::PathBuf;
 #[command(
     name = "exitnetctl",
     version,
-    about = "Administer an Exitnet node over its local admin socket"
+    about = "Administer an Exitnet node over its local admin socket, and act on its client API",
+    after_help = "Examples:\n  exitnetctl --socket /var/lib/exitnet/admin.sock peer list\n  exitnetctl --wait 30 identity show\n  exitnetctl referral create --help"
 )]
 pub struct Opts {
     /// The node's admin socket.
@@ -18,16 +20,15 @@ pub struct Opts {
         default_value = "./exitnet-data/admin.sock"
     )]
     pub socket: PathBuf,
-    /// Output for people (table) or for scripts (json).
-    #[arg(
-        long,
-        short = 'o',
-        global = true,
-        value_enum,
-        env = "EXITNET_OUTPUT",
-        default_value = "table"
-    )]
-    pub output: Output,
+    /// Output for people (table) or for scripts (json). `show` commands print
+    /// one JSON object, `list` commands a JSON array. Default: table (the
+    /// exports: JSON lines).
+    #[arg(long, short = 'o', global = true, value_enum, env = "EXITNET_OUTPUT")]
+    pub output: Option<Output>,
+    /// Wait up to SECS for the node to be ready (its admin socket, or the
+    /// client API address, accepting connections) instead of failing at once.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,40 +42,68 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// This node's identity and key.
+    #[command(after_help = "Examples:\n  exitnetctl identity show\n  exitnetctl identity rotate")]
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
     },
     /// Peers: invitations, joining, approval and the lifecycle.
+    #[command(
+        after_help = "Examples:\n  exitnetctl peer invite --expires 2h\n  exitnetctl peer join exitnet-invite-v1.…\n  exitnetctl peer list"
+    )]
     Peer {
         #[command(subcommand)]
         command: PeerCommand,
     },
     /// Refused calls recorded by the node (who, when, why).
+    #[command(after_help = "Example:\n  exitnetctl security events --limit 20")]
     Security {
         #[command(subcommand)]
         command: SecurityCommand,
     },
     /// The audit trail: verify it, export it, answer a subject access request.
+    #[command(
+        after_help = "Examples:\n  exitnetctl audit verify\n  exitnetctl audit export --since 2026-11-01T00:00:00Z > audit.jsonl\n  exitnetctl audit subject client-17 --format markdown"
+    )]
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
     /// Signed delivery and purge receipts: export them, verify one.
+    #[command(
+        after_help = "Example:\n  exitnetctl receipt export 0193… > receipts.jsonl && exitnetctl receipt verify receipts.jsonl"
+    )]
     Receipt {
         #[command(subcommand)]
         command: ReceiptCommand,
     },
+    /// For the data protection officer: what was shared with whom, and purges.
+    #[command(
+        after_help = "Examples:\n  exitnetctl report shared --peer prison-b --from 2026-01-01 --to 2026-06-30\n  exitnetctl report purges"
+    )]
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Mint a client-API token (only when the node runs with auth.mode = "dev").
+    #[command(
+        after_help = "Example:\n  TOKEN=$(exitnetctl dev-token --role case_manager --subject alice)"
+    )]
     DevToken {
-        #[arg(long)]
+        /// The role the token carries.
+        #[arg(long, value_parser = one_of(codes::ROLES))]
         role: String,
+        /// Whom the token names (its `sub`): the person or system.
         #[arg(long)]
         subject: String,
+        /// The team, when the node uses teams.
         #[arg(long, default_value = "")]
         team: String,
     },
     /// Sign in to the organisation's identity provider (OAuth 2.0 device flow).
+    #[command(
+        after_help = "Example:\n  exitnetctl login --issuer https://login.example.org/realms/exit --client-id exitnetctl"
+    )]
     Login {
         /// The provider's issuer URL.
         #[arg(long, env = "EXITNET_CTL_ISSUER")]
@@ -84,19 +113,22 @@ pub enum Command {
         client_id: String,
     },
     /// Forget the stored sign-in.
+    #[command(after_help = "Example:\n  exitnetctl logout")]
     Logout,
     /// Calls on the node's client API, as the signed-in user.
+    #[command(
+        after_help = "Examples:\n  exitnetctl api info --api 127.0.0.1:7711\n  exitnetctl api peers --service trauma_ptsd"
+    )]
     Api {
-        /// The client API address (plaintext on loopback).
-        #[arg(long, env = "EXITNET_CTL_API", default_value = "127.0.0.1:7711")]
-        api: String,
-        /// A bearer token to use instead of the stored sign-in.
-        #[arg(long, env = "EXITNET_CTL_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        target: ApiTarget,
         #[command(subcommand)]
         command: ApiCommand,
     },
     /// Consent records on the client API, as the signed-in case manager.
+    #[command(
+        after_help = "Example:\n  exitnetctl consent record --subject client-17 --recipient prison-b --need-area functional_reintegration --field age_band"
+    )]
     Consent {
         #[command(flatten)]
         target: ApiTarget,
@@ -104,6 +136,9 @@ pub enum Command {
         command: ConsentCommand,
     },
     /// Referrals on the client API, as the signed-in case manager.
+    #[command(
+        after_help = "Examples:\n  exitnetctl referral list --inbound\n  exitnetctl referral show 0193…\n  exitnetctl referral create --help"
+    )]
     Referral {
         #[command(flatten)]
         target: ApiTarget,
@@ -111,16 +146,22 @@ pub enum Command {
         command: ReferralCommand,
     },
     /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  exitnetctl completions bash > /etc/bash_completion.d/exitnetctl"
+    )]
     Completions {
+        /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
 }
 
 /// Where the client API is and how to sign in to it.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApiTarget {
-    /// The client API address (plaintext on loopback).
+    /// The client API address, HOST:PORT. Plaintext only on loopback;
+    /// anywhere else exitnetctl speaks TLS (give --ca) and never sends a
+    /// token in plaintext.
     #[arg(
         long,
         global = true,
@@ -128,6 +169,11 @@ pub struct ApiTarget {
         default_value = "127.0.0.1:7711"
     )]
     pub api: String,
+    /// PEM file of the CA that signed the client API's certificate: the
+    /// connection uses TLS and checks the certificate against it (required
+    /// for an address that is not on loopback).
+    #[arg(long, global = true, env = "EXITNET_CTL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// A bearer token to use instead of the stored sign-in.
     #[arg(long, global = true, env = "EXITNET_CTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -136,10 +182,24 @@ pub struct ApiTarget {
     pub on_behalf_of: Option<String>,
 }
 
+impl Default for ApiTarget {
+    fn default() -> Self {
+        Self {
+            api: "127.0.0.1:7711".into(),
+            ca: None,
+            token: None,
+            on_behalf_of: None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum ConsentCommand {
     /// Record what the client agreed to.
+    #[command(
+        after_help = "Example:\n  exitnetctl consent record --subject client-17 --recipient prison-b,health-c \\\n    --need-area functional_reintegration,mental_health --field age_band,needs_narrative --valid-for 180d"
+    )]
     Record {
         /// The client's reference in your own case files (never leaves this node).
         #[arg(long)]
@@ -147,141 +207,238 @@ pub enum ConsentCommand {
         /// Organisations that may receive referrals (repeat or comma-separate).
         #[arg(long = "recipient", value_delimiter = ',', required = true)]
         recipients: Vec<String>,
+        /// What the data may be used for.
         #[arg(
             long = "purpose",
+            alias = "purposes",
             value_delimiter = ',',
-            default_value = "exit_support"
+            default_value = "exit_support",
+            value_parser = one_of(codes::PURPOSES)
         )]
         purposes: Vec<String>,
-        #[arg(long = "need-area", value_delimiter = ',', required = true)]
+        /// Need areas referrals under this consent may address.
+        #[arg(
+            long = "need-area",
+            alias = "need-areas",
+            value_delimiter = ',',
+            required = true,
+            value_parser = one_of(codes::NEED_AREAS)
+        )]
         need_areas: Vec<String>,
-        /// Summary fields that may travel (age_band, gender, languages, setting,
-        /// ideological_context, risk_level, security_considerations, needs_narrative).
-        #[arg(long = "field", value_delimiter = ',')]
+        /// Summary fields that may travel.
+        #[arg(long = "field", alias = "fields", value_delimiter = ',', value_parser = one_of(codes::DATA_CATEGORIES))]
         fields: Vec<String>,
         /// How long the consent lasts, e.g. 180d.
         #[arg(long, default_value = "365d", value_parser = parse_duration)]
         valid_for: u64,
-        /// written, verbal_witnessed or digital.
-        #[arg(long, default_value = "written")]
+        /// How the consent was given.
+        #[arg(long, default_value = "written", value_parser = one_of(codes::COLLECTION_METHODS))]
         method: String,
+        /// Who witnessed a verbal consent (a role or a name).
         #[arg(long, default_value = "")]
         witness: String,
         /// The statute, when the legal basis is a statute rather than consent.
         #[arg(long)]
         statute: Option<String>,
-        #[arg(long = "restriction", value_delimiter = ',')]
+        /// Restrictions that travel with the data.
+        #[arg(long = "restriction", alias = "restrictions", value_delimiter = ',', value_parser = one_of(codes::RESTRICTIONS))]
         restrictions: Vec<String>,
         /// Idempotency key (default: a new one).
         #[arg(long)]
         request_id: Option<String>,
     },
+    /// The consents you may see, newest first (always a table, or a JSON array).
+    #[command(after_help = "Example:\n  exitnetctl consent list --subject client-17")]
     List {
+        /// Only the consents of this client reference.
         #[arg(long, default_value = "")]
         subject: String,
     },
-    Show {
-        consent_id: String,
-    },
+    /// One consent in full.
+    #[command(after_help = "Example:\n  exitnetctl consent show 0193…")]
+    Show { consent_id: String },
     /// Withdraw: every recipient of every referral under it purges.
-    Withdraw {
-        consent_id: String,
-    },
+    #[command(after_help = "Example:\n  exitnetctl consent withdraw 0193…")]
+    Withdraw { consent_id: String },
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum ReferralCommand {
     /// Send a referral under a consent.
+    #[command(
+        after_help = "Example:\n  exitnetctl referral create --consent 0193… --to prison-b \\\n    --need-area functional_reintegration --service housing --urgency soon \\\n    --age-band 25_34 --narrative - < needs.txt\n\nThe recipient must be an active peer the consent names; only the summary fields\nthe consent and both peer policies allow may be given."
+    )]
     Create {
+        /// The consent it rests on (`exitnetctl consent list`).
         #[arg(long)]
         consent: String,
+        /// The receiving organisation: an active peer the consent names.
         #[arg(long)]
         to: String,
-        #[arg(long = "need-area", value_delimiter = ',', required = true)]
+        /// Need areas the referral addresses (repeat or comma-separate).
+        #[arg(
+            long = "need-area",
+            alias = "need-areas",
+            value_delimiter = ',',
+            required = true,
+            value_parser = one_of(codes::NEED_AREAS)
+        )]
         need_areas: Vec<String>,
-        #[arg(long = "service", value_delimiter = ',')]
+        /// Services asked for (repeat or comma-separate).
+        #[arg(long = "service", alias = "services", value_delimiter = ',', value_parser = one_of(codes::SERVICES))]
         services: Vec<String>,
-        /// routine, soon or urgent.
-        #[arg(long, default_value = "routine")]
+        /// How soon: routine, soon (within weeks), urgent (within days).
+        #[arg(long, default_value = "routine", value_parser = one_of(codes::URGENCIES))]
         urgency: String,
-        /// under_15, 15_17, 18_24, 25_34, 35_49, 50_and_over.
-        #[arg(long)]
+        /// The client's age band.
+        #[arg(long, value_parser = one_of(codes::AGE_BANDS))]
         age_band: Option<String>,
-        /// low, moderate, high, not_assessed.
-        #[arg(long)]
+        /// The client's gender.
+        #[arg(long, value_parser = one_of(codes::GENDERS))]
+        gender: Option<String>,
+        /// Languages the client speaks, BCP 47 tags (comma-separated).
+        #[arg(long = "language", alias = "languages", value_delimiter = ',')]
+        languages: Vec<String>,
+        /// Where the client is supervised or supported (never an address).
+        #[arg(long, value_parser = one_of(codes::SETTINGS))]
+        setting: Option<String>,
+        /// The movement the client is leaving (only if the consent covers it).
+        #[arg(long, value_parser = one_of(codes::IDEOLOGICAL_CONTEXTS))]
+        ideological_context: Option<String>,
+        /// The assessed risk level.
+        #[arg(long, value_parser = one_of(codes::RISK_LEVELS))]
         risk_level: Option<String>,
+        /// The risk of retaliation against the client.
+        #[arg(long, value_parser = one_of(codes::RISK_LEVELS))]
+        retaliation_risk: Option<String>,
+        /// About the security situation (at most 500 characters; never where the client is).
+        #[arg(long)]
+        security_note: Option<String>,
         /// What the client needs (at most 2,000 characters; never where they are);
         /// `-` reads it from standard input, keeping it out of `ps` and shell history.
         #[arg(long)]
         narrative: Option<String>,
+        /// Idempotency key (default: a new one).
         #[arg(long)]
         request_id: Option<String>,
     },
+    /// Referrals you may see, newest first (always a table, or a JSON array).
+    #[command(after_help = "Example:\n  exitnetctl referral list --inbound --state received")]
     List {
+        /// Only those we received.
         #[arg(long, conflicts_with = "outbound")]
         inbound: bool,
+        /// Only those we sent.
         #[arg(long)]
         outbound: bool,
+        /// Only those in this state.
+        #[arg(long, value_parser = one_of(REFERRAL_STATES))]
+        state: Option<String>,
+        /// Only those exchanged with this organisation.
+        #[arg(long)]
+        peer: Option<String>,
     },
-    Show {
-        referral_id: String,
-    },
-    Accept {
-        referral_id: String,
-    },
+    /// One referral in full: summary, terms, outcome, reasons, history.
+    #[command(after_help = "Example:\n  exitnetctl referral show 0193…")]
+    Show { referral_id: String },
+    /// Accept a referral you received.
+    #[command(after_help = "Example:\n  exitnetctl referral accept 0193…")]
+    Accept { referral_id: String },
+    /// Decline a referral you received, with a reason.
+    #[command(
+        after_help = "Example:\n  exitnetctl referral decline 0193… --reason no_capacity --text \"Waiting list until March.\""
+    )]
     Decline {
         referral_id: String,
-        #[arg(long)]
+        /// Why.
+        #[arg(long, value_parser = one_of(codes::DECLINE_REASONS))]
         reason: String,
+        /// A few words for the sender (at most 500 characters).
         #[arg(long, default_value = "")]
         text: String,
     },
-    Start {
-        referral_id: String,
-    },
+    /// Mark an accepted referral as in progress.
+    #[command(after_help = "Example:\n  exitnetctl referral start 0193…")]
+    Start { referral_id: String },
+    /// Put a referral on hold.
+    #[command(
+        after_help = "Example:\n  exitnetctl referral hold 0193… --text \"Client in hospital.\""
+    )]
     Hold {
         referral_id: String,
+        /// Why (at most 500 characters).
         #[arg(long, default_value = "")]
         text: String,
     },
+    /// Close a referral as completed, with its outcome.
+    #[command(
+        after_help = "Example:\n  exitnetctl referral complete 0193… --delivered --reintegration substantial --note \"Flat found.\""
+    )]
     Complete {
         referral_id: String,
-        /// Progress (none, some, substantial) on each goal.
-        #[arg(long)]
+        /// Progress on disengagement.
+        #[arg(long, value_parser = one_of(codes::PROGRESS))]
         disengagement: Option<String>,
-        #[arg(long)]
+        /// Progress on deradicalisation.
+        #[arg(long, value_parser = one_of(codes::PROGRESS))]
         deradicalisation: Option<String>,
-        #[arg(long)]
+        /// Progress on reintegration.
+        #[arg(long, value_parser = one_of(codes::PROGRESS))]
         reintegration: Option<String>,
-        #[arg(long)]
+        /// Progress on rehabilitation.
+        #[arg(long, value_parser = one_of(codes::PROGRESS))]
         rehabilitation: Option<String>,
         /// The requested service was delivered.
         #[arg(long)]
         delivered: bool,
+        /// A note for the sender (at most 500 characters).
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// Close a referral as failed, with a reason.
+    #[command(
+        after_help = "Example:\n  exitnetctl referral fail 0193… --reason client_unreachable --text \"No answer in 6 weeks.\""
+    )]
     Fail {
         referral_id: String,
-        #[arg(long)]
+        /// Why.
+        #[arg(long, value_parser = one_of(codes::FAILURE_REASONS))]
         reason: String,
+        /// A few words for the sender (at most 500 characters).
         #[arg(long, default_value = "")]
         text: String,
     },
-    Withdraw {
-        referral_id: String,
-    },
+    /// Withdraw a referral you sent: the recipient purges it.
+    #[command(after_help = "Example:\n  exitnetctl referral withdraw 0193…")]
+    Withdraw { referral_id: String },
 }
+
+pub const REFERRAL_STATES: &[&str] = &[
+    "requested",
+    "received",
+    "accepted",
+    "declined",
+    "in_progress",
+    "on_hold",
+    "completed",
+    "failed",
+    "withdrawn",
+];
 
 #[derive(Debug, Subcommand)]
 pub enum ApiCommand {
     /// The node's organisation, protocol version and key fingerprint.
+    #[command(after_help = "Example:\n  exitnetctl api info")]
     Info,
     /// Active peers from the directory, optionally by need area or service.
+    #[command(after_help = "Example:\n  exitnetctl api peers --need-area mental_health")]
     Peers {
-        #[arg(long)]
+        /// Only peers working in this need area.
+        #[arg(long, value_parser = one_of(codes::NEED_AREAS))]
         need_area: Option<String>,
-        #[arg(long)]
+        /// Only peers offering this service.
+        #[arg(long, value_parser = one_of(codes::SERVICES))]
         service: Option<String>,
     },
 }
@@ -289,16 +446,22 @@ pub enum ApiCommand {
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
     /// Organisation, key fingerprint and federation endpoint.
+    #[command(after_help = "Example:\n  exitnetctl identity show")]
     Show,
     /// Make a new key; peers are told and accept the old one for the overlap.
+    /// The verification codes of every peering change with it.
+    #[command(after_help = "Example:\n  exitnetctl identity rotate")]
     Rotate,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PeerCommand {
     /// Create a single-use invitation code to give another administrator.
+    #[command(
+        after_help = "Example:\n  exitnetctl peer invite --expires 2h --note \"probation east\" > code.txt\n\nAlso the way to peer again after a revoke: the new join replaces the revoked record."
+    )]
     Invite {
-        /// Lifetime, e.g. 30m, 24h, 7d.
+        /// Lifetime, e.g. 30m, 24h, 7d; at most 30d.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         expires: u64,
         /// Federation endpoint (host:port) to put in the code.
@@ -310,33 +473,52 @@ pub enum PeerCommand {
     },
     /// Join the node that issued CODE (`-`: read it from standard input); this is
     /// your approval of the peering.
+    #[command(
+        after_help = "Example:\n  exitnetctl peer join - < code.txt\n\nAfter a revoke (by either side) a new invitation and join peer the two again."
+    )]
     Join { code: String },
-    /// All peers with their states and verification codes.
+    /// All peers with their states and verification codes (always a table, or a JSON array).
+    #[command(after_help = "Example:\n  exitnetctl peer list")]
     List,
     /// One peer in full, with the verification code to read aloud.
+    #[command(after_help = "Example:\n  exitnetctl peer show prison-b")]
     Show { org: String },
     /// Approve a pending join request.
+    #[command(after_help = "Example:\n  exitnetctl peer approve prison-b")]
     Approve { org: String },
     /// Refuse a pending join request.
+    #[command(after_help = "Example:\n  exitnetctl peer reject prison-b")]
     Reject { org: String },
     /// Pause the peering; every new call in both directions is refused.
+    #[command(after_help = "Example:\n  exitnetctl peer suspend prison-b")]
     Suspend { org: String },
     /// Resume a suspended peering.
+    #[command(after_help = "Example:\n  exitnetctl peer resume prison-b")]
     Resume { org: String },
-    /// End the peering for good.
-    Revoke { org: String },
+    /// End the peering for good (asks first; --yes for scripts).
+    #[command(
+        after_help = "Example:\n  exitnetctl peer revoke prison-b --yes\n\nReferral messages to the peer stop (offers not yet delivered fail as undeliverable\nafter federation.max_delivery_age_secs); the peer keeps what it received. To peer\nagain later: `exitnetctl peer invite` and the other side's `peer join`."
+    )]
+    Revoke {
+        org: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Show or change what may be sent to and accepted from a peer.
+    #[command(
+        after_help = "Examples:\n  exitnetctl peer policy prison-b\n  exitnetctl peer policy prison-b --need-areas functional_reintegration,security --allow-narrative"
+    )]
     Policy {
         org: String,
-        /// Need areas allowed (comma-separated code names).
-        #[arg(long, value_delimiter = ',')]
+        /// Need areas allowed (comma-separated).
+        #[arg(long, alias = "need-area", value_delimiter = ',', value_parser = one_of(codes::NEED_AREAS))]
         need_areas: Option<Vec<String>>,
-        /// Summary fields allowed (age_band, gender, languages, setting,
-        /// ideological_context, risk_level, security_considerations, needs_narrative).
-        #[arg(long, value_delimiter = ',')]
+        /// Summary fields allowed (comma-separated).
+        #[arg(long, alias = "field", value_delimiter = ',', value_parser = one_of(codes::DATA_CATEGORIES))]
         fields: Option<Vec<String>>,
-        /// Purposes allowed.
-        #[arg(long, value_delimiter = ',')]
+        /// Purposes allowed (comma-separated).
+        #[arg(long, alias = "purpose", value_delimiter = ',', value_parser = one_of(codes::PURPOSES))]
         purposes: Option<Vec<String>>,
         /// Purge closed referrals at the peer this many days after they close (0: never).
         #[arg(long)]
@@ -352,23 +534,35 @@ pub enum PeerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SecurityCommand {
-    /// The most recent refused calls.
+    /// The most recent refused calls, newest first (always a table, or a JSON array).
+    #[command(after_help = "Example:\n  exitnetctl security events --limit 20 -o json")]
     Events {
+        /// At most this many (up to 10000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubjectFormat {
+    Json,
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the whole chain, the checkpoints and what peers witnessed; exits
     /// non-zero naming the first record that fails.
+    #[command(after_help = "Example:\n  exitnetctl audit verify --local-only")]
     Verify {
         /// Do not ask peers for the checkpoints they witnessed.
         #[arg(long)]
         local_only: bool,
     },
-    /// Write the trail as JSON lines, oldest first.
+    /// Write the trail as JSON lines, oldest first (`-o table`: a table).
+    #[command(
+        after_help = "Example:\n  exitnetctl audit export --since 2026-11-01T00:00:00Z --action referral.create > audit.jsonl"
+    )]
     Export {
         /// Only records at or after this time (RFC 3339).
         #[arg(long, value_parser = parse_time)]
@@ -376,35 +570,94 @@ pub enum AuditCommand {
         /// Only records before this time (RFC 3339).
         #[arg(long, value_parser = parse_time)]
         until: Option<time::OffsetDateTime>,
+        /// Only records of this actor.
         #[arg(long)]
         actor: Option<String>,
+        /// Only records of this action, e.g. referral.create.
         #[arg(long)]
         action: Option<String>,
+        /// Only records about this object (a referral, consent or peer).
         #[arg(long)]
         object_id: Option<String>,
     },
-    /// Everything this node holds and has shared about one client (GDPR Art. 15), as JSON.
+    /// Everything this node holds and has shared about one client (GDPR Art. 15),
+    /// as JSON or as a Markdown report to hand over.
+    #[command(
+        after_help = "Examples:\n  exitnetctl audit subject client-17 > client-17.json\n  exitnetctl audit subject client-17 --format markdown > client-17.md"
+    )]
     Subject {
         /// The client's local reference (or the pseudonym a peer used).
         local_ref: String,
+        /// json (the default) or markdown (a report for the person).
+        #[arg(long, value_enum, default_value = "json")]
+        format: SubjectFormat,
     },
     /// Sign a checkpoint of the chain now and send it to the peers to witness.
+    #[command(after_help = "Example:\n  exitnetctl audit checkpoint")]
     Checkpoint,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ReceiptCommand {
     /// The signed receipts kept for a referral, as JSON lines (one per receipt).
+    #[command(after_help = "Example:\n  exitnetctl receipt export 0193… > receipts.jsonl")]
     Export { referral_id: String },
     /// Check receipts exported from a node (a file of JSON lines) against the
     /// issuer's pinned key; exits non-zero if any does not verify.
+    #[command(after_help = "Example:\n  exitnetctl receipt verify receipts.jsonl")]
     Verify { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// What was shared with whom: per peer, how many referrals, which data
+    /// categories and purposes, under which legal bases (no client content).
+    #[command(
+        after_help = "Example:\n  exitnetctl report shared --peer prison-b --from 2026-01-01 --to 2026-03-31"
+    )]
+    Shared {
+        /// Only what was shared with this organisation.
+        #[arg(long)]
+        peer: Option<String>,
+        /// From this day (YYYY-MM-DD, UTC) or time (RFC 3339), inclusive.
+        #[arg(long, value_parser = parse_day_or_time)]
+        from: Option<time::OffsetDateTime>,
+        /// Up to this day (inclusive) or time (exclusive).
+        #[arg(long, value_parser = parse_day_end_or_time)]
+        to: Option<time::OffsetDateTime>,
+    },
+    /// Withdrawals and their purge status per recipient, oldest pending first.
+    #[command(after_help = "Example:\n  exitnetctl report purges")]
+    Purges,
 }
 
 /// Parses an RFC 3339 time.
 pub fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|_| format!("`{s}` is not an RFC 3339 time like 2026-11-25T10:00:00Z"))
+}
+
+fn parse_day(s: &str) -> Option<time::Date> {
+    let f = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &f).ok()
+}
+
+/// A day (its start, UTC) or an RFC 3339 time.
+pub fn parse_day_or_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    match parse_day(s) {
+        Some(d) => Ok(d.midnight().assume_utc()),
+        None => parse_time(s)
+            .map_err(|_| format!("`{s}` is neither a day like 2026-11-25 nor an RFC 3339 time")),
+    }
+}
+
+/// A day (up to its end, UTC) or an RFC 3339 time.
+pub fn parse_day_end_or_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    match parse_day(s) {
+        Some(d) => Ok(d.midnight().assume_utc() + time::Duration::days(1)),
+        None => parse_time(s)
+            .map_err(|_| format!("`{s}` is neither a day like 2026-11-25 nor an RFC 3339 time")),
+    }
 }
 
 /// Parses `90s`, `30m`, `24h`, `7d` (or plain seconds) into seconds.
@@ -428,6 +681,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn durations() {
@@ -439,8 +693,90 @@ mod tests {
     }
 
     #[test]
+    fn days_and_times() {
+        let from = parse_day_or_time("2026-01-31").unwrap();
+        let to = parse_day_end_or_time("2026-01-31").unwrap();
+        assert_eq!((to - from).whole_hours(), 24);
+        assert_eq!(
+            parse_day_or_time("2026-01-31T10:00:00Z").unwrap(),
+            parse_day_end_or_time("2026-01-31T10:00:00Z").unwrap()
+        );
+        assert!(parse_day_or_time("31.01.2026").is_err());
+    }
+
+    #[test]
     fn options_are_consistent() {
-        use clap::CommandFactory;
         Opts::command().debug_assert();
+    }
+
+    /// Every subcommand, at every level, has a description and an example,
+    /// and every flag a help text or a list of values.
+    #[test]
+    fn every_command_has_help_and_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_name() == "help" {
+                return;
+            }
+            {
+                if cmd.get_about().is_none() {
+                    missing.push(format!("{path}: no description"));
+                }
+                let example = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string().contains("exitnetctl "))
+                    .unwrap_or(false);
+                if !example {
+                    missing.push(format!("{path}: no example"));
+                }
+                for a in cmd.get_arguments() {
+                    let id = a.get_id().as_str();
+                    if matches!(id, "help" | "version") {
+                        continue;
+                    }
+                    if a.get_help().is_none() && !a.is_positional() {
+                        missing.push(format!("{path} --{id}: no help"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Opts::command();
+        cmd.build();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn a_value_outside_a_code_list_names_the_flag_and_the_values() {
+        let e = Opts::try_parse_from([
+            "exitnetctl",
+            "peer",
+            "policy",
+            "prison-b",
+            "--need-areas",
+            "cognitive,banana",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("banana") && e.contains("--need-areas"), "{e}");
+        assert!(e.contains("functional_reintegration"), "{e}");
+        let ok = Opts::try_parse_from([
+            "exitnetctl",
+            "referral",
+            "create",
+            "--consent",
+            "c",
+            "--to",
+            "prison-b",
+            "--need-areas",
+            "cognitive,security",
+            "--age-band",
+            "25_34",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -10,7 +10,11 @@ pub fn code_name(full: &str, prefix: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn enum_name<E: TryFrom<i32>>(v: i32, name: impl Fn(E) -> &'static str, prefix: &str) -> String {
+pub fn enum_name<E: TryFrom<i32>>(
+    v: i32,
+    name: impl Fn(E) -> &'static str,
+    prefix: &str,
+) -> String {
     match E::try_from(v) {
         Ok(e) => code_name(name(e), prefix),
         Err(_) => format!("unknown({v})"),
@@ -29,20 +33,66 @@ pub fn awaiting(v: i32) -> String {
     enum_name(v, |e: pb::Awaiting| e.as_str_name(), "AWAITING_")
 }
 
+/// RFC 3339 in UTC with milliseconds, the one form of every time exitnetctl
+/// prints: `2026-11-25T10:00:00.000Z`.
+pub fn rfc3339_ms(t: time::OffsetDateTime) -> Option<String> {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC).format(&f).ok()
+}
+
+/// A protobuf timestamp as `rfc3339_ms`, or null when unset.
 pub fn timestamp(ts: Option<&exitnet_proto::Timestamp>) -> Value {
     match ts {
         Some(t) => {
             let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
             time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
                 .ok()
-                .and_then(|d| {
-                    d.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
+                .and_then(rfc3339_ms)
                 .map(Value::String)
                 .unwrap_or(Value::Null)
         }
         None => Value::Null,
+    }
+}
+
+/// A timestamp for a table cell (`-` when unset).
+pub fn ts_cell(ts: Option<&exitnet_proto::Timestamp>) -> String {
+    timestamp(ts)
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `a, b, c`, or `-` for none.
+pub fn list_cell(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The names of a repeated enum field.
+pub fn enum_names<E: TryFrom<i32>>(
+    v: &[i32],
+    name: impl Fn(E) -> &'static str,
+    prefix: &str,
+) -> Vec<String> {
+    v.iter().map(|x| enum_name(*x, &name, prefix)).collect()
+}
+
+/// The name of one enum value, or null when unset (0).
+pub fn enum_value<E: TryFrom<i32>>(
+    v: i32,
+    name: impl Fn(E) -> &'static str,
+    prefix: &str,
+) -> Value {
+    if v == 0 {
+        Value::Null
+    } else {
+        Value::String(enum_name(v, name, prefix))
     }
 }
 
@@ -124,4 +174,31 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
 
 pub fn short_fp(fp: &str) -> String {
     fp.chars().take(16).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_have_milliseconds_always() {
+        let t = exitnet_proto::Timestamp {
+            seconds: 1_764_756_000,
+            nanos: 0,
+        };
+        assert_eq!(timestamp(Some(&t)), json!("2025-12-03T10:00:00.000Z"));
+        let t = exitnet_proto::Timestamp {
+            seconds: 1_764_756_000,
+            nanos: 123_456_789,
+        };
+        assert_eq!(timestamp(Some(&t)), json!("2025-12-03T10:00:00.123Z"));
+        assert_eq!(timestamp(None), Value::Null);
+        assert_eq!(ts_cell(None), "-");
+    }
+
+    #[test]
+    fn a_table_of_one_row_is_a_table() {
+        let t = table(&["A", "BB"], &[vec!["x".into(), "y".into()]]);
+        assert_eq!(t, "A  BB\nx  y\n");
+    }
 }

@@ -1,33 +1,75 @@
 //! Carries out a parsed command against the node's admin socket.
 
 use crate::client;
+use crate::codes::to_pb;
 use crate::opts::{
-    ApiCommand, Command, IdentityCommand, Opts, Output, PeerCommand, SecurityCommand,
+    ApiCommand, ApiTarget, AuditCommand, Command, IdentityCommand, Opts, Output, PeerCommand,
+    ReceiptCommand, SecurityCommand,
 };
-use crate::output::{self, fields, peer_json, short_fp, table, timestamp};
+use crate::output::{self, fields, peer_json, short_fp, table, timestamp, ts_cell};
 use exitnet_proto::pb;
 use serde_json::{Value, json};
 use std::io::Write;
+use std::time::Duration;
+
+/// The longest an invitation may live (the node's limit too).
+pub const MAX_INVITATION_SECS: u64 = 30 * 86400;
 
 /// Turns a gRPC status into one line for the administrator.
 pub(crate) fn status_line(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unavailable && s.message().is_empty() {
+        return anyhow::anyhow!("the node did not answer (Unavailable)");
+    }
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
-fn ts_text(v: Value) -> String {
-    v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into())
+/// A refusal about the peer `org`, naming it as the user typed it.
+fn peer_status(org: &str) -> impl Fn(tonic::Status) -> anyhow::Error {
+    let org = org.to_owned();
+    move |s| match s.code() {
+        tonic::Code::NotFound => {
+            anyhow::anyhow!("no peer {org} (`exitnetctl peer list` shows them)")
+        }
+        tonic::Code::InvalidArgument if s.message().starts_with("org_id") => anyhow::anyhow!(
+            "no peer {org}: not an organisation ID (3 to 63 characters of a-z, 0-9 and '-')"
+        ),
+        _ => status_line(s),
+    }
+}
+
+/// Whether an error is a closed standard output (`exitnetctl … | head`).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Refuses `-o table` for a command that writes only a machine format.
+fn refuse_table(output: Option<Output>, what: &str) -> anyhow::Result<()> {
+    if output == Some(Output::Table) {
+        anyhow::bail!("-o table: {what}");
+    }
+    Ok(())
 }
 
 /// Runs one command, writing its result to `out`.
 pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
-    let json_out = opts.output == Output::Json;
-    if let Command::Completions { shell } = opts.command {
-        use clap::CommandFactory;
-        let mut cmd = Opts::command();
-        clap_complete::generate(shell, &mut cmd, "exitnetctl", out);
-        return Ok(());
-    }
+    let json_out = opts.output == Some(Output::Json);
+    let wait = Duration::from_secs(opts.wait);
     match opts.command {
+        Command::Completions { shell } => {
+            if opts.output == Some(Output::Json) {
+                anyhow::bail!("-o json: completions are shell code, not JSON");
+            }
+            use clap::CommandFactory;
+            let mut cmd = Opts::command();
+            // Generated into memory first: the generator panics on a write error.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "exitnetctl", &mut buf);
+            out.write_all(&buf)?;
+            return Ok(());
+        }
         Command::Login { issuer, client_id } => {
             let path = crate::login::login(&issuer, &client_id).await?;
             eprintln!("signed in; tokens kept in {}", path.display());
@@ -45,20 +87,38 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        Command::Api {
-            api,
-            token,
-            command,
-        } => return api_call(&api, token, command, json_out, out).await,
+        Command::Api { target, command } => {
+            return api_call(&target, command, json_out, wait, out).await;
+        }
         Command::Consent { target, command } => {
-            return crate::cases::consent(target, command, json_out, out).await;
+            return crate::cases::consent(target, command, json_out, wait, out).await;
         }
         Command::Referral { target, command } => {
-            return crate::cases::referral(target, command, json_out, out).await;
+            return crate::cases::referral(target, command, json_out, wait, out).await;
+        }
+        Command::Audit {
+            command: AuditCommand::Subject { .. },
+        } => refuse_table(
+            opts.output,
+            "audit subject writes JSON or, with --format markdown, a Markdown report",
+        )?,
+        Command::Receipt {
+            command: ReceiptCommand::Export { .. },
+        } => refuse_table(
+            opts.output,
+            "receipt export writes the signed receipts as JSON lines, the file `receipt verify` reads",
+        )?,
+        Command::Peer {
+            command: PeerCommand::Invite { expires, .. },
+        } if expires > MAX_INVITATION_SECS => {
+            anyhow::bail!(
+                "--expires: at most 30d (an invitation code lives at most 30 days), not {}",
+                human_secs(expires)
+            );
         }
         _ => {}
     }
-    let mut admin = client::connect(&opts.socket).await?;
+    let mut admin = client::connect(&opts.socket, wait).await?;
     match opts.command {
         Command::Completions { .. }
         | Command::Login { .. }
@@ -87,6 +147,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                     json!({"access_token": r.access_token, "expires_at": timestamp(r.expires_at.as_ref())})
                 )?;
             } else {
+                // The token alone, so that TOKEN=$(exitnetctl dev-token …) works.
                 writeln!(out, "{}", r.access_token)?;
             }
         }
@@ -136,7 +197,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                         out,
                         "old key      {} accepted until {}",
                         k.fingerprint,
-                        ts_text(timestamp(k.valid_until.as_ref()))
+                        ts_cell(k.valid_until.as_ref())
                     )?;
                 }
             }
@@ -162,22 +223,31 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                     })
                 )?;
             } else {
+                let until = until.as_str().unwrap_or("-").to_owned();
                 writeln!(
                     out,
-                    "new key {}\nold key {} stays valid until {}\nannouncement queued for {} peer(s)",
-                    r.new_fingerprint,
-                    r.old_fingerprint,
-                    ts_text(until),
-                    r.peers_notified
+                    "new key {}\nold key {} stays valid until {until}\nannouncement queued for {} peer(s)",
+                    r.new_fingerprint, r.old_fingerprint, r.peers_notified
+                )?;
+                writeln!(
+                    out,
+                    "\nThe verification code of every peering changes with the key (it is derived\n\
+                     from both keys): `exitnetctl peer list` shows the new ones, the same on both\n\
+                     sides once a peer has the announcement. Peers see the new fingerprint in their\n\
+                     `peer show`, and accept the old key until {until}. A pending peering does not\n\
+                     get the announcement: invite that organisation again."
                 )?;
             }
         }
         Command::Peer { command } => peer(&mut admin, command, json_out, out).await?,
         Command::Audit { command } => {
-            crate::audit::audit(&mut admin, command, json_out, out).await?
+            crate::audit::audit(&mut admin, command, opts.output, out).await?
         }
         Command::Receipt { command } => {
             crate::audit::receipt(&mut admin, command, json_out, out).await?
+        }
+        Command::Report { command } => {
+            crate::report::report(&mut admin, command, json_out, out).await?
         }
         Command::Security {
             command: SecurityCommand::Events { limit },
@@ -205,26 +275,25 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                     .collect();
                 writeln!(out, "{}", Value::Array(v))?;
             } else {
+                let dash = |s: &str| {
+                    if s.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
                 let rows: Vec<Vec<String>> = r
                     .events
                     .iter()
                     .map(|e| {
                         vec![
-                            ts_text(timestamp(e.at.as_ref())),
+                            ts_cell(e.at.as_ref()),
                             e.surface.clone(),
                             e.reason.clone(),
-                            if e.org_id.is_empty() {
-                                "-".into()
-                            } else {
-                                e.org_id.clone()
-                            },
-                            if e.key_fingerprint.is_empty() {
-                                "-".into()
-                            } else {
-                                short_fp(&e.key_fingerprint)
-                            },
-                            e.remote_addr.clone(),
-                            e.method.clone(),
+                            dash(&e.org_id),
+                            dash(&short_fp(&e.key_fingerprint)),
+                            dash(&e.remote_addr),
+                            dash(&e.method),
                         ]
                     })
                     .collect();
@@ -242,14 +311,58 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `90d` for 7776000.
+fn human_secs(s: u64) -> String {
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if s >= n && s.is_multiple_of(n) {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
+/// Asks on the terminal; `false` unless the answer is yes.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "{question} Standard input is not a terminal, so nobody can answer: add --yes to confirm"
+        );
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// What a revocation does to what is under way with the peer.
+pub fn revoke_consequences(org: &str, queued: u32) -> String {
+    format!(
+        "Revoking ends the peering with {org} for good; every call in both directions is refused from now on.\n\
+         Referrals in flight with {org}:\n\
+         - {queued} message(s) still queued for {org} are not delivered: referral offers not yet\n\
+           delivered fail as undeliverable after federation.max_delivery_age_secs; status changes\n\
+           and withdrawals wait until the two organisations peer again.\n\
+         - {org} keeps what it already received; a withdrawal (and so a purge) cannot reach it\n\
+           while revoked: ask its administrator to purge, or peer again so the queue drains.\n\
+         - What {org} sent you stays here; its status changes no longer arrive.\n\
+         To peer again later: `exitnetctl peer invite` here and `exitnetctl peer join CODE` there\n\
+         (or the other way round); the new peering replaces the revoked one."
+    )
+}
+
 async fn peer(
     admin: &mut client::AdminClient,
     command: PeerCommand,
     json_out: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let action = |org: String, action: pb::PeerAction| pb::SetPeerStateRequest {
-        org_id: org,
+    let action = |org: &str, action: pb::PeerAction| pb::SetPeerStateRequest {
+        org_id: org.to_owned(),
         action: action as i32,
     };
     let view = match command {
@@ -282,7 +395,7 @@ async fn peer(
                 writeln!(out, "{}", r.code)?;
                 eprintln!(
                     "single use, expires {}; give it to the other administrator over a trusted channel",
-                    ts_text(timestamp(r.expires_at.as_ref()))
+                    ts_cell(r.expires_at.as_ref())
                 );
             }
             return Ok(());
@@ -321,7 +434,7 @@ async fn peer(
                                 output::peer_state(v.remote_state)
                             },
                             v.verification_code.clone(),
-                            ts_text(timestamp(v.last_seen_at.as_ref())),
+                            ts_cell(v.last_seen_at.as_ref()),
                         ]
                     })
                     .collect();
@@ -360,16 +473,18 @@ async fn peer(
         }
         PeerCommand::Show { org } => {
             admin
-                .get_peer(pb::GetPeerRequest { org_id: org })
+                .get_peer(pb::GetPeerRequest {
+                    org_id: org.clone(),
+                })
                 .await
-                .map_err(status_line)?
+                .map_err(peer_status(&org))?
                 .into_inner()
                 .peer
         }
-        PeerCommand::Approve { org } => set(admin, action(org, pb::PeerAction::Approve)).await?,
-        PeerCommand::Reject { org } => set(admin, action(org, pb::PeerAction::Reject)).await?,
-        PeerCommand::Suspend { org } => set(admin, action(org, pb::PeerAction::Suspend)).await?,
-        PeerCommand::Resume { org } => set(admin, action(org, pb::PeerAction::Resume)).await?,
+        PeerCommand::Approve { org } => set(admin, action(&org, pb::PeerAction::Approve)).await?,
+        PeerCommand::Reject { org } => set(admin, action(&org, pb::PeerAction::Reject)).await?,
+        PeerCommand::Suspend { org } => set(admin, action(&org, pb::PeerAction::Suspend)).await?,
+        PeerCommand::Resume { org } => set(admin, action(&org, pb::PeerAction::Resume)).await?,
         PeerCommand::Policy {
             org,
             need_areas,
@@ -379,115 +494,45 @@ async fn peer(
             allow_narrative,
             deny_narrative,
         } => {
+            return policy(
+                admin,
+                PolicyChange {
+                    org,
+                    need_areas,
+                    field_names,
+                    purposes,
+                    retention_days,
+                    allow_narrative,
+                    deny_narrative,
+                },
+                json_out,
+                out,
+            )
+            .await;
+        }
+        PeerCommand::Revoke { org, yes } => {
             let current = admin
-                .get_peer_policy(pb::GetPeerPolicyRequest {
+                .get_peer(pb::GetPeerRequest {
                     org_id: org.clone(),
                 })
                 .await
-                .map_err(status_line)?
-                .into_inner();
-            let mut p = current.policy.unwrap_or_default();
-            let before = p.clone();
-            let parse_all = |names: &[String],
-                             prefix: &str,
-                             f: &dyn Fn(&str) -> Option<i32>|
-             -> anyhow::Result<Vec<i32>> {
-                names
-                    .iter()
-                    .map(|n| {
-                        f(&format!("{prefix}{}", n.to_ascii_uppercase()))
-                            .ok_or_else(|| anyhow::anyhow!("unknown value `{n}`"))
-                    })
-                    .collect()
-            };
-            if let Some(n) = need_areas {
-                p.need_areas = parse_all(&n, "NEED_AREA_", &|s| {
-                    pb::NeedArea::from_str_name(s).map(|e| e as i32)
-                })?;
+                .map_err(peer_status(&org))?
+                .into_inner()
+                .peer
+                .unwrap_or_default();
+            let consequences = revoke_consequences(&org, current.pending_notices);
+            if !yes {
+                eprintln!("{consequences}");
+                if !confirm(&format!("Revoke the peering with {org}?"))? {
+                    anyhow::bail!("not revoked: the peering with {org} is unchanged");
+                }
             }
-            if let Some(f) = field_names {
-                p.data_categories = parse_all(&f, "DATA_CATEGORY_", &|s| {
-                    pb::DataCategory::from_str_name(s).map(|e| e as i32)
-                })?;
+            let v = set(admin, action(&org, pb::PeerAction::Revoke)).await?;
+            if yes {
+                eprintln!("{consequences}");
             }
-            if let Some(x) = purposes {
-                p.purposes = parse_all(&x, "PURPOSE_", &|s| {
-                    pb::Purpose::from_str_name(s).map(|e| e as i32)
-                })?;
-            }
-            if let Some(d) = retention_days {
-                p.retention_days = d;
-            }
-            let narrative = pb::DataCategory::NeedsNarrative as i32;
-            if allow_narrative && !p.data_categories.contains(&narrative) {
-                p.data_categories.push(narrative);
-            }
-            if deny_narrative {
-                p.data_categories.retain(|c| *c != narrative);
-            }
-            let (p, customised) = if p != before {
-                let set = admin
-                    .set_peer_policy(pb::SetPeerPolicyRequest {
-                        org_id: org.clone(),
-                        policy: Some(p),
-                    })
-                    .await
-                    .map_err(status_line)?
-                    .into_inner();
-                (set.policy.unwrap_or_default(), true)
-            } else {
-                (p, current.customised)
-            };
-            let names =
-                |v: &[i32], f: &dyn Fn(i32) -> String| v.iter().map(|x| f(*x)).collect::<Vec<_>>();
-            let na = names(&p.need_areas, &|v| {
-                pb::NeedArea::try_from(v)
-                    .map(|e| output::code_name(e.as_str_name(), "NEED_AREA_"))
-                    .unwrap_or_default()
-            });
-            let dc = names(&p.data_categories, &|v| {
-                pb::DataCategory::try_from(v)
-                    .map(|e| output::code_name(e.as_str_name(), "DATA_CATEGORY_"))
-                    .unwrap_or_default()
-            });
-            let pu = names(&p.purposes, &|v| {
-                pb::Purpose::try_from(v)
-                    .map(|e| output::code_name(e.as_str_name(), "PURPOSE_"))
-                    .unwrap_or_default()
-            });
-            if json_out {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({
-                        "org_id": org, "need_areas": na, "fields": dc, "purposes": pu,
-                        "retention_days": p.retention_days, "customised": customised,
-                    })
-                )?;
-            } else {
-                write!(
-                    out,
-                    "{}",
-                    fields(&[
-                        ("peer", org),
-                        ("need areas", na.join(", ")),
-                        ("fields", dc.join(", ")),
-                        ("purposes", pu.join(", ")),
-                        (
-                            "retention",
-                            if p.retention_days == 0 {
-                                "until the consent ends".into()
-                            } else {
-                                format!("{} days after closing", p.retention_days)
-                            }
-                        ),
-                        ("customised", customised.to_string()),
-                    ])
-                )?;
-            }
-            return Ok(());
+            v
         }
-        PeerCommand::Revoke { org } => set(admin, action(org, pb::PeerAction::Revoke)).await?,
     };
     let v = view.ok_or_else(|| anyhow::anyhow!("the node answered without a peer"))?;
     if json_out {
@@ -514,7 +559,9 @@ async fn peer(
                 ("endpoint", v.endpoint.clone()),
                 ("fingerprint", v.key_fingerprint.clone()),
                 ("verification", v.verification_code.clone()),
-                ("last seen", ts_text(timestamp(v.last_seen_at.as_ref()))),
+                ("created at", ts_cell(v.created_at.as_ref())),
+                ("updated at", ts_cell(v.updated_at.as_ref())),
+                ("last seen", ts_cell(v.last_seen_at.as_ref())),
                 ("queued notices", v.pending_notices.to_string()),
             ])
         )?;
@@ -529,52 +576,145 @@ async fn peer(
     Ok(())
 }
 
+struct PolicyChange {
+    org: String,
+    need_areas: Option<Vec<String>>,
+    field_names: Option<Vec<String>>,
+    purposes: Option<Vec<String>>,
+    retention_days: Option<u32>,
+    allow_narrative: bool,
+    deny_narrative: bool,
+}
+
+async fn policy(
+    admin: &mut client::AdminClient,
+    c: PolicyChange,
+    json_out: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let org = c.org;
+    let current = admin
+        .get_peer_policy(pb::GetPeerPolicyRequest {
+            org_id: org.clone(),
+        })
+        .await
+        .map_err(peer_status(&org))?
+        .into_inner();
+    let mut p = current.policy.unwrap_or_default();
+    let before = p.clone();
+    let all = |flag: &str,
+               prefix: &str,
+               names: &[String],
+               f: &dyn Fn(&str) -> Option<i32>|
+     -> anyhow::Result<Vec<i32>> {
+        names
+            .iter()
+            .map(|n| to_pb(flag, prefix, n, f, |x| x))
+            .collect()
+    };
+    if let Some(n) = c.need_areas {
+        p.need_areas = all("--need-areas", "NEED_AREA_", &n, &|s| {
+            pb::NeedArea::from_str_name(s).map(|e| e as i32)
+        })?;
+    }
+    if let Some(f) = c.field_names {
+        p.data_categories = all("--fields", "DATA_CATEGORY_", &f, &|s| {
+            pb::DataCategory::from_str_name(s).map(|e| e as i32)
+        })?;
+    }
+    if let Some(x) = c.purposes {
+        p.purposes = all("--purposes", "PURPOSE_", &x, &|s| {
+            pb::Purpose::from_str_name(s).map(|e| e as i32)
+        })?;
+    }
+    if let Some(d) = c.retention_days {
+        p.retention_days = d;
+    }
+    let narrative = pb::DataCategory::NeedsNarrative as i32;
+    if c.allow_narrative && !p.data_categories.contains(&narrative) {
+        p.data_categories.push(narrative);
+    }
+    if c.deny_narrative {
+        p.data_categories.retain(|c| *c != narrative);
+    }
+    let (p, customised) = if p != before {
+        let set = admin
+            .set_peer_policy(pb::SetPeerPolicyRequest {
+                org_id: org.clone(),
+                policy: Some(p),
+            })
+            .await
+            .map_err(peer_status(&org))?
+            .into_inner();
+        (set.policy.unwrap_or_default(), true)
+    } else {
+        (p, current.customised)
+    };
+    let na = output::enum_names(
+        &p.need_areas,
+        |e: pb::NeedArea| e.as_str_name(),
+        "NEED_AREA_",
+    );
+    let dc = output::enum_names(
+        &p.data_categories,
+        |e: pb::DataCategory| e.as_str_name(),
+        "DATA_CATEGORY_",
+    );
+    let pu = output::enum_names(&p.purposes, |e: pb::Purpose| e.as_str_name(), "PURPOSE_");
+    if json_out {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "org_id": org, "need_areas": na, "data_categories": dc, "purposes": pu,
+                "retention_days": p.retention_days, "customised": customised,
+            })
+        )?;
+    } else {
+        write!(
+            out,
+            "{}",
+            fields(&[
+                ("peer", org),
+                ("need areas", output::list_cell(&na)),
+                ("data categories", output::list_cell(&dc)),
+                ("purposes", output::list_cell(&pu)),
+                (
+                    "retention",
+                    if p.retention_days == 0 {
+                        "until the consent ends".into()
+                    } else {
+                        format!("{} days after closing", p.retention_days)
+                    }
+                ),
+                ("customised", customised.to_string()),
+            ])
+        )?;
+    }
+    Ok(())
+}
+
 async fn set(
     admin: &mut client::AdminClient,
     req: pb::SetPeerStateRequest,
 ) -> anyhow::Result<Option<pb::PeerView>> {
+    let org = req.org_id.clone();
     Ok(admin
         .set_peer_state(req)
         .await
-        .map_err(status_line)?
+        .map_err(peer_status(&org))?
         .into_inner()
         .peer)
 }
 
-/// Looks a code name up in a protobuf enum: `trauma_ptsd` → SERVICE_TRAUMA_PTSD.
-fn code<E>(
-    prefix: &str,
-    name: &str,
-    from_str: impl Fn(&str) -> Option<E>,
-    to_i32: impl Fn(E) -> i32,
-) -> anyhow::Result<i32> {
-    from_str(&format!("{prefix}{}", name.to_ascii_uppercase()))
-        .map(to_i32)
-        .ok_or_else(|| anyhow::anyhow!("unknown value `{name}`"))
-}
-
 async fn api_call(
-    api: &str,
-    token: Option<String>,
+    target: &ApiTarget,
     command: ApiCommand,
     json_out: bool,
+    wait: Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let token = match token {
-        Some(t) => t,
-        None => crate::login::access_token().await?,
-    };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{api}"))?
-        .connect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the client API at {api}: {e}"))?;
-    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| anyhow::anyhow!("the token is not valid header text"))?;
-    let auth = move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    };
+    let (channel, auth) = crate::cases::connect(target, wait).await?;
     match command {
         ApiCommand::Info => {
             let mut c = pb::node_service_client::NodeServiceClient::with_interceptor(channel, auth);
@@ -609,11 +749,23 @@ async fn api_call(
         }
         ApiCommand::Peers { need_area, service } => {
             let need_area = match need_area {
-                Some(n) => code("NEED_AREA_", &n, pb::NeedArea::from_str_name, |e| e as i32)?,
+                Some(n) => to_pb(
+                    "--need-area",
+                    "NEED_AREA_",
+                    &n,
+                    pb::NeedArea::from_str_name,
+                    |e| e as i32,
+                )?,
                 None => 0,
             };
             let service = match service {
-                Some(s) => code("SERVICE_", &s, pb::Service::from_str_name, |e| e as i32)?,
+                Some(s) => to_pb(
+                    "--service",
+                    "SERVICE_",
+                    &s,
+                    pb::Service::from_str_name,
+                    |e| e as i32,
+                )?,
                 None => 0,
             };
             let mut c = pb::directory_service_client::DirectoryServiceClient::with_interceptor(
@@ -639,22 +791,68 @@ async fn api_call(
                     .peers
                     .iter()
                     .map(|p| {
-                        let v = output::profile_json(p);
                         vec![
                             p.org_id.clone(),
                             p.name.clone(),
                             output::sector(p.sector),
-                            v["services"].to_string(),
+                            output::list_cell(&output::enum_names(
+                                &p.services,
+                                |e: pb::Service| e.as_str_name(),
+                                "SERVICE_",
+                            )),
+                            if p.accepting_referrals { "yes" } else { "no" }.into(),
                         ]
                     })
                     .collect();
                 write!(
                     out,
                     "{}",
-                    table(&["ORG", "NAME", "SECTOR", "SERVICES"], &rows)
+                    table(&["ORG", "NAME", "SECTOR", "SERVICES", "ACCEPTING"], &rows)
                 )?;
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_back() {
+        assert_eq!(human_secs(90 * 86400), "90d");
+        assert_eq!(human_secs(7200), "2h");
+        assert_eq!(human_secs(61), "61s");
+    }
+
+    #[test]
+    fn a_missing_peer_is_named() {
+        let e = peer_status("no-such-org")(tonic::Status::not_found("peer not found"));
+        assert_eq!(
+            e.to_string(),
+            "no peer no-such-org (`exitnetctl peer list` shows them)"
+        );
+        let e = peer_status("No_Such")(tonic::Status::invalid_argument("org_id: must be …"));
+        assert!(
+            e.to_string()
+                .starts_with("no peer No_Such: not an organisation ID")
+        );
+    }
+
+    #[test]
+    fn a_closed_pipe_is_recognised() {
+        let e = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn revoking_says_what_becomes_of_referrals() {
+        let t = revoke_consequences("prison-b", 3);
+        assert!(t.contains("3 message(s)"));
+        assert!(t.contains("undeliverable"));
+        assert!(t.contains("peer join"));
+    }
 }

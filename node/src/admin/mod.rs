@@ -10,6 +10,8 @@ use exitnet_proto::pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+pub mod report;
+
 pub struct AdminApi {
     state: Arc<NodeState>,
 }
@@ -357,9 +359,36 @@ impl pb::admin_service_server::AdminService for AdminApi {
             crate::audit::verify_receipt(&self.state, &r).await?,
         ))
     }
+
+    async fn report_shared(
+        &self,
+        request: Request<pb::ReportSharedRequest>,
+    ) -> Result<Response<pb::ReportSharedResponse>, Status> {
+        Ok(Response::new(
+            self.report_shared_impl(request.into_inner()).await?,
+        ))
+    }
+
+    async fn report_purges(
+        &self,
+        _: Request<pb::ReportPurgesRequest>,
+    ) -> Result<Response<pb::ReportPurgesResponse>, Status> {
+        let r = report::purges(&self.state).await?;
+        self.audited("report.purges", "report", "").await;
+        Ok(Response::new(r))
+    }
 }
 
 impl AdminApi {
+    async fn report_shared_impl(
+        &self,
+        req: pb::ReportSharedRequest,
+    ) -> Result<pb::ReportSharedResponse, Error> {
+        let r = report::shared(&self.state, req).await?;
+        self.audited("report.shared", "report", "").await;
+        Ok(r)
+    }
+
     /// Records an administrator's action (standalone: it changes nothing else).
     async fn audited(&self, action: &str, object_type: &str, object_id: &str) {
         crate::audit::record(

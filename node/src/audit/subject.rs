@@ -5,7 +5,6 @@
 //! their summaries while not purged, histories, receipts and purges, and the
 //! audit records about all of these.
 
-use crate::domain::time::rfc3339;
 use crate::domain::{
     AgeBand, DataCategory, Gender, IdeologicalContext, LegalBasisKind, NeedArea, Purpose,
     Restriction, RiskLevel, Setting,
@@ -28,8 +27,43 @@ fn name<T>(
     }
 }
 
+/// RFC 3339 in UTC with milliseconds, as `exitnetctl` prints every time.
 fn time(ms: i64) -> Value {
-    json!(rfc3339(ms))
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&f).ok())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+/// An audit record in the same shape as `exitnetctl audit export` writes it
+/// (`at`, not `at_ms`).
+fn audit_json(a: &crate::audit::AuditRecord) -> Value {
+    let e = &a.entry;
+    json!({
+        "seq": a.seq,
+        "at": time(e.at_ms),
+        "actor_kind": e.actor_kind,
+        "actor": e.actor,
+        "role": e.role,
+        "on_behalf_of": e.on_behalf_of,
+        "action": e.action,
+        "object_type": e.object_type,
+        "object_id": e.object_id,
+        "consent_id": e.consent_id,
+        "peer_org": e.peer_org,
+        "result": e.result,
+        "prev_hash": crate::identity::hex(&a.prev_hash),
+        "hash": crate::identity::hex(&a.hash),
+    })
+}
+
+/// A comma-separated list of code names as a JSON array.
+fn names(s: &str) -> Value {
+    json!(s.split(',').filter(|x| !x.is_empty()).collect::<Vec<_>>())
 }
 
 fn summary_json(s: &pb::CaseSummary) -> Value {
@@ -88,8 +122,8 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
         "peer_org": r.peer_org.as_str(),
         "consent_id": r.consent_id,
         "pseudonym_shared": r.pseudonym,
-        "need_areas": r.need_areas,
-        "services": r.services,
+        "need_areas": names(&r.need_areas),
+        "services": names(&r.services),
         "urgency": r.urgency,
         "state": r.state,
         "owner": r.owner,
@@ -161,7 +195,7 @@ pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
         .audit_for_objects(&ids)
         .await?
         .iter()
-        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+        .map(audit_json)
         .collect();
     Ok(json!({
         "subject_ref": subject_ref,

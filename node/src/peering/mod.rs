@@ -158,6 +158,11 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
             "the invitation has expired".into(),
         ));
     }
+    // Checked before the inviter is called, so that a join that cannot be
+    // recorded here does not use up the invitation there.
+    if let Some(existing) = state.store.get_peer(&inv.org_id).await? {
+        refuse_rejoin(&existing)?;
+    }
     let request = pb::JoinRequest {
         invitation_id: inv.invitation_id.clone(),
         secret: inv.secret.clone(),
@@ -220,6 +225,42 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
         .get_peer(&inv.org_id)
         .await?
         .ok_or(Error::NotFound("peer"))
+}
+
+/// Whether the peering with `p` has ended on either side: then a new
+/// invitation and join replace it (the record is updated in place, its keys
+/// replaced; referral messages still queued for the peer stay queued and go
+/// out once the new peering is active).
+pub fn peering_ended(p: &Peer) -> bool {
+    p.state.is_final() || p.remote_state.is_some_and(PeerState::is_final)
+}
+
+/// A join of an organisation we already have a record of: allowed only if
+/// that peering has ended, else refused saying what to do.
+fn refuse_rejoin(existing: &Peer) -> Result<()> {
+    if peering_ended(existing) {
+        return Ok(());
+    }
+    let org = &existing.org_id;
+    let remote = existing
+        .remote_state
+        .map(PeerState::as_str)
+        .unwrap_or("unknown");
+    let what = match (existing.state, existing.awaiting) {
+        (PeerState::Pending, Awaiting::Remote) => format!(
+            "a join of {org} already waits for their administrator's approval; ask them to run `exitnetctl peer approve`"
+        ),
+        (PeerState::Pending, _) => format!(
+            "{org} already asked to join and waits for your approval (`exitnetctl peer approve {org}` or `peer reject {org}`)"
+        ),
+        _ => format!(
+            "already peered with {org} (here {}, their view {remote})",
+            existing.state.as_str()
+        ),
+    };
+    Err(Error::FailedPrecondition(format!(
+        "{what}. A new invitation replaces only a peering that has ended: to peer anew, first run `exitnetctl peer revoke {org}` here, then join again"
+    )))
 }
 
 /// A join request at the inviter, from a caller that presented `spki`.

@@ -374,16 +374,19 @@ macro_rules! impl_store {
         }
 
         async fn insert_peer_rows(tx: &mut Tx, peer: &NewPeer) -> Result<()> {
-            // An earlier, final peering of the same organisation gives way.
-            sqlx::query("DELETE FROM peers WHERE org_id = $1 AND state IN ('revoked', 'rejected')")
-                .bind(peer.profile.org_id.as_str())
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO peers (org_id, profile, state, awaiting, remote_state, endpoint, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            let org = peer.profile.org_id.as_str();
+            // An earlier peering of the same organisation that ended (on
+            // either side) gives way: its record is taken over in place, its
+            // keys replaced. Referral messages still queued for the peer
+            // (sealed payloads) stay queued and go out once the new peering
+            // is active; the ended peering's own notices (states, profile,
+            // keys, checkpoints) are dropped, so they cannot end the new one.
+            let replaced = sqlx::query(
+                "UPDATE peers SET profile = $2, state = $3, awaiting = $4, remote_state = $5, endpoint = $6,
+                        created_at = $7, updated_at = $7, last_seen_at = NULL
+                 WHERE org_id = $1 AND (state IN ('revoked', 'rejected') OR remote_state IN ('revoked', 'rejected'))",
             )
-            .bind(peer.profile.org_id.as_str())
+            .bind(org)
             .bind(encode_profile(&peer.profile))
             .bind(peer.state.as_str())
             .bind(peer.awaiting.as_str())
@@ -391,8 +394,40 @@ macro_rules! impl_store {
             .bind(&peer.endpoint)
             .bind(peer.now_ms)
             .execute(&mut **tx)
-            .await?;
-            insert_key(tx, peer.profile.org_id.as_str(), &peer.key).await
+            .await?
+            .rows_affected();
+            if replaced == 1 {
+                sqlx::query("DELETE FROM peer_keys WHERE org_id = $1")
+                    .bind(org)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE peer_notices SET dropped_at = $2, last_error = 'superseded by a new peering'
+                     WHERE org_id = $1 AND delivered_at IS NULL AND dropped_at IS NULL
+                       AND substr(payload, 1, $3) <> $4",
+                )
+                .bind(org)
+                .bind(peer.now_ms)
+                .bind($crate::referrals::messages::SEALED_PREFIX.len() as i32)
+                .bind($crate::referrals::messages::SEALED_PREFIX)
+                .execute(&mut **tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO peers (org_id, profile, state, awaiting, remote_state, endpoint, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(org)
+                .bind(encode_profile(&peer.profile))
+                .bind(peer.state.as_str())
+                .bind(peer.awaiting.as_str())
+                .bind(peer.remote_state.map(PeerState::as_str))
+                .bind(&peer.endpoint)
+                .bind(peer.now_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
+            insert_key(tx, org, &peer.key).await
         }
 
         async fn insert_key(tx: &mut Tx, org: &str, key: &PeerKey) -> Result<()> {
@@ -414,7 +449,8 @@ macro_rules! impl_store {
         async fn live_owner_of_key(tx: &mut Tx, fingerprint: &str) -> Result<Option<String>> {
             let row = sqlx::query(
                 "SELECT p.org_id FROM peer_keys k JOIN peers p ON p.org_id = k.org_id
-                 WHERE k.fingerprint = $1 AND p.state NOT IN ('revoked', 'rejected')",
+                 WHERE k.fingerprint = $1 AND p.state NOT IN ('revoked', 'rejected')
+                   AND (p.remote_state IS NULL OR p.remote_state NOT IN ('revoked', 'rejected'))",
             )
             .bind(fingerprint)
             .fetch_optional(&mut **tx)
@@ -424,7 +460,8 @@ macro_rules! impl_store {
 
         async fn live_peer_exists(tx: &mut Tx, org: &str) -> Result<bool> {
             let row = sqlx::query(
-                "SELECT 1 AS one FROM peers WHERE org_id = $1 AND state NOT IN ('revoked', 'rejected')",
+                "SELECT 1 AS one FROM peers WHERE org_id = $1 AND state NOT IN ('revoked', 'rejected')
+                   AND (remote_state IS NULL OR remote_state NOT IN ('revoked', 'rejected'))",
             )
             .bind(org)
             .fetch_optional(&mut **tx)
