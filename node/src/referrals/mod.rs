@@ -261,12 +261,34 @@ pub async fn create_and_view(
 }
 
 /// Creates a referral; with its first event if it is new (not a repeat).
+/// A retry of a create that succeeded gets the referral it made even when
+/// the checks would refuse it now (the consent was withdrawn, the peering
+/// suspended since): it is looked up only when they refuse, so the usual
+/// create pays nothing for it.
 async fn create_record(
     state: &NodeState,
     p: &Principal,
     new: NewReferral,
 ) -> Result<(ReferralRecord, Option<ReferralEvent>)> {
     access::create(p)?;
+    let (request_id, digest) = (new.request_id.clone(), new.request_digest.clone());
+    match create_checked(state, p, new).await {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            let owner = access::acting_owner(p)?;
+            match state.store.referral_by_request(owner, &request_id).await? {
+                Some((r, d)) if d == digest => Ok((r, None)),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+async fn create_checked(
+    state: &NodeState,
+    p: &Principal,
+    new: NewReferral,
+) -> Result<(ReferralRecord, Option<ReferralEvent>)> {
     let owner = access::acting_owner(p)?.to_owned();
     let consent = state
         .store

@@ -415,6 +415,13 @@ pub trait Store: Send + Sync + 'static {
         notice: &NewNotice,
         audit: &[AuditEntry],
     ) -> Result<ReferralRecord>;
+    /// The referral `owner` created with `request_key`, with the request's
+    /// digest: a retry refused by checks that no longer pass gets it.
+    async fn referral_by_request(
+        &self,
+        owner: &str,
+        request_key: &str,
+    ) -> Result<Option<(ReferralRecord, Vec<u8>)>>;
     /// Stores referrals created at the same time together (multi-row
     /// statements, one transaction), each as `create_referral` would: a
     /// repeated request gets the referral it made. One outcome per item.

@@ -1612,6 +1612,26 @@ macro_rules! impl_store {
                 rows.iter().map(|r| Ok(r.try_get("referral_id")?)).collect()
             }
 
+            async fn referral_by_request(
+                &self,
+                owner: &str,
+                request_key: &str,
+            ) -> Result<Option<($crate::store::ReferralRecord, Vec<u8>)>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
+                ));
+                let Some(row) = sqlx::query(sql)
+                    .bind(owner)
+                    .bind(request_key)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let digest: Option<Vec<u8>> = row.try_get("request_digest")?;
+                Ok(Some((row_to_referral(&row)?, digest.unwrap_or_default())))
+            }
+
             async fn issued_receipt(
                 &self,
                 message_id: &str,

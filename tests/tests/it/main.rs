@@ -20,3 +20,4 @@ mod replicas;
 mod restore;
 mod store;
 mod traces;
+mod upgrade;

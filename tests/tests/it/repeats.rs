@@ -192,6 +192,39 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
         1
     );
 
+    // On the client API: a create retried after the consent was withdrawn
+    // gets the referral it made, not a refusal; a new request is refused.
+    ac.withdraw_consent(exitnet_tests::bearer(
+        &alice,
+        pb::WithdrawConsentRequest {
+            consent_id: consent.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let request = referral_request(
+        "r-repeat",
+        &consent,
+        "prison-b",
+        pb::NeedArea::FunctionalReintegration,
+        pb::Service::Housing,
+    );
+    let retried = ar
+        .create_referral(exitnet_tests::bearer(&alice, request.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("the retry was refused: {e:?}"))
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(retried.referral_id, referral);
+    let mut other = request;
+    other.request_id = "r-repeat-2".into();
+    let e = ar
+        .create_referral(exitnet_tests::bearer(&alice, other))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     // A checkpoint of A's, twice: the same witness, witnessed once.
     let cp = pb::AuditCheckpoint {
         org_id: "ngo-a".into(),
