@@ -1,10 +1,11 @@
 """Structural checks of the deployment artifacts, run by deploy/check.
 
 Usage: python deploy/checks.py SECTION [ARGS]; SECTION is one of yaml, kubernetes,
-compose, dockerfile, systemd. Prints one line per check, `ok   …` or `FAIL …` (with
+compose, dockerfile, systemd, monitoring. Prints one line per check, `ok   …` or `FAIL …` (with
 the reason on the following indented lines), and exits 1 if any check failed.
 `health`, `unauthenticated` and `metrics` probe a running node instead (deploy/check's
-smoke test): they print only what is wrong, and exit 1 then.
+smoke test): they print only what is wrong, and exit 1 then. `grafana-queries FILE`
+writes every query of the dashboards as a Prometheus rules file, for promtool to parse.
 Needs PyYAML, grpcio and grpcio-health-checking (target/tools/venv, installed by
 scripts/install-tools).
 """
@@ -534,6 +535,145 @@ def check_systemd():
     report("systemd: hardening, StateDirectory, master key by LoadCredential, Restart, TimeoutStopSec", problems)
 
 
+# === monitoring: the Grafana dashboards and the Prometheus alerting rules ===
+
+DOCS_OPERATIONS = DEPLOY.parent / "docs" / "operations.md"
+
+
+def markdown_anchors(path):
+    """GitHub's anchors of a Markdown file's headings."""
+    anchors = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"#+\s+(.*)", line)
+        if m:
+            title = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
+def dashboards():
+    return sorted((DEPLOY / "grafana").glob("*.json"))
+
+
+def dashboard_queries(dash):
+    """(panel title, query) of every panel target and query variable."""
+    out = []
+    for panel in dash.get("panels", []):
+        for t in panel.get("targets", []) or []:
+            out.append((panel.get("title", "?"), t.get("expr", "")))
+    for var in dash.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            q = var.get("query")
+            out.append((f"variable {var.get('name')}", q.get("query", "") if isinstance(q, dict) else q or ""))
+    return out
+
+
+def check_grafana():
+    import json
+
+    files = dashboards()
+    if not files:
+        report("grafana: dashboards under deploy/grafana/", ["none found"])
+    for path in files:
+        try:
+            dash = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            report(f"grafana: {rel(path)} is JSON", [str(e)])
+            continue
+        problems = []
+        for key in ("title", "uid", "panels", "schemaVersion"):
+            if key not in dash:
+                problems.append(f"no {key}")
+        variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+        if (variables.get("datasource") or {}).get("type") != "datasource":
+            problems.append("no datasource variable (the dashboard must not name a data source of one Grafana)")
+        ids = [p.get("id") for p in dash.get("panels", [])]
+        if len(ids) != len(set(ids)):
+            problems.append(f"panel ids not unique: {ids}")
+        for panel in dash.get("panels", []):
+            title = panel.get("title", "?")
+            g = panel.get("gridPos") or {}
+            if not all(k in g for k in ("h", "w", "x", "y")) or g.get("x", 0) + g.get("w", 0) > 24:
+                problems.append(f"{title}: gridPos {g}")
+            if panel.get("type") == "row":
+                continue
+            if (panel.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(f"{title}: data source is not ${{datasource}}")
+            targets = panel.get("targets") or []
+            if not targets:
+                problems.append(f"{title}: no query")
+            refs = [t.get("refId") for t in targets]
+            if len(refs) != len(set(refs)):
+                problems.append(f"{title}: refIds not unique")
+            if not panel.get("description"):
+                problems.append(f"{title}: no description")
+        for title, q in dashboard_queries(dash):
+            if not q.strip():
+                problems.append(f"{title}: an empty query")
+            elif "exitnet_" not in q and "process_" not in q:
+                problems.append(f"{title}: a query of no Exitnet series: {q}")
+        report(f"grafana: {rel(path)}: {len(dash.get('panels', []))} panels, data source variable, queries", problems)
+
+
+def write_grafana_queries(out):
+    """Every dashboard query as a recording rule, with the dashboard's variables
+    replaced by values, so that `promtool check rules` parses each as PromQL."""
+    import json
+
+    rules = []
+    for path in dashboards():
+        dash = json.loads(path.read_text(encoding="utf-8"))
+        for i, (title, q) in enumerate(dashboard_queries(dash)):
+            m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", q, re.S)
+            if m:
+                q = m.group(1)
+            q = q.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "1h")
+            q = re.sub(r"\$\{?\w+\}?", ".*", q)
+            rules.append({"record": f"grafana:{path.stem}:{i}", "expr": q, "labels": {"panel": title}})
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump({"groups": [{"name": "grafana-queries", "rules": rules}]}, f, sort_keys=False)
+    print(f"{len(rules)} queries")
+
+
+def check_alerts():
+    """Every alert has a severity, a summary and a runbook that is a heading of
+    docs/operations.md, and a unit test in alerts.test.yml that expects it to fire
+    and one that expects it not to."""
+    rules_path = DEPLOY / "prometheus" / "alerts.yml"
+    tests_path = DEPLOY / "prometheus" / "alerts.test.yml"
+    rules = [r for g in load_all(rules_path)[0]["groups"] for r in g["rules"] if "alert" in r]
+    tests = load_all(tests_path)[0]
+    if "alerts.yml" not in [Path(f).name for f in tests.get("rule_files", [])]:
+        report(f"alerts: {rel(tests_path)} tests alerts.yml", ["rule_files does not name alerts.yml"])
+    fires, quiet = set(), set()
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case.get("alertname"))
+    anchors = markdown_anchors(DOCS_OPERATIONS)
+    names = [r["alert"] for r in rules]
+    for name in sorted(set(fires | quiet) - set(names)):
+        report(f"alerts: {rel(tests_path)} tests only alerts that exist", [f"{name} is not in {rel(rules_path)}"])
+    for r in rules:
+        name, problems = r["alert"], []
+        if (r.get("labels") or {}).get("severity") not in ("warning", "critical"):
+            problems.append("severity is not warning or critical")
+        ann = r.get("annotations") or {}
+        if not ann.get("summary"):
+            problems.append("no summary")
+        runbook = ann.get("runbook", "")
+        if not runbook.startswith("docs/operations.md#"):
+            problems.append(f"runbook {runbook!r} is not docs/operations.md#…")
+        elif runbook.split("#", 1)[1] not in anchors:
+            problems.append(f"runbook {runbook}: no such heading in docs/operations.md")
+        if name not in fires:
+            problems.append(f"no test in {rel(tests_path)} expects it to fire")
+        if name not in quiet:
+            problems.append(f"no test in {rel(tests_path)} expects it not to fire (yet)")
+        report(f"alerts: {name}: severity, summary, runbook in docs/operations.md, tested firing and quiet", problems)
+    if len(names) != len(set(names)):
+        report("alerts: names unique", [f"{names}"])
+
+
 # === probes of a running node (deploy/check's smoke test) ===
 # These print nothing when the node answers as expected, else the reason, and exit 1.
 
@@ -562,6 +702,17 @@ METRIC_FAMILIES = {
     "exitnet_peer_active": "gauge",
     "exitnet_audit_records": "gauge",
     "exitnet_audit_checkpoint_seq": "gauge",
+    "exitnet_audit_checkpoint_timestamp_seconds": "gauge",
+    "exitnet_audit_checkpoint_interval_seconds": "gauge",
+    "exitnet_purges_pending": "gauge",
+    "exitnet_purge_oldest_pending_timestamp_seconds": "gauge",
+    "exitnet_build_info": "gauge",
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_start_time_seconds": "gauge",
 }
 
 
@@ -650,7 +801,20 @@ def probe_unauthenticated(args):
 
 
 # Families a node shows from its start; the others appear with their first sample.
-METRIC_FAMILIES_ALWAYS = ("exitnet_delivery_latency_seconds", "exitnet_audit_records", "exitnet_audit_checkpoint_seq")
+METRIC_FAMILIES_ALWAYS = (
+    "exitnet_delivery_latency_seconds",
+    "exitnet_audit_records",
+    "exitnet_audit_checkpoint_seq",
+    "exitnet_audit_checkpoint_timestamp_seconds",
+    "exitnet_audit_checkpoint_interval_seconds",
+    "exitnet_build_info",
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+)
 
 
 def probe_metrics(args):
@@ -681,7 +845,8 @@ def probe_metrics(args):
     for name in METRIC_FAMILIES_ALWAYS:
         if name not in types:
             problems.append(f"family {name} missing")
-    allowed = {"peer", "outcome", "kind", "direction", "state", "reason", "surface", "method", "code", "le"}
+    allowed = {"peer", "outcome", "kind", "direction", "state", "reason", "surface", "method", "code", "le",
+               "version", "commit"}
     for key in samples:
         for label in re.findall(r'([a-z_]+)="', key):
             if label not in allowed:
@@ -710,6 +875,9 @@ def main():
         sys.exit(probe_metrics(args))
     if section == "unauthenticated":
         sys.exit(probe_unauthenticated(args))
+    if section == "grafana-queries":
+        write_grafana_queries(args[0])
+        sys.exit(0)
     if section == "yaml":
         check_yaml()
     elif section == "kubernetes":
@@ -720,6 +888,9 @@ def main():
         check_dockerfile()
     elif section == "systemd":
         check_systemd()
+    elif section == "monitoring":
+        check_grafana()
+        check_alerts()
     else:
         sys.exit(f"unknown section {section}")
     sys.exit(1 if failed else 0)

@@ -1,6 +1,10 @@
 //! Prometheus metrics on `metrics.listen` (`GET /metrics`, text format).
 //! Labels are organisation IDs, states, outcomes, methods and status codes:
-//! never a person, a client reference or case content.
+//! never a person, a client reference or case content. Besides the
+//! `exitnet_` series: `exitnet_build_info` and the standard `process_*`
+//! series (`process.rs`).
+
+mod process;
 
 use crate::state::NodeState;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
@@ -44,6 +49,17 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The package version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The short commit hash it was built from, or `unknown` (`build.rs`).
+    pub commit: String,
+}
+
+/// The commit the binary was built from (`node/build.rs`).
+pub const BUILD_COMMIT: &str = env!("EXITNET_BUILD_COMMIT");
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub surface: String,
     /// `/package.Service/Method`.
@@ -65,6 +81,10 @@ pub struct Metrics {
     peer_active: Family<PeerLabel, Gauge>,
     audit_records: Gauge,
     audit_checkpoint: Gauge,
+    audit_checkpoint_time: Gauge<f64, AtomicU64>,
+    audit_checkpoint_interval: Gauge,
+    purges_pending: Family<PeerLabel, Gauge>,
+    purge_oldest_pending: Family<PeerLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,8 +115,24 @@ impl Metrics {
             peer_active: Family::default(),
             audit_records: Gauge::default(),
             audit_checkpoint: Gauge::default(),
+            audit_checkpoint_time: Gauge::default(),
+            audit_checkpoint_interval: Gauge::default(),
+            purges_pending: Family::default(),
+            purge_oldest_pending: Family::default(),
             registry: Registry::default(),
         };
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: BUILD_COMMIT.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and the commit the node was built from",
+            build,
+        );
         registry.register(
             "deliveries",
             "Calls to peers by outcome (referral messages, notices, checkpoints)",
@@ -152,7 +188,34 @@ impl Metrics {
             "Position of the last signed audit checkpoint",
             m.audit_checkpoint.clone(),
         );
-        Self { registry, ..m }
+        registry.register(
+            "audit_checkpoint_timestamp_seconds",
+            "When the last audit checkpoint was signed, in seconds since the epoch (0: none yet)",
+            m.audit_checkpoint_time.clone(),
+        );
+        registry.register(
+            "audit_checkpoint_interval_seconds",
+            "audit.checkpoint_interval_secs: new records are checkpointed at least this often",
+            m.audit_checkpoint_interval.clone(),
+        );
+        registry.register(
+            "purges_pending",
+            "Referrals sent to the peer whose purge there is pending (withdrawn, no purge receipt yet)",
+            m.purges_pending.clone(),
+        );
+        registry.register(
+            "purge_oldest_pending_timestamp_seconds",
+            "Last change of the oldest referral whose purge at the peer is pending, in seconds since the epoch",
+            m.purge_oldest_pending.clone(),
+        );
+        // The standard process series, without the exitnet_ prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector::default()));
+        *root.sub_registry_with_prefix("exitnet") = registry;
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// Reads the gauges that live in the database, then encodes everything.
@@ -183,6 +246,18 @@ impl Metrics {
         self.audit_records.set(seq);
         if let Some(cp) = state.store.latest_checkpoint().await? {
             self.audit_checkpoint.set(cp.seq);
+            self.audit_checkpoint_time.set(cp.at_ms as f64 / 1000.0);
+        }
+        self.audit_checkpoint_interval
+            .set(i64::try_from(state.config.audit.checkpoint_interval_secs).unwrap_or(i64::MAX));
+        self.purges_pending.clear();
+        self.purge_oldest_pending.clear();
+        for (peer, n, oldest_ms) in state.store.pending_purges().await? {
+            let label = PeerLabel { peer };
+            self.purges_pending.get_or_create(&label).set(n);
+            self.purge_oldest_pending
+                .get_or_create(&label)
+                .set(oldest_ms as f64 / 1000.0);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

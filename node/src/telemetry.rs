@@ -1,12 +1,15 @@
 //! Logs and per-call spans. A span carries the surface, the method, the peer
 //! or caller, the status and the duration: never a field of a message. The
-//! spans can also be exported to an OpenTelemetry collector (`[traces]`).
+//! spans can also be exported to an OpenTelemetry collector (`[traces]`);
+//! when that collector cannot be reached, the log says so (at start, and on
+//! failed exports at most every `EXPORT_WARNING_EVERY`).
 
 use crate::config::{LogFormat, TracesConfig};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::codegen::http;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
@@ -74,6 +77,18 @@ fn tracer_provider(
     let exporter = exporter
         .build()
         .map_err(|e| anyhow::anyhow!("traces.otlp_endpoint: {e}"))?;
+    let collector = collector_address(endpoint);
+    let health = Arc::new(Mutex::new(ExportHealth::default()));
+    if let Some((host, port)) = &collector {
+        check_collector(host.clone(), *port, health.clone());
+    }
+    let exporter = WatchedExporter {
+        inner: exporter,
+        collector: collector
+            .map(|(h, p)| format!("{h}:{p}"))
+            .unwrap_or_default(),
+        health,
+    };
     Ok(Some(
         SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
@@ -87,6 +102,150 @@ fn tracer_provider(
             )
             .build(),
     ))
+}
+
+/// At most one warning about failed exports per this period.
+const EXPORT_WARNING_EVERY: Duration = Duration::from_secs(300);
+
+/// Whether exports fail, and when that was last said in the log.
+#[derive(Debug, Default)]
+struct ExportHealth {
+    failing: bool,
+    last_warning: Option<Instant>,
+    /// Failures since the last warning.
+    unreported: u64,
+}
+
+impl ExportHealth {
+    /// A failure at `now`: `Some(failures)` to warn about now, or `None`
+    /// while a warning was given less than `EXPORT_WARNING_EVERY` ago.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.failing = true;
+        self.unreported += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|at| now.saturating_duration_since(at) >= EXPORT_WARNING_EVERY);
+        due.then(|| {
+            self.last_warning = Some(now);
+            std::mem::take(&mut self.unreported)
+        })
+    }
+
+    /// A success: true if exports failed before (to say they work again).
+    fn succeeded(&mut self) -> bool {
+        self.unreported = 0;
+        self.last_warning = None;
+        std::mem::take(&mut self.failing)
+    }
+}
+
+/// `host` and `port` of the collector's URL (the port the scheme implies if
+/// none is given); never the user information a URL could carry.
+fn collector_address(endpoint: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = endpoint.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Some((host.to_owned(), port))
+}
+
+/// Tries a TCP connection to the collector once, in the background, and
+/// warns if there is none: spans would be dropped silently otherwise until
+/// the first export fails.
+fn check_collector(host: String, port: u16, health: Arc<Mutex<ExportHealth>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let connected = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        let error = match connected {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no connection within 5 s".to_owned(),
+        };
+        let warn = health
+            .lock()
+            .map(|mut h| h.failed(Instant::now()).is_some())
+            .unwrap_or(true);
+        if warn {
+            tracing::warn!(
+                collector = %format!("{host}:{port}"),
+                error = %error,
+                "the OpenTelemetry collector (traces.otlp_endpoint) cannot be reached: spans are dropped until it can"
+            );
+        }
+    });
+}
+
+/// The OTLP exporter, saying in the log when exports fail (rate-limited)
+/// and when they work again.
+#[derive(Debug)]
+struct WatchedExporter<E> {
+    inner: E,
+    /// `host:port`, for the log.
+    collector: String,
+    health: Arc<Mutex<ExportHealth>>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for WatchedExporter<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match &result {
+            Err(e) => {
+                let warn = self
+                    .health
+                    .lock()
+                    .map(|mut h| h.failed(Instant::now()))
+                    .ok()
+                    .flatten();
+                if let Some(failures) = warn {
+                    tracing::warn!(
+                        collector = %self.collector,
+                        error = %e,
+                        spans,
+                        failures,
+                        "exporting spans to the OpenTelemetry collector (traces.otlp_endpoint) failed; they are dropped"
+                    );
+                }
+            }
+            Ok(()) => {
+                if self.health.lock().is_ok_and(|mut h| h.succeeded()) {
+                    tracing::info!(
+                        collector = %self.collector,
+                        "spans reach the OpenTelemetry collector again"
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// tonic answers a request above the decoding limit with OUT_OF_RANGE; the
@@ -230,5 +389,48 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_failures_are_reported_at_most_every_period() {
+        let mut h = ExportHealth::default();
+        let t0 = Instant::now();
+        assert_eq!(h.failed(t0), Some(1));
+        assert_eq!(h.failed(t0 + Duration::from_secs(5)), None);
+        assert_eq!(h.failed(t0 + Duration::from_secs(299)), None);
+        // The next warning counts the failures it stands for.
+        assert_eq!(h.failed(t0 + EXPORT_WARNING_EVERY), Some(3));
+        assert_eq!(h.failed(t0 + EXPORT_WARNING_EVERY), None);
+        // Working again: said once; a new failure is reported at once.
+        assert!(h.succeeded());
+        assert!(!h.succeeded());
+        let t1 = t0 + EXPORT_WARNING_EVERY + Duration::from_secs(1);
+        assert_eq!(h.failed(t1), Some(1));
+    }
+
+    #[test]
+    fn the_collector_address_carries_no_credentials() {
+        assert_eq!(
+            collector_address("http://collector:4317"),
+            Some(("collector".into(), 4317))
+        );
+        assert_eq!(
+            collector_address("https://user:secret@otel.example.org/"),
+            Some(("otel.example.org".into(), 443))
+        );
+        assert_eq!(
+            collector_address("http://[::1]:4317"),
+            Some(("::1".into(), 4317))
+        );
+        assert_eq!(
+            collector_address("http://127.0.0.1"),
+            Some(("127.0.0.1".into(), 80))
+        );
+        assert_eq!(collector_address("not a url"), None);
     }
 }

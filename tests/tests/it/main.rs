@@ -13,6 +13,7 @@ mod crashes;
 mod faults;
 mod limits;
 mod node;
+mod ops;
 mod peering;
 mod referrals;
 mod repeats;
