@@ -64,7 +64,8 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// The organisation ID: configured, or generated once and kept in the database.
+/// The organisation ID: configured (and kept in the database), or the one
+/// the database kept from an earlier start; without either, no start.
 async fn resolve_org_id(config: &Config, store: &dyn crate::store::Store) -> anyhow::Result<OrgId> {
     let stored = store.meta_get("org_id").await?;
     let id = match (&config.org.id, stored) {
@@ -74,14 +75,8 @@ async fn resolve_org_id(config: &Config, store: &dyn crate::store::Store) -> any
         ),
         (Some(configured), _) => store.meta_init("org_id", configured).await?,
         (None, Some(stored)) => stored,
-        (None, None) => {
-            let mut b = [0u8; 5];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-                .map_err(|_| anyhow::anyhow!("no randomness"))?;
-            store
-                .meta_init("org_id", &format!("org-{}", hex(&b)))
-                .await?
-        }
+        // Never made up: a generated ID would be pinned by peers for good.
+        (None, None) => bail!(crate::config::check::missing_org_id()),
     };
     Ok(OrgId::parse("org.id", &id)?)
 }
@@ -113,7 +108,10 @@ fn profile_from_config(config: &Config, org_id: &OrgId) -> OrgProfile {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         create_private_dir(&config.data_dir)?;
-        let store = crate::store::open(&config.database_url()).await?;
+        let store = match crate::store::open(&config.database_url()).await {
+            Ok(s) => s,
+            Err(e) => return Err(crate::config::check::database_error(&config, e).await),
+        };
         let org_id = resolve_org_id(&config, store.as_ref()).await?;
         let data_dir = config.data_dir.clone();
         let id_for_key = org_id.to_string();

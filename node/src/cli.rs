@@ -20,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a configuration file for a new organisation (asks, or takes flags).
+    Init(crate::init::InitArgs),
     /// Run the node until SIGINT or SIGTERM.
     Run {
         /// TOML configuration file (also: EXITNET_CONFIG).
@@ -46,10 +48,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the effective configuration (secrets redacted), or what is wrong.
+    /// Print the effective configuration (secrets redacted) and check
+    /// everything `run` would refuse, without starting; exits 1 on any error.
     Check {
         #[arg(long, env = "EXITNET_CONFIG")]
         config: Option<PathBuf>,
+        /// Also reach the database (read only) and the OpenID provider.
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -61,9 +67,17 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
 /// Runs a parsed command; the exit code is the caller's to set.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Init(args) => crate::init::run(args),
         Command::Run { config } => {
             let config = load(config.as_ref())?;
             let traces = crate::telemetry::init(config.log.format, &config.traces)?;
+            let found = crate::config::check::offline(&config, crate::config::check::For::Run);
+            for w in &found.warnings {
+                tracing::warn!("{w}");
+            }
+            if !found.errors.is_empty() {
+                return Err(crate::config::Problems(found.errors).into());
+            }
             let app = crate::Application::build(config).await?;
             let ran = app.run_until_stopped(crate::app::shutdown_signal()).await;
             // The exporter's last batch is sent from a thread of its own.
@@ -73,13 +87,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Identity { config } => {
             let config = load(config.as_ref())?;
             crate::identity::create_private_dir(&config.data_dir)?;
-            let store = crate::store::open(&config.database_url()).await?;
+            let store = match crate::store::open(&config.database_url()).await {
+                Ok(s) => s,
+                Err(e) => return Err(crate::config::check::database_error(&config, e).await),
+            };
             let org_id = match (&config.org.id, store.meta_get("org_id").await?) {
                 (_, Some(stored)) => stored,
                 (Some(configured), None) => store.meta_init("org_id", configured).await?,
-                (None, None) => {
-                    anyhow::bail!("this node has not been started yet: run `exitnet-node run` once")
-                }
+                (None, None) => anyhow::bail!(crate::config::check::missing_org_id()),
             };
             store.close().await;
             let data_dir = config.data_dir.clone();
@@ -111,11 +126,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::demo::run(keep_running).await
         }
         Command::Config {
-            command: ConfigCommand::Check { config },
+            command: ConfigCommand::Check { config, connect },
         } => {
+            use crate::config::check;
             let config = load(config.as_ref())?;
             print!("{}", config.to_redacted_toml()?);
-            Ok(())
+            let mut found = check::offline(&config, check::For::Check);
+            if connect {
+                found.extend(check::connect(&config).await);
+            }
+            for r in &found.reached {
+                eprintln!("ok: {r}");
+            }
+            for w in &found.warnings {
+                eprintln!("warning: {w}");
+            }
+            if found.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::config::Problems(found.errors).into())
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+pub mod init;
 pub mod limits;
 pub mod metrics;
 pub mod peering;

@@ -3,10 +3,13 @@
 //! keys are errors. The environment is passed in, so tests never touch the
 //! process environment.
 
+pub mod check;
+pub mod schema;
+
 use crate::domain::{NeedArea, OrgId, Sector, Service, Setting};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +40,10 @@ pub struct Config {
     pub master_key: Option<Secret>,
     /// Or a file holding it; default `<data_dir>/identity/master.key`, created on first start.
     pub master_key_file: Option<PathBuf>,
+    /// Where each setting that was given came from, as the user wrote it:
+    /// `api.listen` (the file) or `EXITNET_API__LISTEN` (the environment).
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -377,42 +384,143 @@ max_connection_age_secs = 3600
         .unwrap_or_default()
 }
 
+/// What is wrong with a configuration: every problem found, each naming the
+/// setting as the user wrote it and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "invalid configuration: {one}"),
+            many => {
+                write!(f, "invalid configuration ({} problems):", many.len())?;
+                for p in many {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The variables of `env` that are node settings.
+fn node_variables(env: &HashMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("EXITNET_"))
+        .filter(|(k, _)| !FOREIGN_VARIABLES.contains(&k.as_str()))
+        .filter(|(k, _)| !FOREIGN_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `auth.role_map.<provider role>`: keys of the user's choosing.
+const ROLE_MAP: &str = "auth.role_map";
+
+/// Checks every key and value of a file against the known settings,
+/// recording where each came from.
+fn check_table(
+    prefix: &str,
+    table: &toml::Table,
+    origins: &mut BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if let Some(spec) = schema::find(&key) {
+            if let Err(e) = schema::check_value(spec, &key, schema::Given::Toml(v)) {
+                problems.push(e);
+            }
+            origins.insert(key.clone(), key);
+        } else if schema::is_table(&key) {
+            match v {
+                toml::Value::Table(t) => check_table(&key, t, origins, problems),
+                other => problems.push(format!("{key}: expected a table ([{key}]), not `{other}`")),
+            }
+        } else {
+            problems.push(match schema::suggest(&key) {
+                Some(near) => format!("{key} is not a known setting; did you mean {near}?"),
+                None => format!("{key} is not a known setting"),
+            });
+        }
+    }
+}
+
+/// Checks every node variable of the environment against the known settings.
+fn check_env(
+    vars: &BTreeMap<String, String>,
+    origins: &mut BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    for (var, value) in vars {
+        let Some(key) = schema::key_of_env(var) else {
+            problems.push(format!("{var} is not a known setting"));
+            continue;
+        };
+        if let Some(spec) = schema::find(&key) {
+            if let Err(e) = schema::check_value(spec, var, schema::Given::Env(value)) {
+                problems.push(e);
+            }
+            origins.insert(key, var.clone());
+        } else if key.starts_with(&format!("{ROLE_MAP}.")) {
+            origins.insert(key, var.clone());
+        } else {
+            problems.push(match schema::suggest(&key) {
+                Some(near) if schema::find(near).is_some() => format!(
+                    "{var} is not a known setting; did you mean {}?",
+                    schema::env_name(near)
+                ),
+                _ => format!("{var} is not a known setting"),
+            });
+        }
+    }
+}
+
 impl Config {
     /// The defaults overlaid with one TOML text (no environment): what
     /// `config check` does with a file, for the fuzz target.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        let raw = config::Config::builder()
-            .add_source(defaults())
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .context("reading configuration")?;
-        let cfg: Config = raw
-            .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        cfg.validate()?;
-        Ok(cfg)
+        Self::build(Some(("the configuration", text)), &HashMap::new())
     }
 
     /// Loads the configuration from the defaults, `file` and `env`.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let text = match file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    anyhow::anyhow!("configuration file {} does not exist", path.display())
+                } else {
+                    anyhow::anyhow!("reading configuration file {}: {e}", path.display())
+                }
+            })?),
+            None => None,
+        };
+        let name = file.map(|p| p.display().to_string()).unwrap_or_default();
+        Self::build(text.as_deref().map(|t| (name.as_str(), t)), env)
+    }
+
+    fn build(file: Option<(&str, &str)>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut problems = Vec::new();
+        let mut origins = BTreeMap::new();
         let mut builder = config::Config::builder().add_source(defaults());
-        if let Some(path) = file {
-            if !path.exists() {
-                bail!("configuration file {} does not exist", path.display());
-            }
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+        if let Some((name, text)) = file {
+            let table: toml::Table = toml::from_str(text).map_err(|e| {
+                anyhow::anyhow!("{name} is not valid TOML: {}", e.to_string().trim_end())
+            })?;
+            check_table("", &table, &mut origins, &mut problems);
+            builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
         }
-        let node_env: HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("EXITNET_"))
-            .filter(|(k, _)| !FOREIGN_VARIABLES.contains(&k.as_str()))
-            .filter(|(k, _)| !FOREIGN_PREFIXES.iter().any(|p| k.starts_with(p)))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let node_env = node_variables(env);
+        check_env(&node_env, &mut origins, &mut problems);
+        if !problems.is_empty() {
+            return Err(Problems(problems).into());
+        }
         builder = builder.add_source(
             config::Environment::with_prefix("EXITNET")
                 .prefix_separator("_")
@@ -422,81 +530,174 @@ impl Config {
                 .with_list_parse_key("org.services")
                 .with_list_parse_key("org.languages")
                 .with_list_parse_key("org.settings")
+                .with_list_parse_key("auth.algorithms")
                 .try_parsing(true)
-                .source(Some(node_env)),
+                .source(Some(node_env.into_iter().collect())),
         );
         let raw = builder.build().context("reading configuration")?;
-        let cfg: Config = raw
+        let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.origins = origins;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// The setting `key` as the user wrote it: the environment variable when
+    /// it came from there, else the dotted key.
+    pub fn name(&self, key: &str) -> String {
+        self.origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| key.to_owned())
+    }
+
     /// Rules that span fields, checked before anything starts.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems).into())
+        }
+    }
+
+    /// Every rule the values break, checked without touching files or the network.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let n = |key: &str| self.name(key);
         if !(0.0..=1.0).contains(&self.traces.sample_ratio) {
-            bail!("invalid configuration: traces.sample_ratio: between 0.0 and 1.0");
+            p.push(format!(
+                "{}: expected a number from 0.0 to 1.0, not {}",
+                n("traces.sample_ratio"),
+                self.traces.sample_ratio
+            ));
         }
         if let Some(e) = &self.traces.otlp_endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            bail!("invalid configuration: traces.otlp_endpoint: an http:// or https:// URL");
+            p.push(format!(
+                "{}: expected an http:// or https:// URL such as http://collector:4317, not `{e}`",
+                n("traces.otlp_endpoint")
+            ));
         }
-        if let Some(id) = &self.org.id {
-            OrgId::parse("org.id", id)
-                .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(id) = &self.org.id
+            && OrgId::parse("org.id", id).is_err()
+        {
+            p.push(format!(
+                "{}: expected 3 to 63 characters a-z, 0-9 and -, starting with a letter or digit, such as exit-nord, not `{id}`",
+                n("org.id")
+            ));
         }
-        if let Some(name) = &self.org.name {
-            crate::domain::org_name_check(name)
-                .map_err(|e| anyhow::anyhow!("invalid configuration: org.{e}"))?;
+        if let Some(name) = &self.org.name
+            && let Err(e) = crate::domain::org_name_check(name)
+        {
+            p.push(format!("{}: {}", n("org.name"), e.rule));
         }
         for lang in &self.org.languages {
             if lang.is_empty()
                 || lang.len() > 35
                 || !lang.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             {
-                bail!(
-                    "invalid configuration: org.languages: `{lang}` is not a BCP 47 language tag"
-                );
+                p.push(format!(
+                    "{}: `{lang}` is not a BCP 47 language tag such as de or pt-BR",
+                    n("org.languages")
+                ));
             }
         }
+        if let Some(url) = &self.database_url {
+            let u = url.expose();
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres:")
+                || u.starts_with("postgresql:"))
+            {
+                let scheme = u.split_once(':').map(|(s, _)| s).unwrap_or(u);
+                p.push(format!(
+                    "{}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE, not a {scheme} URL",
+                    n("database_url")
+                ));
+            }
+        }
+        if let Some(key) = &self.master_key
+            && let Err(e) = check::master_key_text(key.expose())
+        {
+            p.push(format!("{}: {e}", n("master_key")));
+        }
         if self.api.tls.is_none() && !self.api.listen.ip().is_loopback() {
-            bail!(
-                "invalid configuration: api.listen is {} but api.tls is not set; \
-                 the client API may be plaintext only on a loopback address",
+            p.push(format!(
+                "{} is {} but api.tls is not set; the client API may be plaintext only on a \
+                 loopback address (set api.tls.cert_file and api.tls.key_file, or listen on 127.0.0.1)",
+                n("api.listen"),
                 self.api.listen
-            );
+            ));
         }
         if self.auth.mode == AuthMode::Dev && !self.api.listen.ip().is_loopback() {
-            bail!(
-                "invalid configuration: auth.mode = \"dev\" accepts tokens the node mints itself; \
-                 it is refused unless api.listen is a loopback address (it is {})",
+            p.push(format!(
+                "{} = \"dev\" accepts tokens the node mints itself; it is refused unless {} \
+                 is a loopback address (it is {})",
+                n("auth.mode"),
+                n("api.listen"),
                 self.api.listen
-            );
+            ));
         }
-        if self.auth.issuer.is_some() && self.auth.audience.is_none() {
-            bail!("invalid configuration: auth.audience is required with auth.issuer");
+        if let Some(issuer) = &self.auth.issuer {
+            if self.auth.audience.is_none() {
+                p.push(format!(
+                    "auth.audience is required with {} (the audience your provider writes into access tokens for this node)",
+                    n("auth.issuer")
+                ));
+            }
+            if !check::is_http_url(issuer) {
+                p.push(format!(
+                    "{}: expected an https:// URL such as https://id.example.org/realms/exitnet, not `{issuer}`",
+                    n("auth.issuer")
+                ));
+            }
+        }
+        if let Some(i) = &self.auth.introspection
+            && !check::is_http_url(&i.url)
+        {
+            p.push(format!(
+                "{}: expected an https:// URL, not `{}`",
+                n("auth.introspection.url"),
+                i.url
+            ));
+        }
+        for alg in &self.auth.algorithms {
+            if !crate::auth::jwt::algorithm_allowed(alg, std::slice::from_ref(alg)) {
+                p.push(format!(
+                    "{}: {alg} is never accepted (no `none`, no HMAC); use RS256, PS256, ES256 or EdDSA",
+                    n("auth.algorithms")
+                ));
+            }
         }
         for (from, to) in &self.auth.role_map {
             if crate::auth::Role::parse(to).is_none() {
-                bail!(
-                    "invalid configuration: auth.role_map.{from}: `{to}` is not one of case_manager, supervisor, auditor, system"
-                );
+                p.push(format!(
+                    "auth.role_map.{from}: {to} is not one of case_manager, supervisor, auditor, system"
+                ));
             }
         }
-        if let Some(adv) = &self.federation.advertise {
-            crate::domain::endpoint_check("federation.advertise", adv)
-                .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(adv) = &self.federation.advertise
+            && crate::domain::endpoint_check("federation.advertise", adv).is_err()
+        {
+            p.push(format!(
+                "{}: expected host:port such as exitnet.example.org:7710, not `{adv}`",
+                n("federation.advertise")
+            ));
         }
         if self.federation.retry_initial_ms == 0
             || self.federation.retry_max_ms < self.federation.retry_initial_ms
         {
-            bail!(
-                "invalid configuration: federation.retry_initial_ms must be > 0 and <= federation.retry_max_ms"
-            );
+            p.push(format!(
+                "{} must be more than 0 and at most {} ({} and {} now)",
+                n("federation.retry_initial_ms"),
+                n("federation.retry_max_ms"),
+                self.federation.retry_initial_ms,
+                self.federation.retry_max_ms
+            ));
         }
-        Ok(())
+        p
     }
 
     pub fn database_url(&self) -> DatabaseUrl {
@@ -595,11 +796,256 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[api]\nlisen = \"127.0.0.1:1\"\n").unwrap();
         let e = Config::load(Some(&f), &env(&[])).unwrap_err().to_string();
-        assert!(e.contains("lisen"), "{e}");
+        assert!(
+            e.contains("api.lisen is not a known setting; did you mean api.listen?"),
+            "{e}"
+        );
         let e = Config::load(None, &env(&[("EXITNET_BOGUS", "1")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bogus"), "{e}");
+        assert!(e.contains("EXITNET_BOGUS is not a known setting"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    fn problem(file: Option<&str>, vars: &[(&str, &str)]) -> String {
+        let r = match file {
+            Some(text) => {
+                let dir = tempfile::tempdir().unwrap();
+                let f = dir.path().join("c.toml");
+                std::fs::write(&f, text).unwrap();
+                Config::load(Some(&f), &env(vars))
+            }
+            None => Config::load(None, &env(vars)),
+        };
+        match r {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Each error names the setting as written and what was expected.
+    #[test]
+    fn errors_name_the_setting_as_written_and_what_was_expected() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (
+                None,
+                &[("EXITNET_API__LISEN", "127.0.0.1:1")],
+                "EXITNET_API__LISEN is not a known setting; did you mean EXITNET_API__LISTEN?",
+            ),
+            (
+                None,
+                &[("EXITNET_FEDERATON__LISTEN", "127.0.0.1:1")],
+                "EXITNET_FEDERATON__LISTEN is not a known setting; did you mean EXITNET_FEDERATION__LISTEN?",
+            ),
+            (
+                None,
+                &[("EXITNET_API_LISTEN", "127.0.0.1:1")],
+                "did you mean EXITNET_API__LISTEN?",
+            ),
+            (
+                Some("[federaton]\nlisten = \"127.0.0.1:1\"\n"),
+                &[],
+                "federaton is not a known setting; did you mean federation?",
+            ),
+            (
+                None,
+                &[("EXITNET_LOG__FORMAT", "yaml")],
+                "EXITNET_LOG__FORMAT: yaml is not one of text, json",
+            ),
+            (
+                Some("[log]\nformat = \"yaml\"\n"),
+                &[],
+                "log.format: yaml is not one of text, json",
+            ),
+            (
+                Some("[api]\nlisten = \"localhost:7711\"\n"),
+                &[],
+                "api.listen: expected IP:port such as 127.0.0.1:7711, not `localhost:7711`",
+            ),
+            (
+                None,
+                &[("EXITNET_API__LISTEN", "7711")],
+                "EXITNET_API__LISTEN: expected IP:port such as 127.0.0.1:7711",
+            ),
+            (
+                Some("[api]\nlisten = 7711\n"),
+                &[],
+                "api.listen: expected IP:port such as 127.0.0.1:7711, not `7711`",
+            ),
+            (
+                None,
+                &[("EXITNET_ORG__SECTOR", "church")],
+                "EXITNET_ORG__SECTOR: church is not one of ngo, prison_probation, police",
+            ),
+            (
+                None,
+                &[("EXITNET_ORG__NEED_AREAS", "cognitive,banana")],
+                "EXITNET_ORG__NEED_AREAS: banana is not one of functional_reintegration",
+            ),
+            (
+                Some("[org]\nservices = \"housing\"\n"),
+                &[],
+                "org.services: expected a list such as",
+            ),
+            (
+                None,
+                &[("EXITNET_LIMITS__CALLER_BURST", "-1")],
+                "EXITNET_LIMITS__CALLER_BURST: expected a whole number from 0 to 4294967295, not `-1`",
+            ),
+            (
+                None,
+                &[("EXITNET_ORG__ACCEPTING_REFERRALS", "yes")],
+                "EXITNET_ORG__ACCEPTING_REFERRALS: expected true or false, not `yes`",
+            ),
+            (
+                None,
+                &[("EXITNET_TRACES__SAMPLE_RATIO", "2")],
+                "EXITNET_TRACES__SAMPLE_RATIO: expected a number from 0.0 to 1.0",
+            ),
+            (
+                None,
+                &[("EXITNET_ORG__ID", "Bad Id")],
+                "EXITNET_ORG__ID: expected 3 to 63 characters",
+            ),
+            (
+                Some("[org]\nid = \"Bad Id\"\n"),
+                &[],
+                "org.id: expected 3 to 63 characters",
+            ),
+            (
+                None,
+                &[("EXITNET_DATABASE_URL", "mysql://u:hunter2@db/x")],
+                "EXITNET_DATABASE_URL: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE, not a mysql URL",
+            ),
+            (
+                None,
+                &[("EXITNET_MASTER_KEY", "abc")],
+                "EXITNET_MASTER_KEY: expected base64 of 32 bytes (make one with `openssl rand -base64 32`); this is not base64",
+            ),
+            (
+                None,
+                &[("EXITNET_MASTER_KEY", "YWJj")],
+                "EXITNET_MASTER_KEY: expected base64 of 32 bytes (make one with `openssl rand -base64 32`); this is 3 bytes",
+            ),
+            (
+                None,
+                &[
+                    ("EXITNET_AUTH__ISSUER", "idp.example"),
+                    ("EXITNET_AUTH__AUDIENCE", "x"),
+                ],
+                "EXITNET_AUTH__ISSUER: expected an https:// URL",
+            ),
+            (
+                None,
+                &[("EXITNET_AUTH__ALGORITHMS", "HS256")],
+                "EXITNET_AUTH__ALGORITHMS: HS256 is never accepted",
+            ),
+            (
+                None,
+                &[("EXITNET_FEDERATION__ADVERTISE", "nope")],
+                "EXITNET_FEDERATION__ADVERTISE: expected host:port such as exitnet.example.org:7710",
+            ),
+            (
+                None,
+                &[("EXITNET_API__LISTEN", "0.0.0.0:7711")],
+                "EXITNET_API__LISTEN is 0.0.0.0:7711 but api.tls is not set",
+            ),
+        ];
+        for (file, vars, expected) in cases {
+            let e = problem(*file, vars);
+            assert!(
+                e.contains(expected),
+                "{file:?} {vars:?}:\n  got      {e}\n  expected {expected}"
+            );
+        }
+        // Secrets are never repeated in an error.
+        let e = problem(None, &[("EXITNET_DATABASE_URL", "mysql://u:hunter2@db/x")]);
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = problem(None, &[("EXITNET_MASTER_KEY", "c2VjcmV0")]);
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        // Every problem at once, one to a line.
+        let e = problem(
+            None,
+            &[("EXITNET_LOG__FORMAT", "yaml"), ("EXITNET_API__LISEN", "x")],
+        );
+        assert!(e.starts_with("invalid configuration (2 problems):"), "{e}");
+        assert_eq!(e.lines().count(), 3, "{e}");
+    }
+
+    #[test]
+    fn suggestions_only_when_near() {
+        for (typed, expected) in [
+            ("api.lisen", Some("api.listen")),
+            ("federaton", Some("federation")),
+            ("org.need_area", Some("org.need_areas")),
+            ("master_keyfile", Some("master_key_file")),
+            ("bogus", None),
+            ("colour", None),
+        ] {
+            assert_eq!(schema::suggest(typed), expected, "{typed}");
+        }
+        assert_eq!(
+            schema::env_name("api.tls.cert_file"),
+            "EXITNET_API__TLS__CERT_FILE"
+        );
+        assert_eq!(
+            schema::key_of_env("EXITNET_API__TLS__CERT_FILE").as_deref(),
+            Some("api.tls.cert_file")
+        );
+    }
+
+    /// The table of settings is the `Config` structure, key for key.
+    #[test]
+    fn the_settings_table_matches_the_structure() {
+        fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) if prefix != "auth.role_map" => {
+                    for (k, v) in m {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(&key, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_owned()),
+            }
+        }
+        // Every optional setting given, so that each appears.
+        let c = Config::from_toml(
+            "database_url = \"sqlite://x.db\"\nmaster_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nmaster_key_file = \"k\"\n\
+             [api]\nhealth_listen = \"127.0.0.1:1\"\n[api.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n\
+             [federation]\nadvertise = \"a.example:1\"\n[admin]\nsocket = \"s\"\n\
+             [org]\nid = \"ngo-a\"\nname = \"A\"\nsector = \"ngo\"\n\
+             [auth]\nissuer = \"https://idp\"\naudience = \"a\"\nteam_claim = \"t\"\n\
+             [auth.introspection]\nurl = \"https://idp/i\"\nclient_id = \"n\"\nclient_secret = \"s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:2\"\n[traces]\notlp_endpoint = \"http://c:4317\"\n",
+        )
+        .unwrap();
+        let mut found = Vec::new();
+        leaves("", &serde_json::to_value(&c).unwrap(), &mut found);
+        found.sort();
+        let mut known: Vec<String> = schema::SETTINGS.iter().map(|s| s.key.to_owned()).collect();
+        known.sort();
+        assert_eq!(found, known);
+    }
+
+    #[test]
+    fn origins_follow_the_environment_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[api]\nlisten = \"127.0.0.1:1\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &env(&[("EXITNET_API__LISTEN", "127.0.0.1:2")])).unwrap();
+        assert_eq!(c.name("api.listen"), "EXITNET_API__LISTEN");
+        assert_eq!(c.name("log.format"), "log.format");
+        assert_eq!(c.name("org.id"), "org.id");
+        assert_eq!(c.api.listen.port(), 2);
+        assert_eq!(c.log.format, LogFormat::Json);
     }
 
     #[test]
@@ -623,7 +1069,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("auth.mode"), "{e}");
+        assert!(e.contains("EXITNET_AUTH__MODE"), "{e}");
         let c = Config::load(
             None,
             &env(&[
@@ -652,6 +1098,6 @@ mod tests {
         let e = Config::load(None, &env(&[("EXITNET_ORG__ID", "Bad Id")]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("org.id"), "{e}");
+        assert!(e.contains("EXITNET_ORG__ID"), "{e}");
     }
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod auth;
+mod config;
 mod consents;
 mod crashes;
 mod faults;
