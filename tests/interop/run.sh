@@ -122,8 +122,8 @@ run_case() { # name, extra env...
   mkdir -p "$dir"
   echo "== $name" >&2
   local api fp1 fp2
-  api=$(start_node "$dir" "$@"); fp1=$(check "$api" "$dir"); stop_node "$dir"
-  api=$(start_node "$dir" "$@"); fp2=$(check "$api" "$dir"); stop_node "$dir"
+  api=$(start_node "$dir" EXITNET_ORG__ID="interop-$name" "$@"); fp1=$(check "$api" "$dir"); stop_node "$dir"
+  api=$(start_node "$dir" EXITNET_ORG__ID="interop-$name" "$@"); fp2=$(check "$api" "$dir"); stop_node "$dir"
   [ "$fp1" = "$fp2" ] || die "identity changed across restart ($fp1 / $fp2)"
   echo "identity kept across restart: ${fp1:0:16}…" >&2
   passed=$((passed + 1))

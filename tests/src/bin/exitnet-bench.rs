@@ -440,6 +440,7 @@ async fn main() {
     let mut child = std::process::Command::new(exe_dir.join("exitnet-node"))
         .arg("run")
         .current_dir(&idle_dir)
+        .env("EXITNET_ORG__ID", "bench-idle")
         .env("EXITNET_API__LISTEN", "127.0.0.1:0")
         .env("EXITNET_FEDERATION__LISTEN", "127.0.0.1:0")
         .stderr(std::process::Stdio::null())
