@@ -1,7 +1,15 @@
 //! `exitnet-node demo`: three organisations in one process on loopback, each
 //! with its own SQLite database in a temporary directory, peered through the
 //! real invitation and approval flow, playing one client's case end to end
-//! over real mutual TLS. It prints each step so a person can follow it.
+//! over real mutual TLS. It prints each step so a person can follow it:
+//! who acts, what the client agreed to, the outcome, the purge receipt and,
+//! at the end, each node's audit trail checked against what its peers
+//! witnessed. With `--keep-running` it prints `exitnetctl` commands that work
+//! as printed from another terminal in the checkout (`hints`); the
+//! integration test `demo` runs each of them.
+
+mod audit;
+pub mod hints;
 
 use crate::app::Application;
 use crate::auth::{Principal, Role};
@@ -13,6 +21,7 @@ use crate::referrals::{self, NewReferral};
 use crate::state::NodeState;
 use anyhow::{Context, bail};
 use exitnet_proto::pb;
+use prost::Message;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -137,9 +146,13 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
     crate::policy::set_for_peer(&inviter.state, &joiner.state.org_id, &policy).await?;
     crate::policy::set_for_peer(&joiner.state, &inviter.state.org_id, &policy).await?;
     println!(
-        "  {} approves: the peering is active on both sides (the narrative is enabled in both policies)",
+        "  {} approves: the two nodes now exchange referrals with each other and nobody else",
         inviter.label
     );
+    println!(
+        "  both administrators also let a client's needs, described in words, travel between them"
+    );
+    println!("  (by default only fields with fixed choices, such as age band and risk level, may)");
     Ok(())
 }
 
@@ -224,6 +237,11 @@ pub fn referral_request(
     }
 }
 
+/// The case managers who act in the story, each at their own organisation.
+const ALICE: &str = "alice";
+const BOB: &str = "bob";
+const CAROL: &str = "carol";
+
 /// Plays the demo; with `keep_running`, leaves the nodes up until Ctrl-C.
 pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -273,16 +291,18 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 
     say(
         "2. The administrators peer their nodes",
-        "Two-sided approval, keys pinned, no central registry.",
+        "Each administrator approves the other organisation; from then on each node talks only to\n\
+         the key the other one approved. There is no central registry.",
     );
     peer_up(&ngo, &prison).await?;
     peer_up(&ngo, &health).await?;
 
     say(
         "3. The client consents",
-        "Recorded by the NGO's case manager; the client reference never leaves the NGO.",
+        "Alice, a case manager at the NGO, records the client's written consent. The client's\n\
+         reference in the NGO's own files (client-2026-117) never leaves the NGO.",
     );
-    let alice = person("alice");
+    let alice = person(ALICE);
     let c_health = consents::record(
         &ngo.state,
         &alice,
@@ -306,15 +326,17 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     )
     .await?;
     println!(
-        "  consent for the trauma clinic (mental health) and one for probation (housing), each for a year,"
+        "  one consent for the trauma clinic (mental health), one for probation (housing), each for a year;"
     );
     println!(
-        "  for exit support and service provision, not for criminal investigation, no onward sharing"
+        "  for exit support and for the service itself only: not for criminal investigation, and not"
     );
+    println!("  to be passed on to anyone else");
 
     say(
-        "4. Two referrals leave the NGO",
-        "Each is committed with its signed message in one transaction, then delivered.",
+        "4. Alice sends two referrals",
+        "Each referral is saved together with the signed message that carries it, so neither exists\n\
+         without the other; the message is then delivered and the receiver signs a receipt for it.",
     );
     let to_health = referrals::create(
         &ngo.state,
@@ -345,10 +367,13 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let h = wait_state(&ngo, &to_health.referral_id, "received").await?;
     let p = wait_state(&ngo, &to_prison.referral_id, "received").await?;
     println!(
-        "  trauma clinic: {} (signed delivery receipt held by the NGO)",
+        "  trauma clinic: {} (the NGO keeps the clinic's signed receipt)",
         state_of(&h)
     );
-    println!("  probation:     {}", state_of(&p));
+    println!(
+        "  probation:     {} (and probation's receipt)",
+        state_of(&p)
+    );
     let at_h = health
         .state
         .store
@@ -362,33 +387,31 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .await?
         .context("at probation")?;
     println!(
-        "  the clinic knows the client as {}…, probation as {}… — they cannot link the two",
+        "  the clinic knows the client only as {}…, probation as {}…: different names, so they cannot link the two",
         &at_h.pseudonym[..12],
         &at_p.pseudonym[..12]
     );
 
     say(
         "5. The receivers act; the NGO sees every step",
-        "Accepted, in progress, completed with an outcome.",
+        "Carol, a case manager at the trauma clinic, accepts the referral, starts the therapy and\n\
+         completes it with an outcome. Bob, a case manager at probation, accepts his and starts.",
     );
-    let carol = person("carol");
-    let bob = person("bob");
-    referrals::act(
-        &health.state,
-        &carol,
-        &to_health.referral_id,
+    let carol = person(CAROL);
+    let bob = person(BOB);
+    for to in [
         crate::domain::ReferralState::Accepted,
-        pb::StateChange::default(),
-    )
-    .await?;
-    referrals::act(
-        &health.state,
-        &carol,
-        &to_health.referral_id,
         crate::domain::ReferralState::InProgress,
-        pb::StateChange::default(),
-    )
-    .await?;
+    ] {
+        referrals::act(
+            &health.state,
+            &carol,
+            &to_health.referral_id,
+            to,
+            pb::StateChange::default(),
+        )
+        .await?;
+    }
     let outcome = pb::Outcome {
         disengagement: pb::Progress::Some as i32,
         rehabilitation: pb::Progress::Substantial as i32,
@@ -407,24 +430,23 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         },
     )
     .await?;
-    referrals::act(
-        &prison.state,
-        &bob,
-        &to_prison.referral_id,
+    for to in [
         crate::domain::ReferralState::Accepted,
-        pb::StateChange::default(),
-    )
-    .await?;
-    referrals::act(
-        &prison.state,
-        &bob,
-        &to_prison.referral_id,
         crate::domain::ReferralState::InProgress,
-        pb::StateChange::default(),
-    )
-    .await?;
+    ] {
+        referrals::act(
+            &prison.state,
+            &bob,
+            &to_prison.referral_id,
+            to,
+            pb::StateChange::default(),
+        )
+        .await?;
+    }
     wait_state(&ngo, &to_health.referral_id, "completed").await?;
     wait_state(&ngo, &to_prison.referral_id, "in_progress").await?;
+    println!("  what the NGO sees, step by step (by organisation):");
+    let mut outcome_seen = None;
     for (label, id) in [
         ("trauma clinic", &to_health.referral_id),
         ("probation", &to_prison.referral_id),
@@ -435,11 +457,59 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .map(|e| format!("{} ({})", e.state.replace('_', " "), e.by_org))
             .collect();
         println!("  {label}: {}", steps.join(" → "));
+        if let Some(done) = history.iter().rev().find(|e| e.state == "completed") {
+            outcome_seen = pb::StateChange::decode(done.detail.as_slice())
+                .context("the completion as the NGO stored it")?
+                .outcome;
+        }
     }
+    for (label, org, id) in [
+        ("the clinic", &health, &to_health.referral_id),
+        ("probation", &prison, &to_prison.referral_id),
+    ] {
+        let steps: Vec<String> = org
+            .state
+            .store
+            .referral_history(id)
+            .await?
+            .iter()
+            .filter(|e| !e.actor.is_empty())
+            .map(|e| format!("{} by {}", e.state.replace('_', " "), e.actor))
+            .collect();
+        println!(
+            "  {label}'s own record names its case manager: {} (the NGO is told the organisation only)",
+            steps.join(", ")
+        );
+    }
+    let outcome = outcome_seen.context("the NGO has no outcome for the completed referral")?;
+    println!("  the outcome the clinic reported to the NGO:");
+    println!(
+        "    service delivered: {}",
+        if outcome.service_delivered {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    let goals: Vec<String> = [
+        ("disengagement", outcome.disengagement),
+        ("deradicalisation", outcome.deradicalisation),
+        ("reintegration", outcome.reintegration),
+        ("rehabilitation", outcome.rehabilitation),
+    ]
+    .into_iter()
+    .filter_map(|(goal, p)| {
+        let p = pb::Progress::try_from(p).ok()?;
+        (p != pb::Progress::Unspecified).then(|| format!("{goal}: {}", progress(p)))
+    })
+    .collect();
+    println!("    progress on the goals: {}", goals.join(", "));
+    println!("    note: {}", outcome.note);
 
     say(
         "6. The client withdraws consent for probation",
-        "Withdrawal reaches the recipient, which purges and signs a receipt.",
+        "Alice records the withdrawal. Probation is told, deletes the case summary it holds and\n\
+         signs a receipt saying so.",
     );
     let (_, told) = consents::withdraw(&ngo.state, &alice, &c_prison.consent_id).await?;
     let purged = wait_for("the purge receipt", || async {
@@ -457,9 +527,11 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .get_referral(&to_prison.referral_id)
         .await?
         .context("at probation")?;
-    println!("  {told} recipient told; probation purged the summary and destroyed its data key");
     println!(
-        "  probation keeps a tombstone: state {}, summary {}",
+        "  {told} recipient told; probation deleted the summary and destroyed the key that sealed it"
+    );
+    println!(
+        "  probation keeps only a tombstone: state {}, summary {}",
         state_of(&at_p),
         if at_p.summary.is_some() {
             "present (!)"
@@ -467,34 +539,62 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             "gone"
         }
     );
+    let receipt = ngo
+        .state
+        .store
+        .receipts_for(&to_prison.referral_id)
+        .await?
+        .into_iter()
+        .find(|r| r.kind == pb::ReceiptKind::Purge.as_str_name())
+        .context("the NGO holds no purge receipt")?;
+    let signed = pb::Receipt::decode(receipt.payload.as_slice()).context("the purge receipt")?;
     println!(
-        "  the NGO holds the signed purge receipt, purge status: {}",
+        "  the NGO keeps the purge receipt: signed by {} with its key {}… at {}",
+        receipt.issued_by,
+        signed
+            .key_fingerprint
+            .get(..16)
+            .unwrap_or(&signed.key_fingerprint),
+        crate::domain::time::rfc3339(receipt.at_ms)
+    );
+    println!(
+        "  (the key probation's administrator approved); purge status: {}",
         purged.purge_status
     );
+
+    say(
+        "7. Each node checks its audit trail",
+        "Every node keeps a chained record of everything done on it. Each signs a checkpoint of\n\
+         its record and sends it to its peers, who countersign it and keep a copy; then each runs\n\
+         `audit verify`, which checks the whole chain, the countersignatures and the copies its\n\
+         peers hold, so a node cannot quietly rewrite its own past.",
+    );
+    for o in [&ngo, &prison, &health] {
+        audit::checkpoint_and_verify(o).await?;
+    }
 
     say("Summary", "");
     println!(
         "  3 organisations, 2 peerings, 2 consents, 2 referrals: 1 completed with an outcome, 1 withdrawn and purged"
     );
     println!(
-        "  every exchange over mutual TLS pinned to approved keys; every message signed; every receipt kept"
+        "  every exchange encrypted, with both ends proving who they are by the keys their administrators"
+    );
+    println!(
+        "  approved; every message signed; every receipt kept; every audit trail verified by its peers"
     );
     println!("  took {:.1} s", started.elapsed().as_secs_f64());
 
     if keep_running {
-        println!("\nThe three nodes keep running (Ctrl-C to stop). Try, for example:");
-        for o in [&ngo, &prison, &health] {
-            println!(
-                "  exitnetctl --socket {} peer list      # {}, client API {}",
-                o.admin_socket.display(),
-                o.label,
-                o.api
-            );
-        }
-        println!(
-            "  exitnetctl --socket {} dev-token --role case_manager --subject alice",
-            ngo.admin_socket.display()
-        );
+        hints::print(&hints::Story {
+            ngo: &ngo,
+            prison: &prison,
+            clinic: &health,
+            completed: &to_health.referral_id,
+            withdrawn: &to_prison.referral_id,
+            alice: ALICE,
+            carol: CAROL,
+        });
         crate::app::shutdown_signal().await;
     }
     let _ = stop_tx.send(true);
@@ -503,6 +603,15 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+fn progress(p: pb::Progress) -> &'static str {
+    match p {
+        pb::Progress::Unspecified => "not said",
+        pb::Progress::None => "none",
+        pb::Progress::Some => "some",
+        pb::Progress::Substantial => "substantial",
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

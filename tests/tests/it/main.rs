@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod consents;
 mod crashes;
+mod demo;
 mod faults;
 mod limits;
 mod node;
