@@ -270,6 +270,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                             "org_id": e.org_id,
                             "remote_addr": e.remote_addr,
                             "method": e.method,
+                            "count": e.count.max(1),
                         })
                     })
                     .collect();
@@ -294,6 +295,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                             dash(&short_fp(&e.key_fingerprint)),
                             dash(&e.remote_addr),
                             dash(&e.method),
+                            e.count.max(1).to_string(),
                         ]
                     })
                     .collect();
@@ -301,7 +303,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                     out,
                     "{}",
                     table(
-                        &["AT", "SURFACE", "REASON", "ORG", "KEY", "FROM", "METHOD"],
+                        &["AT", "SURFACE", "REASON", "ORG", "KEY", "FROM", "METHOD", "COUNT"],
                         &rows
                     )
                 )?;

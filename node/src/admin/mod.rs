@@ -255,7 +255,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::ListSecurityEventsResponse {
             events: events
                 .into_iter()
-                .map(|e| pb::SecurityEvent {
+                .map(|(e, count)| pb::SecurityEvent {
+                    count: u64::try_from(count).unwrap_or_default(),
                     at: Some(to_timestamp(e.at_ms)),
                     surface: e.surface,
                     reason: e.reason,

@@ -146,9 +146,31 @@ impl FederationApi {
         }
     }
 
+    /// A caller not identified as a peer is bounded per address before its
+    /// refusal is recorded: beyond the rate it gets RESOURCE_EXHAUSTED and
+    /// costs no write (counted in the metrics). Approved peers never draw on
+    /// these buckets.
+    fn stranger_limit(&self, info: &CallerInfo) -> Result<(), Status> {
+        let host = info
+            .remote
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        self.state
+            .limits
+            .addresses
+            .rate(&format!("stranger:{host}"))
+            .map_err(|e| {
+                self.state.metrics.received("-", "any", "rate_limited");
+                Status::from(e)
+            })
+    }
+
     /// The approved peer that made this call, or a recorded refusal.
     async fn identify(&self, info: &CallerInfo) -> Result<Peer, Status> {
         let Some(fp) = &info.fingerprint else {
+            self.stranger_limit(info)?;
             return Err(self
                 .refuse(
                     info,
@@ -184,6 +206,7 @@ impl FederationApi {
             } else {
                 "unknown_key"
             };
+            self.stranger_limit(info)?;
             return Err(self
                 .refuse(
                     info,

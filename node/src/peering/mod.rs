@@ -773,16 +773,19 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
 
 /// Records a refused call: who, when, why; never the payload.
 pub async fn record_refusal(state: &NodeState, event: SecurityEvent) {
-    tracing::warn!(
-        surface = %event.surface,
-        reason = %event.reason,
-        key = event.key_fingerprint.as_deref().map(|f| &f[..f.len().min(16)]).unwrap_or("-"),
-        peer = event.org_id.as_deref().unwrap_or("-"),
-        remote = event.remote_addr.as_deref().unwrap_or("-"),
-        method = event.method.as_deref().unwrap_or("-"),
-        "call refused"
-    );
-    if let Err(e) = state.store.record_security_event(&event).await {
-        tracing::error!(error = %e, "could not record a security event");
+    match state.store.record_security_event(&event).await {
+        // The first of its kind this minute is logged; the rest are counted
+        // in its row (a flood must not fill the disk through the log either).
+        Ok(1) => tracing::warn!(
+            surface = %event.surface,
+            reason = %event.reason,
+            key = event.key_fingerprint.as_deref().map(|f| &f[..f.len().min(16)]).unwrap_or("-"),
+            peer = event.org_id.as_deref().unwrap_or("-"),
+            remote = event.remote_host().as_deref().unwrap_or("-"),
+            method = event.method.as_deref().unwrap_or("-"),
+            "call refused (more like it this minute are counted, not logged)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not record a security event"),
     }
 }

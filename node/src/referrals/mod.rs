@@ -1021,6 +1021,11 @@ pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
 }
 
 /// Runs `scheduled_purges` every `interval` until stopped.
+/// How long refused calls are kept, and how many rows at most (each row
+/// counts the refusals of one kind, key and address in one minute).
+const SECURITY_EVENTS_KEPT_DAYS: i64 = 90;
+const SECURITY_EVENTS_KEPT_ROWS: i64 = 100_000;
+
 pub async fn run_scheduler(
     state: std::sync::Arc<NodeState>,
     interval: std::time::Duration,
@@ -1032,6 +1037,15 @@ pub async fn run_scheduler(
         }
         if let Err(e) = scheduled_purges(&state).await {
             tracing::warn!(error = %e, "scheduled purges failed");
+        }
+        // Refusals are kept for a while and in bounded number.
+        let before = now_ms() - SECURITY_EVENTS_KEPT_DAYS * 86_400_000;
+        if let Err(e) = state
+            .store
+            .prune_security_events(before, SECURITY_EVENTS_KEPT_ROWS)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning security events failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

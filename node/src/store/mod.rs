@@ -562,8 +562,41 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    async fn record_security_event(&self, event: &SecurityEvent) -> Result<()>;
-    async fn security_events(&self, limit: i64) -> Result<Vec<SecurityEvent>>;
+    /// Records a refusal, aggregated per minute with the others of the same
+    /// surface, reason, key, peer, address (without its port) and method;
+    /// how many that minute's row counts now (1: the first).
+    async fn record_security_event(&self, event: &SecurityEvent) -> Result<i64>;
+    /// Newest first, each with how many refusals its row counts.
+    async fn security_events(&self, limit: i64) -> Result<Vec<(SecurityEvent, i64)>>;
+    /// Deletes rows older than `before_ms`, then the oldest beyond `keep`.
+    async fn prune_security_events(&self, before_ms: i64, keep: i64) -> Result<u64>;
+}
+
+impl SecurityEvent {
+    /// The remote address without its port: a flood from one host with
+    /// new connections is one address.
+    pub fn remote_host(&self) -> Option<String> {
+        self.remote_addr.as_deref().map(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .map(|s| s.ip().to_string())
+                .unwrap_or_else(|_| a.to_owned())
+        })
+    }
+
+    /// The row a refusal is counted in: its minute and everything but the time.
+    pub fn aggregation_key(&self) -> String {
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.at_ms.div_euclid(60_000),
+            self.surface,
+            self.reason,
+            o(&self.key_fingerprint),
+            o(&self.org_id),
+            self.remote_host().unwrap_or_default(),
+            o(&self.method)
+        )
+    }
 }
 
 /// Opens the store the URL names and applies its migrations.

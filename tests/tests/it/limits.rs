@@ -138,3 +138,141 @@ async fn a_peer_over_its_rate_is_slowed_not_lost() {
     let new = r#"exitnet_received_total{peer="ngo-a",kind="offer",outcome="new"}"#;
     assert_eq!(b.metric(new).await.unwrap(), 60.0);
 }
+
+/// Strangers (keys no one pinned) calling the federation port are limited
+/// per address before their refusal costs a write, and the refusals that are
+/// recorded are counted in one row per minute and kind, so 20,000 calls leave
+/// a handful of rows; a peer's referrals keep flowing meanwhile.
+#[tokio::test]
+async fn strangers_cannot_fill_the_disk() {
+    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
+    let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
+        "[limits]\naddress_calls_per_sec = 200\naddress_burst = 400\nmax_concurrent_streams = 1000\n",
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    peer_with(&a, &b).await;
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let (mut ac, mut ar) = clients(&a).await;
+    let consent = ac
+        .record_consent(bearer(&alice, consent_request("c-strangers", "client-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap()
+        .consent_id;
+
+    let stranger = exitnet_node::identity::NodeKey::generate("stranger").unwrap();
+    let client = exitnet_node::federation::client::connect(
+        &b.federation_addr,
+        Some(&stranger),
+        vec![b.fingerprint().await.unwrap()],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    const CALLS: usize = 20_000;
+    const TASKS: usize = 50;
+    let flood = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..TASKS {
+            let mut client = client.clone();
+            tasks.spawn(async move {
+                let (mut unauthenticated, mut limited, mut other) = (0u64, 0u64, Vec::new());
+                for _ in 0..CALLS / TASKS {
+                    let e = client
+                        .notify(pb::NotifyRequest {
+                            notice_id: uuid::Uuid::new_v4().to_string(),
+                            notice: Some(pb::notify_request::Notice::State(
+                                pb::PeerState::Active as i32,
+                            )),
+                        })
+                        .await
+                        .unwrap_err();
+                    match e.code() {
+                        Code::Unauthenticated => unauthenticated += 1,
+                        Code::ResourceExhausted => limited += 1,
+                        c => other.push(c),
+                    }
+                }
+                (unauthenticated, limited, other)
+            });
+        }
+        let (mut u, mut l, mut o) = (0, 0, Vec::new());
+        while let Some(r) = tasks.join_next().await {
+            let (uu, ll, oo) = r.unwrap();
+            u += uu;
+            l += ll;
+            o.extend(oo);
+        }
+        (u, l, o)
+    });
+    // Meanwhile A's referrals reach B.
+    let mut want = Vec::new();
+    for i in 0..20 {
+        let r = ar
+            .create_referral(bearer(
+                &alice,
+                referral_request(
+                    &format!("s-{i}"),
+                    &consent,
+                    "prison-b",
+                    pb::NeedArea::FunctionalReintegration,
+                    pb::Service::Housing,
+                ),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .referral
+            .unwrap();
+        want.push(r.referral_id);
+    }
+    let started = std::time::Instant::now();
+    wait_until(
+        "A's referrals to reach B during the flood",
+        Duration::from_secs(120),
+        || async {
+            let got = inbound_ids(&b, &bob).await;
+            want.iter().all(|id| got.contains(id)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let arrived = started.elapsed();
+    let (unauthenticated, limited, other) = flood.await.unwrap();
+    eprintln!(
+        "{CALLS} stranger calls: {unauthenticated} UNAUTHENTICATED, {limited} RESOURCE_EXHAUSTED; \
+         A's 20 referrals arrived within {arrived:?} meanwhile"
+    );
+    assert!(other.is_empty(), "other answers: {other:?}");
+    assert_eq!(unauthenticated + limited, CALLS as u64);
+    assert!(limited > 0, "the address limit never applied");
+
+    // Every recorded refusal is counted; the rows are few.
+    let pool = sqlx::SqlitePool::connect(&b.database_url()).await.unwrap();
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS rows, COALESCE(SUM(count), 0) AS counted FROM security_events \
+         WHERE reason = 'unknown_key'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let rows: i64 = sqlx::Row::get(&row, "rows");
+    let counted: i64 = sqlx::Row::get(&row, "counted");
+    eprintln!("security_events: {rows} rows counting {counted} refusals");
+    assert_eq!(counted as u64, unauthenticated, "a refusal went uncounted");
+    assert!(rows <= 10, "{rows} rows for one stranger's flood");
+    let events = b.ctl_json(&["security", "events"]).await.unwrap();
+    let listed = events.as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["reason"] == "unknown_key" && e["count"].as_u64().unwrap_or(0) > 1),
+        "exitnetctl does not show the count: {events}"
+    );
+}

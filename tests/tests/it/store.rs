@@ -546,9 +546,38 @@ mod cases {
             .unwrap();
         }
         let events = s.security_events(2).await.unwrap();
-        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        let reasons: Vec<&str> = events.iter().map(|(e, _)| e.reason.as_str()).collect();
         assert_eq!(reasons, ["no_client_certificate", "peer_suspended"]);
-        assert_eq!(events[0].org_id, None);
+        assert_eq!(events[0].0.org_id, None);
+        // The same refusal again in the same minute, from another port of
+        // the same host: counted in the first one's row.
+        let again = SecurityEvent {
+            at_ms: NOW,
+            surface: "federation".into(),
+            reason: "unknown_key".into(),
+            key_fingerprint: Some("fp".into()),
+            org_id: None,
+            remote_addr: Some("127.0.0.1:2".into()),
+            method: Some("Notify".into()),
+        };
+        assert_eq!(s.record_security_event(&again).await.unwrap(), 2);
+        let all = s.security_events(10).await.unwrap();
+        assert_eq!(all.len(), 3);
+        let (first, count) = all.iter().find(|(e, _)| e.reason == "unknown_key").unwrap();
+        assert_eq!(*count, 2);
+        assert_eq!(first.remote_addr.as_deref(), Some("127.0.0.1"));
+        // A minute later: a row of its own.
+        let later = SecurityEvent {
+            at_ms: NOW + 60_000,
+            ..again
+        };
+        assert_eq!(s.record_security_event(&later).await.unwrap(), 1);
+        // Pruned by age, then beyond the newest `keep`.
+        assert_eq!(s.prune_security_events(NOW + 1, 100).await.unwrap(), 1);
+        assert_eq!(s.prune_security_events(0, 2).await.unwrap(), 1);
+        let left = s.security_events(10).await.unwrap();
+        let reasons: Vec<&str> = left.iter().map(|(e, _)| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["unknown_key", "no_client_certificate"]);
     }
 
     fn consent(
