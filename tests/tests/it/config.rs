@@ -204,22 +204,26 @@ async fn run_without_an_org_id_refuses_and_says_how_to_fix_it() {
     );
 
     // Started once with an ID, the database keeps it: later starts without one go on.
+    // The first start listens for peers on every interface with no advertised address,
+    // and says so in the log.
     let listening = dir.path().join("exitnet-data/listening.json");
+    let everywhere = ("EXITNET_FEDERATION__LISTEN", "0.0.0.0:0");
     for (round, env) in [
         (
             "with EXITNET_ORG__ID",
-            vec![PORTS[0], PORTS[1], ("EXITNET_ORG__ID", "ngo-kept")],
+            vec![PORTS[0], everywhere, ("EXITNET_ORG__ID", "ngo-kept")],
         ),
         ("without", PORTS.to_vec()),
     ] {
+        let log_path = dir.path().join(format!("{}.log", round.len()));
         let mut cmd = tokio::process::Command::new(binary("exitnet-node").unwrap());
         cmd.arg("run")
             .current_dir(dir.path())
             .env_clear()
-            .envs(env)
+            .envs(env.clone())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
@@ -244,6 +248,12 @@ async fn run_without_an_org_id_refuses_and_says_how_to_fix_it() {
             .unwrap()
             .unwrap();
         assert!(status.success(), "{round}: {status}");
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert_eq!(
+            log.contains("WARN") && log.contains("federation.advertise is not set"),
+            env.contains(&everywhere),
+            "{round}:\n{log}"
+        );
     }
     // config check cannot tell without looking; --connect looks.
     let check = node(dir.path(), &["config", "check", "--connect"], &PORTS).await;
