@@ -476,7 +476,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         let mut p = Prompter::new(stdin.lock(), std::io::stderr());
         eprintln!("\n{text}");
         let write = p.ask(
-            &format!("Write this to {}? [Y/n]", path.display()),
+            &format!("Write this to {}? (y or n)", path.display()),
             Some("y"),
             |s| match s.to_ascii_lowercase().as_str() {
                 "y" | "yes" => Ok(true),

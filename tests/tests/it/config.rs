@@ -420,3 +420,38 @@ async fn connect_names_the_database_and_provider_it_could_not_reach() {
     assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
     assert!(!out.all().contains("hunter2"));
 }
+
+#[tokio::test]
+async fn connect_reaches_a_real_provider_and_the_database() {
+    use exitnet_tests::oidc::{OidcProvider, SigningKey};
+    let key = SigningKey::generate("connect-1").unwrap();
+    let provider = OidcProvider::start(&key, "exitnet-node").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("EXITNET_ORG__ID", "ngo-reach"),
+        ("EXITNET_AUTH__ISSUER", provider.issuer.as_str()),
+        ("EXITNET_AUTH__AUDIENCE", "exitnet-node"),
+    ];
+    let out = node(dir.path(), &["config", "check", "--connect"], &env).await;
+    assert!(out.ok, "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "ok: OpenID provider: {}/.well-known/openid-configuration answered; 1 signing key(s)",
+            provider.issuer.trim_end_matches('/')
+        )),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stderr.contains("the first start creates it"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !out.stderr.contains("sign-in is not configured"),
+        "{}",
+        out.all()
+    );
+    // --connect did not create the database.
+    assert!(!dir.path().join("exitnet-data").exists());
+}
