@@ -30,7 +30,7 @@ pub fn init(format: LogFormat, traces: &TracesConfig) -> anyhow::Result<Traces> 
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let provider = tracer_provider(traces)?;
+    let (provider, check) = tracer_provider(traces)?.unzip();
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
         tracing_opentelemetry::layer().with_tracer(p.tracer("exitnet-node"))
@@ -40,6 +40,10 @@ pub fn init(format: LogFormat, traces: &TracesConfig) -> anyhow::Result<Traces> 
         .with(fmt)
         .with(otel)
         .try_init();
+    // Once the log is set up, so that its warning is not lost.
+    if let Some(Some(check)) = check {
+        check_collector(check);
+    }
     Ok(Traces { provider })
 }
 
@@ -58,9 +62,14 @@ impl Traces {
     }
 }
 
-fn tracer_provider(
-    cfg: &TracesConfig,
-) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+/// The provider exporting to `traces.otlp_endpoint`, and the check of the
+/// collector to make once the log is set up.
+type Exporting = (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    Option<CollectorCheck>,
+);
+
+fn tracer_provider(cfg: &TracesConfig) -> anyhow::Result<Option<Exporting>> {
     use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
     use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
     let Some(endpoint) = &cfg.otlp_endpoint else {
@@ -79,9 +88,11 @@ fn tracer_provider(
         .map_err(|e| anyhow::anyhow!("traces.otlp_endpoint: {e}"))?;
     let collector = collector_address(endpoint);
     let health = Arc::new(Mutex::new(ExportHealth::default()));
-    if let Some((host, port)) = &collector {
-        check_collector(host.clone(), *port, health.clone());
-    }
+    let check = collector.clone().map(|(host, port)| CollectorCheck {
+        host,
+        port,
+        health: health.clone(),
+    });
     let exporter = WatchedExporter {
         inner: exporter,
         collector: collector
@@ -89,19 +100,18 @@ fn tracer_provider(
             .unwrap_or_default(),
         health,
     };
-    Ok(Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sample_ratio,
-            ))))
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name("exitnet-node")
-                    .build(),
-            )
-            .build(),
-    ))
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            cfg.sample_ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("exitnet-node")
+                .build(),
+        )
+        .build();
+    Ok(Some((provider, check)))
 }
 
 /// At most one warning about failed exports per this period.
@@ -154,10 +164,19 @@ fn collector_address(endpoint: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
+/// The collector's address, and the state the exporter shares.
+#[derive(Debug)]
+struct CollectorCheck {
+    host: String,
+    port: u16,
+    health: Arc<Mutex<ExportHealth>>,
+}
+
 /// Tries a TCP connection to the collector once, in the background, and
 /// warns if there is none: spans would be dropped silently otherwise until
 /// the first export fails.
-fn check_collector(host: String, port: u16, health: Arc<Mutex<ExportHealth>>) {
+fn check_collector(check: CollectorCheck) {
+    let CollectorCheck { host, port, health } = check;
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
