@@ -298,12 +298,19 @@ pub async fn receipt(
                             "message_id": r.message_id, "referral_id": r.referral_id,
                             "sender_org": r.sender_org, "receiver_org": r.receiver_org,
                             "at": timestamp(r.at.as_ref()), "key_fingerprint": r.key_fingerprint,
+                            "purge_outcome": r.purge_outcome,
                         })
                     )?;
                 } else if r.valid {
+                    // What a purge receipt says was done, in the issuer's signed words.
+                    let said = match r.purge_outcome.as_str() {
+                        "purged" => " (the issuer purged the referral)",
+                        "nothing_held" => " (the issuer held nothing of the referral)",
+                        _ => "",
+                    };
                     writeln!(
                         out,
-                        "VALID  {} receipt by {} for message {} of referral {} (from {}), signed {} with key {}",
+                        "VALID  {} receipt{said} by {} for message {} of referral {} (from {}), signed {} with key {}",
                         r.kind.trim_start_matches("RECEIPT_KIND_").to_lowercase(),
                         r.receiver_org,
                         r.message_id,

@@ -269,6 +269,12 @@ pub async fn verify_receipt(
     out.receiver_org = receipt.receiver_org.clone();
     out.at = receipt.at;
     out.key_fingerprint = receipt.key_fingerprint.clone();
+    out.purge_outcome = match receipt.purge_outcome() {
+        pb::PurgeOutcome::Purged => "purged",
+        pb::PurgeOutcome::NothingHeld => "nothing_held",
+        pb::PurgeOutcome::Unspecified => "",
+    }
+    .into();
     if receipt.receiver_org != r.issued_by {
         out.reason = format!(
             "issued_by {} but the receipt names {} as its issuer",

@@ -113,6 +113,7 @@ pub async fn issue_receipt(
     msg: &pb::FederationMessage,
     signed_payload: &[u8],
     referral_id: &str,
+    purge_outcome: Option<pb::PurgeOutcome>,
     batch: Option<crate::batch_sign::Member>,
 ) -> Result<ReceiptRecord> {
     let at = now_ms();
@@ -126,6 +127,7 @@ pub async fn issue_receipt(
             referral_id: referral_id.to_owned(),
             at: Some(to_timestamp(at)),
             key_fingerprint: fingerprint.to_owned(),
+            purge_outcome: purge_outcome.map_or(0, |o| o as i32),
         }
         .encode_to_vec()
     };
@@ -185,6 +187,24 @@ pub fn verify_receipt(
         || r.sender_org != state.org_id.as_str()
     {
         return Err(bad("it is not for this message"));
+    }
+    // It names the referral the message is about, and is of the kind the
+    // message calls for (a purge receipt answers a withdrawal, and only that).
+    let (referral_id, kind) = match &sent_msg.body {
+        Some(pb::federation_message::Body::Offer(o)) => (&o.referral_id, pb::ReceiptKind::Delivery),
+        Some(pb::federation_message::Body::Status(s)) => {
+            (&s.referral_id, pb::ReceiptKind::Delivery)
+        }
+        Some(pb::federation_message::Body::Withdrawal(w)) => {
+            (&w.referral_id, pb::ReceiptKind::Purge)
+        }
+        None => return Err(bad("the message has no body")),
+    };
+    if r.referral_id != *referral_id {
+        return Err(bad("it names another referral"));
+    }
+    if r.kind != kind as i32 {
+        return Err(bad("it is not of the kind the message calls for"));
     }
     let record = ReceiptRecord {
         message_id: r.message_id.clone(),

@@ -895,10 +895,13 @@ pub fn delivery_receipt(
         org.as_str(),
         &format!(
             "receipt.{}",
-            if r.kind == pb::ReceiptKind::Purge as i32 {
-                "purge"
-            } else {
+            if r.kind != pb::ReceiptKind::Purge as i32 {
                 "delivery"
+            } else if r.purge_outcome() == pb::PurgeOutcome::NothingHeld {
+                // The recipient never held it: nothing was purged there.
+                "purge.nothing_held"
+            } else {
+                "purge"
             }
         ),
         "referral",

@@ -123,6 +123,7 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &record.referral_id,
+                None,
                 batch,
             )
             .await?;
@@ -175,6 +176,7 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &r.referral_id,
+                None,
                 batch,
             )
             .await?;
@@ -196,6 +198,11 @@ pub async fn handle(
                 &msg,
                 &signed.payload,
                 &w.referral_id,
+                Some(if r.is_some() {
+                    pb::PurgeOutcome::Purged
+                } else {
+                    pb::PurgeOutcome::NothingHeld
+                }),
                 batch,
             )
             .await?;

@@ -150,6 +150,20 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
     );
     let r = twice(&b, &a_key, &withdrawal).await;
     assert_eq!(r.kind, pb::ReceiptKind::Purge as i32);
+    assert_eq!(r.purge_outcome(), pb::PurgeOutcome::Purged);
+    // A withdrawal of a referral B never held: the receipt says so, in its
+    // signed content, rather than reading as a purge.
+    let never_held = message(
+        "ngo-a",
+        "prison-b",
+        pb::federation_message::Body::Withdrawal(pb::ReferralWithdrawal {
+            referral_id: uuid::Uuid::new_v4().to_string(),
+            cause: pb::WithdrawalCause::SenderWithdrew as i32,
+        }),
+    );
+    let r = twice(&b, &a_key, &never_held).await;
+    assert_eq!(r.kind, pb::ReceiptKind::Purge as i32);
+    assert_eq!(r.purge_outcome(), pb::PurgeOutcome::NothingHeld);
     assert_eq!(audit_count(&b, "referral.purge", &referral).await, 1);
 
     // An offer, twice: one referral at B. Its terms then stop covering a

@@ -191,6 +191,21 @@ async fn a_restore_never_brings_purged_data_back(backend: Backend) {
     .unwrap();
     assert!(inbound_referral(&b, &bob, &id).await.summary.is_none());
     assert!(!data_key_held(&b, &key_id).await);
+    // The purge receipt A holds says, in B's signed words, that B purged.
+    let exported = a.ctl(&["receipt", "export", &id]).await.unwrap();
+    assert!(exported.success, "{}", exported.stderr);
+    let file = backup.path().join("receipts.jsonl");
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let verified = a
+        .ctl(&["receipt", "verify", file.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(verified.success, "{}{}", verified.stdout, verified.stderr);
+    assert!(
+        verified.stdout.contains("the issuer purged the referral"),
+        "{}",
+        verified.stdout
+    );
     // B's chain as it is now is witnessed by A.
     let cp = b.ctl_json(&["audit", "checkpoint"]).await.unwrap();
     let seq = cp["seq"].as_u64().unwrap();
