@@ -120,6 +120,9 @@ async fn every_command_the_demo_prints_works_as_printed() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        if command.ends_with(" peer list") {
+            assert!(stdout.contains("active"), "{command}\n{stdout}");
+        }
     }
 
     // Ctrl-C: the nodes stop and their data is deleted.
