@@ -8,6 +8,7 @@
 
 mod audit;
 mod auth;
+mod cli;
 mod config;
 mod consents;
 mod crashes;

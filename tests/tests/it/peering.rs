@@ -310,12 +310,27 @@ async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
         .await
         .unwrap();
 
-    // Revocation is final.
+    // Revoking asks first: with nobody at a terminal to answer and no
+    // --yes, nothing changes.
+    let out = a.ctl(&["peer", "revoke", "health-c"]).await.unwrap();
     assert!(
-        a.ctl(&["peer", "revoke", "health-c"])
-            .await
-            .unwrap()
-            .success
+        !out.success && out.stderr.contains("add --yes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(a.peer("health-c").await.unwrap().unwrap()["state"], "active");
+    // Revocation is final, and says what becomes of referrals in flight.
+    let out = a
+        .ctl(&["peer", "revoke", "health-c", "--yes"])
+        .await
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Referrals in flight with health-c")
+            && out.stderr.contains("undeliverable")
+            && out.stderr.contains("exitnetctl peer join"),
+        "{}",
+        out.stderr
     );
     assert_eq!(
         raw_notify(&a, Some(&c_key)).await.unwrap_err().code(),
@@ -326,6 +341,57 @@ async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
         .unwrap();
     let out = a.ctl(&["peer", "resume", "health-c"]).await.unwrap();
     assert!(!out.success);
+
+    // A live peering is not replaced by a new invitation: B refuses before
+    // calling A, naming what to do, and the invitation stays unused.
+    let code = invite(&a, &[]).await;
+    let out = b.ctl(&["peer", "join", &code]).await.unwrap();
+    assert!(
+        !out.success
+            && out.stderr.contains("already peered with ngo-a")
+            && out.stderr.contains("exitnetctl peer revoke ngo-a"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(b.peer("ngo-a").await.unwrap().unwrap()["state"], "active");
+    // After the revoke, the two peer again through a new invitation (the
+    // one B could not use): the join replaces the revoked peering on both
+    // sides, and both administrators approve as the first time.
+    join(&c, &code).await;
+    let c_a = c.peer("ngo-a").await.unwrap().unwrap();
+    assert_eq!(
+        (c_a["state"].as_str(), c_a["awaiting"].as_str()),
+        (Some("pending"), Some("remote"))
+    );
+    let a_c = a.peer("health-c").await.unwrap().unwrap();
+    assert_eq!(
+        (a_c["state"].as_str(), a_c["awaiting"].as_str()),
+        (Some("pending"), Some("local"))
+    );
+    assert_eq!(a_c["verification_code"], c_a["verification_code"]);
+    let out = a.ctl(&["peer", "approve", "health-c"]).await.unwrap();
+    assert!(out.success, "{}", out.stderr);
+    c.wait_peer_state("ngo-a", "active", Some("active"))
+        .await
+        .unwrap();
+    a.wait_peer_state("health-c", "active", Some("active"))
+        .await
+        .unwrap();
+    raw_notify(&a, Some(&c_key)).await.unwrap();
+
+    // Errors name what was typed.
+    let out = a.ctl(&["peer", "show", "no-such-org"]).await.unwrap();
+    assert!(
+        !out.success && out.stderr.contains("no peer no-such-org"),
+        "{}",
+        out.stderr
+    );
+    let out = a.ctl(&["peer", "suspend", "Not_An_Id"]).await.unwrap();
+    assert!(
+        !out.success && out.stderr.contains("no peer Not_An_Id: not an organisation ID"),
+        "{}",
+        out.stderr
+    );
 
     let reasons = security_reasons(&a).await;
     for r in ["peer_pending", "peer_suspended", "peer_revoked"] {

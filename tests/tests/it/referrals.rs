@@ -1318,7 +1318,7 @@ async fn peer_policy_is_enforced_at_both_ends() {
         .await
         .unwrap();
     assert!(
-        !shown["fields"]
+        !shown["data_categories"]
             .as_array()
             .unwrap()
             .iter()
@@ -1524,7 +1524,7 @@ async fn the_happy_path_from_the_command_line() {
             "age_band,needs_narrative",
         ]),
     );
-    let consent_id = consent[0]["consent_id"].as_str().unwrap().to_owned();
+    let consent_id = consent["consent_id"].as_str().unwrap().to_owned();
     let made = run(
         &net.a,
         &alice,
@@ -1547,12 +1547,15 @@ async fn the_happy_path_from_the_command_line() {
             "Housing after release.",
         ]),
     );
-    let id = made[0]["referral_id"].as_str().unwrap().to_owned();
+    let id = made["referral_id"].as_str().unwrap().to_owned();
     let (_, ar) = clients(&net.a).await;
     wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
     let inbox = run(&net.b, &bob, s(&["referral", "list", "--inbound"]));
     assert_eq!(inbox[0]["referral_id"], id.as_str());
-    assert_eq!(inbox[0]["needs_narrative"], "Housing after release.");
+    assert_eq!(
+        inbox[0]["summary"]["needs_narrative"],
+        "Housing after release."
+    );
     for step in ["accept", "start"] {
         run(&net.b, &bob, s(&["referral", step, &id]));
     }
@@ -1572,7 +1575,7 @@ async fn the_happy_path_from_the_command_line() {
     );
     wait_state(&ar, &alice, &id, pb::ReferralState::Completed).await;
     let shown = run(&net.a, &alice, s(&["referral", "show", &id]));
-    let states: Vec<&str> = shown[0]["history"]
+    let states: Vec<&str> = shown["history"]
         .as_array()
         .unwrap()
         .iter()
@@ -1591,7 +1594,7 @@ async fn the_happy_path_from_the_command_line() {
     run(&net.a, &alice, s(&["consent", "withdraw", &consent_id]));
     wait_until("the purge receipt", Duration::from_secs(30), || async {
         let v = run(&net.a, &alice, s(&["referral", "show", &id]));
-        (v[0]["purge_status"] == "done").then_some(())
+        (v["purge_status"] == "done").then_some(())
     })
     .await
     .unwrap();

@@ -64,6 +64,7 @@ store_suite!(
     offers_are_received_together_and_once,
     lookups_see_every_change_at_once,
     creates_are_stored_together_and_once,
+    a_peering_ended_on_either_side_gives_way_keeping_referral_messages,
 );
 
 mod cases {
@@ -1219,5 +1220,74 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(about.len(), 1);
+    }
+
+    pub async fn a_peering_ended_on_either_side_gives_way_keeping_referral_messages(
+        s: Arc<dyn Store>,
+    ) {
+        let b = org("prison-b");
+        s.insert_peer(&new_peer("prison-b", "fp-b", Awaiting::Remote))
+            .await
+            .unwrap();
+        // Active here; the other side has revoked (told us through a notice).
+        let ended_there = PeerUpdate {
+            state: Some(PeerState::Active),
+            awaiting: Some(Awaiting::None),
+            remote_state: Some(PeerState::Revoked),
+            now_ms: NOW + 1,
+            ..Default::default()
+        };
+        assert!(s.update_peer(&b, &ended_there).await.unwrap());
+        // Queued for it: a peering notice (plain) and a referral message (sealed).
+        let mut message = notice("m-1", "prison-b");
+        message.payload = [
+            exitnet_node::referrals::messages::SEALED_PREFIX,
+            b"opaque".as_slice(),
+        ]
+        .concat();
+        s.enqueue_notices(&[notice("n-1", "prison-b"), message])
+            .await
+            .unwrap();
+        // A new join (with a new key) replaces the ended peering.
+        let mut again = new_peer("prison-b", "fp-b2", Awaiting::Remote);
+        again.now_ms = NOW + 10;
+        s.insert_peer(&again).await.unwrap();
+        let p = s.get_peer(&b).await.unwrap().unwrap();
+        assert_eq!(
+            (p.state, p.awaiting, p.remote_state, p.key_fingerprint.as_str()),
+            (
+                PeerState::Pending,
+                Awaiting::Remote,
+                Some(PeerState::Pending),
+                "fp-b2"
+            )
+        );
+        assert_eq!(p.created_at_ms, NOW + 10);
+        assert!(s.find_peer_by_key("fp-b", NOW + 10).await.unwrap().is_none());
+        // The referral message waits for the new peering; the old notice is gone.
+        let queued: Vec<String> = s
+            .undelivered_notices_for(&b, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.notice_id)
+            .collect();
+        assert_eq!(queued, ["m-1"]);
+        // A live peering is not replaced.
+        let e = s
+            .insert_peer(&new_peer("prison-b", "fp-b3", Awaiting::Remote))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("already recorded"), "{e}");
+        // Nor through an invitation at the inviter's end.
+        s.create_invitation(&invitation("i9", b"h", NOW + 1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.accept_join("i9", b"h", &new_peer("prison-b", "fp-b4", Awaiting::Local))
+                .await
+                .unwrap(),
+            Err(JoinRefusal::OrgAlreadyPeered)
+        );
     }
 }
