@@ -318,7 +318,10 @@ async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
         "{}",
         out.stderr
     );
-    assert_eq!(a.peer("health-c").await.unwrap().unwrap()["state"], "active");
+    assert_eq!(
+        a.peer("health-c").await.unwrap().unwrap()["state"],
+        "active"
+    );
     // Revocation is final, and says what becomes of referrals in flight.
     let out = a
         .ctl(&["peer", "revoke", "health-c", "--yes"])
@@ -388,7 +391,10 @@ async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
     );
     let out = a.ctl(&["peer", "suspend", "Not_An_Id"]).await.unwrap();
     assert!(
-        !out.success && out.stderr.contains("no peer Not_An_Id: not an organisation ID"),
+        !out.success
+            && out
+                .stderr
+                .contains("no peer Not_An_Id: not an organisation ID"),
         "{}",
         out.stderr
     );

@@ -1254,7 +1254,12 @@ mod cases {
         s.insert_peer(&again).await.unwrap();
         let p = s.get_peer(&b).await.unwrap().unwrap();
         assert_eq!(
-            (p.state, p.awaiting, p.remote_state, p.key_fingerprint.as_str()),
+            (
+                p.state,
+                p.awaiting,
+                p.remote_state,
+                p.key_fingerprint.as_str()
+            ),
             (
                 PeerState::Pending,
                 Awaiting::Remote,
@@ -1263,7 +1268,12 @@ mod cases {
             )
         );
         assert_eq!(p.created_at_ms, NOW + 10);
-        assert!(s.find_peer_by_key("fp-b", NOW + 10).await.unwrap().is_none());
+        assert!(
+            s.find_peer_by_key("fp-b", NOW + 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // The referral message waits for the new peering; the old notice is gone.
         let queued: Vec<String> = s
             .undelivered_notices_for(&b, 10)
