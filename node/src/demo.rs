@@ -548,17 +548,22 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .find(|r| r.kind == pb::ReceiptKind::Purge.as_str_name())
         .context("the NGO holds no purge receipt")?;
     let signed = pb::Receipt::decode(receipt.payload.as_slice()).context("the purge receipt")?;
+    let stated = match pb::PurgeOutcome::try_from(signed.purge_outcome) {
+        Ok(pb::PurgeOutcome::Purged) => "that it deleted the summary and the key that sealed it",
+        Ok(pb::PurgeOutcome::NothingHeld) => "that it never held the referral",
+        _ => "that it purged",
+    };
     println!(
-        "  the NGO keeps the purge receipt: signed by {} with its key {}… at {}",
+        "  the NGO keeps the purge receipt: signed by {} with its key {}… (the one the NGO approved)",
         receipt.issued_by,
         signed
             .key_fingerprint
             .get(..16)
             .unwrap_or(&signed.key_fingerprint),
-        crate::domain::time::rfc3339(receipt.at_ms)
     );
     println!(
-        "  (the key probation's administrator approved); purge status: {}",
+        "  at {}, stating {stated}; purge status: {}",
+        crate::domain::time::rfc3339(receipt.at_ms),
         purged.purge_status
     );
 

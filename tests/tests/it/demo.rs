@@ -71,6 +71,7 @@ async fn every_command_the_demo_prints_works_as_printed() {
         "completed by carol",
         "service delivered: yes",
         "the NGO keeps the purge receipt: signed by probation-service",
+        "stating that it deleted the summary",
         "audit verify: the trail verifies",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
