@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `Init` carries its many flags; the command is parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a configuration file for a new organisation (asks, or takes flags).

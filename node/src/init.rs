@@ -244,6 +244,9 @@ fn hostname() -> Option<String> {
     (!h.is_empty() && endpoint_check("x", &format!("{h}:7710")).is_ok()).then(|| h.to_owned())
 }
 
+/// A list asked for: its flag, its question, the allowed values, the flag's value.
+type ListQuestion<'a> = (&'a str, &'a str, Vec<&'static str>, &'a Option<Vec<String>>);
+
 /// The answers: from the flags, then (with a prompter) asked, else defaults.
 pub fn gather<R: BufRead, W: Write>(
     args: &InitArgs,
@@ -282,7 +285,7 @@ pub fn gather<R: BufRead, W: Write>(
         )?,
         (None, None) => None,
     };
-    let lists: [(&str, &str, Vec<&str>, &Option<Vec<String>>); 3] = [
+    let lists: [ListQuestion<'_>; 3] = [
         (
             "--need-areas",
             "Areas of need",
@@ -350,7 +353,7 @@ pub fn gather<R: BufRead, W: Write>(
         )?,
         (None, None) => None,
     };
-    a.audience = match (&args.audience, ask.as_deref_mut(), &a.issuer) {
+    a.audience = match (&args.audience, ask, &a.issuer) {
         (Some(v), _, _) => Some(flag("--audience", v, audience)?),
         (None, Some(p), Some(_)) => Some(p.ask(
             "Audience that access tokens for this node name",

@@ -596,7 +596,8 @@ mod tests {
             ("EXITNET_FEDERATION__LISTEN", "127.0.0.1:7710"),
         ];
         // (extra variables, for, expected errors, expected warnings)
-        let cases: &[(&[(&str, &str)], For, &[&str], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], For, &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
             (&[], For::Check, &[], &["sign-in is not configured"]),
             (&[], For::Run, &[], &[]),
             (

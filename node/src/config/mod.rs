@@ -826,7 +826,8 @@ mod tests {
     /// Each error names the setting as written and what was expected.
     #[test]
     fn errors_name_the_setting_as_written_and_what_was_expected() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 None,
                 &[("EXITNET_API__LISEN", "127.0.0.1:1")],
