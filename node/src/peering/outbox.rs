@@ -807,6 +807,13 @@ mod tests {
         ) -> Result<Response<pb::ListWitnessedCheckpointsResponse>, Status> {
             Err(Status::unimplemented("list"))
         }
+
+        async fn list_withdrawn(
+            &self,
+            _: Request<pb::ListWithdrawnRequest>,
+        ) -> Result<Response<pb::ListWithdrawnResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
     }
 
     fn queued(i: i64) -> (Notice, pb::NotifyRequest) {

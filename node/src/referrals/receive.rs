@@ -87,7 +87,7 @@ pub async fn handle(
         && let Some(stored) = stored_answer(state, &msg, &signed.payload).await?
     {
         state.metrics.received(from.org_id.as_str(), kind, "repeat");
-        return Ok(to_signed_receipt(stored)?);
+        return to_signed_receipt(stored);
     }
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
