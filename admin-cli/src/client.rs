@@ -99,6 +99,9 @@ pub fn parse_api(addr: &str) -> anyhow::Result<(String, bool)> {
 /// a token never travels in plaintext.
 pub fn api_endpoint(t: &ApiTarget) -> anyhow::Result<Endpoint> {
     let (host, loopback) = parse_api(&t.api)?;
+    if t.cert.is_some() && t.ca.is_none() {
+        anyhow::bail!("--cert: a client certificate is presented only over TLS; give --ca too");
+    }
     let endpoint = match &t.ca {
         None if !loopback => anyhow::bail!(
             "--api {}: not on loopback, so exitnetctl talks to it only over TLS and never sends a token in plaintext; give the CA of the API's certificate with --ca FILE (or EXITNET_CTL_CA)",
@@ -110,9 +113,18 @@ pub fn api_endpoint(t: &ApiTarget) -> anyhow::Result<Endpoint> {
         Some(ca) => {
             let pem =
                 std::fs::read(ca).map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?;
-            let tls = tonic::transport::ClientTlsConfig::new()
+            let mut tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(pem))
                 .domain_name(host);
+            if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+                let read = |flag: &str, p: &Path| {
+                    std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+                };
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read("--cert", cert)?,
+                    read("--key", key)?,
+                ));
+            }
             Endpoint::from_shared(format!("https://{}", t.api))
                 .map_err(|_| {
                     anyhow::anyhow!(
@@ -216,6 +228,14 @@ mod tests {
         t.ca = Some("/nonexistent/ca.pem".into());
         let e = api_endpoint(&t).unwrap_err().to_string();
         assert!(e.starts_with("--ca /nonexistent/ca.pem"), "{e}");
+        let mut t = target("127.0.0.1:7711");
+        t.cert = Some("client.pem".into());
+        t.key = Some("client.key".into());
+        let e = api_endpoint(&t).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--cert: a client certificate is presented only over TLS"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

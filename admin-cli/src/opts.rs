@@ -174,6 +174,25 @@ pub struct ApiTarget {
     /// for an address that is not on loopback).
     #[arg(long, global = true, env = "EXITNET_CTL_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// PEM certificate to present to a client API that asks agency systems
+    /// for one (api.tls.client_ca_file); with --key and --ca.
+    #[arg(
+        long,
+        global = true,
+        env = "EXITNET_CTL_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "EXITNET_CTL_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
     /// A bearer token to use instead of the stored sign-in.
     #[arg(long, global = true, env = "EXITNET_CTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -187,6 +206,8 @@ impl Default for ApiTarget {
         Self {
             api: "127.0.0.1:7711".into(),
             ca: None,
+            cert: None,
+            key: None,
             token: None,
             on_behalf_of: None,
         }

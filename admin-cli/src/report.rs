@@ -357,12 +357,22 @@ pub fn subject_markdown(doc: &Value) -> String {
         let history: Vec<Vec<String>> = arr(&r["history"])
             .iter()
             .map(|h| {
+                let reason = [&h["decline_reason"], &h["failure_reason"]]
+                    .into_iter()
+                    .find(|r| !r.is_null())
+                    .map(|r| format!("{}: ", md(r)))
+                    .unwrap_or_default();
+                let note = match (h["text"].as_str(), h["outcome"]["note"].as_str()) {
+                    (Some(t), _) if !t.is_empty() => md(&h["text"]),
+                    (_, Some(n)) if !n.is_empty() => md(&h["outcome"]["note"]),
+                    _ => "-".into(),
+                };
                 vec![
                     md(&h["at"]),
                     md(&h["state"]),
                     md(&h["by_org"]),
                     md(&h["actor"]),
-                    md(&h["text"]),
+                    format!("{reason}{note}"),
                 ]
             })
             .collect();

@@ -303,7 +303,9 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                     out,
                     "{}",
                     table(
-                        &["AT", "SURFACE", "REASON", "ORG", "KEY", "FROM", "METHOD", "COUNT"],
+                        &[
+                            "AT", "SURFACE", "REASON", "ORG", "KEY", "FROM", "METHOD", "COUNT"
+                        ],
                         &rows
                     )
                 )?;

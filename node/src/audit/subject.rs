@@ -91,13 +91,47 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
         .iter()
         .map(|e| {
             let c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
+            let code = |v: Option<&'static str>, prefix: &str| match v {
+                Some(n) => json!(n.strip_prefix(prefix).unwrap_or(n).to_ascii_lowercase()),
+                None => Value::Null,
+            };
+            let progress = |v: i32| {
+                code(
+                    pb::Progress::try_from(v)
+                        .ok()
+                        .filter(|p| *p != pb::Progress::Unspecified)
+                        .map(|p| p.as_str_name()),
+                    "PROGRESS_",
+                )
+            };
             json!({
                 "state": e.state,
                 "at": time(e.at_ms),
                 "by_org": e.by_org,
                 "actor": e.actor,
+                "decline_reason": code(
+                    pb::DeclineReason::try_from(c.decline_reason)
+                        .ok()
+                        .filter(|r| *r != pb::DeclineReason::Unspecified)
+                        .map(|r| r.as_str_name()),
+                    "DECLINE_REASON_",
+                ),
+                "failure_reason": code(
+                    pb::FailureReason::try_from(c.failure_reason)
+                        .ok()
+                        .filter(|r| *r != pb::FailureReason::Unspecified)
+                        .map(|r| r.as_str_name()),
+                    "FAILURE_REASON_",
+                ),
                 "text": c.text,
-                "outcome_note": c.outcome.map(|o| o.note).unwrap_or_default(),
+                "outcome": c.outcome.map(|o| json!({
+                    "service_delivered": o.service_delivered,
+                    "disengagement": progress(o.disengagement),
+                    "deradicalisation": progress(o.deradicalisation),
+                    "reintegration": progress(o.reintegration),
+                    "rehabilitation": progress(o.rehabilitation),
+                    "note": o.note,
+                })),
             })
         })
         .collect();
@@ -121,7 +155,7 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
         "direction": if r.outbound { "outbound" } else { "inbound" },
         "peer_org": r.peer_org.as_str(),
         "consent_id": r.consent_id,
-        "pseudonym_shared": r.pseudonym,
+        "subject_pseudonym": r.pseudonym,
         "need_areas": names(&r.need_areas),
         "services": names(&r.services),
         "urgency": r.urgency,

@@ -597,10 +597,19 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["agency-crm".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
     let (ca_file, cert_file, key_file) = (
         w("ca.pem", ca_cert.pem()),
         w("server.pem", server.pem()),
         w("server.key", server_key.serialize_pem()),
+    );
+    let (client_cert, client_key) = (
+        w("client.pem", client.pem()),
+        w("client.key", client_key.serialize_pem()),
     );
     let other_key = KeyPair::generate().unwrap();
     let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -609,7 +618,9 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
         "other-ca.pem",
         other_params.self_signed(&other_key).unwrap().pem(),
     );
-    let toml = format!("[api.tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n");
+    let toml = format!(
+        "[api.tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\nclient_ca_file = {ca_file:?}\n"
+    );
     let Some(node) = NodeProcess::start(NodeSpec::new("ngo-tls", Backend::Sqlite).with_toml(&toml))
         .await
         .unwrap()
@@ -617,6 +628,19 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
         return;
     };
     let token = node.dev_token("case_manager", "alice").await.unwrap();
+    // The node asks for a client certificate: without one, refused.
+    let out = run(&[
+        "api",
+        "info",
+        "--api",
+        &node.api_addr,
+        "--ca",
+        &ca_file,
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(!out.success, "{}", out.stdout);
     let info = run(&[
         "api",
         "info",
@@ -624,6 +648,10 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
         &node.api_addr,
         "--ca",
         &ca_file,
+        "--cert",
+        &client_cert,
+        "--key",
+        &client_key,
         "--token",
         &token,
         "-o",
