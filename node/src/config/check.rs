@@ -203,6 +203,7 @@ pub fn offline(config: &Config, who: For) -> Findings {
             ),
         };
         match std::fs::read_to_string(&path) {
+            Err(_) if must_exist && not_on_this_machine(who, &name, &path, &mut f) => {}
             Ok(text) => {
                 if let Err(e) = master_key_text(&text) {
                     f.errors.push(format!("{name} {}: {e}", path.display()));
@@ -215,7 +216,7 @@ pub fn offline(config: &Config, who: For) -> Findings {
         }
     }
 
-    check_tls(config, &mut f);
+    check_tls(config, who, &mut f);
 
     if config.org.id.is_none() {
         match sqlite_file(&config.database_url()) {
@@ -259,7 +260,27 @@ pub fn offline(config: &Config, who: For) -> Findings {
     f
 }
 
-fn check_tls(config: &Config, f: &mut Findings) {
+/// `config check` run elsewhere than on the node's machine (a CI job checking
+/// a deployment's file) cannot see its secrets: a file that is missing along
+/// with its directory is a warning there. `run` always refuses it.
+fn not_on_this_machine(who: For, name: &str, path: &Path, f: &mut Findings) -> bool {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return false;
+    };
+    if who == For::Check && !path.exists() && !dir.exists() {
+        f.warnings.push(format!(
+            "{name} {}: neither the file nor its directory {} is on this machine; `run` refuses \
+             to start without it (expected only where the node does not run)",
+            path.display(),
+            dir.display()
+        ));
+        true
+    } else {
+        false
+    }
+}
+
+fn check_tls(config: &Config, who: For, f: &mut Findings) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let Some(tls) = &config.api.tls else {
@@ -282,6 +303,7 @@ fn check_tls(config: &Config, f: &mut Findings) {
     let certs = match CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
     {
+        Err(_) if not_on_this_machine(who, &cert_name, &tls.cert_file, f) => None,
         Ok(c) if c.is_empty() => {
             f.errors.push(format!(
                 "{cert_name} {}: expected a PEM certificate (-----BEGIN CERTIFICATE-----), found none",
@@ -296,6 +318,7 @@ fn check_tls(config: &Config, f: &mut Findings) {
         }
     };
     let key = match PrivateKeyDer::from_pem_file(&tls.key_file) {
+        Err(_) if not_on_this_machine(who, &key_name, &tls.key_file, f) => None,
         Ok(k) => Some(k),
         Err(e) => {
             f.errors.push(pem_error(&key_name, &tls.key_file, e));
@@ -335,6 +358,7 @@ fn check_tls(config: &Config, f: &mut Findings) {
     if let Some(ca) = &tls.client_ca_file {
         let ca_name = config.name("api.tls.client_ca_file");
         match CertificateDer::pem_file_iter(ca).and_then(|i| i.collect::<Result<Vec<_>, _>>()) {
+            Err(_) if not_on_this_machine(who, &ca_name, ca, f) => {}
             Ok(c) if c.is_empty() => f.errors.push(format!(
                 "{ca_name} {}: expected PEM CA certificates, found none",
                 ca.display()
@@ -673,6 +697,31 @@ mod tests {
                 &[("EXITNET_MASTER_KEY_FILE", "/nonexistent/master.key")],
                 For::Run,
                 &["EXITNET_MASTER_KEY_FILE /nonexistent/master.key: cannot read it"],
+                &[],
+            ),
+            // Checked where the secrets are not mounted: said, not refused.
+            (
+                &[
+                    ("EXITNET_MASTER_KEY_FILE", "/nonexistent/master.key"),
+                    ("EXITNET_API__TLS__CERT_FILE", "/nonexistent/api.crt"),
+                    ("EXITNET_API__TLS__KEY_FILE", "/nonexistent/api.key"),
+                ],
+                For::Check,
+                &[],
+                &[
+                    "sign-in",
+                    "EXITNET_MASTER_KEY_FILE /nonexistent/master.key: neither the file nor its directory /nonexistent",
+                    "EXITNET_API__TLS__CERT_FILE /nonexistent/api.crt: neither",
+                    "EXITNET_API__TLS__KEY_FILE /nonexistent/api.key: neither",
+                ],
+            ),
+            (
+                &[
+                    ("EXITNET_API__TLS__CERT_FILE", "/nonexistent/api.crt"),
+                    ("EXITNET_API__TLS__KEY_FILE", &key),
+                ],
+                For::Run,
+                &["EXITNET_API__TLS__CERT_FILE /nonexistent/api.crt: cannot read it"],
                 &[],
             ),
         ];
