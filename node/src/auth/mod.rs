@@ -262,13 +262,18 @@ pub fn principal_from_claims(
         _ => vec![],
     };
     let map: &BTreeMap<String, String> = &cfg.role_map;
+    // A configured map is an allow-list: a provider role it does not name
+    // grants nothing, even one literally called "system" or "supervisor"
+    // (a provider's users may be able to name their own groups). Without a
+    // map the provider's values must be role names themselves.
     let mut roles: Vec<Role> = values
         .iter()
         .filter_map(|v| {
-            map.get(*v)
-                .map(String::as_str)
-                .or(Some(*v))
-                .and_then(Role::parse)
+            if map.is_empty() {
+                Role::parse(v)
+            } else {
+                map.get(*v).and_then(|r| Role::parse(r))
+            }
         })
         .collect();
     roles.sort();
@@ -333,14 +338,50 @@ mod tests {
         c
     }
 
+    /// No role map: the provider's values are role names.
+    fn names() -> AuthConfig {
+        let mut c = cfg();
+        c.role_map.clear();
+        c
+    }
+
     fn claims(v: serde_json::Value) -> Claims {
         v.as_object().unwrap().clone()
     }
 
     #[test]
-    fn roles_map_from_names_or_the_map() {
+    fn a_role_map_is_an_allow_list() {
+        // "system" and "supervisor" are role names, but the map does not
+        // name them: they grant nothing.
+        for roles in [
+            serde_json::json!(["system"]),
+            serde_json::json!(["supervisor"]),
+            serde_json::json!("system exitnet-unknown"),
+        ] {
+            assert_eq!(
+                principal_from_claims(
+                    &cfg(),
+                    &claims(serde_json::json!({"sub": "mallory", "roles": roles})),
+                    None
+                ),
+                Err(AuthError::NoRole)
+            );
+        }
+        // What the map names, it grants.
         let p = principal_from_claims(
             &cfg(),
+            &claims(serde_json::json!({"sub": "dpo", "roles": ["system", "exitnet-auditors"]})),
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.role, Role::Auditor);
+    }
+
+    #[test]
+    fn roles_map_from_names_or_the_map() {
+        let names = names();
+        let p = principal_from_claims(
+            &names,
             &claims(serde_json::json!({"sub": "alice", "roles": ["case_manager"], "team": "east"})),
             None,
         )
@@ -358,7 +399,7 @@ mod tests {
         assert_eq!(p.role, Role::Auditor);
         // The most limited role wins.
         let p = principal_from_claims(
-            &cfg(),
+            &names,
             &claims(serde_json::json!({"sub": "x", "roles": ["supervisor", "auditor"]})),
             None,
         )
@@ -405,25 +446,25 @@ mod tests {
     #[test]
     fn systems_act_for_a_named_case_manager() {
         let sys = claims(serde_json::json!({"client_id": "agency", "roles": ["system"]}));
-        let p = principal_from_claims(&cfg(), &sys, Some("alice")).unwrap();
+        let p = principal_from_claims(&names(), &sys, Some("alice")).unwrap();
         assert_eq!(
             (p.subject.as_str(), p.acting_subject()),
             ("agency", "alice")
         );
         assert_eq!(
-            principal_from_claims(&cfg(), &sys, Some("a\nb")),
+            principal_from_claims(&names(), &sys, Some("a\nb")),
             Err(AuthError::OnBehalfOfInvalid)
         );
         let person = claims(serde_json::json!({"sub": "bob", "roles": ["case_manager"]}));
         assert_eq!(
-            principal_from_claims(&cfg(), &person, Some("alice")),
+            principal_from_claims(&names(), &person, Some("alice")),
             Err(AuthError::OnBehalfOfNotAllowed)
         );
     }
 
     #[test]
     fn nested_role_claims() {
-        let mut c = cfg();
+        let mut c = names();
         c.roles_claim = "realm_access.roles".into();
         let p = principal_from_claims(
             &c,
