@@ -164,7 +164,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrgConfig {
-    /// Organisation ID; generated and kept on first start when unset.
+    /// Organisation ID; required at the first start (`exitnet-node init` writes it),
+    /// kept in the database and never changed after.
     pub id: Option<String>,
     /// Display name; default: the organisation ID.
     pub name: Option<String>,
