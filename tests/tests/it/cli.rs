@@ -697,3 +697,97 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn a_withdrawal_queued_while_revoked_reaches_the_peer_once_peered_again() {
+    let Some(a) = start("ngo-a", Backend::Sqlite).await else {
+        return;
+    };
+    let Some(b) = start("prison-b", Backend::Sqlite).await else {
+        return;
+    };
+    peer_with(&a, &b).await;
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let consent = api_json(
+        &a,
+        &alice,
+        &[
+            "consent",
+            "record",
+            "--subject",
+            "client-rp",
+            "--recipient",
+            "prison-b",
+            "--need-area",
+            "functional_reintegration",
+            "--field",
+            "age_band",
+        ],
+    )
+    .await;
+    let consent_id = consent["consent_id"].as_str().unwrap().to_owned();
+    let made = api_json(
+        &a,
+        &alice,
+        &[
+            "referral",
+            "create",
+            "--consent",
+            &consent_id,
+            "--to",
+            "prison-b",
+            "--need-area",
+            "functional_reintegration",
+            "--age-band",
+            "18_24",
+        ],
+    )
+    .await;
+    let id = made["referral_id"].as_str().unwrap().to_owned();
+    wait_referral(&a, &alice, &id, "delivery", |v| v["state"] == "received").await;
+
+    // A revokes; B learns of it. The consent is withdrawn meanwhile: the
+    // withdrawal cannot reach B and waits.
+    let out = a
+        .ctl(&["peer", "revoke", "prison-b", "--yes"])
+        .await
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    b.wait_peer_state("ngo-a", "active", Some("revoked"))
+        .await
+        .unwrap();
+    let out = api(&a, &alice, &["consent", "withdraw", &consent_id]).await;
+    assert!(out.success, "{}", out.stderr);
+    let pending = a.ctl_json(&["report", "purges"]).await.unwrap();
+    assert_eq!(pending[0]["purge_status"], "pending", "{pending}");
+    assert_eq!(pending[0]["referral_id"], id.as_str());
+
+    // Peering again: B invites this time, A joins (A's record is revoked, B's
+    // has their view revoked: both give way), both approve.
+    let code = b.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = a.ctl(&["peer", "join", &code]).await.unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let out = b.ctl(&["peer", "approve", "ngo-a"]).await.unwrap();
+    assert!(out.success, "{}", out.stderr);
+    a.wait_peer_state("prison-b", "active", Some("active"))
+        .await
+        .unwrap();
+    b.wait_peer_state("ngo-a", "active", Some("active"))
+        .await
+        .unwrap();
+    // The withdrawal queued under the revoked peering goes out: B purges and
+    // its signed purge receipt arrives.
+    wait_until("the purge receipt", Duration::from_secs(60), || async {
+        let v = a.ctl_json(&["report", "purges"]).await.ok()?;
+        (v[0]["purge_status"] == "done").then_some(())
+    })
+    .await
+    .unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let at_b = api_json(&b, &bob, &["referral", "show", &id]).await;
+    assert_eq!(at_b["summary"], Value::Null, "{at_b}");
+    assert_eq!(at_b["purge_status"], "done");
+}
