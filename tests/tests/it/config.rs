@@ -455,3 +455,84 @@ async fn connect_reaches_a_real_provider_and_the_database() {
     // --connect did not create the database.
     assert!(!dir.path().join("exitnet-data").exists());
 }
+
+#[tokio::test]
+async fn postgres_errors_say_the_cause_once_and_connect_reads_the_recorded_org() {
+    use sqlx::Connection;
+    let Some(db) = exitnet_tests::TestDatabase::create().await.unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (base, _) = db.url.rsplit_once('/').unwrap();
+    let missing = format!("{base}/{}_missing", db.name);
+    let out = node(
+        dir.path(),
+        &["run"],
+        &[
+            ("EXITNET_ORG__ID", "ngo-pg"),
+            ("EXITNET_DATABASE_URL", missing.as_str()),
+            PORTS[0],
+            PORTS[1],
+        ],
+    )
+    .await;
+    assert!(!out.ok);
+    let expected = format!("database \"{}_missing\" does not exist", db.name);
+    assert_eq!(out.stderr.matches(&expected).count(), 1, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("EXITNET_DATABASE_URL: connecting to PostgreSQL at"),
+        "{}",
+        out.all()
+    );
+    assert!(!out.stderr.contains("at line"), "{}", out.all());
+
+    // --connect reads the organisation the database records, and changes nothing.
+    let env = |org: &'static str| {
+        [
+            ("EXITNET_ORG__ID", org),
+            ("EXITNET_DATABASE_URL", db.url.as_str()),
+        ]
+    };
+    let out = node(
+        dir.path(),
+        &["config", "check", "--connect"],
+        &env("ngo-pg"),
+    )
+    .await;
+    assert!(out.ok, "{}", out.all());
+    assert!(
+        out.stderr.contains("ok: database: connected to PostgreSQL"),
+        "{}",
+        out.all()
+    );
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "--connect created tables");
+    sqlx::query("CREATE TABLE node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO node_meta VALUES ('org_id', 'ngo-other')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let out = node(
+        dir.path(),
+        &["config", "check", "--connect"],
+        &env("ngo-pg"),
+    )
+    .await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("EXITNET_ORG__ID is ngo-pg but this database belongs to ngo-other"),
+        "{}",
+        out.all()
+    );
+}
