@@ -15,20 +15,18 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "exitnet-node",
-                    "-p",
-                    "exitnetctl",
-                    "--bins",
-                ])
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err("cargo build of the binaries failed".into());
+            // One package at a time, as `cargo run -p exitnetctl` builds it
+            // (the demo prints such commands and a test runs them): built
+            // together, their shared dependencies get other features, and a
+            // later `cargo run` would replace the binary while tests use it.
+            for package in ["exitnet-node", "exitnetctl"] {
+                let status = std::process::Command::new(&cargo)
+                    .args(["build", "--quiet", "-p", package, "--bins"])
+                    .status()
+                    .map_err(|e| format!("running cargo build: {e}"))?;
+                if !status.success() {
+                    return Err(format!("cargo build of {package} failed"));
+                }
             }
             // target/debug/deps/<test> → target/debug
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
