@@ -70,8 +70,11 @@ async fn consent_rules(backend: Backend) {
     let dpo = node.dev_token("auditor", "dpo").await.unwrap();
     let sys = node.dev_token("system", "agency-crm").await.unwrap();
 
+    // Built once: a retry is the very same request (its terms hold times,
+    // and a request rebuilt a second later is another request).
+    let first = record("r-1", "client-0001");
     let made = c
-        .record_consent(bearer(&alice, record("r-1", "client-0001")))
+        .record_consent(bearer(&alice, first.clone()))
         .await
         .unwrap()
         .into_inner()
@@ -85,7 +88,7 @@ async fn consent_rules(backend: Backend) {
     );
     // A retry after a timeout: the same consent, not a second one.
     let again = c
-        .record_consent(bearer(&alice, record("r-1", "client-0001")))
+        .record_consent(bearer(&alice, first))
         .await
         .unwrap()
         .into_inner()
