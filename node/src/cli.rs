@@ -71,6 +71,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => crate::init::run(args),
         Command::Run { config } => {
+            // First: from here on SIGTERM stops the node gracefully.
+            let stop = crate::app::shutdown_signal();
             let config = load(config.as_ref())?;
             let traces = crate::telemetry::init(config.log.format, &config.traces)?;
             let found = crate::config::check::offline(&config, crate::config::check::For::Run);
@@ -81,7 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(crate::config::Problems(found.errors).into());
             }
             let app = crate::Application::build(config).await?;
-            let ran = app.run_until_stopped(crate::app::shutdown_signal()).await;
+            let ran = app.run_until_stopped(stop).await;
             // The exporter's last batch is sent from a thread of its own.
             let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
             ran

@@ -244,6 +244,9 @@ const CAROL: &str = "carol";
 
 /// Plays the demo; with `keep_running`, leaves the nodes up until Ctrl-C.
 pub async fn run(keep_running: bool) -> anyhow::Result<()> {
+    // Kept running, Ctrl-C (or SIGTERM) at any moment stops it gracefully:
+    // the handlers are installed now, before the nodes start.
+    let stop = keep_running.then(crate::app::shutdown_signal);
     let started = Instant::now();
     let dir = tempfile_dir()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -590,7 +593,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     );
     println!("  took {:.1} s", started.elapsed().as_secs_f64());
 
-    if keep_running {
+    if let Some(stop) = stop {
         hints::print(&hints::Story {
             ngo: &ngo,
             prison: &prison,
@@ -600,7 +603,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             alice: ALICE,
             carol: CAROL,
         });
-        crate::app::shutdown_signal().await;
+        stop.await;
     }
     let _ = stop_tx.send(true);
     for t in [t1, t2, t3] {

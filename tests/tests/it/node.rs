@@ -193,6 +193,47 @@ async fn runs_with_no_configuration_file_in_an_empty_directory() {
     assert!(status.success());
 }
 
+/// SIGTERM the moment the admin socket appears (as a script that waits for
+/// it and then stops the node does): the node stops gracefully, exit 0 and
+/// its socket removed, never killed by the signal's default action.
+#[tokio::test]
+async fn stopped_as_soon_as_it_answers_it_stops_gracefully() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(binary("exitnet-node").unwrap())
+            .arg("run")
+            .current_dir(dir.path())
+            .env("EXITNET_ORG__ID", "ngo-quick")
+            .env("EXITNET_API__LISTEN", "127.0.0.1:0")
+            .env("EXITNET_FEDERATION__LISTEN", "127.0.0.1:0")
+            .env_remove("EXITNET_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let socket = dir.path().join("exitnet-data").join("admin.sock");
+        // Polled, not slept on; as soon as it is there, the signal.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < deadline, "no admin socket");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            status.success(),
+            "round {round}: {status} (killed by the signal, not stopped)"
+        );
+        assert!(!socket.exists(), "round {round}: the admin socket was left");
+    }
+}
+
 async fn node_cmd(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(binary("exitnet-node").unwrap());
