@@ -516,7 +516,7 @@ pub enum PeerCommand {
     /// Resume a suspended peering.
     #[command(after_help = "Example:\n  exitnetctl peer resume prison-b")]
     Resume { org: String },
-    /// End the peering for good (asks first; --yes for scripts).
+    /// End the peering; it cannot be resumed, only replaced by a new invitation (asks first; --yes for scripts).
     #[command(
         after_help = "Example:\n  exitnetctl peer revoke prison-b --yes\n\nReferral messages to the peer stop (offers not yet delivered fail as undeliverable\nafter federation.max_delivery_age_secs); the peer keeps what it received. To peer\nagain later: `exitnetctl peer invite` and the other side's `peer join`."
     )]

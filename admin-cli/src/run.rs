@@ -346,7 +346,8 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 /// What a revocation does to what is under way with the peer.
 pub fn revoke_consequences(org: &str, queued: u32) -> String {
     format!(
-        "Revoking ends the peering with {org} for good; every call in both directions is refused from now on.\n\
+        "Revoking ends this peering with {org}; every call in both directions is refused from now on\n\
+         (it cannot be resumed: only a new invitation and join make a new peering, see below).\n\
          Referrals in flight with {org}:\n\
          - {queued} message(s) still queued for {org} are not delivered: referral offers not yet\n\
            delivered fail as undeliverable after federation.max_delivery_age_secs; status changes\n\
