@@ -4,7 +4,6 @@
 
 use super::{AuditFilter, GENESIS, record_hash};
 use crate::domain::OrgId;
-use crate::domain::time::now_ms;
 use crate::error::Result;
 use crate::identity::verify_signature;
 use crate::state::NodeState;
@@ -125,21 +124,7 @@ async fn ask_peer(
     state: &NodeState,
     peer: &crate::domain::Peer,
 ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
-    let pinned = state
-        .store
-        .peer_keys(&peer.org_id, now_ms())
-        .await?
-        .into_iter()
-        .map(|k| k.fingerprint)
-        .collect();
-    let ours = state.identity()?.current().clone_key()?;
-    let mut client = crate::federation::client::connect(
-        &peer.endpoint,
-        Some(&ours),
-        pinned,
-        state.call_timeout(),
-    )
-    .await?;
+    let mut client = crate::federation::connect_to_peer(state, peer).await?;
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {

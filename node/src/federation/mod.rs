@@ -406,6 +406,24 @@ impl pb::federation_service_server::FederationService for FederationApi {
     }
 }
 
+/// A fresh connection to `peer` for a call outside delivery (audit verify,
+/// reconciling purges): our current key, the peer's keys pinned now.
+pub async fn connect_to_peer(
+    state: &NodeState,
+    peer: &Peer,
+) -> anyhow::Result<pb::federation_service_client::FederationServiceClient<tonic::transport::Channel>>
+{
+    let pinned = state
+        .store
+        .peer_keys(&peer.org_id, now_ms())
+        .await?
+        .into_iter()
+        .map(|k| k.fingerprint)
+        .collect();
+    let ours = state.identity()?.current().clone_key()?;
+    client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout()).await
+}
+
 /// A batch carries 1 to `MAX_BATCH` referral messages, nothing else.
 fn batch_check(notices: &[pb::NotifyRequest]) -> Result<(), Error> {
     use crate::error::FieldError;

@@ -98,21 +98,7 @@ async fn with_peer(state: &NodeState, peer: &Peer) -> anyhow::Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let pinned = state
-        .store
-        .peer_keys(&peer.org_id, now_ms())
-        .await?
-        .into_iter()
-        .map(|k| k.fingerprint)
-        .collect();
-    let ours = state.identity()?.current().clone_key()?;
-    let mut client = crate::federation::client::connect(
-        &peer.endpoint,
-        Some(&ours),
-        pinned,
-        state.call_timeout(),
-    )
-    .await?;
+    let mut client = crate::federation::connect_to_peer(state, peer).await?;
     let mut purged = 0;
     for chunk in ids.chunks(MAX_IDS) {
         let named = match client
