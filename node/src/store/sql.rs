@@ -170,6 +170,13 @@ where
     })
 }
 
+/// One receipt by its key: the message, who issued it, the other party.
+pub(super) const RECEIPT_BY_KEY: &str =
+    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at
+     FROM receipts WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3";
+/// The referral an owner created under a request key, with the request's digest.
+pub(super) const REFERRAL_BY_REQUEST: &str = "SELECT referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at, request_digest
+     FROM referrals WHERE owner = $1 AND request_key = $2";
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id, consent_id, peer_org, result, prev_hash, hash";
 
 pub(super) fn row_to_audit<R>(row: &R) -> crate::error::Result<crate::audit::AuditRecord>
@@ -229,7 +236,7 @@ macro_rules! impl_store {
         use $crate::error::Result;
         use $crate::domain::consent::Consent;
         use $crate::store::sql::{
-            AUDIT_COLUMNS, CONSENT_COLUMNS, INSERT_REFERRAL, PEER_SELECT, REFERRAL_COLUMNS, encode_profile, peer_select_uncounted, row_to_audit, row_to_checkpoint,
+            AUDIT_COLUMNS, CONSENT_COLUMNS, INSERT_REFERRAL, PEER_SELECT, RECEIPT_BY_KEY, REFERRAL_BY_REQUEST, REFERRAL_COLUMNS, encode_profile, peer_select_uncounted, row_to_audit, row_to_checkpoint,
             row_to_consent, row_to_peer, row_to_receipt, row_to_referral,
         };
         use $crate::store::{
@@ -646,10 +653,7 @@ macro_rules! impl_store {
 
         /// The receipt held for the message `r` acknowledges.
         async fn stored_receipt(tx: &mut Tx, r: &$crate::store::ReceiptRecord) -> Result<$crate::store::ReceiptRecord> {
-            let row = sqlx::query(
-                "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
-                 WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
-            )
+            let row = sqlx::query(RECEIPT_BY_KEY)
             .bind(&r.message_id)
             .bind(&r.issued_by)
             .bind(&r.counterpart)
@@ -1214,10 +1218,7 @@ macro_rules! impl_store {
                 // Inserted first (the usual case); a repeated request finds its
                 // (owner, request_key) taken and gets the referral it made.
                 if insert_referral(&mut tx, r, Some(request_key), Some(request_digest)).await? == 0 {
-                    let sql = sqlx::AssertSqlSafe(format!(
-                        "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
-                    ));
-                    let Some(row) = sqlx::query(sql).bind(&r.owner).bind(request_key).fetch_optional(&mut *tx).await? else {
+                    let Some(row) = sqlx::query(REFERRAL_BY_REQUEST).bind(&r.owner).bind(request_key).fetch_optional(&mut *tx).await? else {
                         return Err($crate::error::Error::AlreadyExists("referral_id: already used".into()));
                     };
                     let digest: Option<Vec<u8>> = row.try_get("request_digest")?;
@@ -1617,10 +1618,7 @@ macro_rules! impl_store {
                 owner: &str,
                 request_key: &str,
             ) -> Result<Option<($crate::store::ReferralRecord, Vec<u8>)>> {
-                let sql = sqlx::AssertSqlSafe(format!(
-                    "SELECT {REFERRAL_COLUMNS}, request_digest FROM referrals WHERE owner = $1 AND request_key = $2"
-                ));
-                let Some(row) = sqlx::query(sql)
+                let Some(row) = sqlx::query(REFERRAL_BY_REQUEST)
                     .bind(owner)
                     .bind(request_key)
                     .fetch_optional(&self.pool)
@@ -1638,10 +1636,7 @@ macro_rules! impl_store {
                 issued_by: &str,
                 counterpart: &str,
             ) -> Result<Option<$crate::store::ReceiptRecord>> {
-                let row = sqlx::query(
-                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
-                     WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3",
-                )
+                let row = sqlx::query(RECEIPT_BY_KEY)
                 .bind(message_id)
                 .bind(issued_by)
                 .bind(counterpart)
@@ -1652,8 +1647,8 @@ macro_rules! impl_store {
 
             async fn receipts_for(&self, referral_id: &str) -> Result<Vec<$crate::store::ReceiptRecord>> {
                 let rows = sqlx::query(
-                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at FROM receipts
-                     WHERE referral_id = $1 ORDER BY at",
+                    "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at
+                     FROM receipts WHERE referral_id = $1 ORDER BY at",
                 )
                 .bind(referral_id)
                 .fetch_all(&self.pool)
@@ -1978,3 +1973,16 @@ macro_rules! impl_store {
 }
 
 pub(super) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request look-up reads the same columns `row_to_referral` expects.
+    #[test]
+    fn the_request_lookup_selects_the_referral_columns() {
+        assert!(
+            REFERRAL_BY_REQUEST.contains(&format!("SELECT {REFERRAL_COLUMNS}, request_digest"))
+        );
+    }
+}
