@@ -4,7 +4,8 @@
 //! the network carries on.
 
 use crate::referrals::{
-    NARRATIVE, clients, consent_request, peer_with, referral_request, start, wait_state,
+    NARRATIVE, clients, consent_request, created_referral, peer_with, recorded_consent,
+    referral_request, start, wait_state,
 };
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
@@ -308,36 +309,14 @@ async fn a_restarted_node_takes_its_own_leases_back() {
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
-    let (mut ac, mut ar) = clients(&a).await;
-    let consent = ac
-        .record_consent(bearer(&alice, consent_request("c-lease", "client-1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .consent
-        .unwrap()
-        .consent_id;
+    let consent = recorded_consent(&a, &alice, "c-lease", "client-1").await;
     // B is down: A's delivery task for B takes the lease and keeps retrying.
     b.stop().await.unwrap();
     let mut want = std::collections::HashSet::new();
     for i in 0..3 {
-        let r = ar
-            .create_referral(bearer(
-                &alice,
-                referral_request(
-                    &format!("lease-{i}"),
-                    &consent,
-                    "prison-b",
-                    pb::NeedArea::FunctionalReintegration,
-                    pb::Service::Housing,
-                ),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .referral
-            .unwrap();
-        want.insert(r.referral_id);
+        want.insert(
+            created_referral(&a, &alice, &format!("lease-{i}"), &consent, "prison-b").await,
+        );
     }
     let url = a.database_url();
     let expires_at: i64 = wait_until(

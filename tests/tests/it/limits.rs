@@ -2,7 +2,10 @@
 //! each answered with RESOURCE_EXHAUSTED while others keep being served, and
 //! a peer over its rate loses nothing (its messages are retried).
 
-use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request, start};
+use crate::referrals::{
+    clients, consent_request, created_referral, inbound_ids, peer_with, recorded_consent,
+    referral_request, start,
+};
 use exitnet_proto::pb;
 use exitnet_proto::pb::node_service_client::NodeServiceClient;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
@@ -155,15 +158,7 @@ async fn strangers_cannot_fill_the_disk() {
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
-    let (mut ac, mut ar) = clients(&a).await;
-    let consent = ac
-        .record_consent(bearer(&alice, consent_request("c-strangers", "client-1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .consent
-        .unwrap()
-        .consent_id;
+    let consent = recorded_consent(&a, &alice, "c-strangers", "client-1").await;
 
     let stranger = exitnet_node::identity::NodeKey::generate("stranger").unwrap();
     let client = exitnet_node::federation::client::connect(
@@ -213,23 +208,7 @@ async fn strangers_cannot_fill_the_disk() {
     // Meanwhile A's referrals reach B.
     let mut want = Vec::new();
     for i in 0..20 {
-        let r = ar
-            .create_referral(bearer(
-                &alice,
-                referral_request(
-                    &format!("s-{i}"),
-                    &consent,
-                    "prison-b",
-                    pb::NeedArea::FunctionalReintegration,
-                    pb::Service::Housing,
-                ),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .referral
-            .unwrap();
-        want.push(r.referral_id);
+        want.push(created_referral(&a, &alice, &format!("s-{i}"), &consent, "prison-b").await);
     }
     let started = std::time::Instant::now();
     wait_until(

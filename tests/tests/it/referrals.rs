@@ -135,6 +135,51 @@ pub(crate) fn referral_request(
     }
 }
 
+/// Records `consent_request(request_id, client)` at `n` as `token`; its ID.
+pub(crate) async fn recorded_consent(
+    n: &NodeProcess,
+    token: &str,
+    request_id: &str,
+    client: &str,
+) -> String {
+    let (mut c, _) = clients(n).await;
+    c.record_consent(bearer(token, consent_request(request_id, client)))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap()
+        .consent_id
+}
+
+/// Creates a housing referral `request_id` to `to` under `consent` at `n`
+/// as `token`; its ID.
+pub(crate) async fn created_referral(
+    n: &NodeProcess,
+    token: &str,
+    request_id: &str,
+    consent: &str,
+    to: &str,
+) -> String {
+    let (_, mut r) = clients(n).await;
+    r.create_referral(bearer(
+        token,
+        referral_request(
+            request_id,
+            consent,
+            to,
+            pb::NeedArea::FunctionalReintegration,
+            pb::Service::Housing,
+        ),
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .referral
+    .unwrap()
+    .referral_id
+}
+
 pub(crate) async fn clients(
     n: &NodeProcess,
 ) -> (

@@ -4,7 +4,8 @@
 //! witness, never a refusal that it would count as final.
 
 use crate::referrals::{
-    clients, consent_request, peer_with, referral_request, send_raw, start, wait_state,
+    clients, created_referral, peer_with, recorded_consent, referral_request, send_raw, start,
+    wait_state,
 };
 use exitnet_node::identity::NodeKey;
 use exitnet_proto::pb;
@@ -74,34 +75,8 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
     let b_key = key_of(&b, &b.fingerprint().await.unwrap());
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, mut ar) = clients(&a).await;
-    let consent = ac
-        .record_consent(exitnet_tests::bearer(
-            &alice,
-            consent_request("c-repeat", "client-1"),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .consent
-        .unwrap()
-        .consent_id;
-    let referral = ar
-        .create_referral(exitnet_tests::bearer(
-            &alice,
-            referral_request(
-                "r-repeat",
-                &consent,
-                "prison-b",
-                pb::NeedArea::FunctionalReintegration,
-                pb::Service::Housing,
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .referral
-        .unwrap()
-        .referral_id;
+    let consent = recorded_consent(&a, &alice, "c-repeat", "client-1").await;
+    let referral = created_referral(&a, &alice, "r-repeat", &consent, "prison-b").await;
     wait_state(&ar, &alice, &referral, pb::ReferralState::Received).await;
 
     // A status from B (signed with B's key), twice: the second finds the

@@ -4,7 +4,7 @@
 //! and `audit verify` says plainly that its chain is behind what its peers
 //! witnessed, and why.
 
-use crate::referrals::{NARRATIVE, clients, consent_request, peer_with, referral_request, start};
+use crate::referrals::{NARRATIVE, clients, created_referral, peer_with, recorded_consent, start};
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, bearer, wait_until};
 use std::path::Path;
@@ -126,32 +126,9 @@ async fn a_restore_never_brings_purged_data_back(backend: Backend) {
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
-    let (mut ac, mut ar) = clients(&a).await;
-    let consent = ac
-        .record_consent(bearer(&alice, consent_request("c-restore", "client-1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .consent
-        .unwrap()
-        .consent_id;
-    let id = ar
-        .create_referral(bearer(
-            &alice,
-            referral_request(
-                "r-restore",
-                &consent,
-                "prison-b",
-                pb::NeedArea::FunctionalReintegration,
-                pb::Service::Housing,
-            ),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .referral
-        .unwrap()
-        .referral_id;
+    let (_, mut ar) = clients(&a).await;
+    let consent = recorded_consent(&a, &alice, "c-restore", "client-1").await;
+    let id = created_referral(&a, &alice, "r-restore", &consent, "prison-b").await;
     crate::referrals::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
     let held = inbound_referral(&b, &bob, &id).await;
     assert_eq!(
