@@ -364,8 +364,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let info = caller_info(&request, "ListWithdrawn");
         let (peer, _permit) = self.authenticate(&info).await?;
         let ids = crate::referrals::reconcile::checked_ids(request.into_inner().referral_ids)?;
-        let referral_ids =
-            crate::referrals::reconcile::withdrawn_among(&self.state, &peer.org_id, &ids).await?;
+        let referral_ids = self.state.store.withdrawn_among(&peer.org_id, &ids).await?;
         Ok(Response::new(pb::ListWithdrawnResponse { referral_ids }))
     }
 

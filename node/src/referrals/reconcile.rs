@@ -36,15 +36,6 @@ pub fn checked_ids(ids: Vec<String>) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Answers a peer: those of `ids` exchanged with it that are withdrawn here.
-pub async fn withdrawn_among(
-    state: &NodeState,
-    peer: &OrgId,
-    ids: &[String],
-) -> Result<Vec<String>> {
-    state.store.withdrawn_among(peer, ids).await
-}
-
 /// Asks every peer that may exchange with us, a few at a time, each until it
 /// answers once (with backoff) or the node stops.
 pub async fn run_at_start(state: Arc<NodeState>, stop: tokio::sync::watch::Receiver<bool>) {
