@@ -396,6 +396,8 @@ impl Application {
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
         );
 
+        // History written before its content was sealed is split now, once.
+        crate::referrals::content::upgrade(&state).await?;
         state.follow_other_replicas().await?;
         let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
         // Purges a restore from backup would have undone, applied again.

@@ -44,6 +44,7 @@ pub fn person(subject: &str) -> Principal {
         role: Role::CaseManager,
         team: None,
         on_behalf_of: None,
+        expires_at_ms: None,
     }
 }
 
@@ -454,7 +455,13 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         ("trauma clinic", &to_health.referral_id),
         ("probation", &to_prison.referral_id),
     ] {
-        let history = ngo.state.store.referral_history(id).await?;
+        let r = ngo
+            .state
+            .store
+            .get_referral(id)
+            .await?
+            .context("the referral at the NGO")?;
+        let history = crate::referrals::content::history(&ngo.state, &r).await?;
         let steps: Vec<String> = history
             .iter()
             .map(|e| format!("{} ({})", e.state.replace('_', " "), e.by_org))

@@ -57,6 +57,7 @@ fn outbound(state: ReferralState, to: &OrgId) -> ReferralRecord {
         purged_at_ms: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        expires_at_ms: None,
     }
 }
 

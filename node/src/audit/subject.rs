@@ -84,9 +84,7 @@ fn summary_json(s: &pb::CaseSummary) -> Value {
 }
 
 async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
-    let history: Vec<Value> = state
-        .store
-        .referral_history(&r.referral_id)
+    let history: Vec<Value> = crate::referrals::content::history(state, r)
         .await?
         .iter()
         .map(|e| {

@@ -152,6 +152,11 @@ pub struct FederationConfig {
     pub max_delivery_age_secs: u64,
     /// How often expired consents and retention periods are checked.
     pub scheduler_interval_secs: u64,
+    /// Days an inbound referral declined or failed here keeps its content
+    /// (seen only by the case manager who closed it and supervisors); then
+    /// it is purged here, without waiting for the sender. 0: at the next
+    /// scheduler round.
+    pub closed_inbound_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -335,6 +340,7 @@ retry_initial_ms = 500
 retry_max_ms = 300000
 max_delivery_age_secs = 604800
 scheduler_interval_secs = 60
+closed_inbound_retention_days = 7
 
 [admin]
 

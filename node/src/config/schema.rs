@@ -93,6 +93,7 @@ pub const SETTINGS: &[SettingSpec] = &[
     s("federation.retry_max_ms", Kind::Int(U64)),
     s("federation.max_delivery_age_secs", Kind::Int(U64)),
     s("federation.scheduler_interval_secs", Kind::Int(U64)),
+    s("federation.closed_inbound_retention_days", Kind::Int(U64)),
     s("admin.socket", Kind::Text),
     s("org.id", Kind::Text),
     s("org.name", Kind::Text),

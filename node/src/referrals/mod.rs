@@ -5,6 +5,7 @@
 //! the same way. Withdrawal reaches every recipient, which purges and signs a
 //! purge receipt. No gRPC here.
 
+pub mod content;
 pub mod intake;
 pub mod messages;
 pub mod receive;
@@ -225,6 +226,7 @@ fn event(state: ReferralState, by: &str, change: &pb::StateChange) -> ReferralEv
         at_ms: now_ms(),
         by_org: by.to_owned(),
         detail: change.encode_to_vec(),
+        content: None,
     }
 }
 
@@ -385,6 +387,7 @@ async fn create_checked(
         purged_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
+        expires_at_ms: Some(consent.terms.valid_until_ms),
     };
     let mut ev = event(
         ReferralState::Requested,
@@ -463,6 +466,23 @@ pub fn audit_entry(p: &Principal, action: &str, r: &ReferralRecord) -> AuditEntr
 }
 
 fn read_access(p: &Principal, r: &ReferralRecord) -> Result<View> {
+    if !r.outbound && ReferralState::parse(&r.state).is_some_and(content::closed_here) {
+        // Declined or failed here: its content is for the case manager who
+        // closed it and supervisors; the rest of the organisation (the
+        // team, auditors) sees metadata only, until it is purged.
+        return match p.role {
+            Role::Supervisor => Ok(View::Full),
+            Role::Auditor => Ok(View::MetadataOnly),
+            Role::CaseManager | Role::System => {
+                let me = access::acting_owner(p)?;
+                if !r.owner.is_empty() && me == r.owner {
+                    Ok(View::Full)
+                } else {
+                    access::read(p, &r.owner, r.team.as_deref()).map(|_| View::MetadataOnly)
+                }
+            }
+        };
+    }
     if !r.outbound && r.owner.is_empty() {
         // The intake queue: any case manager or supervisor of this organisation.
         return match p.role {
@@ -487,7 +507,10 @@ fn write_access(p: &Principal, r: &ReferralRecord) -> Result<()> {
 
 /// The wire view of a referral.
 pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::Referral> {
-    let history = state.store.referral_history(&r.referral_id).await?;
+    let history = match v {
+        View::Full => content::history(state, r).await?,
+        View::MetadataOnly => state.store.referral_history(&r.referral_id).await?,
+    };
     let summary = match v {
         View::Full => open_summary(state, r).await,
         View::MetadataOnly => None,
@@ -662,19 +685,23 @@ pub async fn act(
             change: Some(change.clone()),
         }),
     )?;
+    let mut ev = ReferralEvent {
+        actor: actor(p),
+        ..event(to, state.org_id.as_str(), &change)
+    };
+    content::seal_event(state, &r, &mut ev).await?;
     let mut c = ReferralChange {
         expected_states: vec![from.as_str().to_owned()],
         state: Some(to.as_str().to_owned()),
-        event: Some(ReferralEvent {
-            actor: actor(p),
-            ..event(to, state.org_id.as_str(), &change)
-        }),
+        event: Some(ev),
         notices: vec![notice],
         audit: vec![audit_entry(p, &action, &r)],
         now_ms: now_ms(),
         ..Default::default()
     };
-    if to == ReferralState::Accepted && r.owner.is_empty() {
+    // Who accepts takes it on; who declines it from the intake queue keeps
+    // it (only they and supervisors see its content from now on).
+    if matches!(to, ReferralState::Accepted | ReferralState::Declined) && r.owner.is_empty() {
         c.owner = Some(access::acting_owner(p)?.to_owned());
         c.team = Some(if p.role == Role::CaseManager {
             p.team.clone()
@@ -729,6 +756,10 @@ fn withdrawal(
             )
         }),
         purge_status: Some("pending".into()),
+        // The sender's copy of the content goes now: the summary it sent,
+        // the texts and outcome its recipient reported, the terms' free text.
+        purge_summary: true,
+        purge_terms: Some(content::purged_terms(&r.terms)),
         notices: vec![notice],
         audit: vec![
             by.about(
@@ -832,6 +863,8 @@ pub async fn withdraw_consent(
     for (id, _) in &changes {
         state.referral_changed(id);
     }
+    // The consent forgets its client reference at once.
+    content::forget_consents(state).await?;
     let mut recipients: Vec<&OrgId> = referrals.iter().map(|r| &r.peer_org).collect();
     recipients.sort();
     recipients.dedup();
@@ -871,6 +904,7 @@ pub fn delivery_receipt(
                     at_ms: record.at_ms,
                     by_org: org.to_string(),
                     detail: bare_change(ReferralState::Received).encode_to_vec(),
+                    content: None,
                 }),
                 now_ms: now_ms(),
                 ..Default::default()
@@ -884,6 +918,9 @@ pub fn delivery_receipt(
                 ReferralChange {
                     purge_status: Some("done".into()),
                     purged_at_ms: Some(record.at_ms),
+                    // Anything the recipient reported after the withdrawal
+                    // was queued goes too.
+                    purge_summary: true,
                     now_ms: now_ms(),
                     ..Default::default()
                 },
@@ -919,8 +956,14 @@ pub fn delivery_receipt(
 /// tells watchers of the referrals they changed.
 pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Result<()> {
     state.store.accept_receipts(items).await?;
-    for (id, _) in items.iter().filter_map(|i| i.change.as_ref()) {
+    let mut purged = false;
+    for (id, c) in items.iter().filter_map(|i| i.change.as_ref()) {
+        purged |= c.purge_summary;
         state.referral_changed(id);
+    }
+    if purged {
+        // The content the purge deleted must not linger in the database's files.
+        state.store.after_purge().await?;
     }
     Ok(())
 }
@@ -955,10 +998,15 @@ pub async fn on_refused(
         text,
         ..Default::default()
     };
+    let mut ev = event(ReferralState::Failed, state.org_id.as_str(), &change);
+    match state.store.get_referral(&o.referral_id).await? {
+        Some(r) => content::seal_event(state, &r, &mut ev).await?,
+        None => return Ok(()),
+    }
     let c = ReferralChange {
         expected_states: vec![ReferralState::Requested.as_str().to_owned()],
         state: Some(ReferralState::Failed.as_str().to_owned()),
-        event: Some(event(ReferralState::Failed, state.org_id.as_str(), &change)),
+        event: Some(ev),
         audit: vec![
             AuditEntry::node(
                 state.org_id.as_str(),
@@ -1017,6 +1065,9 @@ pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
             .await?;
         n += purge_referrals(state, &closed, pb::WithdrawalCause::Retention).await?;
     }
+    // A recipient purges by itself what it may no longer hold.
+    n += content::purge_inbound(state).await?;
+    content::forget_consents(state).await?;
     if n > 0 {
         tracing::info!(withdrawals = n, "scheduled purges queued");
     }

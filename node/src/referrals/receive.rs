@@ -169,7 +169,12 @@ pub async fn handle(
                 &r.referral_id,
             )
             .consent(r.consent_id.as_deref());
-            let c = status_change(from, &r, change)?;
+            let mut c = status_change(from, &r, change)?;
+            // The recipient's texts and outcome: sealed under the data key
+            // of our copy, deleted when it is purged.
+            if let Some(ev) = c.event.as_mut() {
+                super::content::seal_event(state, &r, ev).await?;
+            }
             let receipt = messages::issue_receipt(
                 state,
                 pb::ReceiptKind::Delivery,
@@ -223,10 +228,12 @@ pub async fn handle(
                         ..Default::default()
                     }
                     .encode_to_vec(),
+                    content: None,
                 }),
                 purge_status: Some("done".into()),
                 purged_at_ms: Some(now_ms()),
                 purge_summary: true,
+                purge_terms: Some(super::content::purged_terms(&r.terms)),
                 destroy_key: Some(r.key_id.clone()),
                 now_ms: now_ms(),
                 ..Default::default()
@@ -404,6 +411,7 @@ pub fn offer_to_record(
         purged_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
+        expires_at_ms: Some(terms.valid_until_ms),
     };
     let ev = ReferralEvent {
         actor: String::new(),
@@ -416,6 +424,7 @@ pub fn offer_to_record(
             ..Default::default()
         }
         .encode_to_vec(),
+        content: None,
     };
     Ok((record, ev))
 }
@@ -467,6 +476,7 @@ pub fn status_change(
             at_ms: now_ms(),
             by_org: from.org_id.to_string(),
             detail: change.encode_to_vec(),
+            content: None,
         }),
         now_ms: now_ms(),
         ..Default::default()

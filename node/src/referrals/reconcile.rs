@@ -150,10 +150,12 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
                 ..Default::default()
             }
             .encode_to_vec(),
+            content: None,
         }),
         purge_status: Some("done".into()),
         purged_at_ms: Some(now),
-        purge_summary: !r.outbound,
+        purge_summary: true,
+        purge_terms: Some(super::content::purged_terms(&r.terms)),
         destroy_key: (!r.outbound).then(|| r.key_id.clone()),
         audit: vec![AuditEntry::peer(
             peer.as_str(),

@@ -165,6 +165,9 @@ pub struct ReferralRecord {
     pub purged_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// When the terms it travelled under end (their `valid_until`): an
+    /// inbound referral is purged here then, whatever the sender does.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// One state change in a referral's history.
@@ -175,8 +178,13 @@ pub struct ReferralEvent {
     pub by_org: String,
     /// Who at this node made the change (empty for a peer's change).
     pub actor: String,
-    /// Encoded `StateChange` (reasons, outcome).
+    /// Encoded `StateChange` with its codes only (state, reasons): what
+    /// the history keeps after a purge.
     pub detail: Vec<u8>,
+    /// The change's case content (its text, its outcome: an encoded
+    /// `StateChange` with those fields only), sealed under the referral's
+    /// data key (`referrals::content`); deleted by a purge.
+    pub content: Option<Vec<u8>>,
 }
 
 /// A signed receipt, ours or a peer's.
@@ -251,8 +259,11 @@ pub struct ReferralChange {
     pub team: Option<Option<String>>,
     pub purge_status: Option<String>,
     pub purged_at_ms: Option<i64>,
-    /// Deletes the summary (a purge).
+    /// Deletes the case content (a purge): the summary and the content of
+    /// every history event.
     pub purge_summary: bool,
+    /// Replaces the stored terms (a purge: the same without their free text).
+    pub purge_terms: Option<Vec<u8>>,
     /// Apply only if the purge status is still this one.
     pub expected_purge_status: Option<String>,
     /// Destroys this data key (a purge): old copies can no longer be read.
@@ -484,6 +495,43 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ReceiptRecord>>;
     /// The wrapped data key `key_id`, stored as `new_wrapped` if it did not exist.
     async fn data_key(&self, key_id: &str, new_wrapped: &[u8], now_ms: i64) -> Result<Vec<u8>>;
+    /// Inbound referrals this node purges by itself (not purged yet): those
+    /// whose terms ended by `now_ms`, and those declined or failed here
+    /// before `closed_before_ms`. At most `limit`.
+    async fn inbound_to_purge(
+        &self,
+        now_ms: i64,
+        closed_before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ReferralRecord>>;
+    /// Referrals not purged whose `expires_at` is not known (stored before
+    /// it was kept), at most `limit`.
+    async fn referrals_without_expiry(&self, limit: i64) -> Result<Vec<ReferralRecord>>;
+    /// Sets `expires_at` of each referral.
+    async fn set_expiry(&self, items: &[(String, i64)]) -> Result<()>;
+    /// History events with no sealed content, after `(referral_id, seq)`,
+    /// in that order, at most `limit`: `(referral_id, seq, at, detail)`.
+    async fn unsealed_history(
+        &self,
+        after: Option<&(String, i64)>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, i64, Vec<u8>)>>;
+    /// Rewrites events: `(referral_id, seq, detail, content)`.
+    async fn rewrite_history(
+        &self,
+        items: &[(String, i64, Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<()>;
+    /// Consents withdrawn, or ended by `now_ms`, that still hold their
+    /// client reference; at most `limit`.
+    async fn consents_to_forget(&self, now_ms: i64, limit: i64) -> Result<Vec<Consent>>;
+    /// Deletes a consent's client reference and replaces its terms (the
+    /// same without their free text); false if it was forgotten already.
+    async fn forget_consent(
+        &self,
+        consent_id: &str,
+        terms: &[u8],
+        audit: &[AuditEntry],
+    ) -> Result<bool>;
     /// Outbound referrals still holding data at their recipient whose consent
     /// has expired (and was not withdrawn) by `now_ms`.
     async fn referrals_with_expired_consent(&self, now_ms: i64) -> Result<Vec<ReferralRecord>>;

@@ -7,7 +7,7 @@
 /// both inserts bind them.
 pub(super) const INSERT_REFERRAL: &str = "INSERT INTO referrals (referral_id, direction, peer_org, owner, team,
     request_key, request_digest, consent_id, pseudonym, need_areas, services, urgency, summary, terms, state,
-    purge_status, purged_at, created_at, updated_at, key_id)";
+    purge_status, purged_at, created_at, updated_at, key_id, expires_at)";
 
 /// Columns of a peer as `row_to_peer` reads them.
 pub(super) const PEER_SELECT: &str = "
@@ -111,7 +111,7 @@ where
 
 pub(super) const CONSENT_COLUMNS: &str = "consent_id, owner, team, subject_ref, terms, collection_method, witness, recorded_by, recorded_at, withdrawn_at";
 
-pub(super) const REFERRAL_COLUMNS: &str = "referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at";
+pub(super) const REFERRAL_COLUMNS: &str = "referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at, expires_at";
 
 pub(super) fn row_to_referral<R>(row: &R) -> crate::error::Result<crate::store::ReferralRecord>
 where
@@ -146,6 +146,7 @@ where
         purged_at_ms: row.try_get("purged_at")?,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
     })
 }
 
@@ -175,7 +176,7 @@ pub(super) const RECEIPT_BY_KEY: &str =
     "SELECT message_id, issued_by, counterpart, referral_id, kind, payload, signature, batch, at
      FROM receipts WHERE message_id = $1 AND issued_by = $2 AND counterpart = $3";
 /// The referral an owner created under a request key, with the request's digest.
-pub(super) const REFERRAL_BY_REQUEST: &str = "SELECT referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at, request_digest
+pub(super) const REFERRAL_BY_REQUEST: &str = "SELECT referral_id, direction, peer_org, owner, team, consent_id, pseudonym, need_areas, services, urgency, key_id, summary, terms, state, purge_status, purged_at, created_at, updated_at, expires_at, request_digest
      FROM referrals WHERE owner = $1 AND request_key = $2";
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id, consent_id, peer_org, result, prev_hash, hash";
 
@@ -294,7 +295,8 @@ macro_rules! impl_store {
                     .push_bind(r.purged_at_ms)
                     .push_bind(r.created_at_ms)
                     .push_bind(r.updated_at_ms)
-                    .push_bind(&r.key_id);
+                    .push_bind(&r.key_id)
+                    .push_bind(r.expires_at_ms);
             });
             referrals.push(" ON CONFLICT DO NOTHING RETURNING referral_id");
             Ok(referrals.build().fetch_all(&mut **tx).await?.len())
@@ -310,7 +312,7 @@ macro_rules! impl_store {
                 return Ok(());
             }
             let mut insert = sqlx::QueryBuilder::<Db>::new(
-                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor) ",
+                "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor, content) ",
             );
             insert.push_values(rows, |mut b, (id, e)| {
                 b.push_bind(*id)
@@ -321,7 +323,8 @@ macro_rules! impl_store {
                     .push_bind(e.at_ms)
                     .push_bind(&e.by_org)
                     .push_bind(&e.detail)
-                    .push_bind(&e.actor);
+                    .push_bind(&e.actor)
+                    .push_bind(&e.content);
             });
             insert.build().execute(&mut **tx).await?;
             Ok(())
@@ -544,7 +547,7 @@ macro_rules! impl_store {
                         team = CASE WHEN $3 = 1 THEN $4 ELSE team END,
                         purge_status = COALESCE($5, purge_status), purged_at = COALESCE($6, purged_at),
                         summary = CASE WHEN $7 = 1 THEN NULL ELSE summary END,
-                        updated_at = $8
+                        updated_at = $8, terms = COALESCE($12, terms)
                  WHERE referral_id = $9 AND state = $10 AND purge_status = COALESCE($11, purge_status)",
             )
             .bind(&c.state)
@@ -558,11 +561,19 @@ macro_rules! impl_store {
             .bind(id)
             .bind(&current)
             .bind(&c.expected_purge_status)
+            .bind(&c.purge_terms)
             .execute(&mut **tx)
             .await?
             .rows_affected();
             if updated == 0 {
                 return Ok(false);
+            }
+            if c.purge_summary {
+                // The history keeps its codes; its content goes.
+                sqlx::query("UPDATE referral_events SET content = NULL WHERE referral_id = $1 AND content IS NOT NULL")
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             if let Some(e) = &c.event {
                 insert_event(tx, id, e).await?;
@@ -584,6 +595,7 @@ macro_rules! impl_store {
                 && c.purge_status.is_none()
                 && c.purged_at_ms.is_none()
                 && !c.purge_summary
+                && c.purge_terms.is_none()
                 && c.expected_purge_status.is_none()
                 && c.destroy_key.is_none()
                 && c.notices.is_empty()
@@ -1105,7 +1117,8 @@ macro_rules! impl_store {
 
             async fn notice_dropped(&self, id: i64, now_ms: i64, why: &str) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("UPDATE peer_notices SET dropped_at = $1, last_error = $2 WHERE id = $3")
+                // Given up: the payload (sealed case content) is not kept.
+                sqlx::query("UPDATE peer_notices SET dropped_at = $1, last_error = $2, payload = substr(payload, 1, 0) WHERE id = $3")
                     .bind(now_ms)
                     .bind(why)
                     .bind(id)
@@ -1275,7 +1288,7 @@ macro_rules! impl_store {
             }
 
             async fn referral_history(&self, referral_id: &str) -> Result<Vec<$crate::store::ReferralEvent>> {
-                let rows = sqlx::query("SELECT state, at, by_org, actor, detail FROM referral_events WHERE referral_id = $1 ORDER BY seq")
+                let rows = sqlx::query("SELECT state, at, by_org, actor, detail, content FROM referral_events WHERE referral_id = $1 ORDER BY seq")
                     .bind(referral_id)
                     .fetch_all(&self.pool)
                     .await?;
@@ -1287,6 +1300,7 @@ macro_rules! impl_store {
                             by_org: r.try_get("by_org")?,
                             actor: r.try_get("actor")?,
                             detail: r.try_get("detail")?,
+                            content: r.try_get("content")?,
                         })
                     })
                     .collect()
@@ -1541,6 +1555,95 @@ macro_rules! impl_store {
                     .try_get("wrapped")?;
                 tx.commit().await?;
                 Ok(wrapped)
+            }
+
+            async fn inbound_to_purge(&self, now_ms: i64, closed_before_ms: i64, limit: i64) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals
+                     WHERE direction = 'inbound' AND purge_status = 'none'
+                       AND (expires_at <= $1 OR (state IN ('declined', 'failed') AND updated_at <= $2))
+                     ORDER BY updated_at LIMIT $3"
+                ));
+                let rows = sqlx::query(sql).bind(now_ms).bind(closed_before_ms).bind(limit).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn referrals_without_expiry(&self, limit: i64) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE expires_at IS NULL AND purge_status = 'none' LIMIT $1"
+                ));
+                let rows = sqlx::query(sql).bind(limit).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
+            async fn set_expiry(&self, items: &[(String, i64)]) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                for (id, at) in items {
+                    sqlx::query("UPDATE referrals SET expires_at = $1 WHERE referral_id = $2")
+                        .bind(at)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn unsealed_history(&self, after: Option<&(String, i64)>, limit: i64) -> Result<Vec<(String, i64, i64, Vec<u8>)>> {
+                let (id, seq) = after.cloned().unwrap_or_default();
+                let rows = sqlx::query(
+                    "SELECT referral_id, seq, at, detail FROM referral_events
+                     WHERE content IS NULL AND (referral_id > $1 OR (referral_id = $1 AND seq > $2))
+                     ORDER BY referral_id, seq LIMIT $3",
+                )
+                .bind(id)
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("referral_id")?, r.try_get("seq")?, r.try_get("at")?, r.try_get("detail")?)))
+                    .collect()
+            }
+
+            async fn rewrite_history(&self, items: &[(String, i64, Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                for (id, seq, detail, content) in items {
+                    sqlx::query("UPDATE referral_events SET detail = $1, content = $2 WHERE referral_id = $3 AND seq = $4")
+                        .bind(detail)
+                        .bind(content)
+                        .bind(id)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn consents_to_forget(&self, now_ms: i64, limit: i64) -> Result<Vec<Consent>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {CONSENT_COLUMNS} FROM consents
+                     WHERE subject_ref <> '' AND (withdrawn_at IS NOT NULL OR valid_until <= $1)
+                     ORDER BY recorded_at LIMIT $2"
+                ));
+                let rows = sqlx::query(sql).bind(now_ms).bind(limit).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_consent).collect()
+            }
+
+            async fn forget_consent(&self, consent_id: &str, terms: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE consents SET subject_ref = '', terms = $1 WHERE consent_id = $2 AND subject_ref <> ''")
+                    .bind(terms)
+                    .bind(consent_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 1 {
+                    append_audit_tx(&mut tx, audit).await?;
+                    tx.commit().await?;
+                }
+                Ok(n == 1)
             }
 
             async fn referrals_with_expired_consent(&self, now_ms: i64) -> Result<Vec<$crate::store::ReferralRecord>> {

@@ -18,6 +18,7 @@ mod limits;
 mod node;
 mod ops;
 mod peering;
+mod purge;
 mod referrals;
 mod repeats;
 mod replicas;

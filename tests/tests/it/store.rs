@@ -753,6 +753,7 @@ mod cases {
             purged_at_ms: None,
             created_at_ms: updated,
             updated_at_ms: updated,
+            expires_at_ms: None,
         }
     }
 
@@ -776,6 +777,7 @@ mod cases {
             by_org: "ngo-a".into(),
             actor: String::new(),
             detail: vec![],
+            content: None,
         };
         for id in ["r1", "r2", "r3"] {
             s.create_referral(
@@ -903,6 +905,7 @@ mod cases {
                     by_org: "ngo-a".into(),
                     actor: String::new(),
                     detail: vec![],
+                    content: None,
                 },
                 wrapped_key: Some(format!("wrapped-{id}").into_bytes()),
                 audit: vec![AuditEntry::peer(
@@ -993,6 +996,7 @@ mod cases {
                 by_org: "ngo-a".into(),
                 actor: "alice".into(),
                 detail: vec![],
+                content: None,
             },
             notice: notice(&format!("n-{id}"), "prison-b"),
             audit: vec![AuditEntry::peer("ngo-a", "referral.create", "referral", id)],
@@ -1079,6 +1083,7 @@ mod cases {
             by_org: "ngo-a".into(),
             actor: "alice".into(),
             detail: vec![],
+            content: None,
         };
         for (id, c, st, at) in [
             ("r1", "c1", "in_progress", NOW),

@@ -1,0 +1,365 @@
+//! Case content at rest and its purge. A referral's content — its summary,
+//! the free text of every change in its history (decline, failure and hold
+//! texts), the outcome of its completion (note and progress values) — is
+//! sealed under the referral's data key; its history's `detail` keeps only
+//! codes (state, reasons). A purge deletes the content (the summary, every
+//! event's content, the free text of the stored terms) and, at a recipient,
+//! destroys the data key, so no copy left in the database's files or an
+//! older backup can be opened either. What stays is IDs, times, states and
+//! codes.
+//!
+//! A recipient purges by itself, without waiting for the sender, when the
+//! terms it holds end, and when a referral it declined or failed has been
+//! closed for `federation.closed_inbound_retention_days`. A sender's
+//! consent, once withdrawn or ended, forgets the client reference.
+
+use crate::audit::AuditEntry;
+use crate::domain::ReferralState;
+use crate::domain::time::{from_timestamp, now_ms};
+use crate::error::Result;
+use crate::state::NodeState;
+use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
+use exitnet_proto::pb;
+use prost::Message;
+
+/// What stands in for purged free text where the terms require some
+/// (`purpose_text` with PURPOSE_OTHER).
+pub const PURGED_TEXT: &str = "(purged)";
+
+/// The meta key set once the history written before content was sealed has
+/// been split (codes kept, content sealed or, where purged, deleted).
+const HISTORY_SEALED: &str = "history_sealed";
+
+/// A change split into its codes (kept after a purge) and its content (the
+/// free text and the outcome), `None` when it has none.
+pub fn split(change: &pb::StateChange) -> (pb::StateChange, Option<pb::StateChange>) {
+    let mut codes = change.clone();
+    let text = std::mem::take(&mut codes.text);
+    let outcome = codes.outcome.take();
+    let content = (!text.is_empty() || outcome.is_some()).then(|| pb::StateChange {
+        text,
+        outcome,
+        ..Default::default()
+    });
+    (codes, content)
+}
+
+/// What the content of an event of `referral_id` at `at_ms` is bound to:
+/// moved to another row it does not open.
+fn aad(referral_id: &str, at_ms: i64) -> String {
+    format!("{referral_id}\0event\0{at_ms}")
+}
+
+/// The wrapped data key content of `r` may be sealed under: none once `r` is
+/// purged or being purged (its content is not kept), nor when a recipient's
+/// key is gone. A sender's subject key is made if it is missing.
+async fn sealing_key(state: &NodeState, r: &ReferralRecord) -> Result<Option<Vec<u8>>> {
+    if r.purge_status != "none" {
+        return Ok(None);
+    }
+    match state.store.find_data_key(&r.key_id).await? {
+        Some(w) => Ok(Some(w)),
+        None if r.outbound => {
+            let fresh = state.master_key.new_wrapped_data_key(&r.key_id)?;
+            Ok(Some(
+                state.store.data_key(&r.key_id, &fresh, now_ms()).await?,
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Seals an event's content: `detail` (a whole encoded `StateChange`)
+/// keeps its codes, the rest is sealed under `r`'s data key into `content`
+/// (or dropped where `r`'s content is no longer kept).
+pub async fn seal_event(
+    state: &NodeState,
+    r: &ReferralRecord,
+    ev: &mut ReferralEvent,
+) -> Result<()> {
+    let change = pb::StateChange::decode(ev.detail.as_slice()).unwrap_or_default();
+    let (codes, content) = split(&change);
+    ev.detail = codes.encode_to_vec();
+    ev.content = match content {
+        None => None,
+        Some(c) => match sealing_key(state, r).await? {
+            Some(wrapped) => Some(state.master_key.seal(
+                &r.key_id,
+                &wrapped,
+                &aad(&r.referral_id, ev.at_ms),
+                &c.encode_to_vec(),
+            )?),
+            None => None,
+        },
+    };
+    Ok(())
+}
+
+/// `r`'s history as the node shows it: each event's `detail` is the whole
+/// change again (its content opened while `r`'s data key exists; codes only
+/// once purged), `content` none.
+pub async fn history(state: &NodeState, r: &ReferralRecord) -> Result<Vec<ReferralEvent>> {
+    let mut events = state.store.referral_history(&r.referral_id).await?;
+    let wrapped = if events.iter().any(|e| e.content.is_some()) {
+        state.store.find_data_key(&r.key_id).await?
+    } else {
+        None
+    };
+    for e in &mut events {
+        let mut change = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
+        if r.purge_status == "done" {
+            // Written before content was sealed and not split yet: shown as purged.
+            change.text.clear();
+            change.outcome = None;
+        }
+        if let (Some(sealed), Some(w)) = (e.content.take(), wrapped.as_ref())
+            && let Ok(plain) =
+                state
+                    .master_key
+                    .open(&r.key_id, w, &aad(&r.referral_id, e.at_ms), &sealed)
+            && let Ok(c) = pb::StateChange::decode(plain.as_slice())
+        {
+            change.text = c.text;
+            change.outcome = c.outcome;
+        }
+        e.detail = change.encode_to_vec();
+    }
+    Ok(events)
+}
+
+/// Terms as kept after a purge: the same without their free text.
+pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
+    let mut t = pb::ConsentTerms::decode(terms).unwrap_or_default();
+    if !t.purpose_text.is_empty() {
+        t.purpose_text = PURGED_TEXT.into();
+    }
+    t.encode_to_vec()
+}
+
+/// When terms end (their `valid_until`), if they say.
+pub fn terms_end(terms: &[u8]) -> Option<i64> {
+    pb::ConsentTerms::decode(terms)
+        .ok()?
+        .valid_until
+        .as_ref()
+        .map(from_timestamp)
+}
+
+/// A recipient's purge of `r`, by itself: content and data key go; the
+/// state stays (the sender did not withdraw it), the purge is done.
+fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry) -> ReferralChange {
+    let now = now_ms();
+    ReferralChange {
+        expected_states: vec![r.state.clone()],
+        expected_purge_status: Some("none".into()),
+        purge_status: Some("done".into()),
+        purged_at_ms: Some(now),
+        purge_summary: true,
+        purge_terms: Some(purged_terms(&r.terms)),
+        destroy_key: Some(r.key_id.clone()),
+        audit: vec![
+            by.about(action, "referral", &r.referral_id)
+                .with_peer(r.peer_org.as_str()),
+        ],
+        now_ms: now,
+        ..Default::default()
+    }
+}
+
+/// One round of the recipient's own purges: referrals whose terms ended
+/// (`referral.purge.expired`) and referrals declined or failed here longer
+/// ago than the retention (`referral.purge.closed`). How many were purged.
+pub async fn purge_inbound(state: &NodeState) -> Result<u32> {
+    let now = now_ms();
+    let days = i64::try_from(state.config.federation.closed_inbound_retention_days)
+        .unwrap_or(i64::MAX / 86_400_000);
+    let closed_before = now.saturating_sub(days.saturating_mul(86_400_000));
+    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
+    let mut n = 0;
+    loop {
+        let due = state
+            .store
+            .inbound_to_purge(now, closed_before, 500)
+            .await?;
+        let mut round = 0;
+        for r in &due {
+            let expired = r.expires_at_ms.is_some_and(|t| t <= now);
+            let action = if expired {
+                "referral.purge.expired"
+            } else {
+                "referral.purge.closed"
+            };
+            if state
+                .store
+                .change_referral(&r.referral_id, &local_purge(r, action, &by))
+                .await?
+            {
+                state.referral_changed(&r.referral_id);
+                round += 1;
+            }
+        }
+        n += round;
+        if due.len() < 500 || round == 0 {
+            break;
+        }
+    }
+    if n > 0 {
+        state.store.after_purge().await?;
+        tracing::info!(
+            referrals = n,
+            "inbound referrals purged (terms ended or closed)"
+        );
+    }
+    Ok(n)
+}
+
+/// Consents withdrawn or ended forget their client reference (and the free
+/// text of their terms): the record of what was consented to, by whom and
+/// until when stays. How many.
+pub async fn forget_consents(state: &NodeState) -> Result<u32> {
+    let mut n = 0;
+    loop {
+        let due = state.store.consents_to_forget(now_ms(), 500).await?;
+        let mut round = 0;
+        for c in &due {
+            let terms = purged_terms(&c.terms.to_pb().encode_to_vec());
+            let audit = AuditEntry::node(
+                state.org_id.as_str(),
+                "consent.forget_subject",
+                "consent",
+                &c.consent_id,
+            )
+            .consent(Some(&c.consent_id));
+            if state
+                .store
+                .forget_consent(&c.consent_id, &terms, &[audit])
+                .await?
+            {
+                round += 1;
+            }
+        }
+        n += round;
+        if due.len() < 500 || round == 0 {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// At start: history written before content was sealed is split (content
+/// sealed under the referral's key while it exists, deleted where the
+/// referral is purged), once; referrals stored before their expiry was kept
+/// get it.
+pub async fn upgrade(state: &NodeState) -> Result<()> {
+    loop {
+        let rows = state.store.referrals_without_expiry(500).await?;
+        let items: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.referral_id.clone(),
+                    terms_end(&r.terms).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        state.store.set_expiry(&items).await?;
+        if rows.len() < 500 {
+            break;
+        }
+    }
+    if state.store.meta_get(HISTORY_SEALED).await?.is_some() {
+        return Ok(());
+    }
+    let mut after: Option<(String, i64)> = None;
+    let mut split_count = 0usize;
+    loop {
+        let rows = state.store.unsealed_history(after.as_ref(), 500).await?;
+        let Some((id, seq, _, _)) = rows.last() else {
+            break;
+        };
+        after = Some((id.clone(), *seq));
+        let mut rewrites = Vec::new();
+        let mut referral: Option<ReferralRecord> = None;
+        for (id, seq, at_ms, detail) in &rows {
+            let change = pb::StateChange::decode(detail.as_slice()).unwrap_or_default();
+            if change.text.is_empty() && change.outcome.is_none() {
+                continue;
+            }
+            if referral.as_ref().is_none_or(|r| &r.referral_id != id) {
+                referral = state.store.get_referral(id).await?;
+            }
+            let Some(r) = referral.as_ref() else { continue };
+            let mut ev = ReferralEvent {
+                state: String::new(),
+                at_ms: *at_ms,
+                by_org: String::new(),
+                actor: String::new(),
+                detail: detail.clone(),
+                content: None,
+            };
+            seal_event(state, r, &mut ev).await?;
+            rewrites.push((id.clone(), *seq, ev.detail, ev.content));
+        }
+        split_count += rewrites.len();
+        state.store.rewrite_history(&rewrites).await?;
+        if rows.len() < 500 {
+            break;
+        }
+    }
+    state.store.meta_set(HISTORY_SEALED, "1").await?;
+    if split_count > 0 {
+        state.store.after_purge().await?;
+        tracing::info!(
+            events = split_count,
+            "history written before content was sealed: content sealed or, where purged, deleted"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a state leaves an inbound referral's content with only the one
+/// who closed it and supervisors.
+pub fn closed_here(s: ReferralState) -> bool {
+    matches!(s, ReferralState::Declined | ReferralState::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_codes_and_takes_the_content() {
+        let c = pb::StateChange {
+            state: pb::ReferralState::Declined as i32,
+            decline_reason: pb::DeclineReason::NoCapacity as i32,
+            text: "lives at 12 Elm Street".into(),
+            outcome: Some(pb::Outcome {
+                note: "works at the bakery".into(),
+                disengagement: pb::Progress::Some as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (codes, content) = split(&c);
+        assert_eq!(codes.decline_reason, c.decline_reason);
+        assert_eq!(codes.state, c.state);
+        assert!(codes.text.is_empty() && codes.outcome.is_none());
+        let content = content.unwrap();
+        assert_eq!(content.text, c.text);
+        assert_eq!(content.outcome, c.outcome);
+        assert!(split(&pb::StateChange::default()).1.is_none());
+    }
+
+    #[test]
+    fn purged_terms_keep_no_free_text_and_stay_valid() {
+        let t = pb::ConsentTerms {
+            purpose_text: "help near the client's flat".into(),
+            ..Default::default()
+        };
+        let p = pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).as_slice()).unwrap();
+        assert_eq!(p.purpose_text, PURGED_TEXT);
+        let none = pb::ConsentTerms::default();
+        let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).as_slice()).unwrap();
+        assert!(p.purpose_text.is_empty());
+    }
+}
