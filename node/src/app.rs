@@ -128,7 +128,7 @@ impl Application {
             .await
             .with_context(|| format!("binding federation.listen {}", config.federation.listen))?;
         let admin_socket = config.admin_socket();
-        let admin_listener = bind_admin_socket(&admin_socket)?;
+        let admin_listener = crate::admin::bind_socket(&admin_socket)?;
         let api_addr = api_listener.local_addr()?;
         let federation_bound = federation_listener.local_addr()?;
         let metrics_listener = match config.metrics.listen {
@@ -483,27 +483,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        create_private_dir(parent)?;
-    }
-    if path.exists() {
-        // A socket left by a node that died; refuse if one still answers.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another node is serving the admin socket {}",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding admin socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is

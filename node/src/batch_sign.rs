@@ -13,11 +13,24 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// What a batch signature covers, before the root: the zero byte keeps it
-/// from being any protobuf message the same key signs, and receipts and
-/// messages each have their own.
-pub const RECEIPTS: &[u8] = b"\x00exitnet.v1.receipt-batch\x00";
-pub const MESSAGES: &[u8] = b"\x00exitnet.v1.message-batch\x00";
+/// What a signature of one kind covers before the bytes: a batch's root has
+/// one context, a payload signed alone another (`identity::context`). The
+/// zero byte keeps either from being any protobuf message the same key
+/// signs, and receipts and messages each have their own.
+#[derive(Debug)]
+pub struct Contexts {
+    pub batch: &'static [u8],
+    pub alone: &'static [u8],
+}
+
+pub const RECEIPTS: &Contexts = &Contexts {
+    batch: b"\x00exitnet.v1.receipt-batch\x00",
+    alone: crate::identity::context::RECEIPT,
+};
+pub const MESSAGES: &Contexts = &Contexts {
+    batch: b"\x00exitnet.v1.message-batch\x00",
+    alone: crate::identity::context::MESSAGE,
+};
 
 /// Most leaves of a batch, signed or accepted.
 pub const MAX_BATCH_LEAVES: usize = 4096;
@@ -108,7 +121,7 @@ pub fn root_of(payload: &[u8], proof: &pb::BatchProof) -> std::result::Result<Ha
     Ok(r)
 }
 
-/// The bytes a batch signature covers (`context`: `RECEIPTS` or `MESSAGES`).
+/// The bytes a batch signature covers (`context`: `RECEIPTS.batch` or `MESSAGES.batch`).
 pub fn signed_bytes(context: &[u8], root: &Hash) -> Vec<u8> {
     [context, root.as_slice()].concat()
 }
@@ -117,15 +130,15 @@ pub fn signed_bytes(context: &[u8], root: &Hash) -> Vec<u8> {
 /// One signature and proof per payload, in order.
 pub fn sign_all(
     key: &crate::identity::NodeKey,
-    context: &[u8],
+    context: &Contexts,
     payloads: &[&[u8]],
 ) -> anyhow::Result<Vec<Signed>> {
     if let [one] = payloads {
-        return Ok(vec![(key.sign(one)?, None)]);
+        return Ok(vec![(key.sign_in(context.alone, one)?, None)]);
     }
     let leaves: Vec<Hash> = payloads.iter().map(|p| leaf_hash(p)).collect();
     let (root, paths) = tree(&leaves);
-    let signature = key.sign(&signed_bytes(context, &root))?;
+    let signature = key.sign(&signed_bytes(context.batch, &root))?;
     let size = u32::try_from(payloads.len())?;
     Ok(paths
         .into_iter()
@@ -147,7 +160,32 @@ pub fn sign_all(
 /// batch under `context`. A batch root that verified once is remembered, so
 /// the other leaves of the batch cost hashes only.
 pub fn verify(
-    context: &[u8],
+    context: &Contexts,
+    keys: &[&[u8]],
+    payload: &[u8],
+    signature: &[u8],
+    batch: Option<&pb::BatchProof>,
+    verified: Option<&VerifiedRoots>,
+) -> bool {
+    verify_with(context, false, keys, payload, signature, batch, verified)
+}
+
+/// As `verify`, for a stored signature: one made alone before signatures
+/// carried their context (over the payload only) verifies too. Batch roots
+/// always had theirs.
+pub fn verify_stored(
+    context: &Contexts,
+    keys: &[&[u8]],
+    payload: &[u8],
+    signature: &[u8],
+    batch: Option<&pb::BatchProof>,
+) -> bool {
+    verify_with(context, true, keys, payload, signature, batch, None)
+}
+
+fn verify_with(
+    context: &Contexts,
+    legacy: bool,
     keys: &[&[u8]],
     payload: &[u8],
     signature: &[u8],
@@ -155,14 +193,18 @@ pub fn verify(
     verified: Option<&VerifiedRoots>,
 ) -> bool {
     let Some(proof) = batch else {
-        return keys
-            .iter()
-            .any(|k| crate::identity::verify_signature(k, payload, signature));
+        return keys.iter().any(|k| {
+            if legacy {
+                crate::identity::verify_stored(context.alone, k, payload, signature)
+            } else {
+                crate::identity::verify_in(context.alone, k, payload, signature)
+            }
+        });
     };
     let Ok(root) = root_of(payload, proof) else {
         return false;
     };
-    let signed = signed_bytes(context, &root);
+    let signed = signed_bytes(context.batch, &root);
     keys.iter().any(|k| {
         let id = verified.map(|_| VerifiedRoots::id(k, &signed, signature));
         if let (Some(v), Some(id)) = (verified, &id)
@@ -444,5 +486,30 @@ mod tests {
         assert!(alone[0].1.is_none());
         assert!(ok(&key, MESSAGES, b"one", &alone[0], None));
         assert!(!ok(&key, MESSAGES, b"two", &alone[0], None));
+        // In its context: not a receipt, and no signature of the bare bytes.
+        assert!(!ok(&key, RECEIPTS, b"one", &alone[0], None));
+        assert!(!crate::identity::verify_signature(
+            key.spki_der(),
+            b"one",
+            &alone[0].0
+        ));
+        // A signature of the bare bytes (made before contexts) is accepted
+        // only as a stored one.
+        let bare = key.sign(b"one").expect("sign");
+        assert!(!ok(&key, MESSAGES, b"one", &(bare.clone(), None), None));
+        assert!(verify_stored(
+            MESSAGES,
+            &[key.spki_der()],
+            b"one",
+            &bare,
+            None
+        ));
+        assert!(verify_stored(
+            MESSAGES,
+            &[key.spki_der()],
+            b"one",
+            &alone[0].0,
+            None
+        ));
     }
 }

@@ -53,6 +53,39 @@ pub fn verify_signature(spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
     key.verify(message, sig).is_ok()
 }
 
+/// What a signature is for, signed before the bytes it covers: a zero byte
+/// (a protobuf message never starts with one, so the signed bytes are never
+/// a message of their own), the name of what is signed, a zero byte. Each
+/// kind has its own, so a signature made for one kind never verifies as
+/// another. Batch roots have theirs in `batch_sign`.
+pub mod context {
+    pub const KEY_ROTATION: &[u8] = b"\x00exitnet.v1.key-rotation\x00";
+    /// The new key's proof of possession, over the same rotation.
+    pub const KEY_ROTATION_NEW_KEY: &[u8] = b"\x00exitnet.v1.key-rotation.new-key\x00";
+    pub const INVITATION: &[u8] = b"\x00exitnet.v1.invitation\x00";
+    pub const MESSAGE: &[u8] = b"\x00exitnet.v1.message\x00";
+    pub const RECEIPT: &[u8] = b"\x00exitnet.v1.receipt\x00";
+    pub const CHECKPOINT: &[u8] = b"\x00exitnet.v1.checkpoint\x00";
+    pub const WITNESS: &[u8] = b"\x00exitnet.v1.witness\x00";
+}
+
+/// The bytes a signature in `context` covers.
+pub fn in_context(context: &[u8], message: &[u8]) -> Vec<u8> {
+    [context, message].concat()
+}
+
+/// Verifies a signature made with `NodeKey::sign_in` in `context`.
+pub fn verify_in(context: &[u8], spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    verify_signature(spki_der, &in_context(context, message), sig)
+}
+
+/// Verifies a stored signature: made in `context`, or (made before
+/// signatures carried one) over the bytes alone. Only for what was stored
+/// before; whatever arrives now must carry its context (`verify_in`).
+pub fn verify_stored(context: &[u8], spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
+    verify_in(context, spki_der, message, sig) || verify_signature(spki_der, message, sig)
+}
+
 /// Verifies an ECDSA P-256 SHA-256 signature in the fixed (r‖s) form JWS uses.
 pub fn verify_signature_fixed(spki_der: &[u8], message: &[u8], sig: &[u8]) -> bool {
     let Ok((_, spki)) =
@@ -164,6 +197,11 @@ impl NodeKey {
             .map_err(|_| anyhow!("signing failed"))?
             .as_ref()
             .to_vec())
+    }
+
+    /// A signature over `message` in `context` (see `context`).
+    pub fn sign_in(&self, context: &[u8], message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.sign(&in_context(context, message))
     }
 
     /// ECDSA P-256 SHA-256 signature in the fixed (r‖s) form, as JWS ES256 uses.

@@ -6,8 +6,11 @@ use crate::domain::{OrgId, Peer, PeerAction};
 use crate::error::{Error, FieldError};
 use crate::peering;
 use crate::state::NodeState;
+use anyhow::Context as _;
 use exitnet_proto::pb;
+use std::path::Path;
 use std::sync::Arc;
+use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
 pub mod report;
@@ -29,6 +32,49 @@ impl AdminApi {
         let ours = self.state.fingerprint()?;
         Ok(peer_view(p, &ours))
     }
+}
+
+/// Binds the admin socket at `path` so that no one else can reach it, not
+/// even for an instant: it is bound inside a new directory only the owner
+/// may enter, made 0600 there, then renamed into place. (A private umask
+/// would do it too, but the umask is the whole process's, and other threads
+/// create files meanwhile.)
+pub fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::identity::create_private_dir(parent)?;
+    if path.exists() {
+        // A socket left by a node that died; refuse if one still answers.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another node is serving the admin socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    // Short, so the socket path stays within the 107 bytes Unix allows.
+    let staging = parent.join(format!(
+        ".adm-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let bound = (|| {
+        let inner = staging.join("s");
+        let listener = UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        anyhow::Ok(listener)
+    })()
+    .with_context(|| format!("binding admin socket {}", path.display()));
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 pub fn peer_view(p: &Peer, our_fingerprint: &str) -> pb::PeerView {
@@ -164,9 +210,20 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let id = org("org_id", &org_id)?;
         let action = PeerAction::from_pb("action", action)?;
         let peer = peering::decide(&self.state, &id, action).await?;
+        let pending = peering::purges::pending_at(&self.state, &id).await?;
         Ok(Response::new(pb::SetPeerStateResponse {
             peer: Some(self.view(&peer)?),
+            pending_purges: u32::try_from(pending).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn abandon_purges(
+        &self,
+        request: Request<pb::AbandonPurgesRequest>,
+    ) -> Result<Response<pb::AbandonPurgesResponse>, Status> {
+        let id = org("org_id", &request.into_inner().org_id)?;
+        let done = peering::purges::abandon(&self.state, &id).await?;
+        Ok(Response::new(peering::purges::abandoned(done)))
     }
 
     async fn get_peer_policy(
@@ -401,5 +458,30 @@ impl AdminApi {
             )],
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn admin_socket_is_private_from_its_creation() {
+        // A directory others may enter and write: the socket must still be
+        // 0600 when it appears there, and nothing else is left behind.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("admin.sock");
+        let _listener = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("admin.sock")]);
+        // A second node on the same socket is refused.
+        assert!(bind_socket(&path).is_err());
     }
 }

@@ -6,7 +6,7 @@
 use crate::domain::OrgId;
 use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
 use crate::error::{Error, FieldError, Result};
-use crate::identity::{hex, verify_signature};
+use crate::identity::{context, hex, verify_stored};
 use crate::referrals::messages::sha256;
 use crate::state::NodeState;
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
@@ -85,7 +85,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
             key_fingerprint: key.fingerprint().to_owned(),
         }
         .encode_to_vec();
-        let sig = key.sign(&payload)?;
+        let sig = key.sign_in(context::CHECKPOINT, &payload)?;
         (
             payload,
             sig,
@@ -193,7 +193,9 @@ pub fn open_checkpoint(
 ) -> Result<pb::AuditCheckpoint> {
     if !keys
         .iter()
-        .any(|k| verify_signature(k, &signed.payload, &signed.signature))
+        // A checkpoint made before signatures carried their context may
+        // still be pushed (it waits for witnesses); only its signer calls.
+        .any(|k| verify_stored(context::CHECKPOINT, k, &signed.payload, &signed.signature))
     {
         return Err(Error::PermissionDenied(
             "checkpoint.signature: not signed by the calling peer's key".into(),
@@ -250,7 +252,7 @@ pub async fn witness(
         }
         .encode_to_vec();
         pb::SignedWitness {
-            signature: key.sign(&payload)?,
+            signature: key.sign_in(context::WITNESS, &payload)?,
             payload,
         }
     };
@@ -344,7 +346,9 @@ pub async fn check_witness(
     let keys = state.store.peer_keys(peer, at.min(now_ms())).await?;
     if !keys
         .iter()
-        .any(|k| verify_signature(&k.spki_der, &w.payload, &w.signature))
+        // Also re-checks stored witnesses (audit verify), which may predate
+        // contexts.
+        .any(|k| verify_stored(context::WITNESS, &k.spki_der, &w.payload, &w.signature))
     {
         return Err(bad("signature"));
     }

@@ -5,7 +5,7 @@
 use super::{AuditFilter, GENESIS, record_hash};
 use crate::domain::OrgId;
 use crate::error::Result;
-use crate::identity::verify_signature;
+use crate::identity::{context, verify_stored};
 use crate::state::NodeState;
 use exitnet_proto::pb;
 use prost::Message;
@@ -110,7 +110,8 @@ async fn own_checkpoint(
         .cloned()
         .flatten()
         .ok_or_else(|| format!("signed by an unknown key {}", cp.key_fingerprint))?;
-    if !verify_signature(&key, payload, signature) {
+    // Checkpoints made before signatures carried their context still verify.
+    if !verify_stored(context::CHECKPOINT, &key, payload, signature) {
         return Err("bad signature".into());
     }
     if cp.org_id != state.org_id.as_str() {

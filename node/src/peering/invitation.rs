@@ -5,7 +5,7 @@
 use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::domain::{OrgId, endpoint_check};
 use crate::error::FieldError;
-use crate::identity::{NodeKey, fingerprint_spki, verify_signature};
+use crate::identity::{NodeKey, context, fingerprint_spki, verify_in};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use exitnet_proto::pb;
@@ -41,7 +41,7 @@ pub fn encode(inv: &Invitation, key: &NodeKey) -> anyhow::Result<String> {
     }
     .encode_to_vec();
     let signed = pb::SignedInvitation {
-        signature: key.sign(&payload)?,
+        signature: key.sign_in(context::INVITATION, &payload)?,
         payload,
         public_key: key.spki_der().to_vec(),
     };
@@ -66,7 +66,14 @@ pub fn decode(code: &str) -> Result<Invitation, FieldError> {
         .decode(body)
         .map_err(|_| bad("not valid base64url"))?;
     let signed = pb::SignedInvitation::decode(bytes.as_slice()).map_err(|_| bad("malformed"))?;
-    if !verify_signature(&signed.public_key, &signed.payload, &signed.signature) {
+    // Codes made before signatures carried their context fail here: the
+    // inviter makes a new one.
+    if !verify_in(
+        context::INVITATION,
+        &signed.public_key,
+        &signed.payload,
+        &signed.signature,
+    ) {
         return Err(bad(
             "signature does not verify: the code was altered or forged",
         ));

@@ -8,7 +8,7 @@ pub mod outbox;
 use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
 use crate::error::{Error, FieldError, Result};
-use crate::identity::{fingerprint_spki, hex, verify_signature};
+use crate::identity::{context, fingerprint_spki, hex, verify_in};
 use crate::state::NodeState;
 use crate::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent,
@@ -36,18 +36,39 @@ fn sha256(b: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// Words in the verification code: 11 bits each (BIP-39 English list).
+pub const VERIFICATION_WORDS: usize = 12;
+
+/// The words a verification code is made of (BIP-39 English, 2048 words).
+pub fn verification_word_list() -> &'static [&'static str] {
+    bip39::Language::English.word_list()
+}
+
 /// The code both administrators read to each other: derived from both keys,
 /// so it is the same on both sides and differs if either key was swapped.
+///
+/// 12 words of 11 bits (132 bits) from SHA-256 over both fingerprints. A
+/// man in the middle who swaps both keys chooses both inputs, so what he
+/// needs is a collision of the two sides' codes: about 2^66 key generations
+/// (see docs/trust.md), not 2^15 as with the former 9 digits (30 bits).
 pub fn verification_code(fp_a: &str, fp_b: &str) -> String {
     let (lo, hi) = if fp_a <= fp_b {
         (fp_a, fp_b)
     } else {
         (fp_b, fp_a)
     };
-    let d = sha256(format!("exitnet-verify-v1:{lo}:{hi}").as_bytes());
-    let n = u64::from_be_bytes([0, 0, 0, d[0], d[1], d[2], d[3], d[4]]) % 1_000_000_000;
-    let s = format!("{n:09}");
-    format!("{}-{}-{}", &s[0..3], &s[3..6], &s[6..9])
+    let d = sha256(format!("exitnet-verify-v2:{lo}:{hi}").as_bytes());
+    let words = bip39::Language::English.word_list();
+    // Bits of the digest, 11 at a time, most significant first.
+    (0..VERIFICATION_WORDS)
+        .map(|i| {
+            let bit = i * 11;
+            let chunk = u32::from_be_bytes([d[bit / 8], d[bit / 8 + 1], d[bit / 8 + 2], 0]);
+            let index = (chunk >> (32 - 11 - bit % 8)) & 0x7ff;
+            words[index as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A new notice ID: unique, and carrying nothing about its content.
@@ -492,9 +513,31 @@ pub async fn receive_notice(
                 return Err(Error::PermissionDenied("peer_pending".into()));
             }
             let (key, old_valid_until) =
-                verify_rotation(state, from, presented_fingerprint, &signed)?;
+                match verify_rotation(state, from, presented_fingerprint, &signed) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // A refused rotation may be a takeover attempt by
+                        // a thief of an old key: on record.
+                        record_refusal(
+                            state,
+                            SecurityEvent {
+                                at_ms: now,
+                                surface: "federation".into(),
+                                reason: "key_rotation_refused".into(),
+                                key_fingerprint: Some(presented_fingerprint.to_owned()),
+                                org_id: Some(from.org_id.to_string()),
+                                remote_addr: None,
+                                method: Some("Notify".into()),
+                            },
+                        )
+                        .await;
+                        return Err(e);
+                    }
+                };
             update.add_key = Some(key);
             update.retire_other_keys_at_ms = Some(old_valid_until.min(now + MAX_KEY_OVERLAP_MS));
+            // Only from the newest key, also when two rotations race.
+            update.expected_newest_key = Some(from.key_fingerprint.clone());
         }
     }
     let what = if update.add_key.is_some() {
@@ -552,7 +595,21 @@ fn verify_rotation(
             "must be the key the call was made with",
         ));
     }
-    if !verify_signature(&r.old_public_key, &signed.payload, &signed.signature) {
+    // Only the newest key may name its successor: whoever stole an older
+    // key (still accepted during its overlap) cannot override the owner's
+    // rotation, nor retire the key it introduced.
+    if presented_fingerprint != from.key_fingerprint {
+        return Err(field(
+            "old_public_key",
+            "must be the newest key pinned for the sender",
+        ));
+    }
+    if !verify_in(
+        context::KEY_ROTATION,
+        &r.old_public_key,
+        &signed.payload,
+        &signed.signature,
+    ) {
         return Err(field("signature", "does not verify with the old key"));
     }
     // The new key must itself be a usable P-256 key.
@@ -566,6 +623,19 @@ fn verify_rotation(
     .is_err()
     {
         return Err(field("new_public_key", "is not a SubjectPublicKeyInfo"));
+    }
+    // Proof of possession: the new key signs too, so no one can announce a
+    // key they do not hold (someone else's, to take their place).
+    if !verify_in(
+        context::KEY_ROTATION_NEW_KEY,
+        &r.new_public_key,
+        &signed.payload,
+        &signed.new_key_signature,
+    ) {
+        return Err(field(
+            "new_key_signature",
+            "does not verify with the new key",
+        ));
     }
     let until = r
         .old_key_valid_until
@@ -705,17 +775,30 @@ async fn rotation_notices(
             old_key_valid_until: Some(to_timestamp(until)),
         }
         .encode_to_vec();
-        let signature = {
+        let (signature, new_key_signature) = {
             let identity = state.identity()?;
             let old = identity
                 .key(old_fp)
                 .ok_or_else(|| Error::Internal(anyhow::anyhow!("old key vanished")))?;
-            old.sign(&payload)?
+            let new = identity.current();
+            if new.spki_der() != new_spki {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "the key to announce is no longer current"
+                )));
+            }
+            (
+                old.sign_in(context::KEY_ROTATION, &payload)?,
+                new.sign_in(context::KEY_ROTATION_NEW_KEY, &payload)?,
+            )
         };
         notices.push(new_notice(
             state,
             &peer.org_id,
-            pb::notify_request::Notice::KeyRotation(pb::SignedKeyRotation { payload, signature }),
+            pb::notify_request::Notice::KeyRotation(pb::SignedKeyRotation {
+                payload,
+                signature,
+                new_key_signature,
+            }),
             Some(old_fp.to_owned()),
         ));
     }
@@ -787,5 +870,34 @@ pub async fn record_refusal(state: &NodeState, event: SecurityEvent) {
         ),
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "could not record a security event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_code_carries_132_bits_of_both_keys() {
+        let (a, b) = (hex(&[0xa5; 32]), hex(&[0x3c; 32]));
+        let code = verification_code(&a, &b);
+        assert_eq!(code, verification_code(&b, &a), "the same on both sides");
+        let list = bip39::Language::English.word_list();
+        let words: Vec<&str> = code.split(' ').collect();
+        assert_eq!(words.len(), VERIFICATION_WORDS);
+        // Each word is one of 2048 (11 bits) and together they are the first
+        // 132 bits of the digest: at least 80 bits, none wasted.
+        let mut bits = String::new();
+        for w in &words {
+            let i = list.iter().position(|l| l == w).unwrap();
+            bits.push_str(&format!("{i:011b}"));
+        }
+        assert!(bits.len() >= 128);
+        let (lo, hi) = if a <= b { (&a, &b) } else { (&b, &a) };
+        let d = sha256(format!("exitnet-verify-v2:{lo}:{hi}").as_bytes());
+        let digest_bits: String = d.iter().map(|b| format!("{b:08b}")).collect();
+        assert_eq!(bits, digest_bits[..132]);
+        // Any other key gives another code.
+        assert_ne!(code, verification_code(&a, &hex(&[0x3d; 32])));
     }
 }

@@ -778,7 +778,12 @@ mod tests {
                 return Err(Status::invalid_argument("notice"));
             };
             if m.batch.is_some()
-                || !crate::identity::verify_signature(&self.spki, &m.payload, &m.signature)
+                || !crate::identity::verify_in(
+                    crate::identity::context::MESSAGE,
+                    &self.spki,
+                    &m.payload,
+                    &m.signature,
+                )
             {
                 return Err(Status::permission_denied("signature"));
             }

@@ -94,7 +94,12 @@ pub fn sign_for_sending<'a>(
     } else {
         messages
             .iter()
-            .map(|m| Ok((key.sign(&m.payload)?, None)))
+            .map(|m| {
+                Ok((
+                    key.sign_in(crate::identity::context::MESSAGE, &m.payload)?,
+                    None,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?
     };
     for (m, (signature, batch)) in messages.iter_mut().zip(signed) {
@@ -142,7 +147,7 @@ pub async fn issue_receipt(
         let identity = state.identity()?;
         let key = identity.current();
         let payload = receipt(key.fingerprint());
-        let signature = key.sign(&payload)?;
+        let signature = key.sign_in(crate::identity::context::RECEIPT, &payload)?;
         (payload, signature, None)
     };
     Ok(ReceiptRecord {

@@ -115,6 +115,9 @@ pub struct PeerUpdate {
     pub add_key: Option<PeerKey>,
     /// Retire every other current key of the peer at this time.
     pub retire_other_keys_at_ms: Option<i64>,
+    /// Apply only if the peer's newest pinned key is still this one (a key
+    /// rotation: two signed by the same key cannot both apply).
+    pub expected_newest_key: Option<String>,
     /// Notices to queue in the same transaction.
     pub notices: Vec<NewNotice>,
     /// Audit records written with the change.

@@ -502,6 +502,19 @@ macro_rules! impl_store {
             if updated == 0 {
                 return Ok(false);
             }
+            // Checked after the UPDATE above, which holds the peer's row.
+            if let Some(expected) = &u.expected_newest_key {
+                let newest: Option<String> = sqlx::query_scalar(
+                    "SELECT fingerprint FROM peer_keys WHERE org_id = $1
+                     ORDER BY added_at DESC, fingerprint LIMIT 1",
+                )
+                .bind(org.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+                if newest.as_deref() != Some(expected.as_str()) {
+                    return Ok(false);
+                }
+            }
             if let Some(key) = &u.add_key {
                 if let Some(at) = u.retire_other_keys_at_ms {
                     sqlx::query(

@@ -1,7 +1,7 @@
 //! Referrals across real nodes: the closed loop, scope at both ends,
 //! pseudonyms, durable delivery and withdrawal that reaches every recipient.
 
-use exitnet_node::identity::NodeKey;
+use exitnet_node::identity::{NodeKey, context};
 use exitnet_proto::pb;
 use exitnet_proto::pb::consent_service_client::ConsentServiceClient;
 use exitnet_proto::pb::referral_service_client::ReferralServiceClient;
@@ -631,7 +631,7 @@ pub(crate) async fn send_raw(
     msg: &pb::FederationMessage,
 ) -> Result<pb::NotifyResponse, tonic::Status> {
     let payload = msg.encode_to_vec();
-    let signature = key.sign(&payload).unwrap();
+    let signature = key.sign_in(context::MESSAGE, &payload).unwrap();
     let pinned = vec![to.fingerprint().await.unwrap()];
     let mut client = exitnet_node::federation::client::connect(
         &to.federation_addr,
@@ -752,7 +752,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
         .unwrap();
     let signed_by_a = msg("ngo-a", offer("prison-b", narrative.clone(), "x"));
     let payload = signed_by_a.encode_to_vec();
-    let a_signature = a_key.sign(&payload).unwrap();
+    let a_signature = a_key.sign_in(context::MESSAGE, &payload).unwrap();
     let pinned = vec![net.b.fingerprint().await.unwrap()];
     let mut as_c = exitnet_node::federation::client::connect(
         &net.b.federation_addr,
@@ -814,7 +814,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
         pb::NotifyRequest {
             notice_id: m.message_id.clone(),
             notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
-                signature: a_key.sign(&payload).unwrap(),
+                signature: a_key.sign_in(context::MESSAGE, &payload).unwrap(),
                 batch: None,
                 payload,
             })),

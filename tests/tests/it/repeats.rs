@@ -7,7 +7,7 @@ use crate::referrals::{
     clients, created_referral, peer_with, recorded_consent, referral_request, send_raw, start,
     wait_state,
 };
-use exitnet_node::identity::NodeKey;
+use exitnet_node::identity::{NodeKey, context};
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess};
 use prost::Message;
@@ -224,7 +224,7 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
     }
     .encode_to_vec();
     let signed = pb::SignedCheckpoint {
-        signature: a_key.sign(&cp).unwrap(),
+        signature: a_key.sign_in(context::CHECKPOINT, &cp).unwrap(),
         payload: cp,
     };
     let pinned = vec![b.fingerprint().await.unwrap()];
@@ -274,7 +274,7 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
             notice_id: uuid::Uuid::now_v7().to_string(),
             notice: Some(pb::notify_request::Notice::Checkpoint(
                 pb::SignedCheckpoint {
-                    signature: a_key.sign(&fork).unwrap(),
+                    signature: a_key.sign_in(context::CHECKPOINT, &fork).unwrap(),
                     payload: fork,
                 },
             )),
