@@ -149,11 +149,22 @@ impl Application {
         };
 
         let profile = profile_from_config(&config, &org_id);
-        let master_key = crate::crypto::MasterKey::load(
-            config.master_key.as_ref().map(|s| s.expose()),
-            config.master_key_file.as_deref(),
-            &config.data_dir,
-        )?;
+        let key_clock = crate::clock::for_node(config.dev.clock_offset_secs);
+        if config.dev.clock_offset_secs != 0 {
+            tracing::warn!(
+                offset_secs = config.dev.clock_offset_secs,
+                "DEVELOPMENT CLOCK: dev.clock_offset_secs moves the master key generations' clock ahead; never use it with real data"
+            );
+        }
+        let key_dir = config.key_dir();
+        let master_key = crate::crypto::MasterKey::load(crate::crypto::KeySources {
+            inline: config.master_key.as_ref().map(|s| s.expose()),
+            file: config.master_key_file.as_deref(),
+            data_dir: &config.data_dir,
+            key_dir: &key_dir,
+            now_ms: key_clock.now_ms(),
+        })?;
+        crate::keys::check_opens(store.as_ref(), &master_key).await?;
         let pseudonym_key = {
             let mut b = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
@@ -407,6 +418,13 @@ impl Application {
         ));
         let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
             state.clone(),
+            Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
+            stop_rx.clone(),
+        ));
+        // Master key generations: rotation, rewrapping, destruction.
+        tokio::spawn(crate::keys::run(
+            state.clone(),
+            crate::clock::for_node(state.config.dev.clock_offset_secs),
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));

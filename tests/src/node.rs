@@ -147,6 +147,12 @@ impl NodeProcess {
             spec.org_id,
             format!("Org {}", spec.org_id)
         ));
+        // The master key generations: outside the data directory (as by
+        // default), named so that replicas share them.
+        toml.push_str(&format!(
+            "\n[keys]\ndir = {:?}\n",
+            dir.path().join("keys").display().to_string()
+        ));
         let config_path = dir.path().join("exitnet.toml");
         std::fs::write(&config_path, merge_toml(&toml, &spec.extra_toml)?)?;
         let mut node = Self {
@@ -252,6 +258,20 @@ impl NodeProcess {
             .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0))
+    }
+
+    /// The key directory (`keys.dir`): one file per master-key generation.
+    /// Replicas share their first process's.
+    pub fn key_dir(&self) -> PathBuf {
+        self.config_value("keys", "dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("keys"))
+    }
+
+    fn config_value(&self, table: &str, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(&self.config_path).ok()?;
+        let t: toml::Table = text.parse().ok()?;
+        t.get(table)?.get(key)?.as_str().map(str::to_owned)
     }
 
     pub fn data_dir(&self) -> PathBuf {

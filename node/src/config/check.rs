@@ -208,11 +208,28 @@ pub fn offline(config: &Config, who: For) -> Findings {
                 if let Err(e) = master_key_text(&text) {
                     f.errors.push(format!("{name} {}: {e}", path.display()));
                 }
+                if let Some(problem) = crate::keydir::too_open(&path) {
+                    f.errors.push(format!("{name}: {problem}"));
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {}
             Err(e) => f
                 .errors
                 .push(format!("{name} {}: cannot read it: {e}", path.display())),
+        }
+    }
+
+    // The key directory and its generations: the node's alone.
+    let key_dir = config.key_dir();
+    let generations = std::fs::read_dir(&key_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "key"));
+    for path in std::iter::once(key_dir.clone()).chain(generations) {
+        if let Some(problem) = crate::keydir::too_open(&path) {
+            f.errors.push(format!("{}: {problem}", n("keys.dir")));
         }
     }
 

@@ -38,8 +38,13 @@ pub struct Config {
     /// Master key for case content at rest: base64 of 32 bytes (use the
     /// environment variable `EXITNET_MASTER_KEY`, not a file in version control).
     pub master_key: Option<Secret>,
-    /// Or a file holding it; default `<data_dir>/identity/master.key`, created on first start.
+    /// Or a file holding it. Both are from before master-key generations
+    /// (`keys`): at the first start with an empty key directory the key
+    /// becomes generation 0 (so is `<data_dir>/identity/master.key`, which
+    /// is then moved out of the data directory); remove them afterwards.
     pub master_key_file: Option<PathBuf>,
+    pub keys: KeysConfig,
+    pub dev: DevConfig,
     /// Where each setting that was given came from, as the user wrote it:
     /// `api.listen` (the file) or `EXITNET_API__LISTEN` (the environment).
     #[serde(skip)]
@@ -241,6 +246,32 @@ pub struct LimitsConfig {
     pub max_connection_age_secs: u64,
 }
 
+/// Master-key generations: the data keys of case content are wrapped under
+/// the newest; a new one is made every `rotation_days` and the live data
+/// keys rewrapped under it; a generation is destroyed `backup_retention_days`
+/// after it was replaced. So a backup older than that can be read with no
+/// key that still exists, and a purged referral is unreadable in every backup
+/// at most `rotation_days + backup_retention_days` after its purge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The key directory (one file per generation, the node's alone); never
+    /// inside the data directory, never in the backups of it. Default: beside
+    /// the data directory, its name with `-keys` added (`/var/lib/exitnet-keys`).
+    pub dir: Option<PathBuf>,
+    pub rotation_days: u64,
+    /// How long the organisation keeps backups of the database.
+    pub backup_retention_days: u64,
+}
+
+/// For tests only; refused unless `auth.mode = "dev"` (loopback only).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevConfig {
+    /// Moves the clock of the master-key generations this many seconds ahead.
+    pub clock_offset_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -323,6 +354,16 @@ impl Serialize for DatabaseUrl {
     }
 }
 
+/// `<data_dir>-keys`: a sibling, so backing up the data directory does not
+/// take the keys along.
+pub fn default_key_dir(data_dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    match absolute.file_name() {
+        Some(name) => absolute.with_file_name(format!("{}-keys", name.to_string_lossy())),
+        None => absolute.join("..").join("exitnet-keys"),
+    }
+}
+
 fn defaults() -> config::Config {
     // Built-in defaults; every key here can be overridden by the file or environment.
     let toml = r#"
@@ -367,6 +408,13 @@ format = "text"
 
 [traces]
 sample_ratio = 1.0
+
+[keys]
+rotation_days = 30
+backup_retention_days = 30
+
+[dev]
+clock_offset_secs = 0
 
 [audit]
 checkpoint_every_records = 1000
@@ -630,6 +678,37 @@ impl Config {
         {
             p.push(format!("{}: {e}", n("master_key")));
         }
+        for (key, v) in [
+            ("keys.rotation_days", self.keys.rotation_days),
+            (
+                "keys.backup_retention_days",
+                self.keys.backup_retention_days,
+            ),
+        ] {
+            if !(1..=3650).contains(&v) {
+                p.push(format!("{}: expected 1 to 3650 days, not {v}", n(key)));
+            }
+        }
+        if let (Ok(keys), Ok(data)) = (
+            std::path::absolute(self.key_dir()),
+            std::path::absolute(&self.data_dir),
+        ) && keys.starts_with(&data)
+        {
+            p.push(format!(
+                "{}: {} is inside the data directory {}; the master key must stay out of the \
+                 data and its backups (the default is {})",
+                n("keys.dir"),
+                keys.display(),
+                data.display(),
+                default_key_dir(&self.data_dir).display()
+            ));
+        }
+        if self.dev.clock_offset_secs != 0 && self.auth.mode != AuthMode::Dev {
+            p.push(format!(
+                "{} moves the node's key clock for tests; it is refused unless auth.mode = \"dev\"",
+                n("dev.clock_offset_secs")
+            ));
+        }
         if self.api.tls.is_none() && !self.api.listen.ip().is_loopback() {
             p.push(format!(
                 "{} is {} but api.tls is not set; the client API may be plaintext only on a \
@@ -714,6 +793,14 @@ impl Config {
                 self.data_dir.join("exitnet.db").display()
             ))
         })
+    }
+
+    /// `keys.dir`, or beside the data directory: `<data_dir>-keys`.
+    pub fn key_dir(&self) -> PathBuf {
+        self.keys
+            .dir
+            .clone()
+            .unwrap_or_else(|| default_key_dir(&self.data_dir))
     }
 
     pub fn admin_socket(&self) -> PathBuf {

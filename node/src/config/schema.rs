@@ -134,6 +134,10 @@ pub const SETTINGS: &[SettingSpec] = &[
     s("limits.max_connection_age_secs", Kind::Int(U64)),
     secret("master_key"),
     s("master_key_file", Kind::Text),
+    s("keys.dir", Kind::Text),
+    s("keys.rotation_days", Kind::Int(3650)),
+    s("keys.backup_retention_days", Kind::Int(3650)),
+    s("dev.clock_offset_secs", Kind::Int(U64)),
 ];
 
 pub fn find(key: &str) -> Option<&'static SettingSpec> {

@@ -549,6 +549,27 @@ pub trait Store: Send + Sync + 'static {
     /// After a purge: make sure no copy of the deleted content lingers in
     /// the database's files (SQLite: truncate the write-ahead log).
     async fn after_purge(&self) -> Result<()>;
+    /// Wrapped data keys after `after_key_id` in key order, at most `limit`:
+    /// `(key_id, wrapped)`, for rewrapping under a new master-key generation.
+    async fn wrapped_data_keys(
+        &self,
+        after_key_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Replaces a wrapped data key if it is still `old` (a purge meanwhile wins).
+    async fn rewrap_data_key(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+    /// Outbox payloads sealed under the master key and still to be sent,
+    /// after row `after_id`: `(id, notice_id, payload)`.
+    async fn sealed_notices(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>>;
+    /// Replaces an outbox payload if it is still `old` and still to be sent.
+    async fn reseal_notice(&self, id: i64, old: &[u8], new: &[u8]) -> Result<bool>;
+    /// Rewrites the data-key table when deleted keys may linger in its files
+    /// as dead rows (PostgreSQL: `VACUUM FULL data_keys`); whether it did.
+    async fn compact_data_keys(&self) -> Result<bool>;
     /// Tells the other processes on this database (replicas of this node)
     /// that something changed; PostgreSQL: NOTIFY, SQLite: nothing (one process).
     async fn publish_change(&self, payload: &str) -> Result<()>;

@@ -66,6 +66,39 @@ impl PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// Deleted data keys stay in the table's pages as dead rows until a
+    /// vacuum; a plain VACUUM frees the space but can leave the bytes in
+    /// place (seen on PostgreSQL 15 for the last row of a page), so the
+    /// table is rewritten (`VACUUM FULL`: a new file, the old one deleted).
+    /// The table is small (about 100 bytes a subject); the exclusive lock
+    /// is held briefly and not waited for long.
+    async fn compact_data_keys_impl(&self) -> crate::error::Result<bool> {
+        use sqlx::Row;
+        let dead: i64 = sqlx::query(
+            "SELECT COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables
+                              WHERE relid = 'data_keys'::regclass), 0) AS dead",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("dead")?;
+        if dead == 0 {
+            return Ok(false);
+        }
+        // VACUUM cannot run inside a transaction: one connection, plain statements.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::raw_sql("SET lock_timeout = '5s'")
+            .execute(&mut *conn)
+            .await?;
+        let done = sqlx::raw_sql("VACUUM FULL data_keys")
+            .execute(&mut *conn)
+            .await;
+        sqlx::raw_sql("RESET lock_timeout")
+            .execute(&mut *conn)
+            .await?;
+        done?;
+        Ok(true)
+    }
+
     async fn publish_change_impl(&self, payload: &str) -> crate::error::Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANGES)

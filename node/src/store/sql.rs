@@ -1694,6 +1694,67 @@ macro_rules! impl_store {
                 self.after_purge_impl().await
             }
 
+            async fn wrapped_data_keys(&self, after_key_id: &str, limit: i64) -> Result<Vec<(String, Vec<u8>)>> {
+                let rows = sqlx::query("SELECT key_id, wrapped FROM data_keys WHERE key_id > $1 ORDER BY key_id LIMIT $2")
+                    .bind(after_key_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("key_id")?, r.try_get("wrapped")?)))
+                    .collect()
+            }
+
+            async fn rewrap_data_key(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE data_keys SET wrapped = $3 WHERE key_id = $1 AND wrapped = $2")
+                    .bind(key_id)
+                    .bind(old)
+                    .bind(new)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn sealed_notices(&self, after_id: i64, limit: i64) -> Result<Vec<(i64, String, Vec<u8>)>> {
+                let rows = sqlx::query(
+                    "SELECT id, notice_id, payload FROM peer_notices
+                     WHERE id > $1 AND delivered_at IS NULL AND dropped_at IS NULL AND substr(payload, 1, $2) = $3
+                     ORDER BY id LIMIT $4",
+                )
+                .bind(after_id)
+                .bind($crate::referrals::messages::SEALED_PREFIX.len() as i32)
+                .bind($crate::referrals::messages::SEALED_PREFIX)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("notice_id")?, r.try_get("payload")?)))
+                    .collect()
+            }
+
+            async fn reseal_notice(&self, id: i64, old: &[u8], new: &[u8]) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE peer_notices SET payload = $3
+                     WHERE id = $1 AND payload = $2 AND delivered_at IS NULL AND dropped_at IS NULL",
+                )
+                .bind(id)
+                .bind(old)
+                .bind(new)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn compact_data_keys(&self) -> Result<bool> {
+                self.compact_data_keys_impl().await
+            }
+
             async fn publish_change(&self, payload: &str) -> Result<()> {
                 self.publish_change_impl(payload).await
             }

@@ -87,6 +87,12 @@ impl SqliteStore {
         Ok(())
     }
 
+    async fn compact_data_keys_impl(&self) -> crate::error::Result<bool> {
+        // secure_delete zeroes a deleted key's bytes in the database file;
+        // the write-ahead log is truncated after purges (`after_purge_impl`).
+        Ok(false)
+    }
+
     async fn publish_change_impl(&self, _payload: &str) -> crate::error::Result<()> {
         Ok(())
     }

@@ -25,6 +25,7 @@ mod referrals;
 mod repeats;
 mod replicas;
 mod restore;
+mod shredding;
 mod store;
 mod traces;
 mod upgrade;

@@ -37,24 +37,51 @@ fn code_name(name: &str, prefix: &str) -> String {
     name.trim_start_matches(prefix).to_ascii_lowercase()
 }
 
-async fn upgraded(org: &str) {
+async fn upgraded(org: &str) -> (NodeProcess, Value) {
     let fixture = Path::new(FIXTURES).join(org);
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
             .unwrap();
     // A node of this build, stopped; its data directory replaced by the old
-    // release's; started again: it migrates.
+    // release's (which kept its master key inside it, and had no key
+    // directory); started again: it migrates.
     let mut node = NodeProcess::start(NodeSpec::new(org, Backend::Sqlite))
         .await
         .unwrap()
         .unwrap();
     node.stop().await.unwrap();
     std::fs::remove_dir_all(node.data_dir()).unwrap();
+    std::fs::remove_dir_all(node.key_dir()).unwrap();
     install(&fixture, &node.data_dir());
+    let old_key_file = node.data_dir().join("identity").join("master.key");
+    let old_key = std::fs::read_to_string(&old_key_file).unwrap();
     node.restart()
         .await
         .unwrap_or_else(|e| panic!("{org}: this build did not start on the old data: {e}"));
 
+    // The old master key left the data directory (so data backups no longer
+    // hold it) and is generation 0 in the key directory, with a log line.
+    assert!(
+        !old_key_file.exists(),
+        "{org}: the master key is still in the data directory"
+    );
+    let generation_0: Value = serde_json::from_str(
+        &std::fs::read_to_string(node.key_dir().join("generation-000000.key")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(generation_0["key"].as_str(), Some(old_key.trim()), "{org}");
+    assert!(
+        node.log()
+            .contains("moved the master key out of the data directory"),
+        "{org}: {}",
+        node.log()
+    );
+    assert_as_before(&node, org, &expected).await;
+    (node, expected)
+}
+
+/// What the old release listed, this build lists too.
+async fn assert_as_before(node: &NodeProcess, org: &str, expected: &Value) {
     // The audit chain, from its first record, still verifies.
     let out = node
         .ctl(&["audit", "verify", "--local-only", "--output", "json"])
@@ -149,17 +176,86 @@ async fn upgraded(org: &str) {
         let want_history: Vec<String> = serde_json::from_value(w["history"].clone()).unwrap();
         assert_eq!(history, want_history, "{org} {id}: history");
         let narrative = r.summary.as_ref().map(|s| s.needs_narrative.clone());
-        assert_eq!(
-            narrative.as_deref(),
-            w["needs_narrative"].as_str(),
-            "{org} {id}: content"
-        );
+        // A purged referral holds no content at either end, also the
+        // sender's copy the old release kept.
+        let want_narrative = if purge == "done" {
+            None
+        } else {
+            w["needs_narrative"].as_str()
+        };
+        assert_eq!(narrative.as_deref(), want_narrative, "{org} {id}: content");
+        // The old release kept the outcome note in plaintext in the history:
+        // now sealed, it still reads while the referral is live.
+        if state == "completed" {
+            let note = r.history.iter().find_map(|h| h.outcome.as_ref());
+            assert_eq!(
+                note.map(|o| o.note.as_str()),
+                Some(OLD_NOTE),
+                "{org} {id}: the outcome"
+            );
+        }
     }
+    // …and no longer in plaintext in any file of the data directory (once
+    // the write-ahead log is checkpointed: polled).
+    exitnet_tests::wait_until(
+        &format!("{org}: no plaintext note in the files"),
+        std::time::Duration::from_secs(30),
+        || async {
+            (!crate::purge::file_holds(&node.data_dir(), OLD_NOTE)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
+
+/// The outcome note the old release's demo reported, in plaintext in its
+/// history (`referral_events.detail`).
+const OLD_NOTE: &str = "Twelve sessions of trauma-focused CBT.";
 
 #[tokio::test]
 async fn the_previous_release_is_migrated_forward_with_nothing_lost() {
     for org in ["exit-ngo", "probation-service", "trauma-clinic"] {
         upgraded(org).await;
     }
+}
+
+/// After the upgrade the old key (generation 0) is rotated out like any
+/// other: its data keys are rewrapped, and once it is destroyed the old
+/// content still reads (under generation 1).
+#[tokio::test]
+async fn the_old_master_key_is_rotated_out_and_destroyed_with_nothing_lost() {
+    let org = "trauma-clinic";
+    let (mut node, expected) = upgraded(org).await;
+    let day = 86_400;
+    // Past the rotation (default 30 days): generation 1, everything rewrapped.
+    node.set_config(&format!("[dev]\nclock_offset_secs = {}", 31 * day))
+        .unwrap();
+    node.restart().await.unwrap();
+    let keys = node.key_dir();
+    exitnet_tests::wait_until("generation 1", std::time::Duration::from_secs(30), || {
+        let keys = keys.clone();
+        async move { keys.join("generation-000001.key").exists().then_some(()) }
+    })
+    .await
+    .unwrap();
+    // Past the retention (default 30 days) after that: generation 0 is destroyed.
+    node.set_config(&format!("[dev]\nclock_offset_secs = {}", 62 * day))
+        .unwrap();
+    node.restart().await.unwrap();
+    exitnet_tests::wait_until(
+        "generation 0 destroyed",
+        std::time::Duration::from_secs(30),
+        || {
+            let keys = keys.clone();
+            async move { (!keys.join("generation-000000.key").exists()).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        node.log().contains("destroyed master key generation 0"),
+        "{}",
+        node.log()
+    );
+    assert_as_before(&node, org, &expected).await;
 }
