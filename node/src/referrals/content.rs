@@ -267,6 +267,39 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
             break;
         }
     }
+    // A sender's copy of what it withdrew, kept by releases before purges
+    // deleted it.
+    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
+    let mut purged = 0;
+    loop {
+        let rows = state.store.withdrawn_with_summary(500).await?;
+        let mut round = 0;
+        for r in &rows {
+            let c = ReferralChange {
+                expected_states: vec![r.state.clone()],
+                expected_purge_status: Some(r.purge_status.clone()),
+                purge_summary: true,
+                purge_terms: Some(purged_terms(&r.terms)),
+                audit: vec![
+                    by.about("referral.purge.content", "referral", &r.referral_id)
+                        .with_peer(r.peer_org.as_str()),
+                ],
+                now_ms: now_ms(),
+                ..Default::default()
+            };
+            if state.store.change_referral(&r.referral_id, &c).await? {
+                round += 1;
+            }
+        }
+        purged += round;
+        if rows.len() < 500 || round == 0 {
+            break;
+        }
+    }
+    if purged > 0 {
+        state.store.after_purge().await?;
+        tracing::info!(referrals = purged, "content of withdrawn referrals deleted");
+    }
     if state.store.meta_get(HISTORY_SEALED).await?.is_some() {
         return Ok(());
     }

@@ -512,6 +512,10 @@ pub trait Store: Send + Sync + 'static {
     async fn referrals_without_expiry(&self, limit: i64) -> Result<Vec<ReferralRecord>>;
     /// Sets `expires_at` of each referral.
     async fn set_expiry(&self, items: &[(String, i64)]) -> Result<()>;
+    /// Referrals withdrawn (purge pending, done or given up) that still
+    /// hold a summary (a sender's copy kept before purges deleted it), at
+    /// most `limit`.
+    async fn withdrawn_with_summary(&self, limit: i64) -> Result<Vec<ReferralRecord>>;
     /// History events with no sealed content, after `(referral_id, seq)`,
     /// in that order, at most `limit`: `(referral_id, seq, at, detail)`.
     async fn unsealed_history(

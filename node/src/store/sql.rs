@@ -1589,6 +1589,14 @@ macro_rules! impl_store {
                 rows.iter().map(row_to_referral).collect()
             }
 
+            async fn withdrawn_with_summary(&self, limit: i64) -> Result<Vec<$crate::store::ReferralRecord>> {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE purge_status <> 'none' AND summary IS NOT NULL LIMIT $1"
+                ));
+                let rows = sqlx::query(sql).bind(limit).fetch_all(&self.pool).await?;
+                rows.iter().map(row_to_referral).collect()
+            }
+
             async fn set_expiry(&self, items: &[(String, i64)]) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 for (id, at) in items {

@@ -50,6 +50,11 @@ impl Markers {
     }
 }
 
+/// Whether any file under `dir` holds `text` (raw bytes).
+pub(crate) fn file_holds(dir: &std::path::Path, text: &str) -> bool {
+    !markers_in_files(dir, &[text.to_owned()]).is_empty()
+}
+
 /// The markers found in any file under `dir` (raw bytes).
 fn markers_in_files(dir: &std::path::Path, markers: &[String]) -> Vec<(String, String)> {
     let mut found = Vec::new();
