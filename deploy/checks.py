@@ -150,8 +150,9 @@ def secret_names(volume):
 
 def replica_problems(node, c, mounts, volumes, node_cfg, budgets):
     """Replicas of one node must share the identity directory's contents, the master
-    key, the configuration (org.id) and the PostgreSQL database. A per-pod volume for
-    the identity is right for one replica only."""
+    key's generations (the key directory, which they write: rotation), the
+    configuration (org.id) and the PostgreSQL database. A per-pod volume for the
+    identity is right for one replica only."""
     problems = []
     replicas = node["spec"].get("replicas", 1)
     claims = {t["metadata"]["name"] for t in node["spec"].get("volumeClaimTemplates", [])}
@@ -172,12 +173,28 @@ def replica_problems(node, c, mounts, volumes, node_cfg, budgets):
                         "(mount the identity from a Secret at /var/lib/exitnet/identity)")
     elif replicas == 1 and data_name not in claims and "persistentVolumeClaim" not in data:
         problems.append("the data directory holding the identity is not on a PersistentVolumeClaim")
-    mk = node_cfg.get("master_key_file")
-    mk_mount = next((m for path, m in mounts.items() if mk and mk.startswith(path.rstrip("/") + "/")), None)
-    if not mk:
-        problems.append("master_key_file is unset: the master key would be created in data_dir/identity")
-    elif mk_mount is None or not secret_names(volumes.get(mk_mount["name"], {})):
-        problems.append(f"master_key_file {mk} is not on a Secret volume")
+    kd = (node_cfg.get("keys") or {}).get("dir")
+    # The mount holding keys.dir (it may be a subdirectory of the volume).
+    kd_path = kd.rstrip("/") if kd else ""
+    kd_mount = next((m for path, m in sorted(mounts.items(), key=lambda pm: -len(pm[0]))
+                     if kd and (kd_path == path.rstrip("/") or kd_path.startswith(path.rstrip("/") + "/"))), None)
+    if kd_mount is not None and kd_mount.get("mountPath", "").rstrip("/") in ("/var/lib/exitnet", ""):
+        kd_mount = None
+    data_dir = node_cfg.get("data_dir", "/var/lib/exitnet").rstrip("/")
+    if not kd:
+        problems.append("keys.dir is unset in exitnet.toml (the key directory replicas share)")
+    elif kd.rstrip("/") == data_dir or kd.startswith(data_dir + "/"):
+        problems.append(f"keys.dir {kd} is inside the data directory")
+    elif kd_mount is None:
+        problems.append(f"keys.dir {kd} is not on a volume of its own")
+    else:
+        claim = volumes.get(kd_mount["name"], {}).get("persistentVolumeClaim")
+        if not claim:
+            problems.append(f"keys.dir {kd} is not on a PersistentVolumeClaim (the node writes new generations)")
+        elif kd_mount.get("readOnly"):
+            problems.append(f"keys.dir {kd} is mounted readOnly (rotation writes to it)")
+    if node_cfg.get("master_key_file") or node_cfg.get("master_key"):
+        problems.append("master_key_file is set: a master key outside the key directory is never destroyed")
     if not (node_cfg.get("org") or {}).get("id"):
         problems.append("org.id is not set in exitnet.toml")
     if replicas > 1:
@@ -285,7 +302,7 @@ def check_kubernetes(rendered=None):
         elif ports[HEALTH_PORT] != "health":
             problems.append(f"container port {HEALTH_PORT} is not named health")
         report(f"kubernetes: exitnet-node mounts data, config, secrets, /tmp; ports 7710 7711 {HEALTH_PORT} 9711", problems)
-        report("kubernetes: exitnet-node replicas share the identity, the master key, org.id and PostgreSQL",
+        report("kubernetes: exitnet-node replicas share the identity, the key directory (a PersistentVolumeClaim), org.id and PostgreSQL",
                replica_problems(node, c, mounts, volumes, node_cfg, by_kind.get("PodDisruptionBudget", [])))
 
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
@@ -377,11 +394,13 @@ def check_compose(secrets_dir=None):
             problems.append(f"{name}: config file {mounts[cfg]} does not exist")
         if not any(isinstance(v, str) and v.endswith(":/var/lib/exitnet") and not v.startswith(".") for v in s.get("volumes", [])):
             problems.append(f"{name}: /var/lib/exitnet is not a named volume")
+        if not any(isinstance(v, str) and v.endswith(":/var/lib/exitnet-keys") and not v.startswith(".") for v in s.get("volumes", [])):
+            problems.append(f"{name}: /var/lib/exitnet-keys (the key directory) is not a named volume of its own")
         for ref in s.get("secrets", []):
             src = ref["source"] if isinstance(ref, dict) else ref
             if src not in declared:
                 problems.append(f"{name}: secret {src} is not declared")
-    report("compose: each node mounts an existing config file, a data volume, declared secrets", problems)
+    report("compose: each node mounts an existing config file, a data volume, a key volume, declared secrets", problems)
 
     problems = []
     for name, s in nodes.items():
@@ -502,7 +521,7 @@ def check_systemd():
             directives.setdefault(k, []).append(v)
     want = {
         "DynamicUser": "yes",
-        "StateDirectory": "exitnet",
+        "StateDirectory": "exitnet exitnet-keys",
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
         "PrivateTmp": "yes",
@@ -525,14 +544,16 @@ def check_systemd():
             problems.append(f"{k}={v} missing")
     if "@system-service" not in directives.get("SystemCallFilter", []):
         problems.append("SystemCallFilter=@system-service missing")
-    if not any(v.startswith("master-key:") for v in directives.get("LoadCredential", [])):
-        problems.append("the master key is not a LoadCredential")
-    if "EXITNET_MASTER_KEY_FILE=%d/master-key" not in directives.get("Environment", []):
-        problems.append("EXITNET_MASTER_KEY_FILE does not point at the credential")
+    # The master key's generations are in the state directory exitnet-keys (the default
+    # keys.dir beside /var/lib/exitnet), which the node writes; not a read-only credential.
+    if any(v.startswith("EXITNET_MASTER_KEY") for v in directives.get("Environment", [])):
+        problems.append("a master key from the environment or a credential is never destroyed")
+    if any(v.startswith("EXITNET_KEYS__DIR=/var/lib/exitnet/") for v in directives.get("Environment", [])):
+        problems.append("keys.dir inside the data directory")
     stop = directives.get("TimeoutStopSec", ["90"])[-1]
     if not stop.isdigit() or not 5 <= int(stop) <= 30:
         problems.append(f"TimeoutStopSec={stop} (the node drains in under 5 s)")
-    report("systemd: hardening, StateDirectory, master key by LoadCredential, Restart, TimeoutStopSec", problems)
+    report("systemd: hardening, StateDirectory (data and keys apart), Restart, TimeoutStopSec", problems)
 
 
 # === monitoring: the Grafana dashboards and the Prometheus alerting rules ===

@@ -473,6 +473,11 @@ pub enum IdentityCommand {
     /// The verification codes of every peering change with it.
     #[command(after_help = "Example:\n  exitnetctl identity rotate")]
     Rotate,
+    /// Make a new master-key generation now and rewrap every data key under it
+    /// (the node also does so every keys.rotation_days). The generation it
+    /// replaces is destroyed keys.backup_retention_days from now.
+    #[command(after_help = "Example:\n  exitnetctl identity rotate-master-key")]
+    RotateMasterKey,
 }
 
 #[derive(Debug, Subcommand)]

@@ -203,6 +203,40 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
             }
         }
         Command::Identity {
+            command: IdentityCommand::RotateMasterKey,
+        } => {
+            let r = admin
+                .rotate_master_key(pb::RotateMasterKeyRequest {})
+                .await
+                .map_err(status_line)?
+                .into_inner();
+            let held: Vec<_> = r
+                .generations
+                .iter()
+                .map(|g| json!({"generation": g.number, "created_at": timestamp(g.created_at.as_ref())}))
+                .collect();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"generation": r.generation, "rewrapped": r.rewrapped, "generations": held})
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "master key generation {} seals from now on; {} data key(s) and queued payload(s) rewrapped
+                     generations held: {}",
+                    r.generation,
+                    r.rewrapped,
+                    r.generations
+                        .iter()
+                        .map(|g| g.number.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )?;
+            }
+        }
+        Command::Identity {
             command: IdentityCommand::Rotate,
         } => {
             let r = admin

@@ -175,7 +175,11 @@ impl Application {
                 .collect::<Result<Vec<u8>, _>>()
                 .context("stored pseudonym key")?
         };
-        let auth = crate::auth::Authenticator::from_config(&config.auth, org_id.as_str())?;
+        let auth = crate::auth::Authenticator::from_config(
+            &config.auth,
+            org_id.as_str(),
+            &config.data_dir,
+        )?;
         match &auth {
             crate::auth::Authenticator::Dev(_) => tracing::warn!(
                 "DEVELOPMENT SIGN-IN: auth.mode = \"dev\" accepts tokens this node mints itself \
@@ -357,10 +361,13 @@ impl Application {
             }
         };
 
-        let federation_incoming = tls::tls_incoming(
-            federation_listener,
-            tls::federation_server_config(state.current_key.clone())?,
-            Duration::from_millis(state.config.federation.handshake_timeout_ms),
+        let federation_incoming = crate::federation::closer::closable_incoming(
+            tls::tls_incoming(
+                federation_listener,
+                tls::federation_server_config(state.current_key.clone())?,
+                Duration::from_millis(state.config.federation.handshake_timeout_ms),
+            ),
+            state.peer_channels.connections.clone(),
         );
         let federation_task = tokio::spawn(
             Server::builder()

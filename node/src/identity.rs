@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 use crate::domain::time::now_ms;
 
@@ -103,9 +104,11 @@ pub fn verify_signature_fixed(spki_der: &[u8], message: &[u8], sig: &[u8]) -> bo
     .is_ok()
 }
 
-/// One key of the node with its certificate.
+/// One key of the node with its certificate. The PKCS#8 bytes are zeroed
+/// when dropped; ring's key pair (`signer`) and the copies rustls loads keep
+/// the scalar in memory of their own, which they do not zero.
 pub struct NodeKey {
-    pkcs8: Vec<u8>,
+    pkcs8: Zeroizing<Vec<u8>>,
     cert_der: Vec<u8>,
     spki_der: Vec<u8>,
     fingerprint: String,
@@ -145,7 +148,7 @@ impl NodeKey {
             bail!("the identity certificate does not match the identity key");
         }
         Ok(Self {
-            pkcs8,
+            pkcs8: Zeroizing::new(pkcs8),
             cert_der,
             spki_der,
             fingerprint,
@@ -174,7 +177,7 @@ impl NodeKey {
 
     /// A copy, to use outside the identity lock.
     pub fn clone_key(&self) -> anyhow::Result<NodeKey> {
-        Self::from_parts(self.pkcs8.clone(), self.cert_der.clone())
+        Self::from_parts(self.pkcs8.to_vec(), self.cert_der.clone())
     }
 
     pub fn spki_der(&self) -> &[u8] {
@@ -186,7 +189,7 @@ impl NodeKey {
     }
 
     pub fn private_key_der(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.to_vec()))
     }
 
     /// ECDSA P-256 SHA-256 signature, ASN.1 DER.
@@ -235,8 +238,7 @@ impl NodeKey {
 
     fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let stem = &self.fingerprint[..16];
-        let key_pem = PrivatePkcs8KeyDer::from(self.pkcs8.clone());
-        let key_pem = pem_encode("PRIVATE KEY", key_pem.secret_pkcs8_der());
+        let key_pem = Zeroizing::new(pem_encode("PRIVATE KEY", &self.pkcs8));
         write_private(&dir.join(format!("{stem}.key.pem")), key_pem.as_bytes())?;
         write_private(
             &dir.join(format!("{stem}.crt.pem")),
@@ -252,11 +254,14 @@ impl NodeKey {
             .ok_or_else(|| anyhow!("bad fingerprint in identity state"))?;
         let key_path = dir.join(format!("{stem}.key.pem"));
         let cert_path = dir.join(format!("{stem}.crt.pem"));
-        let key = PrivatePkcs8KeyDer::from_pem_file(&key_path)
+        let mut key = PrivatePkcs8KeyDer::from_pem_file(&key_path)
             .with_context(|| format!("reading {}", key_path.display()))?;
         let cert = CertificateDer::from_pem_file(&cert_path)
             .with_context(|| format!("reading {}", cert_path.display()))?;
-        let k = Self::from_parts(key.secret_pkcs8_der().to_vec(), cert.to_vec())?;
+        let k = Self::from_parts(key.secret_pkcs8_der().to_vec(), cert.to_vec());
+        // The copy read from the file is zeroed as soon as it is copied.
+        zeroize::Zeroize::zeroize(&mut key);
+        let k = k?;
         if k.fingerprint != fingerprint {
             bail!(
                 "identity key {} does not match its recorded fingerprint",
@@ -269,7 +274,8 @@ impl NodeKey {
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    // Zeroed when dropped: for a private key, this is the key too.
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(chunk));

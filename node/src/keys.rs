@@ -179,7 +179,8 @@ pub async fn tick(state: &NodeState, clock: &dyn Clock, pending: &mut bool) -> a
         Policy::from_config(&state.config.keys),
     );
     if due.rotate {
-        key.rotate(now)?;
+        let g = key.rotate(now)?;
+        audit(state, "master_key.rotate", g).await;
         *pending = true;
     }
     if *pending || !due.destroy.is_empty() {
@@ -201,6 +202,7 @@ pub async fn tick(state: &NodeState, clock: &dyn Clock, pending: &mut bool) -> a
         if r.left == 0 {
             for g in due.destroy {
                 key.destroy(g)?;
+                audit(state, "master_key.destroy", g).await;
                 tracing::warn!(
                     generation = g,
                     "destroyed master key generation {g}, replaced more than keys.backup_retention_days ago: \
@@ -213,6 +215,41 @@ pub async fn tick(state: &NodeState, clock: &dyn Clock, pending: &mut bool) -> a
         tracing::debug!("rewrote the data-key table without the deleted keys");
     }
     Ok(())
+}
+
+async fn audit(state: &NodeState, action: &str, generation: u32) {
+    crate::audit::record(
+        state,
+        &[crate::audit::AuditEntry::node(
+            state.org_id.as_str(),
+            action,
+            "master_key_generation",
+            &generation.to_string(),
+        )],
+    )
+    .await;
+}
+
+/// An administrator's rotation (`exitnetctl identity rotate-master-key`):
+/// a new generation now, everything rewrapped under it before the answer.
+/// The schedule counts from it; the generation it replaced is destroyed
+/// `backup_retention_days` from now.
+pub async fn rotate_now(state: &NodeState) -> anyhow::Result<(u32, Rewrapped)> {
+    let key = &state.master_key;
+    key.reload()?;
+    let clock = crate::clock::for_node(state.config.dev.clock_offset_secs);
+    let g = key.rotate(clock.now_ms())?;
+    crate::audit::record(
+        state,
+        &[crate::audit::AuditEntry::admin(
+            "master_key.rotate",
+            "master_key_generation",
+            &g.to_string(),
+        )],
+    )
+    .await;
+    let r = rewrap_all(state).await?;
+    Ok((g, r))
 }
 
 #[cfg(test)]

@@ -140,6 +140,29 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
+    async fn rotate_master_key(
+        &self,
+        _: Request<pb::RotateMasterKeyRequest>,
+    ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
+        let (generation, r) = crate::keys::rotate_now(&self.state)
+            .await
+            .map_err(crate::error::Error::Internal)?;
+        Ok(Response::new(pb::RotateMasterKeyResponse {
+            generation,
+            rewrapped: r.rewrapped,
+            generations: self
+                .state
+                .master_key
+                .generations()
+                .into_iter()
+                .map(|(number, created)| pb::MasterKeyGeneration {
+                    number,
+                    created_at: Some(to_timestamp(created)),
+                })
+                .collect(),
+        }))
+    }
+
     async fn create_invitation(
         &self,
         request: Request<pb::CreateInvitationRequest>,

@@ -210,9 +210,13 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn from_config(cfg: &AuthConfig, org_id: &str) -> anyhow::Result<Self> {
+    pub fn from_config(
+        cfg: &AuthConfig,
+        org_id: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         Ok(match cfg.mode {
-            AuthMode::Dev => Authenticator::Dev(dev::DevVerifier::new(org_id)),
+            AuthMode::Dev => Authenticator::Dev(dev::DevVerifier::new(org_id, data_dir)?),
             AuthMode::Oidc => match &cfg.issuer {
                 Some(_) => Authenticator::Oidc(Box::new(oidc::OidcVerifier::new(cfg)?)),
                 None => Authenticator::Unconfigured,

@@ -33,6 +33,8 @@ pub async fn connect(
 #[derive(Debug, Default)]
 pub struct Channels {
     kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
+    /// Connections to and from peers by key, closed when a peering is revoked.
+    pub connections: Arc<crate::federation::closer::Connections>,
     /// Peers that do not know `NotifyBatch`.
     unbatched: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -68,7 +70,17 @@ impl Channels {
         {
             return Ok(k.client.clone());
         }
-        let client = connect(endpoint, ours, pinned.clone(), timeout).await?;
+        let client = FederationServiceClient::new(
+            channel_with(
+                endpoint,
+                ours,
+                pinned.clone(),
+                timeout,
+                Some(self.connections.clone()),
+            )
+            .await?,
+        )
+        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES);
         self.kept().insert(
             org.to_owned(),
             Kept {
@@ -102,6 +114,14 @@ impl Channels {
     pub fn forget(&self, org: &str) {
         self.kept().remove(org);
     }
+
+    /// The peering with `org` was revoked: the kept connection is dropped
+    /// and every connection to or from one of its keys (`fingerprints`) ends
+    /// now. Returns how many were open.
+    pub fn close_peer(&self, org: &str, fingerprints: &[String]) -> usize {
+        self.forget(org);
+        self.connections.close(fingerprints)
+    }
 }
 
 /// A channel to a peer's federation listener (mutual TLS, pinned keys).
@@ -111,10 +131,23 @@ pub async fn channel(
     pinned: Vec<String>,
     timeout: Duration,
 ) -> anyhow::Result<Channel> {
+    channel_with(endpoint, ours, pinned, timeout, None).await
+}
+
+/// As `channel`; with `connections`, each connection is registered under
+/// the peer's key, so that a revoke closes it.
+async fn channel_with(
+    endpoint: &str,
+    ours: Option<&NodeKey>,
+    pinned: Vec<String>,
+    timeout: Duration,
+    connections: Option<Arc<crate::federation::closer::Connections>>,
+) -> anyhow::Result<Channel> {
     crate::domain::endpoint_check("endpoint", endpoint)?;
     let tls = Arc::new(crate::tls::peer_client_config(ours, pinned)?);
     let connector = tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
+        let connections = connections.clone();
         async move {
             let host = uri
                 .host()
@@ -130,7 +163,13 @@ pub async fn channel(
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
                 .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
+            let connections = connections.unwrap_or_default();
+            let fingerprint = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::tls::end_entity_fingerprint);
+            Ok::<_, std::io::Error>(TokioIo::new(connections.track(fingerprint, stream)))
         }
     });
     let channel = Endpoint::from_shared(format!("http://{endpoint}"))

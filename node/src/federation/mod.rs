@@ -3,6 +3,7 @@
 //! domain values to `peering`. Every refusal is recorded.
 
 pub mod client;
+pub mod closer;
 
 use crate::domain::Peer;
 use crate::domain::time::now_ms;

@@ -413,10 +413,24 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         now_ms: now_ms(),
         ..Default::default()
     };
+    // Read before the change: the keys whose connections a revoke closes.
+    let keys = if next == PeerState::Revoked {
+        state.store.peer_keys(org, 0).await?
+    } else {
+        Vec::new()
+    };
     if !state.store.update_peer(org, &update).await? {
         return Err(Error::FailedPrecondition(
             "the peer changed meanwhile; try again".into(),
         ));
+    }
+    if next == PeerState::Revoked {
+        // Connections to and from the peer end now, not when they idle out;
+        // what is still owed to it (the revoke notice, withdrawals) goes out
+        // on a new one.
+        let fingerprints: Vec<String> = keys.into_iter().map(|k| k.fingerprint).collect();
+        let closed = state.peer_channels.close_peer(org.as_str(), &fingerprints);
+        tracing::info!(peer = %org, connections = closed, "connections to the revoked peer closed");
     }
     state.outbox_wake.notify_one();
     tracing::info!(peer = %org, from = peer.state.as_str(), to = next.as_str(), "peer state changed");

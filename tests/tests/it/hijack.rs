@@ -384,3 +384,101 @@ async fn stolen_old_key_on_sqlite() {
 async fn stolen_old_key_on_postgres() {
     stolen_old_key(Backend::Postgres).await;
 }
+
+/// A connection from B to A, authenticated with `key`, that has spoken
+/// HTTP/2 and stays open: the task ends when A closes it.
+async fn open_connection(
+    a: &NodeProcess,
+    key: &NodeKey,
+) -> tokio::task::JoinHandle<std::io::Result<usize>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg =
+        exitnet_node::tls::peer_client_config(Some(key), vec![a.fingerprint().await.unwrap()])
+            .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&a.federation_addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("peer.exitnet.invalid").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame; A answers with its own.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(n > 0, "A answered the preface");
+    tokio::spawn(async move {
+        let mut total = n;
+        loop {
+            match tls.read(&mut buf).await? {
+                0 => return Ok(total),
+                k => total += k,
+            }
+        }
+    })
+}
+
+/// After `peer revoke`, a connection the revoked peer holds open to us ends
+/// at once (without the fix it would live until the keep-alive gives up,
+/// 50 s, or forever for a client that answers pings). Another peer's stays.
+async fn revoke_closes_connections(backend: Backend) {
+    let Some(a) = start("ngo-a", backend, "").await else {
+        return;
+    };
+    let Some(b) = start("prison-b", backend, "").await else {
+        return;
+    };
+    let Some(c) = start("health-c", backend, "").await else {
+        return;
+    };
+    for n in [&b, &c] {
+        join(n, &invite(&a).await).await;
+    }
+    for org in ["prison-b", "health-c"] {
+        assert!(a.ctl(&["peer", "approve", org]).await.unwrap().success);
+        a.wait_peer_state(org, "active", Some("active"))
+            .await
+            .unwrap();
+    }
+    let key_of =
+        |n: &NodeProcess, fp: String| NodeKey::read(&n.data_dir().join("identity"), &fp).unwrap();
+    let b_key = key_of(&b, b.fingerprint().await.unwrap());
+    let c_key = key_of(&c, c.fingerprint().await.unwrap());
+    let from_b = open_connection(&a, &b_key).await;
+    let from_c = open_connection(&a, &c_key).await;
+    assert!(!from_b.is_finished() && !from_c.is_finished());
+
+    let revoked_at = std::time::Instant::now();
+    assert!(
+        a.ctl(&["peer", "revoke", "prison-b", "--yes"])
+            .await
+            .unwrap()
+            .success
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), from_b)
+        .await
+        .expect("B's connection must end at once after the revoke")
+        .unwrap();
+    // An error (reset) or an orderly end: either way, it is closed.
+    let _ = ended;
+    assert!(revoked_at.elapsed() < Duration::from_secs(10));
+    assert!(!from_c.is_finished(), "C's connection stays open");
+    // And B's key is refused on a new one.
+    let e = call_with(&a, &b_key).await.unwrap_err();
+    assert_ne!(e.code(), tonic::Code::Ok);
+    call_with(&a, &c_key).await.unwrap();
+    from_c.abort();
+}
+
+#[tokio::test]
+async fn revoke_closes_connections_on_sqlite() {
+    revoke_closes_connections(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn revoke_closes_connections_on_postgres() {
+    revoke_closes_connections(Backend::Postgres).await;
+}

@@ -373,3 +373,57 @@ async fn open_key_files_and_misplaced_keys_are_refused() {
         .unwrap();
     b.restart().await.unwrap();
 }
+
+/// `exitnetctl identity rotate-master-key`: a new generation at once, every
+/// live data key rewrapped under it before the answer, the content still
+/// readable, and the rotation in the audit trail.
+#[tokio::test]
+async fn an_administrator_rotates_the_master_key_on_demand() {
+    let a = crate::referrals::start("ngo-a", Backend::Sqlite)
+        .await
+        .unwrap();
+    let b = crate::referrals::start("prison-b", Backend::Sqlite)
+        .await
+        .unwrap();
+    peer_with(&a, &b).await;
+    let alice = a.dev_token("case_manager", "alice").await.unwrap();
+    let bob = b.dev_token("case_manager", "bob").await.unwrap();
+    let (_, ar) = clients(&a).await;
+    let consent = recorded_consent(&a, &alice, "c-rotate", "client-1").await;
+    let id = created_referral(&a, &alice, "r-rotate", &consent, "prison-b").await;
+    crate::referrals::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+
+    let r = b
+        .ctl_json(&["identity", "rotate-master-key"])
+        .await
+        .unwrap();
+    assert_eq!(r["generation"], 1, "{r}");
+    assert!(r["rewrapped"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["generations"].as_array().unwrap().len(), 2, "{r}");
+    let g1 = generations(&b.key_dir())
+        .into_iter()
+        .find(|(n, _)| n.contains("000001"))
+        .unwrap();
+    let live = data_keys(&b.database_url()).await;
+    assert!(!live.is_empty());
+    for (key_id, w) in &live {
+        assert!(
+            w.starts_with(b"EXg\x01\0\0\0\x01") && opens(&g1.1, key_id, w),
+            "{key_id}"
+        );
+    }
+    assert_eq!(
+        get(&b, &bob, &id).await.summary.map(|s| s.needs_narrative),
+        Some(NARRATIVE.to_owned())
+    );
+    let audit = b
+        .ctl(&["audit", "export", "--action", "master_key.rotate"])
+        .await
+        .unwrap();
+    assert!(audit.success, "{}", audit.stderr);
+    assert!(
+        audit.stdout.contains("master_key.rotate"),
+        "{}",
+        audit.stdout
+    );
+}
