@@ -48,6 +48,54 @@ fn codes<T: Ord>(
 impl ConsentTerms {
     /// Validates terms from a caller (`now_ms` bounds the validity period).
     pub fn from_pb(t: pb::ConsentTerms, now_ms: i64) -> Result<Self, FieldError> {
+        Self::parse(t, now_ms, true)
+    }
+
+    /// Terms as a recipient receives them (see `for_recipient`): free text is
+    /// not required, and none is kept if a sender sent some anyway; times are
+    /// coarsened to the day here too, whatever the sender did.
+    pub fn from_received(t: pb::ConsentTerms) -> Result<Self, FieldError> {
+        let recorded_as_of = t.valid_from.as_ref().map(from_timestamp).unwrap_or(0);
+        let mut terms = Self::parse(t, recorded_as_of, false)?;
+        terms.purpose_text.clear();
+        terms.statute.clear();
+        terms.valid_from_ms = floor_to_day(terms.valid_from_ms);
+        terms.valid_until_ms = floor_to_day(terms.valid_until_ms);
+        if terms.valid_until_ms <= terms.valid_from_ms {
+            return Err(FieldError::new(
+                "terms.valid_until",
+                "must be at least a day after valid_from",
+            ));
+        }
+        Ok(terms)
+    }
+
+    /// The terms one recipient receives: only that recipient, codes only (no
+    /// `purpose_text`, no `statute`: free text is where a client is named,
+    /// and the same text at two recipients links their records), and both
+    /// times rounded down to 00:00 UTC, so two recipients' copies share
+    /// nothing but code-list values and dates. Rounding `valid_until` down
+    /// means a recipient never holds data past the consent's end; the
+    /// sender sends only while these coarse terms are in force
+    /// (`in_force`), so a recipient never sees terms that look expired.
+    /// Rounding `valid_from` down claims nothing new: the sender has checked
+    /// the real start before sending.
+    pub fn for_recipient(&self, recipient: &OrgId) -> Self {
+        Self {
+            recipients: vec![recipient.clone()],
+            purposes: self.purposes.clone(),
+            purpose_text: String::new(),
+            data_categories: self.data_categories.clone(),
+            need_areas: self.need_areas.clone(),
+            legal_basis: self.legal_basis,
+            statute: String::new(),
+            restrictions: self.restrictions.clone(),
+            valid_from_ms: floor_to_day(self.valid_from_ms),
+            valid_until_ms: floor_to_day(self.valid_until_ms),
+        }
+    }
+
+    fn parse(t: pb::ConsentTerms, now_ms: i64, texts_required: bool) -> Result<Self, FieldError> {
         let pb::ConsentTerms {
             recipients,
             purposes,
@@ -76,7 +124,7 @@ impl ConsentTerms {
             return Err(FieldError::new("terms.purposes", "at least one purpose"));
         }
         bounded_text("terms.purpose_text", &purpose_text, 200)?;
-        if purposes.contains(&Purpose::Other) && purpose_text.trim().is_empty() {
+        if texts_required && purposes.contains(&Purpose::Other) && purpose_text.trim().is_empty() {
             return Err(FieldError::new(
                 "terms.purpose_text",
                 "required with PURPOSE_OTHER",
@@ -98,7 +146,7 @@ impl ConsentTerms {
         let lb = legal_basis.ok_or_else(|| FieldError::new("terms.legal_basis", "required"))?;
         let kind = LegalBasisKind::from_pb("terms.legal_basis.kind", lb.kind)?;
         bounded_text("terms.legal_basis.statute", &lb.statute, 200)?;
-        if kind == LegalBasisKind::Statute && lb.statute.trim().is_empty() {
+        if texts_required && kind == LegalBasisKind::Statute && lb.statute.trim().is_empty() {
             return Err(FieldError::new(
                 "terms.legal_basis.statute",
                 "required when the legal basis is a statute",
@@ -178,6 +226,14 @@ impl ConsentTerms {
     pub fn in_force(&self, now_ms: i64) -> bool {
         self.valid_from_ms <= now_ms && now_ms < self.valid_until_ms
     }
+}
+
+/// One day, in milliseconds.
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// `ms` rounded down to 00:00 UTC of its day.
+pub fn floor_to_day(ms: i64) -> i64 {
+    ms - ms.rem_euclid(DAY_MS)
 }
 
 /// The client's own reference: bounded, printable.
@@ -262,6 +318,65 @@ mod tests {
         assert!(t.in_force(1_500_000));
         assert!(!t.in_force(2_000_000));
         assert_eq!(ConsentTerms::from_pb(t.to_pb(), 1_000_000).unwrap(), t);
+    }
+
+    #[test]
+    fn each_recipient_gets_coarse_codes_only() {
+        const T0: i64 = 20_000 * DAY_MS; // a midnight
+        let mut t = terms();
+        t.recipients = vec!["prison-b".into(), "health-c".into()];
+        t.purposes = vec![pb::Purpose::Other as i32];
+        t.purpose_text = "for Jane Doe, born 1990".into();
+        t.legal_basis = Some(pb::LegalBasis {
+            kind: pb::LegalBasisKind::Statute as i32,
+            statute: "§115 case 2026-4711".into(),
+        });
+        t.valid_from = Some(to_timestamp(T0 + 37_123_456));
+        t.valid_until = Some(to_timestamp(T0 + 30 * DAY_MS + 50_000_000));
+        let t = ConsentTerms::from_pb(t, T0 + 37_123_456).unwrap();
+        let b = OrgId::parse("r", "prison-b").unwrap();
+        let c = OrgId::parse("r", "health-c").unwrap();
+        let (tb, tc) = (t.for_recipient(&b), t.for_recipient(&c));
+        assert_eq!(tb.recipients, vec![b]);
+        assert_eq!((tb.purpose_text.as_str(), tb.statute.as_str()), ("", ""));
+        assert_eq!(tb.valid_from_ms, T0);
+        assert_eq!(tb.valid_until_ms, T0 + 30 * DAY_MS);
+        // Apart from the recipient, the two copies are the same codes and dates.
+        assert_eq!(
+            ConsentTerms {
+                recipients: vec![],
+                ..tb.clone()
+            },
+            ConsentTerms {
+                recipients: vec![],
+                ..tc
+            }
+        );
+        // A recipient accepts them although OTHER and STATUTE come without text,
+        // and keeps no text a sender sent anyway.
+        let mut wire = tb.to_pb();
+        assert_eq!(ConsentTerms::from_received(wire.clone()).unwrap(), tb);
+        wire.purpose_text = "leaked".into();
+        wire.valid_until = Some(to_timestamp(T0 + 30 * DAY_MS + 1));
+        assert_eq!(ConsentTerms::from_received(wire).unwrap(), tb);
+        // The edge: the coarse end is never after the real one, and a consent
+        // ending later today is not in force for a recipient now.
+        let ends_today = ConsentTerms {
+            valid_until_ms: T0 + 31 * DAY_MS + 1,
+            ..t.clone()
+        }
+        .for_recipient(&OrgId::parse("r", "prison-b").unwrap());
+        assert_eq!(ends_today.valid_until_ms, T0 + 31 * DAY_MS);
+        assert!(ends_today.in_force(T0 + 31 * DAY_MS - 1));
+        assert!(!ends_today.in_force(T0 + 31 * DAY_MS));
+        // Less than a day inside one day: nothing a recipient could hold.
+        let mut short = t.to_pb();
+        short.valid_from = Some(to_timestamp(T0 + 1000));
+        short.valid_until = Some(to_timestamp(T0 + 2000));
+        assert_eq!(
+            ConsentTerms::from_received(short).unwrap_err().field,
+            "terms.valid_until"
+        );
     }
 
     #[test]

@@ -40,12 +40,16 @@ pub fn notice_for(
     recipient: &crate::domain::OrgId,
     body: pb::federation_message::Body,
 ) -> Result<NewNotice> {
-    let message_id = uuid::Uuid::now_v7().to_string();
+    // Random, not time-ordered (a UUIDv7 carries the millisecond it was made
+    // in), and the day only as the time sent: two recipients of one client
+    // must not be able to match their messages by time. The receiver uses
+    // `sent_at` only to refuse messages from the future.
+    let message_id = uuid::Uuid::new_v4().to_string();
     let msg = pb::FederationMessage {
         message_id: message_id.clone(),
         sender_org: state.org_id.to_string(),
         recipient_org: recipient.to_string(),
-        sent_at: Some(to_timestamp(now_ms())),
+        sent_at: Some(to_timestamp(crate::domain::consent::floor_to_day(now_ms()))),
         body: Some(body),
     };
     let req = pb::NotifyRequest {

@@ -336,9 +336,17 @@ async fn create_checked(
             new.recipient
         )));
     }
-    let mut terms = consent.terms.clone();
-    // The recipient learns of itself only, not of the other recipients.
-    terms.recipients = vec![new.recipient.clone()];
+    // This recipient's own copy: itself as the only recipient, codes and
+    // whole days only, so that two recipients' copies cannot be joined.
+    let terms = consent.terms.for_recipient(&new.recipient);
+    if !terms.in_force(now) {
+        return Err(Error::PermissionDenied(
+            "consent_id: recipients receive the consent's dates as whole days (UTC) and \
+             its end rounded down, so a consent ending today can no longer be used; \
+             record one that runs past midnight UTC"
+                .into(),
+        ));
+    }
     let referral_id = uuid::Uuid::new_v4().to_string();
     let pseudonym = pseudonym(state, &consent.subject_ref, &new.recipient);
     let offer = pb::ReferralOffer {

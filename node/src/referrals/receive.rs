@@ -342,7 +342,7 @@ pub fn offer_to_record(
         summary.ok_or_else(|| FieldError::new("offer.summary", "required"))?,
     )?;
     let terms =
-        ConsentTerms::from_stored(terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?)
+        ConsentTerms::from_received(terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?)
             .map_err(|e| e.within("offer"))?;
     // The terms that travelled with the referral, checked here again.
     let now = now_ms();
