@@ -393,9 +393,9 @@ pub fn render(a: &Answers, path: &Path) -> String {
         "# Exitnet node of {name} ({id}), written by `exitnet-node init`.\n\
          # Check it:  exitnet-node config check --config {file} [--connect]\n\
          # Start it:  exitnet-node run --config {file}\n\
-         # Every setting: README.md, Configuration. Secrets (the master key, a database\n\
-         # password) belong in the environment (EXITNET_MASTER_KEY, EXITNET_DATABASE_URL),\n\
-         # never in this file.\n",
+         # Every setting: README.md, Configuration. A database password belongs in the\n\
+         # environment (EXITNET_DATABASE_URL), never in this file. The master key is made by\n\
+         # the node in its key directory ([keys] below), never in the data directory.\n",
         id = a.org_id
     );
     if let Some(d) = &a.data_dir {
@@ -404,6 +404,17 @@ pub fn render(a: &Answers, path: &Path) -> String {
             quoted(&d.display().to_string())
         ));
     }
+    t.push_str(
+        "\n# The master key of case content at rest: generations in a directory of their own,\n\
+         # by default beside the data directory (its name with -keys added), never inside it.\n\
+         # Back it up apart from the data; keep its copies no longer than the data backups.\n\
+         [keys]\n\
+         # dir = \"/var/lib/exitnet-keys\"\n\
+         rotation_days = 30\n\
+         # How long your organisation keeps database backups: a purged referral is unreadable\n\
+         # in every backup after rotation_days + backup_retention_days (docs/operations.md).\n\
+         backup_retention_days = 30\n",
+    );
     t.push_str("\n[org]\n# Peers pin this ID: it can never change.\n");
     t.push_str(&format!("id = {}\n", quoted(&a.org_id)));
     t.push_str(&format!("name = {}\n", quoted(name)));
@@ -574,6 +585,10 @@ mod tests {
             Some("node1.example.org:7710")
         );
         assert_eq!(c.auth.audience.as_deref(), Some("exitnet-node"));
+        // The key directory stays the default, beside (not inside) the data directory.
+        assert!(c.keys.dir.is_none());
+        assert_eq!(c.keys.backup_retention_days, 30);
+        assert!(!c.key_dir().starts_with(std::path::absolute(&c.data_dir).unwrap()));
     }
 
     #[test]
