@@ -114,7 +114,7 @@ async fn assert_as_before(node: &NodeProcess, org: &str, expected: &Value) {
     // Consents and referrals as a supervisor sees them: all of them, with
     // content that still decrypts under the old release's keys.
     let sup = node.dev_token("supervisor", "sup").await.unwrap();
-    let (mut consents, mut referrals) = clients(&node).await;
+    let (mut consents, mut referrals) = clients(node).await;
     let mut got: Vec<(String, bool)> = consents
         .list_consents(bearer(
             &sup,
