@@ -135,6 +135,35 @@ async fn markers_at(n: &NodeProcess, markers: &[String]) -> Vec<(String, String)
     found
 }
 
+/// Outbox rows of `n` that still hold a sealed message (case content the
+/// master key opens): none once everything was delivered.
+async fn sealed_payloads_left(n: &NodeProcess) -> i64 {
+    const SQL: &str = "SELECT COUNT(*) AS n FROM peer_notices WHERE substr(payload, 1, 3) = $1";
+    let prefix = exitnet_node::referrals::messages::SEALED_PREFIX;
+    match &n.db {
+        Some(db) => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(SQL)
+                .bind(prefix)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .get("n")
+        }
+        None => {
+            let mut c = sqlx::SqliteConnection::connect(&n.database_url())
+                .await
+                .unwrap();
+            sqlx::query(SQL)
+                .bind(prefix)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .get("n")
+        }
+    }
+}
+
 /// No text, no outcome, no summary: what a purged referral shows.
 fn assert_no_content(r: &pb::Referral, markers: &[String], at: &str) {
     assert!(r.summary.is_none(), "{at}: summary after purge");
@@ -431,6 +460,17 @@ async fn purge_leaves_nothing(backend: Backend) {
                 markers_at(n, &markers).await
             );
         }
+    }
+    // Delivered messages leave no payload behind (sealed under the master
+    // key, which a purge does not destroy, they would still open).
+    for n in [&a, &b, &c] {
+        wait_until(
+            "delivered payloads emptied",
+            Duration::from_secs(30),
+            || async { (sealed_payloads_left(n).await == 0).then_some(()) },
+        )
+        .await
+        .unwrap();
     }
     let sue_a = a.dev_token("supervisor", "sue").await.unwrap();
     let sue_b = b.dev_token("supervisor", "sue").await.unwrap();
