@@ -1472,12 +1472,16 @@ async fn an_expired_consent_purges_at_every_recipient() {
         .unwrap()
         .as_millis() as i64;
     let mut req = consent_request("c-short", "client-12");
-    // Long enough for the referral to be delivered first on a loaded machine;
-    // the test then waits for the scheduler, never on the clock itself.
-    let soon = now + 8000;
+    // Recipients receive the end as a whole day (rounded down), so a consent
+    // must reach a midnight UTC to be used at all: it ends at the next one.
+    // (the one after when the next is less than a minute away).
+    let mut midnight = now - now % 86_400_000 + 86_400_000;
+    if midnight - now < 60_000 {
+        midnight += 86_400_000;
+    }
     req.terms.as_mut().unwrap().valid_until = Some(exitnet_proto::Timestamp {
-        seconds: soon / 1000,
-        nanos: ((soon % 1000) * 1_000_000) as i32,
+        seconds: midnight / 1000,
+        nanos: 0,
     });
     let consent = ac
         .record_consent(bearer(&alice, req))
@@ -1504,7 +1508,21 @@ async fn an_expired_consent_purges_at_every_recipient() {
         .referral
         .unwrap();
     wait_state(&ar, &alice, &r.referral_id, pb::ReferralState::Received).await;
-    // No one withdraws anything: the scheduler finds the expiry.
+    // The consent ends (its end moved to a moment ago at the sender, rather
+    // than waiting for midnight); no one withdraws anything: the scheduler
+    // finds the expiry.
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&net.a.database_url())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE consents SET valid_until = $1 WHERE consent_id = $2")
+            .bind(now - 1000)
+            .bind(&consent.consent_id)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
     let purged = wait_until("the expiry purge", Duration::from_secs(60), || {
         let (mut ar, alice, id) = (ar.clone(), alice.clone(), r.referral_id.clone());
         async move {
