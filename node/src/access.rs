@@ -115,6 +115,7 @@ mod tests {
             role,
             team: team.map(str::to_owned),
             on_behalf_of: obo.map(str::to_owned),
+            expires_at_ms: None,
         }
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Local OpenID provider for Exitnet integration tests (NOT for production).
 //
-//   node tests/oidc/provider.mjs --key KEYFILE [--port 0] [--audience urn:exitnet:test]
+//   node tests/oidc/provider.mjs --key KEYFILE [--port 0] [--audience urn:exitnet:test] [--access-token-ttl 300]
 //
 // stdout carries only JSON lines:
 //   {"issuer":"http://127.0.0.1:PORT","port":PORT}     once, when ready
@@ -25,7 +25,7 @@ function usage(msg) {
   process.exit(2);
 }
 
-const args = { port: 0, audience: 'urn:exitnet:test', key: undefined };
+const args = { port: 0, audience: 'urn:exitnet:test', key: undefined, ttl: 300 };
 {
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i += 1) {
@@ -37,6 +37,7 @@ const args = { port: 0, audience: 'urn:exitnet:test', key: undefined };
       case '--key': args.key = take(); break;
       case '--port': args.port = Number(take()); break;
       case '--audience': args.audience = take(); break;
+      case '--access-token-ttl': args.ttl = Number(take()); break;
       case '-h': case '--help': usage('');
       // falls through
       default: usage(`unknown argument: ${a}`);
@@ -45,10 +46,11 @@ const args = { port: 0, audience: 'urn:exitnet:test', key: undefined };
   if (!args.key) usage('--key KEYFILE is required');
   if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) usage('bad --port');
   if (!args.audience) usage('bad --audience');
+  if (!Number.isInteger(args.ttl) || args.ttl < 1) usage('bad --access-token-ttl');
 }
 
 const AUDIENCE = args.audience;
-const ACCESS_TOKEN_TTL = 300;
+const ACCESS_TOKEN_TTL = args.ttl;
 
 const ROLES_BY_ACCOUNT = {
   alice: ['case_manager'],
@@ -157,6 +159,16 @@ function buildProvider(issuer, jwk) {
         response_types: [],
         redirect_uris: [],
         token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        // A public client whose ID is the resource's audience, so that its ID
+        // tokens carry the same `aud` as access tokens for the node.
+        client_id: AUDIENCE,
+        grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'none',
+        application_type: 'native',
       },
       {
         client_id: 'exitnetctl',

@@ -143,7 +143,9 @@ impl NodeProcess {
              peer_calls_per_sec = 100000\npeer_burst = 100000\naddress_calls_per_sec = 100000\naddress_burst = 100000\n",
         );
         toml.push_str(&format!(
-            "\n[org]\nid = {:?}\nname = {:?}\n\n[auth]\nmode = \"dev\"\n",
+            // The development system `agency-crm` the tests sign in as acts
+            // for Alice only (a system acts for no one it is not configured for).
+            "\n[org]\nid = {:?}\nname = {:?}\n\n[auth]\nmode = \"dev\"\n\n[auth.system_acts_for]\n\"agency-crm\" = \"alice\"\n",
             spec.org_id,
             format!("Org {}", spec.org_id)
         ));

@@ -128,6 +128,15 @@ impl std::fmt::Debug for OidcProvider {
 
 impl OidcProvider {
     pub async fn start(key: &SigningKey, audience: &str) -> anyhow::Result<Self> {
+        Self::start_with_ttl(key, audience, 300).await
+    }
+
+    /// A provider whose access tokens live `ttl_secs`.
+    pub async fn start_with_ttl(
+        key: &SigningKey,
+        audience: &str,
+        ttl_secs: u32,
+    ) -> anyhow::Result<Self> {
         ensure_installed()?;
         let dir = tempfile::tempdir()?;
         let key_file = dir.path().join("key.json");
@@ -137,6 +146,7 @@ impl OidcProvider {
             .arg("--key")
             .arg(&key_file)
             .args(["--port", "0", "--audience", audience])
+            .args(["--access-token-ttl", &ttl_secs.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -202,6 +212,62 @@ impl OidcProvider {
             .to_owned())
     }
 
+    /// Signs `login` in with the device flow as public client `client_id`
+    /// (scope `openid`): the token response, with its `id_token`.
+    pub async fn device_tokens(
+        &self,
+        client_id: &str,
+        login: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let http = openidconnect::reqwest::Client::new();
+        let form = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let post = |path: &str, body: String| {
+            http.post(format!("{}{path}", self.issuer))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+        };
+        let auth: serde_json::Value = serde_json::from_slice(
+            &post(
+                "/device/auth",
+                form(&[("client_id", client_id), ("scope", "openid")]),
+            )
+            .await?
+            .bytes()
+            .await?,
+        )?;
+        let code = auth["device_code"].as_str().context("device_code")?;
+        self.complete_device(
+            auth["verification_uri"]
+                .as_str()
+                .context("verification_uri")?,
+            auth["user_code"].as_str().context("user_code")?,
+            login,
+        )
+        .await?;
+        let resp = post(
+            "/token",
+            form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", code),
+                ("client_id", client_id),
+            ]),
+        )
+        .await?;
+        let status = resp.status();
+        let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await?)?;
+        if !status.is_success() {
+            bail!("device token request failed: {status} {body}");
+        }
+        Ok(body)
+    }
+
     /// Approves a pending device sign-in through the provider's pages over HTTP.
     pub async fn complete_device(
         &self,
@@ -222,4 +288,15 @@ impl OidcProvider {
         }
         Ok(())
     }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -82,6 +82,72 @@ pub async fn authenticate<T>(
     }
 }
 
+/// How often a watch checks its caller's token again: an opaque token is
+/// introspected anew (a revoked one ends the watch), a JWT's claims and role
+/// are checked as on a call.
+const WATCH_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a long-lived stream needs to check its caller again.
+pub struct WatchCredentials {
+    token: Option<String>,
+    on_behalf_of: Option<String>,
+    expires_at_ms: Option<i64>,
+}
+
+impl WatchCredentials {
+    /// The credentials `req` was authenticated with, as `p`.
+    pub fn of<T>(req: &Request<T>, p: &Principal) -> Self {
+        let md = req.metadata();
+        let header = |name: &str| {
+            md.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let token = header("authorization").and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(|t| t.trim().to_owned())
+        });
+        Self {
+            token,
+            on_behalf_of: header(ON_BEHALF_OF_HEADER),
+            expires_at_ms: p.expires_at_ms,
+        }
+    }
+
+    /// Resolves, with the status to end the stream with, when the token
+    /// expires or no longer passes a check (see `WATCH_RECHECK`).
+    pub async fn ended(&self, state: &NodeState) -> Status {
+        loop {
+            let left = self.expires_at_ms.map(|e| e.saturating_sub(now_ms()));
+            if left.is_some_and(|l| l <= 0) {
+                return Status::unauthenticated(
+                    "the token has expired: sign in again and watch again",
+                );
+            }
+            let wait = match left {
+                Some(l) => WATCH_RECHECK.min(std::time::Duration::from_millis(l.unsigned_abs())),
+                None => WATCH_RECHECK,
+            };
+            tokio::time::sleep(wait).await;
+            if self.expires_at_ms.is_some_and(|e| e <= now_ms()) {
+                continue; // said as expiry above
+            }
+            if let Err(e) = state
+                .auth
+                .authenticate(state, self.token.as_deref(), self.on_behalf_of.as_deref())
+                .await
+            {
+                let status: Status = Error::from(e).into();
+                return Status::new(
+                    status.code(),
+                    format!("{}: sign in again and watch again", status.message()),
+                );
+            }
+        }
+    }
+}
+
 pub struct NodeApi {
     state: Arc<NodeState>,
 }

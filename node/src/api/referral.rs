@@ -270,12 +270,17 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         request: Request<pb::WatchReferralsRequest>,
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
         let (p, permit) = authenticate(&self.state, &request).await?;
+        let credentials = super::WatchCredentials::of(&request, &p);
         let mut changes = self.state.referral_events.subscribe();
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             // A watch holds one of the caller's places in flight while it lasts.
             let _permit = permit;
+            // It lasts no longer than the caller's token, nor past a check
+            // the token no longer passes.
+            let ended = credentials.ended(&state);
+            tokio::pin!(ended);
             // First what the caller may see now, then each change as it happens.
             if let Ok(page) = referrals::list(&state, &p, ReferralFilter::default(), 500, "").await
             {
@@ -296,6 +301,10 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                 // A watcher that went away ends the task (and frees its place).
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    status = &mut ended => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     n = changes.recv() => n,
                 };
                 let id = match next {

@@ -13,6 +13,8 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub struct Jwt<'a> {
     pub alg: String,
     pub kid: Option<String>,
+    /// The header's `typ`, if any.
+    pub typ: Option<String>,
     pub claims: Claims,
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
@@ -41,6 +43,7 @@ pub fn decode(token: &str) -> Result<Jwt<'_>, AuthError> {
         .ok_or(AuthError::Malformed)?
         .to_owned();
     let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+    let typ = header.get("typ").and_then(Value::as_str).map(str::to_owned);
     let claims: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
             .decode(p)
@@ -56,6 +59,7 @@ pub fn decode(token: &str) -> Result<Jwt<'_>, AuthError> {
     Ok(Jwt {
         alg,
         kid,
+        typ,
         claims,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature,
@@ -70,6 +74,31 @@ pub fn algorithm_allowed(alg: &str, allowed: &[String]) -> bool {
         return false;
     }
     allowed.iter().any(|a| a == alg)
+}
+
+/// Whether a token of type `typ` (header) with `claims` is an access token.
+/// With `expected` configured (`at+jwt`), the header must say so (RFC 9068
+/// §4: compared without case, `application/` optional). Whatever the
+/// configuration, a token that calls itself an ID token in its payload
+/// (Keycloak's `"typ": "ID"`) is not one.
+pub fn is_access_token(typ: Option<&str>, claims: &Claims, expected: Option<&str>) -> bool {
+    if claims
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("id"))
+    {
+        return false;
+    }
+    let Some(expected) = expected else {
+        return true;
+    };
+    let bare = |t: &str| {
+        let t = t.trim().to_ascii_lowercase();
+        t.strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(t)
+    };
+    typ.is_some_and(|t| bare(t) == bare(expected))
 }
 
 /// Checks `iss`, `aud`, `exp` and `nbf` (with `leeway_secs`) at `now_secs`.
@@ -153,6 +182,27 @@ mod tests {
             check_claims(&j.claims, "https://idp", "other", 0, 950),
             Err(AuthError::Audience)
         );
+    }
+
+    #[test]
+    fn only_access_tokens_where_the_provider_types_them() {
+        let none = Claims::new();
+        assert!(is_access_token(Some("at+jwt"), &none, Some("at+jwt")));
+        assert!(is_access_token(
+            Some("application/AT+JWT"),
+            &none,
+            Some("at+jwt")
+        ));
+        // An ID token (typ JWT or none) where access tokens are typed.
+        assert!(!is_access_token(Some("JWT"), &none, Some("at+jwt")));
+        assert!(!is_access_token(None, &none, Some("at+jwt")));
+        // Untyped providers: accepted, unless the payload says ID token.
+        assert!(is_access_token(Some("JWT"), &none, None));
+        let id = serde_json::json!({"typ": "ID"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(!is_access_token(Some("JWT"), &id, None));
     }
 
     #[test]

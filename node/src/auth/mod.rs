@@ -61,6 +61,9 @@ pub struct Principal {
     pub team: Option<String>,
     /// For a system: the case manager the call is made for.
     pub on_behalf_of: Option<String>,
+    /// When the token stops being accepted (its `exp` plus the leeway), if
+    /// it says: a watch ends then.
+    pub expires_at_ms: Option<i64>,
 }
 
 impl Principal {
@@ -103,6 +106,18 @@ pub enum AuthError {
     OnBehalfOfNotAllowed,
     #[error("`x-exitnet-on-behalf-of` must be 1 to 200 printable characters")]
     OnBehalfOfInvalid,
+    #[error(
+        "this system may not act for that case manager (auth.system_acts_for does not list them for its client ID)"
+    )]
+    OnBehalfOfNotConfigured,
+    #[error(
+        "the token is not an access token (its JWT `typ` is not the one auth.access_token_typ names; an ID token is not accepted)"
+    )]
+    NotAccessToken,
+    #[error(
+        "the token is not a JWT, and this node does not introspect opaque tokens (auth.introspection is not set)"
+    )]
+    Opaque,
 }
 
 impl AuthError {
@@ -124,6 +139,9 @@ impl AuthError {
             AuthError::OnBehalfOfMissing => "on_behalf_of_missing",
             AuthError::OnBehalfOfNotAllowed => "on_behalf_of_not_allowed",
             AuthError::OnBehalfOfInvalid => "on_behalf_of_invalid",
+            AuthError::OnBehalfOfNotConfigured => "on_behalf_of_not_configured",
+            AuthError::NotAccessToken => "token_type",
+            AuthError::Opaque => "token_opaque",
         }
     }
 }
@@ -131,9 +149,9 @@ impl AuthError {
 impl From<AuthError> for Error {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::NoRole | AuthError::OnBehalfOfNotAllowed => {
-                Error::PermissionDenied(e.to_string())
-            }
+            AuthError::NoRole
+            | AuthError::OnBehalfOfNotAllowed
+            | AuthError::OnBehalfOfNotConfigured => Error::PermissionDenied(e.to_string()),
             AuthError::ProviderUnavailable => Error::Unavailable(e.to_string()),
             AuthError::OnBehalfOfMissing | AuthError::OnBehalfOfInvalid => Error::InvalidArgument(
                 crate::error::FieldError::new(ON_BEHALF_OF_HEADER, e.to_string()),
@@ -195,7 +213,7 @@ impl VerifiedTokens {
 /// Verifies tokens according to the configured mode.
 pub enum Authenticator {
     Oidc(Box<oidc::OidcVerifier>),
-    Dev(dev::DevVerifier),
+    Dev(Box<dev::DevVerifier>),
     Unconfigured,
 }
 
@@ -216,7 +234,7 @@ impl Authenticator {
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
         Ok(match cfg.mode {
-            AuthMode::Dev => Authenticator::Dev(dev::DevVerifier::new(org_id, data_dir)?),
+            AuthMode::Dev => Authenticator::Dev(Box::new(dev::DevVerifier::new(org_id, data_dir)?)),
             AuthMode::Oidc => match &cfg.issuer {
                 Some(_) => Authenticator::Oidc(Box::new(oidc::OidcVerifier::new(cfg)?)),
                 None => Authenticator::Unconfigured,
@@ -250,6 +268,34 @@ fn claim_at<'a>(claims: &'a Claims, path: &str) -> Option<&'a Value> {
         cur = cur.get(p)?;
     }
     Some(cur)
+}
+
+/// The case managers one `auth.system_acts_for` entry names (comma
+/// separated, each as `x-exitnet-on-behalf-of` would carry it).
+pub fn acts_for_list(names: &str) -> Result<Vec<&str>, String> {
+    let list: Vec<&str> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("expected the case managers this system acts for, comma separated".into());
+    }
+    for n in &list {
+        if n.chars().count() > 200 || n.chars().any(char::is_control) {
+            return Err("each case manager must be 1 to 200 printable characters".into());
+        }
+    }
+    Ok(list)
+}
+
+/// The client ID a system's token names (RFC 9068 `client_id`, else `azp`,
+/// else the subject).
+fn client_id_of<'a>(claims: &'a Claims, subject: &'a str) -> &'a str {
+    ["client_id", "azp"]
+        .iter()
+        .find_map(|c| claims.get(*c).and_then(Value::as_str))
+        .unwrap_or(subject)
 }
 
 /// Maps claims to a principal: the role from the configured claim (a string
@@ -314,17 +360,32 @@ pub fn principal_from_claims(
             if who.is_empty() || who.chars().count() > 200 || who.chars().any(char::is_control) {
                 return Err(AuthError::OnBehalfOfInvalid);
             }
+            // Deny by default: a system acts only for the case managers
+            // configured for its client ID, whatever its token says.
+            let allowed = cfg
+                .system_acts_for
+                .get(client_id_of(claims, &subject))
+                .and_then(|names| acts_for_list(names).ok())
+                .is_some_and(|list| list.contains(&who));
+            if !allowed {
+                return Err(AuthError::OnBehalfOfNotConfigured);
+            }
             Some(who.to_owned())
         }
         (Role::System, None) => None,
         (_, Some(_)) => return Err(AuthError::OnBehalfOfNotAllowed),
         (_, None) => None,
     };
+    let expires_at_ms = claims.get("exp").and_then(Value::as_i64).map(|exp| {
+        exp.saturating_add(cfg.leeway_secs.min(i64::MAX as u64) as i64)
+            .saturating_mul(1000)
+    });
     Ok(Principal {
         subject,
         role,
         team,
         on_behalf_of,
+        expires_at_ms,
     })
 }
 
@@ -379,6 +440,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.role, Role::Auditor);
+    }
+
+    #[test]
+    fn a_system_acts_only_for_those_configured() {
+        let mut c = names();
+        c.system_acts_for
+            .insert("agency-crm".into(), "alice, bob".into());
+        let sys = |client: &str| {
+            claims(
+                serde_json::json!({"sub": client, "client_id": client, "roles": ["system"], "exp": 100}),
+            )
+        };
+        let p = principal_from_claims(&c, &sys("agency-crm"), Some("bob")).unwrap();
+        assert_eq!(p.on_behalf_of.as_deref(), Some("bob"));
+        assert_eq!(p.expires_at_ms, Some((100 + 60) * 1000));
+        for (client, who) in [
+            ("agency-crm", "carol"),
+            ("agency-crm", "alice, bob"),
+            ("other-crm", "alice"),
+        ] {
+            assert_eq!(
+                principal_from_claims(&c, &sys(client), Some(who)),
+                Err(AuthError::OnBehalfOfNotConfigured),
+                "{client} for {who}"
+            );
+        }
+        // The client ID counts, not a subject that happens to match.
+        let mut t = sys("agency-crm");
+        t.insert("client_id".into(), "other-crm".into());
+        assert!(principal_from_claims(&c, &t, Some("alice")).is_err());
+        assert!(acts_for_list(" , ").is_err());
+        assert!(acts_for_list("a\u{7}").is_err());
     }
 
     #[test]
@@ -450,7 +543,9 @@ mod tests {
     #[test]
     fn systems_act_for_a_named_case_manager() {
         let sys = claims(serde_json::json!({"client_id": "agency", "roles": ["system"]}));
-        let p = principal_from_claims(&names(), &sys, Some("alice")).unwrap();
+        let mut cfg = names();
+        cfg.system_acts_for.insert("agency".into(), "alice".into());
+        let p = principal_from_claims(&cfg, &sys, Some("alice")).unwrap();
         assert_eq!(
             (p.subject.as_str(), p.acting_subject()),
             ("agency", "alice")

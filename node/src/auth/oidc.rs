@@ -31,6 +31,7 @@ pub struct OidcVerifier {
     leeway_secs: i64,
     min_refetch: Duration,
     introspection: Option<crate::config::IntrospectionConfig>,
+    access_token_typ: Option<String>,
     http: openidconnect::reqwest::Client,
     discovered: RwLock<Option<Arc<Discovered>>>,
     /// Serialises discovery and refetches.
@@ -59,6 +60,7 @@ impl OidcVerifier {
             leeway_secs: cfg.leeway_secs as i64,
             min_refetch: Duration::from_secs(cfg.jwks_min_refetch_secs),
             introspection: cfg.introspection.clone(),
+            access_token_typ: cfg.access_token_typ.clone(),
             http,
             discovered: RwLock::new(None),
             fetch_lock: Mutex::new(()),
@@ -141,8 +143,18 @@ impl OidcVerifier {
         let jwt = match jwt::decode(token) {
             Ok(j) => j,
             Err(_) if self.introspection.is_some() => return self.introspect(token).await,
-            Err(e) => return Err(e),
+            // Not a JWT and nowhere to ask: refused here, no network call
+            // (not even discovery).
+            Err(_) => return Err(AuthError::Opaque),
         };
+        // Before any key is looked up: an ID token never gets further.
+        if !jwt::is_access_token(
+            jwt.typ.as_deref(),
+            &jwt.claims,
+            self.access_token_typ.as_deref(),
+        ) {
+            return Err(AuthError::NotAccessToken);
+        }
         if !jwt::algorithm_allowed(&jwt.alg, &self.algorithms) {
             return Err(AuthError::Algorithm);
         }

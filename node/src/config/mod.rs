@@ -82,6 +82,12 @@ pub struct AuthConfig {
     pub jwks_min_refetch_secs: u64,
     /// RFC 7662 introspection for opaque tokens.
     pub introspection: Option<IntrospectionConfig>,
+    /// The JWT `typ` the provider gives its access tokens (`at+jwt`, RFC
+    /// 9068); when set, a token of another type (an ID token) is refused.
+    pub access_token_typ: Option<String>,
+    /// Agency system (client ID) → the case managers it may act for, comma
+    /// separated. A system not listed acts for no one.
+    pub system_acts_for: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -401,6 +407,8 @@ jwks_min_refetch_secs = 30
 
 [auth.role_map]
 
+[auth.system_acts_for]
+
 [log]
 format = "text"
 
@@ -473,6 +481,8 @@ fn node_variables(env: &HashMap<String, String>) -> BTreeMap<String, String> {
 
 /// `auth.role_map.<provider role>`: keys of the user's choosing.
 const ROLE_MAP: &str = "auth.role_map";
+/// `auth.system_acts_for.<client ID>`: keys of the user's choosing.
+const SYSTEM_ACTS_FOR: &str = "auth.system_acts_for";
 
 /// Checks every key and value of a file against the known settings,
 /// recording where each came from.
@@ -523,7 +533,9 @@ fn check_env(
                 problems.push(e);
             }
             origins.insert(key, var.clone());
-        } else if key.starts_with(&format!("{ROLE_MAP}.")) {
+        } else if key.starts_with(&format!("{ROLE_MAP}."))
+            || key.starts_with(&format!("{SYSTEM_ACTS_FOR}."))
+        {
             origins.insert(key, var.clone());
         } else {
             problems.push(match schema::suggest(&key) {
@@ -756,6 +768,19 @@ impl Config {
                     n("auth.algorithms")
                 ));
             }
+        }
+        for (client, names) in &self.auth.system_acts_for {
+            if let Err(e) = crate::auth::acts_for_list(names) {
+                p.push(format!("{SYSTEM_ACTS_FOR}.{client}: {e}"));
+            }
+        }
+        if let Some(typ) = &self.auth.access_token_typ
+            && (typ.trim().is_empty() || typ.len() > 100)
+        {
+            p.push(format!(
+                "{}: expected a JWT type such as at+jwt",
+                n("auth.access_token_typ")
+            ));
         }
         for (from, to) in &self.auth.role_map {
             if crate::auth::Role::parse(to).is_none() {
@@ -1094,7 +1119,9 @@ mod tests {
     fn the_settings_table_matches_the_structure() {
         fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
             match v {
-                serde_json::Value::Object(m) if prefix != "auth.role_map" => {
+                serde_json::Value::Object(m)
+                    if prefix != "auth.role_map" && prefix != SYSTEM_ACTS_FOR =>
+                {
                     for (k, v) in m {
                         let key = if prefix.is_empty() {
                             k.clone()

@@ -109,6 +109,8 @@ pub const SETTINGS: &[SettingSpec] = &[
     s("auth.roles_claim", Kind::Text),
     s("auth.team_claim", Kind::Text),
     s("auth.role_map", Kind::Map),
+    s("auth.system_acts_for", Kind::Map),
+    s("auth.access_token_typ", Kind::Text),
     s("auth.algorithms", Kind::TextList),
     s("auth.leeway_secs", Kind::Int(U64)),
     s("auth.jwks_min_refetch_secs", Kind::Int(U64)),

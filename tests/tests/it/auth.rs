@@ -13,7 +13,8 @@ const AUDIENCE: &str = "urn:exitnet:test";
 async fn node_for(provider: &OidcProvider) -> NodeProcess {
     let toml = format!(
         "[auth]\nmode = \"oidc\"\nissuer = {iss:?}\naudience = {AUDIENCE:?}\njwks_min_refetch_secs = 0\n\
-         [auth.introspection]\nurl = \"{iss}/token/introspection\"\nclient_id = \"agency-system\"\nclient_secret = \"agency-secret\"\n",
+         [auth.introspection]\nurl = \"{iss}/token/introspection\"\nclient_id = \"agency-system\"\nclient_secret = \"agency-secret\"\n\
+         [auth.system_acts_for]\n\"agency-system\" = \"alice, bob\"\n",
         iss = provider.issuer
     );
     NodeProcess::start(NodeSpec::new("ngo-auth", Backend::Sqlite).with_toml(&toml))
@@ -400,4 +401,205 @@ async fn dev_mode_tokens_and_roles() {
         Code::Unauthenticated,
         &foreign,
     );
+}
+
+/// The payload of a JWT, unverified (to check a test's own premise).
+fn payload(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Issue 17, item 6: what a provider or an agency system says cannot widen
+/// what a caller may do. Tokens from the real provider throughout.
+#[tokio::test]
+async fn roles_systems_and_token_types_cannot_be_widened() {
+    let key = SigningKey::generate("k1").unwrap();
+    let provider = OidcProvider::start(&key, AUDIENCE).await.unwrap();
+    let system = provider
+        .client_credentials("agency-system", "agency-secret")
+        .await
+        .unwrap();
+    assert_eq!(payload(&system)["roles"], json!(["system"]));
+
+    // A role map is an allow-list: the provider's role literally named
+    // `system` is not in it, so it grants nothing.
+    let mapped = NodeProcess::start(NodeSpec::new("ngo-mapped", Backend::Sqlite).with_toml(
+        &format!(
+            "[auth]\nmode = \"oidc\"\nissuer = {iss:?}\naudience = {AUDIENCE:?}\n\
+             [auth.role_map]\n\"exitnet-case-managers\" = \"case_manager\"\n",
+            iss = provider.issuer
+        ),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    let msg = refused(
+        info(&mapped, Some(&system)).await,
+        Code::PermissionDenied,
+        &system,
+    );
+    assert!(msg.contains("no role"), "{msg}");
+
+    // Without a map, systems act only for the case managers configured for
+    // their client ID; access tokens must be typed `at+jwt`.
+    let node = NodeProcess::start(
+        NodeSpec::new("ngo-auth", Backend::Sqlite).with_toml(&format!(
+            "[auth]\nmode = \"oidc\"\nissuer = {iss:?}\naudience = {AUDIENCE:?}\n\
+             access_token_typ = \"at+jwt\"\n\
+             [auth.system_acts_for]\n\"agency-system\" = \"alice\"\n",
+            iss = provider.issuer
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut consents =
+        pb::consent_service_client::ConsentServiceClient::new(node.api_channel().await.unwrap());
+    let list_as = |who: &str| {
+        let mut r = bearer(&system, pb::ListConsentsRequest::default());
+        r.metadata_mut()
+            .insert("x-exitnet-on-behalf-of", who.parse().unwrap());
+        r
+    };
+    consents.list_consents(list_as("alice")).await.unwrap();
+    for who in ["bob", "Alice", "alice,bob"] {
+        let e = consents.list_consents(list_as(who)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
+        assert!(
+            e.message().contains("auth.system_acts_for") && !e.message().contains(who),
+            "{who}: {e:?}"
+        );
+    }
+
+    // An ID token for the very same audience (the provider's client whose
+    // ID is the node's audience), signed by the same key: refused. The
+    // access token of the same sign-in is accepted.
+    let tokens = provider.device_tokens(AUDIENCE, "alice").await.unwrap();
+    let id_token = tokens["id_token"].as_str().unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(payload(id_token)["aud"], json!(AUDIENCE));
+    assert_eq!(payload(access)["aud"], json!(AUDIENCE));
+    info(&node, Some(access)).await.unwrap();
+    let msg = refused(
+        info(&node, Some(id_token)).await,
+        Code::Unauthenticated,
+        id_token,
+    );
+    assert!(msg.contains("not an access token"), "{msg}");
+    // Even one that carries a role (signed with the provider's key, typed as
+    // ID tokens are).
+    let forged_id = key
+        .sign(
+            json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}),
+            json!({"iss": provider.issuer, "aud": AUDIENCE, "sub": "alice", "roles": ["supervisor"],
+                   "nonce": "n", "iat": now(), "exp": now() + 300}),
+        )
+        .unwrap();
+    let msg = refused(
+        info(&node, Some(&forged_id)).await,
+        Code::Unauthenticated,
+        &forged_id,
+    );
+    assert!(msg.contains("not an access token"), "{msg}");
+
+    // Each refusal is a security event with its reason, and no person's name.
+    let events = node
+        .ctl(&["security", "events", "--limit", "100", "--output", "json"])
+        .await
+        .unwrap()
+        .stdout;
+    for reason in ["on_behalf_of_not_configured", "token_type"] {
+        assert!(events.contains(reason), "{reason} not recorded: {events}");
+    }
+    assert!(!events.contains("bob") && !events.contains(id_token));
+}
+
+/// A string that is not a JWT goes nowhere when introspection is not
+/// configured: refused without a single connection to the provider.
+#[tokio::test]
+async fn an_opaque_token_without_introspection_makes_no_call() {
+    // A stand-in provider that counts the connections made to it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let node = NodeProcess::start(NodeSpec::new("ngo-opaque", Backend::Sqlite).with_toml(
+        &format!("[auth]\nmode = \"oidc\"\nissuer = {issuer:?}\naudience = {AUDIENCE:?}\n"),
+    ))
+    .await
+    .unwrap()
+    .unwrap();
+    for opaque in ["opaque-token-value", "a.b", "2YotnFZFEjr1zCsicMWpAA"] {
+        let msg = refused(
+            info(&node, Some(opaque)).await,
+            Code::Unauthenticated,
+            opaque,
+        );
+        assert!(msg.contains("not a JWT"), "{msg}");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The counter would have seen a call: a JWT makes the node discover.
+    let key = SigningKey::generate("k1").unwrap();
+    let jwt = key
+        .sign(
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}),
+            json!({"iss": issuer, "aud": AUDIENCE, "sub": "alice", "exp": now() + 300}),
+        )
+        .unwrap();
+    assert!(info(&node, Some(&jwt)).await.is_err());
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+/// A watch lasts no longer than the token it was opened with.
+#[tokio::test]
+async fn a_watch_ends_when_its_token_expires() {
+    const TTL: u32 = 4;
+    let key = SigningKey::generate("k1").unwrap();
+    let provider = OidcProvider::start_with_ttl(&key, AUDIENCE, TTL)
+        .await
+        .unwrap();
+    let node = NodeProcess::start(
+        NodeSpec::new("ngo-watch", Backend::Sqlite).with_toml(&format!(
+            "[auth]\nmode = \"oidc\"\nissuer = {iss:?}\naudience = {AUDIENCE:?}\nleeway_secs = 0\n\
+             [auth.system_acts_for]\n\"agency-system\" = \"alice\"\n",
+            iss = provider.issuer
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let token = provider
+        .client_credentials("agency-system", "agency-secret")
+        .await
+        .unwrap();
+    let exp = payload(&token)["exp"].as_i64().unwrap();
+    let mut r = bearer(&token, pb::WatchReferralsRequest {});
+    r.metadata_mut()
+        .insert("x-exitnet-on-behalf-of", "alice".parse().unwrap());
+    let mut watch =
+        pb::referral_service_client::ReferralServiceClient::new(node.api_channel().await.unwrap())
+            .watch_referrals(r)
+            .await
+            .unwrap()
+            .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("the watch outlived its token by more than 30 s")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired"), "{ended:?}");
+    // Not before the token's end (a second for clocks' rounding).
+    assert!(now() >= exp - 1, "ended at {} before exp {exp}", now());
 }
