@@ -871,8 +871,11 @@ pub async fn withdraw_consent(
     for (id, _) in &changes {
         state.referral_changed(id);
     }
-    // The consent forgets its client reference at once.
-    content::forget_consents(state).await?;
+    // The consent forgets its client reference at once (else at the next
+    // scheduler round: the withdrawal itself is done).
+    if let Err(e) = content::forget_consents(state).await {
+        tracing::warn!(error = %e, "forgetting withdrawn consents' client references failed");
+    }
     let mut recipients: Vec<&OrgId> = referrals.iter().map(|r| &r.peer_org).collect();
     recipients.sort();
     recipients.dedup();
@@ -970,8 +973,11 @@ pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Resul
         state.referral_changed(id);
     }
     if purged {
-        // The content the purge deleted must not linger in the database's files.
-        state.store.after_purge().await?;
+        // The content the purge deleted must not linger in the database's
+        // files. The receipts are stored: a failure here is not a delivery's.
+        if let Err(e) = state.store.after_purge().await {
+            tracing::warn!(error = %e, "cleaning up after purges failed");
+        }
     }
     Ok(())
 }
