@@ -523,9 +523,19 @@ pub enum PeerCommand {
     Resume { org: String },
     /// End the peering; it cannot be resumed, only replaced by a new invitation (asks first; --yes for scripts).
     #[command(
-        after_help = "Example:\n  exitnetctl peer revoke prison-b --yes\n\nReferral messages to the peer stop (offers not yet delivered fail as undeliverable\nafter federation.max_delivery_age_secs); the peer keeps what it received. To peer\nagain later: `exitnetctl peer invite` and the other side's `peer join`."
+        after_help = "Example:\n  exitnetctl peer revoke prison-b --yes\n\nReferral messages to the peer stop (offers not yet delivered fail as undeliverable\nafter federation.max_delivery_age_secs), except withdrawals: they are still delivered\nuntil the peer's purge receipts come or `exitnetctl peer abandon-purges`. To peer\nagain later: `exitnetctl peer invite` and the other side's `peer join`."
     )]
     Revoke {
+        org: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Give up the purges still pending at a revoked peer: its withdrawals are no longer delivered (asks first; --yes for scripts). Recorded in the audit trail.
+    #[command(
+        after_help = "Example:\n  exitnetctl peer abandon-purges prison-b --yes\n\nOnly once the peering has ended (`peer revoke`): until then, and after a revoke until\nthis command, withdrawals keep being delivered while the peer's key is pinned. The\nreferrals' purge status becomes `abandoned` (`exitnetctl report purges`)."
+    )]
+    AbandonPurges {
         org: String,
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]

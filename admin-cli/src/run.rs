@@ -377,6 +377,18 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     ))
 }
 
+/// What a revoke left pending: withdrawals still on their way.
+pub fn pending_purges_line(org: &str, pending: u32) -> String {
+    if pending == 0 {
+        format!("No purge is pending at {org}.")
+    } else {
+        format!(
+            "{pending} purge(s) pending at {org}: their withdrawals are still delivered until {org}'s purge receipts come\n\
+             (`exitnetctl report purges`), or until `exitnetctl peer abandon-purges {org}` gives them up."
+        )
+    }
+}
+
 /// What a revocation does to what is under way with the peer.
 pub fn revoke_consequences(org: &str, queued: u32) -> String {
     format!(
@@ -385,9 +397,10 @@ pub fn revoke_consequences(org: &str, queued: u32) -> String {
          Referrals in flight with {org}:\n\
          - {queued} message(s) still queued for {org} are not delivered: referral offers not yet\n\
            delivered fail as undeliverable after federation.max_delivery_age_secs; status changes\n\
-           and withdrawals wait until the two organisations peer again.\n\
-         - {org} keeps what it already received; a withdrawal (and so a purge) cannot reach it\n\
-           while revoked: ask its administrator to purge, or peer again so the queue drains.\n\
+           wait until the two organisations peer again.\n\
+         - Withdrawals still go: {org} keeps what it received until a withdrawal purges it, and\n\
+           withdrawals (only they) are delivered while its key is pinned, until its purge receipts\n\
+           come or you give up (`exitnetctl peer abandon-purges {org}`).\n\
          - What {org} sent you stays here; its status changes no longer arrive.\n\
          To peer again later: `exitnetctl peer invite` here and `exitnetctl peer join CODE` there\n\
          (or the other way round); the new peering replaces the revoked one."
@@ -566,11 +579,50 @@ async fn peer(
                     anyhow::bail!("not revoked: the peering with {org} is unchanged");
                 }
             }
-            let v = set(admin, action(&org, pb::PeerAction::Revoke)).await?;
+            let resp = admin
+                .set_peer_state(action(&org, pb::PeerAction::Revoke))
+                .await
+                .map_err(peer_status(&org))?
+                .into_inner();
             if yes {
                 eprintln!("{consequences}");
             }
-            v
+            eprintln!("{}", pending_purges_line(&org, resp.pending_purges));
+            resp.peer
+        }
+        PeerCommand::AbandonPurges { org, yes } => {
+            if !yes
+                && !confirm(&format!(
+                    "Give up the purges pending at {org}? Its withdrawals will no longer be delivered."
+                ))?
+            {
+                anyhow::bail!("nothing given up: withdrawals to {org} are still delivered");
+            }
+            let r = admin
+                .abandon_purges(pb::AbandonPurgesRequest {
+                    org_id: org.clone(),
+                })
+                .await
+                .map_err(peer_status(&org))?
+                .into_inner();
+            if json_out {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "org_id": org,
+                        "abandoned": r.abandoned,
+                        "withdrawals_dropped": r.withdrawals_dropped,
+                    })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "gave up {} purge(s) pending at {org}; {} queued withdrawal(s) will not be delivered (recorded in the audit trail)",
+                    r.abandoned, r.withdrawals_dropped
+                )?;
+            }
+            return Ok(());
         }
     };
     let v = view.ok_or_else(|| anyhow::anyhow!("the node answered without a peer"))?;
@@ -893,5 +945,7 @@ mod tests {
         assert!(t.contains("3 message(s)"));
         assert!(t.contains("undeliverable"));
         assert!(t.contains("peer join"));
+        assert!(t.contains("abandon-purges prison-b"));
+        assert!(pending_purges_line("prison-b", 2).starts_with("2 purge(s) pending at prison-b"));
     }
 }

@@ -124,6 +124,121 @@ pub struct Limits {
     pub callers: Limiter,
     pub peers: Limiter,
     pub addresses: Limiter,
+    /// Pending intake per peer, counted (`intake_quota`).
+    intake: IntakeCounts,
+}
+
+// === Per-peer quotas on what a peer can make us store ===
+
+/// How long a peer's counted pending intake is trusted before it is
+/// counted again (offers admitted meanwhile are added to it).
+const RECOUNT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Per peer: its pending intake as last counted plus offers admitted since,
+/// so the database is asked at most once a second per peer, and at once
+/// when the estimate reaches the quota (offers may have been accepted).
+#[derive(Debug, Default)]
+struct IntakeCounts(Mutex<HashMap<String, (i64, Instant)>>);
+
+impl IntakeCounts {
+    /// Admits one more if the fresh estimate is below `quota`; `None` when
+    /// it must be counted again.
+    fn admit(&self, org: &str, quota: i64) -> Option<bool> {
+        let mut m = self.0.lock().ok()?;
+        let (n, at) = m.get_mut(org)?;
+        if at.elapsed() > RECOUNT || *n >= quota {
+            return None;
+        }
+        *n += 1;
+        Some(true)
+    }
+
+    fn counted(&self, org: &str, n: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() > PRUNE_ABOVE {
+                m.retain(|_, (_, at)| at.elapsed() <= RECOUNT);
+            }
+            m.insert(org.to_owned(), (n, Instant::now()));
+        }
+    }
+}
+
+/// Records a refusal over a quota (aggregated per minute like every
+/// refusal) and the error naming the quota.
+async fn over_quota(
+    state: &crate::state::NodeState,
+    org: &crate::domain::OrgId,
+    setting: &str,
+    quota: u64,
+    what: &str,
+) -> Error {
+    crate::peering::record_refusal(
+        state,
+        crate::store::SecurityEvent {
+            at_ms: crate::domain::time::now_ms(),
+            surface: "federation".into(),
+            reason: "peer_quota_exceeded".into(),
+            key_fingerprint: None,
+            org_id: Some(org.to_string()),
+            remote_addr: None,
+            method: Some("Notify".into()),
+        },
+    )
+    .await;
+    state.metrics.received(org.as_str(), what, "over_quota");
+    Error::ResourceExhausted(format!(
+        "quota {setting} ({quota}) reached for this peer: {what} refused; send again later"
+    ))
+}
+
+/// Room for one more referral received from `org` and not yet accepted
+/// (`limits.peer_max_pending_intake`), or RESOURCE_EXHAUSTED naming the
+/// quota. Offers in flight when the count is taken may pass it by at most
+/// the peer's calls in flight.
+pub async fn intake_quota(
+    state: &crate::state::NodeState,
+    org: &crate::domain::OrgId,
+) -> Result<(), Error> {
+    let quota = i64::from(state.config.limits.peer_max_pending_intake);
+    let counts = &state.limits.intake;
+    if counts.admit(org.as_str(), quota) == Some(true) {
+        return Ok(());
+    }
+    let n = state.store.pending_intake(org).await?;
+    if n >= quota {
+        counts.counted(org.as_str(), n);
+        return Err(over_quota(
+            state,
+            org,
+            "limits.peer_max_pending_intake",
+            quota as u64,
+            "offer",
+        )
+        .await);
+    }
+    counts.counted(org.as_str(), n + 1);
+    Ok(())
+}
+
+/// Room for one more checkpoint of `org` witnessed in 24 hours
+/// (`limits.peer_checkpoints_per_day`), given how many were.
+pub async fn checkpoint_quota(
+    state: &crate::state::NodeState,
+    org: &crate::domain::OrgId,
+    witnessed_in_a_day: i64,
+) -> Result<(), Error> {
+    let quota = state.config.limits.peer_checkpoints_per_day;
+    if witnessed_in_a_day < i64::from(quota) {
+        return Ok(());
+    }
+    Err(over_quota(
+        state,
+        org,
+        "limits.peer_checkpoints_per_day",
+        u64::from(quota),
+        "checkpoint",
+    )
+    .await)
 }
 
 impl Limits {
@@ -142,6 +257,7 @@ impl Limits {
                 c.peer_max_in_flight,
             ),
             addresses: Limiter::new("address", c.address_calls_per_sec, c.address_burst, 0),
+            intake: IntakeCounts::default(),
         }
     }
 }
@@ -183,6 +299,18 @@ mod tests {
         assert!(l.enter("x").is_err());
         drop(p1);
         assert!(l.enter("x").is_ok());
+    }
+
+    #[test]
+    fn pending_intake_is_estimated_then_counted_again() {
+        let c = IntakeCounts::default();
+        // Never counted: count first.
+        assert_eq!(c.admit("p", 3), None);
+        c.counted("p", 2);
+        assert_eq!(c.admit("p", 3), Some(true));
+        // At the quota: counted again (some may have been accepted since).
+        assert_eq!(c.admit("p", 3), None);
+        assert_eq!(c.admit("q", 3), None, "each peer its own");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct ReceivedLabels {
     pub peer: String,
     /// `offer`, `status`, `withdrawal`, `checkpoint`, `notice`.
     pub kind: String,
-    /// `new`, `repeat` (a redelivery answered with the stored receipt), `refused`.
+    /// `new`, `repeat` (a redelivery answered with the stored receipt),
+    /// `refused`, `over_quota` (`limits.peer_*` quotas).
     pub outcome: String,
 }
 
@@ -46,6 +47,11 @@ pub struct ReferralLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +82,8 @@ pub struct Metrics {
     pub sign_in_failures: Family<ReasonLabel, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub peer_reachable: Family<PeerLabel, Gauge>,
+    /// SQLite WAL checkpoints after purges (read from the store at scrape).
+    wal_checkpoints: Family<OutcomeLabel, Counter>,
     referrals: Family<ReferralLabels, Gauge>,
     outbox_depth: Family<PeerLabel, Gauge>,
     peer_active: Family<PeerLabel, Gauge>,
@@ -110,6 +118,7 @@ impl Metrics {
             sign_in_failures: Family::default(),
             calls: Family::default(),
             peer_reachable: Family::default(),
+            wal_checkpoints: Family::default(),
             referrals: Family::default(),
             outbox_depth: Family::default(),
             peer_active: Family::default(),
@@ -208,6 +217,11 @@ impl Metrics {
             "Last change of the oldest referral whose purge at the peer is pending, in seconds since the epoch",
             m.purge_oldest_pending.clone(),
         );
+        registry.register(
+            "wal_checkpoints",
+            "SQLite: WAL checkpoints after purges by outcome (done; busy or failed: retried)",
+            m.wal_checkpoints.clone(),
+        );
         // The standard process series, without the exitnet_ prefix.
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector::default()));
@@ -258,6 +272,16 @@ impl Metrics {
             self.purge_oldest_pending
                 .get_or_create(&label)
                 .set(oldest_ms as f64 / 1000.0);
+        }
+        for (outcome, n) in state.store.wal_checkpoints() {
+            let label = OutcomeLabel {
+                outcome: outcome.into(),
+            };
+            // Counted by the store; mirrored here.
+            self.wal_checkpoints
+                .get_or_create(&label)
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

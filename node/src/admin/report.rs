@@ -183,6 +183,7 @@ pub async fn purges(state: &NodeState) -> Result<pb::ReportPurgesResponse> {
         let status = match r.purge_status.as_str() {
             "pending" => pb::PurgeStatus::Pending,
             "done" => pb::PurgeStatus::Done,
+            "abandoned" => pb::PurgeStatus::Abandoned,
             _ => continue,
         };
         // When and why it was withdrawn: the audit record of the withdrawal.

@@ -237,6 +237,19 @@ pub async fn witness(
         .collect();
     let cp = open_checkpoint(peer, &keys, signed)?;
     let seq = cp.seq as i64;
+    // What a peer can make us store is bounded: only a checkpoint above the
+    // last one witnessed is kept (the last one again is a repeat, answered
+    // below), and at most `limits.peer_checkpoints_per_day` a day.
+    let (last, in_a_day) = state.store.witnessed_stats(peer, now - 86_400_000).await?;
+    match last {
+        Some(last) if seq < last => {
+            return Err(Error::FailedPrecondition(format!(
+                "checkpoint.seq: {seq} is below the last checkpoint witnessed for this peer ({last}); only a later one is kept"
+            )));
+        }
+        Some(last) if seq == last => {}
+        _ => crate::limits::checkpoint_quota(state, peer, in_a_day).await?,
+    }
     // Signed before it is stored, in a scope of its own: the identity's
     // lock is not held across the write.
     let witness = {

@@ -250,6 +250,16 @@ pub struct LimitsConfig {
     /// Connections older than this are closed gracefully (clients reconnect);
     /// HTTP/2 keepalive pings close dead ones sooner.
     pub max_connection_age_secs: u64,
+    /// Refused calls (security events) are kept this many days…
+    pub security_events_kept_days: u32,
+    /// …and at most this many rows (each counts the refusals of one kind,
+    /// key and address in one minute); the oldest go first.
+    pub security_events_max_rows: u64,
+    /// Quotas on what one approved peer can make this node store: referrals
+    /// received from it and not yet accepted, declined or withdrawn…
+    pub peer_max_pending_intake: u32,
+    /// …and audit checkpoints of its own witnessed in 24 hours.
+    pub peer_checkpoints_per_day: u32,
 }
 
 /// Master-key generations: the data keys of case content are wrapped under
@@ -440,6 +450,10 @@ peer_max_in_flight = 64
 address_calls_per_sec = 200
 address_burst = 400
 max_connection_age_secs = 3600
+security_events_kept_days = 90
+security_events_max_rows = 100000
+peer_max_pending_intake = 10000
+peer_checkpoints_per_day = 2880
 "#;
     config::Config::builder()
         .add_source(config::File::from_str(toml, config::FileFormat::Toml))
@@ -808,6 +822,34 @@ impl Config {
                 self.federation.retry_max_ms
             ));
         }
+        // Zero would keep nothing (retention) or refuse everything (quotas).
+        let at_least = [
+            (
+                "limits.security_events_kept_days",
+                u64::from(self.limits.security_events_kept_days),
+                1,
+            ),
+            (
+                "limits.security_events_max_rows",
+                self.limits.security_events_max_rows,
+                1000,
+            ),
+            (
+                "limits.peer_max_pending_intake",
+                u64::from(self.limits.peer_max_pending_intake),
+                1,
+            ),
+            (
+                "limits.peer_checkpoints_per_day",
+                u64::from(self.limits.peer_checkpoints_per_day),
+                1,
+            ),
+        ];
+        for (key, value, min) in at_least {
+            if value < min {
+                p.push(format!("{}: expected at least {min}, not {value}", n(key)));
+            }
+        }
         p
     }
 
@@ -940,6 +982,63 @@ mod tests {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Retention and quotas are settings, checked: zero is refused naming them.
+    #[test]
+    fn retention_and_quotas_are_settings() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("EXITNET_LIMITS__SECURITY_EVENTS_KEPT_DAYS", "7"),
+                ("EXITNET_LIMITS__PEER_MAX_PENDING_INTAKE", "50"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.security_events_kept_days, 7);
+        assert_eq!(c.limits.security_events_max_rows, 100_000);
+        assert_eq!(c.limits.peer_max_pending_intake, 50);
+        assert_eq!(c.limits.peer_checkpoints_per_day, 2880);
+        let e = problem(
+            Some("[limits]\nsecurity_events_max_rows = 10\npeer_checkpoints_per_day = 0\n"),
+            &[],
+        );
+        assert!(
+            e.contains("limits.security_events_max_rows: expected at least 1000, not 10"),
+            "{e}"
+        );
+        assert!(
+            e.contains("limits.peer_checkpoints_per_day: expected at least 1, not 0"),
+            "{e}"
+        );
+        let e = problem(None, &[("EXITNET_LIMITS__SECURITY_EVENTS_KEPT_DAYS", "0")]);
+        assert!(
+            e.contains("EXITNET_LIMITS__SECURITY_EVENTS_KEPT_DAYS: expected at least 1, not 0"),
+            "{e}"
+        );
+    }
+
+    /// Whom each agency system acts for, and the access-token type, are checked.
+    #[test]
+    fn systems_and_token_types_are_checked() {
+        let c = Config::from_toml(
+            "[auth]\naccess_token_typ = \"at+jwt\"\n[auth.system_acts_for]\n\"crm\" = \"alice, bob\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.system_acts_for["crm"], "alice, bob");
+        assert_eq!(c.auth.access_token_typ.as_deref(), Some("at+jwt"));
+        let e = problem(
+            Some("[auth]\naccess_token_typ = \" \"\n[auth.system_acts_for]\n\"crm\" = \" , \"\n"),
+            &[],
+        );
+        assert!(
+            e.contains("auth.system_acts_for.crm: expected the case managers"),
+            "{e}"
+        );
+        assert!(
+            e.contains("auth.access_token_typ: expected a JWT type"),
+            "{e}"
+        );
     }
 
     /// Each error names the setting as written and what was expected.

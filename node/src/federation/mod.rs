@@ -170,6 +170,32 @@ impl FederationApi {
 
     /// The approved peer that made this call, or a recorded refusal.
     async fn identify(&self, info: &CallerInfo) -> Result<Peer, Status> {
+        let peer = self.identify_pinned(info).await?;
+        self.peering_allows(info, &peer).await?;
+        Ok(peer)
+    }
+
+    /// Whether the state of the peering lets `peer` call at all; a refusal
+    /// is recorded.
+    async fn peering_allows(&self, info: &CallerInfo, peer: &Peer) -> Result<(), Status> {
+        if let Err(reason) = peering::may_notify(peer) {
+            let org = Some(peer.org_id.to_string());
+            return Err(self
+                .refuse(
+                    info,
+                    org,
+                    reason,
+                    Error::PermissionDenied(format!("refused: {reason}")),
+                )
+                .await);
+        }
+        Ok(())
+    }
+
+    /// The peer whose pinned key made this call, whatever the state of the
+    /// peering (withdrawals pass while any key of the peer is pinned), or a
+    /// recorded refusal.
+    async fn identify_pinned(&self, info: &CallerInfo) -> Result<Peer, Status> {
         let Some(fp) = &info.fingerprint else {
             self.stranger_limit(info)?;
             return Err(self
@@ -218,17 +244,6 @@ impl FederationApi {
                 .await);
         };
         tracing::Span::current().record("peer", peer.org_id.as_str());
-        if let Err(reason) = peering::may_notify(&peer) {
-            let org = Some(peer.org_id.to_string());
-            return Err(self
-                .refuse(
-                    info,
-                    org,
-                    reason,
-                    Error::PermissionDenied(format!("refused: {reason}")),
-                )
-                .await);
-        }
         Ok(peer)
     }
 }
@@ -280,10 +295,16 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::NotifyResponse>, Status> {
         let info = caller_info(&request, "Notify");
-        let (peer, permit) = self.authenticate(&info).await?;
+        let peer = self.identify_pinned(&info).await?;
+        let req = request.into_inner();
+        // A withdrawal passes whatever the state of the peering (the
+        // receiver checks again that it is one, once its signature holds).
+        if !carries_withdrawal(&req) {
+            self.peering_allows(&info, &peer).await?;
+        }
+        let permit = self.admit(&peer, 1)?;
         let fp = info.fingerprint.clone().unwrap_or_default();
         let spki = info.spki.clone().unwrap_or_default();
-        let req = request.into_inner();
         // An accepted notice runs to its end on a task of its own: a peer
         // that hangs up mid-call (it will send again) must not cut the work
         // between the commit and its accounting.
@@ -308,9 +329,12 @@ impl pb::federation_service_server::FederationService for FederationApi {
         request: Request<pb::NotifyBatchRequest>,
     ) -> Result<Response<pb::NotifyBatchResponse>, Status> {
         let info = caller_info(&request, "NotifyBatch");
-        let peer = self.identify(&info).await?;
+        let peer = self.identify_pinned(&info).await?;
         let notices = request.into_inner().notices;
         batch_check(&notices)?;
+        if !notices.iter().all(carries_withdrawal) {
+            self.peering_allows(&info, &peer).await?;
+        }
         let permit = Arc::new(self.admit(&peer, notices.len())?);
         let fp = info.fingerprint.clone().unwrap_or_default();
         let spki = info.spki.clone().unwrap_or_default();
@@ -422,6 +446,21 @@ pub async fn connect_to_peer(
         .collect();
     let ours = state.identity()?.current().clone_key()?;
     client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout()).await
+}
+
+/// Whether a notice carries a withdrawal, read before its signature is
+/// checked: only to decide whether the state of the peering is asked about
+/// (`referrals::receive::handle` refuses anything else from a peering that
+/// is not active, after checking the signature).
+fn carries_withdrawal(req: &pb::NotifyRequest) -> bool {
+    use prost::Message;
+    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
+        return false;
+    };
+    matches!(
+        pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
+        Ok(Some(pb::federation_message::Body::Withdrawal(_)))
+    )
 }
 
 /// A batch carries 1 to `MAX_BATCH` referral messages, nothing else.

@@ -4,6 +4,7 @@
 
 pub mod invitation;
 pub mod outbox;
+pub mod purges;
 
 use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
@@ -392,7 +393,7 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         .await?
         .ok_or(Error::NotFound("peer"))?;
     let next = action.apply(peer.state, peer.awaiting)?;
-    let update = PeerUpdate {
+    let mut update = PeerUpdate {
         expected_state: Some(peer.state),
         state: Some(next),
         awaiting: Some(Awaiting::None),
@@ -413,6 +414,10 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         now_ms: now_ms(),
         ..Default::default()
     };
+    if next == PeerState::Revoked {
+        // Their withdrawals are still delivered: say so in the record.
+        update.audit.extend(purges::on_revoke(state, org).await?);
+    }
     // Read before the change: the keys whose connections a revoke closes.
     let keys = if next == PeerState::Revoked {
         state.store.peer_keys(org, 0).await?

@@ -132,6 +132,22 @@ impl HeldLease<'_> {
     }
 }
 
+/// A withdrawal: the one referral message that goes to a peer whose peering
+/// is suspended (by either side) or revoked, as long as a key of it is
+/// pinned, so that a purge reaches every recipient.
+pub(super) fn is_withdrawal(req: &pb::NotifyRequest) -> bool {
+    match &req.notice {
+        Some(pb::notify_request::Notice::Message(m)) => {
+            use prost::Message;
+            matches!(
+                pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
+                Ok(Some(pb::federation_message::Body::Withdrawal(_)))
+            )
+        }
+        _ => false,
+    }
+}
+
 fn is_offer(req: &pb::NotifyRequest) -> bool {
     match &req.notice {
         Some(pb::notify_request::Notice::Message(m)) => {
@@ -244,7 +260,11 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             anyhow::bail!("the delivery lease passed to another replica");
         }
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
-        if !flow.ready(state, &n, is_message, exchange_allowed).await? {
+        let passes = is_message && !exchange_allowed && is_withdrawal(&req);
+        if !flow
+            .ready(state, &n, is_message, exchange_allowed, passes, &req)
+            .await?
+        {
             continue;
         }
         if !is_message {
@@ -275,6 +295,9 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             let next_bytes = notice_bytes(next_req);
             if !next_is_message
                 || next.next_attempt_at_ms > now_ms()
+                // Outside an active peering only withdrawals go.
+                || (!exchange_allowed && !is_withdrawal(next_req))
+                || rid.as_ref().is_some_and(|r| flow.held.contains(r))
                 || rid.as_ref().is_some_and(|r| referrals.contains(r))
                 || bytes + next_bytes > BATCH_BYTES
             {
@@ -489,6 +512,10 @@ struct Flow {
     notices_wait: bool,
     /// The peer answered in this round.
     seen: bool,
+    /// Referrals with a message held back because the peering is not
+    /// active: a later withdrawal of theirs waits too (order within a
+    /// referral), the others' withdrawals go.
+    held: HashSet<String>,
 }
 
 /// What one call's outcome means for the rest of the round.
@@ -522,30 +549,44 @@ impl Flow {
         }
     }
 
-    /// Whether `n` may be sent now; records why not.
+    /// Whether `n` may be sent now; records why not. `withdrawal_passes`: a
+    /// withdrawal, which goes even while the peering is not active.
     async fn ready(
         &mut self,
         state: &NodeState,
         n: &Notice,
         is_message: bool,
         exchange_allowed: bool,
+        withdrawal_passes: bool,
+        req: &pb::NotifyRequest,
     ) -> anyhow::Result<bool> {
         if (is_message && self.messages_wait) || (!is_message && self.notices_wait) {
             return Ok(false);
         }
-        if n.next_attempt_at_ms > now_ms() {
-            self.wait(is_message);
-            return Ok(false);
-        }
         if is_message && !exchange_allowed {
-            // Suspended (by either side) or not yet active: referral messages
-            // wait, in order, until the peering is active again.
+            // Suspended (by either side), revoked or not yet active: referral
+            // messages wait, in order per referral, until the peering is
+            // active again; withdrawals go now, unless a message of their
+            // referral waits before them.
+            let rid = message_referral(req);
+            let behind = rid.as_ref().is_some_and(|r| self.held.contains(r));
+            if n.next_attempt_at_ms > now_ms() {
+                self.held.extend(rid);
+                return Ok(false);
+            }
+            if withdrawal_passes && !behind {
+                return Ok(true);
+            }
+            self.held.extend(rid);
             let next = now_ms() + state.config.federation.retry_max_ms as i64;
             state
                 .store
                 .notice_failed(n.id, next, "peering not active")
                 .await?;
-            self.wait(true);
+            return Ok(false);
+        }
+        if n.next_attempt_at_ms > now_ms() {
+            self.wait(is_message);
             return Ok(false);
         }
         Ok(true)
@@ -628,6 +669,27 @@ impl Flow {
                     status.code(),
                     tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
                 ) && peer.state.is_final();
+                // A checkpoint the peer will not keep (over its quota, or not
+                // above what it witnessed) is not retried: a later one covers
+                // more, and peering notices behind it must not wait.
+                let checkpoint_refused =
+                    matches!(req.notice, Some(pb::notify_request::Notice::Checkpoint(_)))
+                        && matches!(
+                            status.code(),
+                            tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition
+                        );
+                if checkpoint_refused {
+                    state.metrics.delivered(org.as_str(), "refused");
+                    state
+                        .store
+                        .notice_dropped(n.id, now_ms(), status.code().description())
+                        .await?;
+                    tracing::info!(peer = %org, code = ?status.code(), "the peer refused a checkpoint; a later one will be sent");
+                    return Ok(Handled {
+                        wait: false,
+                        seen: true,
+                    });
+                }
                 state.metrics.delivered(org.as_str(), "retry");
                 if final_refusal && !is_message {
                     // The peering is over on our side and they refuse us: stop trying.

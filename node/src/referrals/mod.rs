@@ -585,6 +585,7 @@ fn assemble(
         purge_status: match r.purge_status.as_str() {
             "pending" => pb::PurgeStatus::Pending,
             "done" => pb::PurgeStatus::Done,
+            "abandoned" => pb::PurgeStatus::Abandoned,
             _ => pb::PurgeStatus::None,
         } as i32,
         purged_at: r.purged_at_ms.map(to_timestamp),
@@ -1088,12 +1089,9 @@ pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
     Ok(n)
 }
 
-/// Runs `scheduled_purges` every `interval` until stopped.
-/// How long refused calls are kept, and how many rows at most (each row
-/// counts the refusals of one kind, key and address in one minute).
-const SECURITY_EVENTS_KEPT_DAYS: i64 = 90;
-const SECURITY_EVENTS_KEPT_ROWS: i64 = 100_000;
-
+/// Runs `scheduled_purges` every `interval` until stopped, and prunes
+/// refused calls beyond `limits.security_events_kept_days` and
+/// `limits.security_events_max_rows`.
 pub async fn run_scheduler(
     state: std::sync::Arc<NodeState>,
     interval: std::time::Duration,
@@ -1107,12 +1105,10 @@ pub async fn run_scheduler(
             tracing::warn!(error = %e, "scheduled purges failed");
         }
         // Refusals are kept for a while and in bounded number.
-        let before = now_ms() - SECURITY_EVENTS_KEPT_DAYS * 86_400_000;
-        if let Err(e) = state
-            .store
-            .prune_security_events(before, SECURITY_EVENTS_KEPT_ROWS)
-            .await
-        {
+        let limits = &state.config.limits;
+        let before = now_ms() - i64::from(limits.security_events_kept_days) * 86_400_000;
+        let rows = i64::try_from(limits.security_events_max_rows).unwrap_or(i64::MAX);
+        if let Err(e) = state.store.prune_security_events(before, rows).await {
             tracing::warn!(error = %e, "pruning security events failed");
         }
         tokio::select! {

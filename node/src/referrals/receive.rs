@@ -46,13 +46,17 @@ pub async fn handle(
     signed: &pb::SignedMessage,
     batch: Option<crate::batch_sign::Member>,
 ) -> Result<pb::SignedReceipt> {
-    if from.state != PeerState::Active {
-        return Err(deny("refused: peer_pending"));
-    }
-    if from.remote_state != Some(PeerState::Active) {
+    // Outside an active peering (either side suspended or revoked, or not
+    // yet approved) only withdrawals are taken: a purge reaches us while any
+    // key of the peer is pinned. Checked once the message is opened.
+    let refusal = if from.state != PeerState::Active {
+        Some("refused: peer_pending")
+    } else if from.remote_state != Some(PeerState::Active) {
         // The peer told us it suspended or ended the peering: it may not send.
-        return Err(deny("refused: peer_not_active"));
-    }
+        Some("refused: peer_not_active")
+    } else {
+        None
+    };
     // The key the peer called with is pinned (it was found by it) and is
     // almost always the one that signed: the other pinned keys (a rotation
     // under way) are read only when it is not.
@@ -73,6 +77,11 @@ pub async fn handle(
         .body
         .clone()
         .ok_or_else(|| FieldError::new("message.body", "required"))?;
+    if let Some(refusal) = refusal
+        && !matches!(body, pb::federation_message::Body::Withdrawal(_))
+    {
+        return Err(deny(refusal));
+    }
     let kind = match &body {
         pb::federation_message::Body::Offer(_) => "offer",
         pb::federation_message::Body::Status(_) => "status",
@@ -92,7 +101,15 @@ pub async fn handle(
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
-            let (mut record, ev) = match offer_to_record(&state.org_id, from, &policy, offer) {
+            let checked = match offer_to_record(&state.org_id, from, &policy, offer) {
+                // What a peer can make us store is bounded: a new offer over
+                // its quota of pending intake is refused (and retried by it).
+                Ok(checked) => crate::limits::intake_quota(state, &from.org_id)
+                    .await
+                    .map(|()| checked),
+                Err(e) => Err(e),
+            };
+            let (mut record, ev) = match checked {
                 Ok(checked) => checked,
                 Err(e) => {
                     return match stored_answer(state, &msg, &signed.payload).await? {

@@ -10,6 +10,7 @@ mod group_commit;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod wal;
 
 use crate::audit::{AuditEntry, AuditFilter, AuditRecord};
 use crate::config::DatabaseUrl;
@@ -531,11 +532,13 @@ pub trait Store: Send + Sync + 'static {
     /// Consents withdrawn, or ended by `now_ms`, that still hold their
     /// client reference; at most `limit`.
     async fn consents_to_forget(&self, now_ms: i64, limit: i64) -> Result<Vec<Consent>>;
-    /// Deletes a consent's client reference and replaces its terms (the
-    /// same without their free text); false if it was forgotten already.
+    /// Replaces a consent's client reference by `kept` (a digest starting
+    /// with `FORGOTTEN_PREFIX`) and its terms (the same without their free
+    /// text); false if it was forgotten already.
     async fn forget_consent(
         &self,
         consent_id: &str,
+        kept: &str,
         terms: &[u8],
         audit: &[AuditEntry],
     ) -> Result<bool>;
@@ -553,6 +556,9 @@ pub trait Store: Send + Sync + 'static {
     /// After a purge: make sure no copy of the deleted content lingers in
     /// the database's files (SQLite: truncate the write-ahead log).
     async fn after_purge(&self) -> Result<()>;
+    /// SQLite: the WAL checkpoints run after purges, by outcome (`done`,
+    /// `busy`, `failed`); empty for PostgreSQL.
+    fn wal_checkpoints(&self) -> Vec<(&'static str, u64)>;
     /// Wrapped data keys after `after_key_id` in key order, at most `limit`:
     /// `(key_id, wrapped)`, for rewrapping under a new master-key generation.
     async fn wrapped_data_keys(
@@ -588,6 +594,23 @@ pub trait Store: Send + Sync + 'static {
     /// Outbound referrals whose purge at the recipient is pending, per peer:
     /// (peer, how many, the oldest one's last change in ms).
     async fn pending_purges(&self) -> Result<Vec<(String, i64, i64)>>;
+    /// Referrals received from `org` not yet accepted, declined or purged
+    /// (its quota `limits.peer_max_pending_intake`).
+    async fn pending_intake(&self, org: &OrgId) -> Result<i64>;
+    /// `org`'s checkpoints witnessed: the highest position, and how many
+    /// were received since `since_ms` (its quota `limits.peer_checkpoints_per_day`).
+    async fn witnessed_stats(&self, org: &OrgId, since_ms: i64) -> Result<(Option<i64>, i64)>;
+    /// Gives up the purges pending at `org`: drops the withdrawal notices
+    /// `notice_rows` still queued for it, marks its pending referrals'
+    /// purge `abandoned`, and records `audit`, in one transaction. How many
+    /// referrals and notices.
+    async fn abandon_purges(
+        &self,
+        org: &OrgId,
+        notice_rows: &[i64],
+        audit: &[crate::audit::AuditEntry],
+        now_ms: i64,
+    ) -> Result<(u64, u64)>;
 
     /// Takes or renews the lease `name` for `holder` until `until_ms`; false
     /// if another holder has it and it has not expired at `now_ms`. Replicas

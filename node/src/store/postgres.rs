@@ -58,6 +58,10 @@ impl PostgresStore {
         Ok(())
     }
 
+    fn wal_checkpoints_impl(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     async fn begin_write(
         &self,
     ) -> crate::error::Result<sqlx::Transaction<'static, sqlx::Postgres>> {

@@ -1645,18 +1645,21 @@ macro_rules! impl_store {
             async fn consents_to_forget(&self, now_ms: i64, limit: i64) -> Result<Vec<Consent>> {
                 let sql = sqlx::AssertSqlSafe(format!(
                     "SELECT {CONSENT_COLUMNS} FROM consents
-                     WHERE subject_ref <> '' AND (withdrawn_at IS NOT NULL OR valid_until <= $1)
+                     WHERE substr(subject_ref, 1, 1) <> $3 AND (withdrawn_at IS NOT NULL OR valid_until <= $1)
                      ORDER BY recorded_at LIMIT $2"
                 ));
-                let rows = sqlx::query(sql).bind(now_ms).bind(limit).fetch_all(&self.pool).await?;
+                let prefix = &$crate::domain::consent::FORGOTTEN_PREFIX[..1];
+                let rows = sqlx::query(sql).bind(now_ms).bind(limit).bind(prefix).fetch_all(&self.pool).await?;
                 rows.iter().map(row_to_consent).collect()
             }
 
-            async fn forget_consent(&self, consent_id: &str, terms: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
+            async fn forget_consent(&self, consent_id: &str, kept: &str, terms: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
                 let mut tx = self.begin_write().await?;
-                let n = sqlx::query("UPDATE consents SET subject_ref = '', terms = $1 WHERE consent_id = $2 AND subject_ref <> ''")
+                let n = sqlx::query("UPDATE consents SET subject_ref = $3, terms = $1 WHERE consent_id = $2 AND substr(subject_ref, 1, 1) <> $4")
                     .bind(terms)
                     .bind(consent_id)
+                    .bind(kept)
+                    .bind(&$crate::domain::consent::FORGOTTEN_PREFIX[..1])
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -1700,6 +1703,10 @@ macro_rules! impl_store {
 
             async fn after_purge(&self) -> Result<()> {
                 self.after_purge_impl().await
+            }
+
+            fn wal_checkpoints(&self) -> Vec<(&'static str, u64)> {
+                self.wal_checkpoints_impl()
             }
 
             async fn wrapped_data_keys(&self, after_key_id: &str, limit: i64) -> Result<Vec<(String, Vec<u8>)>> {
@@ -1868,6 +1875,65 @@ macro_rules! impl_store {
                 rows.iter()
                     .map(|r| Ok((r.try_get("peer_org")?, r.try_get("n")?, r.try_get("oldest")?)))
                     .collect()
+            }
+
+            async fn pending_intake(&self, org: &OrgId) -> Result<i64> {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM referrals
+                     WHERE peer_org = $1 AND state = 'received' AND direction = 'inbound' AND purge_status = 'none'",
+                )
+                .bind(org.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(row.try_get("n")?)
+            }
+
+            async fn witnessed_stats(&self, org: &OrgId, since_ms: i64) -> Result<(Option<i64>, i64)> {
+                let row = sqlx::query(
+                    "SELECT (SELECT MAX(seq) FROM witnessed_checkpoints WHERE org_id = $1) AS last,
+                            (SELECT COUNT(*) FROM witnessed_checkpoints WHERE org_id = $1 AND received_at >= $2) AS recent",
+                )
+                .bind(org.as_str())
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((row.try_get("last")?, row.try_get("recent")?))
+            }
+
+            async fn abandon_purges(
+                &self,
+                org: &OrgId,
+                notice_rows: &[i64],
+                audit: &[$crate::audit::AuditEntry],
+                now_ms: i64,
+            ) -> Result<(u64, u64)> {
+                let mut tx = self.begin_write().await?;
+                let mut dropped = 0;
+                for id in notice_rows {
+                    dropped += sqlx::query(
+                        "UPDATE peer_notices SET dropped_at = $1, last_error = 'purge abandoned by an administrator', payload = $4
+                         WHERE id = $2 AND org_id = $3 AND delivered_at IS NULL AND dropped_at IS NULL",
+                    )
+                    .bind(now_ms)
+                    .bind(id)
+                    .bind(org.as_str())
+                    .bind(Vec::<u8>::new())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                let abandoned = sqlx::query(
+                    "UPDATE referrals SET purge_status = 'abandoned', updated_at = $2
+                     WHERE direction = 'outbound' AND peer_org = $1 AND purge_status = 'pending'",
+                )
+                .bind(org.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok((abandoned, dropped))
             }
 
             async fn acquire_lease(&self, name: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::group_commit::{GroupCommit, WriteTx};
+use super::wal::WalCheckpoints;
 
 /// Creates the database file readable by the owner only; SQLite gives its
 /// -wal and -shm files the same mode.
@@ -36,6 +37,8 @@ pub struct SqliteStore {
     writer: GroupCommit,
     /// Peers by key and settings: this process is the database's only user.
     cache: std::sync::Arc<super::cache::ReadCache>,
+    /// Debounced, checked WAL checkpoints after purges (`wal.rs`).
+    wal: WalCheckpoints,
 }
 
 impl SqliteStore {
@@ -72,6 +75,7 @@ impl SqliteStore {
             .await
             .context("opening the SQLite database for writing")?;
         Ok(Self {
+            wal: WalCheckpoints::start(pool.clone()),
             pool,
             writer,
             cache: std::sync::Arc::new(super::cache::ReadCache::enabled()),
@@ -80,11 +84,15 @@ impl SqliteStore {
 
     async fn after_purge_impl(&self) -> crate::error::Result<()> {
         // secure_delete zeroes the freed content; the log still holds older
-        // page images until it is checkpointed and truncated.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
+        // page images until it is checkpointed and truncated: within
+        // `wal::DEBOUNCE` (one checkpoint for a burst of purges), retried
+        // while busy.
+        self.wal.after_purge();
         Ok(())
+    }
+
+    fn wal_checkpoints_impl(&self) -> Vec<(&'static str, u64)> {
+        self.wal.stats().snapshot()
     }
 
     async fn compact_data_keys_impl(&self) -> crate::error::Result<bool> {
@@ -108,6 +116,8 @@ impl SqliteStore {
     }
 
     async fn close_impl(&self) {
+        // Closing the last connection checkpoints the log anyway.
+        self.wal.stop();
         self.writer.close().await;
         self.pool.close().await;
     }

@@ -699,7 +699,7 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
 }
 
 #[tokio::test]
-async fn a_withdrawal_queued_while_revoked_reaches_the_peer_once_peered_again() {
+async fn a_withdrawal_after_a_revoke_reaches_the_peer_and_the_two_can_peer_again() {
     let Some(a) = start("ngo-a", Backend::Sqlite).await else {
         return;
     };
@@ -747,7 +747,7 @@ async fn a_withdrawal_queued_while_revoked_reaches_the_peer_once_peered_again() 
     wait_referral(&a, &alice, &id, "delivery", |v| v["state"] == "received").await;
 
     // A revokes; B learns of it. The consent is withdrawn meanwhile: the
-    // withdrawal cannot reach B and waits.
+    // withdrawal still reaches B (withdrawals pass while B's key is pinned).
     let out = a
         .ctl(&["peer", "revoke", "prison-b", "--yes"])
         .await
@@ -758,9 +758,19 @@ async fn a_withdrawal_queued_while_revoked_reaches_the_peer_once_peered_again() 
         .unwrap();
     let out = api(&a, &alice, &["consent", "withdraw", &consent_id]).await;
     assert!(out.success, "{}", out.stderr);
-    let pending = a.ctl_json(&["report", "purges"]).await.unwrap();
-    assert_eq!(pending[0]["purge_status"], "pending", "{pending}");
-    assert_eq!(pending[0]["referral_id"], id.as_str());
+    wait_until(
+        "the purge receipt while revoked",
+        Duration::from_secs(60),
+        || async {
+            let v = a.ctl_json(&["report", "purges"]).await.ok()?;
+            (v[0]["referral_id"] == id.as_str() && v[0]["purge_status"] == "done").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    a.wait_peer_state("prison-b", "revoked", None)
+        .await
+        .unwrap();
 
     // Peering again: B invites this time, A joins (A's record is revoked, B's
     // has their view revoked: both give way), both approve.
@@ -778,14 +788,7 @@ async fn a_withdrawal_queued_while_revoked_reaches_the_peer_once_peered_again() 
     b.wait_peer_state("ngo-a", "active", Some("active"))
         .await
         .unwrap();
-    // The withdrawal queued under the revoked peering goes out: B purges and
-    // its signed purge receipt arrives.
-    wait_until("the purge receipt", Duration::from_secs(60), || async {
-        let v = a.ctl_json(&["report", "purges"]).await.ok()?;
-        (v[0]["purge_status"] == "done").then_some(())
-    })
-    .await
-    .unwrap();
+    // B purged while revoked, and stays purged in the new peering.
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let at_b = api_json(&b, &bob, &["referral", "show", &id]).await;
     assert_eq!(at_b["summary"], Value::Null, "{at_b}");

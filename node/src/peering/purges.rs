@@ -1,0 +1,78 @@
+//! Purges outlive peerings: withdrawals go to a peer while any key of it is
+//! pinned, whatever the state of the peering (the outbox lets them pass),
+//! until the peer's purge receipts come or an administrator gives up on
+//! them, which is recorded.
+
+use crate::audit::AuditEntry;
+use crate::domain::OrgId;
+use crate::domain::time::now_ms;
+use crate::error::{Error, Result};
+use crate::state::NodeState;
+use exitnet_proto::pb;
+
+/// Referrals sent to `org` whose purge receipt has not come.
+pub async fn pending_at(state: &NodeState, org: &OrgId) -> Result<i64> {
+    Ok(state
+        .store
+        .pending_purges()
+        .await?
+        .into_iter()
+        .find(|(peer, _, _)| peer == org.as_str())
+        .map(|(_, n, _)| n)
+        .unwrap_or(0))
+}
+
+/// The audit entry that says a revoke left purges pending (delivered on),
+/// recorded with the revoke.
+pub async fn on_revoke(state: &NodeState, org: &OrgId) -> Result<Option<AuditEntry>> {
+    let pending = pending_at(state, org).await?;
+    Ok((pending > 0).then(|| {
+        AuditEntry::admin("peer.revoke.purges_pending", "peer", org.as_str())
+            .with_peer(org.as_str())
+            .result(&format!("pending:{pending}"))
+    }))
+}
+
+/// The administrator gives up the purges pending at `org`, whose peering
+/// has ended: its queued withdrawals are dropped and the referrals' purge
+/// status becomes `abandoned`, recorded in the audit trail with the count.
+/// (Referrals withdrawn, notices dropped.)
+pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
+    let peer = state
+        .store
+        .get_peer(org)
+        .await?
+        .ok_or(Error::NotFound("peer"))?;
+    if !super::peering_ended(&peer) {
+        return Err(Error::FailedPrecondition(format!(
+            "the peering with {org} has not ended: its withdrawals are still delivered; give up purges only after `exitnetctl peer revoke {org}`"
+        )));
+    }
+    let mut rows = Vec::new();
+    for n in state.store.undelivered_notices_for(org, i64::MAX).await? {
+        let req = crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload)?;
+        if super::outbox::is_withdrawal(&req) {
+            rows.push(n.id);
+        }
+    }
+    let pending = pending_at(state, org).await?;
+    let audit = [
+        AuditEntry::admin("peer.purges_abandoned", "peer", org.as_str())
+            .with_peer(org.as_str())
+            .result(&format!("abandoned:{pending}")),
+    ];
+    let done = state
+        .store
+        .abandon_purges(org, &rows, &audit, now_ms())
+        .await?;
+    tracing::warn!(peer = %org, referrals = done.0, withdrawals = done.1, "pending purges abandoned by the administrator");
+    Ok(done)
+}
+
+/// The admin API's answer.
+pub fn abandoned(done: (u64, u64)) -> pb::AbandonPurgesResponse {
+    pb::AbandonPurgesResponse {
+        abandoned: u32::try_from(done.0).unwrap_or(u32::MAX),
+        withdrawals_dropped: u32::try_from(done.1).unwrap_or(u32::MAX),
+    }
+}
