@@ -172,19 +172,24 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
 /// The document for one client reference.
 pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
     let mut consents = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = state
-            .store
-            .list_consents(&ListScope::All, Some(subject_ref), cursor.as_ref(), 100)
-            .await?;
-        let n = page.len();
-        cursor = page
-            .last()
-            .map(|c| (c.recorded_at_ms, c.consent_id.clone()));
-        consents.extend(page);
-        if n < 100 {
-            break;
+    // Its consents, and those withdrawn or ended, which keep only a digest
+    // of the reference.
+    let forgotten = crate::referrals::content::forgotten_ref(state, subject_ref);
+    for reference in [subject_ref, forgotten.as_str()] {
+        let mut cursor = None;
+        loop {
+            let page = state
+                .store
+                .list_consents(&ListScope::All, Some(reference), cursor.as_ref(), 100)
+                .await?;
+            let n = page.len();
+            cursor = page
+                .last()
+                .map(|c| (c.recorded_at_ms, c.consent_id.clone()));
+            consents.extend(page);
+            if n < 100 {
+                break;
+            }
         }
     }
     let mut ids: Vec<String> = Vec::new();
@@ -195,7 +200,7 @@ pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
         let t = &c.terms;
         consent_docs.push(json!({
             "consent_id": c.consent_id,
-            "subject_ref": c.subject_ref,
+            "subject_ref": subject_ref,
             "recipients": t.recipients.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
             "purposes": t.purposes.iter().map(|p| Purpose::as_str(*p)).collect::<Vec<_>>(),
             "purpose_text": t.purpose_text,

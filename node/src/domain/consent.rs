@@ -237,6 +237,12 @@ pub fn floor_to_day(ms: i64) -> i64 {
 }
 
 /// The client's own reference: bounded, printable.
+/// What a consent withdrawn or ended keeps instead of its client reference:
+/// this prefix (a control character, which no reference can hold) and a
+/// keyed digest of the reference (`referrals::content::forgotten_ref`), so
+/// subject access still finds it while the reference itself is gone.
+pub const FORGOTTEN_PREFIX: &str = "\u{1}forgotten:";
+
 pub fn subject_ref(field: &str, s: &str) -> Result<String, FieldError> {
     if s.trim().is_empty() {
         return Err(FieldError::new(field, "required"));
@@ -272,7 +278,7 @@ impl Consent {
         }
         pb::Consent {
             consent_id: self.consent_id.clone(),
-            subject_ref: if with_subject {
+            subject_ref: if with_subject && !self.subject_ref.starts_with(FORGOTTEN_PREFIX) {
                 self.subject_ref.clone()
             } else {
                 String::new()

@@ -213,9 +213,21 @@ pub async fn purge_inbound(state: &NodeState) -> Result<u32> {
     Ok(n)
 }
 
-/// Consents withdrawn or ended forget their client reference (and the free
-/// text of their terms): the record of what was consented to, by whom and
-/// until when stays. How many.
+/// What a forgotten consent keeps of `subject_ref`: a keyed digest that only
+/// someone who gives the reference again (subject access) can match.
+pub fn forgotten_ref(state: &NodeState, subject_ref: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.pseudonym_key);
+    let tag = ring::hmac::sign(&key, format!("forgotten\0{subject_ref}").as_bytes());
+    format!(
+        "{}{}",
+        crate::domain::consent::FORGOTTEN_PREFIX,
+        crate::identity::hex(&tag.as_ref()[..16])
+    )
+}
+
+/// Consents withdrawn or ended forget their client reference (kept only as
+/// `forgotten_ref`) and the free text of their terms: the record of what
+/// was consented to, by whom and until when stays. How many.
 pub async fn forget_consents(state: &NodeState) -> Result<u32> {
     let mut n = 0;
     loop {
@@ -230,9 +242,10 @@ pub async fn forget_consents(state: &NodeState) -> Result<u32> {
                 &c.consent_id,
             )
             .consent(Some(&c.consent_id));
+            let kept = forgotten_ref(state, &c.subject_ref);
             if state
                 .store
-                .forget_consent(&c.consent_id, &terms, &[audit])
+                .forget_consent(&c.consent_id, &kept, &terms, &[audit])
                 .await?
             {
                 round += 1;

@@ -513,6 +513,15 @@ async fn purge_leaves_nothing(backend: Backend) {
         .unwrap();
     assert!(kept.subject_ref.is_empty(), "{kept:?}");
     assert!(kept.withdrawn_at.is_some());
+    // Whoever gives the reference again (subject access) still finds it.
+    let access = a
+        .ctl(&["audit", "subject", &mk.m("subject")])
+        .await
+        .unwrap();
+    assert!(access.success, "{}", access.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&access.stdout).unwrap();
+    assert_eq!(doc["consents"][0]["consent_id"], consent.as_str(), "{doc}");
+    assert_eq!(doc["referrals"].as_array().unwrap().len(), 4, "{doc}");
 }
 
 #[tokio::test]
