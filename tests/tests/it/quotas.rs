@@ -189,7 +189,6 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
         &bob,
         pb::AcceptReferralRequest {
             referral_id: stored[0].clone(),
-            ..Default::default()
         },
     ))
     .await
@@ -217,7 +216,7 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
         }
     }
     let e = over.expect("a checkpoint flood is stopped");
-    assert!(witnessed >= 1 && witnessed <= CHECKPOINTS, "{witnessed}");
+    assert!((1..=CHECKPOINTS).contains(&witnessed), "{witnessed}");
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(
         e.message().contains("limits.peer_checkpoints_per_day (3)"),

@@ -125,7 +125,6 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
         &bob,
         pb::AcceptReferralRequest {
             referral_id: r3.clone(),
-            ..Default::default()
         },
     ))
     .await
@@ -165,7 +164,6 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
         &bob,
         pb::StartReferralRequest {
             referral_id: r3.clone(),
-            ..Default::default()
         },
     ))
     .await
@@ -251,7 +249,6 @@ async fn a_revoke_keeps_delivering_pending_withdrawals_until_receipts_or_giving_
         &bob,
         pb::AcceptReferralRequest {
             referral_id: r3.clone(),
-            ..Default::default()
         },
     ))
     .await
