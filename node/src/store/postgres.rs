@@ -75,7 +75,9 @@ impl PostgresStore {
     /// place (seen on PostgreSQL 15 for the last row of a page), so the
     /// table is rewritten (`VACUUM FULL`: a new file, the old one deleted).
     /// The table is small (about 100 bytes a subject); the exclusive lock
-    /// is held briefly and not waited for long.
+    /// is held briefly and waited for at most 200 ms (a waiting VACUUM FULL
+    /// would queue every other use of the table behind it): when the table
+    /// is busy it is tried again at the next round.
     async fn compact_data_keys_impl(&self) -> crate::error::Result<bool> {
         use sqlx::Row;
         let dead: i64 = sqlx::query(
@@ -90,7 +92,7 @@ impl PostgresStore {
         }
         // VACUUM cannot run inside a transaction: one connection, plain statements.
         let mut conn = self.pool.acquire().await?;
-        sqlx::raw_sql("SET lock_timeout = '5s'")
+        sqlx::raw_sql("SET lock_timeout = '200ms'")
             .execute(&mut *conn)
             .await?;
         let done = sqlx::raw_sql("VACUUM FULL data_keys")
@@ -99,8 +101,12 @@ impl PostgresStore {
         sqlx::raw_sql("RESET lock_timeout")
             .execute(&mut *conn)
             .await?;
-        done?;
-        Ok(true)
+        match done {
+            Ok(_) => Ok(true),
+            // lock_not_available: busy now, next round.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn publish_change_impl(&self, payload: &str) -> crate::error::Result<()> {

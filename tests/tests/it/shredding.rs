@@ -382,7 +382,7 @@ async fn an_administrator_rotates_the_master_key_on_demand() {
     let a = crate::referrals::start("ngo-a", Backend::Sqlite)
         .await
         .unwrap();
-    let b = crate::referrals::start("prison-b", Backend::Sqlite)
+    let mut b = crate::referrals::start("prison-b", Backend::Sqlite)
         .await
         .unwrap();
     peer_with(&a, &b).await;
@@ -392,6 +392,23 @@ async fn an_administrator_rotates_the_master_key_on_demand() {
     let consent = recorded_consent(&a, &alice, "c-rotate", "client-1").await;
     let id = created_referral(&a, &alice, "r-rotate", &consent, "prison-b").await;
     crate::referrals::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+
+    // A lost key directory: the node refuses to start (it would otherwise
+    // make a new generation 0 and go on, unable to read what it holds),
+    // though its data keys name generation 0 as the new directory's does.
+    b.stop().await.unwrap();
+    let keys = b.key_dir();
+    let aside = keys.with_file_name("keys-aside");
+    std::fs::rename(&keys, &aside).unwrap();
+    let said = refused(&b).await;
+    assert!(
+        said.contains("opens the data keys in the database"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&keys).unwrap();
+    std::fs::rename(&aside, &keys).unwrap();
+    b.restart().await.unwrap();
+    assert!(get(&b, &bob, &id).await.summary.is_some());
 
     let r = b
         .ctl_json(&["identity", "rotate-master-key"])
