@@ -588,7 +588,10 @@ mod tests {
         // The key directory stays the default, beside (not inside) the data directory.
         assert!(c.keys.dir.is_none());
         assert_eq!(c.keys.backup_retention_days, 30);
-        assert!(!c.key_dir().starts_with(std::path::absolute(&c.data_dir).unwrap()));
+        assert!(
+            !c.key_dir()
+                .starts_with(std::path::absolute(&c.data_dir).unwrap())
+        );
     }
 
     #[test]
