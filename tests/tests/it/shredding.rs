@@ -292,7 +292,13 @@ async fn a_backup_is_shredded_after_rotation_plus_retention(backend: Backend) {
         live.summary.as_ref().map(|s| s.needs_narrative.as_str()),
         Some(NARRATIVE)
     );
-    assert!(b.log().contains("destroyed master key generation 0"));
+    // The log line follows the file's deletion (and its audit record).
+    wait_until("the destruction logged", Duration::from_secs(30), || {
+        let logged = b.log().contains("destroyed master key generation 0");
+        async move { logged.then_some(()) }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

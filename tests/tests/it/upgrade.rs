@@ -247,15 +247,12 @@ async fn the_old_master_key_is_rotated_out_and_destroyed_with_nothing_lost() {
         std::time::Duration::from_secs(30),
         || {
             let keys = keys.clone();
-            async move { (!keys.join("generation-000000.key").exists()).then_some(()) }
+            // The log line follows the file's deletion (and its audit record).
+            let logged = node.log().contains("destroyed master key generation 0");
+            async move { (logged && !keys.join("generation-000000.key").exists()).then_some(()) }
         },
     )
     .await
     .unwrap();
-    assert!(
-        node.log().contains("destroyed master key generation 0"),
-        "{}",
-        node.log()
-    );
     assert_as_before(&node, org, &expected).await;
 }
