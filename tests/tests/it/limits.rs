@@ -146,7 +146,7 @@ async fn a_peer_over_its_rate_is_slowed_not_lost() {
 /// per address before their refusal costs a write, and the refusals that are
 /// recorded are counted in one row per minute and kind, so 20,000 calls leave
 /// a handful of rows; a peer's referrals keep flowing meanwhile.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_fill_the_disk() {
     let a = start("ngo-a", Backend::Sqlite).await.unwrap();
     let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
@@ -159,6 +159,49 @@ async fn strangers_cannot_fill_the_disk() {
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let consent = recorded_consent(&a, &alice, "c-strangers", "client-1").await;
+
+    // The peer's own calls, measured before and during the flood: the same
+    // request each time (a new offer from A over one kept connection, the
+    // whole intake: checks, sealing, a signed receipt, a durable write).
+    let a_key = crate::quotas::key_of(&a, &a.fingerprint().await.unwrap());
+    let peer = exitnet_node::federation::client::connect(
+        &b.federation_addr,
+        Some(&a_key),
+        vec![b.fingerprint().await.unwrap()],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let offer_latency = || {
+        let mut peer = peer.clone();
+        let msg = crate::quotas::offer("ngo-a");
+        let payload = prost::Message::encode_to_vec(&msg);
+        let signature = a_key
+            .sign_in(exitnet_node::identity::context::MESSAGE, &payload)
+            .unwrap();
+        async move {
+            let t = std::time::Instant::now();
+            peer.notify(pb::NotifyRequest {
+                notice_id: msg.message_id.clone(),
+                notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                    payload,
+                    signature,
+                    batch: None,
+                })),
+            })
+            .await
+            .unwrap();
+            t.elapsed()
+        }
+    };
+    const SAMPLES: usize = 300;
+    for _ in 0..20 {
+        offer_latency().await;
+    }
+    let mut unloaded = Vec::new();
+    for _ in 0..SAMPLES {
+        unloaded.push(offer_latency().await);
+    }
 
     let stranger = exitnet_node::identity::NodeKey::generate("stranger").unwrap();
     let client = exitnet_node::federation::client::connect(
@@ -205,6 +248,33 @@ async fn strangers_cannot_fill_the_disk() {
         }
         (u, l, o)
     });
+    // Meanwhile the peer's calls, as long as the flood lasts.
+    let flood_started = std::time::Instant::now();
+    let mut loaded = Vec::new();
+    while !flood.is_finished() && loaded.len() < SAMPLES {
+        loaded.push(offer_latency().await);
+    }
+    let p99 = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[(v.len() * 99).div_ceil(100) - 1]
+    };
+    let (n_loaded, p99_unloaded, p99_loaded) = (loaded.len(), p99(&mut unloaded), p99(&mut loaded));
+    eprintln!(
+        "peer offers: p99 {p99_unloaded:?} unloaded ({SAMPLES}), {p99_loaded:?} during the flood ({n_loaded}, {:?} into it); medians {:?} and {:?}",
+        flood_started.elapsed(),
+        unloaded[SAMPLES / 2],
+        loaded[n_loaded / 2]
+    );
+    // The peer is served all through the flood (every offer above got its
+    // receipt). Its p99 is NOT within twice the unloaded one on a 2-core
+    // machine (measured 6-15x, medians about 5x: the flooding client, both
+    // nodes and the test share the cores, and every refusal under the rate
+    // is still a durable upsert on SQLite's one writer): printed, not
+    // asserted, until refusals are counted in memory (issue 17 item 3).
+    assert!(
+        n_loaded >= 100,
+        "the flood ended before the peer was measured"
+    );
     // Meanwhile A's referrals reach B.
     let mut want = Vec::new();
     for i in 0..20 {

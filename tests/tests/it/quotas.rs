@@ -23,12 +23,12 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn key_of(n: &NodeProcess, fp: &str) -> NodeKey {
+pub(crate) fn key_of(n: &NodeProcess, fp: &str) -> NodeKey {
     NodeKey::read(&n.data_dir().join("identity"), fp).unwrap()
 }
 
 /// A valid offer from `sender` to prison-b, as a flooding peer would build it.
-fn offer(sender: &str) -> pb::FederationMessage {
+pub(crate) fn offer(sender: &str) -> pb::FederationMessage {
     let now = now();
     let ts = |seconds| exitnet_proto::Timestamp { seconds, nanos: 0 };
     let terms = pb::ConsentTerms {
