@@ -358,9 +358,10 @@ pub fn offer_to_record(
         "offer.summary",
         summary.ok_or_else(|| FieldError::new("offer.summary", "required"))?,
     )?;
-    let terms =
-        ConsentTerms::from_received(terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?)
-            .map_err(|e| e.within("offer"))?;
+    let terms = ConsentTerms::from_received(
+        terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?,
+    )
+    .map_err(|e| e.within("offer"))?;
     // The terms that travelled with the referral, checked here again.
     let now = now_ms();
     if !terms.in_force(now) {

@@ -200,9 +200,7 @@ async fn assert_as_before(node: &NodeProcess, org: &str, expected: &Value) {
     exitnet_tests::wait_until(
         &format!("{org}: no plaintext note in the files"),
         std::time::Duration::from_secs(30),
-        || async {
-            (!crate::purge::file_holds(&node.data_dir(), OLD_NOTE)).then_some(())
-        },
+        || async { (!crate::purge::file_holds(&node.data_dir(), OLD_NOTE)).then_some(()) },
     )
     .await
     .unwrap();
