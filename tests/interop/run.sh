@@ -183,7 +183,10 @@ run_peered() {
   local db_b=exitnet_interop_$$_b
   new_db "$db_b"
   local api_a api_b
-  api_a=$(start_node "$a" EXITNET_ORG__ID=$org_a EXITNET_ORG__SECTOR=ngo \
+  # The agency system may act only for the case managers listed for it
+  # (auth.system_acts_for): a map keyed by client ID, which needs a file.
+  printf '[auth.system_acts_for]\n"agency-system" = "alice"\n' >"$a/exitnet.toml"
+  api_a=$(start_node "$a" EXITNET_CONFIG="$a/exitnet.toml" EXITNET_ORG__ID=$org_a EXITNET_ORG__SECTOR=ngo \
     EXITNET_AUTH__MODE=oidc EXITNET_AUTH__ISSUER="$issuer" EXITNET_AUTH__AUDIENCE=$audience)
   api_b=$(start_node "$b" EXITNET_ORG__ID=$org_b EXITNET_ORG__SECTOR=prison_probation \
     EXITNET_ORG__NEED_AREAS=mental_health,social_reintegration EXITNET_ORG__SERVICES=trauma_ptsd,mentoring \

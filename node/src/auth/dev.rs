@@ -1,6 +1,7 @@
 //! The development issuer: with `auth.mode = "dev"` the node accepts tokens it
 //! minted itself (over the admin socket, `exitnetctl dev-token`), signed with
-//! a key of its own (`<data_dir>/dev-token.key.pem`, made on first start),
+//! a key of its own (`<data_dir>/identity/dev-token.key.pem`, made on first start,
+//! kept with the identity so that replicas sharing it accept each other's tokens),
 //! never the node's identity key: nothing the identity key signs for peers
 //! can be a token here, and a token is no statement by the node. Refused at
 //! start unless the client API is on loopback.
@@ -28,9 +29,12 @@ pub struct DevVerifier {
 }
 
 impl DevVerifier {
-    /// The issuer for `org_id`, with the key kept in `data_dir` (made if missing).
+    /// The issuer for `org_id`, with the key kept in `data_dir`'s identity
+    /// directory (made if missing).
     pub fn new(org_id: &str, data_dir: &Path) -> anyhow::Result<Self> {
-        let path = data_dir.join(KEY_FILE);
+        let dir = data_dir.join("identity");
+        crate::identity::create_private_dir(&dir)?;
+        let path = dir.join(KEY_FILE);
         let pkcs8 = if path.exists() {
             let pem = Zeroizing::new(
                 std::fs::read_to_string(&path)
@@ -165,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let identity = crate::identity::Identity::load_or_create(dir.path(), "ngo-a").unwrap();
         let v = DevVerifier::new("ngo-a", dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+        let mode = std::fs::metadata(dir.path().join("identity").join(KEY_FILE))
             .unwrap()
             .permissions()
             .mode();

@@ -236,13 +236,13 @@ pub fn floor_to_day(ms: i64) -> i64 {
     ms - ms.rem_euclid(DAY_MS)
 }
 
-/// The client's own reference: bounded, printable.
 /// What a consent withdrawn or ended keeps instead of its client reference:
 /// this prefix (a control character, which no reference can hold) and a
 /// keyed digest of the reference (`referrals::content::forgotten_ref`), so
 /// subject access still finds it while the reference itself is gone.
 pub const FORGOTTEN_PREFIX: &str = "\u{1}forgotten:";
 
+/// The client's own reference: bounded, printable.
 pub fn subject_ref(field: &str, s: &str) -> Result<String, FieldError> {
     if s.trim().is_empty() {
         return Err(FieldError::new(field, "required"));

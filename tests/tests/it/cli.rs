@@ -78,7 +78,7 @@ async fn the_sender_sees_how_a_case_ended_and_the_dpo_what_was_shared() {
     let Some(a) = start("ngo-a", Backend::Sqlite).await else {
         return;
     };
-    let Some(b) = start("prison-b", Backend::Sqlite).await else {
+    let Some(mut b) = start("prison-b", Backend::Sqlite).await else {
         return;
     };
     peer_with(&a, &b).await;
@@ -344,9 +344,10 @@ async fn the_sender_sees_how_a_case_ended_and_the_dpo_what_was_shared() {
         bad.stderr
     );
 
-    // Purges: with the peering suspended the withdrawal waits (pending, oldest
-    // first); resumed, each recipient's purge receipt makes it done.
-    assert!(admin(&["peer", "suspend", "prison-b"]).await.success);
+    // Purges: with the recipient down the withdrawal waits (pending, oldest
+    // first); back up, each recipient's purge receipt makes it done. (A
+    // suspension no longer holds withdrawals: it-withdrawals.)
+    b.stop().await.unwrap();
     let out = api(&a, &alice, &["consent", "withdraw", &consent_id]).await;
     assert!(out.success, "{}", out.stderr);
     let purges = admin(&["report", "purges", "-o", "json"])
@@ -365,7 +366,7 @@ async fn the_sender_sees_how_a_case_ended_and_the_dpo_what_was_shared() {
     assert!(purges[0]["withdrawn_at"].as_str() <= purges[1]["withdrawn_at"].as_str());
     let table = admin(&["report", "purges"]).await.stdout;
     assert!(table.starts_with("RECIPIENT"), "{table}");
-    assert!(admin(&["peer", "resume", "prison-b"]).await.success);
+    b.restart().await.unwrap();
     wait_until("both purge receipts", Duration::from_secs(30), || async {
         let v = admin(&["report", "purges", "-o", "json"])
             .await
