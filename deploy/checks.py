@@ -726,6 +726,7 @@ METRIC_FAMILIES = {
     "exitnet_audit_checkpoint_timestamp_seconds": "gauge",
     "exitnet_audit_checkpoint_interval_seconds": "gauge",
     "exitnet_purges_pending": "gauge",
+    "exitnet_wal_checkpoints": "counter",
     "exitnet_purge_oldest_pending_timestamp_seconds": "gauge",
     "exitnet_build_info": "gauge",
     "process_cpu_seconds": "counter",
