@@ -435,6 +435,8 @@ impl Application {
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
+        let refusals_task =
+            tokio::spawn(peering::run_refusal_flush(state.clone(), stop_rx.clone()));
         let checkpoint_task = tokio::spawn(crate::audit::checkpoint::run(
             state.clone(),
             stop_rx.clone(),
@@ -494,6 +496,8 @@ impl Application {
             let _ = outbox_task.await;
             let _ = scheduler_task.await;
             let _ = checkpoint_task.await;
+            // After the listeners: refusals counted up to the end are written.
+            let _ = refusals_task.await;
         };
         if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");

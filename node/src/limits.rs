@@ -126,6 +126,67 @@ pub struct Limits {
     pub addresses: Limiter,
     /// Pending intake per peer, counted (`intake_quota`).
     intake: IntakeCounts,
+    /// Repeated refusals, counted here between flushes.
+    pub refusals: RefusalCounts,
+}
+
+// === Refusals counted in memory ===
+
+/// Kinds of refusal (rows) tracked at once; beyond, each refusal is written
+/// as it comes, so the map cannot grow without bound.
+const MAX_REFUSAL_KINDS: usize = 10_000;
+
+/// Refusals between flushes. The first of each kind (its aggregation key:
+/// reason, key, address, minute…) is written at once, so it is durable and
+/// logged; repeats are only counted here and added to that row by a flush
+/// (`peering::flush_refusals`, every second and at shutdown). A flood then
+/// costs one write per kind per second, not an fsync per refused call queued
+/// with the peers' own writes. A crash loses at most a second of counts,
+/// never the first of a kind.
+#[derive(Debug, Default)]
+pub struct RefusalCounts(Mutex<RefusalState>);
+
+#[derive(Debug, Default)]
+struct RefusalState {
+    minute: i64,
+    /// Kinds written this minute.
+    written: std::collections::HashSet<String>,
+    /// Repeats not yet added to their rows.
+    pending: HashMap<String, (crate::store::SecurityEvent, i64)>,
+}
+
+impl RefusalCounts {
+    /// True when `e` must be written now (the first of its kind this
+    /// minute); otherwise it has been counted for the next flush.
+    pub fn first_or_count(&self, e: &crate::store::SecurityEvent) -> bool {
+        let Ok(mut s) = self.0.lock() else {
+            return true;
+        };
+        let minute = e.at_ms.div_euclid(60_000);
+        if minute != s.minute {
+            // Keys name their minute: last minute's pending repeats still
+            // go to last minute's rows.
+            s.written.clear();
+            s.minute = minute;
+        }
+        let key = e.aggregation_key();
+        if !s.written.contains(&key) {
+            if s.written.len() < MAX_REFUSAL_KINDS {
+                s.written.insert(key);
+            }
+            return true;
+        }
+        s.pending.entry(key).or_insert_with(|| (e.clone(), 0)).1 += 1;
+        false
+    }
+
+    /// The repeats counted since the last call, by kind.
+    pub fn take(&self) -> Vec<(crate::store::SecurityEvent, i64)> {
+        self.0
+            .lock()
+            .map(|mut s| s.pending.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default()
+    }
 }
 
 // === Per-peer quotas on what a peer can make us store ===
@@ -258,6 +319,7 @@ impl Limits {
             ),
             addresses: Limiter::new("address", c.address_calls_per_sec, c.address_burst, 0),
             intake: IntakeCounts::default(),
+            refusals: RefusalCounts::default(),
         }
     }
 }
@@ -265,6 +327,33 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_refusal_of_a_kind_is_written_repeats_are_counted() {
+        let c = RefusalCounts::default();
+        let e = |at_ms: i64, reason: &str| crate::store::SecurityEvent {
+            at_ms,
+            surface: "federation".into(),
+            reason: reason.into(),
+            key_fingerprint: Some("fp".into()),
+            org_id: None,
+            remote_addr: Some("127.0.0.1:1".into()),
+            method: Some("Notify".into()),
+        };
+        assert!(c.first_or_count(&e(0, "unknown_key")));
+        for _ in 0..5 {
+            assert!(!c.first_or_count(&e(10, "unknown_key")));
+        }
+        assert!(c.first_or_count(&e(20, "peer_suspended")), "another kind");
+        assert!(
+            c.first_or_count(&e(60_000, "unknown_key")),
+            "another minute"
+        );
+        let taken = c.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].0.reason.as_str(), taken[0].1), ("unknown_key", 5));
+        assert!(c.take().is_empty(), "taken once");
+    }
 
     #[test]
     fn a_burst_then_the_rate() {

@@ -873,9 +873,14 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
     Ok(())
 }
 
-/// Records a refused call: who, when, why; never the payload.
+/// Records a refused call: who, when, why; never the payload. Repeats of a
+/// kind already written this minute are only counted in memory and added
+/// by `flush_refusals` (`limits::RefusalCounts`).
 pub async fn record_refusal(state: &NodeState, event: SecurityEvent) {
-    match state.store.record_security_event(&event).await {
+    if !state.limits.refusals.first_or_count(&event) {
+        return;
+    }
+    match state.store.record_security_event(&event, 1).await {
         // The first of its kind this minute is logged; the rest are counted
         // in its row (a flood must not fill the disk through the log either).
         Ok(1) => tracing::warn!(
@@ -890,6 +895,34 @@ pub async fn record_refusal(state: &NodeState, event: SecurityEvent) {
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "could not record a security event"),
     }
+}
+
+/// How often repeated refusals counted in memory are written.
+pub const REFUSAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Adds the refusals counted since the last flush to their rows.
+pub async fn flush_refusals(state: &NodeState) {
+    for (event, n) in state.limits.refusals.take() {
+        if let Err(e) = state.store.record_security_event(&event, n).await {
+            tracing::error!(error = %e, "could not record security events");
+        }
+    }
+}
+
+/// Flushes counted refusals every `REFUSAL_FLUSH`, and once more at stop.
+pub async fn run_refusal_flush(
+    state: std::sync::Arc<NodeState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REFUSAL_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => flush_refusals(&state).await,
+            _ = stop.changed() => break,
+        }
+    }
+    flush_refusals(&state).await;
 }
 
 #[cfg(test)]

@@ -661,10 +661,10 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    /// Records a refusal, aggregated per minute with the others of the same
-    /// surface, reason, key, peer, address (without its port) and method;
-    /// how many that minute's row counts now (1: the first).
-    async fn record_security_event(&self, event: &SecurityEvent) -> Result<i64>;
+    /// Records `n` refusals like `event`, aggregated per minute with the
+    /// others of the same surface, reason, key, peer, address (without its
+    /// port) and method; how many that minute's row counts now (1: the first).
+    async fn record_security_event(&self, event: &SecurityEvent, n: i64) -> Result<i64>;
     /// Newest first, each with how many refusals its row counts.
     async fn security_events(&self, limit: i64) -> Result<Vec<(SecurityEvent, i64)>>;
     /// Deletes rows older than `before_ms`, then the oldest beyond `keep`.

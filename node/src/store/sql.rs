@@ -2150,13 +2150,13 @@ macro_rules! impl_store {
                 rows.iter().map(|r| Ok((r.try_get("payload")?, r.try_get("signature")?))).collect()
             }
 
-            async fn record_security_event(&self, e: &SecurityEvent) -> Result<i64> {
+            async fn record_security_event(&self, e: &SecurityEvent, n: i64) -> Result<i64> {
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(
                     "INSERT INTO security_events
                        (at, surface, reason, key_fingerprint, org_id, remote_addr, method, count, agg_key)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
-                     ON CONFLICT (agg_key) DO UPDATE SET count = security_events.count + 1
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $9, $8)
+                     ON CONFLICT (agg_key) DO UPDATE SET count = security_events.count + $9
                      RETURNING count",
                 )
                 .bind(e.at_ms)
@@ -2167,6 +2167,7 @@ macro_rules! impl_store {
                 .bind(e.remote_host())
                 .bind(&e.method)
                 .bind(e.aggregation_key())
+                .bind(n.max(1))
                 .fetch_one(&mut *tx)
                 .await?;
                 tx.commit().await?;

@@ -267,10 +267,11 @@ async fn strangers_cannot_fill_the_disk() {
     );
     // The peer is served all through the flood (every offer above got its
     // receipt). Its p99 is NOT within twice the unloaded one on a 2-core
-    // machine (measured 6-15x, medians about 5x: the flooding client, both
-    // nodes and the test share the cores, and every refusal under the rate
-    // is still a durable upsert on SQLite's one writer): printed, not
-    // asserted, until refusals are counted in memory (issue 17 item 3).
+    // machine: with refusals written every durable upsert, 6-15x; with
+    // repeats counted in memory (one write per kind a second), 5-7x (p99
+    // 37-52 ms against 7 ms, medians about 5x): what remains is CPU, the
+    // flooding client, both nodes and the test sharing two cores. Printed,
+    // not asserted (docs/threat-model.md).
     assert!(
         n_loaded >= 100,
         "the flood ended before the peer was measured"
@@ -301,20 +302,33 @@ async fn strangers_cannot_fill_the_disk() {
     assert_eq!(unauthenticated + limited, CALLS as u64);
     assert!(limited > 0, "the address limit never applied");
 
-    // Every recorded refusal is counted; the rows are few.
+    // Every refusal is counted (repeats within a second of the flood's end,
+    // when the counts kept in memory are written); the rows are few.
     let pool = sqlx::SqlitePool::connect(&b.database_url()).await.unwrap();
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS rows, COALESCE(SUM(count), 0) AS counted FROM security_events \
-         WHERE reason = 'unknown_key'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let counts = || async {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS rows, COALESCE(SUM(count), 0) AS counted FROM security_events \
+             WHERE reason = 'unknown_key'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let rows: i64 = sqlx::Row::get(&row, "rows");
+        let counted: i64 = sqlx::Row::get(&row, "counted");
+        (rows, counted)
+    };
+    let counted_all = wait_until("every refusal counted", Duration::from_secs(10), || async {
+        let (rows, counted) = counts().await;
+        (counted as u64 == unauthenticated).then_some(rows)
+    })
+    .await;
+    let (rows, counted) = counts().await;
     pool.close().await;
-    let rows: i64 = sqlx::Row::get(&row, "rows");
-    let counted: i64 = sqlx::Row::get(&row, "counted");
     eprintln!("security_events: {rows} rows counting {counted} refusals");
-    assert_eq!(counted as u64, unauthenticated, "a refusal went uncounted");
+    assert!(
+        counted_all.is_ok(),
+        "{counted} of {unauthenticated} refusals counted"
+    );
     assert!(rows <= 10, "{rows} rows for one stranger's flood");
     let events = b.ctl_json(&["security", "events"]).await.unwrap();
     let listed = events.as_array().unwrap();

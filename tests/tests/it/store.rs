@@ -534,15 +534,18 @@ mod cases {
             .iter()
             .enumerate()
         {
-            s.record_security_event(&SecurityEvent {
-                at_ms: NOW + i as i64,
-                surface: "federation".into(),
-                reason: (*reason).into(),
-                key_fingerprint: Some("fp".into()),
-                org_id: None,
-                remote_addr: Some("127.0.0.1:1".into()),
-                method: Some("Notify".into()),
-            })
+            s.record_security_event(
+                &SecurityEvent {
+                    at_ms: NOW + i as i64,
+                    surface: "federation".into(),
+                    reason: (*reason).into(),
+                    key_fingerprint: Some("fp".into()),
+                    org_id: None,
+                    remote_addr: Some("127.0.0.1:1".into()),
+                    method: Some("Notify".into()),
+                },
+                1,
+            )
             .await
             .unwrap();
         }
@@ -561,18 +564,20 @@ mod cases {
             remote_addr: Some("127.0.0.1:2".into()),
             method: Some("Notify".into()),
         };
-        assert_eq!(s.record_security_event(&again).await.unwrap(), 2);
+        assert_eq!(s.record_security_event(&again, 1).await.unwrap(), 2);
+        // Repeats counted in memory are added as one number.
+        assert_eq!(s.record_security_event(&again, 40).await.unwrap(), 42);
         let all = s.security_events(10).await.unwrap();
         assert_eq!(all.len(), 3);
         let (first, count) = all.iter().find(|(e, _)| e.reason == "unknown_key").unwrap();
-        assert_eq!(*count, 2);
+        assert_eq!(*count, 42);
         assert_eq!(first.remote_addr.as_deref(), Some("127.0.0.1"));
         // A minute later: a row of its own.
         let later = SecurityEvent {
             at_ms: NOW + 60_000,
             ..again
         };
-        assert_eq!(s.record_security_event(&later).await.unwrap(), 1);
+        assert_eq!(s.record_security_event(&later, 1).await.unwrap(), 1);
         // Pruned by age, then beyond the newest `keep`.
         assert_eq!(s.prune_security_events(NOW + 1, 100).await.unwrap(), 1);
         assert_eq!(s.prune_security_events(0, 2).await.unwrap(), 1);
