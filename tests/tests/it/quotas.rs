@@ -176,11 +176,25 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
     assert_eq!(stored.len(), INTAKE, "stopped at the quota");
     assert_eq!(refused, 20);
     assert_eq!(inbound_ids(&b, &bob).await.len(), INTAKE);
+    // One aggregated row per minute (two if the minute turned meanwhile),
+    // counting all 20 once the repeats counted in memory are written (every
+    // second).
+    let counted = |events: &Vec<serde_json::Value>| -> u64 {
+        events.iter().map(|e| e["count"].as_u64().unwrap()).sum()
+    };
+    let all_counted = exitnet_tests::wait_until(
+        "all 20 refusals counted",
+        std::time::Duration::from_secs(10),
+        || async {
+            let events = quota_events(&b).await;
+            (counted(&events) >= 20).then_some(())
+        },
+    )
+    .await;
     let events = quota_events(&b).await;
-    // One aggregated row per minute (two if the minute turned meanwhile).
+    assert!(all_counted.is_ok(), "{events:?}");
     assert!(events.len() <= 2, "aggregated: {events:?}");
-    let counted: u64 = events.iter().map(|e| e["count"].as_u64().unwrap()).sum();
-    assert_eq!(counted, 20, "{events:?}");
+    assert_eq!(counted(&events), 20, "{events:?}");
     // C is served meanwhile.
     send_raw(&b, &c_key, &offer("health-c")).await.unwrap();
     // Once B accepts one of A's, there is room for one more.
