@@ -243,6 +243,16 @@ pub async fn witness(
     let (last, in_a_day) = state.store.witnessed_stats(peer, now - 86_400_000).await?;
     match last {
         Some(last) if seq < last => {
+            // Not kept, but compared: a different head for a position we
+            // hold is a fork whether or not later checkpoints came since.
+            let held = state.store.witnessed_checkpoints(peer, seq - 1, 1).await?;
+            let forked = held.first().is_some_and(|(payload, _)| {
+                pb::AuditCheckpoint::decode(payload.as_slice())
+                    .is_ok_and(|h| h.seq == cp.seq && h.head_sha256 != cp.head_sha256)
+            });
+            if forked {
+                return Err(fork(state, peer, &cp, now).await);
+            }
             return Err(Error::FailedPrecondition(format!(
                 "checkpoint.seq: {seq} is below the last checkpoint witnessed for this peer ({last}); only a later one is kept"
             )));
@@ -297,24 +307,7 @@ pub async fn witness(
                 _ => witness,
             });
         }
-        Some(_) => {
-            crate::peering::record_refusal(
-                state,
-                SecurityEvent {
-                    at_ms: now,
-                    surface: "federation".into(),
-                    reason: "audit_checkpoint_fork".into(),
-                    key_fingerprint: Some(cp.key_fingerprint.clone()),
-                    org_id: Some(peer.to_string()),
-                    remote_addr: None,
-                    method: Some("Notify".into()),
-                },
-            )
-            .await;
-            return Err(Error::FailedPrecondition(format!(
-                "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {seq}"
-            )));
-        }
+        Some(_) => return Err(fork(state, peer, &cp, now).await),
     }
     crate::audit::record(
         state,
@@ -327,6 +320,28 @@ pub async fn witness(
     )
     .await;
     Ok(witness)
+}
+
+/// A second, different checkpoint for a position witnessed before: recorded
+/// as a security event, and the refusal to answer.
+async fn fork(state: &NodeState, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i64) -> Error {
+    crate::peering::record_refusal(
+        state,
+        SecurityEvent {
+            at_ms: now,
+            surface: "federation".into(),
+            reason: "audit_checkpoint_fork".into(),
+            key_fingerprint: Some(cp.key_fingerprint.clone()),
+            org_id: Some(peer.to_string()),
+            remote_addr: None,
+            method: Some("Notify".into()),
+        },
+    )
+    .await;
+    Error::FailedPrecondition(format!(
+        "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {}",
+        cp.seq
+    ))
 }
 
 /// Checks a peer's countersignature of `sent` and keeps it.

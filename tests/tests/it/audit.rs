@@ -382,6 +382,32 @@ async fn tamper_evidence(backend: Backend) {
     // B keeps sending its own checkpoints, and A records witnessing each:
     // one arriving since the rewrite moved A's head past `w`. Then the
     // rewrite's end is restored (as the insider would) and tried again.
+    // First B witnesses a checkpoint of the rewritten chain past `w` (an
+    // audited read moves A's head): a fork below the latest checkpoint B
+    // witnessed is caught too, not only one at it.
+    audit_api
+        .list_audit_records(bearer(&dpo, pb::ListAuditRecordsRequest::default()))
+        .await
+        .unwrap();
+    let later = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
+    assert!(later["seq"].as_i64().unwrap() > w, "{later}");
+    wait_until(
+        "B to witness a checkpoint past w",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = on_db!(&url, pool => {
+                let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_witnesses WHERE seq > $1")
+                    .bind(w)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                sqlx::Row::get(&row, "n")
+            });
+            (n > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let mut fork = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
     for _ in 0..5 {
         if fork["seq"].as_u64() == Some(w as u64) {
