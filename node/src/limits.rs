@@ -128,6 +128,8 @@ pub struct Limits {
     intake: IntakeCounts,
     /// Repeated refusals, counted here between flushes.
     pub refusals: RefusalCounts,
+    /// Strangers' keys, limited before they are looked up.
+    pub unknown_keys: UnknownKeys,
 }
 
 // === Refusals counted in memory ===
@@ -186,6 +188,46 @@ impl RefusalCounts {
             .lock()
             .map(|mut s| s.pending.drain().map(|(_, v)| v).collect())
             .unwrap_or_default()
+    }
+}
+
+// === Keys recently found pinned for no peer ===
+
+/// How long a key found pinned for no peer is remembered.
+const UNKNOWN_KEY_TTL_MS: i64 = 1_000;
+/// Keys remembered at once; beyond, the oldest half is forgotten.
+const MAX_UNKNOWN_KEYS: usize = 10_000;
+
+/// Keys that were found pinned for no peer in the last second. A caller
+/// presenting one is drawn from its address's bucket *before* its key is
+/// looked up, so a stranger's flood past its rate costs no database work
+/// (it queued with the peers' own reads). Nothing is refused on this
+/// alone: within the rate the key is looked up as always, so a key pinned
+/// meanwhile (on this replica or another) is admitted at once.
+#[derive(Debug, Default)]
+pub struct UnknownKeys(Mutex<HashMap<String, i64>>);
+
+impl UnknownKeys {
+    /// Whether `fingerprint` was found unknown within the last second.
+    pub fn recently_unknown(&self, fingerprint: &str, now_ms: i64) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(fingerprint)
+                .is_some_and(|at| now_ms.saturating_sub(*at) < UNKNOWN_KEY_TTL_MS)
+        })
+    }
+
+    /// `fingerprint` was just looked up and is pinned for no peer.
+    pub fn note(&self, fingerprint: &str, now_ms: i64) {
+        let Ok(mut m) = self.0.lock() else {
+            return;
+        };
+        if m.len() >= MAX_UNKNOWN_KEYS {
+            m.retain(|_, at| now_ms.saturating_sub(*at) < UNKNOWN_KEY_TTL_MS);
+            if m.len() >= MAX_UNKNOWN_KEYS {
+                m.clear();
+            }
+        }
+        m.insert(fingerprint.to_owned(), now_ms);
     }
 }
 
@@ -320,6 +362,7 @@ impl Limits {
             addresses: Limiter::new("address", c.address_calls_per_sec, c.address_burst, 0),
             intake: IntakeCounts::default(),
             refusals: RefusalCounts::default(),
+            unknown_keys: UnknownKeys::default(),
         }
     }
 }
@@ -327,6 +370,21 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_are_remembered_for_a_second_and_bounded() {
+        let k = UnknownKeys::default();
+        assert!(!k.recently_unknown("fp", 0));
+        k.note("fp", 1_000);
+        assert!(k.recently_unknown("fp", 1_999));
+        assert!(!k.recently_unknown("fp", 2_000));
+        assert!(!k.recently_unknown("other", 1_000));
+        for i in 0..MAX_UNKNOWN_KEYS + 5 {
+            k.note(&format!("k{i}"), 5_000);
+        }
+        let len = k.0.lock().unwrap().len();
+        assert!(len <= MAX_UNKNOWN_KEYS, "{len}");
+    }
 
     #[test]
     fn the_first_refusal_of_a_kind_is_written_repeats_are_counted() {

@@ -5,6 +5,7 @@
 pub mod db;
 pub mod node;
 pub mod oidc;
+pub mod peer;
 pub mod proxy;
 
 pub use db::{Backend, TestDatabase};

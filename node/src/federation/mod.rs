@@ -207,11 +207,19 @@ impl FederationApi {
                 )
                 .await);
         };
-        let peer = match self.state.store.find_peer_by_key(fp, now_ms()).await {
+        let now = now_ms();
+        // A key refused within the last second takes from its address's
+        // bucket before any lookup: past the rate, a flood costs nothing.
+        let limited_already = self.state.limits.unknown_keys.recently_unknown(fp, now);
+        if limited_already {
+            self.stranger_limit(info)?;
+        }
+        let peer = match self.state.store.find_peer_by_key(fp, now).await {
             Ok(p) => p,
             Err(e) => return Err(e.into()),
         };
         let Some(peer) = peer else {
+            self.state.limits.unknown_keys.note(fp, now);
             // A known organisation presenting a key we never pinned (or one
             // whose overlap has ended) is worth telling apart in the record.
             let known = match info.cert.as_deref().and_then(claimed_org) {
@@ -233,7 +241,9 @@ impl FederationApi {
             } else {
                 "unknown_key"
             };
-            self.stranger_limit(info)?;
+            if !limited_already {
+                self.stranger_limit(info)?;
+            }
             return Err(self
                 .refuse(
                     info,

@@ -8,6 +8,7 @@ use crate::referrals::{
 };
 use exitnet_proto::pb;
 use exitnet_proto::pb::node_service_client::NodeServiceClient;
+use exitnet_tests::peer::{FloodAnswers, lowest_cpu_priority, p99, strangers_flood, timed_offer};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::time::Duration;
 use tonic::Code;
@@ -160,9 +161,9 @@ async fn strangers_cannot_fill_the_disk() {
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let consent = recorded_consent(&a, &alice, "c-strangers", "client-1").await;
 
-    // The peer's own calls, measured before and during the flood: the same
-    // request each time (a new offer from A over one kept connection, the
-    // whole intake: checks, sealing, a signed receipt, a durable write).
+    // The peer's own calls, measured without and during the flood: the
+    // same request each time (a new offer from A over one kept connection,
+    // the whole intake: checks, sealing, a signed receipt, a durable write).
     let a_key = crate::quotas::key_of(&a, &a.fingerprint().await.unwrap());
     let peer = exitnet_node::federation::client::connect(
         &b.federation_addr,
@@ -172,109 +173,56 @@ async fn strangers_cannot_fill_the_disk() {
     )
     .await
     .unwrap();
-    let offer_latency = || {
-        let mut peer = peer.clone();
-        let msg = crate::quotas::offer("ngo-a");
-        let payload = prost::Message::encode_to_vec(&msg);
-        let signature = a_key
-            .sign_in(exitnet_node::identity::context::MESSAGE, &payload)
-            .unwrap();
-        async move {
-            let t = std::time::Instant::now();
-            peer.notify(pb::NotifyRequest {
-                notice_id: msg.message_id.clone(),
-                notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
-                    payload,
-                    signature,
-                    batch: None,
-                })),
-            })
-            .await
-            .unwrap();
-            t.elapsed()
-        }
-    };
-    const SAMPLES: usize = 300;
+    let offer = || timed_offer(&peer, &a_key, "ngo-a", "prison-b");
     for _ in 0..20 {
-        offer_latency().await;
-    }
-    let mut unloaded = Vec::new();
-    for _ in 0..SAMPLES {
-        unloaded.push(offer_latency().await);
+        offer().await.unwrap();
     }
 
-    let stranger = exitnet_node::identity::NodeKey::generate("stranger").unwrap();
-    let client = exitnet_node::federation::client::connect(
-        &b.federation_addr,
-        Some(&stranger),
-        vec![b.fingerprint().await.unwrap()],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    const CALLS: usize = 20_000;
-    const TASKS: usize = 50;
-    let flood = tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..TASKS {
-            let mut client = client.clone();
-            tasks.spawn(async move {
-                let (mut unauthenticated, mut limited, mut other) = (0u64, 0u64, Vec::new());
-                for _ in 0..CALLS / TASKS {
-                    let e = client
-                        .notify(pb::NotifyRequest {
-                            notice_id: uuid::Uuid::new_v4().to_string(),
-                            notice: Some(pb::notify_request::Notice::State(
-                                pb::PeerState::Active as i32,
-                            )),
-                        })
-                        .await
-                        .unwrap_err();
-                    match e.code() {
-                        Code::Unauthenticated => unauthenticated += 1,
-                        Code::ResourceExhausted => limited += 1,
-                        c => other.push(c),
-                    }
-                }
-                (unauthenticated, limited, other)
-            });
-        }
-        let (mut u, mut l, mut o) = (0, 0, Vec::new());
-        while let Some(r) = tasks.join_next().await {
-            let (uu, ll, oo) = r.unwrap();
-            u += uu;
-            l += ll;
-            o.extend(oo);
-        }
-        (u, l, o)
+    // The strangers flood from a thread of their own at the lowest CPU
+    // priority (an attacker's own work runs on its machines, not ours);
+    // paused and resumed so that quiet and loaded windows alternate, and the
+    // machine's other work falls on both alike.
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (addr, b_fp, counted) = (
+        b.federation_addr.clone(),
+        b.fingerprint().await.unwrap(),
+        done.clone(),
+    );
+    let flood = std::thread::spawn(move || {
+        lowest_cpu_priority().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(strangers_flood(addr, b_fp, CALLS, 50, go, counted))
     });
-    // Meanwhile the peer's calls, as long as the flood lasts.
-    let flood_started = std::time::Instant::now();
-    let mut loaded = Vec::new();
-    while !flood.is_finished() && loaded.len() < SAMPLES {
-        loaded.push(offer_latency().await);
+    let (mut unloaded, mut loaded, mut during) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..5 {
+        go_tx.send(false).unwrap();
+        for _ in 0..40 {
+            unloaded.push(offer().await.unwrap());
+        }
+        go_tx.send(true).unwrap();
+        let before = done.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..40 {
+            loaded.push(offer().await.unwrap());
+        }
+        during += done.load(std::sync::atomic::Ordering::Relaxed) - before;
     }
-    let p99 = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[(v.len() * 99).div_ceil(100) - 1]
-    };
-    let (n_loaded, p99_unloaded, p99_loaded) = (loaded.len(), p99(&mut unloaded), p99(&mut loaded));
+    let (p99_unloaded, p99_loaded) = (p99(&mut unloaded), p99(&mut loaded));
     eprintln!(
-        "peer offers: p99 {p99_unloaded:?} unloaded ({SAMPLES}), {p99_loaded:?} during the flood ({n_loaded}, {:?} into it); medians {:?} and {:?}",
-        flood_started.elapsed(),
-        unloaded[SAMPLES / 2],
-        loaded[n_loaded / 2]
+        "peer offers: p99 {p99_unloaded:?} without, {p99_loaded:?} during the flood ({} each, {during} stranger calls answered meanwhile); medians {:?} and {:?}",
+        loaded.len(),
+        unloaded[unloaded.len() / 2],
+        loaded[loaded.len() / 2]
     );
     // The peer is served all through the flood (every offer above got its
-    // receipt). Its p99 is NOT within twice the unloaded one on a 2-core
-    // machine: with refusals written every durable upsert, 6-15x; with
-    // repeats counted in memory (one write per kind a second), 5-7x (p99
-    // 37-52 ms against 7 ms, medians about 5x): what remains is CPU, the
-    // flooding client, both nodes and the test sharing two cores. Printed,
-    // not asserted (docs/threat-model.md).
+    // receipt). How its latency compares is the benchmark's to measure
+    // (exitnet-bench, "strangers"), not a timed test's.
     assert!(
-        n_loaded >= 100,
-        "the flood ended before the peer was measured"
+        during > 0,
+        "the flood made no calls while the peer was measured"
     );
     // Meanwhile A's referrals reach B.
     let mut want = Vec::new();
@@ -293,7 +241,16 @@ async fn strangers_cannot_fill_the_disk() {
     .await
     .unwrap();
     let arrived = started.elapsed();
-    let (unauthenticated, limited, other) = flood.await.unwrap();
+    go_tx.send(true).unwrap();
+    let FloodAnswers {
+        unauthenticated,
+        limited,
+        other,
+    } = tokio::task::spawn_blocking(move || flood.join())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     eprintln!(
         "{CALLS} stranger calls: {unauthenticated} UNAUTHENTICATED, {limited} RESOURCE_EXHAUSTED; \
          A's 20 referrals arrived within {arrived:?} meanwhile"
@@ -339,3 +296,5 @@ async fn strangers_cannot_fill_the_disk() {
         "exitnetctl does not show the count: {events}"
     );
 }
+
+const CALLS: usize = 20_000;

@@ -29,40 +29,7 @@ pub(crate) fn key_of(n: &NodeProcess, fp: &str) -> NodeKey {
 
 /// A valid offer from `sender` to prison-b, as a flooding peer would build it.
 pub(crate) fn offer(sender: &str) -> pb::FederationMessage {
-    let now = now();
-    let ts = |seconds| exitnet_proto::Timestamp { seconds, nanos: 0 };
-    let terms = pb::ConsentTerms {
-        recipients: vec!["prison-b".into()],
-        purposes: vec![pb::Purpose::ExitSupport as i32],
-        data_categories: vec![pb::DataCategory::NeedsNarrative as i32],
-        need_areas: vec![pb::NeedArea::FunctionalReintegration as i32],
-        legal_basis: Some(pb::LegalBasis {
-            kind: pb::LegalBasisKind::Consent as i32,
-            statute: String::new(),
-        }),
-        valid_from: Some(ts(now - 10)),
-        valid_until: Some(ts(now + 365 * 86_400)),
-        ..Default::default()
-    };
-    pb::FederationMessage {
-        message_id: uuid::Uuid::now_v7().to_string(),
-        sender_org: sender.into(),
-        recipient_org: "prison-b".into(),
-        sent_at: Some(ts(now)),
-        body: Some(pb::federation_message::Body::Offer(pb::ReferralOffer {
-            referral_id: uuid::Uuid::new_v4().to_string(),
-            subject_pseudonym: "0123456789abcdef0123456789abcdef".into(),
-            need_areas: vec![pb::NeedArea::FunctionalReintegration as i32],
-            services: vec![],
-            urgency: pb::Urgency::Routine as i32,
-            summary: Some(pb::CaseSummary {
-                needs_narrative: "flood".into(),
-                ..Default::default()
-            }),
-            terms: Some(terms),
-            consent_ref: "ref".into(),
-        })),
-    }
+    exitnet_tests::peer::offer(sender, "prison-b")
 }
 
 fn referral_id(m: &pb::FederationMessage) -> String {
@@ -240,11 +207,22 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
     // The last one witnessed again is a repeat: answered, nothing stored.
     let last = base + witnessed as u64 - 1;
     assert!(checkpoint(&b, &a_key, "ngo-a", last, 1).await.is_ok());
-    // Below the last one witnessed: not kept, whatever it says.
-    let e = checkpoint(&b, &a_key, "ngo-a", base, 9).await.unwrap_err();
+    // Below the last one witnessed: not kept, whatever it says; one that
+    // contradicts a checkpoint held for its position is a fork all the same.
+    let e = checkpoint(&b, &a_key, "ngo-a", base - 1, 9)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
         e.message().contains("below the last checkpoint witnessed"),
+        "{}",
+        e.message()
+    );
+    let e = checkpoint(&b, &a_key, "ngo-a", base, 9).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("differs from the checkpoint witnessed earlier"),
         "{}",
         e.message()
     );
