@@ -166,9 +166,7 @@ impl Application {
         })?;
         crate::keys::check_opens(store.as_ref(), &master_key).await?;
         let pseudonym_key = {
-            let mut b = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            let b = crate::crypto::random_bytes::<32>()?;
             let kept = store.meta_init("pseudonym_key", &hex(&b)).await?;
             (0..kept.len() / 2)
                 .map(|i| u8::from_str_radix(&kept[2 * i..2 * i + 2], 16))

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use zeroize::Zeroizing;
 
-fn random<const N: usize>() -> anyhow::Result<[u8; N]> {
+/// `N` bytes from the operating system's generator: the one source of
+/// randomness for keys, secrets, identifiers and jitter.
+pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
     let mut b = [0u8; N];
     SystemRandom::new()
         .fill(&mut b)
@@ -21,9 +23,16 @@ fn random<const N: usize>() -> anyhow::Result<[u8; N]> {
     Ok(b)
 }
 
+/// SHA-256 of `b`.
+pub fn sha256(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
 fn seal_with(key: &[u8], aad: &[u8], plaintext: &[u8]) -> anyhow::Result<Vec<u8>> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| anyhow!("bad key"))?);
-    let nonce = random::<NONCE_LEN>()?;
+    let nonce = random_bytes::<NONCE_LEN>()?;
     let mut buf = plaintext.to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
@@ -152,7 +161,7 @@ impl MasterKey {
         if held.is_empty() {
             let (key, from) = match &legacy {
                 Some((k, from)) => (k.clone(), Some(from.clone())),
-                None => (Zeroizing::new(random::<KEY_LEN>()?), None),
+                None => (Zeroizing::new(random_bytes::<KEY_LEN>()?), None),
             };
             dir.create(&StoredGeneration {
                 number: 0,
@@ -300,7 +309,7 @@ impl MasterKey {
         let created = self.dir.create(&StoredGeneration {
             number: next,
             created_at_ms: now_ms,
-            key: Zeroizing::new(random::<KEY_LEN>()?),
+            key: Zeroizing::new(random_bytes::<KEY_LEN>()?),
         })?;
         self.reload()?;
         if created {
@@ -383,7 +392,7 @@ impl MasterKey {
 
     /// A new data key, returned wrapped (for storage) under the current generation.
     pub fn new_wrapped_data_key(&self, key_id: &str) -> anyhow::Result<Vec<u8>> {
-        let fresh = Zeroizing::new(random::<KEY_LEN>()?);
+        let fresh = Zeroizing::new(random_bytes::<KEY_LEN>()?);
         self.seal_current(key_id.as_bytes(), fresh.as_slice())
     }
 

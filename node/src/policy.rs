@@ -1,6 +1,7 @@
 //! Per-peer policy: what may be sent to and accepted from each peer, on top
 //! of each consent. Checked at both ends.
 
+use crate::domain::code_list;
 use crate::domain::consent::ConsentTerms;
 use crate::domain::referral::CaseSummary;
 use crate::domain::{DataCategory, NeedArea, Purpose, Service};
@@ -31,20 +32,6 @@ impl Default for PeerPolicy {
     }
 }
 
-fn codes<T: Ord>(
-    field: &str,
-    v: Vec<i32>,
-    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
-) -> Result<Vec<T>, FieldError> {
-    let mut out = v
-        .into_iter()
-        .map(|x| parse(field, x))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
 impl PeerPolicy {
     pub fn from_pb(p: pb::PeerPolicy) -> Result<Self, FieldError> {
         let pb::PeerPolicy {
@@ -57,13 +44,13 @@ impl PeerPolicy {
             return Err(FieldError::new("policy.retention_days", "at most 3650"));
         }
         Ok(Self {
-            need_areas: codes("policy.need_areas", need_areas, NeedArea::from_pb)?,
-            data_categories: codes(
+            need_areas: code_list("policy.need_areas", need_areas, NeedArea::from_pb)?,
+            data_categories: code_list(
                 "policy.data_categories",
                 data_categories,
                 DataCategory::from_pb,
             )?,
-            purposes: codes("policy.purposes", purposes, Purpose::from_pb)?,
+            purposes: code_list("policy.purposes", purposes, Purpose::from_pb)?,
             retention_days,
         })
     }

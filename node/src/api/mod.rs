@@ -15,9 +15,6 @@ pub mod audit;
 pub mod consent;
 pub mod referral;
 
-/// Largest message an agency system may send.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-
 /// The caller of a client API request, or a refusal (recorded, without the token).
 pub async fn authenticate<T>(
     state: &NodeState,

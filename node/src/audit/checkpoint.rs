@@ -3,11 +3,11 @@
 //! countersignature. A node that later rewrites its history cannot make the
 //! checkpoints its peers hold agree with the new chain.
 
+use crate::crypto::sha256;
 use crate::domain::OrgId;
 use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, hex, verify_stored};
-use crate::referrals::messages::sha256;
 use crate::state::NodeState;
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
 use exitnet_proto::pb;

@@ -5,6 +5,32 @@
 use crate::error::FieldError;
 use exitnet_proto::pb;
 
+/// Most entries a list of codes may carry (before repeats are removed).
+pub const MAX_CODES: usize = 64;
+
+/// A list of codes from the wire: each parsed (naming `field`), at most
+/// `MAX_CODES`, sorted, without repeats. The one check of every code list:
+/// consents, referrals, peer policies.
+pub fn code_list<T: Ord>(
+    field: &str,
+    values: Vec<i32>,
+    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
+) -> Result<Vec<T>, FieldError> {
+    if values.len() > MAX_CODES {
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_CODES} entries"),
+        ));
+    }
+    let mut out = values
+        .into_iter()
+        .map(|v| parse(field, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 macro_rules! code_list {
     ($(#[$meta:meta])* $name:ident => $pb:ident { $($var:ident = $s:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -303,5 +329,32 @@ mod tests {
         assert_eq!(e.field, "profile.sector");
         assert!(Sector::from_pb("x", 999).is_err());
         assert_eq!(NeedArea::from_pb_optional("x", 0), Ok(None));
+    }
+
+    #[test]
+    fn a_code_list_is_bounded_sorted_and_without_repeats() {
+        let security = NeedArea::Security.to_pb();
+        let mental = NeedArea::MentalHealth.to_pb();
+        let got = code_list(
+            "t.need_areas",
+            vec![security, mental, security],
+            NeedArea::from_pb,
+        );
+        let mut want = vec![NeedArea::Security, NeedArea::MentalHealth];
+        want.sort();
+        assert_eq!(got, Ok(want));
+        let e = code_list(
+            "t.need_areas",
+            vec![security; MAX_CODES + 1],
+            NeedArea::from_pb,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.rule.as_str()),
+            ("t.need_areas", "at most 64 entries")
+        );
+        assert!(code_list("t.need_areas", vec![security; MAX_CODES], NeedArea::from_pb).is_ok());
+        let e = code_list("t.need_areas", vec![security, 999], NeedArea::from_pb).unwrap_err();
+        assert_eq!(e.field, "t.need_areas");
     }
 }

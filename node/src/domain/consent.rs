@@ -1,5 +1,6 @@
 //! Consent records: what the client agreed to, validated at the edge.
 
+use super::code_list;
 use super::codes::{
     CollectionMethod, DataCategory, LegalBasisKind, NeedArea, Purpose, Restriction,
 };
@@ -26,23 +27,6 @@ pub struct ConsentTerms {
     pub restrictions: Vec<Restriction>,
     pub valid_from_ms: i64,
     pub valid_until_ms: i64,
-}
-
-fn codes<T: Ord>(
-    field: &str,
-    values: Vec<i32>,
-    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
-) -> Result<Vec<T>, FieldError> {
-    if values.len() > 64 {
-        return Err(FieldError::new(field, "at most 64 entries"));
-    }
-    let mut out = values
-        .into_iter()
-        .map(|v| parse(field, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 impl ConsentTerms {
@@ -119,7 +103,7 @@ impl ConsentTerms {
             .collect::<Result<Vec<_>, _>>()?;
         recipients.sort();
         recipients.dedup();
-        let purposes = codes("terms.purposes", purposes, Purpose::from_pb)?;
+        let purposes = code_list("terms.purposes", purposes, Purpose::from_pb)?;
         if purposes.is_empty() {
             return Err(FieldError::new("terms.purposes", "at least one purpose"));
         }
@@ -130,19 +114,19 @@ impl ConsentTerms {
                 "required with PURPOSE_OTHER",
             ));
         }
-        let data_categories = codes(
+        let data_categories = code_list(
             "terms.data_categories",
             data_categories,
             DataCategory::from_pb,
         )?;
-        let need_areas = codes("terms.need_areas", need_areas, NeedArea::from_pb)?;
+        let need_areas = code_list("terms.need_areas", need_areas, NeedArea::from_pb)?;
         if need_areas.is_empty() {
             return Err(FieldError::new(
                 "terms.need_areas",
                 "at least one need area",
             ));
         }
-        let restrictions = codes("terms.restrictions", restrictions, Restriction::from_pb)?;
+        let restrictions = code_list("terms.restrictions", restrictions, Restriction::from_pb)?;
         let lb = legal_basis.ok_or_else(|| FieldError::new("terms.legal_basis", "required"))?;
         let kind = LegalBasisKind::from_pb("terms.legal_basis.kind", lb.kind)?;
         bounded_text("terms.legal_basis.statute", &lb.statute, 200)?;

@@ -13,5 +13,6 @@ pub use codes::{
     IdeologicalContext, LegalBasisKind, NeedArea, Progress, Purpose, ReferralState, Restriction,
     RiskLevel, Sector, Service, Setting, Urgency,
 };
+pub use codes::{MAX_CODES, code_list};
 pub use org::{OrgId, OrgProfile, bounded_text, endpoint_check, org_name_check};
 pub use peer::{Awaiting, Peer, PeerAction, PeerState};

@@ -6,6 +6,7 @@ pub mod invitation;
 pub mod outbox;
 pub mod purges;
 
+use crate::crypto::sha256;
 use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
 use crate::error::{Error, FieldError, Result};
@@ -16,7 +17,6 @@ use crate::store::{
 };
 use exitnet_proto::pb;
 use prost::Message;
-use ring::rand::SecureRandom;
 
 pub const DEFAULT_INVITATION_SECS: u64 = 24 * 3600;
 pub const MAX_INVITATION_SECS: u64 = 30 * 24 * 3600;
@@ -24,17 +24,7 @@ pub const MAX_INVITATION_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_KEY_OVERLAP_MS: i64 = 90 * 24 * 3600 * 1000;
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
-    let mut b = [0u8; N];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| Error::Internal(anyhow::anyhow!("no randomness")))?;
-    Ok(b)
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
+    crate::crypto::random_bytes().map_err(Error::Internal)
 }
 
 /// Words in the verification code: 11 bits each (BIP-39 English list).

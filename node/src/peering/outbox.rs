@@ -801,8 +801,8 @@ fn backoff_ms(state: &NodeState, attempts: i64) -> i64 {
     let exp = initial
         .saturating_mul(1i64 << attempts.clamp(0, 30))
         .min(cap);
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    // Without randomness the wait is simply not jittered.
+    let b = crate::crypto::random_bytes::<8>().unwrap_or_default();
     let jitter = (u64::from_le_bytes(b) % (exp as u64 / 2 + 1)) as i64;
     exp / 2 + jitter
 }

@@ -26,11 +26,7 @@ pub fn open_notice(
     pb::NotifyRequest::decode(plain.as_slice()).map_err(|e| Error::Internal(e.into()))
 }
 
-pub fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
-}
+use crate::crypto::sha256;
 
 /// A message for `recipient`, wrapped as an outbox notice. It is signed
 /// when it is sent (`sign_for_sending`), with the key of that connection,

@@ -14,6 +14,7 @@ pub mod reconcile;
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
+use crate::domain::code_list;
 use crate::domain::consent::Consent;
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::{now_ms, to_timestamp};
@@ -39,26 +40,9 @@ pub struct NewReferral {
     pub summary: CaseSummary,
 }
 
-fn codes<T: Ord>(
-    field: &str,
-    v: Vec<i32>,
-    parse: impl Fn(&str, i32) -> Result<T, FieldError>,
-) -> Result<Vec<T>, FieldError> {
-    if v.len() > 32 {
-        return Err(FieldError::new(field, "at most 32 entries"));
-    }
-    let mut out = v
-        .into_iter()
-        .map(|x| parse(field, x))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
 impl NewReferral {
     pub fn from_pb(r: pb::CreateReferralRequest) -> Result<Self, FieldError> {
-        let request_digest = messages::sha256(&r.encode_to_vec());
+        let request_digest = crate::crypto::sha256(&r.encode_to_vec());
         let pb::CreateReferralRequest {
             request_id,
             consent_id,
@@ -70,7 +54,7 @@ impl NewReferral {
         } = r;
         crate::consents::request_id_check(&request_id)?;
         id_check("consent_id", &consent_id)?;
-        let need_areas = codes("need_areas", need_areas, NeedArea::from_pb)?;
+        let need_areas = code_list("need_areas", need_areas, NeedArea::from_pb)?;
         if need_areas.is_empty() {
             return Err(FieldError::new("need_areas", "at least one need area"));
         }
@@ -80,7 +64,7 @@ impl NewReferral {
             consent_id,
             recipient: OrgId::parse("recipient_org", &recipient_org)?,
             need_areas,
-            services: codes("services", services, Service::from_pb)?,
+            services: code_list("services", services, Service::from_pb)?,
             urgency: Urgency::from_pb("urgency", urgency)?,
             summary: CaseSummary::from_pb(
                 "summary",

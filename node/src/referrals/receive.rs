@@ -317,7 +317,7 @@ async fn stored_answer(
     };
     let first = pb::Receipt::decode(stored.payload.as_slice())
         .map_err(|e| Error::Internal(anyhow::anyhow!("a stored receipt: {e}")))?;
-    if first.message_sha256 != messages::sha256(signed_payload) {
+    if first.message_sha256 != crate::crypto::sha256(signed_payload) {
         return Err(Error::FailedPrecondition(
             "message.message_id: already used for another message".into(),
         ));
@@ -348,11 +348,11 @@ pub fn offer_to_record(
     if subject_pseudonym.len() != 32 || !subject_pseudonym.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(FieldError::new("offer.subject_pseudonym", "must be 32 hex characters").into());
     }
-    let need_areas = super::codes("offer.need_areas", need_areas, NeedArea::from_pb)?;
+    let need_areas = crate::domain::code_list("offer.need_areas", need_areas, NeedArea::from_pb)?;
     if need_areas.is_empty() {
         return Err(FieldError::new("offer.need_areas", "at least one need area").into());
     }
-    let services = super::codes("offer.services", services, Service::from_pb)?;
+    let services = crate::domain::code_list("offer.services", services, Service::from_pb)?;
     let urgency = Urgency::from_pb("offer.urgency", urgency)?;
     let summary = CaseSummary::from_pb(
         "offer.summary",

@@ -67,7 +67,10 @@ async fn node_on(
         ("EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC", "1000000"),
         ("EXITNET_LIMITS__ADDRESS_BURST", "1000000"),
     ] {
-        env.push((k, v.into()));
+        // A node given a limit of its own (the strangers' phase) keeps it.
+        if !extra.iter().any(|(e, _)| *e == k) {
+            env.push((k, v.into()));
+        }
     }
     if let Some(d) = &db {
         env.push(("EXITNET_DATABASE_URL", d.url.clone()));
@@ -265,6 +268,104 @@ async fn baseline(dir: &std::path::Path, calls_c1: usize, calls_c64: usize) -> (
     (percentile(&lat, 0.5), percentile(&lat, 0.99), per_s)
 }
 
+/// What a stranger's flood did to a peer's latency (milliseconds).
+struct Strangers {
+    quiet_p50: f64,
+    quiet_p99: f64,
+    flood_p50: f64,
+    flood_p99: f64,
+    flood_calls_per_s: f64,
+    unauthenticated: u64,
+    limited: u64,
+}
+
+/// A node with the default limits on strangers, peered with `a`; A's
+/// offers to it (each a whole intake) timed in `rounds` quiet windows and
+/// as many during a flood from an unknown key (50 calls at a time, from a
+/// thread at the lowest CPU priority: an attacker's own work runs on its
+/// machines, not ours). Windows alternate, so the machine's other work
+/// falls on both alike.
+async fn strangers(dir: &std::path::Path, a: &Node, rounds: usize, per_round: usize) -> Strangers {
+    use exitnet_tests::peer::{lowest_cpu_priority, strangers_flood, timed_offer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let g = node(
+        dir,
+        "bench-guard",
+        "prison_probation",
+        false,
+        &[
+            ("EXITNET_LIMITS__ADDRESS_CALLS_PER_SEC", "200"),
+            ("EXITNET_LIMITS__ADDRESS_BURST", "400"),
+        ],
+    )
+    .await;
+    demo::peer_up(&a.org, &g.org).await.unwrap();
+    let a_fp = a.org.state.fingerprint().unwrap();
+    let a_key =
+        exitnet_node::identity::NodeKey::read(&a.org.state.config.data_dir.join("identity"), &a_fp)
+            .unwrap();
+    let (addr, g_fp) = (
+        g.org.state.federation_bound.to_string(),
+        g.org.state.fingerprint().unwrap(),
+    );
+    let peer = exitnet_node::federation::client::connect(
+        &addr,
+        Some(&a_key),
+        vec![g_fp.clone()],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let offer = || timed_offer(&peer, &a_key, "bench-ngo", "bench-guard");
+    for _ in 0..50 {
+        offer().await.unwrap();
+    }
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = done.clone();
+    let flood = std::thread::spawn(move || {
+        lowest_cpu_priority().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(strangers_flood(addr, g_fp, usize::MAX / 2, 50, go, counted))
+            .unwrap()
+    });
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (mut quiet, mut loaded, mut calls, mut flooding) = (Vec::new(), Vec::new(), 0, 0.0);
+    for _ in 0..rounds {
+        go_tx.send(false).unwrap();
+        for _ in 0..per_round {
+            quiet.push(ms(offer().await.unwrap()));
+        }
+        go_tx.send(true).unwrap();
+        let (before, started) = (done.load(Ordering::Relaxed), Instant::now());
+        for _ in 0..per_round {
+            loaded.push(ms(offer().await.unwrap()));
+        }
+        calls += done.load(Ordering::Relaxed) - before;
+        flooding += started.elapsed().as_secs_f64();
+    }
+    drop(go_tx);
+    let answers = tokio::task::spawn_blocking(move || flood.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answers.other.is_empty(), "{:?}", answers.other);
+    stop(g).await;
+    quiet.sort_by(f64::total_cmp);
+    loaded.sort_by(f64::total_cmp);
+    Strangers {
+        quiet_p50: percentile(&quiet, 0.5),
+        quiet_p99: percentile(&quiet, 0.99),
+        flood_p50: percentile(&loaded, 0.5),
+        flood_p99: percentile(&loaded, 0.99),
+        flood_calls_per_s: calls as f64 / flooding,
+        unauthenticated: answers.unauthenticated,
+        limited: answers.limited,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let pg = std::env::args().any(|a| a == "--postgres");
@@ -329,6 +430,20 @@ async fn main() {
     println!(
         "end to end (created, delivered, receipt back): {referrals_per_s:.0} referrals/s at concurrency 64 — {:.2} of the baseline's calls/s (the {n} creates returned after {created_s:.2} s)",
         referrals_per_s / base_per_s
+    );
+
+    // A stranger's flood against a peer's latency.
+    let strangers = strangers(&dir, &a, 10, 100 / scale).await;
+    println!(
+        "strangers: a peer's offers p50 {:.2} / p99 {:.2} ms quiet, p50 {:.2} / p99 {:.2} ms during a flood from an unknown key ({:.0} stranger calls/s answered, {} refused unauthenticated, {} limited) — p99 {:.2}x quiet",
+        strangers.quiet_p50,
+        strangers.quiet_p99,
+        strangers.flood_p50,
+        strangers.flood_p99,
+        strangers.flood_calls_per_s,
+        strangers.unauthenticated,
+        strangers.limited,
+        strangers.flood_p99 / strangers.quiet_p99
     );
 
     // Backlog drain: 10,000 queued while the receiver is down.
@@ -474,6 +589,9 @@ async fn main() {
             "baseline_p50_ms": base_p50, "baseline_p99_ms": base_p99,
             "referrals_per_s": referrals_per_s, "baseline_calls_per_s": base_per_s,
             "drain_10k_s": drain_s, "withdraw_fanout_20_ms": fanout_ms,
+            "strangers_quiet_p99_ms": strangers.quiet_p99,
+            "strangers_flood_p99_ms": strangers.flood_p99,
+            "strangers_flood_calls_per_s": strangers.flood_calls_per_s,
             "idle_rss_mb": idle_rss, "bench_process_rss_under_load_mb": load_rss,
         })
     );
