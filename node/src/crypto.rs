@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use zeroize::Zeroizing;
 
+/// Marks a sealed outbox payload (a protobuf encoding never starts with 0).
+pub const SEALED_PREFIX: &[u8] = b"\x00S1";
+
 /// `N` bytes from the operating system's generator: the one source of
 /// randomness for keys, secrets, identifiers and jitter.
 pub fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {

@@ -11,7 +11,7 @@
 use crate::clock::Clock;
 use crate::config::KeysConfig;
 use crate::crypto::MasterKey;
-use crate::referrals::messages::SEALED_PREFIX;
+use crate::crypto::SEALED_PREFIX;
 use crate::state::NodeState;
 use std::sync::Arc;
 use std::time::Duration;

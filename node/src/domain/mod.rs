@@ -1,6 +1,7 @@
 //! Validated domain types. A value of these types is valid by construction;
 //! wire types are converted at the edge (`from_pb`/`to_pb`).
 
+pub mod audit;
 mod codes;
 pub mod consent;
 pub mod org;

@@ -10,8 +10,7 @@ use crate::store::{NewNotice, ReceiptRecord};
 use exitnet_proto::pb;
 use prost::Message;
 
-/// Marks a sealed outbox payload (a protobuf encoding never starts with 0).
-pub const SEALED_PREFIX: &[u8] = b"\x00S1";
+pub use crate::crypto::SEALED_PREFIX;
 
 /// The `NotifyRequest` an outbox row holds, opened if it was sealed.
 pub fn open_notice(

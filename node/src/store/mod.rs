@@ -12,8 +12,8 @@ mod sql;
 mod sqlite;
 pub mod wal;
 
-use crate::audit::{AuditEntry, AuditFilter, AuditRecord};
 use crate::config::DatabaseUrl;
+use crate::domain::audit::{AuditEntry, AuditFilter, AuditRecord};
 use crate::domain::consent::Consent;
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
 use crate::error::Result;
@@ -608,7 +608,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         org: &OrgId,
         notice_rows: &[i64],
-        audit: &[crate::audit::AuditEntry],
+        audit: &[AuditEntry],
         now_ms: i64,
     ) -> Result<(u64, u64)>;
 

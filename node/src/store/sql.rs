@@ -180,7 +180,7 @@ pub(super) const REFERRAL_BY_REQUEST: &str = "SELECT referral_id, direction, pee
      FROM referrals WHERE owner = $1 AND request_key = $2";
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id, consent_id, peer_org, result, prev_hash, hash";
 
-pub(super) fn row_to_audit<R>(row: &R) -> crate::error::Result<crate::audit::AuditRecord>
+pub(super) fn row_to_audit<R>(row: &R) -> crate::error::Result<crate::domain::audit::AuditRecord>
 where
     R: sqlx::Row,
     for<'c> &'c str: sqlx::ColumnIndex<R>,
@@ -188,9 +188,9 @@ where
     Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    Ok(crate::audit::AuditRecord {
+    Ok(crate::domain::audit::AuditRecord {
         seq: row.try_get("seq")?,
-        entry: crate::audit::AuditEntry {
+        entry: crate::domain::audit::AuditEntry {
             at_ms: row.try_get("at")?,
             actor_kind: row.try_get("actor_kind")?,
             actor: row.try_get("actor")?,
@@ -333,7 +333,7 @@ macro_rules! impl_store {
         /// Appends audit records to the chain inside `tx`. Called last before
         /// the commit: the head row's lock (PostgreSQL) is then held only for
         /// the commit, and never while waiting for another lock.
-        async fn append_audit_tx(tx: &mut Tx, entries: &[$crate::audit::AuditEntry]) -> Result<()> {
+        async fn append_audit_tx(tx: &mut Tx, entries: &[$crate::domain::audit::AuditEntry]) -> Result<()> {
             if entries.is_empty() {
                 return Ok(());
             }
@@ -349,7 +349,7 @@ macro_rules! impl_store {
             // records costs a round trip per 256, not one each).
             let mut rows = Vec::with_capacity(entries.len());
             for e in entries {
-                let hash = $crate::audit::record_hash(seq, &prev, e);
+                let hash = $crate::domain::audit::record_hash(seq, &prev, e);
                 rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
                 seq += 1;
             }
@@ -418,8 +418,8 @@ macro_rules! impl_store {
                 )
                 .bind(org)
                 .bind(peer.now_ms)
-                .bind($crate::referrals::messages::SEALED_PREFIX.len() as i32)
-                .bind($crate::referrals::messages::SEALED_PREFIX)
+                .bind($crate::crypto::SEALED_PREFIX.len() as i32)
+                .bind($crate::crypto::SEALED_PREFIX)
                 .execute(&mut **tx)
                 .await?;
             } else {
@@ -1141,7 +1141,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<Consent> {
+            async fn insert_consent(&self, c: &Consent, request_key: &str, request_digest: &[u8], audit: &[$crate::domain::audit::AuditEntry]) -> Result<Consent> {
                 use prost::Message;
                 let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
@@ -1238,7 +1238,7 @@ macro_rules! impl_store {
                 request_digest: &[u8],
                 event: &$crate::store::ReferralEvent,
                 notice: &NewNotice,
-                audit: &[$crate::audit::AuditEntry],
+                audit: &[$crate::domain::audit::AuditEntry],
             ) -> Result<$crate::store::ReferralRecord> {
                 let mut tx = self.begin_write().await?;
                 // Inserted first (the usual case); a repeated request finds its
@@ -1288,7 +1288,7 @@ macro_rules! impl_store {
                 insert_events(&mut tx, &events).await?;
                 let notices: Vec<NewNotice> = items.iter().map(|i| i.notice.clone()).collect();
                 insert_notices(&mut tx, &notices).await?;
-                let records: Vec<$crate::audit::AuditEntry> = items.iter().flat_map(|i| i.audit.iter().cloned()).collect();
+                let records: Vec<$crate::domain::audit::AuditEntry> = items.iter().flat_map(|i| i.audit.iter().cloned()).collect();
                 append_audit_tx(&mut tx, &records).await?;
                 tx.commit().await?;
                 Ok(items.iter().map(|i| Ok(i.record.clone())).collect())
@@ -1372,7 +1372,7 @@ macro_rules! impl_store {
                 Ok(ok)
             }
 
-            async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64, audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
+            async fn withdraw_consent_with(&self, consent_id: &str, changes: &[(String, $crate::store::ReferralChange)], now_ms: i64, audit: &[$crate::domain::audit::AuditEntry]) -> Result<bool> {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET withdrawn_at = $1 WHERE consent_id = $2 AND withdrawn_at IS NULL")
                     .bind(now_ms)
@@ -1399,7 +1399,7 @@ macro_rules! impl_store {
                 receipt: &$crate::store::ReceiptRecord,
                 new_inbound: Option<$crate::store::NewInbound<'_>>,
                 change: Option<(&str, &$crate::store::ReferralChange)>,
-                audit: &[$crate::audit::AuditEntry],
+                audit: &[$crate::domain::audit::AuditEntry],
             ) -> Result<$crate::store::ReceiptRecord> {
                 let mut tx = self.begin_write().await?;
                 // The receipt first: a concurrent redelivery of the same message
@@ -1491,7 +1491,7 @@ macro_rules! impl_store {
                     // New referrals: each one's first event.
                     let events: Vec<_> = new.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
                     insert_events(&mut tx, &events).await?;
-                    let records: Vec<$crate::audit::AuditEntry> = new.iter().flat_map(|i| i.audit.iter().cloned()).collect();
+                    let records: Vec<$crate::domain::audit::AuditEntry> = new.iter().flat_map(|i| i.audit.iter().cloned()).collect();
                     append_audit_tx(&mut tx, &records).await?;
                 }
                 tx.commit().await?;
@@ -1653,7 +1653,7 @@ macro_rules! impl_store {
                 rows.iter().map(row_to_consent).collect()
             }
 
-            async fn forget_consent(&self, consent_id: &str, kept: &str, terms: &[u8], audit: &[$crate::audit::AuditEntry]) -> Result<bool> {
+            async fn forget_consent(&self, consent_id: &str, kept: &str, terms: &[u8], audit: &[$crate::domain::audit::AuditEntry]) -> Result<bool> {
                 let mut tx = self.begin_write().await?;
                 let n = sqlx::query("UPDATE consents SET subject_ref = $3, terms = $1 WHERE consent_id = $2 AND substr(subject_ref, 1, 1) <> $4")
                     .bind(terms)
@@ -1740,8 +1740,8 @@ macro_rules! impl_store {
                      ORDER BY id LIMIT $4",
                 )
                 .bind(after_id)
-                .bind($crate::referrals::messages::SEALED_PREFIX.len() as i32)
-                .bind($crate::referrals::messages::SEALED_PREFIX)
+                .bind($crate::crypto::SEALED_PREFIX.len() as i32)
+                .bind($crate::crypto::SEALED_PREFIX)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
@@ -1904,7 +1904,7 @@ macro_rules! impl_store {
                 &self,
                 org: &OrgId,
                 notice_rows: &[i64],
-                audit: &[$crate::audit::AuditEntry],
+                audit: &[$crate::domain::audit::AuditEntry],
                 now_ms: i64,
             ) -> Result<(u64, u64)> {
                 let mut tx = self.begin_write().await?;
@@ -1964,7 +1964,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn append_audit(&self, entries: &[$crate::audit::AuditEntry]) -> Result<()> {
+            async fn append_audit(&self, entries: &[$crate::domain::audit::AuditEntry]) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 append_audit_tx(&mut tx, entries).await?;
                 tx.commit().await?;
@@ -1978,7 +1978,7 @@ macro_rules! impl_store {
                 Ok((row.try_get("seq")?, row.try_get("head_hash")?))
             }
 
-            async fn list_audit(&self, f: &$crate::audit::AuditFilter, after_seq: i64, limit: i64) -> Result<Vec<$crate::audit::AuditRecord>> {
+            async fn list_audit(&self, f: &$crate::domain::audit::AuditFilter, after_seq: i64, limit: i64) -> Result<Vec<$crate::domain::audit::AuditRecord>> {
                 let sql = sqlx::AssertSqlSafe(format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit_log
                      WHERE seq > $1
@@ -2002,7 +2002,7 @@ macro_rules! impl_store {
                 rows.iter().map(row_to_audit).collect()
             }
 
-            async fn audit_for_objects(&self, ids: &[String]) -> Result<Vec<$crate::audit::AuditRecord>> {
+            async fn audit_for_objects(&self, ids: &[String]) -> Result<Vec<$crate::domain::audit::AuditRecord>> {
                 let mut out = std::collections::BTreeMap::new();
                 for id in ids.iter().filter(|i| !i.is_empty()) {
                     let sql = sqlx::AssertSqlSafe(format!(
