@@ -383,7 +383,13 @@ impl Application {
         let metrics_addr = match metrics_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
-                tokio::spawn(crate::metrics::serve(state.clone(), l, stop_rx.clone()));
+                tokio::spawn(crate::metrics::serve(
+                    state.metrics.clone(),
+                    state.store.clone(),
+                    state.config.audit.checkpoint_interval_secs,
+                    l,
+                    stop_rx.clone(),
+                ));
                 Some(addr)
             }
             None => None,

@@ -6,7 +6,6 @@
 //! docs/protocol.md).
 
 use crate::error::{Error, Result};
-use crate::state::NodeState;
 use exitnet_proto::pb;
 use ring::digest::{Context, SHA256};
 use std::collections::HashSet;
@@ -272,25 +271,32 @@ struct Round {
     waiting: Vec<Pending>,
 }
 
+/// The node's keys, as a signing round needs them: the payloads signed
+/// together (`sign_all` in the receipts' context) with the key
+/// `fingerprint`. The node's state provides it (`state.rs`).
+pub trait ReceiptKeys: Send + Sync {
+    fn sign_receipts(&self, fingerprint: &str, payloads: &[&[u8]]) -> Result<Vec<Signed>>;
+}
+
 /// One message's place in a batch's signing round. Signing through it
 /// waits for the round; dropping it unused (the message was refused, or its
 /// task ended) lets the round go on without it.
 pub struct Member {
-    state: Arc<NodeState>,
+    keys: Arc<dyn ReceiptKeys>,
     round: Arc<Mutex<Round>>,
     used: bool,
 }
 
 impl Member {
     /// Places for `n` messages of one call.
-    pub fn round(state: &Arc<NodeState>, n: usize) -> Vec<Member> {
+    pub fn round(keys: Arc<dyn ReceiptKeys>, n: usize) -> Vec<Member> {
         let round = Arc::new(Mutex::new(Round {
             expected: n,
             waiting: Vec::with_capacity(n),
         }));
         (0..n)
             .map(|_| Member {
-                state: state.clone(),
+                keys: keys.clone(),
                 round: round.clone(),
                 used: false,
             })
@@ -312,7 +318,7 @@ impl Member {
             round.take_if_complete()
         };
         if let Some(items) = ready {
-            sign_groups(&self.state, items);
+            sign_groups(self.keys.as_ref(), items);
         }
         answer
             .await
@@ -339,12 +345,12 @@ impl Drop for Member {
             round.take_if_complete()
         };
         if let Some(items) = ready {
-            sign_groups(&self.state, items);
+            sign_groups(self.keys.as_ref(), items);
         }
     }
 }
 
-fn sign_groups(state: &NodeState, items: Vec<Pending>) {
+fn sign_groups(keys: &dyn ReceiptKeys, items: Vec<Pending>) {
     let mut groups: Vec<((String, String), Vec<Pending>)> = Vec::new();
     for p in items {
         match groups
@@ -356,7 +362,7 @@ fn sign_groups(state: &NodeState, items: Vec<Pending>) {
         }
     }
     for ((fingerprint, _), group) in groups {
-        let signed = sign_group(state, &fingerprint, &group);
+        let signed = sign_group(keys, &fingerprint, &group);
         for (p, s) in group.into_iter().zip(signed) {
             let _ = p.reply.send(s);
         }
@@ -364,17 +370,9 @@ fn sign_groups(state: &NodeState, items: Vec<Pending>) {
 }
 
 /// One result per receipt of the group.
-fn sign_group(state: &NodeState, fingerprint: &str, group: &[Pending]) -> Vec<Result<Signed>> {
-    let signed = state
-        .identity()
-        .map_err(Error::Internal)
-        .and_then(|identity| {
-            let key = identity
-                .key(fingerprint)
-                .ok_or_else(|| Error::Internal(anyhow::anyhow!("the signing key is gone")))?;
-            let payloads: Vec<&[u8]> = group.iter().map(|p| p.payload.as_slice()).collect();
-            sign_all(key, RECEIPTS, &payloads).map_err(Error::Internal)
-        });
+fn sign_group(keys: &dyn ReceiptKeys, fingerprint: &str, group: &[Pending]) -> Vec<Result<Signed>> {
+    let payloads: Vec<&[u8]> = group.iter().map(|p| p.payload.as_slice()).collect();
+    let signed = keys.sign_receipts(fingerprint, &payloads);
     match signed {
         Ok(all) => all.into_iter().map(Ok).collect(),
         Err(e) => group

@@ -144,8 +144,10 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
     policy
         .data_categories
         .push(crate::domain::DataCategory::NeedsNarrative);
-    crate::policy::set_for_peer(&inviter.state, &joiner.state.org_id, &policy).await?;
-    crate::policy::set_for_peer(&joiner.state, &inviter.state.org_id, &policy).await?;
+    crate::policy::set_for_peer(inviter.state.store.as_ref(), &joiner.state.org_id, &policy)
+        .await?;
+    crate::policy::set_for_peer(joiner.state.store.as_ref(), &inviter.state.org_id, &policy)
+        .await?;
     println!(
         "  {} approves: the two nodes now exchange referrals with each other and nobody else",
         inviter.label

@@ -21,15 +21,7 @@ pub fn fingerprint_spki(spki_der: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, spki_der).as_ref())
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub use crate::domain::hex;
 
 /// The DER SubjectPublicKeyInfo inside a DER certificate.
 pub fn spki_from_cert(cert_der: &[u8]) -> anyhow::Result<Vec<u8>> {

@@ -6,7 +6,7 @@
 
 mod process;
 
-use crate::state::NodeState;
+use crate::store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -233,9 +233,13 @@ impl Metrics {
     }
 
     /// Reads the gauges that live in the database, then encodes everything.
-    pub async fn render(&self, state: &NodeState) -> anyhow::Result<String> {
+    pub async fn render(
+        &self,
+        store: &dyn Store,
+        checkpoint_interval_secs: u64,
+    ) -> anyhow::Result<String> {
         self.referrals.clear();
-        for (direction, s, n) in state.store.referral_counts().await? {
+        for (direction, s, n) in store.referral_counts().await? {
             self.referrals
                 .get_or_create(&ReferralLabels {
                     direction,
@@ -245,7 +249,7 @@ impl Metrics {
         }
         self.outbox_depth.clear();
         self.peer_active.clear();
-        for p in state.store.list_peers().await? {
+        for p in store.list_peers().await? {
             let label = PeerLabel {
                 peer: p.org_id.to_string(),
             };
@@ -256,24 +260,24 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(i64::from(p.state == crate::domain::PeerState::Active));
         }
-        let (seq, _) = state.store.audit_head().await?;
+        let (seq, _) = store.audit_head().await?;
         self.audit_records.set(seq);
-        if let Some(cp) = state.store.latest_checkpoint().await? {
+        if let Some(cp) = store.latest_checkpoint().await? {
             self.audit_checkpoint.set(cp.seq);
             self.audit_checkpoint_time.set(cp.at_ms as f64 / 1000.0);
         }
         self.audit_checkpoint_interval
-            .set(i64::try_from(state.config.audit.checkpoint_interval_secs).unwrap_or(i64::MAX));
+            .set(i64::try_from(checkpoint_interval_secs).unwrap_or(i64::MAX));
         self.purges_pending.clear();
         self.purge_oldest_pending.clear();
-        for (peer, n, oldest_ms) in state.store.pending_purges().await? {
+        for (peer, n, oldest_ms) in store.pending_purges().await? {
             let label = PeerLabel { peer };
             self.purges_pending.get_or_create(&label).set(n);
             self.purge_oldest_pending
                 .get_or_create(&label)
                 .set(oldest_ms as f64 / 1000.0);
         }
-        for (outcome, n) in state.store.wal_checkpoints() {
+        for (outcome, n) in store.wal_checkpoints() {
             let label = OutcomeLabel {
                 outcome: outcome.into(),
             };
@@ -316,7 +320,9 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
 pub async fn serve(
-    state: Arc<NodeState>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    checkpoint_interval_secs: u64,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -329,18 +335,18 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let state = state.clone();
+        let (metrics, store) = (metrics.clone(), store.clone());
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let state = state.clone();
+                    let (metrics, store) = (metrics.clone(), store.clone());
                     async move {
                         if req.method() != hyper::Method::GET || req.uri().path() != "/metrics" {
                             Response::builder()
                                 .status(StatusCode::NOT_FOUND)
                                 .body(Full::new(Bytes::from_static(b"not found\n")))
                         } else {
-                            match state.metrics.render(&state).await {
+                            match metrics.render(store.as_ref(), checkpoint_interval_secs).await {
                             Ok(text) => Response::builder()
                                 .header(
                                     "content-type",

@@ -110,11 +110,11 @@ impl PeerPolicy {
 
 /// The policy for a peer: stored, or the default.
 pub async fn for_peer(
-    state: &crate::state::NodeState,
+    store: &dyn crate::store::Store,
     org: &crate::domain::OrgId,
 ) -> Result<(PeerPolicy, bool)> {
     use prost::Message;
-    match state.store.meta_get(&format!("policy:{org}")).await? {
+    match store.meta_get(&format!("policy:{org}")).await? {
         Some(hex) => {
             let bytes = (0..hex.len() / 2)
                 .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
@@ -133,13 +133,12 @@ pub async fn for_peer(
 }
 
 pub async fn set_for_peer(
-    state: &crate::state::NodeState,
+    store: &dyn crate::store::Store,
     org: &crate::domain::OrgId,
     p: &PeerPolicy,
 ) -> Result<()> {
     use prost::Message;
-    state
-        .store
+    store
         .meta_set(
             &format!("policy:{org}"),
             &crate::identity::hex(&p.to_pb().encode_to_vec()),

@@ -157,6 +157,21 @@ impl NodeState {
     }
 }
 
+impl crate::batch_sign::ReceiptKeys for NodeState {
+    fn sign_receipts(
+        &self,
+        fingerprint: &str,
+        payloads: &[&[u8]],
+    ) -> crate::error::Result<Vec<crate::batch_sign::Signed>> {
+        let identity = self.identity().map_err(crate::error::Error::Internal)?;
+        let key = identity.key(fingerprint).ok_or_else(|| {
+            crate::error::Error::Internal(anyhow::anyhow!("the signing key is gone"))
+        })?;
+        crate::batch_sign::sign_all(key, crate::batch_sign::RECEIPTS, payloads)
+            .map_err(crate::error::Error::Internal)
+    }
+}
+
 /// Largest notification payload: PostgreSQL's limit is 8,000 bytes.
 const MAX_CHANGE_PAYLOAD: usize = 7_900;
 

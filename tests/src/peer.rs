@@ -92,7 +92,8 @@ pub struct FloodAnswers {
 /// A stranger's flood of the node at `addr` (key `pinned`): `calls` calls
 /// of `Notify` with a fresh key, `concurrency` at a time over one
 /// connection, each counted in `done` as it returns. It runs only while
-/// `go` holds true (paused otherwise), so load can alternate with quiet.
+/// `go` holds true (paused otherwise), so load can alternate with quiet;
+/// it ends early once `go` is closed while false.
 pub async fn strangers_flood(
     addr: String,
     pinned: String,

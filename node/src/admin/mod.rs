@@ -259,7 +259,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .get_peer(&id)
             .await?
             .ok_or(Error::NotFound("peer"))?;
-        let (policy, customised) = crate::policy::for_peer(&self.state, &id).await?;
+        let (policy, customised) = crate::policy::for_peer(self.state.store.as_ref(), &id).await?;
         Ok(Response::new(pb::GetPeerPolicyResponse {
             policy: Some(policy.to_pb()),
             customised,
@@ -280,7 +280,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let policy = crate::policy::PeerPolicy::from_pb(
             policy.ok_or_else(|| FieldError::new("policy", "required"))?,
         )?;
-        crate::policy::set_for_peer(&self.state, &id, &policy).await?;
+        crate::policy::set_for_peer(self.state.store.as_ref(), &id, &policy).await?;
         tracing::info!(peer = %id, "peer policy changed");
         Ok(Response::new(pb::SetPeerPolicyResponse {
             policy: Some(policy.to_pb()),
@@ -313,7 +313,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         })?;
         let team = Some(team).filter(|t| !t.is_empty());
         let token = dev
-            .mint(&self.state, &subject, role, team.as_deref())
+            .mint(&self.state.config.auth, &subject, role, team.as_deref())
             .map_err(Error::from)?;
         tracing::info!(role = role.as_str(), "minted a development token");
         Ok(Response::new(pb::MintDevTokenResponse {

@@ -44,7 +44,11 @@ pub async fn authenticate<T>(
         })
         .map(str::trim);
     let on_behalf_of = md.get(ON_BEHALF_OF_HEADER).and_then(|v| v.to_str().ok());
-    match state.auth.authenticate(state, token, on_behalf_of).await {
+    match state
+        .auth
+        .authenticate(&state.config.auth, token, on_behalf_of)
+        .await
+    {
         Ok(p) => {
             tracing::Span::current().record("caller", p.role.as_str());
             let permit = state.limits.callers.admit(&p.subject)?;
@@ -132,7 +136,11 @@ impl WatchCredentials {
             }
             if let Err(e) = state
                 .auth
-                .authenticate(state, self.token.as_deref(), self.on_behalf_of.as_deref())
+                .authenticate(
+                    &state.config.auth,
+                    self.token.as_deref(),
+                    self.on_behalf_of.as_deref(),
+                )
                 .await
             {
                 let status: Status = Error::from(e).into();

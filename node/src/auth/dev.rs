@@ -7,7 +7,7 @@
 //! start unless the client API is on loopback.
 
 use super::{AuthError, Claims, Role};
-use crate::state::NodeState;
+use crate::config::AuthConfig;
 use anyhow::Context as _;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -79,11 +79,7 @@ impl DevVerifier {
         })
     }
 
-    pub fn verify(&self, _state: &NodeState, token: &str) -> Result<Claims, AuthError> {
-        self.verify_token(token)
-    }
-
-    fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let key_set = self.key_set;
         let now = crate::domain::time::now_ms() / 1000;
         let digest = super::VerifiedTokens::digest(token);
@@ -113,7 +109,7 @@ impl DevVerifier {
     /// Mints a token for `subject` with `role`, valid for eight hours.
     pub fn mint(
         &self,
-        state: &NodeState,
+        auth: &AuthConfig,
         subject: &str,
         role: Role,
         team: Option<&str>,
@@ -127,8 +123,8 @@ impl DevVerifier {
             "iat": now,
             "exp": now + DEV_TTL_SECS,
         });
-        claims[state.config.auth.roles_claim.as_str()] = serde_json::json!([role.as_str()]);
-        if let (Some(team), Some(claim)) = (team, state.config.auth.team_claim.as_deref()) {
+        claims[auth.roles_claim.as_str()] = serde_json::json!([role.as_str()]);
+        if let (Some(team), Some(claim)) = (team, auth.team_claim.as_deref()) {
             claims[claim] = serde_json::json!(team);
         }
         let input = format!(
@@ -181,19 +177,16 @@ mod tests {
                 .as_ref()
                 .to_vec()
         });
-        assert!(v.verify_token(&own).is_ok());
+        assert!(v.verify(&own).is_ok());
         // The same key after a restart.
         let again = DevVerifier::new("ngo-a", dir.path()).unwrap();
-        assert!(again.verify_token(&own).is_ok());
+        assert!(again.verify(&own).is_ok());
         // A token signed with the node's identity key is no token here.
         let by_identity = token(|m| identity.current().sign_fixed(m).unwrap());
-        assert!(matches!(
-            v.verify_token(&by_identity),
-            Err(AuthError::Signature)
-        ));
+        assert!(matches!(v.verify(&by_identity), Err(AuthError::Signature)));
         // Nor one of another node's issuer.
         let other = tempfile::tempdir().unwrap();
         let w = DevVerifier::new("ngo-a", other.path()).unwrap();
-        assert!(matches!(w.verify_token(&own), Err(AuthError::Signature)));
+        assert!(matches!(w.verify(&own), Err(AuthError::Signature)));
     }
 }

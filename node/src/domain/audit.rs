@@ -37,7 +37,7 @@ pub struct AuditRecord {
 }
 
 fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::identity::hex(b))
+    s.serialize_str(&super::hex(b))
 }
 
 impl AuditEntry {

@@ -17,3 +17,14 @@ pub use codes::{
 pub use codes::{MAX_CODES, code_list};
 pub use org::{OrgId, OrgProfile, bounded_text, endpoint_check, org_name_check};
 pub use peer::{Awaiting, Peer, PeerAction, PeerState};
+
+/// Lower-case hexadecimal of `bytes` (fingerprints, hashes in reports).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

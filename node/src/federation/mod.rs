@@ -350,7 +350,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let spki = info.spki.clone().unwrap_or_default();
         // Each notice is applied on a task of its own, as with Notify; they
         // run together, so the receiver stores their referrals together.
-        let members = crate::batch_sign::Member::round(&self.state, notices.len());
+        let members = crate::batch_sign::Member::round(self.state.clone(), notices.len());
         let tasks: Vec<_> = notices
             .into_iter()
             .zip(members)

@@ -296,7 +296,7 @@ async fn create_checked(
     // Three independent lookups, at once (the peer and its policy are
     // usually answered from memory, see store/cache.rs).
     let ((policy, _), peer, data_key) = tokio::try_join!(
-        crate::policy::for_peer(state, &new.recipient),
+        crate::policy::for_peer(state.store.as_ref(), &new.recipient),
         state.store.peer_for_exchange(&new.recipient),
         state.store.find_data_key(&key_id),
     )?;
@@ -1053,7 +1053,7 @@ pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
     let expired = state.store.referrals_with_expired_consent(now).await?;
     let mut n = purge_referrals(state, &expired, pb::WithdrawalCause::ConsentExpired).await?;
     for peer in state.store.list_peers().await? {
-        let (policy, _) = crate::policy::for_peer(state, &peer.org_id).await?;
+        let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &peer.org_id).await?;
         if policy.retention_days == 0 {
             continue;
         }

@@ -100,7 +100,7 @@ pub async fn handle(
     }
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
-            let (policy, _) = crate::policy::for_peer(state, &from.org_id).await?;
+            let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &from.org_id).await?;
             let checked = match offer_to_record(&state.org_id, from, &policy, offer) {
                 // What a peer can make us store is bounded: a new offer over
                 // its quota of pending intake is refused (and retried by it).

@@ -97,7 +97,9 @@ async fn stop(n: Node) -> Option<exitnet_tests::TestDatabase> {
 
 fn token(state: &exitnet_node::state::NodeState) -> String {
     match &state.auth {
-        Authenticator::Dev(d) => d.mint(state, "alice", Role::CaseManager, None).unwrap(),
+        Authenticator::Dev(d) => d
+            .mint(&state.config.auth, "alice", Role::CaseManager, None)
+            .unwrap(),
         _ => panic!("bench nodes run in dev sign-in mode"),
     }
 }
@@ -347,6 +349,8 @@ async fn strangers(dir: &std::path::Path, a: &Node, rounds: usize, per_round: us
         calls += done.load(Ordering::Relaxed) - before;
         flooding += started.elapsed().as_secs_f64();
     }
+    // Paused, then closed: the flood's tasks end.
+    go_tx.send(false).unwrap();
     drop(go_tx);
     let answers = tokio::task::spawn_blocking(move || flood.join().unwrap())
         .await
