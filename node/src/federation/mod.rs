@@ -139,7 +139,7 @@ impl FederationApi {
     ) -> Result<pb::NotifyResponse, Status> {
         match outcome {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e @ Error::PermissionDenied(_))) => Err(self
+            Ok(Err(e @ (Error::PermissionDenied(_) | Error::PeeringRefused(_)))) => Err(self
                 .refuse(info, Some(peer.org_id.to_string()), "notice_not_allowed", e)
                 .await),
             Ok(Err(e)) => Err(e.into()),
@@ -181,12 +181,7 @@ impl FederationApi {
         if let Err(reason) = peering::may_notify(peer) {
             let org = Some(peer.org_id.to_string());
             return Err(self
-                .refuse(
-                    info,
-                    org,
-                    reason,
-                    Error::PermissionDenied(format!("refused: {reason}")),
-                )
+                .refuse(info, org, reason, Error::PeeringRefused(reason))
                 .await);
         }
         Ok(())

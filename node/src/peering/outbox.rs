@@ -788,8 +788,8 @@ fn refused_for_good(status: &tonic::Status) -> bool {
     use tonic::Code::*;
     match status.code() {
         InvalidArgument | FailedPrecondition | NotFound | AlreadyExists | OutOfRange => true,
-        // "refused: peer_…" is about the peering (e.g. suspended), which may resume.
-        PermissionDenied => !status.message().starts_with("refused: peer_"),
+        // About the peering (e.g. suspended), which may resume.
+        PermissionDenied => !crate::error::refused_by_peering(status),
         _ => false,
     }
 }

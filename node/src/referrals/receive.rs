@@ -50,10 +50,10 @@ pub async fn handle(
     // yet approved) only withdrawals are taken: a purge reaches us while any
     // key of the peer is pinned. Checked once the message is opened.
     let refusal = if from.state != PeerState::Active {
-        Some("refused: peer_pending")
+        Some("peer_pending")
     } else if from.remote_state != Some(PeerState::Active) {
         // The peer told us it suspended or ended the peering: it may not send.
-        Some("refused: peer_not_active")
+        Some("peer_not_active")
     } else {
         None
     };
@@ -80,7 +80,7 @@ pub async fn handle(
     if let Some(refusal) = refusal
         && !matches!(body, pb::federation_message::Body::Withdrawal(_))
     {
-        return Err(deny(refusal));
+        return Err(Error::PeeringRefused(refusal));
     }
     let kind = match &body {
         pb::federation_message::Body::Offer(_) => "offer",
