@@ -214,6 +214,13 @@ pub async fn handle(
             super::id_check("withdrawal.referral_id", &w.referral_id)?;
             let r = state.store.get_referral(&w.referral_id).await?;
             let r = r.filter(|r| !r.outbound && r.peer_org == from.org_id);
+            // Outside an active peering a withdrawal is taken only for a
+            // referral held from that peer: a suspended, revoked or never
+            // approved peer cannot make us store receipts and audit rows for
+            // IDs we never held. (Within one, "nothing held" is a receipt.)
+            if refusal.is_some() && r.is_none() {
+                return Err(Error::NotFound("referral"));
+            }
             let receipt = messages::issue_receipt(
                 state,
                 pb::ReceiptKind::Purge,

@@ -168,6 +168,25 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
     ))
     .await
     .unwrap();
+    // A suspended peer's withdrawal of a referral B never held from it is
+    // refused, and B stores nothing for it: no receipt, no audit row.
+    let a_key = exitnet_node::identity::NodeKey::read(
+        &a.data_dir().join("identity"),
+        &a.fingerprint().await.unwrap(),
+    )
+    .unwrap();
+    let mut forged = exitnet_tests::peer::offer("ngo-a", "prison-b");
+    forged.body = Some(pb::federation_message::Body::Withdrawal(
+        pb::ReferralWithdrawal {
+            referral_id: uuid::Uuid::new_v4().to_string(),
+            cause: pb::WithdrawalCause::SenderWithdrew as i32,
+        },
+    ));
+    let refused = crate::referrals::send_raw(&b, &a_key, &forged)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    assert!(!audit_actions(&b).await.contains("nothing_held"));
     withdraw(&mut ar, &alice, &r2).await;
     wait_purge(&a, &alice, &r2, pb::PurgeStatus::Done).await;
     wait_purge(&b, &bob, &r2, pb::PurgeStatus::Done).await;
