@@ -133,6 +133,12 @@ pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
     if !t.purpose_text.is_empty() {
         t.purpose_text = PURGED_TEXT.into();
     }
+    // A statute is meant to name a law, but it is typed: free text goes.
+    if let Some(basis) = t.legal_basis.as_mut()
+        && !basis.statute.is_empty()
+    {
+        basis.statute = PURGED_TEXT.into();
+    }
     t.encode_to_vec()
 }
 
@@ -255,6 +261,11 @@ pub async fn forget_consents(state: &NodeState) -> Result<u32> {
         if due.len() < 500 || round == 0 {
             break;
         }
+    }
+    // The forgotten references must not stay in old pages of the database
+    // or its write-ahead log (debounced, like every purge's).
+    if n > 0 {
+        state.store.after_purge().await?;
     }
     Ok(n)
 }
@@ -400,10 +411,17 @@ mod tests {
     fn purged_terms_keep_no_free_text_and_stay_valid() {
         let t = pb::ConsentTerms {
             purpose_text: "help near the client's flat".into(),
+            legal_basis: Some(pb::LegalBasis {
+                kind: pb::LegalBasisKind::Statute as i32,
+                statute: "s. 12, the client's employer Acme".into(),
+            }),
             ..Default::default()
         };
         let p = pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).as_slice()).unwrap();
         assert_eq!(p.purpose_text, PURGED_TEXT);
+        let basis = p.legal_basis.unwrap();
+        assert_eq!(basis.statute, PURGED_TEXT);
+        assert_eq!(basis.kind, pb::LegalBasisKind::Statute as i32);
         let none = pb::ConsentTerms::default();
         let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).as_slice()).unwrap();
         assert!(p.purpose_text.is_empty());
