@@ -149,28 +149,22 @@ fn consent_ref(state: &NodeState, consent_id: &str, peer: &OrgId) -> String {
 fn outbound_key_id(state: &NodeState, subject_ref: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &state.pseudonym_key);
     let tag = ring::hmac::sign(&key, format!("local\0{subject_ref}").as_bytes());
-    format!("subject:{}", crate::identity::hex(&tag.as_ref()[..16]))
+    format!(
+        "{}{}",
+        crate::store::SHARED_KEY_PREFIX,
+        crate::identity::hex(&tag.as_ref()[..16])
+    )
 }
 
-/// Seals an encoded summary under data key `key_id`, bound to the referral.
-pub async fn seal_summary(
-    state: &NodeState,
-    key_id: &str,
-    referral_id: &str,
-    plain: &[u8],
-) -> Result<Vec<u8>> {
-    let found = state.store.find_data_key(key_id).await?;
-    seal_summary_with(state, key_id, found, referral_id, plain).await
-}
-
-/// Seals under `key_id`, whose wrapped key the caller looked up (`found`).
+/// Seals under `key_id`, whose wrapped key the caller looked up (`found`):
+/// the sealed bytes and the wrapped key they were sealed under.
 async fn seal_summary_with(
     state: &NodeState,
     key_id: &str,
     found: Option<Vec<u8>>,
     referral_id: &str,
     plain: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, Vec<u8>)> {
     // Most subjects already have a key: a read, not a write transaction.
     let wrapped = match found {
         Some(w) => w,
@@ -179,9 +173,10 @@ async fn seal_summary_with(
             state.store.data_key(key_id, &fresh, now_ms()).await?
         }
     };
-    Ok(state
+    let sealed = state
         .master_key
-        .seal(key_id, &wrapped, referral_id, plain)?)
+        .seal(key_id, &wrapped, referral_id, plain)?;
+    Ok((sealed, wrapped))
 }
 
 /// The summary, if it is still held and its data key still exists.
@@ -348,7 +343,7 @@ async fn create_checked(
         &new.recipient,
         pb::federation_message::Body::Offer(offer),
     )?;
-    let sealed = seal_summary_with(
+    let (sealed, wrapped_key) = seal_summary_with(
         state,
         &key_id,
         data_key,
@@ -399,6 +394,7 @@ async fn create_checked(
             event: ev.clone(),
             notice,
             audit: vec![audit],
+            wrapped_key,
         })
         .await?;
     state.queued_for(&stored.peer_org);

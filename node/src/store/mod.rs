@@ -239,7 +239,14 @@ pub struct NewCreate {
     pub event: ReferralEvent,
     pub notice: NewNotice,
     pub audit: Vec<AuditEntry>,
+    /// The data key the summary is sealed under, wrapped: a sender's key is
+    /// its client's (`SHARED_KEY_PREFIX`), and is stored with the referral.
+    pub wrapped_key: Vec<u8>,
 }
+
+/// Data keys shared by a client's outbound referrals are named so: one is
+/// destroyed when the last referral holding content under it is purged.
+pub const SHARED_KEY_PREFIX: &str = "subject:";
 
 /// A checked receipt for one of our notices, with what it implies.
 #[derive(Debug, Clone)]
@@ -421,15 +428,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new outbound referral with its first event and its message,
     /// in one transaction; a retry (same owner, key and digest) returns the
     /// stored one.
-    async fn create_referral(
-        &self,
-        r: &ReferralRecord,
-        request_key: &str,
-        request_digest: &[u8],
-        event: &ReferralEvent,
-        notice: &NewNotice,
-        audit: &[AuditEntry],
-    ) -> Result<ReferralRecord>;
+    async fn create_referral(&self, new: &NewCreate) -> Result<ReferralRecord>;
     /// The referral `owner` created with `request_key`, with the request's
     /// digest: a retry refused by checks that no longer pass gets it.
     async fn referral_by_request(

@@ -541,13 +541,52 @@ macro_rules! impl_store {
             insert_events(tx, &[(referral_id, e)]).await
         }
 
+        /// The keys new referrals were sealed under are there when they are
+        /// stored: one released since it was read (its client's last other
+        /// referral purged) is put back; one replaced by another meanwhile
+        /// means the summary cannot be opened, and the request is retried.
+        async fn keep_subject_keys(tx: &mut Tx, items: &[$crate::store::NewCreate]) -> Result<()> {
+            let mut keys: Vec<(&str, &[u8], i64)> = items
+                .iter()
+                .map(|i| (i.record.key_id.as_str(), i.wrapped_key.as_slice(), i.record.created_at_ms))
+                .collect();
+            keys.sort();
+            keys.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+            let mut insert = sqlx::QueryBuilder::<$db>::new("INSERT INTO data_keys (key_id, wrapped, created_at) ");
+            insert.push_values(&keys, |mut b, k| {
+                b.push_bind(k.0).push_bind(k.1).push_bind(k.2);
+            });
+            insert.push(" ON CONFLICT (key_id) DO NOTHING");
+            insert.build().execute(&mut **tx).await?;
+            let mut held = sqlx::QueryBuilder::<$db>::new("SELECT key_id, wrapped FROM data_keys WHERE key_id IN (");
+            let mut ids = held.separated(", ");
+            for k in &keys {
+                ids.push_bind(k.0);
+            }
+            held.push(")");
+            let held: std::collections::HashMap<String, Vec<u8>> = held
+                .build()
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("key_id")?, r.try_get("wrapped")?)))
+                .collect::<Result<_>>()?;
+            if keys.iter().any(|k| held.get(k.0).map(Vec::as_slice) != Some(k.1)) {
+                return Err($crate::error::Error::Unavailable(
+                    "the client's data key changed while the referral was made: send the request again".into(),
+                ));
+            }
+            Ok(())
+        }
+
         async fn apply_referral_change(tx: &mut Tx, id: &str, c: &$crate::store::ReferralChange) -> Result<bool> {
-            let row = sqlx::query("SELECT state FROM referrals WHERE referral_id = $1")
+            let row = sqlx::query("SELECT state, key_id FROM referrals WHERE referral_id = $1")
                 .bind(id)
                 .fetch_optional(&mut **tx)
                 .await?;
             let Some(row) = row else { return Ok(false) };
             let current: String = row.try_get("state")?;
+            let key_id: String = row.try_get("key_id")?;
             if !c.expected_states.is_empty() && !c.expected_states.contains(&current) {
                 return Ok(false);
             }
@@ -593,6 +632,19 @@ macro_rules! impl_store {
             }
             if let Some(k) = &c.destroy_key {
                 sqlx::query("DELETE FROM data_keys WHERE key_id = $1").bind(k).execute(&mut **tx).await?;
+            }
+            if c.purge_summary && key_id.starts_with($crate::store::SHARED_KEY_PREFIX) {
+                // A sender's key is its client's, shared by the client's
+                // referrals: destroyed with the last one whose content is
+                // kept, so a backup of what was purged cannot be opened with
+                // a key that lives on (a later referral gets a new key).
+                sqlx::query(
+                    "DELETE FROM data_keys WHERE key_id = $1
+                       AND NOT EXISTS (SELECT 1 FROM referrals WHERE key_id = $1 AND purge_status = 'none')",
+                )
+                .bind(&key_id)
+                .execute(&mut **tx)
+                .await?;
             }
             insert_notices(tx, &c.notices).await?;
             Ok(true)
@@ -1231,15 +1283,8 @@ macro_rules! impl_store {
                 Ok(n == 1)
             }
 
-            async fn create_referral(
-                &self,
-                r: &$crate::store::ReferralRecord,
-                request_key: &str,
-                request_digest: &[u8],
-                event: &$crate::store::ReferralEvent,
-                notice: &NewNotice,
-                audit: &[$crate::domain::audit::AuditEntry],
-            ) -> Result<$crate::store::ReferralRecord> {
+            async fn create_referral(&self, i: &$crate::store::NewCreate) -> Result<$crate::store::ReferralRecord> {
+                let (r, request_key, request_digest) = (&i.record, i.request_key.as_str(), i.request_digest.as_slice());
                 let mut tx = self.begin_write().await?;
                 // Inserted first (the usual case); a repeated request finds its
                 // (owner, request_key) taken and gets the referral it made.
@@ -1253,16 +1298,17 @@ macro_rules! impl_store {
                     }
                     return row_to_referral(&row);
                 }
-                insert_event(&mut tx, &r.referral_id, event).await?;
-                insert_notices(&mut tx, std::slice::from_ref(notice)).await?;
-                append_audit_tx(&mut tx, audit).await?;
+                keep_subject_keys(&mut tx, std::slice::from_ref(i)).await?;
+                insert_event(&mut tx, &r.referral_id, &i.event).await?;
+                insert_notices(&mut tx, std::slice::from_ref(&i.notice)).await?;
+                append_audit_tx(&mut tx, &i.audit).await?;
                 tx.commit().await?;
                 Ok(r.clone())
             }
 
             async fn create_referrals(&self, items: &[$crate::store::NewCreate]) -> Result<Vec<Result<$crate::store::ReferralRecord>>> {
                 async fn one(s: &$store, i: &$crate::store::NewCreate) -> Result<$crate::store::ReferralRecord> {
-                    s.create_referral(&i.record, &i.request_key, &i.request_digest, &i.event, &i.notice, &i.audit).await
+                    s.create_referral(i).await
                 }
                 match items {
                     [] => return Ok(Vec::new()),
@@ -1284,6 +1330,7 @@ macro_rules! impl_store {
                     }
                     return Ok(each);
                 }
+                keep_subject_keys(&mut tx, items).await?;
                 let events: Vec<_> = items.iter().map(|i| (i.record.referral_id.as_str(), &i.event)).collect();
                 insert_events(&mut tx, &events).await?;
                 let notices: Vec<NewNotice> = items.iter().map(|i| i.notice.clone()).collect();

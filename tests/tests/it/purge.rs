@@ -138,28 +138,43 @@ async fn markers_at(n: &NodeProcess, markers: &[String]) -> Vec<(String, String)
 /// Outbox rows of `n` that still hold a sealed message (case content the
 /// master key opens): none once everything was delivered.
 async fn sealed_payloads_left(n: &NodeProcess) -> i64 {
-    const SQL: &str = "SELECT COUNT(*) AS n FROM peer_notices WHERE substr(payload, 1, 3) = $1";
     let prefix = exitnet_node::referrals::messages::SEALED_PREFIX;
+    count(
+        n,
+        "SELECT COUNT(*) AS n FROM peer_notices WHERE substr(payload, 1, 3) = $1",
+        Some(prefix),
+    )
+    .await
+}
+
+/// Data keys `n` still holds: a purged referral's key, and a sender's
+/// client key once none of the client's referrals keeps content, is gone,
+/// so no copy of its ciphertext (a backup) opens again.
+async fn data_keys_left(n: &NodeProcess) -> i64 {
+    count(n, "SELECT COUNT(*) AS n FROM data_keys", None).await
+}
+
+/// `sql` (a `COUNT(*) AS n`, with one bytes parameter or none) on `n`'s
+/// database.
+async fn count(n: &NodeProcess, sql: &'static str, arg: Option<&[u8]>) -> i64 {
     match &n.db {
         Some(db) => {
             let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query(SQL)
-                .bind(prefix)
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-                .get("n")
+            let mut q = sqlx::query(sql);
+            if let Some(a) = arg {
+                q = q.bind(a);
+            }
+            q.fetch_one(&mut c).await.unwrap().get("n")
         }
         None => {
             let mut c = sqlx::SqliteConnection::connect(&n.database_url())
                 .await
                 .unwrap();
-            sqlx::query(SQL)
-                .bind(prefix)
-                .fetch_one(&mut c)
-                .await
-                .unwrap()
-                .get("n")
+            let mut q = sqlx::query(sql);
+            if let Some(a) = arg {
+                q = q.bind(a);
+            }
+            q.fetch_one(&mut c).await.unwrap().get("n")
         }
     }
 }
@@ -471,6 +486,16 @@ async fn purge_leaves_nothing(backend: Backend) {
         )
         .await
         .unwrap();
+    }
+    // No data key is left at any end: the recipients' went with each
+    // purge, the sender's (its client's) with the last referral under it.
+    for n in [&a, &b, &c] {
+        assert_eq!(
+            data_keys_left(n).await,
+            0,
+            "{} keeps data keys",
+            n.spec.org_id
+        );
     }
     let sue_a = a.dev_token("supervisor", "sue").await.unwrap();
     let sue_b = b.dev_token("supervisor", "sue").await.unwrap();

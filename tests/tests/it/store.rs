@@ -64,6 +64,7 @@ store_suite!(
     offers_are_received_together_and_once,
     lookups_see_every_change_at_once,
     creates_are_stored_together_and_once,
+    a_clients_key_goes_with_its_last_referral,
     a_peering_ended_on_either_side_gives_way_keeping_referral_messages,
 );
 
@@ -75,6 +76,8 @@ mod cases {
     use std::sync::Arc;
 
     const NOW: i64 = 1_800_000_000_000;
+    /// The wrapped data key the test referrals are sealed under.
+    const WRAPPED: &[u8] = b"wrapped-key";
 
     fn org(s: &str) -> OrgId {
         OrgId::parse("org", s).unwrap()
@@ -762,8 +765,76 @@ mod cases {
         }
     }
 
+    /// A sender's data key is its client's: it stays while any referral
+    /// under it keeps content and goes with the last one's purge; a create
+    /// puts back the key it sealed under, and is refused (to be retried)
+    /// when another key took its place.
+    pub async fn a_clients_key_goes_with_its_last_referral(s: Arc<dyn Store>) {
+        use exitnet_node::store::{NewCreate, ReferralChange, ReferralEvent};
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        let create = |id: &str, wrapped: &[u8]| NewCreate {
+            record: referral(id, "c1", "prison-b", "requested", NOW),
+            request_key: format!("req-{id}"),
+            request_digest: id.as_bytes().to_vec(),
+            event: ReferralEvent {
+                state: "requested".into(),
+                at_ms: NOW,
+                by_org: "ngo-a".into(),
+                actor: "alice".into(),
+                detail: vec![],
+                content: None,
+            },
+            notice: notice(&format!("n-{id}"), "prison-b"),
+            audit: vec![],
+            wrapped_key: wrapped.to_vec(),
+        };
+        let purge = ReferralChange {
+            expected_purge_status: Some("none".into()),
+            purge_status: Some("pending".into()),
+            purge_summary: true,
+            now_ms: NOW,
+            ..Default::default()
+        };
+        // Stored with the referral although nobody stored it before.
+        s.create_referrals(&[create("r1", WRAPPED), create("r2", WRAPPED)])
+            .await
+            .unwrap()
+            .into_iter()
+            .for_each(|r| assert!(r.is_ok(), "{r:?}"));
+        assert_eq!(
+            s.find_data_key("subject:x").await.unwrap().as_deref(),
+            Some(WRAPPED)
+        );
+        assert!(s.change_referral("r1", &purge).await.unwrap());
+        assert!(
+            s.find_data_key("subject:x").await.unwrap().is_some(),
+            "r2 keeps content under the key"
+        );
+        // Another key in its place: refused, nothing stored.
+        let e = s
+            .create_referral(&create("r3", b"other"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(s.get_referral("r3").await.unwrap().is_none());
+        assert!(s.change_referral("r2", &purge).await.unwrap());
+        assert!(
+            s.find_data_key("subject:x").await.unwrap().is_none(),
+            "the last purge destroys the client's key"
+        );
+        // A referral sealed under the key just released puts it back.
+        s.create_referral(&create("r4", WRAPPED)).await.unwrap();
+        assert_eq!(
+            s.find_data_key("subject:x").await.unwrap().as_deref(),
+            Some(WRAPPED)
+        );
+    }
+
     pub async fn receipts_are_accepted_together_and_once(s: Arc<dyn Store>) {
         use exitnet_node::audit::AuditEntry;
+        use exitnet_node::store::NewCreate;
         use exitnet_node::store::{AcceptedReceipt, ReceiptRecord, ReferralChange, ReferralEvent};
         s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
             .await
@@ -785,14 +856,15 @@ mod cases {
             content: None,
         };
         for id in ["r1", "r2", "r3"] {
-            s.create_referral(
-                &referral(id, "c1", "prison-b", "requested", NOW),
-                &format!("req-{id}"),
-                id.as_bytes(),
-                &event("requested"),
-                &notice(&format!("n-{id}"), "prison-b"),
-                &[],
-            )
+            s.create_referral(&NewCreate {
+                record: referral(id, "c1", "prison-b", "requested", NOW),
+                request_key: format!("req-{id}"),
+                request_digest: id.as_bytes().to_vec(),
+                event: event("requested"),
+                notice: notice(&format!("n-{id}"), "prison-b"),
+                audit: vec![],
+                wrapped_key: WRAPPED.to_vec(),
+            })
             .await
             .unwrap();
         }
@@ -1005,6 +1077,7 @@ mod cases {
             },
             notice: notice(&format!("n-{id}"), "prison-b"),
             audit: vec![AuditEntry::peer("ngo-a", "referral.create", "referral", id)],
+            wrapped_key: WRAPPED.to_vec(),
         };
         let first = s
             .create_referrals(&[create("r1", "q1"), create("r2", "q2"), create("r3", "q3")])
@@ -1061,7 +1134,7 @@ mod cases {
     }
 
     pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
-        use exitnet_node::store::{ReferralChange, ReferralEvent};
+        use exitnet_node::store::{NewCreate, ReferralChange, ReferralEvent};
         s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
             .await
             .unwrap();
@@ -1096,14 +1169,15 @@ mod cases {
             ("r3", "c2", "completed", NOW + 500),
             ("r4", "c2", "accepted", NOW),
         ] {
-            s.create_referral(
-                &referral(id, c, "prison-b", st, at),
-                &format!("req-{id}"),
-                id.as_bytes(),
-                &ev,
-                &notice(&format!("n-{id}"), "prison-b"),
-                &[],
-            )
+            s.create_referral(&NewCreate {
+                record: referral(id, c, "prison-b", st, at),
+                request_key: format!("req-{id}"),
+                request_digest: id.as_bytes().to_vec(),
+                event: ev.clone(),
+                notice: notice(&format!("n-{id}"), "prison-b"),
+                audit: vec![],
+                wrapped_key: WRAPPED.to_vec(),
+            })
             .await
             .unwrap();
         }
