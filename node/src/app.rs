@@ -262,6 +262,10 @@ impl Application {
             metrics_listener,
             health_listener,
         } = self;
+        // History written before its content was sealed is split, once,
+        // before anything is served: no call sees (or writes next to) a
+        // history half rewritten.
+        crate::referrals::content::upgrade(&state).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -418,8 +422,6 @@ impl Application {
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
         );
 
-        // History written before its content was sealed is split now, once.
-        crate::referrals::content::upgrade(&state).await?;
         state.follow_other_replicas().await?;
         let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
         // Purges a restore from backup would have undone, applied again.

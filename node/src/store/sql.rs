@@ -1677,7 +1677,9 @@ macro_rules! impl_store {
             async fn rewrite_history(&self, items: &[(String, i64, Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 for (id, seq, detail, content) in items {
-                    sqlx::query("UPDATE referral_events SET detail = $1, content = $2 WHERE referral_id = $3 AND seq = $4")
+                    // Only history not yet split (another replica may have
+                    // split it since it was read).
+                    sqlx::query("UPDATE referral_events SET detail = $1, content = $2 WHERE referral_id = $3 AND seq = $4 AND content IS NULL")
                         .bind(detail)
                         .bind(content)
                         .bind(id)
