@@ -569,6 +569,31 @@ pub async fn receive_notice(
         .store
         .apply_notice_once(&from.org_id, &notice_id, &update)
         .await?;
+    if !applied && let Some(key) = &update.add_key {
+        // Not applied: a repeat of this notice (its key is pinned), or
+        // another rotation from the same key won the race. The loser is told
+        // so, and it is on record: one of the two may be a thief's.
+        let pinned = state.store.peer_keys(&from.org_id, now_ms()).await?;
+        if !pinned.iter().any(|k| k.fingerprint == key.fingerprint) {
+            record_refusal(
+                state,
+                SecurityEvent {
+                    at_ms: now,
+                    surface: "federation".into(),
+                    reason: "key_rotation_superseded".into(),
+                    key_fingerprint: Some(presented_fingerprint.to_owned()),
+                    org_id: Some(from.org_id.to_string()),
+                    remote_addr: None,
+                    method: Some("Notify".into()),
+                },
+            )
+            .await;
+            return Err(Error::FailedPrecondition(
+                "key_rotation.old_public_key: another rotation from this key was applied first"
+                    .into(),
+            ));
+        }
+    }
     if applied {
         if !update.notices.is_empty() {
             state.outbox_wake.notify_one();

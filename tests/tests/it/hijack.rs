@@ -385,6 +385,65 @@ async fn stolen_old_key_on_postgres() {
     stolen_old_key(Backend::Postgres).await;
 }
 
+/// Rotations from B's key, each to a key of its own, sent at once (as the
+/// owner's and a thief's would race): exactly one is applied, and every
+/// other sender is told its rotation was refused, never "ok".
+async fn racing_rotations(backend: Backend) {
+    let Some(a) = start("ngo-a", backend, "").await else {
+        return;
+    };
+    let Some(b) = start("prison-b", backend, "").await else {
+        return;
+    };
+    join(&b, &invite(&a).await).await;
+    assert!(
+        a.ctl(&["peer", "approve", "prison-b"])
+            .await
+            .unwrap()
+            .success
+    );
+    a.wait_peer_state("prison-b", "active", Some("active"))
+        .await
+        .unwrap();
+    let old = NodeKey::read(
+        &b.data_dir().join("identity"),
+        &b.fingerprint().await.unwrap(),
+    )
+    .unwrap();
+    let news: Vec<NodeKey> = (0..8)
+        .map(|_| NodeKey::generate("prison-b").unwrap())
+        .collect();
+    let far = now_ms() + 3_600_000;
+    let results = futures_util::future::join_all(
+        news.iter()
+            .map(|new| announce(&a, "prison-b", &old, &old, new.spki_der(), Some(new), far)),
+    )
+    .await;
+    let won: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one rotation applies: {results:?}");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(
+                r.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+            ),
+            "{r:?}"
+        );
+    }
+    let pinned = a.peer("prison-b").await.unwrap().unwrap()["key_fingerprint"].clone();
+    assert_eq!(pinned, news[won[0]].fingerprint());
+}
+
+#[tokio::test]
+async fn racing_rotations_on_sqlite() {
+    racing_rotations(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn racing_rotations_on_postgres() {
+    racing_rotations(Backend::Postgres).await;
+}
+
 /// A connection from B to A, authenticated with `key`, that has spoken
 /// HTTP/2 and stays open: the task ends when A closes it.
 async fn open_connection(
