@@ -29,6 +29,23 @@ struct File {
     key: String,
 }
 
+// The key in base64 is as secret as the key: wiped when dropped.
+impl Drop for File {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// A temporary file of a generation being written: `.generation-N.…tmp`.
+fn temporary_of(name: &str) -> Option<u32> {
+    name.strip_prefix(".generation-")?
+        .strip_suffix(".tmp")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[derive(Debug, Clone)]
 pub struct KeyDir {
     path: PathBuf,
@@ -85,6 +102,21 @@ impl KeyDir {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if temporary_of(name).is_some() {
+                // Left by a crash while a generation was written (a writer
+                // removes its own within moments): it holds a key, and
+                // destroying the generation must not leave it behind.
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                if stale {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
             if !(name.starts_with("generation-") && name.ends_with(".key")) {
                 continue;
             }
@@ -154,6 +186,13 @@ impl KeyDir {
     /// Deletes a generation's file for good (and syncs the directory, so a
     /// crash does not bring it back).
     pub fn destroy(&self, number: u32) -> anyhow::Result<()> {
+        // A temporary copy a crash left behind goes too.
+        for entry in std::fs::read_dir(&self.path)?.flatten() {
+            if entry.file_name().to_str().and_then(temporary_of) == Some(number) {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("deleting {}", entry.path().display()))?;
+            }
+        }
         let path = self.file(number);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -198,7 +237,17 @@ mod tests {
         assert_eq!(held.iter().map(|g| g.number).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(*held[1].key, [2; KEY_LEN]);
         assert_eq!(held[1].created_at_ms, 1000);
+        // A crash while generation 0 was written left a copy: destroying
+        // generation 0 deletes it too; another generation's is kept.
+        let left = dir.path().join(".generation-000000.1234.tmp");
+        std::fs::write(&left, "key").unwrap();
+        let other = dir.path().join(".generation-000007.1234.tmp");
+        std::fs::write(&other, "key").unwrap();
+        assert_eq!(temporary_of(".generation-000007.1234.tmp"), Some(7));
+        assert_eq!(temporary_of("generation-000007.key"), None);
         dir.destroy(0).unwrap();
+        assert!(!left.exists());
+        std::fs::remove_file(&other).unwrap();
         dir.destroy(0).unwrap();
         assert_eq!(dir.load().unwrap().len(), 1);
         // No temporary files are left behind.
