@@ -8,7 +8,7 @@ use crate::api::{DirectoryApi, NodeApi};
 use crate::config::Config;
 use crate::domain::{OrgId, OrgProfile};
 use crate::federation::FederationApi;
-use crate::identity::{Identity, create_private_dir, hex};
+use crate::identity::{Identity, create_private_dir};
 use crate::peering;
 use crate::state::NodeState;
 use crate::telemetry::CallLog;
@@ -165,14 +165,8 @@ impl Application {
             now_ms: key_clock.now_ms(),
         })?;
         crate::keys::check_opens(store.as_ref(), &master_key).await?;
-        let pseudonym_key = {
-            let b = crate::crypto::random_bytes::<32>()?;
-            let kept = store.meta_init("pseudonym_key", &hex(&b)).await?;
-            (0..kept.len() / 2)
-                .map(|i| u8::from_str_radix(&kept[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .context("stored pseudonym key")?
-        };
+        let pseudonym_key =
+            crate::keys::pseudonym_key(store.as_ref(), &master_key, key_clock.now_ms()).await?;
         let auth = crate::auth::Authenticator::from_config(
             &config.auth,
             org_id.as_str(),

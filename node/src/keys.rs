@@ -147,6 +147,61 @@ pub async fn check_opens(
     )
 }
 
+/// The data key the pseudonym key is sealed under: a data key like the
+/// others, so rotation rewraps it and it outlives every generation.
+pub const PSEUDONYM_KEY_ID: &str = "node:pseudonym";
+const PSEUDONYM_SEALED: &str = "pseudonym_key_sealed";
+/// Where nodes before this kept it, in plain hex: moved and emptied.
+const PSEUDONYM_PLAIN: &str = "pseudonym_key";
+
+/// The node's pseudonym key (pairwise pseudonyms, consent references, the
+/// kept digest of a forgotten client reference), shared by the replicas
+/// through the database but sealed there, so that a database backup alone
+/// does not let anyone test guessed client references against the digests.
+pub async fn pseudonym_key(
+    store: &dyn crate::store::Store,
+    key: &MasterKey,
+    now_ms: i64,
+) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let wrapped = match store.find_data_key(PSEUDONYM_KEY_ID).await? {
+        Some(w) => w,
+        None => {
+            let fresh = key.new_wrapped_data_key(PSEUDONYM_KEY_ID)?;
+            store.data_key(PSEUDONYM_KEY_ID, &fresh, now_ms).await?
+        }
+    };
+    let open = |sealed: &str| -> anyhow::Result<Vec<u8>> {
+        let sealed = crate::domain::unhex(sealed).context("stored pseudonym key: not hex")?;
+        key.open(PSEUDONYM_KEY_ID, &wrapped, PSEUDONYM_SEALED, &sealed)
+            .context("opening the pseudonym key")
+    };
+    if let Some(sealed) = store.meta_get(PSEUDONYM_SEALED).await? {
+        return open(&sealed);
+    }
+    // First start, or the first since it was kept in plain: sealed now. Two
+    // replicas at once agree on whichever value was stored first.
+    let plain = store
+        .meta_get(PSEUDONYM_PLAIN)
+        .await?
+        .filter(|v| !v.is_empty());
+    let value = match &plain {
+        Some(hex) => crate::domain::unhex(hex).context("stored pseudonym key: not hex")?,
+        None => crate::crypto::random_bytes::<32>()?.to_vec(),
+    };
+    let sealed = key.seal(PSEUDONYM_KEY_ID, &wrapped, PSEUDONYM_SEALED, &value)?;
+    let kept = store
+        .meta_init(PSEUDONYM_SEALED, &crate::domain::hex(&sealed))
+        .await?;
+    let opened = open(&kept)?;
+    if plain.is_some() {
+        store.meta_set(PSEUDONYM_PLAIN, "").await?;
+        store.after_purge().await?;
+        tracing::info!("the pseudonym key is sealed under the master key now");
+    }
+    Ok(opened)
+}
+
 /// Rotation, rewrapping, destruction and (PostgreSQL) compaction of the
 /// data-key table, every `interval`, until `stop`.
 pub async fn run(

@@ -116,10 +116,8 @@ pub async fn for_peer(
     use prost::Message;
     match store.meta_get(&format!("policy:{org}")).await? {
         Some(hex) => {
-            let bytes = (0..hex.len() / 2)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-                .collect::<std::result::Result<Vec<u8>, _>>()
-                .map_err(|e| Error::Internal(e.into()))?;
+            let bytes = crate::domain::unhex(&hex)
+                .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored policy: not hex")))?;
             let p =
                 pb::PeerPolicy::decode(bytes.as_slice()).map_err(|e| Error::Internal(e.into()))?;
             Ok((

@@ -28,3 +28,34 @@ pub fn hex(bytes: &[u8]) -> String {
             s
         })
 }
+
+/// The bytes of hexadecimal text (as `hex` writes it); `None` if it is not.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    // Checked first: `from_str_radix` would take a sign ("+1").
+    if digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_round_trips_and_unhex_refuses_what_is_not_hex() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(super::hex(&bytes), "0001abff");
+        assert_eq!(super::unhex("0001abff").unwrap(), bytes);
+        assert_eq!(super::unhex("0001ABFF").unwrap(), bytes);
+        assert_eq!(super::unhex("").unwrap(), Vec::<u8>::new());
+        for bad in ["0", "0g", "é0", "+1"] {
+            assert!(super::unhex(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -151,7 +151,12 @@ async fn sealed_payloads_left(n: &NodeProcess) -> i64 {
 /// client key once none of the client's referrals keeps content, is gone,
 /// so no copy of its ciphertext (a backup) opens again.
 async fn data_keys_left(n: &NodeProcess) -> i64 {
-    count(n, "SELECT COUNT(*) AS n FROM data_keys", None).await
+    count(
+        n,
+        "SELECT COUNT(*) AS n FROM data_keys WHERE key_id <> 'node:pseudonym'",
+        None,
+    )
+    .await
 }
 
 /// `sql` (a `COUNT(*) AS n`, with one bytes parameter or none) on `n`'s

@@ -55,6 +55,17 @@ async fn upgraded(org: &str) -> (NodeProcess, Value) {
     install(&fixture, &node.data_dir());
     let old_key_file = node.data_dir().join("identity").join("master.key");
     let old_key = std::fs::read_to_string(&old_key_file).unwrap();
+    let old_pseudonym_key = {
+        use sqlx::{Connection, Row};
+        let url = format!("sqlite://{}?mode=ro", fixture.join("exitnet.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let v: String = sqlx::query("SELECT value FROM node_meta WHERE key = 'pseudonym_key'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+            .get("value");
+        v
+    };
     node.restart()
         .await
         .unwrap_or_else(|e| panic!("{org}: this build did not start on the old data: {e}"));
@@ -77,6 +88,18 @@ async fn upgraded(org: &str) -> (NodeProcess, Value) {
         node.log()
     );
     assert_as_before(&node, org, &expected).await;
+    // The old release kept the pseudonym key in plain in the database: it
+    // is sealed under the master key now, and no file holds it in plain
+    // (a database backup alone cannot test guessed client references).
+    exitnet_tests::wait_until(
+        &format!("{org}: no plain pseudonym key in the files"),
+        std::time::Duration::from_secs(30),
+        || async {
+            (!crate::purge::file_holds(&node.data_dir(), &old_pseudonym_key)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     (node, expected)
 }
 
