@@ -210,6 +210,80 @@ impl ConsentTerms {
     pub fn in_force(&self, now_ms: i64) -> bool {
         self.valid_from_ms <= now_ms && now_ms < self.valid_until_ms
     }
+
+    /// Whether a referral to `recipient` with these need areas, services and
+    /// summary is within the terms at `now_ms`: the one scope check, made by
+    /// the sender against its consent and by the receiver against the terms
+    /// that came with the offer. The first thing outside, if any.
+    pub fn scope(
+        &self,
+        recipient: &OrgId,
+        need_areas: &[NeedArea],
+        services: &[super::Service],
+        summary: &super::referral::CaseSummary,
+        now_ms: i64,
+    ) -> Result<(), OutOfScope> {
+        if !self.in_force(now_ms) {
+            return Err(OutOfScope::NotInForce);
+        }
+        if !self.recipients.contains(recipient) {
+            return Err(OutOfScope::NotARecipient);
+        }
+        if let Some(a) = need_areas.iter().find(|a| !self.need_areas.contains(a)) {
+            return Err(OutOfScope::NeedArea(*a));
+        }
+        if let Some(s) = services
+            .iter()
+            .find(|s| !self.need_areas.contains(&s.need_area()))
+        {
+            return Err(OutOfScope::Service(*s));
+        }
+        if let Some((category, field)) = summary
+            .categories()
+            .into_iter()
+            .find(|(c, _)| !self.data_categories.contains(c))
+        {
+            return Err(OutOfScope::Category { category, field });
+        }
+        Ok(())
+    }
+}
+
+/// What of a referral falls outside a consent's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfScope {
+    /// Expired, or not yet valid.
+    NotInForce,
+    NotARecipient,
+    NeedArea(NeedArea),
+    /// A service of a need area the terms do not cover.
+    Service(super::Service),
+    /// A summary field (`field`) of a category the terms do not cover.
+    Category {
+        category: DataCategory,
+        field: &'static str,
+    },
+}
+
+impl OutOfScope {
+    /// The refusal of what the referral carries, its field under `prefix`
+    /// (`""` for the client API, `"offer."` for a peer's offer); `None` for
+    /// the terms themselves (not in force, not a recipient), which each side
+    /// words for its caller.
+    pub fn content_refusal(&self, prefix: &str) -> Option<String> {
+        match self {
+            OutOfScope::NotInForce | OutOfScope::NotARecipient => None,
+            OutOfScope::NeedArea(a) => {
+                Some(format!("{prefix}need_areas: {a} is outside the consent"))
+            }
+            OutOfScope::Service(s) => Some(format!(
+                "{prefix}services: {s} is outside the consent's need areas"
+            )),
+            OutOfScope::Category { category, field } => Some(format!(
+                "{prefix}{field}: the consent does not cover {category}"
+            )),
+        }
+    }
 }
 
 /// One day, in milliseconds.
@@ -299,6 +373,84 @@ mod tests {
             valid_until: Some(to_timestamp(2_000_000)),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_scope_check_names_the_first_thing_outside() {
+        use crate::domain::referral::CaseSummary;
+        use crate::domain::{AgeBand, Gender, Service};
+        let t = ConsentTerms::from_pb(terms(), 1_000_000).unwrap();
+        let b = OrgId::parse("org", "prison-b").unwrap();
+        let c = OrgId::parse("org", "health-c").unwrap();
+        let mh = [NeedArea::MentalHealth];
+        let aged = CaseSummary {
+            age_band: Some(AgeBand::AgeBand1824),
+            ..Default::default()
+        };
+        let gendered = CaseSummary {
+            gender: Some(Gender::Female),
+            ..Default::default()
+        };
+        let none = CaseSummary::default();
+        let housing = [Service::Housing];
+        // To whom, need areas, services, summary, when: what the check says.
+        type Case<'a> = (
+            &'a OrgId,
+            &'a [NeedArea],
+            &'a [Service],
+            &'a CaseSummary,
+            i64,
+            Result<(), OutOfScope>,
+        );
+        let cases: [Case; 7] = [
+            (&b, &mh, &[], &aged, 1_500_000, Ok(())),
+            (&b, &mh, &[], &none, 2_000_000, Err(OutOfScope::NotInForce)),
+            (&b, &mh, &[], &none, 999_999, Err(OutOfScope::NotInForce)),
+            (
+                &c,
+                &mh,
+                &[],
+                &none,
+                1_500_000,
+                Err(OutOfScope::NotARecipient),
+            ),
+            (
+                &b,
+                &[NeedArea::MentalHealth, NeedArea::SocialReintegration],
+                &[],
+                &none,
+                1_500_000,
+                Err(OutOfScope::NeedArea(NeedArea::SocialReintegration)),
+            ),
+            (
+                &b,
+                &mh,
+                &housing,
+                &none,
+                1_500_000,
+                Err(OutOfScope::Service(Service::Housing)),
+            ),
+            (
+                &b,
+                &mh,
+                &[],
+                &gendered,
+                1_500_000,
+                Err(OutOfScope::Category {
+                    category: DataCategory::Gender,
+                    field: "summary.gender",
+                }),
+            ),
+        ];
+        for (i, (to, areas, services, summary, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(t.scope(to, areas, services, summary, now), want, "case {i}");
+        }
+        let refusal = OutOfScope::Service(Service::Housing).content_refusal("offer.");
+        assert_eq!(
+            refusal.as_deref(),
+            Some("offer.services: housing is outside the consent's need areas")
+        );
+        assert_eq!(OutOfScope::NotInForce.content_refusal(""), None);
     }
 
     #[test]

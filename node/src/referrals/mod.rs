@@ -15,7 +15,7 @@ use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::code_list;
-use crate::domain::consent::Consent;
+use crate::domain::consent::{Consent, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::{now_ms, to_timestamp};
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
@@ -104,31 +104,24 @@ pub fn check_scope(consent: &Consent, new: &NewReferral, now: i64) -> Result<()>
     if consent.withdrawn_at_ms.is_some() {
         return deny("consent_id: the consent has been withdrawn".into());
     }
-    if !consent.terms.in_force(now) {
-        return deny("consent_id: the consent is not in force (expired or not yet valid)".into());
-    }
-    if !consent.terms.recipients.contains(&new.recipient) {
-        return deny(format!(
+    let scope = consent.terms.scope(
+        &new.recipient,
+        &new.need_areas,
+        &new.services,
+        &new.summary,
+        now,
+    );
+    match scope {
+        Ok(()) => Ok(()),
+        Err(OutOfScope::NotInForce) => {
+            deny("consent_id: the consent is not in force (expired or not yet valid)".into())
+        }
+        Err(OutOfScope::NotARecipient) => deny(format!(
             "recipient_org: {} is not among the consent's recipients",
             new.recipient
-        ));
+        )),
+        Err(other) => deny(other.content_refusal("").unwrap_or_default()),
     }
-    for a in &new.need_areas {
-        if !consent.terms.need_areas.contains(a) {
-            return deny(format!("need_areas: {a} is outside the consent"));
-        }
-    }
-    for s in &new.services {
-        if !consent.terms.need_areas.contains(&s.need_area()) {
-            return deny(format!("services: {s} is outside the consent's need areas"));
-        }
-    }
-    for (cat, field) in new.summary.categories() {
-        if !consent.terms.data_categories.contains(&cat) {
-            return deny(format!("{field}: the consent does not cover {cat}"));
-        }
-    }
-    Ok(())
 }
 
 /// The pseudonym a peer receives for a client: a keyed hash of the local

@@ -4,7 +4,7 @@
 
 use super::messages;
 use crate::audit::AuditEntry;
-use crate::domain::consent::ConsentTerms;
+use crate::domain::consent::{ConsentTerms, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::{now_ms, to_timestamp};
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
@@ -371,34 +371,17 @@ pub fn offer_to_record(
     .map_err(|e| e.within("offer"))?;
     // The terms that travelled with the referral, checked here again.
     let now = now_ms();
-    if !terms.in_force(now) {
-        return Err(deny("offer.terms.valid_until: the consent is not in force"));
-    }
-    if !terms.recipients.contains(me) {
-        return Err(deny(
-            "offer.terms.recipients: this node is not a recipient under the consent",
-        ));
-    }
-    for a in &need_areas {
-        if !terms.need_areas.contains(a) {
-            return Err(deny(format!(
-                "offer.need_areas: {a} is outside the consent"
-            )));
+    match terms.scope(me, &need_areas, &services, &summary, now) {
+        Ok(()) => {}
+        Err(OutOfScope::NotInForce) => {
+            return Err(deny("offer.terms.valid_until: the consent is not in force"));
         }
-    }
-    for s in &services {
-        if !terms.need_areas.contains(&s.need_area()) {
-            return Err(deny(format!(
-                "offer.services: {s} is outside the consent's need areas"
-            )));
+        Err(OutOfScope::NotARecipient) => {
+            return Err(deny(
+                "offer.terms.recipients: this node is not a recipient under the consent",
+            ));
         }
-    }
-    for (cat, field) in summary.categories() {
-        if !terms.data_categories.contains(&cat) {
-            return Err(deny(format!(
-                "offer.{field}: the consent does not cover {cat}"
-            )));
-        }
+        Err(other) => return Err(deny(other.content_refusal("offer.").unwrap_or_default())),
     }
     // And this node's own policy for the sending peer.
     policy.check(
