@@ -26,9 +26,8 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// A fresh database. (Always `Some`: the `Option` stays until the
-    /// callers' branches for a skipped test are taken out.)
-    pub async fn create() -> anyhow::Result<Option<Self>> {
+    /// A fresh database.
+    pub async fn create() -> anyhow::Result<Self> {
         let admin = pg_admin_url();
         let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| {
             format!(
@@ -43,10 +42,10 @@ impl TestDatabase {
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
             .unwrap_or(admin.clone());
-        Ok(Some(Self {
+        Ok(Self {
             url: format!("{base}/{name}"),
             name,
-        }))
+        })
     }
 }
 

@@ -116,16 +116,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node; `None` when the backend is PostgreSQL and it is not
-    /// reachable outside CI.
-    pub async fn start(spec: NodeSpec) -> anyhow::Result<Option<Self>> {
+    /// Starts a node (on PostgreSQL, in a database of its own).
+    pub async fn start(spec: NodeSpec) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = match spec.backend {
             Backend::Sqlite => None,
-            Backend::Postgres => match TestDatabase::create().await? {
-                Some(db) => Some(db),
-                None => return Ok(None),
-            },
+            Backend::Postgres => Some(TestDatabase::create().await?),
         };
         let data_dir = dir.path().join("data");
         let mut toml = format!(
@@ -170,19 +166,14 @@ impl NodeProcess {
             instance_id: String::new(),
         };
         node.launch().await?;
-        Ok(Some(node))
+        Ok(node)
     }
 
     /// Like `start`, but the first run is killed `after` it was spawned
     /// (whatever it was doing: creating its identity, migrating, binding);
     /// the node is left stopped, for `restart`.
-    pub async fn start_killed_after(
-        spec: NodeSpec,
-        after: Duration,
-    ) -> anyhow::Result<Option<Self>> {
-        let Some(mut node) = Self::start(spec).await? else {
-            return Ok(None);
-        };
+    pub async fn start_killed_after(spec: NodeSpec, after: Duration) -> anyhow::Result<Self> {
+        let mut node = Self::start(spec).await?;
         // `start` ran it once to learn its ports; begin again from nothing.
         node.kill().await?;
         if let Some(db) = &node.db {
@@ -195,7 +186,7 @@ impl NodeProcess {
         node.spawn()?;
         tokio::time::sleep(after).await;
         node.kill().await?;
-        Ok(Some(node))
+        Ok(node)
     }
 
     /// Another process of the same node, as an organisation runs several

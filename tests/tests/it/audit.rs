@@ -77,10 +77,8 @@ fn first_failure(report: &Value) -> (u64, String) {
 
 /// The checks of the issue, on `backend` for the audited node A.
 async fn tamper_evidence(backend: Backend) {
-    let Some(a) = start("ngo-a", backend).await else {
-        return;
-    };
-    let b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let a = start("ngo-a", backend).await;
+    let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, mut ar) = clients(&a).await;

@@ -20,7 +20,6 @@ async fn node_for(provider: &OidcProvider) -> NodeProcess {
     NodeProcess::start(NodeSpec::new("ngo-auth", Backend::Sqlite).with_toml(&toml))
         .await
         .unwrap()
-        .unwrap()
 }
 
 async fn info(
@@ -376,7 +375,6 @@ async fn exitnetctl_login_with_the_device_flow() {
 async fn dev_mode_tokens_and_roles() {
     let node = NodeProcess::start(NodeSpec::new("ngo-dev", Backend::Sqlite))
         .await
-        .unwrap()
         .unwrap();
     let token = node.dev_token("auditor", "dpo").await.unwrap();
     info(&node, Some(&token)).await.unwrap();
@@ -393,7 +391,6 @@ async fn dev_mode_tokens_and_roles() {
     // A token minted by another node is refused.
     let other = NodeProcess::start(NodeSpec::new("ngo-other", Backend::Sqlite))
         .await
-        .unwrap()
         .unwrap();
     let foreign = other.dev_token("case_manager", "eve").await.unwrap();
     refused(
@@ -437,7 +434,6 @@ async fn roles_systems_and_token_types_cannot_be_widened() {
         ),
     ))
     .await
-    .unwrap()
     .unwrap();
     let msg = refused(
         info(&mapped, Some(&system)).await,
@@ -457,7 +453,6 @@ async fn roles_systems_and_token_types_cannot_be_widened() {
         )),
     )
     .await
-    .unwrap()
     .unwrap();
     let mut consents =
         pb::consent_service_client::ConsentServiceClient::new(node.api_channel().await.unwrap());
@@ -539,7 +534,6 @@ async fn an_opaque_token_without_introspection_makes_no_call() {
         &format!("[auth]\nmode = \"oidc\"\nissuer = {issuer:?}\naudience = {AUDIENCE:?}\n"),
     ))
     .await
-    .unwrap()
     .unwrap();
     for opaque in ["opaque-token-value", "a.b", "2YotnFZFEjr1zCsicMWpAA"] {
         let msg = refused(
@@ -578,7 +572,6 @@ async fn a_watch_ends_when_its_token_expires() {
         )),
     )
     .await
-    .unwrap()
     .unwrap();
     let token = provider
         .client_credentials("agency-system", "agency-secret")

@@ -75,12 +75,8 @@ async fn wait_referral(
 
 #[tokio::test]
 async fn the_sender_sees_how_a_case_ended_and_the_dpo_what_was_shared() {
-    let Some(a) = start("ngo-a", Backend::Sqlite).await else {
-        return;
-    };
-    let Some(mut b) = start("prison-b", Backend::Sqlite).await else {
-        return;
-    };
+    let a = start("ngo-a", Backend::Sqlite).await;
+    let mut b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
@@ -448,9 +444,7 @@ async fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String)
 
 #[tokio::test]
 async fn errors_name_what_was_typed_and_a_closed_pipe_is_quiet() {
-    let Some(mut n) = start("ngo-a", Backend::Sqlite).await else {
-        return;
-    };
+    let mut n = start("ngo-a", Backend::Sqlite).await;
     let socket = n.admin_socket.display().to_string();
     let s = socket.as_str();
 
@@ -622,12 +616,9 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
     let toml = format!(
         "[api.tls]\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\nclient_ca_file = {ca_file:?}\n"
     );
-    let Some(node) = NodeProcess::start(NodeSpec::new("ngo-tls", Backend::Sqlite).with_toml(&toml))
+    let node = NodeProcess::start(NodeSpec::new("ngo-tls", Backend::Sqlite).with_toml(&toml))
         .await
-        .unwrap()
-    else {
-        return;
-    };
+        .unwrap();
     let token = node.dev_token("case_manager", "alice").await.unwrap();
     // The node asks for a client certificate: without one, refused.
     let out = run(&[
@@ -701,12 +692,8 @@ async fn a_client_api_is_reached_over_tls_with_the_ca() {
 
 #[tokio::test]
 async fn a_withdrawal_after_a_revoke_reaches_the_peer_and_the_two_can_peer_again() {
-    let Some(a) = start("ngo-a", Backend::Sqlite).await else {
-        return;
-    };
-    let Some(b) = start("prison-b", Backend::Sqlite).await else {
-        return;
-    };
+    let a = start("ngo-a", Backend::Sqlite).await;
+    let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let consent = api_json(

@@ -19,14 +19,12 @@ async fn sound(n: &NodeProcess) {
 
 async fn killed_while_starting(backend: Backend) {
     for ms in [0, 3, 10, 25, 60, 150] {
-        let Some(mut n) = NodeProcess::start_killed_after(
+        let mut n = NodeProcess::start_killed_after(
             NodeSpec::new("ngo-a", backend),
             Duration::from_millis(ms),
         )
         .await
-        .unwrap() else {
-            return;
-        };
+        .unwrap();
         n.restart()
             .await
             .unwrap_or_else(|e| panic!("killed after {ms} ms, it did not start again: {e}"));
@@ -97,8 +95,8 @@ async fn exchange_works(a: &NodeProcess, b: &NodeProcess, tag: &str) {
 
 #[tokio::test]
 async fn killed_during_peering() {
-    let mut a = start("ngo-a", Backend::Sqlite).await.unwrap();
-    let mut b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let mut a = start("ngo-a", Backend::Sqlite).await;
+    let mut b = start("prison-b", Backend::Sqlite).await;
     // B dies while joining: at some point between asking A and recording A.
     for ms in [0, 5, 15, 40] {
         let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
@@ -162,8 +160,8 @@ async fn killed_during_peering() {
 
 #[tokio::test]
 async fn killed_during_key_rotation() {
-    let mut a = start("ngo-a", Backend::Sqlite).await.unwrap();
-    let b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let mut a = start("ngo-a", Backend::Sqlite).await;
+    let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     for (i, ms) in [0u64, 2, 8].into_iter().enumerate() {
         let mut rotate = a.ctl_spawn(&["identity", "rotate"]).unwrap();
@@ -194,8 +192,8 @@ async fn killed_during_key_rotation() {
 
 #[tokio::test]
 async fn killed_during_a_purge() {
-    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
-    let mut b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let a = start("ngo-a", Backend::Sqlite).await;
+    let mut b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, mut ar) = clients(&a).await;
@@ -304,8 +302,8 @@ async fn killed_during_a_purge() {
 async fn a_restarted_node_takes_its_own_leases_back() {
     let spec = NodeSpec::new("ngo-a", Backend::Sqlite)
         .with_toml("[federation]\ncall_timeout_ms = 30000\n");
-    let mut a = NodeProcess::start(spec).await.unwrap().unwrap();
-    let mut b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let mut a = NodeProcess::start(spec).await.unwrap();
+    let mut b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();

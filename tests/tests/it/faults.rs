@@ -21,16 +21,16 @@ fn partition() -> Duration {
 }
 
 /// A receiver whose peers reach it only through a proxy.
-async fn behind_proxy(org: &str, backend: Backend) -> Option<(NodeProcess, FaultProxy)> {
+async fn behind_proxy(org: &str, backend: Backend) -> (NodeProcess, FaultProxy) {
     let proxy = FaultProxy::start().await.unwrap();
     let node = NodeProcess::start(NodeSpec::new(org, backend).with_toml(&format!(
         "[federation]\nadvertise = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         proxy.address()
     )))
     .await
-    .unwrap()?;
+    .unwrap();
     proxy.set_target(&node.federation_addr).unwrap();
-    Some((node, proxy))
+    (node, proxy)
 }
 
 struct Sender {
@@ -39,8 +39,8 @@ struct Sender {
     consent: String,
 }
 
-async fn sender(backend: Backend) -> Option<Sender> {
-    let node = start("ngo-a", backend).await?;
+async fn sender(backend: Backend) -> Sender {
+    let node = start("ngo-a", backend).await;
     let token = node.dev_token("case_manager", "alice").await.unwrap();
     let (mut c, _) = clients(&node).await;
     let consent = c
@@ -51,11 +51,11 @@ async fn sender(backend: Backend) -> Option<Sender> {
         .consent
         .unwrap()
         .consent_id;
-    Some(Sender {
+    Sender {
         node,
         token,
         consent,
-    })
+    }
 }
 
 impl Sender {
@@ -97,10 +97,8 @@ async fn exactly(b: &NodeProcess, token: &str, want: &HashSet<String>, within: D
 }
 
 async fn partition_heals(backend: Backend) {
-    let Some(a) = sender(backend).await else {
-        return;
-    };
-    let (b, proxy) = behind_proxy("prison-b", backend).await.unwrap();
+    let a = sender(backend).await;
+    let (b, proxy) = behind_proxy("prison-b", backend).await;
     peer_with(&a.node, &b).await;
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let mut want: HashSet<String> = a.send("prison-b", "before", 20).await.into_iter().collect();
@@ -162,9 +160,9 @@ async fn a_partition_heals_with_nothing_lost_on_postgres() {
 
 #[tokio::test]
 async fn a_silent_peer_does_not_hold_up_another() {
-    let a = sender(Backend::Sqlite).await.unwrap();
-    let (b, proxy) = behind_proxy("prison-b", Backend::Sqlite).await.unwrap();
-    let c = start("health-c", Backend::Sqlite).await.unwrap();
+    let a = sender(Backend::Sqlite).await;
+    let (b, proxy) = behind_proxy("prison-b", Backend::Sqlite).await;
+    let c = start("health-c", Backend::Sqlite).await;
     peer_with(&a.node, &b).await;
     peer_with(&a.node, &c).await;
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
@@ -195,8 +193,8 @@ fn rss_kb(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn a_slow_peer_does_not_grow_the_senders_memory() {
-    let a = sender(Backend::Sqlite).await.unwrap();
-    let (b, proxy) = behind_proxy("prison-b", Backend::Sqlite).await.unwrap();
+    let a = sender(Backend::Sqlite).await;
+    let (b, proxy) = behind_proxy("prison-b", Backend::Sqlite).await;
     peer_with(&a.node, &b).await;
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let pid = a.node.pid().unwrap();

@@ -11,7 +11,7 @@ use exitnet_tests::{Backend, NodeProcess, NodeSpec, wait_until};
 use prost::Message;
 use std::time::Duration;
 
-async fn start(org: &str, backend: Backend, extra: &str) -> Option<NodeProcess> {
+async fn start(org: &str, backend: Backend, extra: &str) -> NodeProcess {
     NodeProcess::start(NodeSpec::new(org, backend).with_toml(extra))
         .await
         .unwrap()
@@ -58,15 +58,9 @@ fn same_words(a: &str, b: &str) -> usize {
 /// with A's original he joins A himself as B, with a key ground so that A's
 /// code comes as close as he can get to the one B's administrator reads.
 async fn rewritten_invitation(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend, "").await else {
-        return;
-    };
-    let Some(mallory) = start("ngo-a", backend, "").await else {
-        return;
-    };
+    let a = start("ngo-a", backend, "").await;
+    let b = start("prison-b", backend, "").await;
+    let mallory = start("ngo-a", backend, "").await;
     let original = invite(&a).await;
     let rewritten = invite(&mallory).await;
     let inv = exitnet_node::peering::invitation::decode(&rewritten).unwrap();
@@ -228,18 +222,13 @@ fn refused_naming(r: Result<(), tonic::Status>, field: &str) {
 /// rotated, the old key (still accepted during its overlap) can neither
 /// replace B's new key nor retire it.
 async fn stolen_old_key(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start(
+    let a = start("ngo-a", backend, "").await;
+    let b = start(
         "prison-b",
         backend,
         "[federation]\nkey_overlap_secs = 3600\n",
     )
-    .await
-    else {
-        return;
-    };
+    .await;
     join(&b, &invite(&a).await).await;
     assert!(
         a.ctl(&["peer", "approve", "prison-b"])
@@ -389,12 +378,8 @@ async fn stolen_old_key_on_postgres() {
 /// owner's and a thief's would race): exactly one is applied, and every
 /// other sender is told its rotation was refused, never "ok".
 async fn racing_rotations(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend, "").await else {
-        return;
-    };
+    let a = start("ngo-a", backend, "").await;
+    let b = start("prison-b", backend, "").await;
     join(&b, &invite(&a).await).await;
     assert!(
         a.ctl(&["peer", "approve", "prison-b"])
@@ -484,15 +469,9 @@ async fn open_connection(
 /// at once (without the fix it would live until the keep-alive gives up,
 /// 50 s, or forever for a client that answers pings). Another peer's stays.
 async fn revoke_closes_connections(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend, "").await else {
-        return;
-    };
-    let Some(c) = start("health-c", backend, "").await else {
-        return;
-    };
+    let a = start("ngo-a", backend, "").await;
+    let b = start("prison-b", backend, "").await;
+    let c = start("health-c", backend, "").await;
     for n in [&b, &c] {
         join(n, &invite(&a).await).await;
     }

@@ -19,7 +19,6 @@ async fn callers_are_limited_one_by_one() {
         "[limits]\ncaller_calls_per_sec = 2\ncaller_burst = 5\ncaller_max_in_flight = 1\nmax_message_bytes = 8192\n",
     ))
     .await
-    .unwrap()
     .unwrap();
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = a.dev_token("case_manager", "bob").await.unwrap();
@@ -85,12 +84,11 @@ async fn callers_are_limited_one_by_one() {
 
 #[tokio::test]
 async fn a_peer_over_its_rate_is_slowed_not_lost() {
-    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
+    let a = start("ngo-a", Backend::Sqlite).await;
     let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
         "[limits]\npeer_calls_per_sec = 20\npeer_burst = 10\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     ))
     .await
-    .unwrap()
     .unwrap();
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
@@ -149,12 +147,11 @@ async fn a_peer_over_its_rate_is_slowed_not_lost() {
 /// a handful of rows; a peer's referrals keep flowing meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_cannot_fill_the_disk() {
-    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
+    let a = start("ngo-a", Backend::Sqlite).await;
     let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
         "[limits]\naddress_calls_per_sec = 200\naddress_burst = 400\nmax_concurrent_streams = 1000\n",
     ))
     .await
-    .unwrap()
     .unwrap();
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();

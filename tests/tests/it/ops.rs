@@ -160,11 +160,9 @@ async fn every_series_the_dashboard_and_the_rules_use_is_exported() {
     let started = now_secs();
     let a = NodeProcess::start(NodeSpec::new("ngo-a", Backend::Sqlite).with_toml(METRICS))
         .await
-        .unwrap()
         .unwrap();
     let mut b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite))
         .await
-        .unwrap()
         .unwrap();
     peer_with(&a, &b).await;
 
@@ -414,7 +412,6 @@ async fn an_unreachable_collector_is_warned_about() {
             .with_toml(&format!("[traces]\notlp_endpoint = \"http://{closed}\"\n")),
     )
     .await
-    .unwrap()
     .unwrap();
     wait_until(
         "the warning about the collector",
@@ -441,7 +438,6 @@ async fn an_unreachable_collector_is_warned_about() {
             .with_toml(&format!("[traces]\notlp_endpoint = \"http://{addr}\"\n")),
     )
     .await
-    .unwrap()
     .unwrap();
     // Calls make spans; the exporter sends them in batches (every 5 s) and
     // on the graceful stop.

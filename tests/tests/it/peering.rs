@@ -5,7 +5,7 @@ use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, wait_until, with_token};
 use std::time::Duration;
 
-async fn start(org: &str, backend: Backend, extra: &str) -> Option<NodeProcess> {
+async fn start(org: &str, backend: Backend, extra: &str) -> NodeProcess {
     NodeProcess::start(NodeSpec::new(org, backend).with_toml(extra))
         .await
         .unwrap()
@@ -95,33 +95,24 @@ async fn security_reasons(node: &NodeProcess) -> Vec<String> {
 }
 
 async fn three_nodes_peer_through_exitnetctl(backend: Backend) {
-    let Some(a) = start(
+    let a = start(
         "ngo-a",
         backend,
         "[org]\nsector = \"ngo\"\nneed_areas = [\"cognitive\"]\n",
     )
-    .await
-    else {
-        return;
-    };
-    let Some(b) = start(
+    .await;
+    let b = start(
         "prison-b",
         backend,
         "[org]\nsector = \"prison_probation\"\nservices = [\"housing\"]\n",
     )
-    .await
-    else {
-        return;
-    };
-    let Some(c) = start(
+    .await;
+    let c = start(
         "health-c",
         backend,
         "[org]\nsector = \"mental_health\"\nservices = [\"trauma_ptsd\"]\n",
     )
-    .await
-    else {
-        return;
-    };
+    .await;
 
     let code_b = invite(&a, &["--note", "for the prison service"]).await;
     let code_c = invite(&a, &[]).await;
@@ -419,12 +410,8 @@ async fn three_nodes_on_postgres() {
 }
 
 async fn refused_federation_calls(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend, "").await else {
-        return;
-    };
+    let a = start("ngo-a", backend, "").await;
+    let b = start("prison-b", backend, "").await;
     join(&b, &invite(&a, &[]).await).await;
     assert!(
         a.ctl(&["peer", "approve", "prison-b"])
@@ -553,12 +540,8 @@ async fn refused_calls_on_postgres() {
 }
 
 async fn key_rotation(backend: Backend) {
-    let Some(a) = start("ngo-a", backend, "").await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend, "[federation]\nkey_overlap_secs = 3\n").await else {
-        return;
-    };
+    let a = start("ngo-a", backend, "").await;
+    let b = start("prison-b", backend, "[federation]\nkey_overlap_secs = 3\n").await;
     join(&b, &invite(&a, &[]).await).await;
     assert!(
         a.ctl(&["peer", "approve", "prison-b"])

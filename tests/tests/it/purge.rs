@@ -261,15 +261,9 @@ async fn arrived(n: &NodeProcess, token: &str, id: &str) {
 }
 
 async fn purge_leaves_nothing(backend: Backend) {
-    let Some(a) = start("ngo-a", backend).await else {
-        return;
-    };
-    let Some(b) = start("prison-b", backend).await else {
-        return;
-    };
-    let Some(c) = start("health-c", backend).await else {
-        return;
-    };
+    let a = start("ngo-a", backend).await;
+    let b = start("prison-b", backend).await;
+    let c = start("health-c", backend).await;
     peer_with(&a, &b).await;
     peer_with(&a, &c).await;
     let mk = Markers::new();
@@ -569,12 +563,8 @@ async fn purge_leaves_nothing_readable_on_postgres() {
 /// into the past in the recipient's database instead of waiting for it.
 #[tokio::test]
 async fn a_recipient_purges_by_itself_when_the_terms_end() {
-    let Some(mut a) = start("ngo-a", Backend::Sqlite).await else {
-        return;
-    };
-    let Some(b) = start("prison-b", Backend::Sqlite).await else {
-        return;
-    };
+    let mut a = start("ngo-a", Backend::Sqlite).await;
+    let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let mk = Markers::new();
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
@@ -667,16 +657,12 @@ async fn token(n: &NodeProcess, role: &str, subject: &str, team: &str) -> String
 /// `federation.closed_inbound_retention_days`.
 #[tokio::test]
 async fn declined_referrals_are_hidden_then_purged() {
-    let Some(a) = start("ngo-a", Backend::Sqlite).await else {
-        return;
-    };
-    let Some(mut c) = NodeProcess::start(
+    let a = start("ngo-a", Backend::Sqlite).await;
+    let mut c = NodeProcess::start(
         NodeSpec::new("health-c", Backend::Sqlite).with_toml("[auth]\nteam_claim = \"team\"\n"),
     )
     .await
-    .unwrap() else {
-        return;
-    };
+    .unwrap();
     peer_with(&a, &c).await;
     let mk = Markers::new();
     let alice = a.dev_token("case_manager", "alice").await.unwrap();

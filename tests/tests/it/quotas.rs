@@ -95,26 +95,17 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
     let quotas = format!(
         "[limits]\npeer_max_pending_intake = {INTAKE}\npeer_checkpoints_per_day = {CHECKPOINTS}\n"
     );
-    let Some(b) = NodeProcess::start(NodeSpec::new("prison-b", backend).with_toml(&quotas))
+    let b = NodeProcess::start(NodeSpec::new("prison-b", backend).with_toml(&quotas))
         .await
-        .unwrap()
-    else {
-        return;
-    };
+        .unwrap();
     // A signs its own checkpoints rarely, so the flood below is what counts.
     let rare = "[audit]\ncheckpoint_every_records = 1000000\ncheckpoint_interval_secs = 86400\n";
-    let Some(a) = NodeProcess::start(NodeSpec::new("ngo-a", backend).with_toml(rare))
+    let a = NodeProcess::start(NodeSpec::new("ngo-a", backend).with_toml(rare))
         .await
-        .unwrap()
-    else {
-        return;
-    };
-    let Some(c) = NodeProcess::start(NodeSpec::new("health-c", backend).with_toml(rare))
+        .unwrap();
+    let c = NodeProcess::start(NodeSpec::new("health-c", backend).with_toml(rare))
         .await
-        .unwrap()
-    else {
-        return;
-    };
+        .unwrap();
     peer_with(&b, &a).await;
     peer_with(&b, &c).await;
     let a_key = key_of(&a, &a.fingerprint().await.unwrap());

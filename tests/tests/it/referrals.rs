@@ -19,20 +19,20 @@ struct Net {
     c: NodeProcess,
 }
 
-pub(crate) async fn start(org: &str, backend: Backend) -> Option<NodeProcess> {
+pub(crate) async fn start(org: &str, backend: Backend) -> NodeProcess {
     NodeProcess::start(NodeSpec::new(org, backend))
         .await
         .unwrap()
 }
 
 /// A (NGO) peered with B (prison and probation) and C (mental health).
-async fn network(backend: Backend) -> Option<Net> {
-    let a = start("ngo-a", backend).await?;
-    let b = start("prison-b", backend).await?;
-    let c = start("health-c", backend).await?;
+async fn network(backend: Backend) -> Net {
+    let a = start("ngo-a", backend).await;
+    let b = start("prison-b", backend).await;
+    let c = start("health-c", backend).await;
     peer_with(&a, &b).await;
     peer_with(&a, &c).await;
-    Some(Net { a, b, c })
+    Net { a, b, c }
 }
 
 /// Peers `n` with `a` (invited by `a`, approved by both) and lets the needs
@@ -306,9 +306,7 @@ async fn ids_in(
 }
 
 async fn closed_loop(backend: Backend) {
-    let Some(net) = network(backend).await else {
-        return;
-    };
+    let net = network(backend).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
     let (mut ac, mut ar) = clients(&net.a).await;
@@ -656,9 +654,7 @@ pub(crate) async fn send_raw(
 
 #[tokio::test]
 async fn the_receiver_checks_what_skips_the_senders_checks() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let a_key = NodeKey::read(
         &net.a.data_dir().join("identity"),
         &net.a.fingerprint().await.unwrap(),
@@ -970,9 +966,7 @@ fn raw_db_contains(node: &NodeProcess, needle: &str) -> bool {
 
 #[tokio::test]
 async fn withdrawal_reaches_every_recipient_even_one_that_was_down() {
-    let Some(mut net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let mut net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, mut ar) = clients(&net.a).await;
     let consent = ac
@@ -1123,9 +1117,7 @@ async fn withdrawal_reaches_every_recipient_even_one_that_was_down() {
 
 #[tokio::test]
 async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
-    let Some(mut net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let mut net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, ar) = clients(&net.a).await;
     let consent = ac
@@ -1259,9 +1251,7 @@ async fn a_receiver_down_during_a_burst_gets_everything_exactly_once() {
 
 #[tokio::test]
 async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
-    let Some(mut net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let mut net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, ar) = clients(&net.a).await;
     let consent = ac
@@ -1344,9 +1334,7 @@ async fn a_sender_killed_mid_burst_delivers_every_confirmed_referral_once() {
 
 #[tokio::test]
 async fn peer_policy_is_enforced_at_both_ends() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, mut ar) = clients(&net.a).await;
     let consent = ac
@@ -1462,9 +1450,7 @@ async fn peer_policy_is_enforced_at_both_ends() {
 
 #[tokio::test]
 async fn an_expired_consent_purges_at_every_recipient() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let (mut ac, ar) = clients(&net.a).await;
     let now = std::time::SystemTime::now()
@@ -1545,9 +1531,7 @@ async fn an_expired_consent_purges_at_every_recipient() {
 
 #[tokio::test]
 async fn the_happy_path_from_the_command_line() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let bob = net.b.dev_token("case_manager", "bob").await.unwrap();
     let run = |node: &NodeProcess, token: &str, args: Vec<String>| {
@@ -1665,9 +1649,7 @@ async fn the_happy_path_from_the_command_line() {
 
 #[tokio::test]
 async fn watching_referrals_shows_each_change_to_those_who_may_see_it() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let mallory = net.a.dev_token("case_manager", "mallory").await.unwrap();
     let (mut ac, mut ar) = clients(&net.a).await;
@@ -1725,9 +1707,7 @@ async fn watching_referrals_shows_each_change_to_those_who_may_see_it() {
 
 #[tokio::test]
 async fn suspension_holds_referrals_and_supervisors_reassign() {
-    let Some(net) = network(Backend::Sqlite).await else {
-        return;
-    };
+    let net = network(Backend::Sqlite).await;
     let alice = net.a.dev_token("case_manager", "alice").await.unwrap();
     let sys = net.a.dev_token("system", "agency-crm").await.unwrap();
     let sue = net.a.dev_token("supervisor", "sue").await.unwrap();

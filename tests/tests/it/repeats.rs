@@ -68,8 +68,8 @@ async fn audit_count(n: &NodeProcess, action: &str, needle: &str) -> usize {
 
 #[tokio::test]
 async fn every_kind_of_repeat_gets_the_first_answer() {
-    let a = start("ngo-a", Backend::Sqlite).await.unwrap();
-    let b = start("prison-b", Backend::Sqlite).await.unwrap();
+    let a = start("ngo-a", Backend::Sqlite).await;
+    let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let a_key = key_of(&a, &a.fingerprint().await.unwrap());
     let b_key = key_of(&b, &b.fingerprint().await.unwrap());

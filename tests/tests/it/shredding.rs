@@ -138,13 +138,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 async fn a_backup_is_shredded_after_rotation_plus_retention(backend: Backend) {
-    let Some(a) = crate::referrals::start("ngo-a", backend).await else {
-        return;
-    };
+    let a = crate::referrals::start("ngo-a", backend).await;
     // Short knobs so the clock moves by days, not months.
     let spec = NodeSpec::new("prison-b", backend)
         .with_toml("[keys]\nrotation_days = 7\nbackup_retention_days = 14\n");
-    let mut b = NodeProcess::start(spec).await.unwrap().unwrap();
+    let mut b = NodeProcess::start(spec).await.unwrap();
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
@@ -337,7 +335,6 @@ async fn open_key_files_and_misplaced_keys_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let mut b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite))
         .await
-        .unwrap()
         .unwrap();
     b.stop().await.unwrap();
     let key_dir = b.key_dir();
@@ -385,12 +382,8 @@ async fn open_key_files_and_misplaced_keys_are_refused() {
 /// readable, and the rotation in the audit trail.
 #[tokio::test]
 async fn an_administrator_rotates_the_master_key_on_demand() {
-    let a = crate::referrals::start("ngo-a", Backend::Sqlite)
-        .await
-        .unwrap();
-    let mut b = crate::referrals::start("prison-b", Backend::Sqlite)
-        .await
-        .unwrap();
+    let a = crate::referrals::start("ngo-a", Backend::Sqlite).await;
+    let mut b = crate::referrals::start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();

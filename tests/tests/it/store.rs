@@ -14,12 +14,12 @@ async fn sqlite_store() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, store)
 }
 
-async fn pg_store() -> Option<(TestDatabase, Arc<dyn Store>)> {
-    let db = TestDatabase::create().await.unwrap()?;
+async fn pg_store() -> (TestDatabase, Arc<dyn Store>) {
+    let db = TestDatabase::create().await.unwrap();
     let store = exitnet_node::store::open(&DatabaseUrl::new(db.url.clone()))
         .await
         .unwrap();
-    Some((db, store))
+    (db, store)
 }
 
 macro_rules! store_suite {
@@ -38,7 +38,7 @@ macro_rules! store_suite {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let Some((_db, store)) = super::pg_store().await else { return };
+                    let (_db, store) = super::pg_store().await;
                     assert_eq!(store.backend(), "postgres");
                     super::cases::$name(store).await;
                 }

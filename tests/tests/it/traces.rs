@@ -99,7 +99,6 @@ async fn spans_reach_the_collector_without_case_content() {
             .with_toml(&format!("[traces]\notlp_endpoint = \"http://{addr}\"\n")),
     )
     .await
-    .unwrap()
     .unwrap();
     let alice = node.dev_token("case_manager", "alice").await.unwrap();
     let mut consents = ConsentServiceClient::new(node.api_channel().await.unwrap());

@@ -47,7 +47,6 @@ async fn upgraded(org: &str) -> (NodeProcess, Value) {
     // directory); started again: it migrates.
     let mut node = NodeProcess::start(NodeSpec::new(org, Backend::Sqlite))
         .await
-        .unwrap()
         .unwrap();
     node.stop().await.unwrap();
     std::fs::remove_dir_all(node.data_dir()).unwrap();

@@ -93,12 +93,8 @@ async fn audit_actions(n: &NodeProcess) -> String {
 
 #[tokio::test]
 async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
-    let Some(a) = start("ngo-a", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
-    let Some(b) = start("prison-b", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
+    let a = start("ngo-a", exitnet_tests::Backend::Sqlite).await;
+    let b = start("prison-b", exitnet_tests::Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
@@ -201,12 +197,8 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
 
 #[tokio::test]
 async fn a_revoke_keeps_delivering_pending_withdrawals_until_receipts_or_giving_up() {
-    let Some(a) = start("ngo-a", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
-    let Some(mut b) = start("prison-b", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
+    let a = start("ngo-a", exitnet_tests::Backend::Sqlite).await;
+    let mut b = start("prison-b", exitnet_tests::Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
@@ -309,12 +301,8 @@ async fn a_revoke_keeps_delivering_pending_withdrawals_until_receipts_or_giving_
 
 #[tokio::test]
 async fn giving_up_purges_needs_the_peering_to_have_ended() {
-    let Some(a) = start("ngo-a", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
-    let Some(b) = start("prison-b", exitnet_tests::Backend::Sqlite).await else {
-        return;
-    };
+    let a = start("ngo-a", exitnet_tests::Backend::Sqlite).await;
+    let b = start("prison-b", exitnet_tests::Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let out = a
         .ctl(&["peer", "abandon-purges", "prison-b", "--yes"])
