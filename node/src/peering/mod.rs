@@ -527,17 +527,11 @@ pub async fn receive_notice(
                     Err(e) => {
                         // A refused rotation may be a takeover attempt by
                         // a thief of an old key: on record.
-                        record_refusal(
+                        rotation_refused(
                             state,
-                            SecurityEvent {
-                                at_ms: now,
-                                surface: "federation".into(),
-                                reason: "key_rotation_refused".into(),
-                                key_fingerprint: Some(presented_fingerprint.to_owned()),
-                                org_id: Some(from.org_id.to_string()),
-                                remote_addr: None,
-                                method: Some("Notify".into()),
-                            },
+                            from,
+                            presented_fingerprint,
+                            "key_rotation_refused",
                         )
                         .await;
                         return Err(e);
@@ -575,17 +569,11 @@ pub async fn receive_notice(
         // so, and it is on record: one of the two may be a thief's.
         let pinned = state.store.peer_keys(&from.org_id, now_ms()).await?;
         if !pinned.iter().any(|k| k.fingerprint == key.fingerprint) {
-            record_refusal(
+            rotation_refused(
                 state,
-                SecurityEvent {
-                    at_ms: now,
-                    surface: "federation".into(),
-                    reason: "key_rotation_superseded".into(),
-                    key_fingerprint: Some(presented_fingerprint.to_owned()),
-                    org_id: Some(from.org_id.to_string()),
-                    remote_addr: None,
-                    method: Some("Notify".into()),
-                },
+                from,
+                presented_fingerprint,
+                "key_rotation_superseded",
             )
             .await;
             return Err(Error::FailedPrecondition(
@@ -601,6 +589,29 @@ pub async fn receive_notice(
         tracing::info!(peer = %from.org_id, "notice applied");
     }
     Ok(())
+}
+
+/// A key rotation refused (`reason`): on record as a security event, as it
+/// may be a takeover attempt by a thief of a key.
+async fn rotation_refused(
+    state: &NodeState,
+    from: &Peer,
+    presented_fingerprint: &str,
+    reason: &str,
+) {
+    record_refusal(
+        state,
+        SecurityEvent {
+            at_ms: state.now_ms(),
+            surface: "federation".into(),
+            reason: reason.into(),
+            key_fingerprint: Some(presented_fingerprint.to_owned()),
+            org_id: Some(from.org_id.to_string()),
+            remote_addr: None,
+            method: Some("Notify".into()),
+        },
+    )
+    .await;
 }
 
 fn verify_rotation(

@@ -24,6 +24,20 @@ async fn invite(node: &NodeProcess) -> String {
         .to_owned()
 }
 
+/// B joins A's invitation and A approves: the peering is active.
+async fn peered(a: &NodeProcess, b: &NodeProcess) {
+    join(b, &invite(a).await).await;
+    assert!(
+        a.ctl(&["peer", "approve", &b.spec.org_id])
+            .await
+            .unwrap()
+            .success
+    );
+    a.wait_peer_state(&b.spec.org_id, "active", Some("active"))
+        .await
+        .unwrap();
+}
+
 async fn join(node: &NodeProcess, code: &str) {
     let out = node.ctl(&["peer", "join", code]).await.unwrap();
     assert!(out.success, "join failed: {}", out.stderr);
@@ -229,16 +243,7 @@ async fn stolen_old_key(backend: Backend) {
         "[federation]\nkey_overlap_secs = 3600\n",
     )
     .await;
-    join(&b, &invite(&a).await).await;
-    assert!(
-        a.ctl(&["peer", "approve", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
-    a.wait_peer_state("prison-b", "active", Some("active"))
-        .await
-        .unwrap();
+    peered(&a, &b).await;
     let old_fp = b.fingerprint().await.unwrap();
     let old = NodeKey::read(&b.data_dir().join("identity"), &old_fp).unwrap();
     let thief = NodeKey::generate("prison-b").unwrap();
@@ -380,16 +385,7 @@ async fn stolen_old_key_on_postgres() {
 async fn racing_rotations(backend: Backend) {
     let a = start("ngo-a", backend, "").await;
     let b = start("prison-b", backend, "").await;
-    join(&b, &invite(&a).await).await;
-    assert!(
-        a.ctl(&["peer", "approve", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
-    a.wait_peer_state("prison-b", "active", Some("active"))
-        .await
-        .unwrap();
+    peered(&a, &b).await;
     let old = NodeKey::read(
         &b.data_dir().join("identity"),
         &b.fingerprint().await.unwrap(),
