@@ -227,7 +227,7 @@ pub async fn create_and_view(
         Some(ev) => {
             let entry = || audit_entry(p, "referral.read", &r);
             let v = audit::guard(state, entry, read_access(p, &r)).await?;
-            Ok(assemble(&r, v, &[ev], Some(summary)))
+            assemble(&r, v, &[ev], Some(summary))
         }
         // A repeated request: the referral as it is now.
         None => view_after_action(state, p, &r).await,
@@ -447,7 +447,7 @@ pub fn audit_entry(p: &Principal, action: &str, r: &ReferralRecord) -> AuditEntr
 }
 
 fn read_access(p: &Principal, r: &ReferralRecord) -> Result<View> {
-    if !r.outbound && ReferralState::parse(&r.state).is_some_and(content::closed_here) {
+    if !r.outbound && content::closed_here(r.current_state()?) {
         // Declined or failed here: its content is for the case manager who
         // closed it and supervisors; the rest of the organisation (the
         // team, auditors) sees metadata only, until it is purged.
@@ -496,7 +496,7 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
         View::Full => open_summary(state, r).await,
         View::MetadataOnly => None,
     };
-    Ok(assemble(r, v, &history, summary))
+    assemble(r, v, &history, summary)
 }
 
 /// The wire view from a referral's parts.
@@ -505,7 +505,7 @@ fn assemble(
     v: View,
     history: &[ReferralEvent],
     summary: Option<pb::CaseSummary>,
-) -> pb::Referral {
+) -> Result<pb::Referral> {
     let summary = match v {
         View::Full => summary,
         View::MetadataOnly => None,
@@ -527,7 +527,7 @@ fn assemble(
         })
         .collect();
     let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
-    pb::Referral {
+    Ok(pb::Referral {
         referral_id: r.referral_id.clone(),
         direction: if r.outbound {
             pb::Direction::Outbound
@@ -551,9 +551,7 @@ fn assemble(
             .collect(),
         urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
         summary,
-        state: ReferralState::parse(&r.state)
-            .map(ReferralState::to_pb)
-            .unwrap_or(0),
+        state: r.current_state()?.to_pb(),
         history,
         purge_status: match r.purge_status.as_str() {
             "pending" => pb::PurgeStatus::Pending,
@@ -566,7 +564,7 @@ fn assemble(
         owner: r.owner.clone(),
         created_at: Some(to_timestamp(r.created_at_ms)),
         updated_at: Some(to_timestamp(r.updated_at_ms)),
-    }
+    })
 }
 
 pub struct Page {
@@ -649,8 +647,7 @@ pub async fn act(
             "only the receiving organisation sets that state".into(),
         ));
     }
-    let from = ReferralState::parse(&r.state)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let from = r.current_state()?;
     if !rules::receiver_may(from, to) {
         return Err(Error::FailedPrecondition(format!(
             "a referral that is {from} cannot become {to}"
@@ -715,8 +712,7 @@ fn withdrawal(
     if r.purge_status != "none" {
         return Ok(None);
     }
-    let from = ReferralState::parse(&r.state)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let from = r.current_state()?;
     let notice = messages::notice_for(
         state,
         &r.peer_org,
@@ -786,7 +782,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "only the sending organisation withdraws a referral".into(),
         ));
     }
-    let from = ReferralState::parse(&r.state).unwrap_or(ReferralState::Withdrawn);
+    let from = r.current_state()?;
     if !rules::sender_may_withdraw(from) {
         return Err(Error::FailedPrecondition(format!(
             "a referral that is {from} cannot be withdrawn"

@@ -237,11 +237,11 @@ pub async fn handle(
             .await?;
             // Purge: the summary goes, the tombstone (IDs, times, states) stays.
             // Nothing held (it never arrived, or was refused) is purged too.
+            let held_state = r.as_ref().map(ReferralRecord::current_state).transpose()?;
             let c = r.as_ref().map(|r| ReferralChange {
-                state: (!rules::is_closed(
-                    ReferralState::parse(&r.state).unwrap_or(ReferralState::Withdrawn),
-                ))
-                .then(|| ReferralState::Withdrawn.as_str().to_owned()),
+                state: held_state
+                    .filter(|s| !rules::is_closed(*s))
+                    .map(|_| ReferralState::Withdrawn.as_str().to_owned()),
                 event: Some(ReferralEvent {
                     actor: String::new(),
                     state: ReferralState::Withdrawn.as_str().to_owned(),
@@ -445,8 +445,7 @@ pub fn status_change(
     mut change: pb::StateChange,
 ) -> Result<ReferralChange> {
     let to = ReferralState::from_pb("status.change.state", change.state)?;
-    let current = ReferralState::parse(&r.state)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let current = r.current_state()?;
     // The sender may not have recorded "received" yet when the first change arrives.
     let effective = if current == ReferralState::Requested {
         ReferralState::Received

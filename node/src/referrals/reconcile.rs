@@ -11,7 +11,7 @@ use crate::audit::AuditEntry;
 use crate::domain::referral as rules;
 use crate::domain::time::now_ms;
 use crate::domain::{OrgId, Peer, ReferralState};
-use crate::error::{Error, FieldError, Result};
+use crate::error::{FieldError, Result};
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent};
 use exitnet_proto::pb;
@@ -128,8 +128,7 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
     if r.peer_org != *peer || r.purge_status != "none" {
         return Ok(false);
     }
-    let current = ReferralState::parse(&r.state)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored state")))?;
+    let current = r.current_state()?;
     let now = now_ms();
     let moves = if r.outbound {
         rules::sender_may_withdraw(current)

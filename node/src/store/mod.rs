@@ -174,6 +174,21 @@ pub struct ReferralRecord {
     pub expires_at_ms: Option<i64>,
 }
 
+impl ReferralRecord {
+    /// The stored state as a code: one this build does not know is an
+    /// error (a database written by a newer release, or tampered with),
+    /// never silently taken for another.
+    pub fn current_state(&self) -> Result<crate::domain::ReferralState> {
+        crate::domain::ReferralState::parse(&self.state).ok_or_else(|| {
+            crate::error::Error::Internal(anyhow::anyhow!(
+                "referral {}: stored state {:?} is not a known state",
+                self.referral_id,
+                self.state
+            ))
+        })
+    }
+}
+
 /// One state change in a referral's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferralEvent {
@@ -706,5 +721,42 @@ pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Arc<dyn Store>> {
         Ok(Arc::new(PostgresStore::open(u).await?))
     } else {
         anyhow::bail!("database_url: unsupported scheme (use sqlite:// or postgres://)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_state_this_build_does_not_know_is_an_error() {
+        let mut r = ReferralRecord {
+            referral_id: "r1".into(),
+            outbound: true,
+            peer_org: OrgId::parse("peer", "prison-b").unwrap(),
+            owner: "alice".into(),
+            team: None,
+            consent_id: None,
+            pseudonym: String::new(),
+            need_areas: String::new(),
+            services: String::new(),
+            urgency: "routine".into(),
+            key_id: "subject:x".into(),
+            summary: None,
+            terms: vec![],
+            state: "accepted".into(),
+            purge_status: "none".into(),
+            purged_at_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            expires_at_ms: None,
+        };
+        assert_eq!(
+            r.current_state().unwrap(),
+            crate::domain::ReferralState::Accepted
+        );
+        r.state = "archived".into();
+        let e = r.current_state().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
     }
 }
