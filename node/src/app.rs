@@ -182,7 +182,7 @@ impl Application {
             ),
             crate::auth::Authenticator::Oidc(_) => {}
         }
-        let limits = crate::limits::Limits::new(&config.limits);
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
         let store_is_shared = store.backend() == "postgres";
         let intake = crate::referrals::intake::Intake::start(store.clone());
         // Kept in the data directory: a restarted process is the same
@@ -344,6 +344,7 @@ impl Application {
                     api_listener,
                     cfg,
                     Duration::from_millis(state.config.federation.handshake_timeout_ms),
+                    None,
                 );
                 tokio::spawn(
                     api_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
@@ -362,6 +363,7 @@ impl Application {
                 federation_listener,
                 tls::federation_server_config(state.current_key.clone())?,
                 Duration::from_millis(state.config.federation.handshake_timeout_ms),
+                Some(crate::federation::stranger_gate(&state)),
             ),
             state.peer_channels.connections.clone(),
         );

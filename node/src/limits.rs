@@ -84,6 +84,17 @@ impl Limiter {
         Ok(())
     }
 
+    /// Whether `key`'s bucket holds a token now, taking none: a gate in
+    /// front of work that the bucket pays for later.
+    pub fn has_room(&self, key: &str) -> bool {
+        let Ok(buckets) = self.buckets.lock() else {
+            return true;
+        };
+        buckets.get(key).is_none_or(|b| {
+            b.tokens + Instant::now().duration_since(b.at).as_secs_f64() * self.per_sec >= 1.0
+        })
+    }
+
     /// A place among `key`'s calls in flight, or a refusal.
     pub fn enter(&self, key: &str) -> Result<Permit, Error> {
         if self.max_in_flight == 0 {
@@ -130,6 +141,21 @@ pub struct Limits {
     pub refusals: RefusalCounts,
     /// Strangers' keys, limited before they are looked up.
     pub unknown_keys: UnknownKeys,
+}
+
+impl Limits {
+    /// The bucket of callers from `ip` that no peer's pinned key
+    /// identifies (strangers), shared by their calls and, as a gate, by
+    /// their connections: an address that has spent it gets no TLS
+    /// handshake until it refills.
+    pub fn stranger_bucket(ip: std::net::IpAddr) -> String {
+        format!("stranger:{ip}")
+    }
+
+    /// Whether a new connection from `ip` may start its TLS handshake.
+    pub fn stranger_may_connect(&self, ip: std::net::IpAddr) -> bool {
+        self.addresses.has_room(&Self::stranger_bucket(ip))
+    }
 }
 
 // === Refusals counted in memory ===
@@ -436,6 +462,21 @@ mod tests {
         // More than the burst passes on a full bucket, and is owed.
         l.rate_n("b", 25).unwrap();
         assert!(l.rate("b").is_err());
+    }
+
+    #[test]
+    fn looking_at_a_bucket_takes_nothing() {
+        let l = Limiter::new("address", 1, 2, 0);
+        assert!(l.has_room("a"), "a key never seen has a full bucket");
+        l.rate_n("a", 2).unwrap();
+        assert!(!l.has_room("a"));
+        assert!(!l.has_room("a"), "still empty, and nothing owed");
+        assert!(l.has_room("b"));
+        let m = Limiter::new("address", 1, 2, 0);
+        m.rate("c").unwrap();
+        assert!(m.has_room("c"));
+        m.rate("c").unwrap();
+        assert!(!m.has_room("c"), "has_room took no token");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct NodeState {
     /// `queued_for`); a wake without any makes the sender look everywhere.
     pub outbox_queued: std::sync::Mutex<std::collections::HashSet<OrgId>>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub limits: crate::limits::Limits,
+    pub limits: Arc<crate::limits::Limits>,
     /// This process, among replicas of one node (delivery leases name it).
     pub instance_id: String,
     /// Other processes may share the database (PostgreSQL): the referrals

@@ -245,13 +245,20 @@ pub fn api_server_config(
     Ok(cfg)
 }
 
+/// Whether a connection from an address may start its TLS handshake.
+pub type ConnectionGate = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
+
 /// Accepts TCP connections with TCP_NODELAY and completes TLS handshakes
 /// concurrently, each under a deadline, so a slow or silent client cannot
-/// hold up others. Yields only established sessions.
+/// hold up others. Yields only established sessions. A connection `gate`
+/// refuses is closed before its handshake, the costliest part of a
+/// connection for us (an address flooding past its limits then costs an
+/// accept and a close).
 pub fn tls_incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
     handshake_timeout: Duration,
+    gate: Option<ConnectionGate>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -268,6 +275,10 @@ pub fn tls_incoming(
             };
             if tx.is_closed() {
                 break;
+            }
+            if gate.as_ref().is_some_and(|admit| !admit(remote.ip())) {
+                drop(tcp);
+                continue;
             }
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();

@@ -86,14 +86,58 @@ pub async fn timed_offer(
 pub struct FloodAnswers {
     pub unauthenticated: u64,
     pub limited: u64,
+    /// Calls that ended with their connection: closed by the node, or no
+    /// new one let through to its handshake.
+    pub cut_off: u64,
     pub other: Vec<Code>,
 }
 
+/// The address a stranger floods from: an attacker's own machine, not the
+/// peers' (all of loopback's 127/8 is local on Linux).
+pub const STRANGER_ADDRESS: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// A channel to the federation port at `addr` (key `pinned`) presenting
+/// `key`, its connections made from `local`; reconnecting whenever the
+/// node closes one, as an attacker's client would.
+async fn channel_from(
+    local: std::net::IpAddr,
+    addr: &str,
+    key: &NodeKey,
+    pinned: String,
+) -> anyhow::Result<Channel> {
+    let tls = std::sync::Arc::new(exitnet_node::tls::peer_client_config(
+        Some(key),
+        vec![pinned],
+    )?);
+    let target: std::net::SocketAddr = addr.parse()?;
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let tls = tls.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((local, 0).into())?;
+            let tcp = socket.connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from("peer.exitnet.invalid")
+                .map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .timeout(Duration::from_secs(30))
+            .connect_with_connector_lazy(connector),
+    )
+}
+
 /// A stranger's flood of the node at `addr` (key `pinned`): `calls` calls
-/// of `Notify` with a fresh key, `concurrency` at a time over one
-/// connection, each counted in `done` as it returns. It runs only while
-/// `go` holds true (paused otherwise), so load can alternate with quiet;
-/// it ends early once `go` is closed while false.
+/// of `Notify` with a fresh key, `concurrency` at a time, from
+/// [`STRANGER_ADDRESS`], each counted in `done` as it returns. It runs
+/// only while `go` holds true (paused otherwise), so load can alternate
+/// with quiet; it ends early once `go` is closed while false.
 pub async fn strangers_flood(
     addr: String,
     pinned: String,
@@ -103,13 +147,7 @@ pub async fn strangers_flood(
     done: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<FloodAnswers> {
     let stranger = NodeKey::generate("stranger")?;
-    let client = exitnet_node::federation::client::connect(
-        &addr,
-        Some(&stranger),
-        vec![pinned],
-        Duration::from_secs(30),
-    )
-    .await?;
+    let client = Federation::new(channel_from(STRANGER_ADDRESS, &addr, &stranger, pinned).await?);
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..concurrency {
         let (mut client, mut go, done) = (client.clone(), go.clone(), done.clone());
@@ -132,6 +170,9 @@ pub async fn strangers_flood(
                 match answer.map_err(|e| e.code()) {
                     Err(Code::Unauthenticated) => answers.unauthenticated += 1,
                     Err(Code::ResourceExhausted) => answers.limited += 1,
+                    Err(Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                        answers.cut_off += 1;
+                    }
                     Err(c) => answers.other.push(c),
                     Ok(_) => answers.other.push(Code::Ok),
                 }
@@ -144,6 +185,7 @@ pub async fn strangers_flood(
         let r = r?;
         all.unauthenticated += r.unauthenticated;
         all.limited += r.limited;
+        all.cut_off += r.cut_off;
         all.other.extend(r.other);
     }
     Ok(all)

@@ -136,8 +136,14 @@ impl<T> Drop for Closable<T> {
     }
 }
 
+/// The name a connection whose client presented no certificate is
+/// registered under (its own address: one connection).
+pub fn unauthenticated(remote: std::net::SocketAddr) -> String {
+    format!("connection:{remote}")
+}
+
 /// The federation listener's sessions, each registered under the key its
-/// client presented.
+/// client presented (or, without one, under its address).
 pub fn closable_incoming(
     incoming: impl tokio_stream::Stream<Item = io::Result<TlsStream<TcpStream>>>,
     connections: Arc<Connections>,
@@ -145,11 +151,11 @@ pub fn closable_incoming(
     use tokio_stream::StreamExt as _;
     incoming.map(move |r| {
         r.map(|tls| {
-            let fingerprint = tls
-                .get_ref()
-                .1
+            let (tcp, session) = tls.get_ref();
+            let fingerprint = session
                 .peer_certificates()
-                .and_then(crate::tls::end_entity_fingerprint);
+                .and_then(crate::tls::end_entity_fingerprint)
+                .or_else(|| tcp.peer_addr().ok().map(unauthenticated));
             connections.track(fingerprint, tls)
         })
     })

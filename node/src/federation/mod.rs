@@ -151,21 +151,33 @@ impl FederationApi {
     /// refusal is recorded: beyond the rate it gets RESOURCE_EXHAUSTED and
     /// costs no write (counted in the metrics). Approved peers never draw on
     /// these buckets.
+    ///
+    /// Past the rate, the caller's connections are closed too (every one
+    /// made with its key, or this one when it presented none): a flood on
+    /// a kept connection costs us its TLS records, streams and decoding,
+    /// while a closed one must pay for a new handshake, which its address
+    /// gets only once its bucket has refilled (`stranger_gate`).
     fn stranger_limit(&self, info: &CallerInfo) -> Result<(), Status> {
-        let host = info
+        let remote = info
             .remote
             .as_deref()
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        self.state
-            .limits
-            .addresses
-            .rate(&format!("stranger:{host}"))
-            .map_err(|e| {
-                self.state.metrics.received("-", "any", "rate_limited");
-                Status::from(e)
-            })
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        let bucket = match remote {
+            Some(a) => crate::limits::Limits::stranger_bucket(a.ip()),
+            None => "stranger:".into(),
+        };
+        self.state.limits.addresses.rate(&bucket).map_err(|e| {
+            self.state.metrics.received("-", "any", "rate_limited");
+            let connection = match (&info.fingerprint, remote) {
+                (Some(fp), _) => Some(fp.clone()),
+                (None, Some(a)) => Some(closer::unauthenticated(a)),
+                (None, None) => None,
+            };
+            if let Some(c) = connection {
+                self.state.peer_channels.connections.close(&[c]);
+            }
+            Status::from(e)
+        })
     }
 
     /// The approved peer that made this call, or a recorded refusal.
@@ -437,6 +449,21 @@ impl pb::federation_service_server::FederationService for FederationApi {
 
 /// A fresh connection to `peer` for a call outside delivery (audit verify,
 /// reconciling purges): our current key, the peer's keys pinned now.
+/// The federation listener's gate: an address whose strangers spent
+/// their bucket gets no handshake until it refills (an approved peer
+/// calling from the same address meanwhile waits with them; its kept
+/// connections are not touched).
+pub fn stranger_gate(state: &NodeState) -> crate::tls::ConnectionGate {
+    let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
+    Arc::new(move |ip| {
+        let admitted = limits.stranger_may_connect(ip);
+        if !admitted {
+            metrics.received("-", "connection", "refused_before_handshake");
+        }
+        admitted
+    })
+}
+
 pub async fn connect_to_peer(
     state: &NodeState,
     peer: &Peer,

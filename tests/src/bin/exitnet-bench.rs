@@ -229,7 +229,7 @@ async fn baseline(dir: &std::path::Path, calls_c1: usize, calls_c64: usize) -> (
     let cfg = exitnet_node::tls::federation_server_config(current).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = exitnet_node::tls::tls_incoming(listener, cfg, Duration::from_secs(5));
+    let incoming = exitnet_node::tls::tls_incoming(listener, cfg, Duration::from_secs(5), None);
     let (_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -287,6 +287,7 @@ struct Strangers {
     flood_calls_per_s: f64,
     unauthenticated: u64,
     limited: u64,
+    cut_off: u64,
 }
 
 /// A node with the default limits on strangers, peered with `a`; A's
@@ -378,6 +379,7 @@ async fn strangers(dir: &std::path::Path, a: &Node, rounds: usize, per_round: us
         flood_calls_per_s: calls as f64 / flooding,
         unauthenticated: answers.unauthenticated,
         limited: answers.limited,
+        cut_off: answers.cut_off,
     }
 }
 
@@ -455,7 +457,7 @@ async fn main() {
     // A stranger's flood against a peer's latency.
     let strangers = strangers(&dir, &a, 10, 100 / scale).await;
     println!(
-        "strangers: a peer's offers p50 {:.2} / p99 {:.2} ms quiet, p50 {:.2} / p99 {:.2} ms during a flood from an unknown key ({:.0} stranger calls/s answered, {} refused unauthenticated, {} limited) — p99 {:.2}x quiet",
+        "strangers: a peer's offers p50 {:.2} / p99 {:.2} ms quiet, p50 {:.2} / p99 {:.2} ms during a flood from an unknown key ({:.0} stranger calls/s answered, {} refused unauthenticated, {} limited, {} cut off with their connection) — p99 {:.2}x quiet",
         strangers.quiet_p50,
         strangers.quiet_p99,
         strangers.flood_p50,
@@ -463,6 +465,7 @@ async fn main() {
         strangers.flood_calls_per_s,
         strangers.unauthenticated,
         strangers.limited,
+        strangers.cut_off,
         strangers.flood_p99 / strangers.quiet_p99
     );
 
@@ -626,6 +629,7 @@ async fn main() {
             "strangers_quiet_p99_ms": strangers.quiet_p99,
             "strangers_flood_p99_ms": strangers.flood_p99,
             "strangers_flood_calls_per_s": strangers.flood_calls_per_s,
+            "strangers_cut_off": strangers.cut_off,
             "idle_rss_mb": idle_rss, "bench_process_rss_under_load_mb": load_rss,
         })
     );

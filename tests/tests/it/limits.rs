@@ -149,7 +149,8 @@ async fn a_peer_over_its_rate_is_slowed_not_lost() {
 async fn strangers_cannot_fill_the_disk() {
     let a = start("ngo-a", Backend::Sqlite).await;
     let b = NodeProcess::start(NodeSpec::new("prison-b", Backend::Sqlite).with_toml(
-        "[limits]\naddress_calls_per_sec = 200\naddress_burst = 400\nmax_concurrent_streams = 1000\n",
+        "[limits]\naddress_calls_per_sec = 200\naddress_burst = 400\nmax_concurrent_streams = 1000\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
     ))
     .await
     .unwrap();
@@ -242,6 +243,7 @@ async fn strangers_cannot_fill_the_disk() {
     let FloodAnswers {
         unauthenticated,
         limited,
+        cut_off,
         other,
     } = tokio::task::spawn_blocking(move || flood.join())
         .await
@@ -249,12 +251,23 @@ async fn strangers_cannot_fill_the_disk() {
         .unwrap()
         .unwrap();
     eprintln!(
-        "{CALLS} stranger calls: {unauthenticated} UNAUTHENTICATED, {limited} RESOURCE_EXHAUSTED; \
-         A's 20 referrals arrived within {arrived:?} meanwhile"
+        "{CALLS} stranger calls: {unauthenticated} UNAUTHENTICATED, {limited} RESOURCE_EXHAUSTED, \
+         {cut_off} cut off with their connection; A's 20 referrals arrived within {arrived:?} meanwhile"
     );
     assert!(other.is_empty(), "other answers: {other:?}");
-    assert_eq!(unauthenticated + limited, CALLS as u64);
-    assert!(limited > 0, "the address limit never applied");
+    assert_eq!(unauthenticated + limited + cut_off, CALLS as u64);
+    // Past its rate, the stranger's connections were closed, and new ones
+    // from its address refused before their handshake.
+    assert!(
+        cut_off > 0,
+        "the node never closed the stranger's connection"
+    );
+    let gated =
+        r#"exitnet_received_total{peer="-",kind="connection",outcome="refused_before_handshake"}"#;
+    assert!(
+        b.metric(gated).await.unwrap() > 0.0,
+        "no connection was refused before its handshake"
+    );
 
     // Every refusal is counted (repeats within a second of the flood's end,
     // when the counts kept in memory are written); the rows are few.
@@ -271,9 +284,10 @@ async fn strangers_cannot_fill_the_disk() {
         let counted: i64 = sqlx::Row::get(&row, "counted");
         (rows, counted)
     };
+    // A refusal whose answer was lost with its connection is counted too.
     let counted_all = wait_until("every refusal counted", Duration::from_secs(10), || async {
         let (rows, counted) = counts().await;
-        (counted as u64 == unauthenticated).then_some(rows)
+        (counted as u64 >= unauthenticated).then_some(rows)
     })
     .await;
     let (rows, counted) = counts().await;
@@ -282,6 +296,10 @@ async fn strangers_cannot_fill_the_disk() {
     assert!(
         counted_all.is_ok(),
         "{counted} of {unauthenticated} refusals counted"
+    );
+    assert!(
+        counted as u64 <= unauthenticated + cut_off,
+        "{counted} refusals counted, more than were made"
     );
     assert!(rows <= 10, "{rows} rows for one stranger's flood");
     let events = b.ctl_json(&["security", "events"]).await.unwrap();
