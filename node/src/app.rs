@@ -106,7 +106,18 @@ fn profile_from_config(config: &Config, org_id: &OrgId) -> OrgProfile {
 }
 
 impl Application {
+    /// A node on the system's clock.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// A node reading the time from `clock` (in-process tests move it
+    /// instead of sleeping). The master-key generations keep their own
+    /// clock (`dev.clock_offset_secs`).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> anyhow::Result<Self> {
         create_private_dir(&config.data_dir)?;
         let store = match crate::store::open(&config.database_url()).await {
             Ok(s) => s,
@@ -214,6 +225,7 @@ impl Application {
             intake,
             peer_channels: crate::federation::client::Channels::default(),
             verified_roots: Default::default(),
+            clock,
         });
         Ok(Self {
             state,

@@ -1,5 +1,9 @@
-//! Where the master-key generations read the time, so that tests can move it.
-//! (Most of the node still reads `domain::time::now_ms` directly.)
+//! Where the node reads the time, so that tests can move it. Services read
+//! `NodeState::now_ms` (the clock given to `Application::build_with_clock`);
+//! pure functions below them take the time as an argument; the master-key
+//! generations have a clock of their own (`dev.clock_offset_secs`). Still
+//! on the wall clock: audit records' times (`AuditEntry`), bearer-token and
+//! certificate validity (`auth`, `identity`), and the demo.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

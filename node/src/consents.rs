@@ -4,7 +4,6 @@ use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::consent::{Consent, ConsentTerms, subject_ref};
-use crate::domain::time::now_ms;
 use crate::domain::{CollectionMethod, bounded_text};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
@@ -96,7 +95,7 @@ pub async fn record(state: &NodeState, p: &Principal, new: NewConsent) -> Result
         },
         owner,
         recorded_by: recorded_by(p),
-        recorded_at_ms: now_ms(),
+        recorded_at_ms: state.now_ms(),
         withdrawn_at_ms: None,
     };
     let audit = AuditEntry::caller(p, "consent.record", "consent", &consent.consent_id)

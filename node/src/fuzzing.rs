@@ -103,7 +103,13 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
     match msg.body {
         Some(pb::federation_message::Body::Offer(o)) => {
             let policy = crate::policy::PeerPolicy::default();
-            let _ = crate::referrals::receive::offer_to_record(me, from, &policy, o);
+            let _ = crate::referrals::receive::offer_to_record(
+                me,
+                from,
+                &policy,
+                o,
+                crate::domain::time::now_ms(),
+            );
         }
         Some(pb::federation_message::Body::Status(s)) => {
             let _ = crate::referrals::id_check("status.referral_id", &s.referral_id);
@@ -116,7 +122,12 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
                     ReferralState::OnHold,
                 ] {
                     let r = outbound(st, &from.org_id);
-                    let _ = crate::referrals::receive::status_change(from, &r, change.clone());
+                    let _ = crate::referrals::receive::status_change(
+                        from,
+                        &r,
+                        change.clone(),
+                        crate::domain::time::now_ms(),
+                    );
                 }
             }
         }

@@ -84,17 +84,6 @@ impl Limiter {
         Ok(())
     }
 
-    /// Whether `key`'s bucket holds a token now, taking none: a gate in
-    /// front of work that the bucket pays for later.
-    pub fn has_room(&self, key: &str) -> bool {
-        let Ok(buckets) = self.buckets.lock() else {
-            return true;
-        };
-        buckets.get(key).is_none_or(|b| {
-            b.tokens + Instant::now().duration_since(b.at).as_secs_f64() * self.per_sec >= 1.0
-        })
-    }
-
     /// A place among `key`'s calls in flight, or a refusal.
     pub fn enter(&self, key: &str) -> Result<Permit, Error> {
         if self.max_in_flight == 0 {
@@ -135,7 +124,7 @@ pub struct Limits {
     pub callers: Limiter,
     pub peers: Limiter,
     pub addresses: Limiter,
-    /// Pending intake per peer, counted (`intake_quota`).
+    /// Pending intake per peer, counted (`peering::quotas::intake`).
     intake: IntakeCounts,
     /// Repeated refusals, counted here between flushes.
     pub refusals: RefusalCounts,
@@ -144,17 +133,31 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Admits one more offer of `org` on the estimate of its pending intake
+    /// if that is fresh and below `quota`; `None` when it must be counted.
+    pub fn intake_estimate(&self, org: &str, quota: i64) -> Option<bool> {
+        self.intake.admit(org, quota)
+    }
+
+    /// `org`'s pending intake, just counted.
+    pub fn intake_counted(&self, org: &str, n: i64) {
+        self.intake.counted(org, n);
+    }
+
     /// The bucket of callers from `ip` that no peer's pinned key
-    /// identifies (strangers), shared by their calls and, as a gate, by
-    /// their connections: an address that has spent it gets no TLS
-    /// handshake until it refills.
+    /// identifies (strangers), shared by their calls and by every new
+    /// connection from `ip` (a handshake is the costliest thing a stranger
+    /// can make us do): an address that has spent it gets no TLS handshake
+    /// until it refills. A peer's calls never draw on it; its connections
+    /// do, once each (they are kept for hours).
     pub fn stranger_bucket(ip: std::net::IpAddr) -> String {
         format!("stranger:{ip}")
     }
 
-    /// Whether a new connection from `ip` may start its TLS handshake.
-    pub fn stranger_may_connect(&self, ip: std::net::IpAddr) -> bool {
-        self.addresses.has_room(&Self::stranger_bucket(ip))
+    /// Whether a new connection from `ip` may start its TLS handshake
+    /// (taking a token if so).
+    pub fn admit_connection(&self, ip: std::net::IpAddr) -> bool {
+        self.addresses.rate(&Self::stranger_bucket(ip)).is_ok()
     }
 }
 
@@ -292,84 +295,6 @@ impl IntakeCounts {
     }
 }
 
-/// Records a refusal over a quota (aggregated per minute like every
-/// refusal) and the error naming the quota.
-async fn over_quota(
-    state: &crate::state::NodeState,
-    org: &crate::domain::OrgId,
-    setting: &str,
-    quota: u64,
-    what: &str,
-) -> Error {
-    crate::peering::record_refusal(
-        state,
-        crate::store::SecurityEvent {
-            at_ms: crate::domain::time::now_ms(),
-            surface: "federation".into(),
-            reason: "peer_quota_exceeded".into(),
-            key_fingerprint: None,
-            org_id: Some(org.to_string()),
-            remote_addr: None,
-            method: Some("Notify".into()),
-        },
-    )
-    .await;
-    state.metrics.received(org.as_str(), what, "over_quota");
-    Error::ResourceExhausted(format!(
-        "quota {setting} ({quota}) reached for this peer: {what} refused; send again later"
-    ))
-}
-
-/// Room for one more referral received from `org` and not yet accepted
-/// (`limits.peer_max_pending_intake`), or RESOURCE_EXHAUSTED naming the
-/// quota. Offers in flight when the count is taken may pass it by at most
-/// the peer's calls in flight.
-pub async fn intake_quota(
-    state: &crate::state::NodeState,
-    org: &crate::domain::OrgId,
-) -> Result<(), Error> {
-    let quota = i64::from(state.config.limits.peer_max_pending_intake);
-    let counts = &state.limits.intake;
-    if counts.admit(org.as_str(), quota) == Some(true) {
-        return Ok(());
-    }
-    let n = state.store.pending_intake(org).await?;
-    if n >= quota {
-        counts.counted(org.as_str(), n);
-        return Err(over_quota(
-            state,
-            org,
-            "limits.peer_max_pending_intake",
-            quota as u64,
-            "offer",
-        )
-        .await);
-    }
-    counts.counted(org.as_str(), n + 1);
-    Ok(())
-}
-
-/// Room for one more checkpoint of `org` witnessed in 24 hours
-/// (`limits.peer_checkpoints_per_day`), given how many were.
-pub async fn checkpoint_quota(
-    state: &crate::state::NodeState,
-    org: &crate::domain::OrgId,
-    witnessed_in_a_day: i64,
-) -> Result<(), Error> {
-    let quota = state.config.limits.peer_checkpoints_per_day;
-    if witnessed_in_a_day < i64::from(quota) {
-        return Ok(());
-    }
-    Err(over_quota(
-        state,
-        org,
-        "limits.peer_checkpoints_per_day",
-        u64::from(quota),
-        "checkpoint",
-    )
-    .await)
-}
-
 impl Limits {
     pub fn new(c: &crate::config::LimitsConfig) -> Self {
         Self {
@@ -465,18 +390,18 @@ mod tests {
     }
 
     #[test]
-    fn looking_at_a_bucket_takes_nothing() {
-        let l = Limiter::new("address", 1, 2, 0);
-        assert!(l.has_room("a"), "a key never seen has a full bucket");
-        l.rate_n("a", 2).unwrap();
-        assert!(!l.has_room("a"));
-        assert!(!l.has_room("a"), "still empty, and nothing owed");
-        assert!(l.has_room("b"));
-        let m = Limiter::new("address", 1, 2, 0);
-        m.rate("c").unwrap();
-        assert!(m.has_room("c"));
-        m.rate("c").unwrap();
-        assert!(!m.has_room("c"), "has_room took no token");
+    fn connections_and_strangers_calls_share_an_address_bucket() {
+        let config = crate::config::Config::load(None, &Default::default()).unwrap();
+        let l = Limits::new(&config.limits);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let burst = config.limits.address_burst;
+        for _ in 0..burst - 1 {
+            l.addresses.rate(&Limits::stranger_bucket(a)).unwrap();
+        }
+        assert!(l.admit_connection(a), "the last token");
+        assert!(!l.admit_connection(a), "spent: no handshake");
+        assert!(l.admit_connection(b), "another address has its own");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What every part of a running node shares.
 
 use crate::config::Config;
-use crate::domain::time::now_ms;
 use crate::domain::{OrgId, OrgProfile};
 use crate::identity::Identity;
 use crate::store::Store;
@@ -46,6 +45,8 @@ pub struct NodeState {
     pub peer_channels: crate::federation::client::Channels,
     /// Batch roots of peers' receipts already verified.
     pub verified_roots: crate::batch_sign::VerifiedRoots,
+    /// Where the node reads the time.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -152,8 +153,9 @@ impl NodeState {
         Ok(())
     }
 
+    /// Milliseconds since the Unix epoch, by the node's clock.
     pub fn now_ms(&self) -> i64 {
-        now_ms()
+        self.clock.now_ms()
     }
 }
 

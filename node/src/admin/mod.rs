@@ -1,7 +1,7 @@
 //! The admin surface, served only on the node's local Unix socket (mode
 //! 0600 in a 0700 data directory): whoever can open it administers the node.
 
-use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::time::to_timestamp;
 use crate::domain::{OrgId, Peer, PeerAction};
 use crate::error::{Error, FieldError};
 use crate::peering;
@@ -108,7 +108,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         _: Request<pb::GetIdentityRequest>,
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
         let identity = self.state.identity().map_err(Error::from)?;
-        let now = now_ms();
+        let now = self.state.now_ms();
         let mut keys = vec![pb::KeyView {
             fingerprint: identity.current().fingerprint().to_owned(),
             created_at: Some(to_timestamp(identity.current_created_at_ms())),
@@ -318,7 +318,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         tracing::info!(role = role.as_str(), "minted a development token");
         Ok(Response::new(pb::MintDevTokenResponse {
             access_token: token,
-            expires_at: Some(to_timestamp(now_ms() + 8 * 3600 * 1000)),
+            expires_at: Some(to_timestamp(self.state.now_ms() + 8 * 3600 * 1000)),
         }))
     }
 

@@ -3,7 +3,6 @@
 use super::authenticate;
 use crate::access::View;
 use crate::consents::{self, NewConsent};
-use crate::domain::time::now_ms;
 use crate::state::NodeState;
 use exitnet_proto::pb;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
         let (p, _permit) = authenticate(&self.state, &request).await?;
-        let new = NewConsent::from_pb(request.into_inner(), now_ms())?;
+        let new = NewConsent::from_pb(request.into_inner(), self.state.now_ms())?;
         let c = consents::record(&self.state, &p, new).await?;
         Ok(Response::new(pb::RecordConsentResponse {
             consent: Some(c.to_pb(true)),

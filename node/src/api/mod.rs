@@ -1,7 +1,6 @@
 //! The client API for agency systems: thin gRPC adapters over the domain.
 
 use crate::auth::{ON_BEHALF_OF_HEADER, Principal};
-use crate::domain::time::now_ms;
 use crate::domain::{NeedArea, PeerState, Service};
 use crate::error::Error;
 use crate::state::NodeState;
@@ -65,7 +64,7 @@ pub async fn authenticate<T>(
             crate::peering::record_refusal(
                 state,
                 SecurityEvent {
-                    at_ms: now_ms(),
+                    at_ms: state.now_ms(),
                     surface: "client".into(),
                     reason: e.reason().into(),
                     key_fingerprint: None,
@@ -120,7 +119,7 @@ impl WatchCredentials {
     /// expires or no longer passes a check (see `WATCH_RECHECK`).
     pub async fn ended(&self, state: &NodeState) -> Status {
         loop {
-            let left = self.expires_at_ms.map(|e| e.saturating_sub(now_ms()));
+            let left = self.expires_at_ms.map(|e| e.saturating_sub(state.now_ms()));
             if left.is_some_and(|l| l <= 0) {
                 return Status::unauthenticated(
                     "the token has expired: sign in again and watch again",
@@ -131,7 +130,7 @@ impl WatchCredentials {
                 None => WATCH_RECHECK,
             };
             tokio::time::sleep(wait).await;
-            if self.expires_at_ms.is_some_and(|e| e <= now_ms()) {
+            if self.expires_at_ms.is_some_and(|e| e <= state.now_ms()) {
                 continue; // said as expiry above
             }
             if let Err(e) = state

@@ -5,7 +5,7 @@
 
 use crate::crypto::sha256;
 use crate::domain::OrgId;
-use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
+use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, hex, verify_stored};
 use crate::state::NodeState;
@@ -73,7 +73,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
             sent_to: 0,
         });
     }
-    let at = now_ms();
+    let at = state.now_ms();
     let (payload, signature, fingerprint, spki) = {
         let identity = state.identity()?;
         let key = identity.current();
@@ -157,7 +157,7 @@ pub async fn due(state: &NodeState) -> Result<bool> {
         Some(last) if last.seq >= seq => false,
         Some(last) => {
             (seq - last.seq) as u64 >= cfg.checkpoint_every_records
-                || now_ms() - last.at_ms
+                || state.now_ms() - last.at_ms
                     >= (cfg.checkpoint_interval_secs as i64).saturating_mul(1000)
         }
     })
@@ -227,7 +227,7 @@ pub async fn witness(
     peer: &OrgId,
     signed: &pb::SignedCheckpoint,
 ) -> Result<pb::SignedWitness> {
-    let now = now_ms();
+    let now = state.now_ms();
     let keys: Vec<Vec<u8>> = state
         .store
         .peer_keys(peer, now)
@@ -258,7 +258,7 @@ pub async fn witness(
             )));
         }
         Some(last) if seq == last => {}
-        _ => crate::limits::checkpoint_quota(state, peer, in_a_day).await?,
+        _ => crate::peering::quotas::checkpoints(state, peer, in_a_day).await?,
     }
     // Signed before it is stored, in a scope of its own: the identity's
     // lock is not held across the write.
@@ -371,7 +371,7 @@ pub async fn check_witness(
         .as_ref()
         .map(from_timestamp)
         .ok_or_else(|| bad("no time"))?;
-    let keys = state.store.peer_keys(peer, at.min(now_ms())).await?;
+    let keys = state.store.peer_keys(peer, at.min(state.now_ms())).await?;
     if !keys
         .iter()
         // Also re-checks stored witnesses (audit verify), which may predate

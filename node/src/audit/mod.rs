@@ -169,7 +169,7 @@ pub async fn verify_receipt(
         // Keys valid when the receipt was signed (a retired key still counts).
         state
             .store
-            .peer_keys(&org, at.min(crate::domain::time::now_ms()))
+            .peer_keys(&org, at.min(state.now_ms()))
             .await?
             .into_iter()
             .filter(|k| k.fingerprint == receipt.key_fingerprint)

@@ -237,7 +237,7 @@ pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
     Ok(json!({
         "subject_ref": subject_ref,
         "organisation": state.org_id.as_str(),
-        "generated_at": time(crate::domain::time::now_ms()),
+        "generated_at": time(state.now_ms()),
         "consents": consent_docs,
         "referrals": referral_docs,
         "audit": audit,

@@ -244,7 +244,9 @@ pub struct LimitsConfig {
     pub peer_calls_per_sec: u32,
     pub peer_burst: u32,
     pub peer_max_in_flight: u32,
-    /// Per remote address, before sign-in (client API and joins).
+    /// Per remote address, before sign-in (client API and joins), and for
+    /// strangers on the federation listener: their calls and every new
+    /// connection from the address.
     pub address_calls_per_sec: u32,
     pub address_burst: u32,
     /// Connections older than this are closed gracefully (clients reconnect);

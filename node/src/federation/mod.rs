@@ -6,7 +6,6 @@ pub mod client;
 pub mod closer;
 
 use crate::domain::Peer;
-use crate::domain::time::now_ms;
 use crate::error::Error;
 use crate::identity::{fingerprint_spki, spki_from_cert};
 use crate::limits::Permit;
@@ -95,7 +94,7 @@ impl FederationApi {
         peering::record_refusal(
             &self.state,
             SecurityEvent {
-                at_ms: now_ms(),
+                at_ms: self.state.now_ms(),
                 surface: "federation".into(),
                 reason: reason.into(),
                 key_fingerprint: info.fingerprint.clone(),
@@ -214,7 +213,7 @@ impl FederationApi {
                 )
                 .await);
         };
-        let now = now_ms();
+        let now = self.state.now_ms();
         // A key refused within the last second takes from its address's
         // bucket before any lookup: past the rate, a flood costs nothing.
         let limited_already = self.state.limits.unknown_keys.recently_unknown(fp, now);
@@ -449,14 +448,15 @@ impl pb::federation_service_server::FederationService for FederationApi {
 
 /// A fresh connection to `peer` for a call outside delivery (audit verify,
 /// reconciling purges): our current key, the peer's keys pinned now.
-/// The federation listener's gate: an address whose strangers spent
-/// their bucket gets no handshake until it refills (an approved peer
-/// calling from the same address meanwhile waits with them; its kept
-/// connections are not touched).
+/// The federation listener's gate: each new connection takes a token from
+/// its address's strangers' bucket, and an address that spent it gets no
+/// handshake until it refills (an approved peer connecting from the same
+/// address meanwhile waits with the strangers; its kept connections are
+/// not touched).
 pub fn stranger_gate(state: &NodeState) -> crate::tls::ConnectionGate {
     let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
     Arc::new(move |ip| {
-        let admitted = limits.stranger_may_connect(ip);
+        let admitted = limits.admit_connection(ip);
         if !admitted {
             metrics.received("-", "connection", "refused_before_handshake");
         }
@@ -471,7 +471,7 @@ pub async fn connect_to_peer(
 {
     let pinned = state
         .store
-        .peer_keys(&peer.org_id, now_ms())
+        .peer_keys(&peer.org_id, state.now_ms())
         .await?
         .into_iter()
         .map(|k| k.fingerprint)
@@ -573,7 +573,7 @@ async fn apply_notice(
 
 /// "Last seen" to the second: not a write per message.
 async fn seen(state: &NodeState, peer: &Peer) {
-    let now = now_ms();
+    let now = state.now_ms();
     if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
         let _ = state.store.touch_peer(&peer.org_id, now).await;
     }

@@ -5,9 +5,10 @@
 pub mod invitation;
 pub mod outbox;
 pub mod purges;
+pub mod quotas;
 
 use crate::crypto::sha256;
-use crate::domain::time::{from_timestamp, now_ms, to_timestamp};
+use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, fingerprint_spki, hex, verify_in};
@@ -120,7 +121,7 @@ pub async fn create_invitation(
     crate::domain::bounded_text("note", &note, 200)?;
     let secret = random_bytes::<32>()?;
     let id = hex(&random_bytes::<12>()?);
-    let now = now_ms();
+    let now = state.now_ms();
     let expires_at_ms = now + (secs as i64) * 1000;
     state
         .store
@@ -165,7 +166,7 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
     if inv.org_id == state.org_id {
         return Err(FieldError::new("code", "this is our own invitation").into());
     }
-    if inv.expires_at_ms <= now_ms() {
+    if inv.expires_at_ms <= state.now_ms() {
         return Err(Error::FailedPrecondition(
             "the invitation has expired".into(),
         ));
@@ -213,7 +214,7 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
             "the inviter answered with another organisation ID".into(),
         ));
     }
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .store
         .insert_peer(&NewPeer {
@@ -301,7 +302,7 @@ pub async fn accept_join(
     if profile.org_id == state.org_id {
         return Err(FieldError::new("profile.org_id", "is this node's own ID").into());
     }
-    let now = now_ms();
+    let now = state.now_ms();
     let fingerprint = fingerprint_spki(spki);
     let outcome = state
         .store
@@ -401,7 +402,7 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
             )
             .with_peer(org.as_str()),
         ],
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
         ..Default::default()
     };
     if next == PeerState::Revoked {
@@ -465,7 +466,7 @@ pub async fn receive_notice(
             FieldError::new("notice_id", "must be 1 to 64 printable ASCII characters").into(),
         );
     }
-    let now = now_ms();
+    let now = state.now_ms();
     let mut update = PeerUpdate {
         now_ms: now,
         ..Default::default()
@@ -567,7 +568,7 @@ pub async fn receive_notice(
         // Not applied: a repeat of this notice (its key is pinned), or
         // another rotation from the same key won the race. The loser is told
         // so, and it is on record: one of the two may be a thief's.
-        let pinned = state.store.peer_keys(&from.org_id, now_ms()).await?;
+        let pinned = state.store.peer_keys(&from.org_id, state.now_ms()).await?;
         if !pinned.iter().any(|k| k.fingerprint == key.fingerprint) {
             rotation_refused(
                 state,
@@ -691,7 +692,7 @@ fn verify_rotation(
         PeerKey {
             fingerprint: fingerprint_spki(&r.new_public_key),
             spki_der: r.new_public_key,
-            added_at_ms: now_ms(),
+            added_at_ms: state.now_ms(),
             valid_until_ms: None,
         },
         until,
@@ -773,7 +774,7 @@ pub async fn announce_rotation_if_missing(state: &NodeState) -> Result<()> {
         let identity = state.identity()?;
         let new_spki = identity.current().spki_der().to_vec();
         identity
-            .retired(now_ms())
+            .retired(state.now_ms())
             .find(|r| r.key.fingerprint() == announced)
             .map(|r| (r.key.spki_der().to_vec(), new_spki, r.valid_until_ms))
     };
@@ -816,7 +817,7 @@ async fn rotation_notices(
             recipient_org_id: peer.org_id.to_string(),
             new_public_key: new_spki.to_vec(),
             old_public_key: old_spki.to_vec(),
-            issued_at: Some(to_timestamp(now_ms())),
+            issued_at: Some(to_timestamp(state.now_ms())),
             old_key_valid_until: Some(to_timestamp(until)),
         }
         .encode_to_vec();
@@ -868,7 +869,7 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
         }
         return Ok(());
     }
-    let now = now_ms();
+    let now = state.now_ms();
     if let Ok(mut p) = state.profile.write() {
         p.updated_at_ms = now;
     }

@@ -6,7 +6,6 @@
 //! again, and the peer answers the repeat as before.
 
 use crate::domain::OrgId;
-use crate::domain::time::now_ms;
 use crate::referrals::messages::sign_for_sending;
 use crate::state::NodeState;
 use crate::store::Notice;
@@ -59,7 +58,7 @@ pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<b
 
 /// Starts a delivery task for every peer with a due notice and none running.
 async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Result<()> {
-    for org in state.store.peers_with_due_notices(now_ms()).await? {
+    for org in state.store.peers_with_due_notices(state.now_ms()).await? {
         let fresh = running
             .lock()
             .map(|mut r| r.insert(org.clone()))
@@ -105,7 +104,7 @@ fn lease_ttl(state: &NodeState) -> i64 {
 
 /// Takes or renews this process's lease.
 async fn take_lease(state: &NodeState, name: &str) -> crate::error::Result<bool> {
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .store
         .acquire_lease(name, &state.instance_id, now, now + lease_ttl(state))
@@ -122,7 +121,7 @@ struct HeldLease<'a> {
 
 impl HeldLease<'_> {
     async fn keep(&mut self, state: &NodeState) -> crate::error::Result<bool> {
-        let now = now_ms();
+        let now = state.now_ms();
         if now - self.renewed_at < lease_ttl(state) / 4 {
             return Ok(true);
         }
@@ -167,7 +166,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
         for n in state.store.undelivered_notices_for(org, BATCH).await? {
             state
                 .store
-                .notice_dropped(n.id, now_ms(), "peer no longer recorded")
+                .notice_dropped(n.id, state.now_ms(), "peer no longer recorded")
                 .await?;
         }
         return Ok(());
@@ -178,10 +177,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
     for n in state.store.undelivered_notices_for(org, BATCH).await? {
         let req = crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload)?;
-        if is_offer(&req) && now_ms() - n.created_at_ms > max_age_ms {
+        if is_offer(&req) && state.now_ms() - n.created_at_ms > max_age_ms {
             state
                 .store
-                .notice_dropped(n.id, now_ms(), "undeliverable")
+                .notice_dropped(n.id, state.now_ms(), "undeliverable")
                 .await?;
             crate::referrals::on_refused(
                 state,
@@ -194,7 +193,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
         }
         queue.push((n, req));
     }
-    let now = now_ms();
+    let now = state.now_ms();
     if !queue.iter().any(|(n, _)| n.next_attempt_at_ms <= now) {
         return Ok(());
     }
@@ -252,7 +251,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     // Just taken (by the caller).
     let mut held = HeldLease {
         name: lease,
-        renewed_at: now_ms(),
+        renewed_at: state.now_ms(),
     };
     while let Some((n, req)) = queue.next() {
         // Still ours? (A replica that stalled past its lease stops here.)
@@ -294,7 +293,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             let rid = message_referral(next_req);
             let next_bytes = notice_bytes(next_req);
             if !next_is_message
-                || next.next_attempt_at_ms > now_ms()
+                || next.next_attempt_at_ms > state.now_ms()
                 // Outside an active peering only withdrawals go.
                 || (!exchange_allowed && !is_withdrawal(next_req))
                 || rid.as_ref().is_some_and(|r| flow.held.contains(r))
@@ -354,7 +353,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     }
     flow.apply_all(finish(storing.take()).await?);
     // "Last seen" to the second: not a write per round.
-    let now = now_ms();
+    let now = state.now_ms();
     if flow.seen && now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
         state.store.touch_peer(org, now).await?;
     } else if !flow.seen && (flow.messages_wait || flow.notices_wait) {
@@ -570,7 +569,7 @@ impl Flow {
             // referral waits before them.
             let rid = message_referral(req);
             let behind = rid.as_ref().is_some_and(|r| self.held.contains(r));
-            if n.next_attempt_at_ms > now_ms() {
+            if n.next_attempt_at_ms > state.now_ms() {
                 self.held.extend(rid);
                 return Ok(false);
             }
@@ -578,14 +577,14 @@ impl Flow {
                 return Ok(true);
             }
             self.held.extend(rid);
-            let next = now_ms() + state.config.federation.retry_max_ms as i64;
+            let next = state.now_ms() + state.config.federation.retry_max_ms as i64;
             state
                 .store
                 .notice_failed(n.id, next, "peering not active")
                 .await?;
             return Ok(false);
         }
-        if n.next_attempt_at_ms > now_ms() {
+        if n.next_attempt_at_ms > state.now_ms() {
             self.wait(is_message);
             return Ok(false);
         }
@@ -614,7 +613,7 @@ impl Flow {
                 }))
             }
             Ok(resp) => {
-                let now = now_ms();
+                let now = state.now_ms();
                 state.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
                     match crate::audit::checkpoint::on_witnessed(
@@ -649,7 +648,7 @@ impl Flow {
                 // cannot help. An offer fails with the receiver's reason.
                 state
                     .store
-                    .notice_dropped(n.id, now_ms(), status.code().description())
+                    .notice_dropped(n.id, state.now_ms(), status.code().description())
                     .await?;
                 crate::referrals::on_refused(
                     state,
@@ -682,7 +681,7 @@ impl Flow {
                     state.metrics.delivered(org.as_str(), "refused");
                     state
                         .store
-                        .notice_dropped(n.id, now_ms(), status.code().description())
+                        .notice_dropped(n.id, state.now_ms(), status.code().description())
                         .await?;
                     tracing::info!(peer = %org, code = ?status.code(), "the peer refused a checkpoint; a later one will be sent");
                     return Ok(Handled {
@@ -695,7 +694,7 @@ impl Flow {
                     // The peering is over on our side and they refuse us: stop trying.
                     state
                         .store
-                        .notice_dropped(n.id, now_ms(), status.code().description())
+                        .notice_dropped(n.id, state.now_ms(), status.code().description())
                         .await?;
                     return Ok(Handled {
                         wait: false,
@@ -724,8 +723,8 @@ async fn accept_deliveries(
     if answered.is_empty() {
         return Ok(Vec::new());
     }
-    let keys = state.store.peer_keys(org, now_ms()).await?;
-    let now = now_ms();
+    let keys = state.store.peer_keys(org, state.now_ms()).await?;
+    let now = state.now_ms();
     let mut handled = Vec::with_capacity(answered.len());
     let mut items = Vec::with_capacity(answered.len());
     let mut attempts = Vec::with_capacity(answered.len());
@@ -778,7 +777,7 @@ async fn retry_later(
     attempts: i64,
     why: &str,
 ) -> anyhow::Result<()> {
-    let next = now_ms() + backoff_ms(state, attempts);
+    let next = state.now_ms() + backoff_ms(state, attempts);
     state.store.notice_failed(notice_row, next, why).await?;
     Ok(())
 }

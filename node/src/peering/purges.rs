@@ -5,7 +5,6 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::OrgId;
-use crate::domain::time::now_ms;
 use crate::error::{Error, Result};
 use crate::state::NodeState;
 use exitnet_proto::pb;
@@ -72,7 +71,7 @@ pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
     ];
     let done = state
         .store
-        .abandon_purges(org, &rows, &audit, now_ms())
+        .abandon_purges(org, &rows, &audit, state.now_ms())
         .await?;
     tracing::warn!(peer = %org, referrals = done.0, withdrawals = done.1, "pending purges abandoned by the administrator");
     Ok(done)

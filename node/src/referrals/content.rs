@@ -15,7 +15,7 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::ReferralState;
-use crate::domain::time::{from_timestamp, now_ms};
+use crate::domain::time::from_timestamp;
 use crate::error::Result;
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
@@ -62,7 +62,10 @@ async fn sealing_key(state: &NodeState, r: &ReferralRecord) -> Result<Option<Vec
         None if r.outbound => {
             let fresh = state.master_key.new_wrapped_data_key(&r.key_id)?;
             Ok(Some(
-                state.store.data_key(&r.key_id, &fresh, now_ms()).await?,
+                state
+                    .store
+                    .data_key(&r.key_id, &fresh, state.now_ms())
+                    .await?,
             ))
         }
         None => Ok(None),
@@ -153,8 +156,7 @@ pub fn terms_end(terms: &[u8]) -> Option<i64> {
 
 /// A recipient's purge of `r`, by itself: content and data key go; the
 /// state stays (the sender did not withdraw it), the purge is done.
-fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry) -> ReferralChange {
-    let now = now_ms();
+fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry, now: i64) -> ReferralChange {
     ReferralChange {
         expected_states: vec![r.state.clone()],
         expected_purge_status: Some("none".into()),
@@ -176,7 +178,7 @@ fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry) -> ReferralCha
 /// (`referral.purge.expired`) and referrals declined or failed here longer
 /// ago than the retention (`referral.purge.closed`). How many were purged.
 pub async fn purge_inbound(state: &NodeState) -> Result<u32> {
-    let now = now_ms();
+    let now = state.now_ms();
     let days = i64::try_from(state.config.federation.closed_inbound_retention_days)
         .unwrap_or(i64::MAX / 86_400_000);
     let closed_before = now.saturating_sub(days.saturating_mul(86_400_000));
@@ -197,7 +199,7 @@ pub async fn purge_inbound(state: &NodeState) -> Result<u32> {
             };
             if state
                 .store
-                .change_referral(&r.referral_id, &local_purge(r, action, &by))
+                .change_referral(&r.referral_id, &local_purge(r, action, &by, state.now_ms()))
                 .await?
             {
                 state.referral_changed(&r.referral_id);
@@ -237,7 +239,7 @@ pub fn forgotten_ref(state: &NodeState, subject_ref: &str) -> String {
 pub async fn forget_consents(state: &NodeState) -> Result<u32> {
     let mut n = 0;
     loop {
-        let due = state.store.consents_to_forget(now_ms(), 500).await?;
+        let due = state.store.consents_to_forget(state.now_ms(), 500).await?;
         let mut round = 0;
         for c in &due {
             let terms = purged_terms(&c.terms.to_pb().encode_to_vec());
@@ -308,7 +310,7 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
                     by.about("referral.purge.content", "referral", &r.referral_id)
                         .with_peer(r.peer_org.as_str()),
                 ],
-                now_ms: now_ms(),
+                now_ms: state.now_ms(),
                 ..Default::default()
             };
             if state.store.change_referral(&r.referral_id, &c).await? {

@@ -44,7 +44,9 @@ pub fn notice_for(
         message_id: message_id.clone(),
         sender_org: state.org_id.to_string(),
         recipient_org: recipient.to_string(),
-        sent_at: Some(to_timestamp(crate::domain::consent::floor_to_day(now_ms()))),
+        sent_at: Some(to_timestamp(crate::domain::consent::floor_to_day(
+            state.now_ms(),
+        ))),
         body: Some(body),
     };
     let req = pb::NotifyRequest {
@@ -67,7 +69,7 @@ pub fn notice_for(
         org_id: recipient.clone(),
         payload,
         present_key: None,
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
     })
 }
 
@@ -120,7 +122,7 @@ pub async fn issue_receipt(
     purge_outcome: Option<pb::PurgeOutcome>,
     batch: Option<crate::batch_sign::Member>,
 ) -> Result<ReceiptRecord> {
-    let at = now_ms();
+    let at = state.now_ms();
     let receipt = |fingerprint: &str| {
         pb::Receipt {
             kind: kind as i32,
@@ -295,7 +297,7 @@ pub fn open_signed(
         .map(crate::domain::time::from_timestamp)
         .ok_or_else(|| FieldError::new("message.sent_at", "required"))?;
     // Clocks differ; a message from more than an hour in the future is wrong.
-    if sent > now_ms() + 3600 * 1000 {
+    if sent > state.now_ms() + 3600 * 1000 {
         return Err(FieldError::new("message.sent_at", "is in the future").into());
     }
     Ok(msg)

@@ -17,7 +17,7 @@ use crate::auth::{Principal, Role};
 use crate::domain::code_list;
 use crate::domain::consent::{Consent, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
-use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
@@ -163,7 +163,7 @@ async fn seal_summary_with(
         Some(w) => w,
         None => {
             let fresh = state.master_key.new_wrapped_data_key(key_id)?;
-            state.store.data_key(key_id, &fresh, now_ms()).await?
+            state.store.data_key(key_id, &fresh, state.now_ms()).await?
         }
     };
     let sealed = state
@@ -191,21 +191,21 @@ pub fn actor(p: &Principal) -> String {
     }
 }
 
-fn event(state: ReferralState, by: &str, change: &pb::StateChange) -> ReferralEvent {
+fn event(state: ReferralState, by: &str, change: &pb::StateChange, at_ms: i64) -> ReferralEvent {
     ReferralEvent {
         actor: String::new(),
         state: state.as_str().to_owned(),
-        at_ms: now_ms(),
+        at_ms,
         by_org: by.to_owned(),
         detail: change.encode_to_vec(),
         content: None,
     }
 }
 
-fn bare_change(s: ReferralState) -> pb::StateChange {
+fn bare_change(s: ReferralState, at_ms: i64) -> pb::StateChange {
     pb::StateChange {
         state: s.to_pb(),
-        at: Some(to_timestamp(now_ms())),
+        at: Some(to_timestamp(at_ms)),
         ..Default::default()
     }
 }
@@ -278,7 +278,7 @@ async fn create_checked(
         access::write(p, &consent.owner, consent.team.as_deref()),
     )
     .await?;
-    let now = now_ms();
+    let now = state.now_ms();
     check_scope(&consent, &new, now)?;
     let key_id = outbound_key_id(state, &consent.subject_ref);
     // Three independent lookups, at once (the peer and its policy are
@@ -372,7 +372,8 @@ async fn create_checked(
     let mut ev = event(
         ReferralState::Requested,
         state.org_id.as_str(),
-        &bare_change(ReferralState::Requested),
+        &bare_change(ReferralState::Requested, now),
+        now,
     );
     ev.actor = actor(p);
     let audit = AuditEntry::caller(p, "referral.create", "referral", &referral_id)
@@ -653,8 +654,9 @@ pub async fn act(
             "a referral that is {from} cannot become {to}"
         )));
     }
+    let now = state.now_ms();
     change.state = to.to_pb();
-    change.at = Some(to_timestamp(now_ms()));
+    change.at = Some(to_timestamp(now));
     change.by_org = state.org_id.to_string();
     let notice = messages::notice_for(
         state,
@@ -666,7 +668,7 @@ pub async fn act(
     )?;
     let mut ev = ReferralEvent {
         actor: actor(p),
-        ..event(to, state.org_id.as_str(), &change)
+        ..event(to, state.org_id.as_str(), &change, now)
     };
     content::seal_event(state, &r, &mut ev).await?;
     let mut c = ReferralChange {
@@ -675,7 +677,7 @@ pub async fn act(
         event: Some(ev),
         notices: vec![notice],
         audit: vec![audit_entry(p, &action, &r)],
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
         ..Default::default()
     };
     // Who accepts takes it on; who declines it from the intake queue keeps
@@ -722,6 +724,7 @@ fn withdrawal(
         }),
     )?;
     let live = rules::sender_may_withdraw(from);
+    let now = state.now_ms();
     Ok(Some(ReferralChange {
         expected_states: vec![from.as_str().to_owned()],
         expected_purge_status: Some("none".into()),
@@ -730,7 +733,8 @@ fn withdrawal(
             event(
                 ReferralState::Withdrawn,
                 state.org_id.as_str(),
-                &bare_change(ReferralState::Withdrawn),
+                &bare_change(ReferralState::Withdrawn, now),
+                now,
             )
         }),
         purge_status: Some("pending".into()),
@@ -748,7 +752,7 @@ fn withdrawal(
             .consent(r.consent_id.as_deref())
             .with_peer(r.peer_org.as_str()),
         ],
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
         ..Default::default()
     }))
 }
@@ -830,7 +834,12 @@ pub async fn withdraw_consent(
     }
     if !state
         .store
-        .withdraw_consent_with(consent_id, &changes, now_ms(), std::slice::from_ref(who))
+        .withdraw_consent_with(
+            consent_id,
+            &changes,
+            state.now_ms(),
+            std::slice::from_ref(who),
+        )
         .await?
     {
         return Err(Error::FailedPrecondition(
@@ -884,10 +893,10 @@ pub fn delivery_receipt(
                     state: ReferralState::Received.as_str().to_owned(),
                     at_ms: record.at_ms,
                     by_org: org.to_string(),
-                    detail: bare_change(ReferralState::Received).encode_to_vec(),
+                    detail: bare_change(ReferralState::Received, record.at_ms).encode_to_vec(),
                     content: None,
                 }),
-                now_ms: now_ms(),
+                now_ms: state.now_ms(),
                 ..Default::default()
             },
         )),
@@ -902,7 +911,7 @@ pub fn delivery_receipt(
                     // Anything the recipient reported after the withdrawal
                     // was queued goes too.
                     purge_summary: true,
-                    now_ms: now_ms(),
+                    now_ms: state.now_ms(),
                     ..Default::default()
                 },
             ))
@@ -936,7 +945,7 @@ pub fn delivery_receipt(
 /// Stores checked receipts for our messages together (one transaction) and
 /// tells watchers of the referrals they changed.
 pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Result<()> {
-    state.store.accept_receipts(items).await?;
+    state.store.accept_receipts(items, state.now_ms()).await?;
     let mut purged = false;
     for (id, c) in items.iter().filter_map(|i| i.change.as_ref()) {
         purged |= c.purge_summary;
@@ -982,7 +991,12 @@ pub async fn on_refused(
         text,
         ..Default::default()
     };
-    let mut ev = event(ReferralState::Failed, state.org_id.as_str(), &change);
+    let mut ev = event(
+        ReferralState::Failed,
+        state.org_id.as_str(),
+        &change,
+        state.now_ms(),
+    );
     match state.store.get_referral(&o.referral_id).await? {
         Some(r) => content::seal_event(state, &r, &mut ev).await?,
         None => return Ok(()),
@@ -1000,7 +1014,7 @@ pub async fn on_refused(
             )
             .with_peer(&msg.recipient_org),
         ],
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
         ..Default::default()
     };
     state.store.change_referral(&o.referral_id, &c).await?;
@@ -1034,7 +1048,7 @@ pub async fn purge_referrals(
 
 /// One round of the scheduler: expired consents and retention periods.
 pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
-    let now = now_ms();
+    let now = state.now_ms();
     let expired = state.store.referrals_with_expired_consent(now).await?;
     let mut n = purge_referrals(state, &expired, pb::WithdrawalCause::ConsentExpired).await?;
     for peer in state.store.list_peers().await? {
@@ -1075,7 +1089,7 @@ pub async fn run_scheduler(
         }
         // Refusals are kept for a while and in bounded number.
         let limits = &state.config.limits;
-        let before = now_ms() - i64::from(limits.security_events_kept_days) * 86_400_000;
+        let before = state.now_ms() - i64::from(limits.security_events_kept_days) * 86_400_000;
         let rows = i64::try_from(limits.security_events_max_rows).unwrap_or(i64::MAX);
         if let Err(e) = state.store.prune_security_events(before, rows).await {
             tracing::warn!(error = %e, "pruning security events failed");
@@ -1118,7 +1132,7 @@ pub async fn reassign(
         owner: Some(owner.to_owned()),
         team: Some(team),
         audit: vec![audit_entry(p, "referral.reassign", &r)],
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
         ..Default::default()
     };
     if !state.store.change_referral(id, &c).await? {

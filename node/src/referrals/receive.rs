@@ -6,7 +6,7 @@ use super::messages;
 use crate::audit::AuditEntry;
 use crate::domain::consent::{ConsentTerms, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
-use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
@@ -65,7 +65,7 @@ pub async fn handle(
     } else {
         let keys: Vec<Vec<u8>> = state
             .store
-            .peer_keys(&from.org_id, now_ms())
+            .peer_keys(&from.org_id, state.now_ms())
             .await?
             .into_iter()
             .map(|k| k.spki_der)
@@ -101,10 +101,11 @@ pub async fn handle(
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &from.org_id).await?;
-            let checked = match offer_to_record(&state.org_id, from, &policy, offer) {
+            let checked = match offer_to_record(&state.org_id, from, &policy, offer, state.now_ms())
+            {
                 // What a peer can make us store is bounded: a new offer over
                 // its quota of pending intake is refused (and retried by it).
-                Ok(checked) => crate::limits::intake_quota(state, &from.org_id)
+                Ok(checked) => crate::peering::quotas::intake(state, &from.org_id)
                     .await
                     .map(|()| checked),
                 Err(e) => Err(e),
@@ -186,7 +187,7 @@ pub async fn handle(
                 &r.referral_id,
             )
             .consent(r.consent_id.as_deref());
-            let mut c = status_change(from, &r, change)?;
+            let mut c = status_change(from, &r, change, state.now_ms())?;
             // The recipient's texts and outcome: sealed under the data key
             // of our copy, deleted when it is purged.
             if let Some(ev) = c.event.as_mut() {
@@ -245,7 +246,7 @@ pub async fn handle(
                 event: Some(ReferralEvent {
                     actor: String::new(),
                     state: ReferralState::Withdrawn.as_str().to_owned(),
-                    at_ms: now_ms(),
+                    at_ms: state.now_ms(),
                     by_org: from.org_id.to_string(),
                     detail: pb::StateChange {
                         state: ReferralState::Withdrawn.to_pb(),
@@ -255,11 +256,11 @@ pub async fn handle(
                     content: None,
                 }),
                 purge_status: Some("done".into()),
-                purged_at_ms: Some(now_ms()),
+                purged_at_ms: Some(state.now_ms()),
                 purge_summary: true,
                 purge_terms: Some(super::content::purged_terms(&r.terms)),
                 destroy_key: Some(r.key_id.clone()),
-                now_ms: now_ms(),
+                now_ms: state.now_ms(),
                 ..Default::default()
             });
             let stored = state
@@ -340,6 +341,7 @@ pub fn offer_to_record(
     from: &Peer,
     policy: &crate::policy::PeerPolicy,
     offer: pb::ReferralOffer,
+    now: i64,
 ) -> Result<(ReferralRecord, ReferralEvent)> {
     let pb::ReferralOffer {
         referral_id,
@@ -370,7 +372,6 @@ pub fn offer_to_record(
     )
     .map_err(|e| e.within("offer"))?;
     // The terms that travelled with the referral, checked here again.
-    let now = now_ms();
     match terms.scope(me, &need_areas, &services, &summary, now) {
         Ok(()) => {}
         Err(OutOfScope::NotInForce) => {
@@ -443,6 +444,7 @@ pub fn status_change(
     from: &Peer,
     r: &ReferralRecord,
     mut change: pb::StateChange,
+    now: i64,
 ) -> Result<ReferralChange> {
     let to = ReferralState::from_pb("status.change.state", change.state)?;
     let current = r.current_state()?;
@@ -480,12 +482,12 @@ pub fn status_change(
         event: Some(ReferralEvent {
             actor: String::new(),
             state: to.as_str().to_owned(),
-            at_ms: now_ms(),
+            at_ms: now,
             by_org: from.org_id.to_string(),
             detail: change.encode_to_vec(),
             content: None,
         }),
-        now_ms: now_ms(),
+        now_ms: now,
         ..Default::default()
     })
 }

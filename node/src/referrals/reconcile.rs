@@ -9,7 +9,6 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::referral as rules;
-use crate::domain::time::now_ms;
 use crate::domain::{OrgId, Peer, ReferralState};
 use crate::error::{FieldError, Result};
 use crate::state::NodeState;
@@ -129,7 +128,7 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
         return Ok(false);
     }
     let current = r.current_state()?;
-    let now = now_ms();
+    let now = state.now_ms();
     let moves = if r.outbound {
         rules::sender_may_withdraw(current)
     } else {

@@ -495,7 +495,7 @@ pub trait Store: Send + Sync + 'static {
     /// implies and its notice marked delivered, all in one transaction. A
     /// receipt already held (its notice was delivered twice) is not recorded
     /// again.
-    async fn accept_receipts(&self, items: &[AcceptedReceipt]) -> Result<()>;
+    async fn accept_receipts(&self, items: &[AcceptedReceipt], now_ms: i64) -> Result<()>;
     async fn receipts_for(&self, referral_id: &str) -> Result<Vec<ReceiptRecord>>;
     /// Referrals exchanged with `peer` (either way) that are not purged or
     /// being purged here.

@@ -1549,7 +1549,7 @@ macro_rules! impl_store {
                     .collect())
             }
 
-            async fn accept_receipts(&self, items: &[$crate::store::AcceptedReceipt]) -> Result<()> {
+            async fn accept_receipts(&self, items: &[$crate::store::AcceptedReceipt], now_ms: i64) -> Result<()> {
                 // Multi-row statements: a batch of receipts costs a handful
                 // of round trips to the database, not a handful per receipt.
                 for chunk in items.chunks(256) {
@@ -1584,7 +1584,7 @@ macro_rules! impl_store {
                         }
                     }
                     let mut mark = sqlx::QueryBuilder::<$db>::new("UPDATE peer_notices SET delivered_at = ");
-                    mark.push_bind(crate::domain::time::now_ms())
+                    mark.push_bind(now_ms)
                         .push(", last_error = NULL, payload = ")
                         .push_bind(Vec::<u8>::new())
                         .push(" WHERE id IN (");

@@ -906,15 +906,15 @@ mod cases {
                 id,
             )],
         };
-        s.accept_receipts(&[item(0, "r1"), item(1, "r2")])
+        s.accept_receipts(&[item(0, "r1"), item(1, "r2")], NOW + 3)
             .await
             .unwrap();
         // A redelivered receipt (r1) with a new one (r3): only r3 is new.
-        s.accept_receipts(&[item(0, "r1"), item(2, "r3")])
+        s.accept_receipts(&[item(0, "r1"), item(2, "r3")], NOW + 3)
             .await
             .unwrap();
         // And an empty batch is nothing.
-        s.accept_receipts(&[]).await.unwrap();
+        s.accept_receipts(&[], NOW + 3).await.unwrap();
         for id in ["r1", "r2", "r3"] {
             let r = s.get_referral(id).await.unwrap().unwrap();
             assert_eq!(r.state, "received", "{id}");
