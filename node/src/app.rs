@@ -195,7 +195,7 @@ impl Application {
         }
         let limits = Arc::new(crate::limits::Limits::new(&config.limits));
         let store_is_shared = store.backend() == "postgres";
-        let intake = crate::referrals::intake::Intake::start(store.clone());
+        let intake = crate::store::intake::Intake::start(store.clone());
         // Kept in the data directory: a restarted process is the same
         // instance and takes over the delivery leases its predecessor held
         // at once, instead of waiting for them to expire (other replicas,
@@ -223,7 +223,7 @@ impl Application {
             instance_id,
             changes_out,
             intake,
-            peer_channels: crate::federation::client::Channels::default(),
+            peer_channels: crate::transport::client::Channels::default(),
             verified_roots: Default::default(),
             clock,
         });
@@ -370,7 +370,7 @@ impl Application {
             }
         };
 
-        let federation_incoming = crate::federation::closer::closable_incoming(
+        let federation_incoming = crate::transport::closer::closable_incoming(
             tls::tls_incoming(
                 federation_listener,
                 tls::federation_server_config(state.current_key.clone())?,

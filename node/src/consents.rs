@@ -40,7 +40,7 @@ impl NewConsent {
             collection_method,
             witness,
         } = r;
-        request_id_check(&request_id)?;
+        crate::domain::request_id_check(&request_id)?;
         let terms = ConsentTerms::from_pb(
             terms.ok_or_else(|| FieldError::new("terms", "required"))?,
             now,
@@ -61,17 +61,7 @@ impl NewConsent {
     }
 }
 
-/// A caller-chosen idempotency key: 1 to 100 printable ASCII characters.
-pub fn request_id_check(id: &str) -> Result<(), FieldError> {
-    if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FieldError::new(
-            "request_id",
-            "1 to 100 printable ASCII characters, unique per request",
-        ));
-    }
-    Ok(())
-}
-
+/// Who recorded a consent: the person, or the system and the person it acted for.
 fn recorded_by(p: &Principal) -> String {
     match (&p.role, &p.on_behalf_of) {
         (Role::System, Some(who)) => format!("{} (system) for {who}", p.subject),
@@ -108,7 +98,7 @@ pub async fn record(state: &NodeState, p: &Principal, new: NewConsent) -> Result
 
 /// A consent the caller may read, with how much of it.
 pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, View)> {
-    crate::referrals::id_check("consent_id", id)?;
+    crate::domain::id_check("consent_id", id)?;
     let c = state
         .store
         .get_consent(id)
@@ -200,7 +190,7 @@ pub async fn list(
 
 /// Withdraws a consent; referrals under it are withdrawn at every recipient.
 pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent, u32)> {
-    crate::referrals::id_check("consent_id", id)?;
+    crate::domain::id_check("consent_id", id)?;
     let c = state
         .store
         .get_consent(id)
@@ -224,7 +214,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
         state,
         id,
         exitnet_proto::pb::WithdrawalCause::ConsentWithdrawn,
-        &crate::referrals::actor(p),
+        &p.actor(),
         &entry,
     )
     .await?;

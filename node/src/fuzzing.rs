@@ -112,7 +112,7 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
             );
         }
         Some(pb::federation_message::Body::Status(s)) => {
-            let _ = crate::referrals::id_check("status.referral_id", &s.referral_id);
+            let _ = crate::domain::id_check("status.referral_id", &s.referral_id);
             if let Some(change) = s.change {
                 for st in [
                     ReferralState::Requested,
@@ -132,7 +132,7 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
             }
         }
         Some(pb::federation_message::Body::Withdrawal(w)) => {
-            let _ = crate::referrals::id_check("withdrawal.referral_id", &w.referral_id);
+            let _ = crate::domain::id_check("withdrawal.referral_id", &w.referral_id);
         }
         None => {}
     }
@@ -157,7 +157,7 @@ pub fn client_request(data: &[u8]) {
         2 => {
             if let Ok(r) = pb::CompleteReferralRequest::decode(rest) {
                 let _ = crate::domain::referral::outcome("outcome", r.outcome);
-                let _ = crate::referrals::id_check("referral_id", &r.referral_id);
+                let _ = crate::domain::id_check("referral_id", &r.referral_id);
             }
         }
         3 => {

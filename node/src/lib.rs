@@ -39,6 +39,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 pub use app::Application;
 pub use config::Config;

@@ -40,9 +40,9 @@ pub struct NodeState {
     /// watchers see them too.
     pub changes_out: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Stores received offers together.
-    pub intake: crate::referrals::intake::Intake,
+    pub intake: crate::store::intake::Intake,
     /// The sender's connections to peers, kept between delivery rounds.
-    pub peer_channels: crate::federation::client::Channels,
+    pub peer_channels: crate::transport::client::Channels,
     /// Batch roots of peers' receipts already verified.
     pub verified_roots: crate::batch_sign::VerifiedRoots,
     /// Where the node reads the time.

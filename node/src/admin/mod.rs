@@ -407,7 +407,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::ListReceiptsRequest>,
     ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
         let id = request.into_inner().referral_id;
-        crate::referrals::id_check("referral_id", &id)?;
+        crate::domain::id_check("referral_id", &id)?;
         let receipts = self.state.store.receipts_for(&id).await?;
         self.audited("receipt.export", "referral", &id).await;
         Ok(Response::new(pb::ListReceiptsResponse {

@@ -71,6 +71,14 @@ impl Principal {
     pub fn acting_subject(&self) -> &str {
         self.on_behalf_of.as_deref().unwrap_or(&self.subject)
     }
+
+    /// Who this is, as a referral's history records it locally.
+    pub fn actor(&self) -> String {
+        match (&self.role, &self.on_behalf_of) {
+            (Role::System, Some(who)) => format!("{} (system) for {who}", self.subject),
+            _ => format!("{} ({})", self.subject, self.role.as_str()),
+        }
+    }
 }
 
 /// Why a token was refused. The message is safe to send to the caller.

@@ -4,6 +4,7 @@
 pub mod audit;
 mod codes;
 pub mod consent;
+mod ids;
 pub mod org;
 mod peer;
 pub mod referral;
@@ -15,6 +16,7 @@ pub use codes::{
     RiskLevel, Sector, Service, Setting, Urgency,
 };
 pub use codes::{MAX_CODES, code_list};
+pub use ids::{id_check, request_id_check};
 pub use org::{OrgId, OrgProfile, bounded_text, endpoint_check, org_name_check};
 pub use peer::{Awaiting, Peer, PeerAction, PeerState};
 

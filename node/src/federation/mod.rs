@@ -2,9 +2,6 @@
 //! It authenticates the caller by the key it presented, then hands plain
 //! domain values to `peering`. Every refusal is recorded.
 
-pub mod client;
-pub mod closer;
-
 use crate::domain::Peer;
 use crate::error::Error;
 use crate::identity::{fingerprint_spki, spki_from_cert};
@@ -19,8 +16,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-/// Largest message a peer may send or receive.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+pub use crate::transport::MAX_MESSAGE_BYTES;
 
 /// Most notices in one `NotifyBatch`.
 pub const MAX_BATCH: usize = 64;
@@ -169,7 +165,7 @@ impl FederationApi {
             self.state.metrics.received("-", "any", "rate_limited");
             let connection = match (&info.fingerprint, remote) {
                 (Some(fp), _) => Some(fp.clone()),
-                (None, Some(a)) => Some(closer::unauthenticated(a)),
+                (None, Some(a)) => Some(crate::transport::closer::unauthenticated(a)),
                 (None, None) => None,
             };
             if let Some(c) = connection {
@@ -477,7 +473,8 @@ pub async fn connect_to_peer(
         .map(|k| k.fingerprint)
         .collect();
     let ours = state.identity()?.current().clone_key()?;
-    client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout()).await
+    crate::transport::client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout())
+        .await
 }
 
 /// Whether a notice carries a withdrawal, read before its signature is

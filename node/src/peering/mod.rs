@@ -186,7 +186,7 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
     let mut client = {
         // The key is cloned out of the lock: no lock is held across the call.
         let ours = state.identity()?.current().clone_key()?;
-        crate::federation::client::connect(
+        crate::transport::client::connect(
             &inv.endpoint,
             Some(&ours),
             vec![inv.key_fingerprint.clone()],

@@ -383,7 +383,7 @@ type Client = pb::federation_service_client::FederationServiceClient<tonic::tran
 /// peer that does not know it, in one `Notify` call each (multiplexed on one
 /// connection). The answers in the batch's order.
 async fn call_all(
-    channels: &crate::federation::client::Channels,
+    channels: &crate::transport::client::Channels,
     org: &str,
     client: &Client,
     key: &crate::identity::NodeKey,
@@ -481,7 +481,7 @@ async fn call_each(
 
 /// Most bytes of messages in one `NotifyBatch`: well below the smallest
 /// message size a peer accepts (a message larger than this goes alone).
-const BATCH_BYTES: usize = crate::federation::MAX_MESSAGE_BYTES / 4;
+const BATCH_BYTES: usize = crate::transport::MAX_MESSAGE_BYTES / 4;
 
 fn notice_bytes(req: &pb::NotifyRequest) -> usize {
     use prost::Message;
@@ -923,7 +923,7 @@ mod tests {
             .await
             .unwrap();
         let client = Client::new(channel);
-        let channels = crate::federation::client::Channels::default();
+        let channels = crate::transport::client::Channels::default();
         let batch: Vec<_> = (0..3).map(queued).collect();
         assert!(channels.batches("older-peer"));
         let results = call_all(&channels, "older-peer", &client, &key, &batch).await;

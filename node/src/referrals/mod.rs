@@ -6,7 +6,6 @@
 //! purge receipt. No gRPC here.
 
 pub mod content;
-pub mod intake;
 pub mod messages;
 pub mod receive;
 pub mod reconcile;
@@ -16,6 +15,7 @@ use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::code_list;
 use crate::domain::consent::{Consent, OutOfScope};
+use crate::domain::id_check;
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
@@ -52,7 +52,7 @@ impl NewReferral {
             urgency,
             summary,
         } = r;
-        crate::consents::request_id_check(&request_id)?;
+        crate::domain::request_id_check(&request_id)?;
         id_check("consent_id", &consent_id)?;
         let need_areas = code_list("need_areas", need_areas, NeedArea::from_pb)?;
         if need_areas.is_empty() {
@@ -72,18 +72,6 @@ impl NewReferral {
             )?,
         })
     }
-}
-
-/// An object ID: 1 to 64 characters of letters, digits and '-'.
-pub fn id_check(field: &str, id: &str) -> Result<(), FieldError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(FieldError::new(
-            field,
-            "must be an ID (1 to 64 letters, digits or '-')",
-        ));
-    }
-    Ok(())
 }
 
 fn join<T: Copy>(v: &[T], name: impl Fn(T) -> &'static str) -> String {
@@ -184,13 +172,6 @@ pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<pb::C
 }
 
 /// Who a principal is, as a referral's history records it locally.
-pub fn actor(p: &Principal) -> String {
-    match (&p.role, &p.on_behalf_of) {
-        (Role::System, Some(who)) => format!("{} (system) for {who}", p.subject),
-        _ => format!("{} ({})", p.subject, p.role.as_str()),
-    }
-}
-
 fn event(state: ReferralState, by: &str, change: &pb::StateChange, at_ms: i64) -> ReferralEvent {
     ReferralEvent {
         actor: String::new(),
@@ -375,7 +356,7 @@ async fn create_checked(
         &bare_change(ReferralState::Requested, now),
         now,
     );
-    ev.actor = actor(p);
+    ev.actor = p.actor();
     let audit = AuditEntry::caller(p, "referral.create", "referral", &referral_id)
         .consent(Some(&consent.consent_id))
         .with_peer(new.recipient.as_str());
@@ -667,7 +648,7 @@ pub async fn act(
         }),
     )?;
     let mut ev = ReferralEvent {
-        actor: actor(p),
+        actor: p.actor(),
         ..event(to, state.org_id.as_str(), &change, now)
     };
     content::seal_event(state, &r, &mut ev).await?;
@@ -797,7 +778,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
         return Err(Error::FailedPrecondition("already withdrawn".into()));
     };
     if let Some(e) = c.event.as_mut() {
-        e.actor = actor(p);
+        e.actor = p.actor();
     }
     if !state.store.change_referral(id, &c).await? {
         return Err(Error::FailedPrecondition(

@@ -7,6 +7,7 @@
 
 mod cache;
 mod group_commit;
+pub mod intake;
 mod postgres;
 mod sql;
 mod sqlite;

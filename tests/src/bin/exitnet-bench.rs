@@ -237,7 +237,7 @@ async fn baseline(dir: &std::path::Path, calls_c1: usize, calls_c64: usize) -> (
             .serve_with_incoming(incoming),
     );
     let _ = dir;
-    let ch = exitnet_node::federation::client::channel(
+    let ch = exitnet_node::transport::client::channel(
         &addr.to_string(),
         Some(&client_key),
         vec![key.fingerprint().to_owned()],
@@ -322,7 +322,7 @@ async fn strangers(dir: &std::path::Path, a: &Node, rounds: usize, per_round: us
         g.org.state.federation_bound.to_string(),
         g.org.state.fingerprint().unwrap(),
     );
-    let peer = exitnet_node::federation::client::connect(
+    let peer = exitnet_node::transport::client::connect(
         &addr,
         Some(&a_key),
         vec![g_fp.clone()],

@@ -109,7 +109,7 @@ async fn rewritten_invitation(backend: Backend) {
     // Mallory joins A as prison-b with the best key.
     let pinned = vec![a.fingerprint().await.unwrap()];
     let original_inv = exitnet_node::peering::invitation::decode(&original).unwrap();
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &a.federation_addr,
         Some(&best),
         pinned,
@@ -186,7 +186,7 @@ async fn announce(
         payload,
     };
     let pinned = vec![to.fingerprint().await.unwrap()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &to.federation_addr,
         Some(caller),
         pinned,
@@ -206,7 +206,7 @@ async fn announce(
 /// A federation call to `to` presenting `key`.
 async fn call_with(to: &NodeProcess, key: &NodeKey) -> Result<(), tonic::Status> {
     let pinned = vec![to.fingerprint().await.unwrap()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &to.federation_addr,
         Some(key),
         pinned,
@@ -290,7 +290,7 @@ async fn stolen_old_key(backend: Backend) {
             new_key_signature: thief.sign(&payload).unwrap(),
             payload,
         };
-        let mut client = exitnet_node::federation::client::connect(
+        let mut client = exitnet_node::transport::client::connect(
             &a.federation_addr,
             Some(&old),
             vec![a.fingerprint().await.unwrap()],

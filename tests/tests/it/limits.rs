@@ -163,7 +163,7 @@ async fn strangers_cannot_fill_the_disk() {
     // same request each time (a new offer from A over one kept connection,
     // the whole intake: checks, sealing, a signed receipt, a durable write).
     let a_key = crate::quotas::key_of(&a, &a.fingerprint().await.unwrap());
-    let peer = exitnet_node::federation::client::connect(
+    let peer = exitnet_node::transport::client::connect(
         &b.federation_addr,
         Some(&a_key),
         vec![b.fingerprint().await.unwrap()],

@@ -31,7 +31,7 @@ async fn join(node: &NodeProcess, code: &str) {
 /// A federation call to `target` presenting `key` (or no certificate).
 async fn raw_notify(target: &NodeProcess, key: Option<&NodeKey>) -> Result<(), tonic::Status> {
     let pinned = vec![target.fingerprint().await.unwrap()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &target.federation_addr,
         key,
         pinned,
@@ -58,7 +58,7 @@ async fn raw_join(
 ) -> Result<(), tonic::Status> {
     let inv = exitnet_node::peering::invitation::decode(code).unwrap();
     let pinned = vec![inv.key_fingerprint.clone()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &target.federation_addr,
         Some(key),
         pinned,

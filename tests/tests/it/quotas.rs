@@ -59,7 +59,7 @@ async fn checkpoint(
     }
     .encode_to_vec();
     let signature = key.sign_in(context::CHECKPOINT, &payload).unwrap();
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &to.federation_addr,
         Some(key),
         vec![to.fingerprint().await.unwrap()],

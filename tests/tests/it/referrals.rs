@@ -631,7 +631,7 @@ pub(crate) async fn send_raw(
     let payload = msg.encode_to_vec();
     let signature = key.sign_in(context::MESSAGE, &payload).unwrap();
     let pinned = vec![to.fingerprint().await.unwrap()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &to.federation_addr,
         Some(key),
         pinned,
@@ -750,7 +750,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
     let payload = signed_by_a.encode_to_vec();
     let a_signature = a_key.sign_in(context::MESSAGE, &payload).unwrap();
     let pinned = vec![net.b.fingerprint().await.unwrap()];
-    let mut as_c = exitnet_node::federation::client::connect(
+    let mut as_c = exitnet_node::transport::client::connect(
         &net.b.federation_addr,
         Some(&c_key),
         pinned,
@@ -818,7 +818,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
     };
     let fresh = msg("ngo-a", offer("prison-b", narrative.clone(), "batched"));
     let not_ours = msg("ngo-a", offer("health-c", narrative.clone(), "x"));
-    let mut as_a = exitnet_node::federation::client::connect(
+    let mut as_a = exitnet_node::transport::client::connect(
         &net.b.federation_addr,
         Some(&a_key),
         vec![net.b.fingerprint().await.unwrap()],

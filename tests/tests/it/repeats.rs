@@ -228,7 +228,7 @@ async fn every_kind_of_repeat_gets_the_first_answer() {
         payload: cp,
     };
     let pinned = vec![b.fingerprint().await.unwrap()];
-    let mut client = exitnet_node::federation::client::connect(
+    let mut client = exitnet_node::transport::client::connect(
         &b.federation_addr,
         Some(&a_key),
         pinned,

@@ -21,7 +21,7 @@ pub async fn connect(
 ) -> anyhow::Result<FederationServiceClient<Channel>> {
     Ok(
         FederationServiceClient::new(channel(endpoint, ours, pinned, timeout).await?)
-            .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(crate::transport::MAX_MESSAGE_BYTES),
     )
 }
 
@@ -34,7 +34,7 @@ pub async fn connect(
 pub struct Channels {
     kept: std::sync::Mutex<std::collections::HashMap<String, Kept>>,
     /// Connections to and from peers by key, closed when a peering is revoked.
-    pub connections: Arc<crate::federation::closer::Connections>,
+    pub connections: Arc<crate::transport::closer::Connections>,
     /// Peers that do not know `NotifyBatch`.
     unbatched: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -80,7 +80,7 @@ impl Channels {
             )
             .await?,
         )
-        .max_decoding_message_size(crate::federation::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(crate::transport::MAX_MESSAGE_BYTES);
         self.kept().insert(
             org.to_owned(),
             Kept {
@@ -141,7 +141,7 @@ async fn channel_with(
     ours: Option<&NodeKey>,
     pinned: Vec<String>,
     timeout: Duration,
-    connections: Option<Arc<crate::federation::closer::Connections>>,
+    connections: Option<Arc<crate::transport::closer::Connections>>,
 ) -> anyhow::Result<Channel> {
     crate::domain::endpoint_check("endpoint", endpoint)?;
     let tls = Arc::new(crate::tls::peer_client_config(ours, pinned)?);
