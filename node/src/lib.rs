@@ -1,11 +1,22 @@
 //! An Exitnet node: one organisation's server in the federated referral
 //! network. `main.rs` only parses the command line; everything is here.
 //!
-//! - `domain`: validated types and rules, free of gRPC and SQL.
-//! - `store`: the storage trait with SQLite and PostgreSQL backends.
-//! - `identity`, `tls`: the node's key, and mutual TLS pinned to peers' keys.
-//! - `peering`: invitations, joining, approval and the peer lifecycle.
-//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
+//! From the bottom up (docs/architecture.md draws it; `scripts/module-cycles`
+//! checks that no circle between these modules grows):
+//!
+//! - `domain`: validated types and rules, free of SQL.
+//! - `store`: the storage trait with SQLite and PostgreSQL backends, and
+//!   `store::intake`, which stores writes that arrive at once together.
+//! - `identity`, `tls`, `transport`: the node's key, mutual TLS pinned to
+//!   peers' keys, and the channels and closable connections between nodes.
+//! - `clock`, `limits`, `metrics`, `auth`, `access`, `policy`, `batch_sign`:
+//!   given what they need, naming no service.
+//! - `state`: what the services share, built in `app`, holding values of the
+//!   modules above only.
+//! - `consents`, `referrals`, `peering` (with delivery, `peering::outbox`),
+//!   `audit`: the services.
+//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters;
+//!   `subject_access`: a report across the services.
 //! - `app`: builds the node, binds its listeners, runs until stopped.
 
 pub mod access;
@@ -37,6 +48,7 @@ pub mod policy;
 pub mod referrals;
 pub mod state;
 pub mod store;
+pub mod subject_access;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

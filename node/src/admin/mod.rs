@@ -395,7 +395,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::SubjectAccessResponse>, Status> {
         let subject = request.into_inner().subject_ref;
         crate::domain::consent::subject_ref("subject_ref", &subject).map_err(Error::from)?;
-        let doc = crate::audit::subject::gather(&self.state, &subject).await?;
+        let doc = crate::subject_access::gather(&self.state, &subject).await?;
         // The record names no client: only that an export was made.
         self.audited("subject.export", "subject", "").await;
         let json = serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.into()))?;

@@ -6,7 +6,6 @@
 //! docs/audit.md says what this proves and what it does not.
 
 pub mod checkpoint;
-pub mod subject;
 pub mod verify;
 
 use crate::auth::{Principal, Role};

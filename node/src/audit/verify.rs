@@ -125,7 +125,7 @@ async fn ask_peer(
     state: &NodeState,
     peer: &crate::domain::Peer,
 ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
-    let mut client = crate::federation::connect_to_peer(state, peer).await?;
+    let mut client = crate::peering::connect_to_peer(state, peer).await?;
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {

@@ -16,10 +16,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-pub use crate::transport::MAX_MESSAGE_BYTES;
-
-/// Most notices in one `NotifyBatch`.
-pub const MAX_BATCH: usize = 64;
+use crate::transport::{MAX_BATCH, MAX_MESSAGE_BYTES};
 
 pub struct FederationApi {
     state: Arc<NodeState>,
@@ -458,23 +455,6 @@ pub fn stranger_gate(state: &NodeState) -> crate::tls::ConnectionGate {
         }
         admitted
     })
-}
-
-pub async fn connect_to_peer(
-    state: &NodeState,
-    peer: &Peer,
-) -> anyhow::Result<pb::federation_service_client::FederationServiceClient<tonic::transport::Channel>>
-{
-    let pinned = state
-        .store
-        .peer_keys(&peer.org_id, state.now_ms())
-        .await?
-        .into_iter()
-        .map(|k| k.fingerprint)
-        .collect();
-    let ours = state.identity()?.current().clone_key()?;
-    crate::transport::client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout())
-        .await
 }
 
 /// Whether a notice carries a withdrawal, read before its signature is

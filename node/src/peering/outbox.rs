@@ -282,7 +282,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             .iter()
             .filter_map(|(_, r)| message_referral(r))
             .collect();
-        while batch.len() < crate::federation::MAX_BATCH {
+        while batch.len() < crate::transport::MAX_BATCH {
             let Some((next, next_req)) = queue.peek() else {
                 break;
             };

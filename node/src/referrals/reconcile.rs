@@ -88,7 +88,7 @@ async fn with_peer(state: &NodeState, peer: &Peer) -> anyhow::Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut client = crate::federation::connect_to_peer(state, peer).await?;
+    let mut client = crate::peering::connect_to_peer(state, peer).await?;
     let mut purged = 0;
     for chunk in ids.chunks(MAX_IDS) {
         let named = match client

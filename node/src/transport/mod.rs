@@ -8,3 +8,6 @@ pub mod closer;
 
 /// Largest message a peer may send or receive.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Most notices in one `NotifyBatch`.
+pub const MAX_BATCH: usize = 64;

@@ -153,7 +153,7 @@ async fn replicas_share_delivery_and_survive_a_kill() {
     // At most what the killed replica had not yet recorded as delivered went
     // out again: the batch in flight and the one whose receipts were being
     // stored (two batches of at most `MAX_BATCH` each).
-    let bound = 2 * exitnet_node::federation::MAX_BATCH;
+    let bound = 2 * exitnet_node::transport::MAX_BATCH;
     let repeated = b.metric(repeats).await.unwrap();
     eprintln!("{repeated} messages went out again after the kill (at most {bound})");
     assert!(
