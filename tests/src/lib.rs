@@ -3,6 +3,7 @@
 //! each, waits for them by polling, and drives them with `exitnetctl`.
 
 pub mod db;
+pub mod fixtures;
 pub mod inproc;
 pub mod node;
 pub mod oidc;

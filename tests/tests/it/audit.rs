@@ -3,12 +3,12 @@
 //! (which catch a consistent rewrite), subject access, receipts verified
 //! against the issuer's pinned key, and the auditor's query API.
 
-use crate::referrals::{
-    NARRATIVE, clients, consent_request, peer_with, referral_request, start, wait_state,
-};
 use exitnet_node::audit::{AuditEntry, record_hash};
 use exitnet_proto::pb;
 use exitnet_proto::pb::audit_service_client::AuditServiceClient;
+use exitnet_tests::fixtures::{
+    NARRATIVE, clients, consent_request, peer_with, referral_request, start, wait_state,
+};
 use exitnet_tests::{Backend, NodeProcess, bearer, wait_until};
 use serde_json::Value;
 use std::time::Duration;

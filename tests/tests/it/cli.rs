@@ -2,7 +2,7 @@
 //! tell, the forms of its output, errors that name what was typed, a closed
 //! pipe, a node that is not running (yet), TLS to a client API.
 
-use crate::referrals::{peer_with, start};
+use exitnet_tests::fixtures::{peer_with, start};
 use exitnet_tests::{Backend, CtlOutput, NodeProcess, NodeSpec, binary, wait_until};
 use serde_json::Value;
 use std::process::Stdio;

@@ -3,11 +3,11 @@
 //! during a purge. Each time the node starts again in a consistent state and
 //! the network carries on.
 
-use crate::referrals::{
+use exitnet_proto::pb;
+use exitnet_tests::fixtures::{
     NARRATIVE, clients, consent_request, created_referral, peer_with, recorded_consent,
     referral_request, start, wait_state,
 };
-use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::time::Duration;
 
@@ -346,10 +346,11 @@ async fn a_restarted_node_takes_its_own_leases_back() {
         || {
             let (b, bob, want) = (&b, &bob, &want);
             async move {
-                let got: std::collections::HashSet<String> = crate::referrals::inbound_ids(b, bob)
-                    .await
-                    .into_iter()
-                    .collect();
+                let got: std::collections::HashSet<String> =
+                    exitnet_tests::fixtures::inbound_ids(b, bob)
+                        .await
+                        .into_iter()
+                        .collect();
                 want.is_subset(&got).then_some(())
             }
         },

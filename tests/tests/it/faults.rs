@@ -3,8 +3,10 @@
 //! duplicated; a silent peer does not hold up another; a slow peer does not
 //! grow the sender's memory without bound.
 
-use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request, start};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{
+    clients, consent_request, inbound_ids, peer_with, referral_request, start,
+};
 use exitnet_tests::{Backend, Fault, FaultProxy, NodeProcess, NodeSpec, bearer, wait_until};
 use std::collections::HashSet;
 use std::time::Duration;

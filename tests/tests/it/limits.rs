@@ -2,12 +2,12 @@
 //! each answered with RESOURCE_EXHAUSTED while others keep being served, and
 //! a peer over its rate loses nothing (its messages are retried).
 
-use crate::referrals::{
+use exitnet_proto::pb;
+use exitnet_proto::pb::node_service_client::NodeServiceClient;
+use exitnet_tests::fixtures::{
     clients, consent_request, created_referral, inbound_ids, peer_with, recorded_consent,
     referral_request, start,
 };
-use exitnet_proto::pb;
-use exitnet_proto::pb::node_service_client::NodeServiceClient;
 use exitnet_tests::peer::{FloodAnswers, lowest_cpu_priority, p99, strangers_flood, timed_offer};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::time::Duration;

@@ -2,8 +2,8 @@
 //! their records. Everything each receives is compared field by field: the
 //! only equal values are code-list values, the sender's ID and whole days.
 
-use crate::referrals::{clients, peer_with, start, wait_state};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{clients, peer_with, start, wait_state};
 use exitnet_tests::{Backend, NodeProcess, bearer};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -156,7 +156,7 @@ async fn two_recipients_cannot_link_a_client(backend: Backend) {
     // One consent, with every value a recipient could match on: times to the
     // millisecond, a purpose and a statute in free text.
     let now = now_secs();
-    let mut req = crate::referrals::consent_request("link-1", "client-link");
+    let mut req = exitnet_tests::fixtures::consent_request("link-1", "client-link");
     let terms = req.terms.as_mut().unwrap();
     terms.purposes.push(pb::Purpose::Other as i32);
     terms.purpose_text = PURPOSE_MARKER.into();
@@ -194,7 +194,7 @@ async fn two_recipients_cannot_link_a_client(backend: Backend) {
             "Trauma history; prefers a female counsellor.",
         ),
     ] {
-        let mut r = crate::referrals::referral_request(
+        let mut r = exitnet_tests::fixtures::referral_request(
             &format!("link-{to}"),
             &consent,
             to,

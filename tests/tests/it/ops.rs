@@ -5,9 +5,9 @@
 //! OpenTelemetry collector that cannot be reached, or fails exports, is
 //! warned about in the log.
 
-use crate::referrals::{clients, consent_request, peer_with, referral_request, wait_state};
 use exitnet_proto::pb;
 use exitnet_proto::pb::node_service_client::NodeServiceClient;
+use exitnet_tests::fixtures::{clients, consent_request, peer_with, referral_request, wait_state};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,

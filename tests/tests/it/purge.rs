@@ -9,8 +9,8 @@
 //! after a short retention for what they declined or failed, which only the
 //! one who closed it and supervisors see meanwhile.
 
-use crate::referrals::{clients, consent_request, peer_with, start, wait_state};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{clients, consent_request, peer_with, start, wait_state};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use sqlx::{Connection, Row};
 use std::time::Duration;

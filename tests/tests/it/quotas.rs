@@ -5,9 +5,9 @@
 //! event, while another peer keeps being served. Both backends (the counts
 //! are SQL).
 
-use crate::referrals::{clients, inbound_ids, peer_with, send_raw};
 use exitnet_node::identity::{NodeKey, context};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{clients, inbound_ids, peer_with, send_raw};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer};
 use prost::Message;
 use std::time::Duration;

@@ -3,12 +3,12 @@
 //! before it stored our answer sends again and must get the same receipt or
 //! witness, never a refusal that it would count as final.
 
-use crate::referrals::{
+use exitnet_node::identity::{NodeKey, context};
+use exitnet_proto::pb;
+use exitnet_tests::fixtures::{
     clients, created_referral, peer_with, recorded_consent, referral_request, send_raw, start,
     wait_state,
 };
-use exitnet_node::identity::{NodeKey, context};
-use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess};
 use prost::Message;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! without sending anything twice, and one can be killed at any moment with
 //! nothing lost.
 
-use crate::referrals::{clients, consent_request, inbound_ids, peer_with, referral_request};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{clients, consent_request, inbound_ids, peer_with, referral_request};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::collections::HashSet;
 use std::time::Duration;

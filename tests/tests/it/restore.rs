@@ -4,8 +4,10 @@
 //! and `audit verify` says plainly that its chain is behind what its peers
 //! witnessed, and why.
 
-use crate::referrals::{NARRATIVE, clients, created_referral, peer_with, recorded_consent, start};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{
+    NARRATIVE, clients, created_referral, peer_with, recorded_consent, start,
+};
 use exitnet_tests::{Backend, NodeProcess, bearer, wait_until};
 use std::path::Path;
 use std::time::Duration;
@@ -127,7 +129,7 @@ async fn a_restore_never_brings_purged_data_back(backend: Backend) {
     let (_, mut ar) = clients(&a).await;
     let consent = recorded_consent(&a, &alice, "c-restore", "client-1").await;
     let id = created_referral(&a, &alice, "r-restore", &consent, "prison-b").await;
-    crate::referrals::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+    exitnet_tests::fixtures::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
     let held = inbound_referral(&b, &bob, &id).await;
     assert_eq!(
         held.summary.as_ref().map(|s| s.needs_narrative.as_str()),

@@ -6,8 +6,8 @@
 //! own live content, rewrapped, still reads. On PostgreSQL the purged key
 //! also leaves the table's file (VACUUM FULL), not only its live rows.
 
-use crate::referrals::{NARRATIVE, clients, created_referral, peer_with, recorded_consent};
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::{NARRATIVE, clients, created_referral, peer_with, recorded_consent};
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use std::path::Path;
@@ -138,7 +138,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 async fn a_backup_is_shredded_after_rotation_plus_retention(backend: Backend) {
-    let a = crate::referrals::start("ngo-a", backend).await;
+    let a = exitnet_tests::fixtures::start("ngo-a", backend).await;
     // Short knobs so the clock moves by days, not months.
     let spec = NodeSpec::new("prison-b", backend)
         .with_toml("[keys]\nrotation_days = 7\nbackup_retention_days = 14\n");
@@ -151,7 +151,7 @@ async fn a_backup_is_shredded_after_rotation_plus_retention(backend: Backend) {
     let purged = created_referral(&a, &alice, "r-shred", &consent, "prison-b").await;
     let kept = created_referral(&a, &alice, "r-keep", &consent, "prison-b").await;
     for id in [&purged, &kept] {
-        crate::referrals::wait_state(&ar, &alice, id, pb::ReferralState::Received).await;
+        exitnet_tests::fixtures::wait_state(&ar, &alice, id, pb::ReferralState::Received).await;
     }
 
     // The key directory is not in the data directory, and the backup of the
@@ -382,15 +382,15 @@ async fn open_key_files_and_misplaced_keys_are_refused() {
 /// readable, and the rotation in the audit trail.
 #[tokio::test]
 async fn an_administrator_rotates_the_master_key_on_demand() {
-    let a = crate::referrals::start("ngo-a", Backend::Sqlite).await;
-    let mut b = crate::referrals::start("prison-b", Backend::Sqlite).await;
+    let a = exitnet_tests::fixtures::start("ngo-a", Backend::Sqlite).await;
+    let mut b = exitnet_tests::fixtures::start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     let alice = a.dev_token("case_manager", "alice").await.unwrap();
     let bob = b.dev_token("case_manager", "bob").await.unwrap();
     let (_, ar) = clients(&a).await;
     let consent = recorded_consent(&a, &alice, "c-rotate", "client-1").await;
     let id = created_referral(&a, &alice, "r-rotate", &consent, "prison-b").await;
-    crate::referrals::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
+    exitnet_tests::fixtures::wait_state(&ar, &alice, &id, pb::ReferralState::Received).await;
 
     // A lost key directory: the node refuses to start (it would otherwise
     // make a new generation 0 and go on, unable to read what it holds),

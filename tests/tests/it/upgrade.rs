@@ -8,8 +8,8 @@
 //! referrals (states, purge status, history, content) and the audit chain's
 //! length. `tests/fixtures/README.md` says how they were made.
 
-use crate::referrals::clients;
 use exitnet_proto::pb;
+use exitnet_tests::fixtures::clients;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer};
 use serde_json::Value;
 use std::path::Path;

@@ -4,10 +4,10 @@
 //! purges pending says so and keeps delivering them until the receipts come
 //! or the administrator gives up, which is recorded.
 
-use crate::referrals::{
+use exitnet_proto::pb;
+use exitnet_tests::fixtures::{
     clients, created_referral, inbound_ids, peer_with, recorded_consent, start, wait_state,
 };
-use exitnet_proto::pb;
 use exitnet_tests::{NodeProcess, bearer, wait_until};
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
             cause: pb::WithdrawalCause::SenderWithdrew as i32,
         },
     ));
-    let refused = crate::referrals::send_raw(&b, &a_key, &forged)
+    let refused = exitnet_tests::fixtures::send_raw(&b, &a_key, &forged)
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
