@@ -1,5 +1,5 @@
 #![no_main]
-// See exitnet_node::fuzzing::client_request for what this input goes through.
+// See exitnet_fuzzing::client_request for what this input goes through.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    exitnet_node::fuzzing::client_request(data);
+    exitnet_fuzzing::client_request(data);
 });

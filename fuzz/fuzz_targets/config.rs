@@ -1,5 +1,5 @@
 #![no_main]
-// See exitnet_node::fuzzing::config for what this input goes through.
+// See exitnet_fuzzing::config for what this input goes through.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    exitnet_node::fuzzing::config(data);
+    exitnet_fuzzing::config(data);
 });

@@ -35,8 +35,6 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod federation;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod identity;
 pub mod init;
 pub mod keydir;

@@ -1,9 +1,11 @@
 //! Entry points for the fuzz targets in `fuzz/`: every decoder a stranger
 //! can reach, from raw bytes, through the same validation the node applies.
 //! None may panic, whatever the input; errors are the expected outcome.
+//! A crate of its own, outside the node's production library; its tests
+//! replay every seed and every input that once crashed a target.
 
-use crate::domain::{OrgId, OrgProfile, Peer, PeerState, ReferralState};
-use crate::store::ReferralRecord;
+use exitnet_node::domain::{OrgId, OrgProfile, Peer, PeerState, ReferralState};
+use exitnet_node::store::ReferralRecord;
 use exitnet_proto::pb;
 use prost::Message;
 
@@ -26,7 +28,7 @@ fn peer(id: &OrgId) -> Peer {
             updated_at_ms: 0,
         },
         state: PeerState::Active,
-        awaiting: crate::domain::Awaiting::None,
+        awaiting: exitnet_node::domain::Awaiting::None,
         remote_state: Some(PeerState::Active),
         endpoint: "127.0.0.1:7710".into(),
         key_fingerprint: String::new(),
@@ -73,7 +75,8 @@ pub fn federation_notice(data: &[u8]) {
     let from = peer(&them);
     match req.notice {
         Some(pb::notify_request::Notice::Message(signed)) => {
-            let _ = crate::identity::verify_signature(&[], &signed.payload, &signed.signature);
+            let _ =
+                exitnet_node::identity::verify_signature(&[], &signed.payload, &signed.signature);
             if let Ok(msg) = pb::FederationMessage::decode(signed.payload.as_slice()) {
                 federation_message(&me, &from, msg);
             }
@@ -86,13 +89,16 @@ pub fn federation_notice(data: &[u8]) {
         }
         Some(pb::notify_request::Notice::KeyRotation(k)) => {
             if let Ok(r) = pb::KeyRotation::decode(k.payload.as_slice()) {
-                let _ =
-                    crate::identity::verify_signature(&r.old_public_key, &k.payload, &k.signature);
-                let _ = crate::identity::fingerprint_spki(&r.new_public_key);
+                let _ = exitnet_node::identity::verify_signature(
+                    &r.old_public_key,
+                    &k.payload,
+                    &k.signature,
+                );
+                let _ = exitnet_node::identity::fingerprint_spki(&r.new_public_key);
             }
         }
         Some(pb::notify_request::Notice::Checkpoint(c)) => {
-            let _ = crate::audit::checkpoint::open_checkpoint(&them, &[vec![0u8; 91]], &c);
+            let _ = exitnet_node::audit::checkpoint::open_checkpoint(&them, &[vec![0u8; 91]], &c);
         }
         None => {}
     }
@@ -102,17 +108,17 @@ pub fn federation_notice(data: &[u8]) {
 pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
     match msg.body {
         Some(pb::federation_message::Body::Offer(o)) => {
-            let policy = crate::policy::PeerPolicy::default();
-            let _ = crate::referrals::receive::offer_to_record(
+            let policy = exitnet_node::policy::PeerPolicy::default();
+            let _ = exitnet_node::referrals::receive::offer_to_record(
                 me,
                 from,
                 &policy,
                 o,
-                crate::domain::time::now_ms(),
+                exitnet_node::domain::time::now_ms(),
             );
         }
         Some(pb::federation_message::Body::Status(s)) => {
-            let _ = crate::domain::id_check("status.referral_id", &s.referral_id);
+            let _ = exitnet_node::domain::id_check("status.referral_id", &s.referral_id);
             if let Some(change) = s.change {
                 for st in [
                     ReferralState::Requested,
@@ -122,17 +128,17 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
                     ReferralState::OnHold,
                 ] {
                     let r = outbound(st, &from.org_id);
-                    let _ = crate::referrals::receive::status_change(
+                    let _ = exitnet_node::referrals::receive::status_change(
                         from,
                         &r,
                         change.clone(),
-                        crate::domain::time::now_ms(),
+                        exitnet_node::domain::time::now_ms(),
                     );
                 }
             }
         }
         Some(pb::federation_message::Body::Withdrawal(w)) => {
-            let _ = crate::domain::id_check("withdrawal.referral_id", &w.referral_id);
+            let _ = exitnet_node::domain::id_check("withdrawal.referral_id", &w.referral_id);
         }
         None => {}
     }
@@ -146,31 +152,31 @@ pub fn client_request(data: &[u8]) {
     match kind % 6 {
         0 => {
             if let Ok(r) = pb::RecordConsentRequest::decode(rest) {
-                let _ = crate::consents::NewConsent::from_pb(r, 1_800_000_000_000);
+                let _ = exitnet_node::consents::NewConsent::from_pb(r, 1_800_000_000_000);
             }
         }
         1 => {
             if let Ok(r) = pb::CreateReferralRequest::decode(rest) {
-                let _ = crate::referrals::NewReferral::from_pb(r);
+                let _ = exitnet_node::referrals::NewReferral::from_pb(r);
             }
         }
         2 => {
             if let Ok(r) = pb::CompleteReferralRequest::decode(rest) {
-                let _ = crate::domain::referral::outcome("outcome", r.outcome);
-                let _ = crate::domain::id_check("referral_id", &r.referral_id);
+                let _ = exitnet_node::domain::referral::outcome("outcome", r.outcome);
+                let _ = exitnet_node::domain::id_check("referral_id", &r.referral_id);
             }
         }
         3 => {
             if let Ok(r) = pb::DeclineReferralRequest::decode(rest) {
-                let _ = crate::domain::referral::decline_reason("reason", r.reason);
-                let _ = crate::domain::referral::reason_text("text", &r.text);
+                let _ = exitnet_node::domain::referral::decline_reason("reason", r.reason);
+                let _ = exitnet_node::domain::referral::reason_text("text", &r.text);
             }
         }
         4 => {
             if let Ok(p) = pb::SetPeerPolicyRequest::decode(rest)
                 && let Some(p) = p.policy
             {
-                let _ = crate::policy::PeerPolicy::from_pb(p);
+                let _ = exitnet_node::policy::PeerPolicy::from_pb(p);
             }
         }
         _ => {
@@ -184,7 +190,7 @@ pub fn client_request(data: &[u8]) {
 /// An invitation code as `peer join` reads it.
 pub fn invitation(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::peering::invitation::decode(s);
+        let _ = exitnet_node::peering::invitation::decode(s);
     }
 }
 
@@ -192,11 +198,11 @@ pub fn invitation(data: &[u8]) {
 pub fn receipt_and_checkpoint(data: &[u8]) {
     if let Ok(r) = pb::SignedReceipt::decode(data) {
         let _ = pb::Receipt::decode(r.payload.as_slice());
-        let _ = crate::identity::verify_signature(&r.payload, &r.payload, &r.signature);
+        let _ = exitnet_node::identity::verify_signature(&r.payload, &r.payload, &r.signature);
         if let Some(proof) = &r.batch {
-            let _ = crate::batch_sign::root_of(&r.payload, proof);
-            let _ = crate::batch_sign::verify(
-                crate::batch_sign::RECEIPTS,
+            let _ = exitnet_node::batch_sign::root_of(&r.payload, proof);
+            let _ = exitnet_node::batch_sign::verify(
+                exitnet_node::batch_sign::RECEIPTS,
                 &[r.payload.as_slice()],
                 &r.payload,
                 &r.signature,
@@ -208,8 +214,11 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
     if let Ok(c) = pb::SignedCheckpoint::decode(data)
         && let Some(them) = org("prison-b")
     {
-        let _ =
-            crate::audit::checkpoint::open_checkpoint(&them, std::slice::from_ref(&c.payload), &c);
+        let _ = exitnet_node::audit::checkpoint::open_checkpoint(
+            &them,
+            std::slice::from_ref(&c.payload),
+            &c,
+        );
     }
     if let Ok(w) = pb::SignedWitness::decode(data) {
         let _ = pb::CheckpointWitness::decode(w.payload.as_slice());
@@ -221,12 +230,18 @@ pub fn token(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(jwt) = crate::auth::jwt::decode(s) {
-        let _ = crate::auth::jwt::algorithm_allowed(&jwt.alg, &["ES256".to_owned()]);
-        let _ =
-            crate::auth::jwt::check_claims(&jwt.claims, "https://idp", "urn:x", 60, 1_800_000_000);
-        if let Ok(cfg) = crate::config::Config::from_toml("") {
-            let _ = crate::auth::principal_from_claims(&cfg.auth, &jwt.claims, Some("alice"));
+    if let Ok(jwt) = exitnet_node::auth::jwt::decode(s) {
+        let _ = exitnet_node::auth::jwt::algorithm_allowed(&jwt.alg, &["ES256".to_owned()]);
+        let _ = exitnet_node::auth::jwt::check_claims(
+            &jwt.claims,
+            "https://idp",
+            "urn:x",
+            60,
+            1_800_000_000,
+        );
+        if let Ok(cfg) = exitnet_node::config::Config::from_toml("") {
+            let _ =
+                exitnet_node::auth::principal_from_claims(&cfg.auth, &jwt.claims, Some("alice"));
         }
     }
 }
@@ -234,7 +249,7 @@ pub fn token(data: &[u8]) {
 /// A configuration file, as `config check` reads it.
 pub fn config(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::config::Config::from_toml(s);
+        let _ = exitnet_node::config::Config::from_toml(s);
     }
 }
 
@@ -245,7 +260,7 @@ mod tests {
     /// Every seed and every input that once crashed a target (fuzz/regressions).
     #[test]
     fn seeds_and_regressions_pass() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
         type Entry = fn(&[u8]);
         let targets: [(&str, Entry); 6] = [
             ("federation", federation_notice),
