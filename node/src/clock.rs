@@ -1,9 +1,11 @@
 //! Where the node reads the time, so that tests can move it. Services read
 //! `NodeState::now_ms` (the clock given to `Application::build_with_clock`);
 //! pure functions below them take the time as an argument; the master-key
-//! generations have a clock of their own (`dev.clock_offset_secs`). Still
-//! on the wall clock: audit records' times (`AuditEntry`), bearer-token and
-//! certificate validity (`auth`, `identity`), and the demo.
+//! generations have a clock of their own (`dev.clock_offset_secs`). Audit
+//! records take their time from their writer. Still on the wall clock:
+//! bearer-token validity (`auth`: tokens are issued on the provider's real
+//! time), the identity key's file timestamps (`identity`), `config check`
+//! and the demo.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -88,8 +88,14 @@ pub async fn record(state: &NodeState, p: &Principal, new: NewConsent) -> Result
         recorded_at_ms: state.now_ms(),
         withdrawn_at_ms: None,
     };
-    let audit = AuditEntry::caller(p, "consent.record", "consent", &consent.consent_id)
-        .consent(Some(&consent.consent_id));
+    let audit = AuditEntry::caller(
+        state.now_ms(),
+        p,
+        "consent.record",
+        "consent",
+        &consent.consent_id,
+    )
+    .consent(Some(&consent.consent_id));
     state
         .store
         .insert_consent(&consent, &new.request_id, &new.request_digest, &[audit])
@@ -104,7 +110,8 @@ pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Consent,
         .get_consent(id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    let entry = || AuditEntry::caller(p, "consent.read", "consent", id).consent(Some(id));
+    let entry =
+        || AuditEntry::caller(state.now_ms(), p, "consent.read", "consent", id).consent(Some(id));
     let view = audit::guard(state, entry, access::read(p, &c.owner, c.team.as_deref())).await?;
     audit::record(state, &[entry()]).await;
     Ok((c, view))
@@ -176,7 +183,7 @@ pub async fn list(
     let reads: Vec<AuditEntry> = consents
         .iter()
         .map(|c| {
-            AuditEntry::caller(p, "consent.list", "consent", &c.consent_id)
+            AuditEntry::caller(state.now_ms(), p, "consent.list", "consent", &c.consent_id)
                 .consent(Some(&c.consent_id))
         })
         .collect();
@@ -196,7 +203,8 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
         .get_consent(id)
         .await?
         .ok_or(Error::NotFound("consent"))?;
-    let entry = AuditEntry::caller(p, "consent.withdraw", "consent", id).consent(Some(id));
+    let entry =
+        AuditEntry::caller(state.now_ms(), p, "consent.withdraw", "consent", id).consent(Some(id));
     audit::guard(
         state,
         || entry.clone(),

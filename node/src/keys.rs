@@ -277,6 +277,7 @@ async fn audit(state: &NodeState, action: &str, generation: u32) {
     crate::audit::record(
         state,
         &[crate::audit::AuditEntry::node(
+            state.now_ms(),
             state.org_id.as_str(),
             action,
             "master_key_generation",
@@ -298,6 +299,7 @@ pub async fn rotate_now(state: &NodeState) -> anyhow::Result<(u32, Rewrapped)> {
     crate::audit::record(
         state,
         &[crate::audit::AuditEntry::admin(
+            state.now_ms(),
             "master_key.rotate",
             "master_key_generation",
             &g.to_string(),

@@ -475,6 +475,7 @@ impl AdminApi {
         crate::audit::record(
             &self.state,
             &[crate::audit::AuditEntry::admin(
+                self.state.now_ms(),
                 action,
                 object_type,
                 object_id,

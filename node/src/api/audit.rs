@@ -25,7 +25,9 @@ impl pb::audit_service_server::AuditService for AuditApi {
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
         let (p, _permit) = authenticate(&self.state, &request).await?;
-        let entry = || crate::audit::AuditEntry::caller(&p, "audit.query", "audit", "");
+        let entry = || {
+            crate::audit::AuditEntry::caller(self.state.now_ms(), &p, "audit.query", "audit", "")
+        };
         let allowed = match p.role {
             Role::Auditor | Role::Supervisor => Ok(()),
             Role::CaseManager | Role::System => Err(Error::PermissionDenied(

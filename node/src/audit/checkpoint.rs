@@ -312,6 +312,7 @@ pub async fn witness(
     crate::audit::record(
         state,
         &[crate::audit::AuditEntry::peer(
+            state.now_ms(),
             peer.as_str(),
             "checkpoint.witness",
             "checkpoint",

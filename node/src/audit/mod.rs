@@ -14,13 +14,19 @@ pub use crate::domain::audit::{AuditEntry, AuditFilter, AuditRecord, GENESIS, re
 
 impl AuditEntry {
     /// A signed-in caller of the client API (staff or an agency system).
-    pub fn caller(p: &Principal, action: &str, object_type: &str, object_id: &str) -> Self {
+    pub fn caller(
+        at_ms: i64,
+        p: &Principal,
+        action: &str,
+        object_type: &str,
+        object_id: &str,
+    ) -> Self {
         let kind = if p.role == Role::System {
             "system"
         } else {
             "staff"
         };
-        let mut e = Self::new(kind, &p.subject, action, object_type, object_id);
+        let mut e = Self::new(at_ms, kind, &p.subject, action, object_type, object_id);
         e.role = p.role.as_str().into();
         e.on_behalf_of = p.on_behalf_of.clone().unwrap_or_default();
         e

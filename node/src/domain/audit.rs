@@ -2,8 +2,6 @@
 //! its hash. Below storage and every service (the trail's logic is in
 //! `crate::audit`).
 
-use crate::domain::time::now_ms;
-
 /// Hash of the record before the first one.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -42,6 +40,7 @@ fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
 
 impl AuditEntry {
     pub(crate) fn new(
+        at_ms: i64,
         kind: &str,
         actor: &str,
         action: &str,
@@ -49,7 +48,7 @@ impl AuditEntry {
         object_id: &str,
     ) -> Self {
         Self {
-            at_ms: now_ms(),
+            at_ms,
             actor_kind: kind.into(),
             actor: actor.into(),
             action: action.into(),
@@ -61,26 +60,25 @@ impl AuditEntry {
     }
 
     /// A peer organisation (a message or notice it sent).
-    pub fn peer(org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
-        let mut e = Self::new("peer", org, action, object_type, object_id);
+    pub fn peer(at_ms: i64, org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
+        let mut e = Self::new(at_ms, "peer", org, action, object_type, object_id);
         e.peer_org = org.into();
         e
     }
 
     /// The administrator, through the local socket.
-    pub fn admin(action: &str, object_type: &str, object_id: &str) -> Self {
-        Self::new("admin", "admin", action, object_type, object_id)
+    pub fn admin(at_ms: i64, action: &str, object_type: &str, object_id: &str) -> Self {
+        Self::new(at_ms, "admin", "admin", action, object_type, object_id)
     }
 
     /// The node itself (its scheduler, its sender).
-    pub fn node(org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
-        Self::new("node", org, action, object_type, object_id)
+    pub fn node(at_ms: i64, org: &str, action: &str, object_type: &str, object_id: &str) -> Self {
+        Self::new(at_ms, "node", org, action, object_type, object_id)
     }
 
-    /// The same actor, for another action or object.
+    /// The same actor at the same moment, for another action or object.
     pub fn about(&self, action: &str, object_type: &str, object_id: &str) -> Self {
         Self {
-            at_ms: now_ms(),
             action: action.into(),
             object_type: object_type.into(),
             object_id: object_id.into(),

@@ -331,6 +331,7 @@ pub async fn accept_join(
             crate::audit::record(
                 state,
                 &[crate::audit::AuditEntry::peer(
+                    state.now_ms(),
                     profile.org_id.as_str(),
                     "peer.join_request",
                     "invitation",
@@ -396,6 +397,7 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         )],
         audit: vec![
             crate::audit::AuditEntry::admin(
+                state.now_ms(),
                 &format!("peer.{}", next.as_str()),
                 "peer",
                 org.as_str(),
@@ -555,6 +557,7 @@ pub async fn receive_notice(
         )
     };
     update.audit.push(crate::audit::AuditEntry::peer(
+        state.now_ms(),
         from.org_id.as_str(),
         &what,
         "peer",
@@ -735,6 +738,7 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
     crate::audit::record(
         state,
         &[crate::audit::AuditEntry::admin(
+            state.now_ms(),
             "identity.rotate",
             "key",
             &new_fp,

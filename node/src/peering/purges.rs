@@ -26,9 +26,14 @@ pub async fn pending_at(state: &NodeState, org: &OrgId) -> Result<i64> {
 pub async fn on_revoke(state: &NodeState, org: &OrgId) -> Result<Option<AuditEntry>> {
     let pending = pending_at(state, org).await?;
     Ok((pending > 0).then(|| {
-        AuditEntry::admin("peer.revoke.purges_pending", "peer", org.as_str())
-            .with_peer(org.as_str())
-            .result(&format!("pending:{pending}"))
+        AuditEntry::admin(
+            state.now_ms(),
+            "peer.revoke.purges_pending",
+            "peer",
+            org.as_str(),
+        )
+        .with_peer(org.as_str())
+        .result(&format!("pending:{pending}"))
     }))
 }
 
@@ -64,11 +69,14 @@ pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
         }
     }
     let pending = pending_at(state, org).await?;
-    let audit = [
-        AuditEntry::admin("peer.purges_abandoned", "peer", org.as_str())
-            .with_peer(org.as_str())
-            .result(&format!("abandoned:{pending}")),
-    ];
+    let audit = [AuditEntry::admin(
+        state.now_ms(),
+        "peer.purges_abandoned",
+        "peer",
+        org.as_str(),
+    )
+    .with_peer(org.as_str())
+    .result(&format!("abandoned:{pending}"))];
     let done = state
         .store
         .abandon_purges(org, &rows, &audit, state.now_ms())

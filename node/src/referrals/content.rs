@@ -182,7 +182,7 @@ pub async fn purge_inbound(state: &NodeState) -> Result<u32> {
     let days = i64::try_from(state.config.federation.closed_inbound_retention_days)
         .unwrap_or(i64::MAX / 86_400_000);
     let closed_before = now.saturating_sub(days.saturating_mul(86_400_000));
-    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
+    let by = AuditEntry::node(state.now_ms(), state.org_id.as_str(), "", "", "");
     let mut n = 0;
     loop {
         let due = state
@@ -244,6 +244,7 @@ pub async fn forget_consents(state: &NodeState) -> Result<u32> {
         for c in &due {
             let terms = purged_terms(&c.terms.to_pb().encode_to_vec());
             let audit = AuditEntry::node(
+                state.now_ms(),
                 state.org_id.as_str(),
                 "consent.forget_subject",
                 "consent",
@@ -295,7 +296,7 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
     }
     // A sender's copy of what it withdrew, kept by releases before purges
     // deleted it.
-    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
+    let by = AuditEntry::node(state.now_ms(), state.org_id.as_str(), "", "", "");
     let mut purged = 0;
     loop {
         let rows = state.store.withdrawn_with_summary(500).await?;

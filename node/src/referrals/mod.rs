@@ -206,7 +206,7 @@ pub async fn create_and_view(
     let (r, fresh) = create_record(state, p, new).await?;
     match fresh {
         Some(ev) => {
-            let entry = || audit_entry(p, "referral.read", &r);
+            let entry = || audit_entry(state, p, "referral.read", &r);
             let v = audit::guard(state, entry, read_access(p, &r)).await?;
             assemble(&r, v, &[ev], Some(summary))
         }
@@ -253,8 +253,14 @@ async fn create_checked(
     audit::guard(
         state,
         || {
-            AuditEntry::caller(p, "referral.create", "consent", &consent.consent_id)
-                .consent(Some(&consent.consent_id))
+            AuditEntry::caller(
+                state.now_ms(),
+                p,
+                "referral.create",
+                "consent",
+                &consent.consent_id,
+            )
+            .consent(Some(&consent.consent_id))
         },
         access::write(p, &consent.owner, consent.team.as_deref()),
     )
@@ -357,9 +363,15 @@ async fn create_checked(
         now,
     );
     ev.actor = p.actor();
-    let audit = AuditEntry::caller(p, "referral.create", "referral", &referral_id)
-        .consent(Some(&consent.consent_id))
-        .with_peer(new.recipient.as_str());
+    let audit = AuditEntry::caller(
+        state.now_ms(),
+        p,
+        "referral.create",
+        "referral",
+        &referral_id,
+    )
+    .consent(Some(&consent.consent_id))
+    .with_peer(new.recipient.as_str());
     let stored = state
         .intake
         .create(crate::store::NewCreate {
@@ -386,7 +398,7 @@ pub async fn get(state: &NodeState, p: &Principal, id: &str) -> Result<(Referral
         .get_referral(id)
         .await?
         .ok_or(Error::NotFound("referral"))?;
-    let entry = || audit_entry(p, "referral.read", &r);
+    let entry = || audit_entry(state, p, "referral.read", &r);
     let view = audit::guard(state, entry, read_access(p, &r)).await?;
     audit::record(state, &[entry()]).await;
     Ok((r, view))
@@ -399,7 +411,7 @@ pub async fn view_after_action(
     p: &Principal,
     r: &ReferralRecord,
 ) -> Result<pb::Referral> {
-    let entry = || audit_entry(p, "referral.read", r);
+    let entry = || audit_entry(state, p, "referral.read", r);
     let v = audit::guard(state, entry, read_access(p, r)).await?;
     view(state, r, v).await
 }
@@ -417,13 +429,18 @@ pub async fn get_if_visible(
     let Ok(view) = read_access(p, &r) else {
         return Ok(None);
     };
-    audit::record(state, &[audit_entry(p, "referral.watch", &r)]).await;
+    audit::record(state, &[audit_entry(state, p, "referral.watch", &r)]).await;
     Ok(Some((r, view)))
 }
 
 /// An audit record of `p` acting on `r`.
-pub fn audit_entry(p: &Principal, action: &str, r: &ReferralRecord) -> AuditEntry {
-    AuditEntry::caller(p, action, "referral", &r.referral_id)
+pub fn audit_entry(
+    state: &NodeState,
+    p: &Principal,
+    action: &str,
+    r: &ReferralRecord,
+) -> AuditEntry {
+    AuditEntry::caller(state.now_ms(), p, action, "referral", &r.referral_id)
         .consent(r.consent_id.as_deref())
         .with_peer(r.peer_org.as_str())
 }
@@ -599,7 +616,7 @@ pub async fn list(
         .collect();
     let reads: Vec<AuditEntry> = referrals
         .iter()
-        .map(|(r, _)| audit_entry(p, "referral.list", r))
+        .map(|(r, _)| audit_entry(state, p, "referral.list", r))
         .collect();
     audit::record(state, &reads).await;
     Ok(Page {
@@ -623,7 +640,12 @@ pub async fn act(
         .await?
         .ok_or(Error::NotFound("referral"))?;
     let action = format!("referral.{}", to.as_str());
-    audit::guard(state, || audit_entry(p, &action, &r), write_access(p, &r)).await?;
+    audit::guard(
+        state,
+        || audit_entry(state, p, &action, &r),
+        write_access(p, &r),
+    )
+    .await?;
     if r.outbound {
         return Err(Error::FailedPrecondition(
             "only the receiving organisation sets that state".into(),
@@ -657,7 +679,7 @@ pub async fn act(
         state: Some(to.as_str().to_owned()),
         event: Some(ev),
         notices: vec![notice],
-        audit: vec![audit_entry(p, &action, &r)],
+        audit: vec![audit_entry(state, p, &action, &r)],
         now_ms: state.now_ms(),
         ..Default::default()
     };
@@ -758,7 +780,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
         .ok_or(Error::NotFound("referral"))?;
     audit::guard(
         state,
-        || audit_entry(p, "referral.withdraw.sender", &r),
+        || audit_entry(state, p, "referral.withdraw.sender", &r),
         write_access(p, &r),
     )
     .await?;
@@ -773,7 +795,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "a referral that is {from} cannot be withdrawn"
         )));
     }
-    let by = AuditEntry::caller(p, "", "", "");
+    let by = AuditEntry::caller(state.now_ms(), p, "", "", "");
     let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew, &by)? else {
         return Err(Error::FailedPrecondition("already withdrawn".into()));
     };
@@ -900,6 +922,7 @@ pub fn delivery_receipt(
         _ => None,
     };
     let audit = AuditEntry::peer(
+        state.now_ms(),
         org.as_str(),
         &format!(
             "receipt.{}",
@@ -988,6 +1011,7 @@ pub async fn on_refused(
         event: Some(ev),
         audit: vec![
             AuditEntry::node(
+                state.now_ms(),
                 state.org_id.as_str(),
                 "referral.failed_delivery",
                 "referral",
@@ -1012,7 +1036,7 @@ pub async fn purge_referrals(
     cause: pb::WithdrawalCause,
 ) -> Result<u32> {
     let mut n = 0;
-    let by = AuditEntry::node(state.org_id.as_str(), "", "", "");
+    let by = AuditEntry::node(state.now_ms(), state.org_id.as_str(), "", "", "");
     for r in referrals {
         if let Some(c) = withdrawal(state, r, cause, &by)?
             && state.store.change_referral(&r.referral_id, &c).await?
@@ -1112,7 +1136,7 @@ pub async fn reassign(
         expected_states: vec![r.state.clone()],
         owner: Some(owner.to_owned()),
         team: Some(team),
-        audit: vec![audit_entry(p, "referral.reassign", &r)],
+        audit: vec![audit_entry(state, p, "referral.reassign", &r)],
         now_ms: state.now_ms(),
         ..Default::default()
     };

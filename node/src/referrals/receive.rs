@@ -147,6 +147,7 @@ pub async fn handle(
             .await?;
             let referral_id = record.referral_id.clone();
             let audit = AuditEntry::peer(
+                state.now_ms(),
                 from.org_id.as_str(),
                 "referral.receive",
                 "referral",
@@ -176,6 +177,7 @@ pub async fn handle(
                 .change
                 .ok_or_else(|| FieldError::new("status.change", "required"))?;
             let audit = AuditEntry::peer(
+                state.now_ms(),
                 from.org_id.as_str(),
                 &format!(
                     "referral.status.{}",
@@ -270,6 +272,7 @@ pub async fn handle(
                     None,
                     c.as_ref().map(|c| (w.referral_id.as_str(), c)),
                     &[AuditEntry::peer(
+                        state.now_ms(),
                         from.org_id.as_str(),
                         if r.is_some() {
                             "referral.purge"

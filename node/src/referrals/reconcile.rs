@@ -156,6 +156,7 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
         purge_terms: Some(super::content::purged_terms(&r.terms)),
         destroy_key: (!r.outbound).then(|| r.key_id.clone()),
         audit: vec![AuditEntry::peer(
+            state.now_ms(),
             peer.as_str(),
             if r.outbound {
                 "referral.withdraw.reapplied"

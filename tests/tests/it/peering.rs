@@ -656,8 +656,21 @@ async fn an_invitation_expires_by_the_nodes_clocks() {
         other => panic!("joined with an expired invitation: {other:?}"),
     }
 
-    // Within its lifetime by both clocks, the same kind of invitation works.
-    let code = invite(7200).await.unwrap().code;
-    let peer = peering::join(&joiner.state, &code).await.unwrap();
+    // Within its lifetime by both clocks, the same kind of invitation works,
+    // and the inviter's audit trail records the join at its own (moved) time.
+    let inv = invite(7200).await.unwrap();
+    let peer = peering::join(&joiner.state, &inv.code).await.unwrap();
     assert_eq!(peer.org_id, inviter.state.org_id);
+    let records = inviter
+        .state
+        .store
+        .audit_for_objects(std::slice::from_ref(&inv.invitation_id))
+        .await
+        .unwrap();
+    let join = records
+        .iter()
+        .find(|r| r.entry.action == "peer.join_request")
+        .expect("the join is audited");
+    use exitnet_node::clock::Clock;
+    assert_eq!(join.entry.at_ms, inviter.clock.now_ms());
 }

@@ -900,6 +900,7 @@ mod cases {
                 },
             )),
             audit: vec![AuditEntry::peer(
+                NOW,
                 "prison-b",
                 "receipt.delivery",
                 "referral",
@@ -986,6 +987,7 @@ mod cases {
                 },
                 wrapped_key: Some(format!("wrapped-{id}").into_bytes()),
                 audit: vec![AuditEntry::peer(
+                    NOW,
                     "ngo-a",
                     "referral.receive",
                     "referral",
@@ -1076,7 +1078,13 @@ mod cases {
                 content: None,
             },
             notice: notice(&format!("n-{id}"), "prison-b"),
-            audit: vec![AuditEntry::peer("ngo-a", "referral.create", "referral", id)],
+            audit: vec![AuditEntry::peer(
+                NOW,
+                "ngo-a",
+                "referral.create",
+                "referral",
+                id,
+            )],
             wrapped_key: WRAPPED.to_vec(),
         };
         let first = s
@@ -1257,7 +1265,8 @@ mod cases {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    let e = AuditEntry::node("ngo-a", "test.append", "test", &format!("w{w}-{i}"));
+                    let e =
+                        AuditEntry::node(NOW, "ngo-a", "test.append", "test", &format!("w{w}-{i}"));
                     s.append_audit(&[e.clone(), e.about("test.second", "test", "x")])
                         .await
                         .unwrap();
