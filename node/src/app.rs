@@ -431,7 +431,7 @@ impl Application {
         );
 
         state.follow_other_replicas().await?;
-        let outbox_task = tokio::spawn(peering::outbox::run(state.clone(), stop_rx.clone()));
+        let outbox_task = tokio::spawn(crate::delivery::run(state.clone(), stop_rx.clone()));
         // Purges a restore from backup would have undone, applied again.
         tokio::spawn(crate::referrals::reconcile::run_at_start(
             state.clone(),
@@ -451,12 +451,12 @@ impl Application {
         ));
         let refusals_task =
             tokio::spawn(peering::run_refusal_flush(state.clone(), stop_rx.clone()));
-        let checkpoint_task = tokio::spawn(crate::audit::checkpoint::run(
+        let checkpoint_task = tokio::spawn(crate::witness::checkpoint::run(
             state.clone(),
             stop_rx.clone(),
         ));
         // Our receipts and checkpoints must stay verifiable after a rotation.
-        crate::audit::checkpoint::remember_own_key(&state).await?;
+        crate::audit::own_keys::remember_own_key(&state).await?;
         peering::announce_rotation_if_missing(&state).await?;
         if let Err(e) = peering::announce_profile_if_changed(&state).await {
             tracing::warn!(error = %e, "could not queue the profile for peers");

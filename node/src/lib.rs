@@ -1,23 +1,24 @@
 //! An Exitnet node: one organisation's server in the federated referral
 //! network. `main.rs` only parses the command line; everything is here.
 //!
-//! From the bottom up (docs/architecture.md draws it; `scripts/module-cycles`
-//! checks that no circle between these modules grows):
+//! From the bottom up (docs/architecture.md draws it; `scripts/module-cycles
+//! --max 0` fails on any import circle between these modules):
 //!
-//! - `domain`: validated types and rules, free of SQL.
+//! - `domain`, `error`, `crypto`, `clock`: values and rules, free of SQL.
 //! - `store`: the storage trait with SQLite and PostgreSQL backends, and
 //!   `store::intake`, which stores writes that arrive at once together.
-//! - `identity`, `tls`, `transport`: the node's key, mutual TLS pinned to
-//!   peers' keys, and the channels and closable connections between nodes.
-//! - `clock`, `limits`, `metrics`, `auth`, `access`, `policy`, `batch_sign`:
-//!   given what they need, naming no service.
-//! - `state`: what the services share, built in `app`, holding values of the
-//!   modules above only.
-//! - `consents`, `referrals`, `peering` (with delivery, `peering::outbox`),
-//!   `audit`: the services.
-//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters;
-//!   `subject_access`: a report across the services.
-//! - `app`: builds the node, binds its listeners, runs until stopped.
+//! - `identity`, `tls`, `keydir`, `transport`, `batch_sign`: the node's keys,
+//!   mutual TLS pinned to peers' keys, channels and closable connections.
+//! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
+//!   they need, naming no service.
+//! - `state`: what the services share, built in `app`.
+//! - `protocol`: the federation messages, signed and verified.
+//! - `audit`, `peering`, `referrals`, `consents`: the services, each using
+//!   only those before it.
+//! - `delivery`, `witness`, `subject_access`, `keys`: above the services.
+//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
+//! - `app`, `cli`, `init`: builds the node, binds its listeners, runs until
+//!   stopped; `demo` drives in-process nodes through the services.
 
 pub mod access;
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod consents;
 pub mod crypto;
+pub mod delivery;
 pub mod demo;
 pub mod domain;
 pub mod error;
@@ -43,6 +45,7 @@ pub mod limits;
 pub mod metrics;
 pub mod peering;
 pub mod policy;
+pub mod protocol;
 pub mod referrals;
 pub mod state;
 pub mod store;
@@ -50,6 +53,7 @@ pub mod subject_access;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod witness;
 
 pub use app::Application;
 pub use config::Config;

@@ -98,7 +98,7 @@ pub fn federation_notice(data: &[u8]) {
             }
         }
         Some(pb::notify_request::Notice::Checkpoint(c)) => {
-            let _ = exitnet_node::audit::checkpoint::open_checkpoint(&them, &[vec![0u8; 91]], &c);
+            let _ = exitnet_node::witness::checkpoint::open_checkpoint(&them, &[vec![0u8; 91]], &c);
         }
         None => {}
     }
@@ -214,7 +214,7 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
     if let Ok(c) = pb::SignedCheckpoint::decode(data)
         && let Some(them) = org("prison-b")
     {
-        let _ = exitnet_node::audit::checkpoint::open_checkpoint(
+        let _ = exitnet_node::witness::checkpoint::open_checkpoint(
             &them,
             std::slice::from_ref(&c.payload),
             &c,

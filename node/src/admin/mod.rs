@@ -368,7 +368,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let local_only = request.into_inner().local_only;
-        let report = crate::audit::verify::verify(&self.state, local_only).await?;
+        let report = crate::witness::verify::verify(&self.state, local_only).await?;
         tracing::info!(
             ok = report.ok(),
             records = report.records,
@@ -381,7 +381,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
-        let c = crate::audit::checkpoint::create(&self.state).await?;
+        let c = crate::witness::checkpoint::create(&self.state).await?;
         Ok(Response::new(pb::CreateCheckpointResponse {
             seq: c.seq.max(0) as u64,
             head_sha256: c.head_hash,

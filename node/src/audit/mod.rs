@@ -5,8 +5,7 @@
 //! Records hold identifiers, roles and results — never case content.
 //! docs/audit.md says what this proves and what it does not.
 
-pub mod checkpoint;
-pub mod verify;
+pub mod own_keys;
 
 use crate::auth::{Principal, Role};
 
@@ -162,7 +161,7 @@ pub async fn verify_receipt(
         .map(crate::domain::time::from_timestamp)
         .unwrap_or(0);
     let keys: Vec<Vec<u8>> = if r.issued_by == state.org_id.as_str() {
-        checkpoint::own_key(state, &receipt.key_fingerprint)
+        own_keys::own_key(state, &receipt.key_fingerprint)
             .await?
             .into_iter()
             .collect()

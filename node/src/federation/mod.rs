@@ -308,7 +308,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let req = request.into_inner();
         // A withdrawal passes whatever the state of the peering (the
         // receiver checks again that it is one, once its signature holds).
-        if !carries_withdrawal(&req) {
+        if !crate::protocol::messages::is_withdrawal(&req) {
             self.peering_allows(&info, &peer).await?;
         }
         let permit = self.admit(&peer, 1)?;
@@ -341,7 +341,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let peer = self.identify_pinned(&info).await?;
         let notices = request.into_inner().notices;
         batch_check(&notices)?;
-        if !notices.iter().all(carries_withdrawal) {
+        if !notices.iter().all(crate::protocol::messages::is_withdrawal) {
             self.peering_allows(&info, &peer).await?;
         }
         let permit = Arc::new(self.admit(&peer, notices.len())?);
@@ -457,21 +457,6 @@ pub fn stranger_gate(state: &NodeState) -> crate::tls::ConnectionGate {
     })
 }
 
-/// Whether a notice carries a withdrawal, read before its signature is
-/// checked: only to decide whether the state of the peering is asked about
-/// (`referrals::receive::handle` refuses anything else from a peering that
-/// is not active, after checking the signature).
-fn carries_withdrawal(req: &pb::NotifyRequest) -> bool {
-    use prost::Message;
-    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
-        return false;
-    };
-    matches!(
-        pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
-        Ok(Some(pb::federation_message::Body::Withdrawal(_)))
-    )
-}
-
 /// A batch carries 1 to `MAX_BATCH` referral messages, nothing else.
 fn batch_check(notices: &[pb::NotifyRequest]) -> Result<(), Error> {
     use crate::error::FieldError;
@@ -519,7 +504,7 @@ async fn apply_notice(
                 })
         }
         Some(pb::notify_request::Notice::Checkpoint(signed)) => {
-            crate::audit::checkpoint::witness(&state, &peer.org_id, signed)
+            crate::witness::checkpoint::witness(&state, &peer.org_id, signed)
                 .await
                 .map(|w| pb::NotifyResponse {
                     receipt: None,

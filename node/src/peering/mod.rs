@@ -3,7 +3,7 @@
 //! `admin` and `federation` convert requests and call these functions.
 
 pub mod invitation;
-pub mod outbox;
+
 pub mod purges;
 pub mod quotas;
 
@@ -734,7 +734,7 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         )
     };
     state.current_key.set(certified);
-    crate::audit::checkpoint::remember_own_key(state).await?;
+    crate::audit::own_keys::remember_own_key(state).await?;
     crate::audit::record(
         state,
         &[crate::audit::AuditEntry::admin(

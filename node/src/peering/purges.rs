@@ -57,14 +57,14 @@ pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
         // One that no longer opens (say, sealed under a destroyed master
         // key generation) cannot be delivered either: it does not stop the
         // administrator from giving up the others.
-        let req = match crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload) {
+        let req = match crate::protocol::messages::open_notice(state, &n.notice_id, &n.payload) {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(peer = %org, notice = n.id, error = %e, "a queued notice does not open; left as it is");
                 continue;
             }
         };
-        if super::outbox::is_withdrawal(&req) {
+        if crate::protocol::messages::is_withdrawal(&req) {
             rows.push(n.id);
         }
     }

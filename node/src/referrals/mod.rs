@@ -6,7 +6,7 @@
 //! purge receipt. No gRPC here.
 
 pub mod content;
-pub mod messages;
+use crate::protocol::messages;
 pub mod receive;
 pub mod reconcile;
 

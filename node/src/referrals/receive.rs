@@ -2,13 +2,13 @@
 //! against this node's own rules, applied once, answered with a signed receipt.
 //! Nothing is trusted because it came from a peer.
 
-use super::messages;
 use crate::audit::AuditEntry;
 use crate::domain::consent::{ConsentTerms, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
+use crate::protocol::messages;
 use crate::state::NodeState;
 use crate::store::{ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
 use exitnet_proto::pb;

@@ -138,7 +138,7 @@ async fn markers_at(n: &NodeProcess, markers: &[String]) -> Vec<(String, String)
 /// Outbox rows of `n` that still hold a sealed message (case content the
 /// master key opens): none once everything was delivered.
 async fn sealed_payloads_left(n: &NodeProcess) -> i64 {
-    let prefix = exitnet_node::referrals::messages::SEALED_PREFIX;
+    let prefix = exitnet_node::protocol::messages::SEALED_PREFIX;
     count(
         n,
         "SELECT COUNT(*) AS n FROM peer_notices WHERE substr(payload, 1, 3) = $1",

@@ -258,7 +258,7 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
                 })),
             })
             .collect();
-        exitnet_node::referrals::messages::sign_for_sending(&a_key, queued.iter(), true).unwrap()
+        exitnet_node::protocol::messages::sign_for_sending(&a_key, queued.iter(), true).unwrap()
     };
     let pair = [
         msg("ngo-a", offer("prison-b", narrative.clone(), "together-1")),

@@ -1334,7 +1334,7 @@ mod cases {
         // Queued for it: a peering notice (plain) and a referral message (sealed).
         let mut message = notice("m-1", "prison-b");
         message.payload = [
-            exitnet_node::referrals::messages::SEALED_PREFIX,
+            exitnet_node::protocol::messages::SEALED_PREFIX,
             b"opaque".as_slice(),
         ]
         .concat();

@@ -6,7 +6,7 @@
 //! again, and the peer answers the repeat as before.
 
 use crate::domain::OrgId;
-use crate::referrals::messages::sign_for_sending;
+use crate::protocol::messages::sign_for_sending;
 use crate::state::NodeState;
 use crate::store::Notice;
 use exitnet_proto::pb;
@@ -131,22 +131,6 @@ impl HeldLease<'_> {
     }
 }
 
-/// A withdrawal: the one referral message that goes to a peer whose peering
-/// is suspended (by either side) or revoked, as long as a key of it is
-/// pinned, so that a purge reaches every recipient.
-pub(super) fn is_withdrawal(req: &pb::NotifyRequest) -> bool {
-    match &req.notice {
-        Some(pb::notify_request::Notice::Message(m)) => {
-            use prost::Message;
-            matches!(
-                pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
-                Ok(Some(pb::federation_message::Body::Withdrawal(_)))
-            )
-        }
-        _ => false,
-    }
-}
-
 fn is_offer(req: &pb::NotifyRequest) -> bool {
     match &req.notice {
         Some(pb::notify_request::Notice::Message(m)) => {
@@ -176,7 +160,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
     let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
     for n in state.store.undelivered_notices_for(org, BATCH).await? {
-        let req = crate::referrals::messages::open_notice(state, &n.notice_id, &n.payload)?;
+        let req = crate::protocol::messages::open_notice(state, &n.notice_id, &n.payload)?;
         if is_offer(&req) && state.now_ms() - n.created_at_ms > max_age_ms {
             state
                 .store
@@ -259,7 +243,8 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             anyhow::bail!("the delivery lease passed to another replica");
         }
         let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
-        let passes = is_message && !exchange_allowed && is_withdrawal(&req);
+        let passes =
+            is_message && !exchange_allowed && crate::protocol::messages::is_withdrawal(&req);
         if !flow
             .ready(state, &n, is_message, exchange_allowed, passes, &req)
             .await?
@@ -295,7 +280,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             if !next_is_message
                 || next.next_attempt_at_ms > state.now_ms()
                 // Outside an active peering only withdrawals go.
-                || (!exchange_allowed && !is_withdrawal(next_req))
+                || (!exchange_allowed && !crate::protocol::messages::is_withdrawal(next_req))
                 || rid.as_ref().is_some_and(|r| flow.held.contains(r))
                 || rid.as_ref().is_some_and(|r| referrals.contains(r))
                 || bytes + next_bytes > BATCH_BYTES
@@ -616,7 +601,7 @@ impl Flow {
                 let now = state.now_ms();
                 state.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
-                    match crate::audit::checkpoint::on_witnessed(
+                    match crate::witness::checkpoint::on_witnessed(
                         state,
                         org,
                         cp,

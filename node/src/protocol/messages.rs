@@ -3,7 +3,7 @@
 //! the message names its sender, its recipient and its ID, so it cannot be
 //! replayed to another node, and a receiver remembers the IDs it has seen.
 
-use crate::domain::time::{now_ms, to_timestamp};
+use crate::domain::time::to_timestamp;
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
 use crate::store::{NewNotice, ReceiptRecord};
@@ -228,7 +228,7 @@ pub fn verify_receipt(
             .at
             .as_ref()
             .map(crate::domain::time::from_timestamp)
-            .unwrap_or_else(now_ms),
+            .unwrap_or_else(|| state.now_ms()),
     };
     Ok((r, record))
 }
@@ -301,4 +301,18 @@ pub fn open_signed(
         return Err(FieldError::new("message.sent_at", "is in the future").into());
     }
     Ok(msg)
+}
+
+/// Whether a notice carries a referral's withdrawal: the one message that
+/// still goes to (and is taken from) a peer whose peering is suspended or
+/// revoked while a key of it is pinned, so that a purge reaches every
+/// recipient. Read before any signature is checked, only to decide that.
+pub fn is_withdrawal(req: &pb::NotifyRequest) -> bool {
+    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
+        return false;
+    };
+    matches!(
+        pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
+        Ok(Some(pb::federation_message::Body::Withdrawal(_)))
+    )
 }

@@ -7,49 +7,11 @@ use crate::crypto::sha256;
 use crate::domain::OrgId;
 use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::error::{Error, FieldError, Result};
-use crate::identity::{context, hex, verify_stored};
+use crate::identity::{context, verify_stored};
 use crate::state::NodeState;
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
 use exitnet_proto::pb;
 use prost::Message;
-
-/// Where our own public keys are remembered, so checkpoints signed with a key
-/// long rotated away still verify.
-fn key_meta(fingerprint: &str) -> String {
-    format!("audit_key:{fingerprint}")
-}
-
-/// Our public key with this fingerprint, if we ever signed with it.
-pub async fn own_key(state: &NodeState, fingerprint: &str) -> Result<Option<Vec<u8>>> {
-    if let Some(k) = state.identity()?.key(fingerprint) {
-        return Ok(Some(k.spki_der().to_vec()));
-    }
-    Ok(state
-        .store
-        .meta_get(&key_meta(fingerprint))
-        .await?
-        .and_then(|h| decode_hex(&h)))
-}
-
-/// Remembers the current key's public half (see `own_key`).
-pub async fn remember_own_key(state: &NodeState) -> Result<()> {
-    let (fp, spki) = {
-        let identity = state.identity()?;
-        let k = identity.current();
-        (k.fingerprint().to_owned(), k.spki_der().to_vec())
-    };
-    state.store.meta_set(&key_meta(&fp), &hex(&spki)).await
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 /// What `create` did.
 #[derive(Debug, Clone)]
@@ -93,10 +55,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
             key.spki_der().to_vec(),
         )
     };
-    state
-        .store
-        .meta_set(&key_meta(&fingerprint), &hex(&spki))
-        .await?;
+    crate::audit::own_keys::remember(state, &fingerprint, &spki).await?;
     let signed = pb::SignedCheckpoint {
         payload: payload.clone(),
         signature: signature.clone(),

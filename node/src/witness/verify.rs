@@ -2,7 +2,7 @@
 //! signed and every countersignature we hold, and asks each active peer for
 //! the checkpoints it witnessed. The first record that fails is named.
 
-use super::{AuditFilter, GENESIS, record_hash};
+use crate::audit::{AuditFilter, GENESIS, record_hash};
 use crate::domain::OrgId;
 use crate::error::Result;
 use crate::identity::{context, verify_stored};
@@ -100,7 +100,7 @@ async fn own_checkpoint(
 ) -> std::result::Result<pb::AuditCheckpoint, String> {
     let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
     if !keys.contains_key(&cp.key_fingerprint) {
-        let k = super::checkpoint::own_key(state, &cp.key_fingerprint)
+        let k = crate::audit::own_keys::own_key(state, &cp.key_fingerprint)
             .await
             .map_err(|e| e.to_string())?;
         keys.insert(cp.key_fingerprint.clone(), k);
