@@ -1,0 +1,292 @@
+//! A referral's life after it is sent: the receiver's state changes, the
+//! sender's withdrawal (and a consent's, which withdraws every referral
+//! resting on it), reassignment within a team.
+
+use super::*;
+
+/// A state change by the receiver (accept, decline, start, hold, complete, fail).
+pub async fn act(
+    state: &NodeState,
+    p: &Principal,
+    id: &str,
+    to: ReferralState,
+    mut change: pb::StateChange,
+) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    let action = format!("referral.{}", to.as_str());
+    audit::guard(
+        state,
+        || audit_entry(state, p, &action, &r),
+        write_access(p, &r),
+    )
+    .await?;
+    if r.outbound {
+        return Err(Error::FailedPrecondition(
+            "only the receiving organisation sets that state".into(),
+        ));
+    }
+    let from = r.current_state()?;
+    if !rules::receiver_may(from, to) {
+        return Err(Error::FailedPrecondition(format!(
+            "a referral that is {from} cannot become {to}"
+        )));
+    }
+    let now = state.now_ms();
+    change.state = to.to_pb();
+    change.at = Some(to_timestamp(now));
+    change.by_org = state.org_id.to_string();
+    let notice = messages::notice_for(
+        state,
+        &r.peer_org,
+        pb::federation_message::Body::Status(pb::ReferralStatus {
+            referral_id: r.referral_id.clone(),
+            change: Some(change.clone()),
+        }),
+    )?;
+    let mut ev = ReferralEvent {
+        actor: p.actor(),
+        ..event(to, state.org_id.as_str(), &change, now)
+    };
+    content::seal_event(state, &r, &mut ev).await?;
+    let mut c = ReferralChange {
+        expected_states: vec![from.as_str().to_owned()],
+        state: Some(to.as_str().to_owned()),
+        event: Some(ev),
+        notices: vec![notice],
+        audit: vec![audit_entry(state, p, &action, &r)],
+        now_ms: state.now_ms(),
+        ..Default::default()
+    };
+    // Who accepts takes it on; who declines it from the intake queue keeps
+    // it (only they and supervisors see its content from now on).
+    if matches!(to, ReferralState::Accepted | ReferralState::Declined) && r.owner.is_empty() {
+        c.owner = Some(access::acting_owner(p)?.to_owned());
+        c.team = Some(if p.role == Role::CaseManager {
+            p.team.clone()
+        } else {
+            None
+        });
+    }
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
+}
+
+/// The change and message that withdraw one outbound referral.
+pub(super) fn withdrawal(
+    state: &NodeState,
+    r: &ReferralRecord,
+    cause: pb::WithdrawalCause,
+    by: &AuditEntry,
+) -> Result<Option<ReferralChange>> {
+    if r.purge_status != "none" {
+        return Ok(None);
+    }
+    let from = r.current_state()?;
+    let notice = messages::notice_for(
+        state,
+        &r.peer_org,
+        pb::federation_message::Body::Withdrawal(pb::ReferralWithdrawal {
+            referral_id: r.referral_id.clone(),
+            cause: cause as i32,
+        }),
+    )?;
+    let live = rules::sender_may_withdraw(from);
+    let now = state.now_ms();
+    Ok(Some(ReferralChange {
+        expected_states: vec![from.as_str().to_owned()],
+        expected_purge_status: Some("none".into()),
+        state: live.then(|| ReferralState::Withdrawn.as_str().to_owned()),
+        event: live.then(|| {
+            event(
+                ReferralState::Withdrawn,
+                state.org_id.as_str(),
+                &bare_change(ReferralState::Withdrawn, now),
+                now,
+            )
+        }),
+        purge_status: Some("pending".into()),
+        // The sender's copy of the content goes now: the summary it sent,
+        // the texts and outcome its recipient reported, the terms' free text.
+        purge_summary: true,
+        purge_terms: Some(content::purged_terms(&r.terms)),
+        notices: vec![notice],
+        audit: vec![
+            by.about(
+                &format!("referral.withdraw.{}", cause_name(cause)),
+                "referral",
+                &r.referral_id,
+            )
+            .consent(r.consent_id.as_deref())
+            .with_peer(r.peer_org.as_str()),
+        ],
+        now_ms: state.now_ms(),
+        ..Default::default()
+    }))
+}
+
+pub(super) fn cause_name(cause: pb::WithdrawalCause) -> &'static str {
+    match cause {
+        pb::WithdrawalCause::SenderWithdrew => "sender",
+        pb::WithdrawalCause::ConsentWithdrawn => "consent_withdrawn",
+        pb::WithdrawalCause::ConsentExpired => "consent_expired",
+        pb::WithdrawalCause::Retention => "retention",
+        pb::WithdrawalCause::Unspecified => "unspecified",
+    }
+}
+
+/// The sender withdraws a referral; the recipient purges and signs a receipt.
+pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    audit::guard(
+        state,
+        || audit_entry(state, p, "referral.withdraw.sender", &r),
+        write_access(p, &r),
+    )
+    .await?;
+    if !r.outbound {
+        return Err(Error::FailedPrecondition(
+            "only the sending organisation withdraws a referral".into(),
+        ));
+    }
+    let from = r.current_state()?;
+    if !rules::sender_may_withdraw(from) {
+        return Err(Error::FailedPrecondition(format!(
+            "a referral that is {from} cannot be withdrawn"
+        )));
+    }
+    let by = AuditEntry::caller(state.now_ms(), p, "", "", "");
+    let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew, &by)? else {
+        return Err(Error::FailedPrecondition("already withdrawn".into()));
+    };
+    if let Some(e) = c.event.as_mut() {
+        e.actor = p.actor();
+    }
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
+}
+
+/// Withdraws a consent and, with it, every referral resting on it, at every
+/// recipient. Returns how many recipients are sent a withdrawal.
+pub async fn withdraw_consent(
+    state: &NodeState,
+    consent_id: &str,
+    cause: pb::WithdrawalCause,
+    by: &str,
+    who: &AuditEntry,
+) -> Result<u32> {
+    let referrals = state.store.referrals_under_consent(consent_id).await?;
+    let mut changes = Vec::new();
+    for r in &referrals {
+        if let Some(mut c) = withdrawal(state, r, cause, who)? {
+            if let Some(e) = c.event.as_mut() {
+                e.actor = by.to_owned();
+            }
+            changes.push((r.referral_id.clone(), c));
+        }
+    }
+    if !state
+        .store
+        .withdraw_consent_with(
+            consent_id,
+            &changes,
+            state.now_ms(),
+            std::slice::from_ref(who),
+        )
+        .await?
+    {
+        return Err(Error::FailedPrecondition(
+            "the consent is already withdrawn".into(),
+        ));
+    }
+    state.outbox_wake.notify_one();
+    for (id, _) in &changes {
+        state.referral_changed(id);
+    }
+    // The consent forgets its client reference at once (else at the next
+    // scheduler round: the withdrawal itself is done).
+    if let Err(e) = content::forget_consents(state).await {
+        tracing::warn!(error = %e, "forgetting withdrawn consents' client references failed");
+    }
+    let mut recipients: Vec<&OrgId> = referrals.iter().map(|r| &r.peer_org).collect();
+    recipients.sort();
+    recipients.dedup();
+    Ok(recipients.len() as u32)
+}
+
+/// A supervisor gives a referral to another case manager of this organisation.
+pub async fn reassign(
+    state: &NodeState,
+    p: &Principal,
+    id: &str,
+    owner: &str,
+    team: Option<String>,
+) -> Result<ReferralRecord> {
+    id_check("referral_id", id)?;
+    if p.role != Role::Supervisor {
+        return Err(Error::PermissionDenied(
+            "only supervisors reassign referrals".into(),
+        ));
+    }
+    if owner.trim().is_empty() {
+        return Err(FieldError::new("owner", "required").into());
+    }
+    crate::domain::bounded_text("owner", owner, 200)?;
+    if let Some(t) = &team {
+        crate::domain::bounded_text("team", t, 200)?;
+    }
+    let r = state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))?;
+    let c = ReferralChange {
+        expected_states: vec![r.state.clone()],
+        owner: Some(owner.to_owned()),
+        team: Some(team),
+        audit: vec![audit_entry(state, p, "referral.reassign", &r)],
+        now_ms: state.now_ms(),
+        ..Default::default()
+    };
+    if !state.store.change_referral(id, &c).await? {
+        return Err(Error::FailedPrecondition(
+            "the referral changed meanwhile; read it and try again".into(),
+        ));
+    }
+    tracing::info!(referral_id = %id, "referral reassigned");
+    state.referral_changed(id);
+    state
+        .store
+        .get_referral(id)
+        .await?
+        .ok_or(Error::NotFound("referral"))
+}

@@ -1,0 +1,167 @@
+//! What comes back for our messages: a peer's receipt checked and stored
+//! with the change it implies, or a refusal for good.
+
+use super::*;
+
+/// The outbox delivered one of our messages and the peer answered: its
+/// receipt checked against the peer's pinned `keys`, with what it implies
+/// (`None` for a notice that is not a referral message).
+pub fn delivery_receipt(
+    state: &NodeState,
+    org: &OrgId,
+    keys: &[crate::store::PeerKey],
+    notice_row: i64,
+    req: &pb::NotifyRequest,
+    resp: &pb::NotifyResponse,
+) -> Result<Option<AcceptedReceipt>> {
+    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+        return Ok(None);
+    };
+    let sent_msg = pb::FederationMessage::decode(sent.payload.as_slice())
+        .map_err(|e| Error::Internal(e.into()))?;
+    let receipt = resp
+        .receipt
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("the peer sent no receipt".into()))?;
+    let (r, record) = messages::verify_receipt(state, org, keys, sent, &sent_msg, receipt)?;
+    let change = match &sent_msg.body {
+        Some(pb::federation_message::Body::Offer(o)) => Some((
+            o.referral_id.clone(),
+            ReferralChange {
+                expected_states: vec![ReferralState::Requested.as_str().to_owned()],
+                state: Some(ReferralState::Received.as_str().to_owned()),
+                event: Some(ReferralEvent {
+                    actor: String::new(),
+                    state: ReferralState::Received.as_str().to_owned(),
+                    at_ms: record.at_ms,
+                    by_org: org.to_string(),
+                    detail: bare_change(ReferralState::Received, record.at_ms).encode_to_vec(),
+                    content: None,
+                }),
+                now_ms: state.now_ms(),
+                ..Default::default()
+            },
+        )),
+        Some(pb::federation_message::Body::Withdrawal(w))
+            if r.kind == pb::ReceiptKind::Purge as i32 =>
+        {
+            Some((
+                w.referral_id.clone(),
+                ReferralChange {
+                    purge_status: Some("done".into()),
+                    purged_at_ms: Some(record.at_ms),
+                    // Anything the recipient reported after the withdrawal
+                    // was queued goes too.
+                    purge_summary: true,
+                    now_ms: state.now_ms(),
+                    ..Default::default()
+                },
+            ))
+        }
+        _ => None,
+    };
+    let audit = AuditEntry::peer(
+        state.now_ms(),
+        org.as_str(),
+        &format!(
+            "receipt.{}",
+            if r.kind != pb::ReceiptKind::Purge as i32 {
+                "delivery"
+            } else if r.purge_outcome() == pb::PurgeOutcome::NothingHeld {
+                // The recipient never held it: nothing was purged there.
+                "purge.nothing_held"
+            } else {
+                "purge"
+            }
+        ),
+        "referral",
+        &r.referral_id,
+    );
+    Ok(Some(AcceptedReceipt {
+        notice_row,
+        receipt: record,
+        change,
+        audit: vec![audit],
+    }))
+}
+
+/// Stores checked receipts for our messages together (one transaction) and
+/// tells watchers of the referrals they changed.
+pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Result<()> {
+    state.store.accept_receipts(items, state.now_ms()).await?;
+    let mut purged = false;
+    for (id, c) in items.iter().filter_map(|i| i.change.as_ref()) {
+        purged |= c.purge_summary;
+        state.referral_changed(id);
+    }
+    if purged {
+        // The content the purge deleted must not linger in the database's
+        // files. The receipts are stored: a failure here is not a delivery's.
+        if let Err(e) = state.store.after_purge().await {
+            tracing::warn!(error = %e, "cleaning up after purges failed");
+        }
+    }
+    Ok(())
+}
+
+/// The peer refused one of our messages for good (or it could not be
+/// delivered in time): the referral fails, with the reason.
+pub async fn on_refused(
+    state: &NodeState,
+    req: &pb::NotifyRequest,
+    reason: pb::FailureReason,
+    text: &str,
+) -> Result<()> {
+    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+        return Ok(());
+    };
+    let Ok(msg) = pb::FederationMessage::decode(sent.payload.as_slice()) else {
+        return Ok(());
+    };
+    let Some(pb::federation_message::Body::Offer(o)) = msg.body else {
+        tracing::warn!(message_id = %msg.message_id, "a peer refused a status or withdrawal message");
+        return Ok(());
+    };
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(rules::MAX_NOTE_CHARS)
+        .collect();
+    text.truncate(rules::MAX_NOTE_CHARS);
+    let change = pb::StateChange {
+        state: ReferralState::Failed.to_pb(),
+        failure_reason: reason as i32,
+        text,
+        ..Default::default()
+    };
+    let mut ev = event(
+        ReferralState::Failed,
+        state.org_id.as_str(),
+        &change,
+        state.now_ms(),
+    );
+    match state.store.get_referral(&o.referral_id).await? {
+        Some(r) => content::seal_event(state, &r, &mut ev).await?,
+        None => return Ok(()),
+    }
+    let c = ReferralChange {
+        expected_states: vec![ReferralState::Requested.as_str().to_owned()],
+        state: Some(ReferralState::Failed.as_str().to_owned()),
+        event: Some(ev),
+        audit: vec![
+            AuditEntry::node(
+                state.now_ms(),
+                state.org_id.as_str(),
+                "referral.failed_delivery",
+                "referral",
+                &o.referral_id,
+            )
+            .with_peer(&msg.recipient_org),
+        ],
+        now_ms: state.now_ms(),
+        ..Default::default()
+    };
+    state.store.change_referral(&o.referral_id, &c).await?;
+    state.referral_changed(&o.referral_id);
+    Ok(())
+}
