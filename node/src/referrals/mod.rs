@@ -10,8 +10,8 @@
 
 pub mod content;
 mod lifecycle;
-pub mod receive;
 mod receipts;
+pub mod receive;
 pub mod reconcile;
 mod schedule;
 mod view;
