@@ -431,7 +431,11 @@ impl Application {
         );
 
         state.follow_other_replicas().await?;
-        let outbox_task = tokio::spawn(crate::delivery::run(state.clone(), stop_rx.clone()));
+        let outbox_task = tokio::spawn(crate::delivery::run(
+            state.clone(),
+            Arc::new(crate::answers::NodeAnswers),
+            stop_rx.clone(),
+        ));
         // Purges a restore from backup would have undone, applied again.
         tokio::spawn(crate::referrals::reconcile::run_at_start(
             state.clone(),

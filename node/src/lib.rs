@@ -12,16 +12,19 @@
 //! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
 //!   they need, naming no service.
 //! - `state`: what the services share, built in `app`.
-//! - `protocol`: the federation messages, signed and verified.
+//! - `protocol`, `delivery`: the federation messages, signed and verified,
+//!   and their delivery to each peer, which hands what peers answer to
+//!   `delivery::Answers` (implemented above the services, in `answers`).
 //! - `audit`, `peering`, `referrals`, `consents`: the services, each using
 //!   only those before it.
-//! - `delivery`, `witness`, `subject_access`, `keys`: above the services.
+//! - `witness`, `answers`, `subject_access`, `keys`: above the services.
 //! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
 //! - `app`, `cli`, `init`: builds the node, binds its listeners, runs until
 //!   stopped; `demo` drives in-process nodes through the services.
 
 pub mod access;
 pub mod admin;
+pub mod answers;
 pub mod api;
 pub mod app;
 pub mod audit;

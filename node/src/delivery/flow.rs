@@ -88,6 +88,7 @@ impl Flow {
     pub(super) async fn handle(
         &self,
         state: &NodeState,
+        answers: &dyn Answers,
         org: &OrgId,
         peer: &crate::domain::Peer,
         n: &Notice,
@@ -98,7 +99,8 @@ impl Flow {
         match result {
             Ok(resp) if is_message => {
                 let mut handled =
-                    accept_deliveries(state, org, vec![(n.clone(), req.clone(), resp)]).await?;
+                    accept_deliveries(state, answers, org, vec![(n.clone(), req.clone(), resp)])
+                        .await?;
                 Ok(handled.pop().unwrap_or(Handled {
                     wait: false,
                     seen: true,
@@ -108,13 +110,9 @@ impl Flow {
                 let now = state.now_ms();
                 state.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
-                    match crate::witness::checkpoint::on_witnessed(
-                        state,
-                        org,
-                        cp,
-                        resp.witness.as_ref(),
-                    )
-                    .await
+                    match answers
+                        .witnessed(state, org, cp, resp.witness.as_ref())
+                        .await
                     {
                         Ok(()) => state.store.notice_delivered(n.id, now).await?,
                         Err(e) => {
@@ -142,13 +140,14 @@ impl Flow {
                     .store
                     .notice_dropped(n.id, state.now_ms(), status.code().description())
                     .await?;
-                crate::referrals::on_refused(
-                    state,
-                    req,
-                    pb::FailureReason::RefusedByReceiver,
-                    status.message(),
-                )
-                .await?;
+                answers
+                    .refused(
+                        state,
+                        req,
+                        pb::FailureReason::RefusedByReceiver,
+                        status.message(),
+                    )
+                    .await?;
                 tracing::info!(peer = %org, code = ?status.code(), "the peer refused a message");
                 Ok(Handled {
                     wait: false,
@@ -217,6 +216,7 @@ pub(super) struct Handled {
 /// tried again later. One outcome per message, in order.
 pub(super) async fn accept_deliveries(
     state: &NodeState,
+    answers: &dyn Answers,
     org: &OrgId,
     answered: Vec<(Notice, pb::NotifyRequest, pb::NotifyResponse)>,
 ) -> anyhow::Result<Vec<Handled>> {
@@ -232,7 +232,7 @@ pub(super) async fn accept_deliveries(
         state.metrics.delivered(org.as_str(), "delivered");
         let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
         state.metrics.delivery_latency.observe(waited);
-        match crate::referrals::delivery_receipt(state, org, &keys, n.id, req, resp) {
+        match answers.receipt(state, org, &keys, n.id, req, resp) {
             Ok(Some(item)) => {
                 items.push(item);
                 attempts.push((handled.len(), n.attempts));
@@ -253,12 +253,11 @@ pub(super) async fn accept_deliveries(
             seen: true,
         });
     }
-    if let Err(e) = crate::referrals::on_delivered(state, &items).await {
+    if let Err(e) = answers.delivered(state, &items).await {
         // One receipt that cannot be stored must not hold up the others.
         tracing::warn!(peer = %org, error = %e, "storing receipts together failed; storing them one by one");
         for (item, (at, tries)) in items.iter().zip(attempts) {
-            if let Err(e) = crate::referrals::on_delivered(state, std::slice::from_ref(item)).await
-            {
+            if let Err(e) = answers.delivered(state, std::slice::from_ref(item)).await {
                 retry_later(state, item.notice_row, tries, "receipt not stored").await?;
                 tracing::warn!(peer = %org, error = %e, "a receipt could not be stored; will retry");
                 if let Some(h) = handled.get_mut(at) {

@@ -6,10 +6,12 @@
 //! again, and the peer answers the repeat as before.
 
 use crate::domain::OrgId;
+use crate::error::Result;
 use crate::protocol::messages::sign_for_sending;
 use crate::state::NodeState;
-use crate::store::Notice;
+use crate::store::{AcceptedReceipt, Notice, PeerKey};
 use exitnet_proto::pb;
+use futures_util::future::BoxFuture;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,13 +29,57 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 type Running = Arc<Mutex<HashSet<OrgId>>>;
 
-pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Where delivery hands what peers answered, so that it names none of the
+/// services above it: receipts and refusals of referral messages, and the
+/// witnesses of our audit checkpoints. The composition root wires them
+/// (`answers.rs`).
+pub trait Answers: Send + Sync {
+    /// Checks a peer's receipt for a message we sent (`None`: the notice
+    /// was not a message, and is simply delivered).
+    fn receipt(
+        &self,
+        state: &NodeState,
+        org: &OrgId,
+        keys: &[PeerKey],
+        notice_row: i64,
+        req: &pb::NotifyRequest,
+        resp: &pb::NotifyResponse,
+    ) -> Result<Option<AcceptedReceipt>>;
+    /// Stores checked receipts together, with the changes they imply.
+    fn delivered<'a>(
+        &'a self,
+        state: &'a NodeState,
+        items: &'a [AcceptedReceipt],
+    ) -> BoxFuture<'a, Result<()>>;
+    /// A message the peer refused for good, or that was not delivered in time.
+    fn refused<'a>(
+        &'a self,
+        state: &'a NodeState,
+        req: &'a pb::NotifyRequest,
+        reason: pb::FailureReason,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// The peer's witness of one of our audit checkpoints.
+    fn witnessed<'a>(
+        &'a self,
+        state: &'a NodeState,
+        peer: &'a OrgId,
+        sent: &'a pb::SignedCheckpoint,
+        witness: Option<&'a pb::SignedWitness>,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+pub async fn run(
+    state: Arc<NodeState>,
+    answers: Arc<dyn Answers>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let running: Running = Arc::default();
     loop {
         if *stop.borrow() {
             break;
         }
-        if let Err(e) = deliver_due(&state, &running).await {
+        if let Err(e) = deliver_due(&state, &answers, &running).await {
             tracing::warn!(error = format!("{e:#}"), "notice delivery round failed");
         }
         loop {
@@ -63,7 +109,11 @@ pub async fn run(state: Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Starts a delivery task for every peer with a due notice and none running.
-async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Result<()> {
+async fn deliver_due(
+    state: &Arc<NodeState>,
+    answers: &Arc<dyn Answers>,
+    running: &Running,
+) -> anyhow::Result<()> {
     for org in state.store.peers_with_due_notices(state.now_ms()).await? {
         let fresh = running
             .lock()
@@ -72,7 +122,7 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
         if !fresh {
             continue;
         }
-        let (state, running) = (state.clone(), running.clone());
+        let (state, answers, running) = (state.clone(), answers.clone(), running.clone());
         tokio::spawn(async move {
             // Replicas of one node on one database: one delivery task per
             // peer across all of them, so nothing is sent twice and the order
@@ -81,7 +131,7 @@ async fn deliver_due(state: &Arc<NodeState>, running: &Running) -> anyhow::Resul
             let lease = format!("outbox:{org}");
             match take_lease(&state, &lease).await {
                 Ok(true) => {
-                    if let Err(e) = deliver_to_peer(&state, &org, &lease).await {
+                    if let Err(e) = deliver_to_peer(&state, answers.as_ref(), &org, &lease).await {
                         tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
                     }
                     // Kept, not released: this replica stays the peer's sender
@@ -150,7 +200,12 @@ fn is_offer(req: &pb::NotifyRequest) -> bool {
     }
 }
 
-async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow::Result<()> {
+async fn deliver_to_peer(
+    state: &NodeState,
+    answers: &dyn Answers,
+    org: &OrgId,
+    lease: &str,
+) -> anyhow::Result<()> {
     let Some(peer) = state.store.peer_for_exchange(org).await? else {
         state.peer_channels.forget(org.as_str());
         for n in state.store.undelivered_notices_for(org, BATCH).await? {
@@ -172,13 +227,14 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
                 .store
                 .notice_dropped(n.id, state.now_ms(), "undeliverable")
                 .await?;
-            crate::referrals::on_refused(
-                state,
-                &req,
-                pb::FailureReason::Undeliverable,
-                "not delivered in time",
-            )
-            .await?;
+            answers
+                .refused(
+                    state,
+                    &req,
+                    pb::FailureReason::Undeliverable,
+                    "not delivered in time",
+                )
+                .await?;
             continue;
         }
         queue.push((n, req));
@@ -261,7 +317,7 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             flow.apply_all(finish(storing.take()).await?);
             let result = client.notify(req.clone()).await.map(|r| r.into_inner());
             let handled = flow
-                .handle(state, org, &peer, &n, &req, false, result)
+                .handle(state, answers, org, &peer, &n, &req, false, result)
                 .await?;
             flow.apply(handled, false);
             continue;
@@ -328,7 +384,16 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
             }
         }
         let handled = futures_util::future::join_all(failed.iter().map(|(n, req, status)| {
-            flow.handle(state, org, &peer, n, req, true, Err(status.clone()))
+            flow.handle(
+                state,
+                answers,
+                org,
+                &peer,
+                n,
+                req,
+                true,
+                Err(status.clone()),
+            )
         }))
         .await;
         for h in handled {
@@ -339,7 +404,10 @@ async fn deliver_to_peer(state: &NodeState, org: &OrgId, lease: &str) -> anyhow:
                 .iter()
                 .filter_map(|(_, req, _)| message_referral(req))
                 .collect();
-            storing = Some((ids, Box::pin(accept_deliveries(state, org, answered))));
+            storing = Some((
+                ids,
+                Box::pin(accept_deliveries(state, answers, org, answered)),
+            ));
         }
     }
     flow.apply_all(finish(storing.take()).await?);

@@ -1,0 +1,59 @@
+//! Where delivery hands what peers answered (`delivery::Answers`): receipts
+//! and refusals of referral messages to `referrals`, witnesses of our audit
+//! checkpoints to `witness`. Wired in `app`, so that delivery names neither.
+
+use crate::delivery::Answers;
+use crate::domain::OrgId;
+use crate::error::Result;
+use crate::state::NodeState;
+use crate::store::{AcceptedReceipt, PeerKey};
+use exitnet_proto::pb;
+use futures_util::future::BoxFuture;
+
+/// The node's own answers: referrals and the witnessed audit trail.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NodeAnswers;
+
+impl Answers for NodeAnswers {
+    fn receipt(
+        &self,
+        state: &NodeState,
+        org: &OrgId,
+        keys: &[PeerKey],
+        notice_row: i64,
+        req: &pb::NotifyRequest,
+        resp: &pb::NotifyResponse,
+    ) -> Result<Option<AcceptedReceipt>> {
+        crate::referrals::delivery_receipt(state, org, keys, notice_row, req, resp)
+    }
+
+    fn delivered<'a>(
+        &'a self,
+        state: &'a NodeState,
+        items: &'a [AcceptedReceipt],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::referrals::on_delivered(state, items))
+    }
+
+    fn refused<'a>(
+        &'a self,
+        state: &'a NodeState,
+        req: &'a pb::NotifyRequest,
+        reason: pb::FailureReason,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::referrals::on_refused(state, req, reason, text))
+    }
+
+    fn witnessed<'a>(
+        &'a self,
+        state: &'a NodeState,
+        peer: &'a OrgId,
+        sent: &'a pb::SignedCheckpoint,
+        witness: Option<&'a pb::SignedWitness>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::witness::checkpoint::on_witnessed(
+            state, peer, sent, witness,
+        ))
+    }
+}
