@@ -117,9 +117,19 @@ async fn node_lifecycle(backend: Backend) {
         "exit status {status}; log:\n{}",
         node.log()
     );
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The log says whether the drain ran out of time (a task that did not
+    // stop) or something after it was slow.
+    let log = node.log();
+    let end = (log.len().saturating_sub(3000)..=log.len())
+        .find(|&i| log.is_char_boundary(i))
+        .unwrap_or(0);
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}; the log's end:\n{}",
+        &log[end..]
+    );
     assert!(!node.admin_socket.exists());
-    assert!(node.log().contains("stopped"));
+    assert!(log.contains("stopped"));
 }
 
 #[tokio::test]
