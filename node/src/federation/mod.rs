@@ -43,15 +43,13 @@ struct CallerInfo {
     /// when its key is unknown (to record "a known organisation with
     /// another key"), not on every call.
     cert: Option<Vec<u8>>,
-    remote: Option<String>,
+    remote: Option<std::net::SocketAddr>,
     method: &'static str,
 }
 
 fn caller_info<T>(req: &Request<T>, method: &'static str) -> CallerInfo {
     let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-    let remote = info
-        .and_then(|i| i.get_ref().remote_addr())
-        .map(|a| a.to_string());
+    let remote = info.and_then(|i| i.get_ref().remote_addr());
     let cert = info
         .and_then(|i| i.peer_certs())
         .and_then(|c| c.first().map(|c| c.to_vec()));
@@ -92,7 +90,7 @@ impl FederationApi {
                 reason: reason.into(),
                 key_fingerprint: info.fingerprint.clone(),
                 org_id: org,
-                remote_addr: info.remote.clone(),
+                remote_addr: info.remote.map(|a| a.to_string()),
                 method: Some(info.method.into()),
             },
         )
@@ -150,10 +148,7 @@ impl FederationApi {
     /// while a closed one must pay for a new handshake, which its address
     /// gets only once its bucket has refilled (`stranger_gate`).
     fn stranger_limit(&self, info: &CallerInfo) -> Result<(), Status> {
-        let remote = info
-            .remote
-            .as_deref()
-            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        let remote = info.remote;
         let bucket = match remote {
             Some(a) => crate::limits::Limits::stranger_bucket(a.ip()),
             None => "stranger:".into(),
@@ -265,11 +260,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let info = caller_info(&request, "Join");
         // Joins come from not yet known parties: bounded per address.
-        let address = info.remote.clone().unwrap_or_default();
-        let address = address
-            .rsplit_once(':')
-            .map(|(ip, _)| ip)
-            .unwrap_or(&address);
+        let address = info.remote.map(|a| a.ip().to_string()).unwrap_or_default();
         self.state
             .limits
             .addresses
