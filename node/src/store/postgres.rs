@@ -156,8 +156,11 @@ impl PostgresStore {
     }
 }
 
-super::sql::impl_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    sqlx::Transaction<'static, sqlx::Postgres>
-);
+// The SQL both backends share, compiled here for this one (see `store::sql`).
+type S = PostgresStore;
+type Db = sqlx::Postgres;
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+// Included by both backends, each with its own `S`, `Db` and `Tx`.
+#[allow(clippy::duplicate_mod)]
+#[path = "sql/backend.rs"]
+mod sql;

@@ -123,4 +123,11 @@ impl SqliteStore {
     }
 }
 
-super::sql::impl_store!(SqliteStore, sqlx::Sqlite, WriteTx);
+// The SQL both backends share, compiled here for this one (see `store::sql`).
+type S = SqliteStore;
+type Db = sqlx::Sqlite;
+type Tx = WriteTx;
+// Included by both backends, each with its own `S`, `Db` and `Tx`.
+#[allow(clippy::duplicate_mod)]
+#[path = "sql/backend.rs"]
+mod sql;
