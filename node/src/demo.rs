@@ -405,49 +405,23 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     );
     let carol = person(CAROL);
     let bob = person(BOB);
-    for to in [
-        crate::domain::ReferralState::Accepted,
-        crate::domain::ReferralState::InProgress,
-    ] {
-        referrals::act(
-            &health.state,
-            &carol,
-            &to_health.referral_id,
-            to,
-            pb::StateChange::default(),
-        )
-        .await?;
-    }
-    let outcome = pb::Outcome {
-        disengagement: pb::Progress::Some as i32,
-        rehabilitation: pb::Progress::Substantial as i32,
+    use crate::domain::referral::{Outcome, Transition};
+    let outcome = Outcome {
+        disengagement: Some(crate::domain::Progress::Some),
+        rehabilitation: Some(crate::domain::Progress::Substantial),
         service_delivered: true,
         note: "Twelve sessions of trauma-focused CBT.".into(),
         ..Default::default()
     };
-    referrals::act(
-        &health.state,
-        &carol,
-        &to_health.referral_id,
-        crate::domain::ReferralState::Completed,
-        pb::StateChange {
-            outcome: Some(outcome),
-            ..Default::default()
-        },
-    )
-    .await?;
-    for to in [
-        crate::domain::ReferralState::Accepted,
-        crate::domain::ReferralState::InProgress,
+    for t in [
+        Transition::Accept,
+        Transition::Start,
+        Transition::Complete { outcome },
     ] {
-        referrals::act(
-            &prison.state,
-            &bob,
-            &to_prison.referral_id,
-            to,
-            pb::StateChange::default(),
-        )
-        .await?;
+        referrals::act(&health.state, &carol, &to_health.referral_id, t).await?;
+    }
+    for t in [Transition::Accept, Transition::Start] {
+        referrals::act(&prison.state, &bob, &to_prison.referral_id, t).await?;
     }
     wait_state(&ngo, &to_health.referral_id, "completed").await?;
     wait_state(&ngo, &to_prison.referral_id, "in_progress").await?;

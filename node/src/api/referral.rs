@@ -2,9 +2,10 @@
 
 use super::authenticate;
 use crate::auth::Principal;
-use crate::domain::referral as rules;
-use crate::domain::{OrgId, ReferralState};
+use crate::domain::referral::Transition;
+use crate::domain::{DeclineReason, FailureReason, OrgId, ReferralState};
 use crate::error::FieldError;
+use crate::protocol::changes;
 use crate::referrals::{self, NewReferral};
 use crate::state::NodeState;
 use crate::store::{ReferralFilter, ReferralRecord};
@@ -28,15 +29,18 @@ impl ReferralApi {
         Ok(referrals::view_after_action(&self.state, p, r).await?)
     }
 
-    async fn act(
+    /// A receiver's state change: the caller is authenticated first, then
+    /// the request read as `(referral_id, transition)` and checked.
+    async fn transition<T>(
         &self,
-        p: &Principal,
-        id: &str,
-        to: ReferralState,
-        change: pb::StateChange,
+        request: Request<T>,
+        read: impl FnOnce(T) -> Result<(String, Transition), FieldError>,
     ) -> Result<pb::Referral, Status> {
-        let r = referrals::act(&self.state, p, id, to, change).await?;
-        self.out(&r, p).await
+        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (id, transition) = read(request.into_inner())?;
+        let transition = transition.checked("text", "outcome")?;
+        let r = referrals::act(&self.state, &p, &id, transition).await?;
+        self.out(&r, &p).await
     }
 }
 
@@ -110,10 +114,8 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::AcceptReferralRequest>,
     ) -> Result<Response<pb::AcceptReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let id = request.into_inner().referral_id;
         let r = self
-            .act(&p, &id, ReferralState::Accepted, pb::StateChange::default())
+            .transition(request, |r| Ok((r.referral_id, Transition::Accept)))
             .await?;
         Ok(Response::new(pb::AcceptReferralResponse {
             referral: Some(r),
@@ -124,21 +126,15 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::DeclineReferralRequest>,
     ) -> Result<Response<pb::DeclineReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let pb::DeclineReferralRequest {
-            referral_id,
-            reason,
-            text,
-        } = request.into_inner();
-        rules::decline_reason("reason", reason)?;
-        rules::reason_text("text", &text)?;
-        let change = pb::StateChange {
-            decline_reason: reason,
-            text,
-            ..Default::default()
-        };
         let r = self
-            .act(&p, &referral_id, ReferralState::Declined, change)
+            .transition(request, |r| {
+                let reason = DeclineReason::from_pb("reason", r.reason)?;
+                let t = Transition::Decline {
+                    reason,
+                    text: r.text,
+                };
+                Ok((r.referral_id, t))
+            })
             .await?;
         Ok(Response::new(pb::DeclineReferralResponse {
             referral: Some(r),
@@ -149,15 +145,8 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::StartReferralRequest>,
     ) -> Result<Response<pb::StartReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let id = request.into_inner().referral_id;
         let r = self
-            .act(
-                &p,
-                &id,
-                ReferralState::InProgress,
-                pb::StateChange::default(),
-            )
+            .transition(request, |r| Ok((r.referral_id, Transition::Start)))
             .await?;
         Ok(Response::new(pb::StartReferralResponse {
             referral: Some(r),
@@ -168,19 +157,10 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::HoldReferralRequest>,
     ) -> Result<Response<pb::HoldReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let pb::HoldReferralRequest { referral_id, text } = request.into_inner();
-        rules::reason_text("text", &text)?;
         let r = self
-            .act(
-                &p,
-                &referral_id,
-                ReferralState::OnHold,
-                pb::StateChange {
-                    text,
-                    ..Default::default()
-                },
-            )
+            .transition(request, |r| {
+                Ok((r.referral_id, Transition::Hold { text: r.text }))
+            })
             .await?;
         Ok(Response::new(pb::HoldReferralResponse {
             referral: Some(r),
@@ -191,18 +171,11 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::CompleteReferralRequest>,
     ) -> Result<Response<pb::CompleteReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let pb::CompleteReferralRequest {
-            referral_id,
-            outcome,
-        } = request.into_inner();
-        let outcome = rules::outcome("outcome", outcome)?;
-        let change = pb::StateChange {
-            outcome: Some(outcome),
-            ..Default::default()
-        };
         let r = self
-            .act(&p, &referral_id, ReferralState::Completed, change)
+            .transition(request, |r| {
+                let outcome = changes::outcome("outcome", r.outcome)?;
+                Ok((r.referral_id, Transition::Complete { outcome }))
+            })
             .await?;
         Ok(Response::new(pb::CompleteReferralResponse {
             referral: Some(r),
@@ -213,21 +186,15 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::FailReferralRequest>,
     ) -> Result<Response<pb::FailReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let pb::FailReferralRequest {
-            referral_id,
-            reason,
-            text,
-        } = request.into_inner();
-        rules::failure_reason("reason", reason)?;
-        rules::reason_text("text", &text)?;
-        let change = pb::StateChange {
-            failure_reason: reason,
-            text,
-            ..Default::default()
-        };
         let r = self
-            .act(&p, &referral_id, ReferralState::Failed, change)
+            .transition(request, |r| {
+                let reason = FailureReason::from_pb("reason", r.reason)?;
+                let t = Transition::Fail {
+                    reason,
+                    text: r.text,
+                };
+                Ok((r.referral_id, t))
+            })
             .await?;
         Ok(Response::new(pb::FailReferralResponse {
             referral: Some(r),

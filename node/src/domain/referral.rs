@@ -159,32 +159,64 @@ impl CaseSummary {
     }
 }
 
-/// Validates an outcome reported on completion.
-pub fn outcome(field: &str, o: Option<pb::Outcome>) -> Result<pb::Outcome, FieldError> {
-    let o = o.ok_or_else(|| FieldError::new(field, "required on completion"))?;
-    for (name, v) in [
-        ("disengagement", o.disengagement),
-        ("deradicalisation", o.deradicalisation),
-        ("reintegration", o.reintegration),
-        ("rehabilitation", o.rehabilitation),
-    ] {
-        Progress::from_pb_optional(&format!("{field}.{name}"), v)?;
+/// What the receiver reports on completion: progress on each of the four
+/// outcomes of exit work (absent where not assessed) and a short note.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub disengagement: Option<Progress>,
+    pub deradicalisation: Option<Progress>,
+    pub reintegration: Option<Progress>,
+    pub rehabilitation: Option<Progress>,
+    pub service_delivered: bool,
+    pub note: String,
+}
+
+/// A state change the receiving organisation makes, with what each one
+/// carries: a reason where the vocabulary has one, a bounded text, the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Accept,
+    Decline { reason: DeclineReason, text: String },
+    Start,
+    Hold { text: String },
+    Complete { outcome: Outcome },
+    Fail { reason: FailureReason, text: String },
+}
+
+impl Transition {
+    /// The state it leads to.
+    pub fn to(&self) -> ReferralState {
+        match self {
+            Transition::Accept => ReferralState::Accepted,
+            Transition::Decline { .. } => ReferralState::Declined,
+            Transition::Start => ReferralState::InProgress,
+            Transition::Hold { .. } => ReferralState::OnHold,
+            Transition::Complete { .. } => ReferralState::Completed,
+            Transition::Fail { .. } => ReferralState::Failed,
+        }
     }
-    bounded_text(&format!("{field}.note"), &o.note, MAX_NOTE_CHARS)?;
-    Ok(o)
+
+    /// Its texts, checked: at most `MAX_NOTE_CHARS` each, named `text_field`
+    /// and `outcome_field.note` as the caller names them.
+    pub fn checked(self, text_field: &str, outcome_field: &str) -> Result<Self, FieldError> {
+        match &self {
+            Transition::Decline { text, .. }
+            | Transition::Hold { text }
+            | Transition::Fail { text, .. } => reason_text(text_field, text)?,
+            Transition::Complete { outcome } => bounded_text(
+                &format!("{outcome_field}.note"),
+                &outcome.note,
+                MAX_NOTE_CHARS,
+            )?,
+            Transition::Accept | Transition::Start => {}
+        }
+        Ok(self)
+    }
 }
 
 /// A decline, failure or hold text.
 pub fn reason_text(field: &str, s: &str) -> Result<(), FieldError> {
     bounded_text(field, s, MAX_NOTE_CHARS)
-}
-
-pub fn decline_reason(field: &str, v: i32) -> Result<DeclineReason, FieldError> {
-    DeclineReason::from_pb(field, v)
-}
-
-pub fn failure_reason(field: &str, v: i32) -> Result<FailureReason, FieldError> {
-    FailureReason::from_pb(field, v)
 }
 
 /// States the receiver may set from `from`.

@@ -9,9 +9,9 @@ pub async fn act(
     state: &NodeState,
     p: &Principal,
     id: &str,
-    to: ReferralState,
-    mut change: pb::StateChange,
+    transition: Transition,
 ) -> Result<ReferralRecord> {
+    let to = transition.to();
     id_check("referral_id", id)?;
     let r = state
         .store
@@ -37,7 +37,7 @@ pub async fn act(
         )));
     }
     let now = state.now_ms();
-    change.state = to.to_pb();
+    let mut change = changes::state_change(&transition);
     change.at = Some(to_timestamp(now));
     change.by_org = state.org_id.to_string();
     let notice = messages::notice_for(

@@ -21,7 +21,7 @@ pub use receipts::*;
 pub use schedule::*;
 pub use view::*;
 
-use crate::protocol::messages;
+use crate::protocol::{changes, messages};
 
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
@@ -29,7 +29,7 @@ use crate::auth::{Principal, Role};
 use crate::domain::code_list;
 use crate::domain::consent::{Consent, OutOfScope};
 use crate::domain::id_check;
-use crate::domain::referral::{self as rules, CaseSummary};
+use crate::domain::referral::{self as rules, CaseSummary, Transition};
 use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};

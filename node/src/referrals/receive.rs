@@ -8,7 +8,7 @@ use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
-use crate::protocol::messages;
+use crate::protocol::{changes, messages};
 use crate::state::NodeState;
 use crate::store::{ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
 use exitnet_proto::pb;
@@ -462,22 +462,12 @@ pub fn status_change(
             "status.change.state: a referral that is {current} cannot become {to}"
         )));
     }
-    match to {
-        ReferralState::Declined => {
-            rules::decline_reason("status.change.decline_reason", change.decline_reason)?;
-        }
-        ReferralState::Failed => {
-            rules::failure_reason("status.change.failure_reason", change.failure_reason)?;
-        }
-        ReferralState::Completed => {
-            change.outcome = Some(rules::outcome(
-                "status.change.outcome",
-                change.outcome.take(),
-            )?);
-        }
-        _ => {}
-    }
-    rules::reason_text("status.change.text", &change.text)?;
+    // Only what the transition carries is kept: a peer cannot put anything
+    // else (a local actor, a text on an acceptance) into our history.
+    let transition = changes::transition("status.change", &change)?;
+    let at = change.at.take();
+    let mut change = changes::state_change(&transition);
+    change.at = at;
     change.by_org = from.org_id.to_string();
     Ok(ReferralChange {
         expected_states: vec![current.as_str().to_owned()],
