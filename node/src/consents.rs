@@ -3,14 +3,13 @@
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
+use crate::domain::CollectionMethod;
 use crate::domain::consent::{Consent, ConsentTerms, subject_ref};
-use crate::domain::{CollectionMethod, bounded_text};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
 use crate::store::Cursor;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use exitnet_proto::pb;
 
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
@@ -23,42 +22,6 @@ pub struct NewConsent {
     pub terms: ConsentTerms,
     pub collection_method: CollectionMethod,
     pub witness: String,
-}
-
-impl NewConsent {
-    pub fn from_pb(r: pb::RecordConsentRequest, now: i64) -> Result<Self, FieldError> {
-        let request_digest = {
-            use prost::Message;
-            ring::digest::digest(&ring::digest::SHA256, &r.encode_to_vec())
-                .as_ref()
-                .to_vec()
-        };
-        let pb::RecordConsentRequest {
-            request_id,
-            subject_ref: subject,
-            terms,
-            collection_method,
-            witness,
-        } = r;
-        crate::domain::request_id_check(&request_id)?;
-        let terms = ConsentTerms::from_pb(
-            terms.ok_or_else(|| FieldError::new("terms", "required"))?,
-            now,
-        )?;
-        let collection_method = CollectionMethod::from_pb("collection_method", collection_method)?;
-        bounded_text("witness", &witness, 200)?;
-        if collection_method == CollectionMethod::VerbalWitnessed && witness.trim().is_empty() {
-            return Err(FieldError::new("witness", "required for a verbal consent"));
-        }
-        Ok(Self {
-            request_id,
-            request_digest,
-            subject_ref: subject_ref("subject_ref", &subject)?,
-            terms,
-            collection_method,
-            witness,
-        })
-    }
 }
 
 /// Who recorded a consent: the person, or the system and the person it acted for.

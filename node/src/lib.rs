@@ -56,6 +56,7 @@ pub mod subject_access;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 pub mod witness;
 
 pub use app::Application;

@@ -147,7 +147,9 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
             })
         })
         .collect();
-    let summary = crate::referrals::open_summary(state, r).await;
+    let summary = crate::referrals::open_summary(state, r)
+        .await
+        .map(|s| s.to_pb());
     Ok(json!({
         "referral_id": r.referral_id,
         "direction": if r.outbound { "outbound" } else { "inbound" },

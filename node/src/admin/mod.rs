@@ -1,11 +1,11 @@
 //! The admin surface, served only on the node's local Unix socket (mode
 //! 0600 in a 0700 data directory): whoever can open it administers the node.
 
-use crate::domain::time::to_timestamp;
 use crate::domain::{OrgId, Peer, PeerAction};
 use crate::error::{Error, FieldError};
 use crate::peering;
 use crate::state::NodeState;
+use crate::wire::time::to_timestamp;
 use anyhow::Context as _;
 use exitnet_proto::pb;
 use std::path::Path;
@@ -245,8 +245,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::AbandonPurgesRequest>,
     ) -> Result<Response<pb::AbandonPurgesResponse>, Status> {
         let id = org("org_id", &request.into_inner().org_id)?;
-        let done = peering::purges::abandon(&self.state, &id).await?;
-        Ok(Response::new(peering::purges::abandoned(done)))
+        let (abandoned, dropped) = peering::purges::abandon(&self.state, &id).await?;
+        Ok(Response::new(pb::AbandonPurgesResponse {
+            abandoned: u32::try_from(abandoned).unwrap_or(u32::MAX),
+            withdrawals_dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn get_peer_policy(
@@ -354,12 +357,13 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::ExportAuditRecordsRequest>,
     ) -> Result<Response<pb::ExportAuditRecordsResponse>, Status> {
         let req = request.into_inner().query.unwrap_or_default();
-        let page = crate::audit::list(&self.state, &req).await?;
-        if req.page_token.is_empty() {
+        let query = crate::audit::AuditQuery::try_from(&req)?;
+        let page = crate::audit::list(&self.state, &query).await?;
+        if query.after_seq == 0 {
             self.audited("audit.export", "audit", "").await;
         }
         Ok(Response::new(pb::ExportAuditRecordsResponse {
-            page: Some(page),
+            page: Some(page.into()),
         }))
     }
 
@@ -437,7 +441,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             return Err(Error::from(FieldError::new("receipt", "too large")).into());
         }
         Ok(Response::new(
-            crate::audit::verify_receipt(&self.state, &r).await?,
+            crate::protocol::receipts::verify_receipt(&self.state, &r).await?,
         ))
     }
 

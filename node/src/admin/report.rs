@@ -4,10 +4,10 @@
 //! reference.
 
 use crate::domain::OrgId;
-use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::error::Result;
 use crate::state::NodeState;
 use crate::store::{ListScope, ReferralFilter, ReferralRecord};
+use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
 use prost::Message;
 use std::collections::BTreeMap;

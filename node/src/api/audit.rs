@@ -35,11 +35,11 @@ impl pb::audit_service_server::AuditService for AuditApi {
             )),
         };
         crate::audit::guard(&self.state, entry, allowed).await?;
-        let req = request.into_inner();
-        let page = crate::audit::list(&self.state, &req).await?;
-        if req.page_token.is_empty() {
+        let query = crate::audit::AuditQuery::try_from(request.get_ref())?;
+        let page = crate::audit::list(&self.state, &query).await?;
+        if query.after_seq == 0 {
             crate::audit::record(&self.state, &[entry()]).await;
         }
-        Ok(Response::new(page))
+        Ok(Response::new(page.into()))
     }
 }

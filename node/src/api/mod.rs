@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 pub mod audit;
 pub mod consent;
 pub mod referral;
+pub mod requests;
+pub mod views;
 
 /// The caller of a client API request, or a refusal (recorded, without the token).
 pub async fn authenticate<T>(

@@ -26,7 +26,9 @@ impl ReferralApi {
 
     /// The referral the caller has just acted on.
     async fn out(&self, r: &ReferralRecord, p: &Principal) -> Result<pb::Referral, Status> {
-        Ok(referrals::view_after_action(&self.state, p, r).await?)
+        Ok(referrals::view_after_action(&self.state, p, r)
+            .await?
+            .try_into()?)
     }
 
     /// A receiver's state change: the caller is authenticated first, then
@@ -54,7 +56,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         let new = NewReferral::from_pb(request.into_inner())?;
         let referral = referrals::create_and_view(&self.state, &p, new).await?;
         Ok(Response::new(pb::CreateReferralResponse {
-            referral: Some(referral),
+            referral: Some(referral.try_into()?),
         }))
     }
 
@@ -65,7 +67,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         let (p, _permit) = authenticate(&self.state, &request).await?;
         let (r, view) = referrals::get(&self.state, &p, &request.into_inner().referral_id).await?;
         Ok(Response::new(pb::GetReferralResponse {
-            referral: Some(referrals::view(&self.state, &r, view).await?),
+            referral: Some(referrals::view(&self.state, &r, view).await?.try_into()?),
         }))
     }
 
@@ -102,7 +104,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         let page = referrals::list(&self.state, &p, filter, page_size, &page_token).await?;
         let mut out = Vec::with_capacity(page.referrals.len());
         for (r, view) in &page.referrals {
-            out.push(referrals::view(&self.state, r, *view).await?);
+            out.push(referrals::view(&self.state, r, *view).await?.try_into()?);
         }
         Ok(Response::new(pb::ListReferralsResponse {
             referrals: out,
@@ -252,7 +254,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
             if let Ok(page) = referrals::list(&state, &p, ReferralFilter::default(), 500, "").await
             {
                 for (r, view) in &page.referrals {
-                    let Ok(v) = referrals::view(&state, r, *view).await else {
+                    let Ok(v) = view_of(&state, r, *view).await else {
                         continue;
                     };
                     if tx
@@ -290,7 +292,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                 let Ok(Some((r, view))) = referrals::get_if_visible(&state, &p, &id).await else {
                     continue;
                 };
-                let Ok(v) = referrals::view(&state, &r, view).await else {
+                let Ok(v) = view_of(&state, &r, view).await else {
                     continue;
                 };
                 if tx
@@ -306,4 +308,13 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// A referral as the wire shows it to a caller with `view`.
+async fn view_of(
+    state: &NodeState,
+    r: &ReferralRecord,
+    view: crate::access::View,
+) -> Result<pb::Referral, crate::error::Error> {
+    referrals::view(state, r, view).await?.try_into()
 }

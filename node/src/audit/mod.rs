@@ -56,182 +56,27 @@ pub async fn guard<T>(
     r
 }
 
+pub use crate::domain::audit::{AuditPage, AuditQuery};
+
 /// One page of the trail for `ListAuditRecords` (client API and admin socket).
 pub async fn list(
     state: &crate::state::NodeState,
-    req: &exitnet_proto::pb::ListAuditRecordsRequest,
-) -> crate::error::Result<exitnet_proto::pb::ListAuditRecordsResponse> {
-    use crate::error::FieldError;
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let size = match req.page_size {
-        0 => 100,
-        n if n <= 1000 => i64::from(n),
-        _ => return Err(FieldError::new("page_size", "at most 1000").into()),
-    };
-    let after = if req.page_token.is_empty() {
-        0
+    q: &AuditQuery,
+) -> crate::error::Result<AuditPage> {
+    let mut records = state
+        .store
+        .list_audit(&q.filter, q.after_seq, q.size + 1)
+        .await?;
+    let next_after_seq = if records.len() as i64 > q.size {
+        records.truncate(q.size as usize);
+        records.last().map(|r| r.seq)
     } else {
-        let bad = || FieldError::new("page_token", "not a token from a previous response");
-        let raw = URL_SAFE_NO_PAD.decode(&req.page_token).map_err(|_| bad())?;
-        String::from_utf8(raw)
-            .ok()
-            .and_then(|s| s.strip_prefix("a:").and_then(|n| n.parse::<i64>().ok()))
-            .filter(|n| *n >= 0)
-            .ok_or_else(bad)?
+        None
     };
-    let text = |field: &str, v: &str| -> crate::error::Result<Option<String>> {
-        if v.len() > 200 || v.chars().any(char::is_control) {
-            return Err(FieldError::new(field, "at most 200 printable characters").into());
-        }
-        Ok(Some(v.to_owned()).filter(|s| !s.is_empty()))
-    };
-    let filter = AuditFilter {
-        since_ms: req
-            .since
-            .as_ref()
-            .map(|t| crate::domain::time::checked_timestamp("since", t))
-            .transpose()?,
-        until_ms: req
-            .until
-            .as_ref()
-            .map(|t| crate::domain::time::checked_timestamp("until", t))
-            .transpose()?,
-        actor: text("actor", &req.actor)?,
-        action: text("action", &req.action)?,
-        object_id: text("object_id", &req.object_id)?,
-    };
-    if let (Some(s), Some(u)) = (filter.since_ms, filter.until_ms)
-        && u < s
-    {
-        return Err(FieldError::new("until", "must not be before since").into());
-    }
-    let mut rows = state.store.list_audit(&filter, after, size + 1).await?;
-    let next_page_token = if rows.len() as i64 > size {
-        rows.truncate(size as usize);
-        rows.last()
-            .map(|r| URL_SAFE_NO_PAD.encode(format!("a:{}", r.seq)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok(exitnet_proto::pb::ListAuditRecordsResponse {
-        records: rows.iter().map(to_pb).collect(),
-        next_page_token,
+    Ok(AuditPage {
+        records,
+        next_after_seq,
     })
-}
-
-/// Checks an exported receipt against the issuer's pinned keys (or ours).
-pub async fn verify_receipt(
-    state: &crate::state::NodeState,
-    r: &exitnet_proto::pb::ExportedReceipt,
-) -> crate::error::Result<exitnet_proto::pb::VerifyReceiptResponse> {
-    use exitnet_proto::pb;
-    use prost::Message;
-    let mut out = pb::VerifyReceiptResponse::default();
-    let Ok(receipt) = pb::Receipt::decode(r.payload.as_slice()) else {
-        out.reason = "the payload is not a receipt".into();
-        return Ok(out);
-    };
-    out.kind = pb::ReceiptKind::try_from(receipt.kind)
-        .map(|k| k.as_str_name().to_owned())
-        .unwrap_or_default();
-    out.message_id = receipt.message_id.clone();
-    out.referral_id = receipt.referral_id.clone();
-    out.sender_org = receipt.sender_org.clone();
-    out.receiver_org = receipt.receiver_org.clone();
-    out.at = receipt.at;
-    out.key_fingerprint = receipt.key_fingerprint.clone();
-    out.purge_outcome = match receipt.purge_outcome() {
-        pb::PurgeOutcome::Purged => "purged",
-        pb::PurgeOutcome::NothingHeld => "nothing_held",
-        pb::PurgeOutcome::Unspecified => "",
-    }
-    .into();
-    if receipt.receiver_org != r.issued_by {
-        out.reason = format!(
-            "issued_by {} but the receipt names {} as its issuer",
-            r.issued_by, receipt.receiver_org
-        );
-        return Ok(out);
-    }
-    let at = receipt
-        .at
-        .as_ref()
-        .map(crate::domain::time::from_timestamp)
-        .unwrap_or(0);
-    let keys: Vec<Vec<u8>> = if r.issued_by == state.org_id.as_str() {
-        own_keys::own_key(state, &receipt.key_fingerprint)
-            .await?
-            .into_iter()
-            .collect()
-    } else {
-        let Ok(org) = crate::domain::OrgId::parse("issued_by", &r.issued_by) else {
-            out.reason = "issued_by is not an organisation ID".into();
-            return Ok(out);
-        };
-        // Keys valid when the receipt was signed (a retired key still counts).
-        state
-            .store
-            .peer_keys(&org, at.min(state.now_ms()))
-            .await?
-            .into_iter()
-            .filter(|k| k.fingerprint == receipt.key_fingerprint)
-            .map(|k| k.spki_der)
-            .collect()
-    };
-    if keys.is_empty() {
-        out.reason = format!(
-            "no key {} is pinned for {}",
-            receipt.key_fingerprint, r.issued_by
-        );
-        return Ok(out);
-    }
-    if let Some(proof) = &r.batch
-        && let Err(why) = crate::batch_sign::root_of(&r.payload, proof)
-    {
-        out.reason = format!("the batch proof does not hold: {why}");
-        return Ok(out);
-    }
-    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    // Receipts kept from before signatures carried their context still verify.
-    if !crate::batch_sign::verify_stored(
-        crate::batch_sign::RECEIPTS,
-        &keys,
-        &r.payload,
-        &r.signature,
-        r.batch.as_ref(),
-    ) {
-        out.reason = if r.batch.is_some() {
-            "the batch signature does not verify with the issuer's key".into()
-        } else {
-            "the signature does not verify with the issuer's key".into()
-        };
-        return Ok(out);
-    }
-    out.valid = true;
-    Ok(out)
-}
-
-/// Converts a stored record for the API.
-pub fn to_pb(r: &AuditRecord) -> exitnet_proto::pb::AuditRecord {
-    let e = &r.entry;
-    exitnet_proto::pb::AuditRecord {
-        seq: r.seq as u64,
-        at: Some(crate::domain::time::to_timestamp(e.at_ms)),
-        actor_kind: e.actor_kind.clone(),
-        actor: e.actor.clone(),
-        role: e.role.clone(),
-        on_behalf_of: e.on_behalf_of.clone(),
-        action: e.action.clone(),
-        object_type: e.object_type.clone(),
-        object_id: e.object_id.clone(),
-        consent_id: e.consent_id.clone(),
-        peer_org: e.peer_org.clone(),
-        result: e.result.clone(),
-        prev_hash: r.prev_hash.clone(),
-        hash: r.hash.clone(),
-    }
 }
 
 #[cfg(test)]

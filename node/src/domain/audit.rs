@@ -141,3 +141,19 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub object_id: Option<String>,
 }
+/// Which page of the trail a caller asks for: the filter, how many, after
+/// which sequence number (0: from the start).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub filter: AuditFilter,
+    pub size: i64,
+    pub after_seq: i64,
+}
+
+/// One page of the trail, and the sequence number the next one starts
+/// after (`None`: this was the last).
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    pub next_after_seq: Option<i64>,
+}

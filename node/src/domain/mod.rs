@@ -1,5 +1,6 @@
 //! Validated domain types. A value of these types is valid by construction;
-//! wire types are converted at the edge (`from_pb`/`to_pb`).
+//! wire types are converted to and from them in `wire`, which this module
+//! does not know (the code lists alone carry their wire numbers).
 
 pub mod audit;
 mod codes;
@@ -7,6 +8,7 @@ pub mod consent;
 mod ids;
 pub mod org;
 mod peer;
+pub mod policy;
 pub mod referral;
 pub mod time;
 

@@ -1,9 +1,7 @@
 //! Organisations and the profile they show their peers.
 
 use super::codes::{NeedArea, Sector, Service, Setting};
-use super::time::{from_timestamp, to_timestamp};
 use crate::error::FieldError;
-use exitnet_proto::pb;
 
 /// An organisation ID: 3 to 63 characters of `a-z`, `0-9` and `-`, starting
 /// with a letter or digit. It names a node in the network and in audit records.
@@ -45,7 +43,7 @@ impl std::fmt::Display for OrgId {
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_LANGUAGES: usize = 16;
 pub const MAX_LANGUAGE_CHARS: usize = 35;
-const MAX_LIST: usize = 64;
+pub(crate) const MAX_LIST: usize = 64;
 
 /// What an organisation tells its peers about itself. Public to approved
 /// peers; nothing in it concerns a client.
@@ -77,7 +75,7 @@ pub fn bounded_text(field: &str, s: &str, max_chars: usize) -> Result<(), FieldE
     Ok(())
 }
 
-fn language_tag(field: &str, s: &str) -> Result<String, FieldError> {
+pub(crate) fn language_tag(field: &str, s: &str) -> Result<String, FieldError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_LANGUAGE_CHARS
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -88,89 +86,13 @@ fn language_tag(field: &str, s: &str) -> Result<String, FieldError> {
     }
 }
 
-fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+pub(crate) fn dedup_sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v.dedup();
     v
 }
 
 impl OrgProfile {
-    /// Validates a profile received from a peer or the admin API.
-    pub fn from_pb(p: pb::OrgProfile) -> Result<Self, FieldError> {
-        let pb::OrgProfile {
-            org_id,
-            name,
-            sector,
-            need_areas,
-            services,
-            languages,
-            settings,
-            accepting_referrals,
-            updated_at,
-        } = p;
-        let org_id = OrgId::parse("org_id", &org_id)?;
-        org_name_check(&name)?;
-        for (field, len) in [
-            ("need_areas", need_areas.len()),
-            ("services", services.len()),
-            ("settings", settings.len()),
-        ] {
-            if len > MAX_LIST {
-                return Err(FieldError::new(
-                    field,
-                    format!("at most {MAX_LIST} entries"),
-                ));
-            }
-        }
-        if languages.len() > MAX_LANGUAGES {
-            return Err(FieldError::new(
-                "languages",
-                format!("at most {MAX_LANGUAGES} entries"),
-            ));
-        }
-        let need_areas = need_areas
-            .into_iter()
-            .map(|v| NeedArea::from_pb("need_areas", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        let services = services
-            .into_iter()
-            .map(|v| Service::from_pb("services", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        let settings = settings
-            .into_iter()
-            .map(|v| Setting::from_pb("settings", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        let languages = languages
-            .iter()
-            .map(|l| language_tag("languages", l))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            org_id,
-            name,
-            sector: Sector::from_pb_optional("sector", sector)?,
-            need_areas: dedup_sorted(need_areas),
-            services: dedup_sorted(services),
-            languages: dedup_sorted(languages),
-            settings: dedup_sorted(settings),
-            accepting_referrals,
-            updated_at_ms: updated_at.as_ref().map(from_timestamp).unwrap_or(0),
-        })
-    }
-
-    pub fn to_pb(&self) -> pb::OrgProfile {
-        pb::OrgProfile {
-            org_id: self.org_id.to_string(),
-            name: self.name.clone(),
-            sector: self.sector.map(Sector::to_pb).unwrap_or(0),
-            need_areas: self.need_areas.iter().map(|v| v.to_pb()).collect(),
-            services: self.services.iter().map(|v| v.to_pb()).collect(),
-            languages: self.languages.clone(),
-            settings: self.settings.iter().map(|v| v.to_pb()).collect(),
-            accepting_referrals: self.accepting_referrals,
-            updated_at: Some(to_timestamp(self.updated_at_ms)),
-        }
-    }
-
     /// Whether the organisation offers a need area, directly or by a service in it.
     pub fn offers_need_area(&self, area: NeedArea) -> bool {
         self.need_areas.contains(&area) || self.services.iter().any(|s| s.need_area() == area)
@@ -212,33 +134,5 @@ mod tests {
         for bad in ["ab", "-abc", "ABC", "a b c", "ngo_exit", &"a".repeat(64)] {
             assert_eq!(OrgId::parse("org.id", bad).unwrap_err().field, "org.id");
         }
-    }
-
-    #[test]
-    fn profile_validation_names_the_field() {
-        let base = pb::OrgProfile {
-            org_id: "ngo-a".into(),
-            name: "Exit NGO".into(),
-            ..Default::default()
-        };
-        assert!(OrgProfile::from_pb(base.clone()).is_ok());
-        let e = OrgProfile::from_pb(pb::OrgProfile {
-            name: "x".repeat(201),
-            ..base.clone()
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "name");
-        let e = OrgProfile::from_pb(pb::OrgProfile {
-            services: vec![9999],
-            ..base.clone()
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "services");
-        let e = OrgProfile::from_pb(pb::OrgProfile {
-            languages: vec!["en\n".into()],
-            ..base
-        })
-        .unwrap_err();
-        assert_eq!(e.field, "languages");
     }
 }

@@ -2,8 +2,7 @@
 //! rules for changing its state.
 
 use super::org::{OrgId, OrgProfile};
-use crate::error::{Error, FieldError};
-use exitnet_proto::pb;
+use crate::error::Error;
 
 /// This side's view of a peering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,30 +35,6 @@ impl PeerState {
             "rejected" => PeerState::Rejected,
             _ => return None,
         })
-    }
-
-    pub fn to_pb(self) -> pb::PeerState {
-        match self {
-            PeerState::Pending => pb::PeerState::Pending,
-            PeerState::Active => pb::PeerState::Active,
-            PeerState::Suspended => pb::PeerState::Suspended,
-            PeerState::Revoked => pb::PeerState::Revoked,
-            PeerState::Rejected => pb::PeerState::Rejected,
-        }
-    }
-
-    pub fn from_pb(field: &str, v: i32) -> Result<Self, FieldError> {
-        match pb::PeerState::try_from(v) {
-            Ok(pb::PeerState::Pending) => Ok(PeerState::Pending),
-            Ok(pb::PeerState::Active) => Ok(PeerState::Active),
-            Ok(pb::PeerState::Suspended) => Ok(PeerState::Suspended),
-            Ok(pb::PeerState::Revoked) => Ok(PeerState::Revoked),
-            Ok(pb::PeerState::Rejected) => Ok(PeerState::Rejected),
-            _ => Err(FieldError::new(
-                field,
-                format!("unknown or unspecified value {v}"),
-            )),
-        }
     }
 
     /// Revoked and rejected peerings never come back.
@@ -109,20 +84,6 @@ pub enum PeerAction {
 }
 
 impl PeerAction {
-    pub fn from_pb(field: &str, v: i32) -> Result<Self, FieldError> {
-        match pb::PeerAction::try_from(v) {
-            Ok(pb::PeerAction::Approve) => Ok(PeerAction::Approve),
-            Ok(pb::PeerAction::Reject) => Ok(PeerAction::Reject),
-            Ok(pb::PeerAction::Suspend) => Ok(PeerAction::Suspend),
-            Ok(pb::PeerAction::Resume) => Ok(PeerAction::Resume),
-            Ok(pb::PeerAction::Revoke) => Ok(PeerAction::Revoke),
-            _ => Err(FieldError::new(
-                field,
-                format!("unknown or unspecified value {v}"),
-            )),
-        }
-    }
-
     /// The state an action leads to from `current`, or why it may not be taken.
     pub fn apply(self, current: PeerState, awaiting: Awaiting) -> Result<PeerState, Error> {
         use PeerAction::*;

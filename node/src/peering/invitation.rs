@@ -2,10 +2,10 @@
 //! inviter's key signs the payload, and the payload names the key's
 //! fingerprint, so no part of a code can be altered without detection.
 
-use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::domain::{OrgId, endpoint_check};
 use crate::error::FieldError;
 use crate::identity::{NodeKey, context, fingerprint_spki, verify_in};
+use crate::wire::time::{from_timestamp, to_timestamp};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use exitnet_proto::pb;

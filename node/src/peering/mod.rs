@@ -8,7 +8,6 @@ pub mod purges;
 pub mod quotas;
 
 use crate::crypto::sha256;
-use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, fingerprint_spki, hex, verify_in};
@@ -16,6 +15,7 @@ use crate::state::NodeState;
 use crate::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent,
 };
+use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
 use prost::Message;
 

@@ -7,7 +7,6 @@ use crate::audit::AuditEntry;
 use crate::domain::OrgId;
 use crate::error::{Error, Result};
 use crate::state::NodeState;
-use exitnet_proto::pb;
 
 /// Referrals sent to `org` whose purge receipt has not come.
 pub async fn pending_at(state: &NodeState, org: &OrgId) -> Result<i64> {
@@ -83,12 +82,4 @@ pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
         .await?;
     tracing::warn!(peer = %org, referrals = done.0, withdrawals = done.1, "pending purges abandoned by the administrator");
     Ok(done)
-}
-
-/// The admin API's answer.
-pub fn abandoned(done: (u64, u64)) -> pb::AbandonPurgesResponse {
-    pb::AbandonPurgesResponse {
-        abandoned: u32::try_from(done.0).unwrap_or(u32::MAX),
-        withdrawals_dropped: u32::try_from(done.1).unwrap_or(u32::MAX),
-    }
 }

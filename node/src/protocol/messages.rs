@@ -3,10 +3,10 @@
 //! the message names its sender, its recipient and its ID, so it cannot be
 //! replayed to another node, and a receiver remembers the IDs it has seen.
 
-use crate::domain::time::to_timestamp;
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
 use crate::store::{NewNotice, ReceiptRecord};
+use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
 
@@ -227,7 +227,7 @@ pub fn verify_receipt(
         at_ms: r
             .at
             .as_ref()
-            .map(crate::domain::time::from_timestamp)
+            .map(crate::wire::time::from_timestamp)
             .unwrap_or_else(|| state.now_ms()),
     };
     Ok((r, record))
@@ -294,7 +294,7 @@ pub fn open_signed(
     let sent = msg
         .sent_at
         .as_ref()
-        .map(crate::domain::time::from_timestamp)
+        .map(crate::wire::time::from_timestamp)
         .ok_or_else(|| FieldError::new("message.sent_at", "required"))?;
     // Clocks differ; a message from more than an hour in the future is wrong.
     if sent > state.now_ms() + 3600 * 1000 {

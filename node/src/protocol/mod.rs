@@ -6,3 +6,4 @@
 
 pub mod changes;
 pub mod messages;
+pub mod receipts;

@@ -15,10 +15,10 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::ReferralState;
-use crate::domain::time::from_timestamp;
 use crate::error::Result;
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
+use crate::wire::time::from_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
 

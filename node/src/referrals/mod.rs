@@ -26,17 +26,16 @@ use crate::protocol::{changes, messages};
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
-use crate::domain::code_list;
 use crate::domain::consent::{Consent, OutOfScope};
 use crate::domain::id_check;
 use crate::domain::referral::{self as rules, CaseSummary, Transition};
-use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
 use crate::store::{
     AcceptedReceipt, ReferralChange, ReferralEvent, ReferralFilter, ReferralRecord,
 };
+use crate::wire::time::to_timestamp;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use exitnet_proto::pb;
@@ -53,49 +52,8 @@ pub struct NewReferral {
     pub summary: CaseSummary,
 }
 
-impl NewReferral {
-    pub fn from_pb(r: pb::CreateReferralRequest) -> Result<Self, FieldError> {
-        let request_digest = crate::crypto::sha256(&r.encode_to_vec());
-        let pb::CreateReferralRequest {
-            request_id,
-            consent_id,
-            recipient_org,
-            need_areas,
-            services,
-            urgency,
-            summary,
-        } = r;
-        crate::domain::request_id_check(&request_id)?;
-        id_check("consent_id", &consent_id)?;
-        let need_areas = code_list("need_areas", need_areas, NeedArea::from_pb)?;
-        if need_areas.is_empty() {
-            return Err(FieldError::new("need_areas", "at least one need area"));
-        }
-        Ok(Self {
-            request_id,
-            request_digest,
-            consent_id,
-            recipient: OrgId::parse("recipient_org", &recipient_org)?,
-            need_areas,
-            services: code_list("services", services, Service::from_pb)?,
-            urgency: Urgency::from_pb("urgency", urgency)?,
-            summary: CaseSummary::from_pb(
-                "summary",
-                summary.ok_or_else(|| FieldError::new("summary", "required"))?,
-            )?,
-        })
-    }
-}
-
 fn join<T: Copy>(v: &[T], name: impl Fn(T) -> &'static str) -> String {
     v.iter().map(|x| name(*x)).collect::<Vec<_>>().join(",")
-}
-
-fn split<T>(s: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .filter_map(parse)
-        .collect()
 }
 
 /// Everything the consent and this node's rules say about sending `new`.
@@ -174,14 +132,14 @@ async fn seal_summary_with(
 }
 
 /// The summary, if it is still held and its data key still exists.
-pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<pb::CaseSummary> {
+pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<CaseSummary> {
     let sealed = r.summary.as_ref()?;
     let wrapped = state.store.find_data_key(&r.key_id).await.ok()??;
     let plain = state
         .master_key
         .open(&r.key_id, &wrapped, &r.referral_id, sealed)
         .ok()?;
-    pb::CaseSummary::decode(plain.as_slice()).ok()
+    crate::wire::referral::summary_from_stored(&plain)
 }
 
 /// Who a principal is, as a referral's history records it locally.
@@ -214,14 +172,14 @@ pub async fn create_and_view(
     state: &NodeState,
     p: &Principal,
     new: NewReferral,
-) -> Result<pb::Referral> {
-    let summary = new.summary.to_pb();
+) -> Result<ReferralView> {
+    let summary = new.summary.clone();
     let (r, fresh) = create_record(state, p, new).await?;
     match fresh {
         Some(ev) => {
             let entry = || audit_entry(state, p, "referral.read", &r);
             let v = audit::guard(state, entry, read_access(p, &r)).await?;
-            assemble(&r, v, &[ev], Some(summary))
+            Ok(assemble(r, v, vec![ev], Some(summary)))
         }
         // A repeated request: the referral as it is now.
         None => view_after_action(state, p, &r).await,

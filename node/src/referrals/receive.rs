@@ -5,12 +5,12 @@
 use crate::audit::AuditEntry;
 use crate::domain::consent::{ConsentTerms, OutOfScope};
 use crate::domain::referral::{self as rules, CaseSummary};
-use crate::domain::time::to_timestamp;
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
 use crate::protocol::{changes, messages};
 use crate::state::NodeState;
 use crate::store::{ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
+use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
 

@@ -23,7 +23,7 @@ pub async fn view_after_action(
     state: &NodeState,
     p: &Principal,
     r: &ReferralRecord,
-) -> Result<pb::Referral> {
+) -> Result<ReferralView> {
     let entry = || audit_entry(state, p, "referral.read", r);
     let v = audit::guard(state, entry, read_access(p, r)).await?;
     view(state, r, v).await
@@ -98,8 +98,19 @@ pub(super) fn write_access(p: &Principal, r: &ReferralRecord) -> Result<()> {
     access::write(p, &r.owner, r.team.as_deref())
 }
 
-/// The wire view of a referral.
-pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::Referral> {
+/// A referral as one caller may see it: the record, how much of it, its
+/// history and (in full) its summary. The client API shows it as its wire
+/// `Referral`; the view decides what is left out.
+#[derive(Debug, Clone)]
+pub struct ReferralView {
+    pub record: ReferralRecord,
+    pub view: View,
+    pub history: Vec<ReferralEvent>,
+    pub summary: Option<CaseSummary>,
+}
+
+/// A referral as the caller may see it (`v` from `get` or `list`).
+pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<ReferralView> {
     let history = match v {
         View::Full => content::history(state, r).await?,
         View::MetadataOnly => state.store.referral_history(&r.referral_id).await?,
@@ -108,75 +119,26 @@ pub async fn view(state: &NodeState, r: &ReferralRecord, v: View) -> Result<pb::
         View::Full => open_summary(state, r).await,
         View::MetadataOnly => None,
     };
-    assemble(r, v, &history, summary)
+    Ok(assemble(r.clone(), v, history, summary))
 }
 
-/// The wire view from a referral's parts.
+/// The view from a referral's parts; nothing of the summary without `Full`.
 pub(super) fn assemble(
-    r: &ReferralRecord,
-    v: View,
-    history: &[ReferralEvent],
-    summary: Option<pb::CaseSummary>,
-) -> Result<pb::Referral> {
-    let summary = match v {
+    record: ReferralRecord,
+    view: View,
+    history: Vec<ReferralEvent>,
+    summary: Option<CaseSummary>,
+) -> ReferralView {
+    let summary = match view {
         View::Full => summary,
         View::MetadataOnly => None,
     };
-    let history = history
-        .iter()
-        .map(|e| {
-            let mut c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
-            c.by_org = e.by_org.clone();
-            c.at = Some(to_timestamp(e.at_ms));
-            c.actor = e.actor.clone();
-            if v == View::MetadataOnly {
-                c.text.clear();
-                if let Some(o) = &mut c.outcome {
-                    o.note.clear();
-                }
-            }
-            c
-        })
-        .collect();
-    let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
-    Ok(pb::Referral {
-        referral_id: r.referral_id.clone(),
-        direction: if r.outbound {
-            pb::Direction::Outbound
-        } else {
-            pb::Direction::Inbound
-        } as i32,
-        peer_org: r.peer_org.to_string(),
-        consent_id: r.consent_id.clone().unwrap_or_default(),
-        subject_pseudonym: if r.outbound || v == View::MetadataOnly {
-            String::new()
-        } else {
-            r.pseudonym.clone()
-        },
-        need_areas: split(&r.need_areas, NeedArea::parse)
-            .into_iter()
-            .map(|x| x.to_pb())
-            .collect(),
-        services: split(&r.services, Service::parse)
-            .into_iter()
-            .map(|x| x.to_pb())
-            .collect(),
-        urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
-        summary,
-        state: r.current_state()?.to_pb(),
+    ReferralView {
+        record,
+        view,
         history,
-        purge_status: match r.purge_status.as_str() {
-            "pending" => pb::PurgeStatus::Pending,
-            "done" => pb::PurgeStatus::Done,
-            "abandoned" => pb::PurgeStatus::Abandoned,
-            _ => pb::PurgeStatus::None,
-        } as i32,
-        purged_at: r.purged_at_ms.map(to_timestamp),
-        terms,
-        owner: r.owner.clone(),
-        created_at: Some(to_timestamp(r.created_at_ms)),
-        updated_at: Some(to_timestamp(r.updated_at_ms)),
-    })
+        summary,
+    }
 }
 
 pub struct Page {

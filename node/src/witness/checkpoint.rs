@@ -5,11 +5,11 @@
 
 use crate::crypto::sha256;
 use crate::domain::OrgId;
-use crate::domain::time::{from_timestamp, to_timestamp};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, verify_stored};
 use crate::state::NodeState;
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
+use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
 use prost::Message;
 

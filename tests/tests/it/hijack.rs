@@ -3,9 +3,10 @@
 //! the administrators' verification codes match, and a thief of an old key
 //! who announces a key rotation of his own.
 
-use exitnet_node::domain::time::{now_ms, to_timestamp};
+use exitnet_node::domain::time::now_ms;
 use exitnet_node::identity::{NodeKey, context};
 use exitnet_node::peering::{VERIFICATION_WORDS, verification_code, verification_word_list};
+use exitnet_node::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, wait_until};
 use prost::Message;

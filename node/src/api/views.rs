@@ -1,0 +1,80 @@
+//! What the services hand back, as the client API shows it.
+
+use crate::access::View;
+use crate::domain::{NeedArea, Service, Urgency};
+use crate::error::Error;
+use crate::referrals::ReferralView;
+use crate::wire::time::to_timestamp;
+use exitnet_proto::pb;
+use prost::Message;
+
+fn codes<T>(s: &str, parse: impl Fn(&str) -> Option<T>, to_pb: impl Fn(T) -> i32) -> Vec<i32> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .filter_map(parse)
+        .map(to_pb)
+        .collect()
+}
+
+impl TryFrom<ReferralView> for pb::Referral {
+    type Error = Error;
+
+    fn try_from(v: ReferralView) -> Result<Self, Error> {
+        let ReferralView {
+            record: r,
+            view,
+            history,
+            summary,
+        } = v;
+        let metadata_only = view == View::MetadataOnly;
+        let history = history
+            .iter()
+            .map(|e| {
+                let mut c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
+                c.by_org = e.by_org.clone();
+                c.at = Some(to_timestamp(e.at_ms));
+                c.actor = e.actor.clone();
+                if metadata_only {
+                    c.text.clear();
+                    if let Some(o) = &mut c.outcome {
+                        o.note.clear();
+                    }
+                }
+                c
+            })
+            .collect();
+        let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
+        Ok(pb::Referral {
+            referral_id: r.referral_id.clone(),
+            direction: if r.outbound {
+                pb::Direction::Outbound
+            } else {
+                pb::Direction::Inbound
+            } as i32,
+            peer_org: r.peer_org.to_string(),
+            consent_id: r.consent_id.clone().unwrap_or_default(),
+            subject_pseudonym: if r.outbound || metadata_only {
+                String::new()
+            } else {
+                r.pseudonym.clone()
+            },
+            need_areas: codes(&r.need_areas, NeedArea::parse, NeedArea::to_pb),
+            services: codes(&r.services, Service::parse, Service::to_pb),
+            urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
+            summary: summary.filter(|_| !metadata_only).map(|s| s.to_pb()),
+            state: r.current_state()?.to_pb(),
+            history,
+            purge_status: match r.purge_status.as_str() {
+                "pending" => pb::PurgeStatus::Pending,
+                "done" => pb::PurgeStatus::Done,
+                "abandoned" => pb::PurgeStatus::Abandoned,
+                _ => pb::PurgeStatus::None,
+            } as i32,
+            purged_at: r.purged_at_ms.map(to_timestamp),
+            terms,
+            owner: r.owner.clone(),
+            created_at: Some(to_timestamp(r.created_at_ms)),
+            updated_at: Some(to_timestamp(r.updated_at_ms)),
+        })
+    }
+}
