@@ -287,7 +287,7 @@ pub(super) fn refused_for_good(status: &tonic::Status) -> bool {
     match status.code() {
         InvalidArgument | FailedPrecondition | NotFound | AlreadyExists | OutOfRange => true,
         // About the peering (e.g. suspended), which may resume.
-        PermissionDenied => !crate::error::refused_by_peering(status),
+        PermissionDenied => !crate::transport::status::refused_by_peering(status),
         _ => false,
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod closer;
+pub mod status;
 
 /// Largest message a peer may send or receive.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
