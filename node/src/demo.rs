@@ -160,7 +160,7 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
 }
 
 fn state_of(r: &crate::store::ReferralRecord) -> String {
-    r.state.replace('_', " ")
+    r.state.as_str().replace('_', " ")
 }
 
 async fn wait_state(
@@ -174,7 +174,7 @@ async fn wait_state(
             .store
             .get_referral(id)
             .await?
-            .filter(|r| r.state == want))
+            .filter(|r| r.state.as_str() == want))
     })
     .await
 }
@@ -440,10 +440,14 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         let history = crate::referrals::content::history(&ngo.state, &r).await?;
         let steps: Vec<String> = history
             .iter()
-            .map(|e| format!("{} ({})", e.state.replace('_', " "), e.by_org))
+            .map(|e| format!("{} ({})", e.state.as_str().replace('_', " "), e.by_org))
             .collect();
         println!("  {label}: {}", steps.join(" → "));
-        if let Some(done) = history.iter().rev().find(|e| e.state == "completed") {
+        if let Some(done) = history
+            .iter()
+            .rev()
+            .find(|e| e.state == crate::domain::ReferralState::Completed)
+        {
             outcome_seen = pb::StateChange::decode(done.detail.as_slice())
                 .context("the completion as the NGO stored it")?
                 .outcome;
@@ -460,7 +464,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .await?
             .iter()
             .filter(|e| !e.actor.is_empty())
-            .map(|e| format!("{} by {}", e.state.replace('_', " "), e.actor))
+            .map(|e| format!("{} by {}", e.state.as_str().replace('_', " "), e.actor))
             .collect();
         println!(
             "  {label}'s own record names its case manager: {} (the NGO is told the organisation only)",
@@ -504,7 +508,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .store
             .get_referral(&to_prison.referral_id)
             .await?
-            .filter(|r| r.purge_status == "done"))
+            .filter(|r| r.purge_status == crate::domain::PurgeStatus::Done))
     })
     .await?;
     let at_p = prison

@@ -62,7 +62,7 @@ impl TryFrom<ReferralView> for pb::Referral {
             services: codes(&r.services, Service::parse, Service::to_pb),
             urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
             summary: summary.filter(|_| !metadata_only).map(|s| s.to_pb()),
-            state: r.current_state()?.to_pb(),
+            state: r.state.to_pb(),
             history,
             purge_status: match r.purge_status.as_str() {
                 "pending" => pb::PurgeStatus::Pending,

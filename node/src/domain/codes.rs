@@ -276,6 +276,12 @@ code_list! {
 }
 
 code_list! {
+    /// Where a referral's purge stands: nothing to purge, a withdrawal sent
+    /// and its receipt awaited, done, or given up by an administrator.
+    PurgeStatus => PurgeStatus { None = "none", Pending = "pending", Done = "done", Abandoned = "abandoned" }
+}
+
+code_list! {
     /// The closed loop's states (FHIR Task, Gravity SDOH profile).
     ReferralState => ReferralState {
         Requested = "requested",

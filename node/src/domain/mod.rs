@@ -14,8 +14,8 @@ pub mod time;
 
 pub use codes::{
     AgeBand, CollectionMethod, DataCategory, DeclineReason, FailureReason, Gender,
-    IdeologicalContext, LegalBasisKind, NeedArea, Progress, Purpose, ReferralState, Restriction,
-    RiskLevel, Sector, Service, Setting, Urgency,
+    IdeologicalContext, LegalBasisKind, NeedArea, Progress, PurgeStatus, Purpose, ReferralState,
+    Restriction, RiskLevel, Sector, Service, Setting, Urgency,
 };
 pub use codes::{MAX_CODES, code_list};
 pub use ids::{id_check, request_id_check};

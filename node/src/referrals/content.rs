@@ -54,7 +54,7 @@ fn aad(referral_id: &str, at_ms: i64) -> String {
 /// purged or being purged (its content is not kept), nor when a recipient's
 /// key is gone. A sender's subject key is made if it is missing.
 async fn sealing_key(state: &NodeState, r: &ReferralRecord) -> Result<Option<Vec<u8>>> {
-    if r.purge_status != "none" {
+    if r.purge_status != crate::domain::PurgeStatus::None {
         return Ok(None);
     }
     match state.store.find_data_key(&r.key_id).await? {
@@ -110,7 +110,7 @@ pub async fn history(state: &NodeState, r: &ReferralRecord) -> Result<Vec<Referr
     };
     for e in &mut events {
         let mut change = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
-        if r.purge_status == "done" {
+        if r.purge_status == crate::domain::PurgeStatus::Done {
             // Written before content was sealed and not split yet: shown as purged.
             change.text.clear();
             change.outcome = None;
@@ -158,9 +158,9 @@ pub fn terms_end(terms: &[u8]) -> Option<i64> {
 /// state stays (the sender did not withdraw it), the purge is done.
 fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry, now: i64) -> ReferralChange {
     ReferralChange {
-        expected_states: vec![r.state.clone()],
-        expected_purge_status: Some("none".into()),
-        purge_status: Some("done".into()),
+        expected_states: vec![r.state],
+        expected_purge_status: Some(crate::domain::PurgeStatus::None),
+        purge_status: Some(crate::domain::PurgeStatus::Done),
         purged_at_ms: Some(now),
         purge_summary: true,
         purge_terms: Some(purged_terms(&r.terms)),
@@ -303,8 +303,8 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
         let mut round = 0;
         for r in &rows {
             let c = ReferralChange {
-                expected_states: vec![r.state.clone()],
-                expected_purge_status: Some(r.purge_status.clone()),
+                expected_states: vec![r.state],
+                expected_purge_status: Some(r.purge_status),
                 purge_summary: true,
                 purge_terms: Some(purged_terms(&r.terms)),
                 audit: vec![
@@ -349,8 +349,9 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
                 referral = state.store.get_referral(id).await?;
             }
             let Some(r) = referral.as_ref() else { continue };
+            // Only its detail and content are rewritten; the state is not.
             let mut ev = ReferralEvent {
-                state: String::new(),
+                state: r.state,
                 at_ms: *at_ms,
                 by_org: String::new(),
                 actor: String::new(),

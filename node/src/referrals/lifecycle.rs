@@ -30,7 +30,7 @@ pub async fn act(
             "only the receiving organisation sets that state".into(),
         ));
     }
-    let from = r.current_state()?;
+    let from = r.state;
     if !rules::receiver_may(from, to) {
         return Err(Error::FailedPrecondition(format!(
             "a referral that is {from} cannot become {to}"
@@ -54,8 +54,8 @@ pub async fn act(
     };
     content::seal_event(state, &r, &mut ev).await?;
     let mut c = ReferralChange {
-        expected_states: vec![from.as_str().to_owned()],
-        state: Some(to.as_str().to_owned()),
+        expected_states: vec![from],
+        state: Some(to),
         event: Some(ev),
         notices: vec![notice],
         audit: vec![audit_entry(state, p, &action, &r)],
@@ -93,10 +93,10 @@ pub(super) fn withdrawal(
     cause: pb::WithdrawalCause,
     by: &AuditEntry,
 ) -> Result<Option<ReferralChange>> {
-    if r.purge_status != "none" {
+    if r.purge_status != crate::domain::PurgeStatus::None {
         return Ok(None);
     }
-    let from = r.current_state()?;
+    let from = r.state;
     let notice = messages::notice_for(
         state,
         &r.peer_org,
@@ -108,9 +108,9 @@ pub(super) fn withdrawal(
     let live = rules::sender_may_withdraw(from);
     let now = state.now_ms();
     Ok(Some(ReferralChange {
-        expected_states: vec![from.as_str().to_owned()],
-        expected_purge_status: Some("none".into()),
-        state: live.then(|| ReferralState::Withdrawn.as_str().to_owned()),
+        expected_states: vec![from],
+        expected_purge_status: Some(crate::domain::PurgeStatus::None),
+        state: live.then_some(ReferralState::Withdrawn),
         event: live.then(|| {
             event(
                 ReferralState::Withdrawn,
@@ -119,7 +119,7 @@ pub(super) fn withdrawal(
                 now,
             )
         }),
-        purge_status: Some("pending".into()),
+        purge_status: Some(crate::domain::PurgeStatus::Pending),
         // The sender's copy of the content goes now: the summary it sent,
         // the texts and outcome its recipient reported, the terms' free text.
         purge_summary: true,
@@ -168,7 +168,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "only the sending organisation withdraws a referral".into(),
         ));
     }
-    let from = r.current_state()?;
+    let from = r.state;
     if !rules::sender_may_withdraw(from) {
         return Err(Error::FailedPrecondition(format!(
             "a referral that is {from} cannot be withdrawn"
@@ -270,7 +270,7 @@ pub async fn reassign(
         .await?
         .ok_or(Error::NotFound("referral"))?;
     let c = ReferralChange {
-        expected_states: vec![r.state.clone()],
+        expected_states: vec![r.state],
         owner: Some(owner.to_owned()),
         team: Some(team),
         audit: vec![audit_entry(state, p, "referral.reassign", &r)],

@@ -146,7 +146,7 @@ pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<CaseS
 fn event(state: ReferralState, by: &str, change: &pb::StateChange, at_ms: i64) -> ReferralEvent {
     ReferralEvent {
         actor: String::new(),
-        state: state.as_str().to_owned(),
+        state,
         at_ms,
         by_org: by.to_owned(),
         detail: change.encode_to_vec(),
@@ -320,8 +320,8 @@ async fn create_checked(
         urgency: new.urgency.as_str().to_owned(),
         summary: Some(sealed),
         terms: terms.to_pb().encode_to_vec(),
-        state: ReferralState::Requested.as_str().to_owned(),
-        purge_status: "none".into(),
+        state: ReferralState::Requested,
+        purge_status: crate::domain::PurgeStatus::None,
         purged_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,

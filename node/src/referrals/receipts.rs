@@ -28,11 +28,11 @@ pub fn delivery_receipt(
         Some(pb::federation_message::Body::Offer(o)) => Some((
             o.referral_id.clone(),
             ReferralChange {
-                expected_states: vec![ReferralState::Requested.as_str().to_owned()],
-                state: Some(ReferralState::Received.as_str().to_owned()),
+                expected_states: vec![ReferralState::Requested],
+                state: Some(ReferralState::Received),
                 event: Some(ReferralEvent {
                     actor: String::new(),
-                    state: ReferralState::Received.as_str().to_owned(),
+                    state: ReferralState::Received,
                     at_ms: record.at_ms,
                     by_org: org.to_string(),
                     detail: bare_change(ReferralState::Received, record.at_ms).encode_to_vec(),
@@ -48,7 +48,7 @@ pub fn delivery_receipt(
             Some((
                 w.referral_id.clone(),
                 ReferralChange {
-                    purge_status: Some("done".into()),
+                    purge_status: Some(crate::domain::PurgeStatus::Done),
                     purged_at_ms: Some(record.at_ms),
                     // Anything the recipient reported after the withdrawal
                     // was queued goes too.
@@ -145,8 +145,8 @@ pub async fn on_refused(
         None => return Ok(()),
     }
     let c = ReferralChange {
-        expected_states: vec![ReferralState::Requested.as_str().to_owned()],
-        state: Some(ReferralState::Failed.as_str().to_owned()),
+        expected_states: vec![ReferralState::Requested],
+        state: Some(ReferralState::Failed),
         event: Some(ev),
         audit: vec![
             AuditEntry::node(

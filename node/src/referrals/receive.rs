@@ -240,14 +240,14 @@ pub async fn handle(
             .await?;
             // Purge: the summary goes, the tombstone (IDs, times, states) stays.
             // Nothing held (it never arrived, or was refused) is purged too.
-            let held_state = r.as_ref().map(ReferralRecord::current_state).transpose()?;
+            let held_state = r.as_ref().map(|r| r.state);
             let c = r.as_ref().map(|r| ReferralChange {
                 state: held_state
                     .filter(|s| !rules::is_closed(*s))
-                    .map(|_| ReferralState::Withdrawn.as_str().to_owned()),
+                    .map(|_| ReferralState::Withdrawn),
                 event: Some(ReferralEvent {
                     actor: String::new(),
-                    state: ReferralState::Withdrawn.as_str().to_owned(),
+                    state: ReferralState::Withdrawn,
                     at_ms: state.now_ms(),
                     by_org: from.org_id.to_string(),
                     detail: pb::StateChange {
@@ -257,7 +257,7 @@ pub async fn handle(
                     .encode_to_vec(),
                     content: None,
                 }),
-                purge_status: Some("done".into()),
+                purge_status: Some(crate::domain::PurgeStatus::Done),
                 purged_at_ms: Some(state.now_ms()),
                 purge_summary: true,
                 purge_terms: Some(super::content::purged_terms(&r.terms)),
@@ -418,8 +418,8 @@ pub fn offer_to_record(
         urgency: urgency.as_str().to_owned(),
         summary: Some(summary.to_pb().encode_to_vec()),
         terms: terms.to_pb().encode_to_vec(),
-        state: ReferralState::Received.as_str().to_owned(),
-        purge_status: "none".into(),
+        state: ReferralState::Received,
+        purge_status: crate::domain::PurgeStatus::None,
         purged_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
@@ -427,7 +427,7 @@ pub fn offer_to_record(
     };
     let ev = ReferralEvent {
         actor: String::new(),
-        state: ReferralState::Received.as_str().to_owned(),
+        state: ReferralState::Received,
         at_ms: now,
         by_org: me.to_string(),
         detail: pb::StateChange {
@@ -450,7 +450,7 @@ pub fn status_change(
     now: i64,
 ) -> Result<ReferralChange> {
     let to = ReferralState::from_pb("status.change.state", change.state)?;
-    let current = r.current_state()?;
+    let current = r.state;
     // The sender may not have recorded "received" yet when the first change arrives.
     let effective = if current == ReferralState::Requested {
         ReferralState::Received
@@ -470,11 +470,11 @@ pub fn status_change(
     change.at = at;
     change.by_org = from.org_id.to_string();
     Ok(ReferralChange {
-        expected_states: vec![current.as_str().to_owned()],
-        state: Some(to.as_str().to_owned()),
+        expected_states: vec![current],
+        state: Some(to),
         event: Some(ReferralEvent {
             actor: String::new(),
-            state: to.as_str().to_owned(),
+            state: to,
             at_ms: now,
             by_org: from.org_id.to_string(),
             detail: change.encode_to_vec(),

@@ -124,10 +124,10 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
     let Some(r) = state.store.get_referral(id).await? else {
         return Ok(false);
     };
-    if r.peer_org != *peer || r.purge_status != "none" {
+    if r.peer_org != *peer || r.purge_status != crate::domain::PurgeStatus::None {
         return Ok(false);
     }
-    let current = r.current_state()?;
+    let current = r.state;
     let now = state.now_ms();
     let moves = if r.outbound {
         rules::sender_may_withdraw(current)
@@ -135,12 +135,12 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
         !rules::is_closed(current)
     };
     let change = ReferralChange {
-        expected_states: vec![current.as_str().to_owned()],
-        expected_purge_status: Some("none".into()),
-        state: moves.then(|| ReferralState::Withdrawn.as_str().to_owned()),
+        expected_states: vec![current],
+        expected_purge_status: Some(crate::domain::PurgeStatus::None),
+        state: moves.then_some(ReferralState::Withdrawn),
         event: moves.then(|| ReferralEvent {
             actor: String::new(),
-            state: ReferralState::Withdrawn.as_str().to_owned(),
+            state: ReferralState::Withdrawn,
             at_ms: now,
             by_org: peer.to_string(),
             detail: pb::StateChange {
@@ -150,7 +150,7 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
             .encode_to_vec(),
             content: None,
         }),
-        purge_status: Some("done".into()),
+        purge_status: Some(crate::domain::PurgeStatus::Done),
         purged_at_ms: Some(now),
         purge_summary: true,
         purge_terms: Some(super::content::purged_terms(&r.terms)),

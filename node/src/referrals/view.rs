@@ -59,7 +59,7 @@ pub fn audit_entry(
 }
 
 pub(super) fn read_access(p: &Principal, r: &ReferralRecord) -> Result<View> {
-    if !r.outbound && content::closed_here(r.current_state()?) {
+    if !r.outbound && content::closed_here(r.state) {
         // Declined or failed here: its content is for the case manager who
         // closed it and supervisors; the rest of the organisation (the
         // team, auditors) sees metadata only, until it is purged.

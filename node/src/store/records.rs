@@ -2,8 +2,7 @@
 //! traits in `store` take and return them.
 
 use crate::domain::audit::AuditEntry;
-use crate::domain::{Awaiting, OrgId, OrgProfile, PeerState};
-use crate::error::Result;
+use crate::domain::{Awaiting, OrgId, OrgProfile, PeerState, PurgeStatus, ReferralState};
 
 /// An invitation as the inviter keeps it: the secret only as a hash.
 #[derive(Debug, Clone)]
@@ -145,9 +144,8 @@ pub struct ReferralRecord {
     pub summary: Option<Vec<u8>>,
     /// Encoded `ConsentTerms` as they travelled.
     pub terms: Vec<u8>,
-    pub state: String,
-    /// `none`, `pending` or `done`.
-    pub purge_status: String,
+    pub state: ReferralState,
+    pub purge_status: PurgeStatus,
     pub purged_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -156,25 +154,10 @@ pub struct ReferralRecord {
     pub expires_at_ms: Option<i64>,
 }
 
-impl ReferralRecord {
-    /// The stored state as a code: one this build does not know is an
-    /// error (a database written by a newer release, or tampered with),
-    /// never silently taken for another.
-    pub fn current_state(&self) -> Result<crate::domain::ReferralState> {
-        crate::domain::ReferralState::parse(&self.state).ok_or_else(|| {
-            crate::error::Error::Internal(anyhow::anyhow!(
-                "referral {}: stored state {:?} is not a known state",
-                self.referral_id,
-                self.state
-            ))
-        })
-    }
-}
-
 /// One state change in a referral's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferralEvent {
-    pub state: String,
+    pub state: ReferralState,
     pub at_ms: i64,
     pub by_org: String,
     /// Who at this node made the change (empty for a peer's change).
@@ -260,12 +243,12 @@ pub struct AcceptedReceipt {
 /// A change to a referral, applied only if its state is still `expected`.
 #[derive(Debug, Clone, Default)]
 pub struct ReferralChange {
-    pub expected_states: Vec<String>,
-    pub state: Option<String>,
+    pub expected_states: Vec<ReferralState>,
+    pub state: Option<ReferralState>,
     pub event: Option<ReferralEvent>,
     pub owner: Option<String>,
     pub team: Option<Option<String>>,
-    pub purge_status: Option<String>,
+    pub purge_status: Option<PurgeStatus>,
     pub purged_at_ms: Option<i64>,
     /// Deletes the case content (a purge): the summary and the content of
     /// every history event.
@@ -273,7 +256,7 @@ pub struct ReferralChange {
     /// Replaces the stored terms (a purge: the same without their free text).
     pub purge_terms: Option<Vec<u8>>,
     /// Apply only if the purge status is still this one.
-    pub expected_purge_status: Option<String>,
+    pub expected_purge_status: Option<PurgeStatus>,
     /// Destroys this data key (a purge): old copies can no longer be read.
     pub destroy_key: Option<String>,
     pub notices: Vec<NewNotice>,

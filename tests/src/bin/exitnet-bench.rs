@@ -551,7 +551,10 @@ async fn main() {
             .referrals_under_consent(&fan.consent_id)
             .await
             .unwrap();
-        if under.iter().all(|r| r.purge_status == "done") {
+        if under
+            .iter()
+            .all(|r| r.purge_status == exitnet_node::domain::PurgeStatus::Done)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

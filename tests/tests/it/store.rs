@@ -68,8 +68,66 @@ store_suite!(
     a_peering_ended_on_either_side_gives_way_keeping_referral_messages,
 );
 
+/// A state or purge status this build does not know (a database written by
+/// a newer release, or tampered with) makes reading the referral an error,
+/// never a value taken for another.
+mod unknown_values {
+    use super::*;
+
+    /// Changes every referral row behind the store's back.
+    async fn tamper(url: &str, sql: &'static str) {
+        if url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
+    async fn tamper_and_read(s: Arc<dyn Store>, url: &str) {
+        super::cases::one_referral(&s).await;
+        for sql in [
+            "UPDATE referrals SET state = 'archived'",
+            "UPDATE referrals SET state = 'accepted', purge_status = 'shredded'",
+        ] {
+            tamper(url, sql).await;
+            let e = s.get_referral("r1").await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal, "{sql}");
+            let listed = s
+                .list_referrals(
+                    &exitnet_node::store::ListScope::All,
+                    &Default::default(),
+                    None,
+                    10,
+                )
+                .await;
+            assert!(listed.is_err(), "{sql}");
+        }
+        tamper(url, "UPDATE referrals SET purge_status = 'none'").await;
+        assert!(s.get_referral("r1").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn on_sqlite() {
+        let (dir, s) = sqlite_store().await;
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        tamper_and_read(s, &url).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres() {
+        let (db, s) = pg_store().await;
+        tamper_and_read(s, &db.url).await;
+    }
+}
+
 mod cases {
-    use exitnet_node::domain::{Awaiting, OrgId, OrgProfile, PeerState, Sector, Service};
+    use exitnet_node::domain::{
+        Awaiting, OrgId, OrgProfile, PeerState, PurgeStatus, ReferralState, Sector, Service,
+    };
     use exitnet_node::store::{
         JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent, Store,
     };
@@ -756,13 +814,39 @@ mod cases {
             key_id: "subject:x".into(),
             summary: Some(b"sealed".to_vec()),
             terms: vec![],
-            state: state.into(),
-            purge_status: "none".into(),
+            state: ReferralState::parse(state).unwrap(),
+            purge_status: PurgeStatus::None,
             purged_at_ms: None,
             created_at_ms: updated,
             updated_at_ms: updated,
             expires_at_ms: None,
         }
+    }
+
+    /// One outbound referral, `r1`, to `prison-b`.
+    pub async fn one_referral(s: &Arc<dyn Store>) {
+        use exitnet_node::store::{NewCreate, ReferralEvent};
+        s.insert_peer(&new_peer("prison-b", "fb", Awaiting::Remote))
+            .await
+            .unwrap();
+        s.create_referral(&NewCreate {
+            record: referral("r1", "c1", "prison-b", "requested", NOW),
+            request_key: "req-r1".into(),
+            request_digest: b"r1".to_vec(),
+            event: ReferralEvent {
+                state: ReferralState::Requested,
+                at_ms: NOW,
+                by_org: "ngo-a".into(),
+                actor: "alice".into(),
+                detail: vec![],
+                content: None,
+            },
+            notice: notice("n-r1", "prison-b"),
+            audit: vec![],
+            wrapped_key: WRAPPED.to_vec(),
+        })
+        .await
+        .unwrap();
     }
 
     /// A sender's data key is its client's: it stays while any referral
@@ -779,7 +863,7 @@ mod cases {
             request_key: format!("req-{id}"),
             request_digest: id.as_bytes().to_vec(),
             event: ReferralEvent {
-                state: "requested".into(),
+                state: ReferralState::Requested,
                 at_ms: NOW,
                 by_org: "ngo-a".into(),
                 actor: "alice".into(),
@@ -791,8 +875,8 @@ mod cases {
             wrapped_key: wrapped.to_vec(),
         };
         let purge = ReferralChange {
-            expected_purge_status: Some("none".into()),
-            purge_status: Some("pending".into()),
+            expected_purge_status: Some(PurgeStatus::None),
+            purge_status: Some(PurgeStatus::Pending),
             purge_summary: true,
             now_ms: NOW,
             ..Default::default()
@@ -848,7 +932,7 @@ mod cases {
         .await
         .unwrap();
         let event = |state: &str| ReferralEvent {
-            state: state.into(),
+            state: ReferralState::parse(state).unwrap(),
             at_ms: NOW,
             by_org: "ngo-a".into(),
             actor: String::new(),
@@ -892,8 +976,8 @@ mod cases {
             change: Some((
                 id.into(),
                 ReferralChange {
-                    expected_states: vec!["requested".into()],
-                    state: Some("received".into()),
+                    expected_states: vec![ReferralState::Requested],
+                    state: Some(ReferralState::Received),
                     event: Some(event("received")),
                     now_ms: NOW + 2,
                     ..Default::default()
@@ -918,13 +1002,13 @@ mod cases {
         s.accept_receipts(&[], NOW + 3).await.unwrap();
         for id in ["r1", "r2", "r3"] {
             let r = s.get_referral(id).await.unwrap().unwrap();
-            assert_eq!(r.state, "received", "{id}");
-            let states: Vec<String> = s
+            assert_eq!(r.state, ReferralState::Received, "{id}");
+            let states: Vec<&str> = s
                 .referral_history(id)
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|e| e.state)
+                .map(|e| e.state.as_str())
                 .collect();
             assert_eq!(states, ["requested", "received"], "{id}");
             let kept = s.receipts_for(id).await.unwrap();
@@ -978,7 +1062,7 @@ mod cases {
                 },
                 record,
                 event: ReferralEvent {
-                    state: "requested".into(),
+                    state: ReferralState::Requested,
                     at_ms: NOW,
                     by_org: "ngo-a".into(),
                     actor: String::new(),
@@ -1070,7 +1154,7 @@ mod cases {
             request_key: request.into(),
             request_digest: request.as_bytes().to_vec(),
             event: ReferralEvent {
-                state: "requested".into(),
+                state: ReferralState::Requested,
                 at_ms: NOW,
                 by_org: "ngo-a".into(),
                 actor: "alice".into(),
@@ -1164,7 +1248,7 @@ mod cases {
         .await
         .unwrap();
         let ev = ReferralEvent {
-            state: "requested".into(),
+            state: ReferralState::Requested,
             at_ms: NOW,
             by_org: "ngo-a".into(),
             actor: "alice".into(),
@@ -1233,9 +1317,9 @@ mod cases {
         // Once a purge is pending, neither lists it again, and a second
         // (concurrent) withdrawal of the same referral does not apply.
         let pending = ReferralChange {
-            expected_states: vec!["completed".into()],
-            expected_purge_status: Some("none".into()),
-            purge_status: Some("pending".into()),
+            expected_states: vec![ReferralState::Completed],
+            expected_purge_status: Some(PurgeStatus::None),
+            purge_status: Some(PurgeStatus::Pending),
             now_ms: NOW,
             ..Default::default()
         };

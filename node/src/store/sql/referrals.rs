@@ -125,8 +125,11 @@ impl crate::store::ReferralStore for S {
             .await?;
         rows.iter()
             .map(|r| {
+                let state: String = r.try_get("state")?;
                 Ok(crate::store::ReferralEvent {
-                    state: r.try_get("state")?,
+                    state: crate::domain::ReferralState::parse(&state).ok_or_else(|| {
+                        anyhow::anyhow!("stored event of {referral_id}: unknown state {state:?}")
+                    })?,
                     at_ms: r.try_get("at")?,
                     by_org: r.try_get("by_org")?,
                     actor: r.try_get("actor")?,

@@ -67,11 +67,21 @@ pub(super) fn row_to_consent(row: &DbRow) -> crate::error::Result<crate::domain:
 }
 
 pub(super) fn row_to_referral(row: &DbRow) -> crate::error::Result<crate::store::ReferralRecord> {
+    use crate::domain::{PurgeStatus, ReferralState};
+    let id: String = row.try_get("referral_id")?;
     let peer: String = row.try_get("peer_org")?;
     let direction: String = row.try_get("direction")?;
+    let state: String = row.try_get("state")?;
+    let purge_status: String = row.try_get("purge_status")?;
+    // A value this build does not know (a database written by a newer
+    // release, or tampered with) is an error, never taken for another.
+    let bad = |what: &str, v: &str| anyhow::anyhow!("stored referral {id}: unknown {what} {v:?}");
     Ok(crate::store::ReferralRecord {
-        referral_id: row.try_get("referral_id")?,
-        outbound: direction == "outbound",
+        outbound: match direction.as_str() {
+            "outbound" => true,
+            "inbound" => false,
+            other => return Err(bad("direction", other).into()),
+        },
         peer_org: crate::domain::OrgId::parse("peer_org", &peer)
             .map_err(|e| anyhow::anyhow!("stored referral: {e}"))?,
         owner: row.try_get("owner")?,
@@ -84,9 +94,11 @@ pub(super) fn row_to_referral(row: &DbRow) -> crate::error::Result<crate::store:
         key_id: row.try_get("key_id")?,
         summary: row.try_get("summary")?,
         terms: row.try_get("terms")?,
-        state: row.try_get("state")?,
-        purge_status: row.try_get("purge_status")?,
+        state: ReferralState::parse(&state).ok_or_else(|| bad("state", &state))?,
+        purge_status: PurgeStatus::parse(&purge_status)
+            .ok_or_else(|| bad("purge_status", &purge_status))?,
         purged_at_ms: row.try_get("purged_at")?,
+        referral_id: id,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
         expires_at_ms: row.try_get("expires_at")?,

@@ -56,8 +56,8 @@ pub(super) async fn insert_referrals(tx: &mut Tx, rows: &[ReferralRow<'_>]) -> R
             .push_bind(&r.urgency)
             .push_bind(&r.summary)
             .push_bind(&r.terms)
-            .push_bind(&r.state)
-            .push_bind(&r.purge_status)
+            .push_bind(r.state.as_str())
+            .push_bind(r.purge_status.as_str())
             .push_bind(r.purged_at_ms)
             .push_bind(r.created_at_ms)
             .push_bind(r.updated_at_ms)
@@ -85,7 +85,7 @@ pub(super) async fn insert_events(
             .push("(SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = ")
             .push_bind_unseparated(*id)
             .push_unseparated(")")
-            .push_bind(&e.state)
+            .push_bind(e.state.as_str())
             .push_bind(e.at_ms)
             .push_bind(&e.by_org)
             .push_bind(&e.detail)
@@ -383,7 +383,7 @@ pub(super) async fn apply_referral_change(
     let Some(row) = row else { return Ok(false) };
     let current: String = row.try_get("state")?;
     let key_id: String = row.try_get("key_id")?;
-    if !c.expected_states.is_empty() && !c.expected_states.contains(&current) {
+    if !c.expected_states.is_empty() && !c.expected_states.iter().any(|s| s.as_str() == current) {
         return Ok(false);
     }
     let (set_team, team) = match &c.team {
@@ -398,17 +398,17 @@ pub(super) async fn apply_referral_change(
                 updated_at = $8, terms = COALESCE($12, terms)
          WHERE referral_id = $9 AND state = $10 AND purge_status = COALESCE($11, purge_status)",
     )
-    .bind(&c.state)
+    .bind(c.state.map(|s| s.as_str()))
     .bind(&c.owner)
     .bind(set_team)
     .bind(team)
-    .bind(&c.purge_status)
+    .bind(c.purge_status.map(|s| s.as_str()))
     .bind(c.purged_at_ms)
     .bind(i64::from(c.purge_summary))
     .bind(c.now_ms)
     .bind(id)
     .bind(&current)
-    .bind(&c.expected_purge_status)
+    .bind(c.expected_purge_status.map(|s| s.as_str()))
     .bind(&c.purge_terms)
     .execute(&mut **tx)
     .await?
@@ -489,13 +489,13 @@ pub(super) async fn apply_transitions(
         .unwrap_or(first.now_ms);
     let mut update = sqlx::QueryBuilder::<Db>::new("UPDATE referrals SET state = ");
     update
-        .push_bind(&first.state)
+        .push_bind(first.state.map(|s| s.as_str()))
         .push(", updated_at = ")
         .push_bind(now)
         .push(" WHERE state IN (");
     let mut states = update.separated(", ");
     for s in &first.expected_states {
-        states.push_bind(s);
+        states.push_bind(s.as_str());
     }
     update.push(") AND referral_id IN (");
     let mut ids = update.separated(", ");
