@@ -4,11 +4,15 @@
 //! From the bottom up (docs/architecture.md draws it; `scripts/module-cycles
 //! --max 0` fails on any import circle between these modules):
 //!
-//! - `domain`, `error`, `crypto`, `clock`: values and rules, free of SQL.
-//! - `store`: the storage trait with SQLite and PostgreSQL backends, and
-//!   `store::intake`, which stores writes that arrive at once together.
+//! - `domain`, `error`, `crypto`, `clock`: values and rules, free of SQL and
+//!   of wire types.
+//! - `wire`: protobuf to domain values, checked, and back.
+//! - `store`: a storage trait per aggregate with SQLite and PostgreSQL
+//!   backends, and `store::intake`, which stores writes that arrive at once
+//!   together.
 //! - `identity`, `tls`, `keydir`, `transport`, `batch_sign`: the node's keys,
-//!   mutual TLS pinned to peers' keys, channels and closable connections.
+//!   mutual TLS pinned to peers' keys, channels and closable connections,
+//!   and (`transport::status`) the one mapping of errors to gRPC statuses.
 //! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
 //!   they need, naming no service.
 //! - `state`: what the services share, built in `app`.
@@ -18,7 +22,9 @@
 //! - `audit`, `peering`, `referrals`, `consents`: the services, each using
 //!   only those before it.
 //! - `witness`, `answers`, `subject_access`, `keys`: above the services.
-//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters.
+//! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters
+//!   (`api::requests` reads requests into the services' inputs,
+//!   `api::views` shows what they return).
 //! - `app`, `cli`, `init`: builds the node, binds its listeners, runs until
 //!   stopped; `demo` drives in-process nodes through the services.
 
