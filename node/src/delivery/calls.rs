@@ -115,19 +115,3 @@ pub(super) fn notice_bytes(req: &pb::NotifyRequest) -> usize {
     use prost::Message;
     req.encoded_len()
 }
-
-/// The referral a message is about.
-pub(super) fn message_referral(req: &pb::NotifyRequest) -> Option<String> {
-    use prost::Message;
-    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
-        return None;
-    };
-    match pb::FederationMessage::decode(m.payload.as_slice())
-        .ok()?
-        .body?
-    {
-        pb::federation_message::Body::Offer(o) => Some(o.referral_id),
-        pb::federation_message::Body::Status(s) => Some(s.referral_id),
-        pb::federation_message::Body::Withdrawal(w) => Some(w.referral_id),
-    }
-}

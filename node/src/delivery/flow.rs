@@ -49,7 +49,6 @@ impl Flow {
         is_message: bool,
         exchange_allowed: bool,
         withdrawal_passes: bool,
-        req: &pb::NotifyRequest,
     ) -> anyhow::Result<bool> {
         if (is_message && self.messages_wait) || (!is_message && self.notices_wait) {
             return Ok(false);
@@ -59,7 +58,7 @@ impl Flow {
             // messages wait, in order per referral, until the peering is
             // active again; withdrawals go now, unless a message of their
             // referral waits before them.
-            let rid = message_referral(req);
+            let rid = super::referral(n).cloned();
             let behind = rid.as_ref().is_some_and(|r| self.held.contains(r));
             if n.next_attempt_at_ms > state.now_ms() {
                 self.held.extend(rid);

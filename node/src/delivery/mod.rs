@@ -9,7 +9,7 @@ use crate::domain::OrgId;
 use crate::error::Result;
 use crate::protocol::messages::sign_for_sending;
 use crate::state::NodeState;
-use crate::store::{AcceptedReceipt, Notice, PeerKey};
+use crate::store::{AcceptedReceipt, Notice, NoticeKind, PeerKey};
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -187,17 +187,14 @@ impl HeldLease<'_> {
     }
 }
 
-fn is_offer(req: &pb::NotifyRequest) -> bool {
-    match &req.notice {
-        Some(pb::notify_request::Notice::Message(m)) => {
-            use prost::Message;
-            matches!(
-                pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
-                Ok(Some(pb::federation_message::Body::Offer(_)))
-            )
-        }
-        _ => false,
-    }
+/// A notice's kind (its route is filled in when it is opened).
+fn kind(n: &Notice) -> NoticeKind {
+    n.route.as_ref().map_or(NoticeKind::Peering, |r| r.kind)
+}
+
+/// The referral a message belongs to.
+pub(super) fn referral(n: &Notice) -> Option<&String> {
+    n.route.as_ref().and_then(|r| r.referral_id.as_ref())
 }
 
 async fn deliver_to_peer(
@@ -220,9 +217,12 @@ async fn deliver_to_peer(
     // peer can be reached now. Withdrawals and status changes never expire.
     let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
-    for n in state.store.undelivered_notices_for(org, BATCH).await? {
+    for mut n in state.store.undelivered_notices_for(org, BATCH).await? {
         let req = crate::protocol::messages::open_notice(state, &n.notice_id, &n.payload)?;
-        if is_offer(&req) && state.now_ms() - n.created_at_ms > max_age_ms {
+        // Queued before routes were kept beside notices: read from the notice.
+        n.route
+            .get_or_insert_with(|| crate::protocol::messages::route_of(&req));
+        if kind(&n) == NoticeKind::Offer && state.now_ms() - n.created_at_ms > max_age_ms {
             state
                 .store
                 .notice_dropped(n.id, state.now_ms(), "undeliverable")
@@ -304,11 +304,10 @@ async fn deliver_to_peer(
         if !held.keep(state).await? {
             anyhow::bail!("the delivery lease passed to another replica");
         }
-        let is_message = matches!(req.notice, Some(pb::notify_request::Notice::Message(_)));
-        let passes =
-            is_message && !exchange_allowed && crate::protocol::messages::is_withdrawal(&req);
+        let is_message = kind(&n).is_message();
+        let passes = is_message && !exchange_allowed && kind(&n) == NoticeKind::Withdrawal;
         if !flow
-            .ready(state, &n, is_message, exchange_allowed, passes, &req)
+            .ready(state, &n, is_message, exchange_allowed, passes)
             .await?
         {
             continue;
@@ -327,22 +326,19 @@ async fn deliver_to_peer(
         let mut batch = vec![(n, req)];
         let mut referrals: HashSet<String> = batch
             .iter()
-            .filter_map(|(_, r)| message_referral(r))
+            .filter_map(|(n, _)| referral(n).cloned())
             .collect();
         while batch.len() < crate::transport::MAX_BATCH {
             let Some((next, next_req)) = queue.peek() else {
                 break;
             };
-            let next_is_message = matches!(
-                next_req.notice,
-                Some(pb::notify_request::Notice::Message(_))
-            );
-            let rid = message_referral(next_req);
+            let next_is_message = kind(next).is_message();
+            let rid = referral(next).cloned();
             let next_bytes = notice_bytes(next_req);
             if !next_is_message
                 || next.next_attempt_at_ms > state.now_ms()
                 // Outside an active peering only withdrawals go.
-                || (!exchange_allowed && !crate::protocol::messages::is_withdrawal(next_req))
+                || (!exchange_allowed && kind(next) != NoticeKind::Withdrawal)
                 || rid.as_ref().is_some_and(|r| flow.held.contains(r))
                 || rid.as_ref().is_some_and(|r| referrals.contains(r))
                 || bytes + next_bytes > BATCH_BYTES
@@ -402,7 +398,7 @@ async fn deliver_to_peer(
         if !answered.is_empty() {
             let ids: HashSet<String> = answered
                 .iter()
-                .filter_map(|(_, req, _)| message_referral(req))
+                .filter_map(|(n, _, _)| referral(n).cloned())
                 .collect();
             storing = Some((
                 ids,

@@ -86,6 +86,10 @@ fn queued(i: i64) -> (Notice, pb::NotifyRequest) {
         attempts: 0,
         next_attempt_at_ms: 0,
         created_at_ms: 0,
+        route: Some(crate::store::Route {
+            kind: crate::store::NoticeKind::Status,
+            referral_id: None,
+        }),
     };
     let req = pb::NotifyRequest {
         notice_id: id,

@@ -94,6 +94,7 @@ fn new_notice(
         org_id: org.clone(),
         payload,
         present_key,
+        route: crate::store::Route::peering(),
         now_ms: state.now_ms(),
     }
 }

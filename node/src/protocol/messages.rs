@@ -5,7 +5,7 @@
 
 use crate::error::{Error, FieldError, Result};
 use crate::state::NodeState;
-use crate::store::{NewNotice, ReceiptRecord};
+use crate::store::{NewNotice, NoticeKind, ReceiptRecord, Route};
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
@@ -35,6 +35,7 @@ pub fn notice_for(
     recipient: &crate::domain::OrgId,
     body: pb::federation_message::Body,
 ) -> Result<NewNotice> {
+    let route = route_of_body(&body);
     // Random, not time-ordered (a UUIDv7 carries the millisecond it was made
     // in), and the day only as the time sent: two recipients of one client
     // must not be able to match their messages by time. The receiver uses
@@ -69,8 +70,51 @@ pub fn notice_for(
         org_id: recipient.clone(),
         payload,
         present_key: None,
+        route,
         now_ms: state.now_ms(),
     })
+}
+
+/// How delivery routes a message: its kind and its referral.
+fn route_of_body(body: &pb::federation_message::Body) -> Route {
+    use pb::federation_message::Body;
+    let (kind, referral_id) = match body {
+        Body::Offer(o) => (NoticeKind::Offer, &o.referral_id),
+        Body::Status(s) => (NoticeKind::Status, &s.referral_id),
+        Body::Withdrawal(w) => (NoticeKind::Withdrawal, &w.referral_id),
+    };
+    Route {
+        kind,
+        referral_id: Some(referral_id.clone()),
+    }
+}
+
+/// Whether a notice is a referral's withdrawal (which goes, and is taken,
+/// even while a peering is not active).
+pub fn is_withdrawal(req: &pb::NotifyRequest) -> bool {
+    route_of(req).kind == NoticeKind::Withdrawal
+}
+
+/// The route of a notice queued before routes were kept beside it, read
+/// from the notice itself.
+pub fn route_of(req: &pb::NotifyRequest) -> Route {
+    use pb::notify_request::Notice;
+    match &req.notice {
+        Some(Notice::Message(m)) => pb::FederationMessage::decode(m.payload.as_slice())
+            .ok()
+            .and_then(|f| f.body)
+            .map(|b| route_of_body(&b))
+            // Undecodable: a message still, of no referral known.
+            .unwrap_or(Route {
+                kind: NoticeKind::Status,
+                referral_id: None,
+            }),
+        Some(Notice::Checkpoint(_)) => Route {
+            kind: NoticeKind::Checkpoint,
+            referral_id: None,
+        },
+        _ => Route::peering(),
+    }
 }
 
 /// Queued notices as sent: each referral message signed by `key`, all of
@@ -303,16 +347,69 @@ pub fn open_signed(
     Ok(msg)
 }
 
-/// Whether a notice carries a referral's withdrawal: the one message that
-/// still goes to (and is taken from) a peer whose peering is suspended or
-/// revoked while a key of it is pinned, so that a purge reaches every
-/// recipient. Read before any signature is checked, only to decide that.
-pub fn is_withdrawal(req: &pb::NotifyRequest) -> bool {
-    let Some(pb::notify_request::Notice::Message(m)) = &req.notice else {
-        return false;
-    };
-    matches!(
-        pb::FederationMessage::decode(m.payload.as_slice()).map(|f| f.body),
-        Ok(Some(pb::federation_message::Body::Withdrawal(_)))
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(body: Option<pb::federation_message::Body>) -> pb::NotifyRequest {
+        let payload = pb::FederationMessage {
+            body,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        pb::NotifyRequest {
+            notice_id: "n".into(),
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                payload,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A notice queued before routes were kept is routed as the route kept
+    /// beside a new one would route it.
+    #[test]
+    fn a_notice_read_for_its_route_routes_as_one_kept_beside_it() {
+        use pb::federation_message::Body;
+        let bodies = [
+            Body::Offer(pb::ReferralOffer {
+                referral_id: "r1".into(),
+                ..Default::default()
+            }),
+            Body::Status(pb::ReferralStatus {
+                referral_id: "r2".into(),
+                ..Default::default()
+            }),
+            Body::Withdrawal(pb::ReferralWithdrawal {
+                referral_id: "r3".into(),
+                ..Default::default()
+            }),
+        ];
+        for body in bodies {
+            let kept = route_of_body(&body);
+            assert_eq!(route_of(&message(Some(body))), kept);
+        }
+        assert!(is_withdrawal(&message(Some(Body::Withdrawal(
+            Default::default()
+        )))));
+        let undecodable = pb::NotifyRequest {
+            notice: Some(pb::notify_request::Notice::Message(pb::SignedMessage {
+                payload: vec![0xff; 3],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let r = route_of(&undecodable);
+        assert!(r.kind.is_message() && r.referral_id.is_none());
+        let checkpoint = pb::NotifyRequest {
+            notice: Some(pb::notify_request::Notice::Checkpoint(Default::default())),
+            ..Default::default()
+        };
+        assert_eq!(route_of(&checkpoint).kind, NoticeKind::Checkpoint);
+        let state = pb::NotifyRequest {
+            notice: Some(pb::notify_request::Notice::State(1)),
+            ..Default::default()
+        };
+        assert_eq!(route_of(&state), Route::peering());
+    }
 }

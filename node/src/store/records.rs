@@ -70,7 +70,73 @@ pub struct NewNotice {
     /// Fingerprint of our own key to present (a key rotation is announced
     /// with the old key); unset means the current key.
     pub present_key: Option<String>,
+    /// How delivery routes it, kept beside the sealed payload.
+    pub route: Route,
     pub now_ms: i64,
+}
+
+/// What a queued notice is, for delivery: it orders, batches and holds back
+/// notices by this, never by opening their payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A referral offer (it expires if not delivered in time).
+    Offer,
+    /// A receiver's state change.
+    Status,
+    /// A withdrawal (it goes even while the peering is not active).
+    Withdrawal,
+    /// An audit checkpoint for the peer to witness.
+    Checkpoint,
+    /// A peering notice: state, profile or key rotation.
+    Peering,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Offer => "offer",
+            NoticeKind::Status => "status",
+            NoticeKind::Withdrawal => "withdrawal",
+            NoticeKind::Checkpoint => "checkpoint",
+            NoticeKind::Peering => "peering",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            NoticeKind::Offer,
+            NoticeKind::Status,
+            NoticeKind::Withdrawal,
+            NoticeKind::Checkpoint,
+            NoticeKind::Peering,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// A referral message (signed, batched, ordered per referral).
+    pub fn is_message(self) -> bool {
+        matches!(
+            self,
+            NoticeKind::Offer | NoticeKind::Status | NoticeKind::Withdrawal
+        )
+    }
+}
+
+/// A notice's kind and, for a referral message, its referral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub kind: NoticeKind,
+    pub referral_id: Option<String>,
+}
+
+impl Route {
+    pub fn peering() -> Self {
+        Route {
+            kind: NoticeKind::Peering,
+            referral_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +149,9 @@ pub struct Notice {
     pub attempts: i64,
     pub next_attempt_at_ms: i64,
     pub created_at_ms: i64,
+    /// `None` for a notice queued before routes were kept (delivery reads it
+    /// from the payload).
+    pub route: Option<Route>,
 }
 
 /// Changes to a peer that arrive together and must apply together.

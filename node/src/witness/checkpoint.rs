@@ -77,6 +77,10 @@ pub async fn create(state: &NodeState) -> Result<Created> {
                 }
                 .encode_to_vec(),
                 present_key: None,
+                route: crate::store::Route {
+                    kind: crate::store::NoticeKind::Checkpoint,
+                    referral_id: None,
+                },
                 now_ms: at,
             }
         })

@@ -42,7 +42,7 @@ impl crate::store::OutboxStore for S {
 
     async fn undelivered_notices(&self, limit: i64) -> Result<Vec<Notice>> {
         let rows = sqlx::query(
-            "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at
+            "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at, kind, referral_id
              FROM peer_notices WHERE delivered_at IS NULL AND dropped_at IS NULL
              ORDER BY id LIMIT $1",
         )
@@ -71,7 +71,7 @@ impl crate::store::OutboxStore for S {
 
     async fn undelivered_notices_for(&self, org: &OrgId, limit: i64) -> Result<Vec<Notice>> {
         let rows = sqlx::query(
-            "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at
+            "SELECT id, notice_id, org_id, payload, present_key, attempts, next_attempt_at, created_at, kind, referral_id
              FROM peer_notices WHERE org_id = $1 AND delivered_at IS NULL AND dropped_at IS NULL
              ORDER BY id LIMIT $2",
         )

@@ -13,7 +13,8 @@ use sqlx::Row;
 pub(super) async fn insert_notices(tx: &mut Tx, notices: &[NewNotice]) -> Result<()> {
     for chunk in notices.chunks(256) {
         let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO peer_notices (notice_id, org_id, payload, present_key, created_at, attempts, next_attempt_at) ",
+            "INSERT INTO peer_notices (notice_id, org_id, payload, present_key, created_at, attempts, next_attempt_at,
+                                       kind, referral_id) ",
         );
         insert.push_values(chunk, |mut b, n| {
             b.push_bind(&n.notice_id)
@@ -22,7 +23,9 @@ pub(super) async fn insert_notices(tx: &mut Tx, notices: &[NewNotice]) -> Result
                 .push_bind(&n.present_key)
                 .push_bind(n.now_ms)
                 .push_bind(0i64)
-                .push_bind(n.now_ms);
+                .push_bind(n.now_ms)
+                .push_bind(n.route.kind.as_str())
+                .push_bind(&n.route.referral_id);
         });
         insert.build().execute(&mut **tx).await?;
     }
@@ -595,5 +598,13 @@ pub(super) fn row_to_notice(r: &<Db as sqlx::Database>::Row) -> Result<Notice> {
         attempts: r.try_get("attempts")?,
         next_attempt_at_ms: r.try_get("next_attempt_at")?,
         created_at_ms: r.try_get("created_at")?,
+        route: match r.try_get::<Option<String>, _>("kind")? {
+            None => None,
+            Some(kind) => Some(crate::store::Route {
+                kind: crate::store::NoticeKind::parse(&kind)
+                    .ok_or_else(|| anyhow::anyhow!("stored notice: unknown kind {kind:?}"))?,
+                referral_id: r.try_get("referral_id")?,
+            }),
+        },
     })
 }

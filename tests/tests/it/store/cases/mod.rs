@@ -4,7 +4,8 @@ use exitnet_node::domain::{
     Awaiting, OrgId, OrgProfile, PeerState, PurgeStatus, ReferralState, Sector, Service,
 };
 use exitnet_node::store::{
-    JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent, Store,
+    JoinRefusal, NewInvitation, NewNotice, NewPeer, NoticeKind, PeerKey, PeerUpdate, Route,
+    SecurityEvent, Store,
 };
 use std::sync::Arc;
 
@@ -81,6 +82,7 @@ pub(super) fn notice(id: &str, to: &str) -> NewNotice {
         org_id: org(to),
         payload: id.as_bytes().to_vec(),
         present_key: None,
+        route: Route::peering(),
         now_ms: NOW,
     }
 }

@@ -9,10 +9,19 @@ pub async fn outbox_keeps_order_and_counts(s: Arc<dyn Store>) {
     s.insert_peer(&new_peer("health-c", "fc", Awaiting::Remote))
         .await
         .unwrap();
+    // Each notice's route is kept beside it: delivery reads it there, not
+    // from the (sealed) payload.
+    let withdrawal = Route {
+        kind: NoticeKind::Withdrawal,
+        referral_id: Some("r-7".into()),
+    };
     s.enqueue_notices(&[
         notice("a1", "prison-b"),
         notice("c1", "health-c"),
-        notice("a2", "prison-b"),
+        NewNotice {
+            route: withdrawal.clone(),
+            ..notice("a2", "prison-b")
+        },
     ])
     .await
     .unwrap();
@@ -20,6 +29,20 @@ pub async fn outbox_keeps_order_and_counts(s: Arc<dyn Store>) {
     let ids: Vec<&str> = due.iter().map(|n| n.notice_id.as_str()).collect();
     assert_eq!(ids, ["a1", "c1", "a2"]);
     assert_eq!(due[0].payload, b"a1".to_vec());
+    let routes: Vec<Option<Route>> = due.iter().map(|n| n.route.clone()).collect();
+    assert_eq!(
+        routes,
+        [
+            Some(Route::peering()),
+            Some(Route::peering()),
+            Some(withdrawal.clone())
+        ]
+    );
+    let for_b = s
+        .undelivered_notices_for(&org("prison-b"), 10)
+        .await
+        .unwrap();
+    assert_eq!(for_b[1].route, Some(withdrawal));
     s.notice_failed(due[0].id, NOW + 500, "unreachable")
         .await
         .unwrap();
