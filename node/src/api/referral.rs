@@ -67,7 +67,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         let (p, _permit) = authenticate(&self.state, &request).await?;
         let (r, view) = referrals::get(&self.state, &p, &request.into_inner().referral_id).await?;
         Ok(Response::new(pb::GetReferralResponse {
-            referral: Some(referrals::view(&self.state, &r, view).await?.try_into()?),
+            referral: Some(view_of(&self.state, &r, view).await?),
         }))
     }
 
@@ -104,7 +104,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         let page = referrals::list(&self.state, &p, filter, page_size, &page_token).await?;
         let mut out = Vec::with_capacity(page.referrals.len());
         for (r, view) in &page.referrals {
-            out.push(referrals::view(&self.state, r, *view).await?.try_into()?);
+            out.push(view_of(&self.state, r, *view).await?);
         }
         Ok(Response::new(pb::ListReferralsResponse {
             referrals: out,
