@@ -3,10 +3,10 @@
 //! checkpoints to `witness`. Wired in `app`, so that delivery names neither.
 
 use crate::delivery::Answers;
-use crate::domain::OrgId;
+use crate::domain::{FailureReason, OrgId};
 use crate::error::Result;
 use crate::state::NodeState;
-use crate::store::{AcceptedReceipt, PeerKey};
+use crate::store::{AcceptedReceipt, PeerKey, Route};
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 
@@ -38,11 +38,11 @@ impl Answers for NodeAnswers {
     fn refused<'a>(
         &'a self,
         state: &'a NodeState,
-        req: &'a pb::NotifyRequest,
-        reason: pb::FailureReason,
+        route: Option<&'a Route>,
+        reason: FailureReason,
         text: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(crate::referrals::on_refused(state, req, reason, text))
+        Box::pin(crate::referrals::on_refused(state, route, reason, text))
     }
 
     fn witnessed<'a>(

@@ -184,7 +184,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<(Con
     let notified = crate::referrals::withdraw_consent(
         state,
         id,
-        exitnet_proto::pb::WithdrawalCause::ConsentWithdrawn,
+        crate::domain::WithdrawalCause::ConsentWithdrawn,
         &p.actor(),
         &entry,
     )

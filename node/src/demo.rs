@@ -448,9 +448,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .rev()
             .find(|e| e.state == crate::domain::ReferralState::Completed)
         {
-            outcome_seen = pb::StateChange::decode(done.detail.as_slice())
-                .context("the completion as the NGO stored it")?
-                .outcome;
+            outcome_seen = done.detail.outcome.clone();
         }
     }
     for (label, org, id) in [
@@ -488,10 +486,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         ("rehabilitation", outcome.rehabilitation),
     ]
     .into_iter()
-    .filter_map(|(goal, p)| {
-        let p = pb::Progress::try_from(p).ok()?;
-        (p != pb::Progress::Unspecified).then(|| format!("{goal}: {}", progress(p)))
-    })
+    .filter_map(|(goal, p)| Some(format!("{goal}: {}", p?.as_str())))
     .collect();
     println!("    progress on the goals: {}", goals.join(", "));
     println!("    note: {}", outcome.note);
@@ -598,15 +593,6 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn progress(p: pb::Progress) -> &'static str {
-    match p {
-        pb::Progress::Unspecified => "not said",
-        pb::Progress::None => "none",
-        pb::Progress::Some => "some",
-        pb::Progress::Substantial => "substantial",
-    }
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

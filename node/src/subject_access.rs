@@ -5,27 +5,15 @@
 //! their summaries while not purged, histories, receipts and purges, and the
 //! audit records about all of these.
 
+use crate::domain::referral::CaseSummary;
 use crate::domain::{
-    AgeBand, DataCategory, Gender, IdeologicalContext, LegalBasisKind, NeedArea, Purpose,
-    Restriction, RiskLevel, Setting,
+    AgeBand, DataCategory, DeclineReason, FailureReason, Gender, IdeologicalContext,
+    LegalBasisKind, NeedArea, Progress, Purpose, Restriction, RiskLevel, Setting,
 };
 use crate::error::Result;
 use crate::state::NodeState;
 use crate::store::{ListScope, ReferralRecord};
-use exitnet_proto::pb;
-use prost::Message;
 use serde_json::{Value, json};
-
-fn name<T>(
-    parse: impl Fn(&str, i32) -> std::result::Result<T, crate::error::FieldError>,
-    v: i32,
-    s: impl Fn(T) -> &'static str,
-) -> Value {
-    match parse("", v) {
-        Ok(x) => json!(s(x)),
-        Err(_) => Value::Null,
-    }
-}
 
 /// RFC 3339 in UTC with milliseconds, as `exitnetctl` prints every time.
 fn time(ms: i64) -> Value {
@@ -66,20 +54,21 @@ fn names(s: &str) -> Value {
     json!(s.split(',').filter(|x| !x.is_empty()).collect::<Vec<_>>())
 }
 
-fn summary_json(s: &pb::CaseSummary) -> Value {
+fn summary_json(s: &CaseSummary) -> Value {
     json!({
-        "age_band": name(AgeBand::from_pb, s.age_band, AgeBand::as_str),
-        "gender": name(Gender::from_pb, s.gender, Gender::as_str),
+        "age_band": s.age_band.map(AgeBand::as_str),
+        "gender": s.gender.map(Gender::as_str),
         "languages": s.languages,
-        "setting": name(Setting::from_pb, s.setting, Setting::as_str),
-        "ideological_context": name(IdeologicalContext::from_pb, s.ideological_context, IdeologicalContext::as_str),
-        "risk_level": name(RiskLevel::from_pb, s.risk_level, RiskLevel::as_str),
-        "security": s.security.as_ref().map(|x| json!({
-            "retaliation_risk": name(RiskLevel::from_pb, x.retaliation_risk, RiskLevel::as_str),
-            "note": x.note,
+        "setting": s.setting.map(Setting::as_str),
+        "ideological_context": s.ideological_context.map(IdeologicalContext::as_str),
+        "risk_level": s.risk_level.map(RiskLevel::as_str),
+        "security": (s.retaliation_risk.is_some() || !s.security_note.is_empty()).then(|| json!({
+            "retaliation_risk": s.retaliation_risk.map(RiskLevel::as_str),
+            "note": s.security_note,
         })),
         "needs_narrative": s.needs_narrative,
-        "contact_route": pb::ContactRoute::try_from(s.contact_route).map(|c| c.as_str_name()).unwrap_or_default(),
+        // Contact always runs through the referring case manager.
+        "contact_route": "CONTACT_ROUTE_REFERRING_CASE_MANAGER",
     })
 }
 
@@ -88,46 +77,21 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
         .await?
         .iter()
         .map(|e| {
-            let c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
-            let code = |v: Option<&'static str>, prefix: &str| match v {
-                Some(n) => json!(n.strip_prefix(prefix).unwrap_or(n).to_ascii_lowercase()),
-                None => Value::Null,
-            };
-            let progress = |v: i32| {
-                code(
-                    pb::Progress::try_from(v)
-                        .ok()
-                        .filter(|p| *p != pb::Progress::Unspecified)
-                        .map(|p| p.as_str_name()),
-                    "PROGRESS_",
-                )
-            };
+            let d = &e.detail;
             json!({
                 "state": e.state,
                 "at": time(e.at_ms),
                 "by_org": e.by_org,
                 "actor": e.actor,
-                "decline_reason": code(
-                    pb::DeclineReason::try_from(c.decline_reason)
-                        .ok()
-                        .filter(|r| *r != pb::DeclineReason::Unspecified)
-                        .map(|r| r.as_str_name()),
-                    "DECLINE_REASON_",
-                ),
-                "failure_reason": code(
-                    pb::FailureReason::try_from(c.failure_reason)
-                        .ok()
-                        .filter(|r| *r != pb::FailureReason::Unspecified)
-                        .map(|r| r.as_str_name()),
-                    "FAILURE_REASON_",
-                ),
-                "text": c.text,
-                "outcome": c.outcome.map(|o| json!({
+                "decline_reason": d.decline_reason.map(DeclineReason::as_str),
+                "failure_reason": d.failure_reason.map(FailureReason::as_str),
+                "text": d.text,
+                "outcome": d.outcome.as_ref().map(|o| json!({
                     "service_delivered": o.service_delivered,
-                    "disengagement": progress(o.disengagement),
-                    "deradicalisation": progress(o.deradicalisation),
-                    "reintegration": progress(o.reintegration),
-                    "rehabilitation": progress(o.rehabilitation),
+                    "disengagement": o.disengagement.map(Progress::as_str),
+                    "deradicalisation": o.deradicalisation.map(Progress::as_str),
+                    "reintegration": o.reintegration.map(Progress::as_str),
+                    "rehabilitation": o.rehabilitation.map(Progress::as_str),
                     "note": o.note,
                 })),
             })
@@ -147,9 +111,7 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
             })
         })
         .collect();
-    let summary = crate::referrals::open_summary(state, r)
-        .await
-        .map(|s| s.to_pb());
+    let summary = crate::referrals::open_summary(state, r).await;
     Ok(json!({
         "referral_id": r.referral_id,
         "direction": if r.outbound { "outbound" } else { "inbound" },

@@ -162,14 +162,14 @@ pub fn client_request(data: &[u8]) {
         }
         2 => {
             if let Ok(r) = pb::CompleteReferralRequest::decode(rest) {
-                let _ = exitnet_node::protocol::changes::outcome("outcome", r.outcome);
+                let _ = exitnet_node::wire::change::outcome("outcome", r.outcome);
                 let _ = exitnet_node::domain::id_check("referral_id", &r.referral_id);
             }
         }
         3 => {
             // A peer's status change, as the receiver reads it.
             if let Ok(c) = pb::StateChange::decode(rest) {
-                let _ = exitnet_node::protocol::changes::transition("status.change", &c);
+                let _ = exitnet_node::wire::change::transition("status.change", &c);
             }
         }
         4 => {

@@ -4,6 +4,7 @@ use crate::access::View;
 use crate::domain::{NeedArea, Service, Urgency};
 use crate::error::Error;
 use crate::referrals::ReferralView;
+use crate::wire::change::detail_to_pb;
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
@@ -30,17 +31,17 @@ impl TryFrom<ReferralView> for pb::Referral {
         let history = history
             .iter()
             .map(|e| {
-                let mut c = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
-                c.by_org = e.by_org.clone();
-                c.at = Some(to_timestamp(e.at_ms));
-                c.actor = e.actor.clone();
-                if metadata_only {
-                    c.text.clear();
-                    if let Some(o) = &mut c.outcome {
-                        o.note.clear();
-                    }
+                let detail = if metadata_only {
+                    e.detail.clone().metadata_only()
+                } else {
+                    e.detail.clone()
+                };
+                pb::StateChange {
+                    by_org: e.by_org.clone(),
+                    at: Some(to_timestamp(e.at_ms)),
+                    actor: e.actor.clone(),
+                    ..detail_to_pb(e.state, &detail)
                 }
-                c
             })
             .collect();
         let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();

@@ -142,8 +142,8 @@ impl Flow {
                 answers
                     .refused(
                         state,
-                        req,
-                        pb::FailureReason::RefusedByReceiver,
+                        n.route.as_ref(),
+                        FailureReason::RefusedByReceiver,
                         status.message(),
                     )
                     .await?;

@@ -5,11 +5,11 @@
 //! after the peer acknowledged it; a crash in between means it is sent
 //! again, and the peer answers the repeat as before.
 
-use crate::domain::OrgId;
+use crate::domain::{FailureReason, OrgId};
 use crate::error::Result;
 use crate::protocol::messages::sign_for_sending;
 use crate::state::NodeState;
-use crate::store::{AcceptedReceipt, Notice, NoticeKind, PeerKey};
+use crate::store::{AcceptedReceipt, Notice, NoticeKind, PeerKey, Route};
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -55,8 +55,8 @@ pub trait Answers: Send + Sync {
     fn refused<'a>(
         &'a self,
         state: &'a NodeState,
-        req: &'a pb::NotifyRequest,
-        reason: pb::FailureReason,
+        route: Option<&'a Route>,
+        reason: FailureReason,
         text: &'a str,
     ) -> BoxFuture<'a, Result<()>>;
     /// The peer's witness of one of our audit checkpoints.
@@ -230,8 +230,8 @@ async fn deliver_to_peer(
             answers
                 .refused(
                     state,
-                    &req,
-                    pb::FailureReason::Undeliverable,
+                    n.route.as_ref(),
+                    FailureReason::Undeliverable,
                     "not delivered in time",
                 )
                 .await?;

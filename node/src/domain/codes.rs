@@ -272,6 +272,17 @@ code_list! {
 }
 
 code_list! {
+    /// Why a sender withdraws a referral (its name ends the audit action,
+    /// `referral.withdraw.<name>`).
+    WithdrawalCause => WithdrawalCause {
+        SenderWithdrew = "sender",
+        ConsentWithdrawn = "consent_withdrawn",
+        ConsentExpired = "consent_expired",
+        Retention = "retention",
+    }
+}
+
+code_list! {
     Progress => Progress { None = "none", Some = "some", Substantial = "substantial" }
 }
 

@@ -15,7 +15,7 @@ pub mod time;
 pub use codes::{
     AgeBand, CollectionMethod, DataCategory, DeclineReason, FailureReason, Gender,
     IdeologicalContext, LegalBasisKind, NeedArea, Progress, PurgeStatus, Purpose, ReferralState,
-    Restriction, RiskLevel, Sector, Service, Setting, Urgency,
+    Restriction, RiskLevel, Sector, Service, Setting, Urgency, WithdrawalCause,
 };
 pub use codes::{MAX_CODES, code_list};
 pub use ids::{id_check, request_id_check};

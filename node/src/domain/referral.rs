@@ -116,6 +116,75 @@ impl Transition {
     }
 }
 
+impl Transition {
+    /// What the history records of it beside the state.
+    pub fn detail(&self) -> EventDetail {
+        let mut d = EventDetail::default();
+        match self {
+            Transition::Accept | Transition::Start => {}
+            Transition::Hold { text } => d.text = text.clone(),
+            Transition::Decline { reason, text } => {
+                d.decline_reason = Some(*reason);
+                d.text = text.clone();
+            }
+            Transition::Fail { reason, text } => {
+                d.failure_reason = Some(*reason);
+                d.text = text.clone();
+            }
+            Transition::Complete { outcome } => d.outcome = Some(outcome.clone()),
+        }
+        d
+    }
+}
+
+/// What an event of a referral's history says beyond its state: its reason
+/// codes, which stay after a purge, and its content (a text, the outcome),
+/// which a purge deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventDetail {
+    pub decline_reason: Option<DeclineReason>,
+    pub failure_reason: Option<FailureReason>,
+    pub text: String,
+    pub outcome: Option<Outcome>,
+}
+
+impl EventDetail {
+    /// Whether it carries case content.
+    pub fn has_content(&self) -> bool {
+        !self.text.is_empty() || self.outcome.is_some()
+    }
+
+    /// Split into its codes and its content (`None` when it has none).
+    pub fn split(mut self) -> (EventDetail, Option<EventDetail>) {
+        let content = EventDetail {
+            text: std::mem::take(&mut self.text),
+            outcome: self.outcome.take(),
+            ..Default::default()
+        };
+        let content = content.has_content().then_some(content);
+        (self, content)
+    }
+
+    /// Its codes with `content`'s text and outcome put back.
+    pub fn with_content(self, content: EventDetail) -> EventDetail {
+        EventDetail {
+            text: content.text,
+            outcome: content.outcome,
+            ..self
+        }
+    }
+
+    /// The same as a reader who may not see case content is shown it: the
+    /// texts go, the outcome's progress values stay.
+    pub fn metadata_only(mut self) -> EventDetail {
+        self.text.clear();
+        if let Some(o) = &mut self.outcome {
+            o.note.clear();
+        }
+        self
+    }
+}
+
 /// A decline, failure or hold text.
 pub fn reason_text(field: &str, s: &str) -> Result<(), FieldError> {
     bounded_text(field, s, MAX_NOTE_CHARS)
@@ -161,5 +230,36 @@ mod tests {
         assert!(!receiver_may(Declined, Accepted));
         assert!(sender_may_withdraw(InProgress));
         assert!(!sender_may_withdraw(Completed));
+    }
+
+    #[test]
+    fn a_detail_splits_into_codes_and_content() {
+        let d = Transition::Decline {
+            reason: DeclineReason::NoCapacity,
+            text: "full until May".into(),
+        }
+        .detail();
+        let (codes, content) = d.clone().split();
+        assert_eq!(codes.decline_reason, Some(DeclineReason::NoCapacity));
+        assert!(!codes.has_content());
+        let content = content.expect("a text is content");
+        assert_eq!(content.text, "full until May");
+        assert_eq!(content.decline_reason, None);
+        assert_eq!(codes.with_content(content), d);
+        assert_eq!(Transition::Accept.detail().split().1, None);
+        let done = Transition::Complete {
+            outcome: Outcome {
+                disengagement: Some(Progress::Some),
+                note: "kept every appointment".into(),
+                ..Default::default()
+            },
+        }
+        .detail()
+        .metadata_only();
+        let o = done.outcome.expect("the outcome stays");
+        assert_eq!(
+            (o.disengagement, o.note.as_str()),
+            (Some(Progress::Some), "")
+        );
     }
 }

@@ -4,6 +4,5 @@
 //! and the receipts both ways. Knows keys, peers' pinned keys and the wire
 //! format; decides nothing about referrals.
 
-pub mod changes;
 pub mod messages;
 pub mod receipts;

@@ -15,34 +15,15 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::ReferralState;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent, ReferralRecord};
-use crate::wire::time::from_timestamp;
-use exitnet_proto::pb;
-use prost::Message;
-
-/// What stands in for purged free text where the terms require some
-/// (`purpose_text` with PURPOSE_OTHER).
-pub const PURGED_TEXT: &str = "(purged)";
+use crate::wire::change::{detail_from_stored, detail_to_stored};
+use crate::wire::consent::{purged_terms, terms_end, terms_to_stored};
 
 /// The meta key set once the history written before content was sealed has
 /// been split (codes kept, content sealed or, where purged, deleted).
 const HISTORY_SEALED: &str = "history_sealed";
-
-/// A change split into its codes (kept after a purge) and its content (the
-/// free text and the outcome), `None` when it has none.
-pub fn split(change: &pb::StateChange) -> (pb::StateChange, Option<pb::StateChange>) {
-    let mut codes = change.clone();
-    let text = std::mem::take(&mut codes.text);
-    let outcome = codes.outcome.take();
-    let content = (!text.is_empty() || outcome.is_some()).then(|| pb::StateChange {
-        text,
-        outcome,
-        ..Default::default()
-    });
-    (codes, content)
-}
 
 /// What the content of an event of `referral_id` at `at_ms` is bound to:
 /// moved to another row it does not open.
@@ -72,17 +53,16 @@ async fn sealing_key(state: &NodeState, r: &ReferralRecord) -> Result<Option<Vec
     }
 }
 
-/// Seals an event's content: `detail` (a whole encoded `StateChange`)
-/// keeps its codes, the rest is sealed under `r`'s data key into `content`
-/// (or dropped where `r`'s content is no longer kept).
+/// Seals an event's content: its `detail` keeps its codes, its content (a
+/// text, the outcome) is sealed under `r`'s data key into `content` (or
+/// dropped where `r`'s content is no longer kept).
 pub async fn seal_event(
     state: &NodeState,
     r: &ReferralRecord,
     ev: &mut ReferralEvent,
 ) -> Result<()> {
-    let change = pb::StateChange::decode(ev.detail.as_slice()).unwrap_or_default();
-    let (codes, content) = split(&change);
-    ev.detail = codes.encode_to_vec();
+    let (codes, content) = std::mem::take(&mut ev.detail).split();
+    ev.detail = codes;
     ev.content = match content {
         None => None,
         Some(c) => match sealing_key(state, r).await? {
@@ -90,7 +70,7 @@ pub async fn seal_event(
                 &r.key_id,
                 &wrapped,
                 &aad(&r.referral_id, ev.at_ms),
-                &c.encode_to_vec(),
+                &detail_to_stored(&c),
             )?),
             None => None,
         },
@@ -98,9 +78,9 @@ pub async fn seal_event(
     Ok(())
 }
 
-/// `r`'s history as the node shows it: each event's `detail` is the whole
-/// change again (its content opened while `r`'s data key exists; codes only
-/// once purged), `content` none.
+/// `r`'s history as the node shows it: each event's `detail` is whole again
+/// (its content opened while `r`'s data key exists; codes only once
+/// purged), `content` none.
 pub async fn history(state: &NodeState, r: &ReferralRecord) -> Result<Vec<ReferralEvent>> {
     let mut events = state.store.referral_history(&r.referral_id).await?;
     let wrapped = if events.iter().any(|e| e.content.is_some()) {
@@ -109,49 +89,24 @@ pub async fn history(state: &NodeState, r: &ReferralRecord) -> Result<Vec<Referr
         None
     };
     for e in &mut events {
-        let mut change = pb::StateChange::decode(e.detail.as_slice()).unwrap_or_default();
         if r.purge_status == crate::domain::PurgeStatus::Done {
             // Written before content was sealed and not split yet: shown as purged.
-            change.text.clear();
-            change.outcome = None;
+            e.detail = std::mem::take(&mut e.detail).split().0;
         }
         if let (Some(sealed), Some(w)) = (e.content.take(), wrapped.as_ref())
             && let Ok(plain) =
                 state
                     .master_key
                     .open(&r.key_id, w, &aad(&r.referral_id, e.at_ms), &sealed)
-            && let Ok(c) = pb::StateChange::decode(plain.as_slice())
         {
-            change.text = c.text;
-            change.outcome = c.outcome;
+            // Sealed by this node under this event's binding: what opens
+            // is what it wrote, and a value it cannot read is an error.
+            let content = detail_from_stored(&plain)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("sealed content of an event: {e}")))?;
+            e.detail = std::mem::take(&mut e.detail).with_content(content);
         }
-        e.detail = change.encode_to_vec();
     }
     Ok(events)
-}
-
-/// Terms as kept after a purge: the same without their free text.
-pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
-    let mut t = pb::ConsentTerms::decode(terms).unwrap_or_default();
-    if !t.purpose_text.is_empty() {
-        t.purpose_text = PURGED_TEXT.into();
-    }
-    // A statute is meant to name a law, but it is typed: free text goes.
-    if let Some(basis) = t.legal_basis.as_mut()
-        && !basis.statute.is_empty()
-    {
-        basis.statute = PURGED_TEXT.into();
-    }
-    t.encode_to_vec()
-}
-
-/// When terms end (their `valid_until`), if they say.
-pub fn terms_end(terms: &[u8]) -> Option<i64> {
-    pb::ConsentTerms::decode(terms)
-        .ok()?
-        .valid_until
-        .as_ref()
-        .map(from_timestamp)
 }
 
 /// A recipient's purge of `r`, by itself: content and data key go; the
@@ -242,7 +197,7 @@ pub async fn forget_consents(state: &NodeState) -> Result<u32> {
         let due = state.store.consents_to_forget(state.now_ms(), 500).await?;
         let mut round = 0;
         for c in &due {
-            let terms = purged_terms(&c.terms.to_pb().encode_to_vec());
+            let terms = purged_terms(&terms_to_stored(&c.terms));
             let audit = AuditEntry::node(
                 state.now_ms(),
                 state.org_id.as_str(),
@@ -341,8 +296,7 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
         let mut rewrites = Vec::new();
         let mut referral: Option<ReferralRecord> = None;
         for (id, seq, at_ms, detail) in &rows {
-            let change = pb::StateChange::decode(detail.as_slice()).unwrap_or_default();
-            if change.text.is_empty() && change.outcome.is_none() {
+            if !detail.has_content() {
                 continue;
             }
             if referral.as_ref().is_none_or(|r| &r.referral_id != id) {
@@ -382,52 +336,4 @@ pub async fn upgrade(state: &NodeState) -> Result<()> {
 /// who closed it and supervisors.
 pub fn closed_here(s: ReferralState) -> bool {
     matches!(s, ReferralState::Declined | ReferralState::Failed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_keeps_codes_and_takes_the_content() {
-        let c = pb::StateChange {
-            state: pb::ReferralState::Declined as i32,
-            decline_reason: pb::DeclineReason::NoCapacity as i32,
-            text: "lives at 12 Elm Street".into(),
-            outcome: Some(pb::Outcome {
-                note: "works at the bakery".into(),
-                disengagement: pb::Progress::Some as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let (codes, content) = split(&c);
-        assert_eq!(codes.decline_reason, c.decline_reason);
-        assert_eq!(codes.state, c.state);
-        assert!(codes.text.is_empty() && codes.outcome.is_none());
-        let content = content.unwrap();
-        assert_eq!(content.text, c.text);
-        assert_eq!(content.outcome, c.outcome);
-        assert!(split(&pb::StateChange::default()).1.is_none());
-    }
-
-    #[test]
-    fn purged_terms_keep_no_free_text_and_stay_valid() {
-        let t = pb::ConsentTerms {
-            purpose_text: "help near the client's flat".into(),
-            legal_basis: Some(pb::LegalBasis {
-                kind: pb::LegalBasisKind::Statute as i32,
-                statute: "s. 12, the client's employer Acme".into(),
-            }),
-            ..Default::default()
-        };
-        let p = pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).as_slice()).unwrap();
-        assert_eq!(p.purpose_text, PURGED_TEXT);
-        let basis = p.legal_basis.unwrap();
-        assert_eq!(basis.statute, PURGED_TEXT);
-        assert_eq!(basis.kind, pb::LegalBasisKind::Statute as i32);
-        let none = pb::ConsentTerms::default();
-        let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).as_slice()).unwrap();
-        assert!(p.purpose_text.is_empty());
-    }
 }

@@ -3,6 +3,9 @@
 //! resting on it), reassignment within a team.
 
 use super::*;
+use crate::domain::WithdrawalCause;
+use crate::domain::referral::EventDetail;
+use crate::wire::change as changes;
 
 /// A state change by the receiver (accept, decline, start, hold, complete, fail).
 pub async fn act(
@@ -50,7 +53,7 @@ pub async fn act(
     )?;
     let mut ev = ReferralEvent {
         actor: p.actor(),
-        ..event(to, state.org_id.as_str(), &change, now)
+        ..ReferralEvent::new(to, state.org_id.as_str(), now, transition.detail())
     };
     content::seal_event(state, &r, &mut ev).await?;
     let mut c = ReferralChange {
@@ -90,7 +93,7 @@ pub async fn act(
 pub(super) fn withdrawal(
     state: &NodeState,
     r: &ReferralRecord,
-    cause: pb::WithdrawalCause,
+    cause: WithdrawalCause,
     by: &AuditEntry,
 ) -> Result<Option<ReferralChange>> {
     if r.purge_status != crate::domain::PurgeStatus::None {
@@ -102,7 +105,7 @@ pub(super) fn withdrawal(
         &r.peer_org,
         pb::federation_message::Body::Withdrawal(pb::ReferralWithdrawal {
             referral_id: r.referral_id.clone(),
-            cause: cause as i32,
+            cause: cause.to_pb(),
         }),
     )?;
     let live = rules::sender_may_withdraw(from);
@@ -112,22 +115,22 @@ pub(super) fn withdrawal(
         expected_purge_status: Some(crate::domain::PurgeStatus::None),
         state: live.then_some(ReferralState::Withdrawn),
         event: live.then(|| {
-            event(
+            ReferralEvent::new(
                 ReferralState::Withdrawn,
                 state.org_id.as_str(),
-                &bare_change(ReferralState::Withdrawn, now),
                 now,
+                EventDetail::default(),
             )
         }),
         purge_status: Some(crate::domain::PurgeStatus::Pending),
         // The sender's copy of the content goes now: the summary it sent,
         // the texts and outcome its recipient reported, the terms' free text.
         purge_summary: true,
-        purge_terms: Some(content::purged_terms(&r.terms)),
+        purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
         notices: vec![notice],
         audit: vec![
             by.about(
-                &format!("referral.withdraw.{}", cause_name(cause)),
+                &format!("referral.withdraw.{}", cause.as_str()),
                 "referral",
                 &r.referral_id,
             )
@@ -137,16 +140,6 @@ pub(super) fn withdrawal(
         now_ms: state.now_ms(),
         ..Default::default()
     }))
-}
-
-pub(super) fn cause_name(cause: pb::WithdrawalCause) -> &'static str {
-    match cause {
-        pb::WithdrawalCause::SenderWithdrew => "sender",
-        pb::WithdrawalCause::ConsentWithdrawn => "consent_withdrawn",
-        pb::WithdrawalCause::ConsentExpired => "consent_expired",
-        pb::WithdrawalCause::Retention => "retention",
-        pb::WithdrawalCause::Unspecified => "unspecified",
-    }
 }
 
 /// The sender withdraws a referral; the recipient purges and signs a receipt.
@@ -175,7 +168,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
         )));
     }
     let by = AuditEntry::caller(state.now_ms(), p, "", "", "");
-    let Some(mut c) = withdrawal(state, &r, pb::WithdrawalCause::SenderWithdrew, &by)? else {
+    let Some(mut c) = withdrawal(state, &r, WithdrawalCause::SenderWithdrew, &by)? else {
         return Err(Error::FailedPrecondition("already withdrawn".into()));
     };
     if let Some(e) = c.event.as_mut() {
@@ -200,7 +193,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
 pub async fn withdraw_consent(
     state: &NodeState,
     consent_id: &str,
-    cause: pb::WithdrawalCause,
+    cause: WithdrawalCause,
     by: &str,
     who: &AuditEntry,
 ) -> Result<u32> {

@@ -21,7 +21,7 @@ pub use receipts::*;
 pub use schedule::*;
 pub use view::*;
 
-use crate::protocol::{changes, messages};
+use crate::protocol::messages;
 
 use crate::access::{self, View};
 use crate::audit::{self, AuditEntry};
@@ -140,26 +140,6 @@ pub async fn open_summary(state: &NodeState, r: &ReferralRecord) -> Option<CaseS
         .open(&r.key_id, &wrapped, &r.referral_id, sealed)
         .ok()?;
     crate::wire::referral::summary_from_stored(&plain)
-}
-
-/// Who a principal is, as a referral's history records it locally.
-fn event(state: ReferralState, by: &str, change: &pb::StateChange, at_ms: i64) -> ReferralEvent {
-    ReferralEvent {
-        actor: String::new(),
-        state,
-        at_ms,
-        by_org: by.to_owned(),
-        detail: change.encode_to_vec(),
-        content: None,
-    }
-}
-
-fn bare_change(s: ReferralState, at_ms: i64) -> pb::StateChange {
-    pb::StateChange {
-        state: s.to_pb(),
-        at: Some(to_timestamp(at_ms)),
-        ..Default::default()
-    }
 }
 
 pub async fn create(state: &NodeState, p: &Principal, new: NewReferral) -> Result<ReferralRecord> {
@@ -327,11 +307,11 @@ async fn create_checked(
         updated_at_ms: now,
         expires_at_ms: Some(consent.terms.valid_until_ms),
     };
-    let mut ev = event(
+    let mut ev = ReferralEvent::new(
         ReferralState::Requested,
         state.org_id.as_str(),
-        &bare_change(ReferralState::Requested, now),
         now,
+        Default::default(),
     );
     ev.actor = p.actor();
     let audit = AuditEntry::caller(

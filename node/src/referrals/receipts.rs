@@ -2,6 +2,9 @@
 //! with the change it implies, or a refusal for good.
 
 use super::*;
+use crate::domain::FailureReason;
+use crate::domain::referral::EventDetail;
+use crate::store::{NoticeKind, Route};
 
 /// The outbox delivered one of our messages and the peer answered: its
 /// receipt checked against the peer's pinned `keys`, with what it implies
@@ -30,14 +33,12 @@ pub fn delivery_receipt(
             ReferralChange {
                 expected_states: vec![ReferralState::Requested],
                 state: Some(ReferralState::Received),
-                event: Some(ReferralEvent {
-                    actor: String::new(),
-                    state: ReferralState::Received,
-                    at_ms: record.at_ms,
-                    by_org: org.to_string(),
-                    detail: bare_change(ReferralState::Received, record.at_ms).encode_to_vec(),
-                    content: None,
-                }),
+                event: Some(ReferralEvent::new(
+                    ReferralState::Received,
+                    org.as_str(),
+                    record.at_ms,
+                    EventDetail::default(),
+                )),
                 now_ms: state.now_ms(),
                 ..Default::default()
             },
@@ -108,18 +109,20 @@ pub async fn on_delivered(state: &NodeState, items: &[AcceptedReceipt]) -> Resul
 /// delivered in time): the referral fails, with the reason.
 pub async fn on_refused(
     state: &NodeState,
-    req: &pb::NotifyRequest,
-    reason: pb::FailureReason,
+    route: Option<&Route>,
+    reason: FailureReason,
     text: &str,
 ) -> Result<()> {
-    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+    let Some(route) = route else {
         return Ok(());
     };
-    let Ok(msg) = pb::FederationMessage::decode(sent.payload.as_slice()) else {
-        return Ok(());
-    };
-    let Some(pb::federation_message::Body::Offer(o)) = msg.body else {
-        tracing::warn!(message_id = %msg.message_id, "a peer refused a status or withdrawal message");
+    let (NoticeKind::Offer, Some(referral_id)) = (route.kind, &route.referral_id) else {
+        if matches!(route.kind, NoticeKind::Status | NoticeKind::Withdrawal) {
+            tracing::warn!(
+                kind = route.kind.as_str(),
+                "a peer refused a referral message"
+            );
+        }
         return Ok(());
     };
     let mut text: String = text
@@ -128,22 +131,21 @@ pub async fn on_refused(
         .take(rules::MAX_NOTE_CHARS)
         .collect();
     text.truncate(rules::MAX_NOTE_CHARS);
-    let change = pb::StateChange {
-        state: ReferralState::Failed.to_pb(),
-        failure_reason: reason as i32,
+    let detail = EventDetail {
+        failure_reason: Some(reason),
         text,
         ..Default::default()
     };
-    let mut ev = event(
+    let mut ev = ReferralEvent::new(
         ReferralState::Failed,
         state.org_id.as_str(),
-        &change,
         state.now_ms(),
+        detail,
     );
-    match state.store.get_referral(&o.referral_id).await? {
-        Some(r) => content::seal_event(state, &r, &mut ev).await?,
-        None => return Ok(()),
-    }
+    let Some(r) = state.store.get_referral(referral_id).await? else {
+        return Ok(());
+    };
+    content::seal_event(state, &r, &mut ev).await?;
     let c = ReferralChange {
         expected_states: vec![ReferralState::Requested],
         state: Some(ReferralState::Failed),
@@ -154,14 +156,14 @@ pub async fn on_refused(
                 state.org_id.as_str(),
                 "referral.failed_delivery",
                 "referral",
-                &o.referral_id,
+                referral_id,
             )
-            .with_peer(&msg.recipient_org),
+            .with_peer(r.peer_org.as_str()),
         ],
         now_ms: state.now_ms(),
         ..Default::default()
     };
-    state.store.change_referral(&o.referral_id, &c).await?;
-    state.referral_changed(&o.referral_id);
+    state.store.change_referral(referral_id, &c).await?;
+    state.referral_changed(referral_id);
     Ok(())
 }

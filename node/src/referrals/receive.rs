@@ -4,13 +4,14 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::consent::{ConsentTerms, OutOfScope};
+use crate::domain::referral::EventDetail;
 use crate::domain::referral::{self as rules, CaseSummary};
 use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
-use crate::protocol::{changes, messages};
+use crate::protocol::messages;
 use crate::state::NodeState;
 use crate::store::{ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
-use crate::wire::time::to_timestamp;
+use crate::wire::change as changes;
 use exitnet_proto::pb;
 use prost::Message;
 
@@ -245,22 +246,16 @@ pub async fn handle(
                 state: held_state
                     .filter(|s| !rules::is_closed(*s))
                     .map(|_| ReferralState::Withdrawn),
-                event: Some(ReferralEvent {
-                    actor: String::new(),
-                    state: ReferralState::Withdrawn,
-                    at_ms: state.now_ms(),
-                    by_org: from.org_id.to_string(),
-                    detail: pb::StateChange {
-                        state: ReferralState::Withdrawn.to_pb(),
-                        ..Default::default()
-                    }
-                    .encode_to_vec(),
-                    content: None,
-                }),
+                event: Some(ReferralEvent::new(
+                    ReferralState::Withdrawn,
+                    from.org_id.as_str(),
+                    state.now_ms(),
+                    EventDetail::default(),
+                )),
                 purge_status: Some(crate::domain::PurgeStatus::Done),
                 purged_at_ms: Some(state.now_ms()),
                 purge_summary: true,
-                purge_terms: Some(super::content::purged_terms(&r.terms)),
+                purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
                 destroy_key: Some(r.key_id.clone()),
                 now_ms: state.now_ms(),
                 ..Default::default()
@@ -425,19 +420,12 @@ pub fn offer_to_record(
         updated_at_ms: now,
         expires_at_ms: Some(terms.valid_until_ms),
     };
-    let ev = ReferralEvent {
-        actor: String::new(),
-        state: ReferralState::Received,
-        at_ms: now,
-        by_org: me.to_string(),
-        detail: pb::StateChange {
-            state: ReferralState::Received.to_pb(),
-            at: Some(to_timestamp(now)),
-            ..Default::default()
-        }
-        .encode_to_vec(),
-        content: None,
-    };
+    let ev = ReferralEvent::new(
+        ReferralState::Received,
+        me.as_str(),
+        now,
+        EventDetail::default(),
+    );
     Ok((record, ev))
 }
 
@@ -446,7 +434,7 @@ pub fn offer_to_record(
 pub fn status_change(
     from: &Peer,
     r: &ReferralRecord,
-    mut change: pb::StateChange,
+    change: pb::StateChange,
     now: i64,
 ) -> Result<ReferralChange> {
     let to = ReferralState::from_pb("status.change.state", change.state)?;
@@ -465,21 +453,15 @@ pub fn status_change(
     // Only what the transition carries is kept: a peer cannot put anything
     // else (a local actor, a text on an acceptance) into our history.
     let transition = changes::transition("status.change", &change)?;
-    let at = change.at.take();
-    let mut change = changes::state_change(&transition);
-    change.at = at;
-    change.by_org = from.org_id.to_string();
     Ok(ReferralChange {
         expected_states: vec![current],
         state: Some(to),
-        event: Some(ReferralEvent {
-            actor: String::new(),
-            state: to,
-            at_ms: now,
-            by_org: from.org_id.to_string(),
-            detail: change.encode_to_vec(),
-            content: None,
-        }),
+        event: Some(ReferralEvent::new(
+            to,
+            from.org_id.as_str(),
+            now,
+            transition.detail(),
+        )),
         now_ms: now,
         ..Default::default()
     })

@@ -9,12 +9,12 @@
 
 use crate::audit::AuditEntry;
 use crate::domain::referral as rules;
+use crate::domain::referral::EventDetail;
 use crate::domain::{OrgId, Peer, ReferralState};
 use crate::error::{FieldError, Result};
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent};
 use exitnet_proto::pb;
-use prost::Message;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,22 +138,18 @@ async fn purge_again(state: &NodeState, peer: &OrgId, id: &str) -> Result<bool> 
         expected_states: vec![current],
         expected_purge_status: Some(crate::domain::PurgeStatus::None),
         state: moves.then_some(ReferralState::Withdrawn),
-        event: moves.then(|| ReferralEvent {
-            actor: String::new(),
-            state: ReferralState::Withdrawn,
-            at_ms: now,
-            by_org: peer.to_string(),
-            detail: pb::StateChange {
-                state: ReferralState::Withdrawn.to_pb(),
-                ..Default::default()
-            }
-            .encode_to_vec(),
-            content: None,
+        event: moves.then(|| {
+            ReferralEvent::new(
+                ReferralState::Withdrawn,
+                peer.as_str(),
+                now,
+                EventDetail::default(),
+            )
         }),
         purge_status: Some(crate::domain::PurgeStatus::Done),
         purged_at_ms: Some(now),
         purge_summary: true,
-        purge_terms: Some(super::content::purged_terms(&r.terms)),
+        purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
         destroy_key: (!r.outbound).then(|| r.key_id.clone()),
         audit: vec![AuditEntry::peer(
             state.now_ms(),

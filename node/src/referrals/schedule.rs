@@ -9,7 +9,7 @@ use super::*;
 pub async fn purge_referrals(
     state: &NodeState,
     referrals: &[ReferralRecord],
-    cause: pb::WithdrawalCause,
+    cause: crate::domain::WithdrawalCause,
 ) -> Result<u32> {
     let mut n = 0;
     let by = AuditEntry::node(state.now_ms(), state.org_id.as_str(), "", "", "");
@@ -31,7 +31,12 @@ pub async fn purge_referrals(
 pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
     let now = state.now_ms();
     let expired = state.store.referrals_with_expired_consent(now).await?;
-    let mut n = purge_referrals(state, &expired, pb::WithdrawalCause::ConsentExpired).await?;
+    let mut n = purge_referrals(
+        state,
+        &expired,
+        crate::domain::WithdrawalCause::ConsentExpired,
+    )
+    .await?;
     for peer in state.store.list_peers().await? {
         let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &peer.org_id).await?;
         if policy.retention_days == 0 {
@@ -42,7 +47,7 @@ pub async fn scheduled_purges(state: &NodeState) -> Result<u32> {
             .store
             .closed_referrals_before(&peer.org_id, before)
             .await?;
-        n += purge_referrals(state, &closed, pb::WithdrawalCause::Retention).await?;
+        n += purge_referrals(state, &closed, crate::domain::WithdrawalCause::Retention).await?;
     }
     // A recipient purges by itself what it may no longer hold.
     n += content::purge_inbound(state).await?;

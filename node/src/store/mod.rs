@@ -288,12 +288,17 @@ pub trait ReferralStore: Send + Sync {
         &self,
         after: Option<&(String, i64)>,
         limit: i64,
-    ) -> Result<Vec<(String, i64, i64, Vec<u8>)>>;
+    ) -> Result<Vec<(String, i64, i64, crate::domain::referral::EventDetail)>>;
 
     /// Rewrites events: `(referral_id, seq, detail, content)`.
     async fn rewrite_history(
         &self,
-        items: &[(String, i64, Vec<u8>, Option<Vec<u8>>)],
+        items: &[(
+            String,
+            i64,
+            crate::domain::referral::EventDetail,
+            Option<Vec<u8>>,
+        )],
     ) -> Result<()>;
 
     /// Outbound referrals still holding data at their recipient whose consent

@@ -231,13 +231,31 @@ pub struct ReferralEvent {
     pub by_org: String,
     /// Who at this node made the change (empty for a peer's change).
     pub actor: String,
-    /// Encoded `StateChange` with its codes only (state, reasons): what
-    /// the history keeps after a purge.
-    pub detail: Vec<u8>,
-    /// The change's case content (its text, its outcome: an encoded
-    /// `StateChange` with those fields only), sealed under the referral's
-    /// data key (`referrals::content`); deleted by a purge.
+    /// Its reasons; and, where it is shown, its content too (a stored
+    /// event keeps its codes only: what the history keeps after a purge).
+    pub detail: crate::domain::referral::EventDetail,
+    /// The change's case content (its text, its outcome), sealed under the
+    /// referral's data key (`referrals::content`); deleted by a purge.
     pub content: Option<Vec<u8>>,
+}
+
+impl ReferralEvent {
+    /// An event made by `by_org`, no actor named, nothing sealed yet.
+    pub fn new(
+        state: ReferralState,
+        by_org: &str,
+        at_ms: i64,
+        detail: crate::domain::referral::EventDetail,
+    ) -> Self {
+        ReferralEvent {
+            state,
+            at_ms,
+            by_org: by_org.to_owned(),
+            actor: String::new(),
+            detail,
+            content: None,
+        }
+    }
 }
 
 /// A signed receipt, ours or a peer's.

@@ -6,6 +6,7 @@ use crate::domain::*;
 use crate::error::FieldError;
 use crate::wire::time::*;
 use exitnet_proto::pb;
+use prost::Message;
 
 impl ConsentTerms {
     /// Validates terms from a caller (`now_ms` bounds the validity period).
@@ -188,6 +189,39 @@ impl Consent {
             team: self.team.clone().unwrap_or_default(),
         }
     }
+}
+
+/// Terms as a referral keeps them: encoded as they travel.
+pub fn terms_to_stored(t: &ConsentTerms) -> Vec<u8> {
+    t.to_pb().encode_to_vec()
+}
+
+/// What stands in for purged free text where the terms require some
+/// (`purpose_text` with PURPOSE_OTHER).
+pub const PURGED_TEXT: &str = "(purged)";
+
+/// Terms as kept after a purge: the same without their free text.
+pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
+    let mut t = pb::ConsentTerms::decode(terms).unwrap_or_default();
+    if !t.purpose_text.is_empty() {
+        t.purpose_text = PURGED_TEXT.into();
+    }
+    // A statute is meant to name a law, but it is typed: free text goes.
+    if let Some(basis) = t.legal_basis.as_mut()
+        && !basis.statute.is_empty()
+    {
+        basis.statute = PURGED_TEXT.into();
+    }
+    t.encode_to_vec()
+}
+
+/// When terms end (their `valid_until`), if they say.
+pub fn terms_end(terms: &[u8]) -> Option<i64> {
+    pb::ConsentTerms::decode(terms)
+        .ok()?
+        .valid_until
+        .as_ref()
+        .map(from_timestamp)
 }
 
 #[cfg(test)]
@@ -431,5 +465,25 @@ mod tests {
                 field
             );
         }
+    }
+
+    #[test]
+    fn purged_terms_keep_no_free_text_and_stay_valid() {
+        let t = pb::ConsentTerms {
+            purpose_text: "help near the client's flat".into(),
+            legal_basis: Some(pb::LegalBasis {
+                kind: pb::LegalBasisKind::Statute as i32,
+                statute: "s. 12, the client's employer Acme".into(),
+            }),
+            ..Default::default()
+        };
+        let p = pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).as_slice()).unwrap();
+        assert_eq!(p.purpose_text, PURGED_TEXT);
+        let basis = p.legal_basis.unwrap();
+        assert_eq!(basis.statute, PURGED_TEXT);
+        assert_eq!(basis.kind, pb::LegalBasisKind::Statute as i32);
+        let none = pb::ConsentTerms::default();
+        let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).as_slice()).unwrap();
+        assert!(p.purpose_text.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 //! names a wire type.
 
 pub mod audit;
+pub mod change;
 pub mod consent;
 pub mod org;
 pub mod peer;

@@ -4,9 +4,10 @@
 //! PostgreSQL (see `store::sql`).
 
 use super::S;
-use super::rows::row_to_referral;
+use super::rows::{row_to_referral, stored_detail};
 use super::shared::*;
 use crate::domain::OrgId;
+use crate::domain::referral::EventDetail;
 use crate::error::Result;
 use crate::store::NewNotice;
 use crate::store::sql::{REFERRAL_BY_REQUEST, REFERRAL_COLUMNS};
@@ -133,7 +134,7 @@ impl crate::store::ReferralStore for S {
                     at_ms: r.try_get("at")?,
                     by_org: r.try_get("by_org")?,
                     actor: r.try_get("actor")?,
-                    detail: r.try_get("detail")?,
+                    detail: stored_detail(referral_id, &r.try_get::<Vec<u8>, _>("detail")?)?,
                     content: r.try_get("content")?,
                 })
             })
@@ -269,7 +270,7 @@ impl crate::store::ReferralStore for S {
         &self,
         after: Option<&(String, i64)>,
         limit: i64,
-    ) -> Result<Vec<(String, i64, i64, Vec<u8>)>> {
+    ) -> Result<Vec<(String, i64, i64, EventDetail)>> {
         let (id, seq) = after.cloned().unwrap_or_default();
         let rows = sqlx::query(
             "SELECT referral_id, seq, at, detail FROM referral_events
@@ -283,26 +284,23 @@ impl crate::store::ReferralStore for S {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.try_get("referral_id")?,
-                    r.try_get("seq")?,
-                    r.try_get("at")?,
-                    r.try_get("detail")?,
-                ))
+                let id: String = r.try_get("referral_id")?;
+                let detail = stored_detail(&id, &r.try_get::<Vec<u8>, _>("detail")?)?;
+                Ok((id, r.try_get("seq")?, r.try_get("at")?, detail))
             })
             .collect()
     }
 
     async fn rewrite_history(
         &self,
-        items: &[(String, i64, Vec<u8>, Option<Vec<u8>>)],
+        items: &[(String, i64, EventDetail, Option<Vec<u8>>)],
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         for (id, seq, detail, content) in items {
             // Only history not yet split (another replica may have
             // split it since it was read).
             sqlx::query("UPDATE referral_events SET detail = $1, content = $2 WHERE referral_id = $3 AND seq = $4 AND content IS NULL")
-                .bind(detail)
+                .bind(crate::wire::change::detail_to_stored(detail))
                 .bind(content)
                 .bind(id)
                 .bind(seq)

@@ -5,6 +5,15 @@ use sqlx::Row;
 
 type DbRow = <Db as sqlx::Database>::Row;
 
+/// An event's stored detail, read strictly (`wire::change`).
+pub(super) fn stored_detail(
+    referral_id: &str,
+    bytes: &[u8],
+) -> crate::error::Result<crate::domain::referral::EventDetail> {
+    crate::wire::change::detail_from_stored(bytes)
+        .map_err(|e| anyhow::anyhow!("stored event of {referral_id}: {e}").into())
+}
+
 pub(super) fn row_to_peer(row: &DbRow) -> crate::error::Result<crate::domain::Peer> {
     use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
     use anyhow::anyhow;

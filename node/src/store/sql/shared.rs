@@ -83,7 +83,11 @@ pub(super) async fn insert_events(
     let mut insert = sqlx::QueryBuilder::<Db>::new(
         "INSERT INTO referral_events (referral_id, seq, state, at, by_org, detail, actor, content) ",
     );
-    insert.push_values(rows, |mut b, (id, e)| {
+    let details: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|(_, e)| crate::wire::change::detail_to_stored(&e.detail))
+        .collect();
+    insert.push_values(rows.iter().zip(details), |mut b, ((id, e), detail)| {
         b.push_bind(*id)
             .push("(SELECT COALESCE(MAX(seq), 0) + 1 FROM referral_events WHERE referral_id = ")
             .push_bind_unseparated(*id)
@@ -91,7 +95,7 @@ pub(super) async fn insert_events(
             .push_bind(e.state.as_str())
             .push_bind(e.at_ms)
             .push_bind(&e.by_org)
-            .push_bind(&e.detail)
+            .push_bind(detail)
             .push_bind(&e.actor)
             .push_bind(&e.content);
     });

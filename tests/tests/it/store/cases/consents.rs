@@ -175,7 +175,7 @@ pub async fn scheduler_finds_expired_consents_and_retention(s: Arc<dyn Store>) {
         at_ms: NOW,
         by_org: "ngo-a".into(),
         actor: "alice".into(),
-        detail: vec![],
+        detail: Default::default(),
         content: None,
     };
     for (id, c, st, at) in [

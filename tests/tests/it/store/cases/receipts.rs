@@ -22,7 +22,7 @@ pub async fn receipts_are_accepted_together_and_once(s: Arc<dyn Store>) {
         at_ms: NOW,
         by_org: "ngo-a".into(),
         actor: String::new(),
-        detail: vec![],
+        detail: Default::default(),
         content: None,
     };
     for id in ["r1", "r2", "r3"] {
@@ -152,7 +152,7 @@ pub async fn offers_are_received_together_and_once(s: Arc<dyn Store>) {
                 at_ms: NOW,
                 by_org: "ngo-a".into(),
                 actor: String::new(),
-                detail: vec![],
+                detail: Default::default(),
                 content: None,
             },
             wrapped_key: Some(format!("wrapped-{id}").into_bytes()),

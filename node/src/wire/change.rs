@@ -1,12 +1,13 @@
 //! A referral's state change on the wire (`StateChange`): the client API's
 //! requests and the federation's status messages carry one, and a stored
-//! event keeps its encoding. One conversion each way, so the client API and
-//! the receiver of a peer's status check a change alike.
+//! event keeps its detail in that encoding. One conversion each way, so the
+//! client API and the receiver of a peer's status check a change alike.
 
-use crate::domain::referral::{Outcome, Transition};
+use crate::domain::referral::{EventDetail, Outcome, Transition};
 use crate::domain::{DeclineReason, FailureReason, Progress, ReferralState};
 use crate::error::FieldError;
 use exitnet_proto::pb;
+use prost::Message;
 
 /// The outcome reported on completion, required; `field` names it in errors.
 pub fn outcome(field: &str, o: Option<pb::Outcome>) -> Result<Outcome, FieldError> {
@@ -65,31 +66,73 @@ pub fn transition(field: &str, c: &pb::StateChange) -> Result<Transition, FieldE
     t.checked(&f("text"), &f("outcome"))
 }
 
-/// The change as it travels and is stored; the caller adds when and by whom.
+/// The change as it travels; the caller adds when and by whom.
 pub fn state_change(t: &Transition) -> pb::StateChange {
-    let mut c = pb::StateChange {
-        state: t.to().to_pb(),
+    detail_to_pb(t.to(), &t.detail())
+}
+
+/// An event's state and detail as a `StateChange`; the caller adds when,
+/// by whom and the actor.
+pub fn detail_to_pb(state: ReferralState, d: &EventDetail) -> pb::StateChange {
+    pb::StateChange {
+        state: state.to_pb(),
+        decline_reason: d.decline_reason.map_or(0, DeclineReason::to_pb),
+        failure_reason: d.failure_reason.map_or(0, FailureReason::to_pb),
+        text: d.text.clone(),
+        outcome: d.outcome.as_ref().map(outcome_to_pb),
         ..Default::default()
-    };
-    match t {
-        Transition::Accept | Transition::Start => {}
-        Transition::Hold { text } => c.text = text.clone(),
-        Transition::Decline { reason, text } => {
-            c.decline_reason = reason.to_pb();
-            c.text = text.clone();
-        }
-        Transition::Fail { reason, text } => {
-            c.failure_reason = reason.to_pb();
-            c.text = text.clone();
-        }
-        Transition::Complete { outcome } => c.outcome = Some(outcome_to_pb(outcome)),
     }
-    c
+}
+
+/// An event's detail (or its sealed content) as stored: an encoded
+/// `StateChange` with only the reasons, the text and the outcome; the state,
+/// time and organisation are the event's own columns.
+pub fn detail_to_stored(d: &EventDetail) -> Vec<u8> {
+    let mut c = detail_to_pb(ReferralState::Requested, d);
+    c.state = 0;
+    c.encode_to_vec()
+}
+
+/// A stored detail, checked: a code this build does not know is an error,
+/// never read as none. Rows written before the state and time were the
+/// event's own columns carry them too; they are not read.
+pub fn detail_from_stored(bytes: &[u8]) -> Result<EventDetail, FieldError> {
+    let c = pb::StateChange::decode(bytes).map_err(|_| FieldError::new("detail", "malformed"))?;
+    Ok(EventDetail {
+        decline_reason: DeclineReason::from_pb_optional("detail.decline_reason", c.decline_reason)?,
+        failure_reason: FailureReason::from_pb_optional("detail.failure_reason", c.failure_reason)?,
+        text: c.text,
+        outcome: match c.outcome {
+            Some(o) => Some(outcome("detail.outcome", Some(o))?),
+            None => None,
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_detail_reads_back_and_an_unknown_code_is_an_error() {
+        let t = Transition::Complete {
+            outcome: Outcome {
+                reintegration: Some(Progress::Substantial),
+                service_delivered: true,
+                note: "housing found".into(),
+                ..Default::default()
+            },
+        };
+        let d = t.detail();
+        assert_eq!(detail_from_stored(&detail_to_stored(&d)), Ok(d));
+        let unknown = pb::StateChange {
+            failure_reason: 99,
+            ..Default::default()
+        };
+        let err = detail_from_stored(&unknown.encode_to_vec()).unwrap_err();
+        assert_eq!(err.field, "detail.failure_reason");
+        assert!(detail_from_stored(b"\xff\xff").is_err());
+    }
 
     fn change(state: pb::ReferralState) -> pb::StateChange {
         pb::StateChange {
