@@ -5,8 +5,9 @@
 use crate::delivery::Answers;
 use crate::domain::{FailureReason, OrgId};
 use crate::error::Result;
+use crate::protocol::messages::Acknowledgement;
 use crate::state::NodeState;
-use crate::store::{AcceptedReceipt, PeerKey, Route};
+use crate::store::{AcceptedReceipt, Route};
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 
@@ -19,12 +20,10 @@ impl Answers for NodeAnswers {
         &self,
         state: &NodeState,
         org: &OrgId,
-        keys: &[PeerKey],
         notice_row: i64,
-        req: &pb::NotifyRequest,
-        resp: &pb::NotifyResponse,
-    ) -> Result<Option<AcceptedReceipt>> {
-        crate::referrals::delivery_receipt(state, org, keys, notice_row, req, resp)
+        ack: Acknowledgement,
+    ) -> AcceptedReceipt {
+        crate::referrals::delivery_receipt(state, org, notice_row, ack)
     }
 
     fn delivered<'a>(

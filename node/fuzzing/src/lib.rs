@@ -109,17 +109,22 @@ pub fn federation_message(me: &OrgId, from: &Peer, msg: pb::FederationMessage) {
     match msg.body {
         Some(pb::federation_message::Body::Offer(o)) => {
             let policy = exitnet_node::policy::PeerPolicy::default();
-            let _ = exitnet_node::referrals::receive::offer_to_record(
-                me,
-                from,
-                &policy,
-                o,
-                exitnet_node::domain::time::now_ms(),
-            );
+            if let Ok(offer) = exitnet_node::domain::message::Offer::from_pb(o) {
+                let _ = exitnet_node::referrals::receive::offer_to_record(
+                    me,
+                    from,
+                    &policy,
+                    offer,
+                    exitnet_node::domain::time::now_ms(),
+                );
+            }
         }
         Some(pb::federation_message::Body::Status(s)) => {
             let _ = exitnet_node::domain::id_check("status.referral_id", &s.referral_id);
-            if let Some(change) = s.change {
+            if let Some(Ok(change)) = s
+                .change
+                .map(|c| exitnet_node::wire::change::transition("status.change", &c))
+            {
                 for st in [
                     ReferralState::Requested,
                     ReferralState::Received,

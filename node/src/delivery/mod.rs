@@ -7,9 +7,9 @@
 
 use crate::domain::{FailureReason, OrgId};
 use crate::error::Result;
-use crate::protocol::messages::sign_for_sending;
+use crate::protocol::messages::{Acknowledgement, sign_for_sending};
 use crate::state::NodeState;
-use crate::store::{AcceptedReceipt, Notice, NoticeKind, PeerKey, Route};
+use crate::store::{AcceptedReceipt, Notice, NoticeKind, Route};
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -34,18 +34,14 @@ type Running = Arc<Mutex<HashSet<OrgId>>>;
 /// witnesses of our audit checkpoints. The composition root wires them
 /// (`answers.rs`).
 pub trait Answers: Send + Sync {
-    /// Checks a peer's receipt for a message we sent (`None`: the notice
-    /// was not a message, and is simply delivered).
+    /// A peer's checked receipt for a message we sent, with what it implies.
     fn receipt(
         &self,
         state: &NodeState,
         org: &OrgId,
-        keys: &[PeerKey],
         notice_row: i64,
-        req: &pb::NotifyRequest,
-        resp: &pb::NotifyResponse,
-    ) -> Result<Option<AcceptedReceipt>>;
-    /// Stores checked receipts together, with the changes they imply.
+        ack: Acknowledgement,
+    ) -> AcceptedReceipt;
     fn delivered<'a>(
         &'a self,
         state: &'a NodeState,

@@ -6,6 +6,7 @@ pub mod audit;
 mod codes;
 pub mod consent;
 mod ids;
+pub mod message;
 pub mod org;
 mod peer;
 pub mod policy;

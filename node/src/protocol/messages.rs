@@ -33,8 +33,9 @@ use crate::crypto::sha256;
 pub fn notice_for(
     state: &NodeState,
     recipient: &crate::domain::OrgId,
-    body: pb::federation_message::Body,
+    message: &crate::domain::message::ReferralMessage,
 ) -> Result<NewNotice> {
+    let body = message.to_pb(state.org_id.as_str());
     let route = route_of_body(&body);
     // Random, not time-ordered (a UUIDv7 carries the millisecond it was made
     // in), and the day only as the time sent: two recipients of one client
@@ -206,6 +207,52 @@ pub async fn issue_receipt(
         batch,
         at_ms: at,
     })
+}
+
+/// A peer's receipt for one of our referral messages, checked: what it
+/// acknowledges, as the services above read it.
+#[derive(Debug, Clone)]
+pub struct Acknowledgement {
+    pub referral_id: String,
+    /// The message acknowledged: an offer, a status or a withdrawal.
+    pub message: NoticeKind,
+    /// For a withdrawal: whether the peer held anything to purge.
+    pub nothing_held: bool,
+    /// The receipt as it is kept.
+    pub record: ReceiptRecord,
+}
+
+/// The peer's answer to one of our notices: for a referral message, its
+/// receipt checked against the peer's pinned `keys` (`None` for any other
+/// notice, which is simply delivered).
+pub fn acknowledgement(
+    state: &NodeState,
+    peer: &crate::domain::OrgId,
+    keys: &[crate::store::PeerKey],
+    req: &pb::NotifyRequest,
+    resp: &pb::NotifyResponse,
+) -> Result<Option<Acknowledgement>> {
+    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
+        return Ok(None);
+    };
+    let sent_msg = pb::FederationMessage::decode(sent.payload.as_slice())
+        .map_err(|e| Error::Internal(e.into()))?;
+    let receipt = resp
+        .receipt
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("the peer sent no receipt".into()))?;
+    let (r, record) = verify_receipt(state, peer, keys, sent, &sent_msg, receipt)?;
+    let message = match &sent_msg.body {
+        Some(pb::federation_message::Body::Offer(_)) => NoticeKind::Offer,
+        Some(pb::federation_message::Body::Status(_)) => NoticeKind::Status,
+        _ => NoticeKind::Withdrawal,
+    };
+    Ok(Some(Acknowledgement {
+        referral_id: r.referral_id.clone(),
+        message,
+        nothing_held: r.purge_outcome() == pb::PurgeOutcome::NothingHeld,
+        record,
+    }))
 }
 
 /// Checks a receipt a peer returned for `sent` (the notice we delivered):

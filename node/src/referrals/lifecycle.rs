@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::domain::WithdrawalCause;
+use crate::domain::message::ReferralMessage;
 use crate::domain::referral::EventDetail;
-use crate::wire::change as changes;
 
 /// A state change by the receiver (accept, decline, start, hold, complete, fail).
 pub async fn act(
@@ -40,16 +40,14 @@ pub async fn act(
         )));
     }
     let now = state.now_ms();
-    let mut change = changes::state_change(&transition);
-    change.at = Some(to_timestamp(now));
-    change.by_org = state.org_id.to_string();
     let notice = messages::notice_for(
         state,
         &r.peer_org,
-        pb::federation_message::Body::Status(pb::ReferralStatus {
+        &ReferralMessage::Status {
             referral_id: r.referral_id.clone(),
-            change: Some(change.clone()),
-        }),
+            transition: transition.clone(),
+            at_ms: now,
+        },
     )?;
     let mut ev = ReferralEvent {
         actor: p.actor(),
@@ -103,10 +101,10 @@ pub(super) fn withdrawal(
     let notice = messages::notice_for(
         state,
         &r.peer_org,
-        pb::federation_message::Body::Withdrawal(pb::ReferralWithdrawal {
+        &ReferralMessage::Withdrawal {
             referral_id: r.referral_id.clone(),
-            cause: cause.to_pb(),
-        }),
+            cause,
+        },
     )?;
     let live = rules::sender_may_withdraw(from);
     let now = state.now_ms();

@@ -28,6 +28,7 @@ use crate::audit::{self, AuditEntry};
 use crate::auth::{Principal, Role};
 use crate::domain::consent::{Consent, OutOfScope};
 use crate::domain::id_check;
+use crate::domain::message::{Offer, ReferralMessage};
 use crate::domain::referral::{self as rules, CaseSummary, Transition};
 use crate::domain::{NeedArea, OrgId, ReferralState, Service, Urgency};
 use crate::error::{Error, FieldError, Result};
@@ -35,11 +36,10 @@ use crate::state::NodeState;
 use crate::store::{
     AcceptedReceipt, ReferralChange, ReferralEvent, ReferralFilter, ReferralRecord,
 };
-use crate::wire::time::to_timestamp;
+use crate::wire::consent::terms_to_stored;
+use crate::wire::referral::summary_to_stored;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use exitnet_proto::pb;
-use prost::Message;
 
 pub struct NewReferral {
     pub request_id: String,
@@ -259,27 +259,27 @@ async fn create_checked(
     }
     let referral_id = uuid::Uuid::new_v4().to_string();
     let pseudonym = pseudonym(state, &consent.subject_ref, &new.recipient);
-    let offer = pb::ReferralOffer {
+    let offer = Offer {
         referral_id: referral_id.clone(),
         subject_pseudonym: pseudonym.clone(),
-        need_areas: new.need_areas.iter().map(|v| v.to_pb()).collect(),
-        services: new.services.iter().map(|v| v.to_pb()).collect(),
-        urgency: new.urgency.to_pb(),
-        summary: Some(new.summary.to_pb()),
-        terms: Some(terms.to_pb()),
+        need_areas: new.need_areas.clone(),
+        services: new.services.clone(),
+        urgency: new.urgency,
+        summary: new.summary.clone(),
+        terms: terms.clone(),
         consent_ref: consent_ref(state, &consent.consent_id, &new.recipient),
     };
     let notice = messages::notice_for(
         state,
         &new.recipient,
-        pb::federation_message::Body::Offer(offer),
+        &ReferralMessage::Offer(Box::new(offer)),
     )?;
     let (sealed, wrapped_key) = seal_summary_with(
         state,
         &key_id,
         data_key,
         &referral_id,
-        &new.summary.to_pb().encode_to_vec(),
+        &summary_to_stored(&new.summary),
     )
     .await?;
     let record = ReferralRecord {
@@ -299,7 +299,7 @@ async fn create_checked(
         services: join(&new.services, Service::as_str),
         urgency: new.urgency.as_str().to_owned(),
         summary: Some(sealed),
-        terms: terms.to_pb().encode_to_vec(),
+        terms: terms_to_stored(&terms),
         state: ReferralState::Requested,
         purge_status: crate::domain::PurgeStatus::None,
         purged_at_ms: None,

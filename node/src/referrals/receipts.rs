@@ -4,86 +4,68 @@
 use super::*;
 use crate::domain::FailureReason;
 use crate::domain::referral::EventDetail;
+use crate::protocol::messages::Acknowledgement;
 use crate::store::{NoticeKind, Route};
 
-/// The outbox delivered one of our messages and the peer answered: its
-/// receipt checked against the peer's pinned `keys`, with what it implies
-/// (`None` for a notice that is not a referral message).
+/// The outbox delivered one of our messages and the peer's receipt for it
+/// checked out: the receipt with what it implies, to store together.
 pub fn delivery_receipt(
     state: &NodeState,
     org: &OrgId,
-    keys: &[crate::store::PeerKey],
     notice_row: i64,
-    req: &pb::NotifyRequest,
-    resp: &pb::NotifyResponse,
-) -> Result<Option<AcceptedReceipt>> {
-    let Some(pb::notify_request::Notice::Message(sent)) = &req.notice else {
-        return Ok(None);
-    };
-    let sent_msg = pb::FederationMessage::decode(sent.payload.as_slice())
-        .map_err(|e| Error::Internal(e.into()))?;
-    let receipt = resp
-        .receipt
-        .as_ref()
-        .ok_or_else(|| Error::Unavailable("the peer sent no receipt".into()))?;
-    let (r, record) = messages::verify_receipt(state, org, keys, sent, &sent_msg, receipt)?;
-    let change = match &sent_msg.body {
-        Some(pb::federation_message::Body::Offer(o)) => Some((
-            o.referral_id.clone(),
-            ReferralChange {
-                expected_states: vec![ReferralState::Requested],
-                state: Some(ReferralState::Received),
-                event: Some(ReferralEvent::new(
-                    ReferralState::Received,
-                    org.as_str(),
-                    record.at_ms,
-                    EventDetail::default(),
-                )),
-                now_ms: state.now_ms(),
-                ..Default::default()
-            },
-        )),
-        Some(pb::federation_message::Body::Withdrawal(w))
-            if r.kind == pb::ReceiptKind::Purge as i32 =>
-        {
-            Some((
-                w.referral_id.clone(),
-                ReferralChange {
-                    purge_status: Some(crate::domain::PurgeStatus::Done),
-                    purged_at_ms: Some(record.at_ms),
-                    // Anything the recipient reported after the withdrawal
-                    // was queued goes too.
-                    purge_summary: true,
-                    now_ms: state.now_ms(),
-                    ..Default::default()
-                },
-            ))
-        }
+    ack: Acknowledgement,
+) -> AcceptedReceipt {
+    let Acknowledgement {
+        referral_id,
+        message,
+        nothing_held,
+        record,
+    } = ack;
+    let change = match message {
+        NoticeKind::Offer => Some(ReferralChange {
+            expected_states: vec![ReferralState::Requested],
+            state: Some(ReferralState::Received),
+            event: Some(ReferralEvent::new(
+                ReferralState::Received,
+                org.as_str(),
+                record.at_ms,
+                EventDetail::default(),
+            )),
+            now_ms: state.now_ms(),
+            ..Default::default()
+        }),
+        NoticeKind::Withdrawal => Some(ReferralChange {
+            purge_status: Some(crate::domain::PurgeStatus::Done),
+            purged_at_ms: Some(record.at_ms),
+            // Anything the recipient reported after the withdrawal was
+            // queued goes too.
+            purge_summary: true,
+            now_ms: state.now_ms(),
+            ..Default::default()
+        }),
         _ => None,
+    };
+    let action = match message {
+        NoticeKind::Withdrawal if nothing_held => {
+            // The recipient never held it: nothing was purged there.
+            "receipt.purge.nothing_held"
+        }
+        NoticeKind::Withdrawal => "receipt.purge",
+        _ => "receipt.delivery",
     };
     let audit = AuditEntry::peer(
         state.now_ms(),
         org.as_str(),
-        &format!(
-            "receipt.{}",
-            if r.kind != pb::ReceiptKind::Purge as i32 {
-                "delivery"
-            } else if r.purge_outcome() == pb::PurgeOutcome::NothingHeld {
-                // The recipient never held it: nothing was purged there.
-                "purge.nothing_held"
-            } else {
-                "purge"
-            }
-        ),
+        action,
         "referral",
-        &r.referral_id,
+        &referral_id,
     );
-    Ok(Some(AcceptedReceipt {
+    AcceptedReceipt {
         notice_row,
         receipt: record,
-        change,
+        change: change.map(|c| (referral_id, c)),
         audit: vec![audit],
-    }))
+    }
 }
 
 /// Stores checked receipts for our messages together (one transaction) and

@@ -3,10 +3,11 @@
 //! Nothing is trusted because it came from a peer.
 
 use crate::audit::AuditEntry;
-use crate::domain::consent::{ConsentTerms, OutOfScope};
+use crate::domain::consent::OutOfScope;
+use crate::domain::message::Offer;
 use crate::domain::referral::EventDetail;
-use crate::domain::referral::{self as rules, CaseSummary};
-use crate::domain::{NeedArea, Peer, PeerState, ReferralState, Service, Urgency};
+use crate::domain::referral::{self as rules, Transition};
+use crate::domain::{Peer, PeerState, ReferralState};
 use crate::error::{Error, FieldError, Result};
 use crate::protocol::messages;
 use crate::state::NodeState;
@@ -102,8 +103,11 @@ pub async fn handle(
     let receipt = match body {
         pb::federation_message::Body::Offer(offer) => {
             let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &from.org_id).await?;
-            let checked = match offer_to_record(&state.org_id, from, &policy, offer, state.now_ms())
-            {
+            let checked = match Offer::from_pb(offer)
+                .map_err(Error::from)
+                .and_then(|offer| {
+                    offer_to_record(&state.org_id, from, &policy, offer, state.now_ms())
+                }) {
                 // What a peer can make us store is bounded: a new offer over
                 // its quota of pending intake is refused (and retried by it).
                 Ok(checked) => crate::peering::quotas::intake(state, &from.org_id)
@@ -177,20 +181,19 @@ pub async fn handle(
             let change = s
                 .change
                 .ok_or_else(|| FieldError::new("status.change", "required"))?;
+            // Only what the transition carries is kept: a peer cannot put
+            // anything else (a local actor, a text on an acceptance) into
+            // our history.
+            let transition = changes::transition("status.change", &change)?;
             let audit = AuditEntry::peer(
                 state.now_ms(),
                 from.org_id.as_str(),
-                &format!(
-                    "referral.status.{}",
-                    ReferralState::from_pb("state", change.state)
-                        .map(ReferralState::as_str)
-                        .unwrap_or("unknown")
-                ),
+                &format!("referral.status.{}", transition.to()),
                 "referral",
                 &r.referral_id,
             )
             .consent(r.consent_id.as_deref());
-            let mut c = status_change(from, &r, change, state.now_ms())?;
+            let mut c = status_change(from, &r, transition, state.now_ms())?;
             // The recipient's texts and outcome: sealed under the data key
             // of our copy, deleted when it is purged.
             if let Some(ev) = c.event.as_mut() {
@@ -331,17 +334,17 @@ async fn stored_answer(
     Ok(Some(stored))
 }
 
-/// Validates an offer against its own terms and this node's rules.
-/// Validates an offer from `from` to `me` into the records to store. Pure:
-/// the fuzz targets call it with arbitrary offers.
+/// Checks a peer's offer, read from the wire (`wire::message`), against
+/// the terms that travel with it and this node's policy for `from`, into
+/// the records to store. Pure: the fuzz targets call it.
 pub fn offer_to_record(
     me: &crate::domain::OrgId,
     from: &Peer,
     policy: &crate::policy::PeerPolicy,
-    offer: pb::ReferralOffer,
+    offer: Offer,
     now: i64,
 ) -> Result<(ReferralRecord, ReferralEvent)> {
-    let pb::ReferralOffer {
+    let Offer {
         referral_id,
         subject_pseudonym,
         need_areas,
@@ -351,24 +354,6 @@ pub fn offer_to_record(
         terms,
         consent_ref: _,
     } = offer;
-    super::id_check("offer.referral_id", &referral_id)?;
-    if subject_pseudonym.len() != 32 || !subject_pseudonym.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(FieldError::new("offer.subject_pseudonym", "must be 32 hex characters").into());
-    }
-    let need_areas = crate::domain::code_list("offer.need_areas", need_areas, NeedArea::from_pb)?;
-    if need_areas.is_empty() {
-        return Err(FieldError::new("offer.need_areas", "at least one need area").into());
-    }
-    let services = crate::domain::code_list("offer.services", services, Service::from_pb)?;
-    let urgency = Urgency::from_pb("offer.urgency", urgency)?;
-    let summary = CaseSummary::from_pb(
-        "offer.summary",
-        summary.ok_or_else(|| FieldError::new("offer.summary", "required"))?,
-    )?;
-    let terms = ConsentTerms::from_received(
-        terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?,
-    )
-    .map_err(|e| e.within("offer"))?;
     // The terms that travelled with the referral, checked here again.
     match terms.scope(me, &need_areas, &services, &summary, now) {
         Ok(()) => {}
@@ -411,8 +396,8 @@ pub fn offer_to_record(
             .collect::<Vec<_>>()
             .join(","),
         urgency: urgency.as_str().to_owned(),
-        summary: Some(summary.to_pb().encode_to_vec()),
-        terms: terms.to_pb().encode_to_vec(),
+        summary: Some(crate::wire::referral::summary_to_stored(&summary)),
+        terms: crate::wire::consent::terms_to_stored(&terms),
         state: ReferralState::Received,
         purge_status: crate::domain::PurgeStatus::None,
         purged_at_ms: None,
@@ -434,10 +419,10 @@ pub fn offer_to_record(
 pub fn status_change(
     from: &Peer,
     r: &ReferralRecord,
-    change: pb::StateChange,
+    transition: Transition,
     now: i64,
 ) -> Result<ReferralChange> {
-    let to = ReferralState::from_pb("status.change.state", change.state)?;
+    let to = transition.to();
     let current = r.state;
     // The sender may not have recorded "received" yet when the first change arrives.
     let effective = if current == ReferralState::Requested {
@@ -450,9 +435,6 @@ pub fn status_change(
             "status.change.state: a referral that is {current} cannot become {to}"
         )));
     }
-    // Only what the transition carries is kept: a peer cannot put anything
-    // else (a local actor, a text on an acceptance) into our history.
-    let transition = changes::transition("status.change", &change)?;
     Ok(ReferralChange {
         expected_states: vec![current],
         state: Some(to),

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod change;
 pub mod consent;
+pub mod message;
 pub mod org;
 pub mod peer;
 pub mod policy;

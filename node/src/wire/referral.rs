@@ -106,6 +106,11 @@ impl CaseSummary {
     }
 }
 
+/// A summary as this node keeps it, before it is sealed.
+pub fn summary_to_stored(s: &CaseSummary) -> Vec<u8> {
+    s.to_pb().encode_to_vec()
+}
+
 /// A summary as this node keeps it (sealed; this is the opened encoding):
 /// `None` if it no longer reads as a valid summary.
 pub fn summary_from_stored(plain: &[u8]) -> Option<CaseSummary> {

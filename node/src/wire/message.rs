@@ -1,0 +1,105 @@
+//! A referral message's body on the wire and back. A received offer is
+//! checked here field by field (`offer.…`): its shape; whether its terms
+//! cover it and this node's policy takes it are `referrals::receive`'s.
+
+use crate::domain::consent::ConsentTerms;
+use crate::domain::message::{Offer, ReferralMessage};
+use crate::domain::referral::CaseSummary;
+use crate::domain::{NeedArea, Service, Urgency, code_list, id_check};
+use crate::error::FieldError;
+use crate::wire::change::state_change;
+use crate::wire::time::to_timestamp;
+use exitnet_proto::pb;
+use pb::federation_message::Body;
+
+impl ReferralMessage {
+    /// The message's body as `by_org` sends it.
+    pub fn to_pb(&self, by_org: &str) -> Body {
+        match self {
+            ReferralMessage::Offer(o) => Body::Offer(o.to_pb()),
+            ReferralMessage::Status {
+                referral_id,
+                transition,
+                at_ms,
+            } => Body::Status(pb::ReferralStatus {
+                referral_id: referral_id.clone(),
+                change: Some(pb::StateChange {
+                    at: Some(to_timestamp(*at_ms)),
+                    by_org: by_org.to_owned(),
+                    ..state_change(transition)
+                }),
+            }),
+            ReferralMessage::Withdrawal { referral_id, cause } => {
+                Body::Withdrawal(pb::ReferralWithdrawal {
+                    referral_id: referral_id.clone(),
+                    cause: cause.to_pb(),
+                })
+            }
+        }
+    }
+}
+
+impl Offer {
+    pub fn to_pb(&self) -> pb::ReferralOffer {
+        pb::ReferralOffer {
+            referral_id: self.referral_id.clone(),
+            subject_pseudonym: self.subject_pseudonym.clone(),
+            need_areas: self.need_areas.iter().map(|v| v.to_pb()).collect(),
+            services: self.services.iter().map(|v| v.to_pb()).collect(),
+            urgency: self.urgency.to_pb(),
+            summary: Some(self.summary.to_pb()),
+            terms: Some(self.terms.to_pb()),
+            consent_ref: self.consent_ref.clone(),
+        }
+    }
+
+    /// A peer's offer, checked: nothing is trusted because a peer sent it.
+    pub fn from_pb(offer: pb::ReferralOffer) -> Result<Self, FieldError> {
+        let pb::ReferralOffer {
+            referral_id,
+            subject_pseudonym,
+            need_areas,
+            services,
+            urgency,
+            summary,
+            terms,
+            consent_ref,
+        } = offer;
+        id_check("offer.referral_id", &referral_id)?;
+        if subject_pseudonym.len() != 32
+            || !subject_pseudonym.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(FieldError::new(
+                "offer.subject_pseudonym",
+                "must be 32 hex characters",
+            ));
+        }
+        let need_areas = code_list("offer.need_areas", need_areas, NeedArea::from_pb)?;
+        if need_areas.is_empty() {
+            return Err(FieldError::new(
+                "offer.need_areas",
+                "at least one need area",
+            ));
+        }
+        let services = code_list("offer.services", services, Service::from_pb)?;
+        let urgency = Urgency::from_pb("offer.urgency", urgency)?;
+        let summary = CaseSummary::from_pb(
+            "offer.summary",
+            summary.ok_or_else(|| FieldError::new("offer.summary", "required"))?,
+        )?;
+        let terms = ConsentTerms::from_received(
+            terms.ok_or_else(|| FieldError::new("offer.terms", "required"))?,
+        )
+        .map_err(|e| e.within("offer"))?;
+        Ok(Offer {
+            referral_id,
+            subject_pseudonym,
+            need_areas,
+            services,
+            urgency,
+            summary,
+            terms,
+            consent_ref,
+        })
+    }
+}
