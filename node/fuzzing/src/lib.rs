@@ -195,7 +195,7 @@ pub fn client_request(data: &[u8]) {
 /// An invitation code as `peer join` reads it.
 pub fn invitation(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = exitnet_node::peering::invitation::decode(s);
+        let _ = exitnet_node::protocol::invitation::decode(s);
     }
 }
 

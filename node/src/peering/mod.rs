@@ -4,7 +4,6 @@
 //! call these functions; the notices peers exchange about their peering are
 //! still read here in their wire form (issue 18).
 
-pub mod invitation;
 mod joining;
 mod refusals;
 mod rotation;
@@ -16,6 +15,7 @@ use crate::crypto::sha256;
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, fingerprint_spki, hex, verify_in};
+use crate::protocol::invitation;
 use crate::state::NodeState;
 use crate::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent,

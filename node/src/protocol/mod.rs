@@ -1,8 +1,10 @@
 //! The federation protocol's messages, below the services that send and
 //! receive them: building a notice for a peer, signing what goes out (one
 //! signature per batch, `batch_sign`), opening and verifying what comes in,
-//! and the receipts both ways. Knows keys, peers' pinned keys and the wire
-//! format; decides nothing about referrals.
+//! the receipts both ways, and the signed invitation codes (`invitation`).
+//! Knows keys, peers' pinned keys and the wire format; decides nothing about
+//! referrals.
 
+pub mod invitation;
 pub mod messages;
 pub mod receipts;

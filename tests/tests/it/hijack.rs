@@ -78,7 +78,7 @@ async fn rewritten_invitation(backend: Backend) {
     let mallory = start("ngo-a", backend, "").await;
     let original = invite(&a).await;
     let rewritten = invite(&mallory).await;
-    let inv = exitnet_node::peering::invitation::decode(&rewritten).unwrap();
+    let inv = exitnet_node::protocol::invitation::decode(&rewritten).unwrap();
     assert_eq!(inv.org_id.as_str(), "ngo-a");
     assert_ne!(inv.key_fingerprint, a.fingerprint().await.unwrap());
 
@@ -109,7 +109,7 @@ async fn rewritten_invitation(backend: Backend) {
 
     // Mallory joins A as prison-b with the best key.
     let pinned = vec![a.fingerprint().await.unwrap()];
-    let original_inv = exitnet_node::peering::invitation::decode(&original).unwrap();
+    let original_inv = exitnet_node::protocol::invitation::decode(&original).unwrap();
     let mut client = exitnet_node::transport::client::connect(
         &a.federation_addr,
         Some(&best),

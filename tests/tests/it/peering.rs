@@ -56,7 +56,7 @@ async fn raw_join(
     code: &str,
     org: &str,
 ) -> Result<(), tonic::Status> {
-    let inv = exitnet_node::peering::invitation::decode(code).unwrap();
+    let inv = exitnet_node::protocol::invitation::decode(code).unwrap();
     let pinned = vec![inv.key_fingerprint.clone()];
     let mut client = exitnet_node::transport::client::connect(
         &target.federation_addr,
@@ -469,8 +469,8 @@ async fn refused_federation_calls(backend: Backend) {
     );
 
     // A forged code: a stranger's key signs an invitation naming A's endpoint.
-    let inv = exitnet_node::peering::invitation::decode(&fresh).unwrap();
-    let forged = exitnet_node::peering::invitation::encode(&inv, &stranger).unwrap();
+    let inv = exitnet_node::protocol::invitation::decode(&fresh).unwrap();
+    let forged = exitnet_node::protocol::invitation::encode(&inv, &stranger).unwrap();
     let out = b.ctl(&["peer", "join", &forged]).await.unwrap();
     assert!(
         !out.success && out.stderr.contains("signing key does not match"),
