@@ -49,11 +49,6 @@ fn audit_json(a: &crate::audit::AuditRecord) -> Value {
     })
 }
 
-/// A comma-separated list of code names as a JSON array.
-fn names(s: &str) -> Value {
-    json!(s.split(',').filter(|x| !x.is_empty()).collect::<Vec<_>>())
-}
-
 fn summary_json(s: &CaseSummary) -> Value {
     json!({
         "age_band": s.age_band.map(AgeBand::as_str),
@@ -118,8 +113,8 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
         "peer_org": r.peer_org.as_str(),
         "consent_id": r.consent_id,
         "subject_pseudonym": r.pseudonym,
-        "need_areas": names(&r.need_areas),
-        "services": names(&r.services),
+        "need_areas": r.need_areas,
+        "services": r.services,
         "urgency": r.urgency,
         "state": r.state,
         "owner": r.owner,

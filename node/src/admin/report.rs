@@ -125,10 +125,7 @@ pub async fn shared(
         }
         add_all(
             &mut t.need_areas,
-            r.need_areas
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
+            r.need_areas.iter().map(|n| n.as_str().to_owned()),
         );
         let terms = pb::ConsentTerms::decode(r.terms.as_slice()).unwrap_or_default();
         add_all(

@@ -1,21 +1,12 @@
 //! What the services hand back, as the client API shows it.
 
 use crate::access::View;
-use crate::domain::{NeedArea, Service, Urgency};
 use crate::error::Error;
 use crate::referrals::ReferralView;
 use crate::wire::change::detail_to_pb;
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
 use prost::Message;
-
-fn codes<T>(s: &str, parse: impl Fn(&str) -> Option<T>, to_pb: impl Fn(T) -> i32) -> Vec<i32> {
-    s.split(',')
-        .filter(|x| !x.is_empty())
-        .filter_map(parse)
-        .map(to_pb)
-        .collect()
-}
 
 impl TryFrom<ReferralView> for pb::Referral {
     type Error = Error;
@@ -59,9 +50,9 @@ impl TryFrom<ReferralView> for pb::Referral {
             } else {
                 r.pseudonym.clone()
             },
-            need_areas: codes(&r.need_areas, NeedArea::parse, NeedArea::to_pb),
-            services: codes(&r.services, Service::parse, Service::to_pb),
-            urgency: Urgency::parse(&r.urgency).map(Urgency::to_pb).unwrap_or(0),
+            need_areas: r.need_areas.iter().map(|v| v.to_pb()).collect(),
+            services: r.services.iter().map(|v| v.to_pb()).collect(),
+            urgency: r.urgency.to_pb(),
             summary: summary.filter(|_| !metadata_only).map(|s| s.to_pb()),
             state: r.state.to_pb(),
             history,

@@ -32,9 +32,10 @@ pub enum ReferralMessage {
         transition: Transition,
         at_ms: i64,
     },
-    /// The sender withdraws: the receiver purges what it holds.
+    /// The sender withdraws: the receiver purges what it holds, whatever
+    /// the cause (one it does not know too).
     Withdrawal {
         referral_id: String,
-        cause: WithdrawalCause,
+        cause: Option<WithdrawalCause>,
     },
 }

@@ -487,12 +487,25 @@ async fn apply_notice(
     };
     let outcome = match &req.notice {
         Some(pb::notify_request::Notice::Message(signed)) => {
-            crate::referrals::receive::handle(&state, &peer, &req.notice_id, &spki, signed, batch)
-                .await
-                .map(|r| pb::NotifyResponse {
-                    receipt: Some(r),
-                    witness: None,
-                })
+            let incoming = crate::protocol::incoming::open_incoming(
+                &state,
+                &peer.org_id,
+                &req.notice_id,
+                &spki,
+                signed,
+                batch,
+            )
+            .await;
+            match incoming {
+                Ok(incoming) => crate::referrals::receive::handle(&state, &peer, incoming)
+                    .await
+                    .and_then(crate::protocol::incoming::signed_receipt)
+                    .map(|r| pb::NotifyResponse {
+                        receipt: Some(r),
+                        witness: None,
+                    }),
+                Err(e) => Err(e),
+            }
         }
         Some(pb::notify_request::Notice::Checkpoint(signed)) => {
             crate::witness::checkpoint::witness(&state, &peer.org_id, signed)

@@ -372,27 +372,6 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
     Ok(())
 }
 
-/// A client of `peer`'s federation port: our current key, its pinned keys.
-pub async fn connect_to_peer(
-    state: &NodeState,
-    peer: &Peer,
-) -> anyhow::Result<
-    exitnet_proto::pb::federation_service_client::FederationServiceClient<
-        tonic::transport::Channel,
-    >,
-> {
-    let pinned = state
-        .store
-        .peer_keys(&peer.org_id, state.now_ms())
-        .await?
-        .into_iter()
-        .map(|k| k.fingerprint)
-        .collect();
-    let ours = state.identity()?.current().clone_key()?;
-    crate::transport::client::connect(&peer.endpoint, Some(&ours), pinned, state.call_timeout())
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,60 +155,6 @@ pub fn sign_for_sending<'a>(
     Ok(out)
 }
 
-/// Our signed receipt for a message we received. With a `batch` place the
-/// sender called `NotifyBatch` (so it reads receipts signed in batches),
-/// and this one is signed together with the others of the call.
-pub async fn issue_receipt(
-    state: &NodeState,
-    kind: pb::ReceiptKind,
-    msg: &pb::FederationMessage,
-    signed_payload: &[u8],
-    referral_id: &str,
-    purge_outcome: Option<pb::PurgeOutcome>,
-    batch: Option<crate::batch_sign::Member>,
-) -> Result<ReceiptRecord> {
-    let at = state.now_ms();
-    let receipt = |fingerprint: &str| {
-        pb::Receipt {
-            kind: kind as i32,
-            message_id: msg.message_id.clone(),
-            message_sha256: sha256(signed_payload),
-            sender_org: msg.sender_org.clone(),
-            receiver_org: state.org_id.to_string(),
-            referral_id: referral_id.to_owned(),
-            at: Some(to_timestamp(at)),
-            key_fingerprint: fingerprint.to_owned(),
-            purge_outcome: purge_outcome.map_or(0, |o| o as i32),
-        }
-        .encode_to_vec()
-    };
-    let (payload, signature, batch) = if let Some(member) = batch {
-        let fingerprint = state.fingerprint()?;
-        let payload = receipt(&fingerprint);
-        let (signature, proof) = member
-            .sign(&fingerprint, &msg.sender_org, payload.clone())
-            .await?;
-        (payload, signature, proof.map(|p| p.encode_to_vec()))
-    } else {
-        let identity = state.identity()?;
-        let key = identity.current();
-        let payload = receipt(key.fingerprint());
-        let signature = key.sign_in(crate::identity::context::RECEIPT, &payload)?;
-        (payload, signature, None)
-    };
-    Ok(ReceiptRecord {
-        message_id: msg.message_id.clone(),
-        issued_by: state.org_id.to_string(),
-        counterpart: msg.sender_org.clone(),
-        referral_id: referral_id.to_owned(),
-        kind: kind.as_str_name().to_owned(),
-        payload,
-        signature,
-        batch,
-        at_ms: at,
-    })
-}
-
 /// A peer's receipt for one of our referral messages, checked: what it
 /// acknowledges, as the services above read it.
 #[derive(Debug, Clone)]

@@ -5,6 +5,8 @@
 //! Knows keys, peers' pinned keys and the wire format; decides nothing about
 //! referrals.
 
+pub mod incoming;
 pub mod invitation;
 pub mod messages;
+pub mod peer_client;
 pub mod receipts;

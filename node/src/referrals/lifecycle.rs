@@ -103,7 +103,7 @@ pub(super) fn withdrawal(
         &r.peer_org,
         &ReferralMessage::Withdrawal {
             referral_id: r.referral_id.clone(),
-            cause,
+            cause: Some(cause),
         },
     )?;
     let live = rules::sender_may_withdraw(from);

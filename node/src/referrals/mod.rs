@@ -52,10 +52,6 @@ pub struct NewReferral {
     pub summary: CaseSummary,
 }
 
-fn join<T: Copy>(v: &[T], name: impl Fn(T) -> &'static str) -> String {
-    v.iter().map(|x| name(*x)).collect::<Vec<_>>().join(",")
-}
-
 /// Everything the consent and this node's rules say about sending `new`.
 /// Refusals are PERMISSION_DENIED naming the field or term.
 pub fn check_scope(consent: &Consent, new: &NewReferral, now: i64) -> Result<()> {
@@ -295,9 +291,9 @@ async fn create_checked(
         },
         consent_id: Some(consent.consent_id.clone()),
         pseudonym,
-        need_areas: join(&new.need_areas, NeedArea::as_str),
-        services: join(&new.services, Service::as_str),
-        urgency: new.urgency.as_str().to_owned(),
+        need_areas: new.need_areas.clone(),
+        services: new.services.clone(),
+        urgency: new.urgency,
         summary: Some(sealed),
         terms: terms_to_stored(&terms),
         state: ReferralState::Requested,

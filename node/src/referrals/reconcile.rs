@@ -12,9 +12,9 @@ use crate::domain::referral as rules;
 use crate::domain::referral::EventDetail;
 use crate::domain::{OrgId, Peer, ReferralState};
 use crate::error::{FieldError, Result};
+use crate::protocol::peer_client::PeerClient;
 use crate::state::NodeState;
 use crate::store::{ReferralChange, ReferralEvent};
-use exitnet_proto::pb;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,19 +88,12 @@ async fn with_peer(state: &NodeState, peer: &Peer) -> anyhow::Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut client = crate::peering::connect_to_peer(state, peer).await?;
+    let mut client = PeerClient::connect(state, peer).await?;
     let mut purged = 0;
     for chunk in ids.chunks(MAX_IDS) {
-        let named = match client
-            .list_withdrawn(pb::ListWithdrawnRequest {
-                referral_ids: chunk.to_vec(),
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().referral_ids,
-            // A peer of an older release cannot say; nothing to do.
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(purged),
-            Err(s) => return Err(anyhow::anyhow!("ListWithdrawn: {}", s.code())),
+        // A peer of an older release cannot say; nothing to do.
+        let Some(named) = client.list_withdrawn(chunk.to_vec()).await? else {
+            return Ok(purged);
         };
         // Only what was asked counts: a peer cannot name other referrals.
         let asked: HashSet<&str> = chunk.iter().map(String::as_str).collect();

@@ -203,10 +203,10 @@ pub struct ReferralRecord {
     pub consent_id: Option<String>,
     /// Inbound: the sender's pseudonym for the client. Outbound: the one sent.
     pub pseudonym: String,
-    /// Code names, comma-separated.
-    pub need_areas: String,
-    pub services: String,
-    pub urgency: String,
+    /// Stored as code names, comma-separated.
+    pub need_areas: Vec<crate::domain::NeedArea>,
+    pub services: Vec<crate::domain::Service>,
+    pub urgency: crate::domain::Urgency,
     /// The data key that seals `summary`.
     pub key_id: String,
     /// Encoded `CaseSummary`, sealed under `key_id`; `None` once purged.

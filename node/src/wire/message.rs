@@ -5,14 +5,39 @@
 use crate::domain::consent::ConsentTerms;
 use crate::domain::message::{Offer, ReferralMessage};
 use crate::domain::referral::CaseSummary;
-use crate::domain::{NeedArea, Service, Urgency, code_list, id_check};
+use crate::domain::{NeedArea, Service, Urgency, WithdrawalCause, code_list, id_check};
 use crate::error::FieldError;
-use crate::wire::change::state_change;
-use crate::wire::time::to_timestamp;
+use crate::wire::change::{state_change, transition};
+use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
 use pb::federation_message::Body;
 
 impl ReferralMessage {
+    /// A peer's message, checked field by field.
+    pub fn from_pb(body: Body) -> Result<Self, FieldError> {
+        Ok(match body {
+            Body::Offer(o) => ReferralMessage::Offer(Box::new(Offer::from_pb(o)?)),
+            Body::Status(s) => {
+                id_check("status.referral_id", &s.referral_id)?;
+                let change = s
+                    .change
+                    .ok_or_else(|| FieldError::new("status.change", "required"))?;
+                ReferralMessage::Status {
+                    transition: transition("status.change", &change)?,
+                    at_ms: change.at.as_ref().map_or(0, from_timestamp),
+                    referral_id: s.referral_id,
+                }
+            }
+            Body::Withdrawal(w) => {
+                id_check("withdrawal.referral_id", &w.referral_id)?;
+                ReferralMessage::Withdrawal {
+                    referral_id: w.referral_id,
+                    cause: WithdrawalCause::from_pb("withdrawal.cause", w.cause).ok(),
+                }
+            }
+        })
+    }
+
     /// The message's body as `by_org` sends it.
     pub fn to_pb(&self, by_org: &str) -> Body {
         match self {
@@ -32,7 +57,7 @@ impl ReferralMessage {
             ReferralMessage::Withdrawal { referral_id, cause } => {
                 Body::Withdrawal(pb::ReferralWithdrawal {
                     referral_id: referral_id.clone(),
-                    cause: cause.to_pb(),
+                    cause: cause.map_or(0, WithdrawalCause::to_pb),
                 })
             }
         }

@@ -125,18 +125,11 @@ async fn ask_peer(
     state: &NodeState,
     peer: &crate::domain::Peer,
 ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
-    let mut client = crate::peering::connect_to_peer(state, peer).await?;
+    let mut client = crate::protocol::peer_client::PeerClient::connect(state, peer).await?;
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {
-        let page = client
-            .list_witnessed_checkpoints(pb::ListWitnessedCheckpointsRequest {
-                after_seq: after,
-                limit: 1000,
-            })
-            .await?
-            .into_inner()
-            .checkpoints;
+        let page = client.witnessed_checkpoints(after, 1000).await?;
         let Some(last) = page.last() else { break };
         let last_seq = pb::AuditCheckpoint::decode(last.payload.as_slice())
             .map(|c| c.seq)

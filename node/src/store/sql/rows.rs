@@ -5,6 +5,29 @@ use sqlx::Row;
 
 type DbRow = <Db as sqlx::Database>::Row;
 
+/// Code names stored comma-separated, each one known to this build.
+fn names<T>(
+    referral_id: &str,
+    what: &str,
+    stored: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> crate::error::Result<Vec<T>> {
+    stored
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            parse(s).ok_or_else(|| {
+                anyhow::anyhow!("stored referral {referral_id}: unknown {what} {s:?}").into()
+            })
+        })
+        .collect()
+}
+
+/// Code names as they are stored: comma-separated.
+pub(super) fn join<T: Copy>(v: &[T], name: impl Fn(T) -> &'static str) -> String {
+    v.iter().map(|x| name(*x)).collect::<Vec<_>>().join(",")
+}
+
 /// An event's stored detail, read strictly (`wire::change`).
 pub(super) fn stored_detail(
     referral_id: &str,
@@ -76,7 +99,7 @@ pub(super) fn row_to_consent(row: &DbRow) -> crate::error::Result<crate::domain:
 }
 
 pub(super) fn row_to_referral(row: &DbRow) -> crate::error::Result<crate::store::ReferralRecord> {
-    use crate::domain::{PurgeStatus, ReferralState};
+    use crate::domain::{NeedArea, PurgeStatus, ReferralState, Service, Urgency};
     let id: String = row.try_get("referral_id")?;
     let peer: String = row.try_get("peer_org")?;
     let direction: String = row.try_get("direction")?;
@@ -97,9 +120,22 @@ pub(super) fn row_to_referral(row: &DbRow) -> crate::error::Result<crate::store:
         team: row.try_get("team")?,
         consent_id: row.try_get("consent_id")?,
         pseudonym: row.try_get("pseudonym")?,
-        need_areas: row.try_get("need_areas")?,
-        services: row.try_get("services")?,
-        urgency: row.try_get("urgency")?,
+        need_areas: names(
+            &id,
+            "need area",
+            &row.try_get::<String, _>("need_areas")?,
+            NeedArea::parse,
+        )?,
+        services: names(
+            &id,
+            "service",
+            &row.try_get::<String, _>("services")?,
+            Service::parse,
+        )?,
+        urgency: {
+            let u: String = row.try_get("urgency")?;
+            Urgency::parse(&u).ok_or_else(|| bad("urgency", &u))?
+        },
         key_id: row.try_get("key_id")?,
         summary: row.try_get("summary")?,
         terms: row.try_get("terms")?,

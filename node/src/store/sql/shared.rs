@@ -2,8 +2,9 @@
 //! referral rows and events, audit entries, peers and receipts written
 //! together with the change that causes them.
 
-use super::rows::row_to_receipt;
+use super::rows::{join, row_to_receipt};
 use super::{Db, Tx};
+use crate::domain::{NeedArea, Service};
 use crate::domain::{OrgId, PeerState};
 use crate::error::Result;
 use crate::store::sql::{INSERT_REFERRAL, RECEIPT_BY_KEY, encode_profile};
@@ -54,9 +55,9 @@ pub(super) async fn insert_referrals(tx: &mut Tx, rows: &[ReferralRow<'_>]) -> R
             .push_bind(*digest)
             .push_bind(&r.consent_id)
             .push_bind(&r.pseudonym)
-            .push_bind(&r.need_areas)
-            .push_bind(&r.services)
-            .push_bind(&r.urgency)
+            .push_bind(join(&r.need_areas, NeedArea::as_str))
+            .push_bind(join(&r.services, Service::as_str))
+            .push_bind(r.urgency.as_str())
             .push_bind(&r.summary)
             .push_bind(&r.terms)
             .push_bind(r.state.as_str())

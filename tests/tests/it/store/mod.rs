@@ -1,6 +1,7 @@
 //! One storage suite, written once, run against both backends.
 
 use exitnet_node::config::DatabaseUrl;
+use exitnet_node::domain::{NeedArea, Service, Urgency};
 use exitnet_node::store::Store;
 use exitnet_tests::TestDatabase;
 use std::sync::Arc;
@@ -68,9 +69,9 @@ store_suite!(
     a_peering_ended_on_either_side_gives_way_keeping_referral_messages,
 );
 
-/// A state or purge status this build does not know (a database written by
-/// a newer release, or tampered with) makes reading the referral an error,
-/// never a value taken for another.
+/// A state, purge status or code (need area, service, urgency) this build
+/// does not know (a database written by a newer release, or tampered with)
+/// makes reading the referral an error, never a value taken for another.
 mod unknown_values {
     use super::*;
 
@@ -92,6 +93,9 @@ mod unknown_values {
         for sql in [
             "UPDATE referrals SET state = 'archived'",
             "UPDATE referrals SET state = 'accepted', purge_status = 'shredded'",
+            "UPDATE referrals SET purge_status = 'none', need_areas = 'mental_health,astrology'",
+            "UPDATE referrals SET need_areas = 'mental_health', urgency = 'yesterday'",
+            "UPDATE referrals SET urgency = 'routine', services = 'housing,teleportation'",
         ] {
             tamper(url, sql).await;
             let e = s.get_referral("r1").await.unwrap_err();
@@ -106,8 +110,27 @@ mod unknown_values {
                 .await;
             assert!(listed.is_err(), "{sql}");
         }
-        tamper(url, "UPDATE referrals SET purge_status = 'none'").await;
-        assert!(s.get_referral("r1").await.unwrap().is_some());
+        tamper(url, "UPDATE referrals SET services = 'housing'").await;
+        let r = s.get_referral("r1").await.unwrap().unwrap();
+        assert_eq!(
+            (r.need_areas, r.services, r.urgency),
+            (
+                vec![NeedArea::MentalHealth],
+                vec![Service::Housing],
+                Urgency::Routine
+            )
+        );
+        // An event whose detail names a failure reason this build does not
+        // know (field 5, value 99) cannot be read either.
+        assert!(s.referral_history("r1").await.is_ok());
+        let detail = if url.starts_with("sqlite:") {
+            "UPDATE referral_events SET detail = X'2863'"
+        } else {
+            "UPDATE referral_events SET detail = '\\x2863'::bytea"
+        };
+        tamper(url, detail).await;
+        let e = s.referral_history("r1").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The cases of the storage suite, by aggregate, and what they share.
 
 use exitnet_node::domain::{
-    Awaiting, OrgId, OrgProfile, PeerState, PurgeStatus, ReferralState, Sector, Service,
+    Awaiting, NeedArea, OrgId, OrgProfile, PeerState, PurgeStatus, ReferralState, Sector, Service,
+    Urgency,
 };
 use exitnet_node::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, NoticeKind, PeerKey, PeerUpdate, Route,
