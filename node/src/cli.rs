@@ -35,12 +35,6 @@ pub enum Command {
         #[arg(long, env = "EXITNET_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Three organisations on loopback play one client's case end to end.
-    Demo {
-        /// Leave the three nodes running afterwards, for exitnetctl.
-        #[arg(long)]
-        keep_running: bool,
-    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -110,24 +104,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("organisation: {org_id}");
             println!("fingerprint:  {}", identity.current().fingerprint());
             Ok(())
-        }
-        Command::Demo { keep_running } => {
-            if std::env::var_os("RUST_LOG").is_none() {
-                // The story on stdout; only errors in the log (dev sign-in is expected here).
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter("error")
-                    .with_writer(std::io::stderr)
-                    .try_init();
-            } else {
-                let _ = crate::telemetry::init(
-                    crate::config::LogFormat::Text,
-                    &crate::config::TracesConfig {
-                        otlp_endpoint: None,
-                        sample_ratio: 1.0,
-                    },
-                );
-            }
-            crate::demo::run(keep_running).await
         }
         Command::Config {
             command: ConfigCommand::Check { config, connect },

@@ -5,7 +5,7 @@
 //! records take their time from their writer. Still on the wall clock:
 //! bearer-token validity (`auth`: tokens are issued on the provider's real
 //! time), the identity key's file timestamps (`identity`), `config check`
-//! and the demo.
+//! and the demo (`exitnet-demo`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

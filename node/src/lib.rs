@@ -26,7 +26,10 @@
 //!   (`api::requests` reads requests into the services' inputs,
 //!   `api::views` shows what they return).
 //! - `app`, `cli`, `init`: builds the node, binds its listeners, runs until
-//!   stopped; `demo` drives in-process nodes through the services.
+//!   stopped.
+//!
+//! The demo (`exitnet-demo`, `node/demo`) and the fuzz targets
+//! (`node/fuzzing`) are crates of their own, outside this library.
 
 pub mod access;
 pub mod admin;
@@ -42,7 +45,6 @@ pub mod config;
 pub mod consents;
 pub mod crypto;
 pub mod delivery;
-pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod federation;

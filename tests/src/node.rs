@@ -19,7 +19,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             // (the demo prints such commands and a test runs them): built
             // together, their shared dependencies get other features, and a
             // later `cargo run` would replace the binary while tests use it.
-            for package in ["exitnet-node", "exitnetctl"] {
+            for package in ["exitnet-node", "exitnetctl", "exitnet-demo"] {
                 let status = std::process::Command::new(&cargo)
                     .args(["build", "--quiet", "-p", package, "--bins"])
                     .status()

@@ -8,8 +8,8 @@
     clippy::print_stdout
 )]
 
+use exitnet_demo::{self as demo, Org, consent_request, referral_request};
 use exitnet_node::auth::{Authenticator, Role};
-use exitnet_node::demo::{self, Org, consent_request, referral_request};
 use exitnet_node::domain::OrgId;
 use exitnet_proto::pb;
 use std::time::{Duration, Instant};

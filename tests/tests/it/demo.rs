@@ -1,8 +1,8 @@
-//! `exitnet-node demo --keep-running`: every `exitnetctl` command it prints
+//! `exitnet-demo --keep-running`: every `exitnetctl` command it prints
 //! works exactly as printed, run by a shell from the checkout while the demo
 //! runs; Ctrl-C then stops the nodes and deletes their data.
 
-use exitnet_node::demo::hints::{END, PROMPT};
+use exitnet_demo::hints::{END, PROMPT};
 use exitnet_tests::node::binary;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,10 +33,10 @@ fn path_with_cargo() -> String {
 
 #[tokio::test]
 async fn every_command_the_demo_prints_works_as_printed() {
-    // Builds exitnet-node and exitnetctl, as the printed commands expect.
-    let node = binary("exitnet-node").unwrap();
-    let mut demo = Command::new(node)
-        .args(["demo", "--keep-running"])
+    // Builds the demo and exitnetctl, as the printed commands expect.
+    let demo_bin = binary("exitnet-demo").unwrap();
+    let mut demo = Command::new(demo_bin)
+        .args(["--keep-running"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `exitnet-node demo`: three organisations in one process on loopback, each
+//! `exitnet-demo`: three organisations in one process on loopback, each
 //! with its own SQLite database in a temporary directory, peered through the
 //! real invitation and approval flow, playing one client's case end to end
 //! over real mutual TLS. It prints each step so a person can follow it:
@@ -11,15 +11,15 @@
 mod audit;
 pub mod hints;
 
-use crate::app::Application;
-use crate::auth::{Principal, Role};
-use crate::config::Config;
-use crate::consents::{self, NewConsent};
-use crate::domain::PeerAction;
-use crate::domain::time::now_ms;
-use crate::referrals::{self, NewReferral};
-use crate::state::NodeState;
 use anyhow::{Context, bail};
+use exitnet_node::app::Application;
+use exitnet_node::auth::{Principal, Role};
+use exitnet_node::config::Config;
+use exitnet_node::consents::{self, NewConsent};
+use exitnet_node::domain::PeerAction;
+use exitnet_node::domain::time::now_ms;
+use exitnet_node::referrals::{self, NewReferral};
+use exitnet_node::state::NodeState;
 use exitnet_proto::pb;
 use prost::Message;
 use std::collections::HashMap;
@@ -110,7 +110,7 @@ pub async fn start(
 }
 
 pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
-    let inv = crate::peering::create_invitation(
+    let inv = exitnet_node::peering::create_invitation(
         &inviter.state,
         3600,
         None,
@@ -122,14 +122,17 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
         inviter.label,
         &inv.code[..48]
     );
-    let peer = crate::peering::join(&joiner.state, &inv.code).await?;
-    let code =
-        crate::peering::verification_code(&joiner.state.fingerprint()?, &peer.key_fingerprint);
+    let peer = exitnet_node::peering::join(&joiner.state, &inv.code).await?;
+    let code = exitnet_node::peering::verification_code(
+        &joiner.state.fingerprint()?,
+        &peer.key_fingerprint,
+    );
     println!(
         "  {} joins with it; both administrators read the verification code {code} to each other",
         joiner.label
     );
-    crate::peering::decide(&inviter.state, &joiner.state.org_id, PeerAction::Approve).await?;
+    exitnet_node::peering::decide(&inviter.state, &joiner.state.org_id, PeerAction::Approve)
+        .await?;
     wait_for("the peering to be active on both sides", || async {
         let a = inviter.state.store.get_peer(&joiner.state.org_id).await?;
         let b = joiner.state.store.get_peer(&inviter.state.org_id).await?;
@@ -140,13 +143,13 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
     })
     .await?;
     // Both ends let the needs narrative travel between these two.
-    let mut policy = crate::policy::PeerPolicy::default();
+    let mut policy = exitnet_node::policy::PeerPolicy::default();
     policy
         .data_categories
-        .push(crate::domain::DataCategory::NeedsNarrative);
-    crate::policy::set_for_peer(inviter.state.store.as_ref(), &joiner.state.org_id, &policy)
+        .push(exitnet_node::domain::DataCategory::NeedsNarrative);
+    exitnet_node::policy::set_for_peer(inviter.state.store.as_ref(), &joiner.state.org_id, &policy)
         .await?;
-    crate::policy::set_for_peer(joiner.state.store.as_ref(), &inviter.state.org_id, &policy)
+    exitnet_node::policy::set_for_peer(joiner.state.store.as_ref(), &inviter.state.org_id, &policy)
         .await?;
     println!(
         "  {} approves: the two nodes now exchange referrals with each other and nobody else",
@@ -159,7 +162,7 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_of(r: &crate::store::ReferralRecord) -> String {
+fn state_of(r: &exitnet_node::store::ReferralRecord) -> String {
     r.state.as_str().replace('_', " ")
 }
 
@@ -167,7 +170,7 @@ async fn wait_state(
     org: &Org,
     id: &str,
     want: &str,
-) -> anyhow::Result<crate::store::ReferralRecord> {
+) -> anyhow::Result<exitnet_node::store::ReferralRecord> {
     wait_for(&format!("the referral to be {want}"), || async {
         Ok(org
             .state
@@ -249,7 +252,7 @@ const CAROL: &str = "carol";
 pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     // Kept running, Ctrl-C (or SIGTERM) at any moment stops it gracefully:
     // the handlers are installed now, before the nodes start.
-    let stop = keep_running.then(crate::app::shutdown_signal);
+    let stop = keep_running.then(exitnet_node::app::shutdown_signal);
     let started = Instant::now();
     let dir = tempfile_dir()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -405,10 +408,10 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     );
     let carol = person(CAROL);
     let bob = person(BOB);
-    use crate::domain::referral::{Outcome, Transition};
+    use exitnet_node::domain::referral::{Outcome, Transition};
     let outcome = Outcome {
-        disengagement: Some(crate::domain::Progress::Some),
-        rehabilitation: Some(crate::domain::Progress::Substantial),
+        disengagement: Some(exitnet_node::domain::Progress::Some),
+        rehabilitation: Some(exitnet_node::domain::Progress::Substantial),
         service_delivered: true,
         note: "Twelve sessions of trauma-focused CBT.".into(),
         ..Default::default()
@@ -437,7 +440,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .get_referral(id)
             .await?
             .context("the referral at the NGO")?;
-        let history = crate::referrals::content::history(&ngo.state, &r).await?;
+        let history = exitnet_node::referrals::content::history(&ngo.state, &r).await?;
         let steps: Vec<String> = history
             .iter()
             .map(|e| format!("{} ({})", e.state.as_str().replace('_', " "), e.by_org))
@@ -446,7 +449,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         if let Some(done) = history
             .iter()
             .rev()
-            .find(|e| e.state == crate::domain::ReferralState::Completed)
+            .find(|e| e.state == exitnet_node::domain::ReferralState::Completed)
         {
             outcome_seen = done.detail.outcome.clone();
         }
@@ -503,7 +506,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .store
             .get_referral(&to_prison.referral_id)
             .await?
-            .filter(|r| r.purge_status == crate::domain::PurgeStatus::Done))
+            .filter(|r| r.purge_status == exitnet_node::domain::PurgeStatus::Done))
     })
     .await?;
     let at_p = prison
@@ -548,7 +551,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     );
     println!(
         "  at {}, stating {stated}; purge status: {}",
-        crate::domain::time::rfc3339(receipt.at_ms),
+        exitnet_node::domain::time::rfc3339(receipt.at_ms),
         purged.purge_status
     );
 
@@ -598,6 +601,6 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir =
         std::env::temp_dir().join(format!("exitnet-demo-{}-{}", std::process::id(), now_ms()));
-    crate::identity::create_private_dir(&dir)?;
+    exitnet_node::identity::create_private_dir(&dir)?;
     Ok(dir)
 }

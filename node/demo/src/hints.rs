@@ -3,7 +3,7 @@
 //! nodes are up. Each is one line after the prompt `  $ `; the integration
 //! test `demo` runs every one of them.
 
-use super::Org;
+use crate::Org;
 
 /// The prompt in front of each command.
 pub const PROMPT: &str = "  $ ";
