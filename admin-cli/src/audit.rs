@@ -51,11 +51,7 @@ pub async fn audit(
     let json_out = output == Some(Output::Json);
     match command {
         AuditCommand::Verify { local_only } => {
-            let r = admin
-                .verify_audit(pb::VerifyAuditRequest { local_only })
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let r = admin.verify_audit(local_only).await.map_err(status_line)?;
             if json_out {
                 let v = json!({
                     "ok": r.ok,
@@ -117,22 +113,17 @@ pub async fn audit(
             let mut token = String::new();
             loop {
                 let page = admin
-                    .export_audit_records(pb::ExportAuditRecordsRequest {
-                        query: Some(pb::ListAuditRecordsRequest {
-                            since: ts(since),
-                            until: ts(until),
-                            actor: actor.clone().unwrap_or_default(),
-                            action: action.clone().unwrap_or_default(),
-                            object_id: object_id.clone().unwrap_or_default(),
-                            page_size: 1000,
-                            page_token: token.clone(),
-                        }),
+                    .export_audit(pb::ListAuditRecordsRequest {
+                        since: ts(since),
+                        until: ts(until),
+                        actor: actor.clone().unwrap_or_default(),
+                        action: action.clone().unwrap_or_default(),
+                        object_id: object_id.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token: token.clone(),
                     })
                     .await
-                    .map_err(status_line)?
-                    .into_inner()
-                    .page
-                    .unwrap_or_default();
+                    .map_err(status_line)?;
                 for r in &page.records {
                     if as_table {
                         let dash = |s: &str| {
@@ -172,17 +163,14 @@ pub async fn audit(
             }
         }
         AuditCommand::Subject { local_ref, format } => {
-            let r = admin
-                .subject_access(pb::SubjectAccessRequest {
-                    subject_ref: local_ref,
-                })
+            let json = admin
+                .subject_access(&local_ref)
                 .await
-                .map_err(status_line)?
-                .into_inner();
+                .map_err(status_line)?;
             match format {
-                SubjectFormat::Json => writeln!(out, "{}", r.json)?,
+                SubjectFormat::Json => writeln!(out, "{json}")?,
                 SubjectFormat::Markdown => {
-                    let doc: Value = serde_json::from_str(&r.json).map_err(|e| {
+                    let doc: Value = serde_json::from_str(&json).map_err(|e| {
                         anyhow::anyhow!("the node sent a document that is not JSON: {e}")
                     })?;
                     write!(out, "{}", crate::report::subject_markdown(&doc))?;
@@ -190,11 +178,7 @@ pub async fn audit(
             }
         }
         AuditCommand::Checkpoint => {
-            let r = admin
-                .create_checkpoint(pb::CreateCheckpointRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let r = admin.create_checkpoint().await.map_err(status_line)?;
             if json_out {
                 writeln!(
                     out,
@@ -259,12 +243,8 @@ pub async fn receipt(
 ) -> anyhow::Result<()> {
     match command {
         ReceiptCommand::Export { referral_id } => {
-            let r = admin
-                .list_receipts(pb::ListReceiptsRequest { referral_id })
-                .await
-                .map_err(status_line)?
-                .into_inner();
-            for x in &r.receipts {
+            let receipts = admin.receipts(&referral_id).await.map_err(status_line)?;
+            for x in &receipts {
                 writeln!(out, "{}", receipt_json(x))?;
             }
         }
@@ -279,13 +259,7 @@ pub async fn receipt(
             {
                 let receipt = parse_receipt(line)
                     .map_err(|e| anyhow::anyhow!("{} line {}: {e}", file.display(), i + 1))?;
-                let r = admin
-                    .verify_receipt(pb::VerifyReceiptRequest {
-                        receipt: Some(receipt),
-                    })
-                    .await
-                    .map_err(status_line)?
-                    .into_inner();
+                let r = admin.verify_receipt(receipt).await.map_err(status_line)?;
                 if !r.valid {
                     bad += 1;
                 }

@@ -1,74 +1,21 @@
-//! A typed client for a node's admin socket, and the channel to its client API.
+//! The admin socket's typed client (`exitnet-client`), and the channel to
+//! the client API.
 
 use crate::opts::ApiTarget;
-use anyhow::Context;
-use exitnet_proto::pb::admin_service_client::AdminServiceClient;
-use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 
-pub type AdminClient = AdminServiceClient<Channel>;
+pub use exitnet_client::AdminClient;
 
 /// How often a `--wait` polls.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Why the admin socket cannot be used, in words for the administrator.
-fn socket_problem(path: &Path, e: &std::io::Error) -> anyhow::Error {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "no admin socket at {} (is the node running? set --socket or EXITNET_ADMIN_SOCKET; --wait SECS waits for it)",
-            path.display()
-        ),
-        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-            "the node is not running: nothing listens on the admin socket {} (the file is left from an earlier run)",
-            path.display()
-        ),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-            "may not open the admin socket {}: permission denied (run exitnetctl as the node's user)",
-            path.display()
-        ),
-        _ => anyhow::anyhow!("cannot open the admin socket {}: {e}", path.display()),
-    }
-}
-
 /// Connects to the admin socket at `path`, waiting up to `wait` for the node
 /// to listen on it.
 pub async fn connect(path: &Path, wait: Duration) -> anyhow::Result<AdminClient> {
-    let path: PathBuf = path.to_owned();
-    let deadline = Instant::now() + wait;
-    loop {
-        match UnixStream::connect(&path).await {
-            Ok(_) => break,
-            Err(e) => {
-                let retryable = matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                );
-                if !retryable || Instant::now() >= deadline {
-                    let err = socket_problem(&path, &e);
-                    return Err(if wait.is_zero() {
-                        err
-                    } else {
-                        anyhow::anyhow!("{err} (waited {wait:?})")
-                    });
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    }
-    let shown = path.display().to_string();
-    // The URI is a placeholder: the connector always dials the socket.
-    let channel = Endpoint::from_static("http://exitnet.admin")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| format!("connecting to the admin socket {shown}"))?;
-    Ok(AdminServiceClient::new(channel))
+    AdminClient::connect(path, wait).await
 }
 
 /// `HOST:PORT` split, with whether the host is loopback (127.0.0.0/8, ::1 or

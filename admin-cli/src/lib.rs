@@ -1,6 +1,7 @@
 //! `exitnetctl`: the administrator's command line. Options are declared in
-//! `opts`, carried out in `run`; `client` is the typed admin-socket client
-//! that the test kit uses too.
+//! `opts`, carried out in `run` over the typed admin-socket client
+//! (`exitnet-client`, which the test kit uses too); `client` also reaches
+//! the client API.
 
 pub mod audit;
 pub mod cases;

@@ -63,8 +63,7 @@ pub async fn report(
                         anyhow::anyhow!("--peer {p}: not an organisation ID")
                     }
                     _ => status_line(s),
-                })?
-                .into_inner();
+                })?;
             if json_out {
                 let v: Vec<Value> = r
                     .peers
@@ -130,16 +129,11 @@ pub async fn report(
             }
         }
         ReportCommand::Purges => {
-            let r = admin
-                .report_purges(pb::ReportPurgesRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let purges = admin.report_purges().await.map_err(status_line)?;
             let status =
                 |v: i32| enum_name(v, |e: pb::PurgeStatus| e.as_str_name(), "PURGE_STATUS_");
             if json_out {
-                let v: Vec<Value> = r
-                    .purges
+                let v: Vec<Value> = purges
                     .iter()
                     .map(|p| {
                         json!({
@@ -154,8 +148,7 @@ pub async fn report(
                     .collect();
                 writeln!(out, "{}", Value::Array(v))?;
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .purges
+                let rows: Vec<Vec<String>> = purges
                     .iter()
                     .map(|p| {
                         vec![

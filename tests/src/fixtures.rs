@@ -43,35 +43,44 @@ pub async fn network(backend: Backend) -> Net {
 /// Peers `n` with `a` (invited by `a`, approved by both) and lets the needs
 /// narrative through in both directions, as the tests send it.
 pub async fn peer_with(a: &NodeProcess, n: &NodeProcess) {
-    let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(n.ctl(&["peer", "join", &code]).await.unwrap().success);
-    assert!(
-        a.ctl(&["peer", "approve", &n.spec.org_id])
-            .await
-            .unwrap()
-            .success
-    );
+    let mut admin_a = a.admin().await.unwrap();
+    let code = admin_a.invite(0, "", "").await.unwrap().code;
+    n.admin().await.unwrap().join(&code).await.unwrap();
+    admin_a
+        .set_peer_state(&n.spec.org_id, pb::PeerAction::Approve)
+        .await
+        .unwrap();
     a.wait_peer_state(&n.spec.org_id, "active", Some("active"))
         .await
         .unwrap();
     n.wait_peer_state(&a.spec.org_id, "active", Some("active"))
         .await
         .unwrap();
-    assert!(
-        a.ctl(&["peer", "policy", &n.spec.org_id, "--allow-narrative"])
-            .await
-            .unwrap()
-            .success
-    );
-    assert!(
-        n.ctl(&["peer", "policy", &a.spec.org_id, "--allow-narrative"])
-            .await
-            .unwrap()
-            .success
-    );
+    allow_narrative(a, &n.spec.org_id).await;
+    allow_narrative(n, &a.spec.org_id).await;
+}
+
+/// Lets the needs narrative through from `peer` (`peer policy
+/// --allow-narrative`).
+pub async fn allow_narrative(node: &NodeProcess, peer: &str) {
+    set_narrative(node, peer, true).await;
+}
+
+/// Lets the needs narrative through from `peer`, or keeps it out.
+pub async fn set_narrative(node: &NodeProcess, peer: &str, allowed: bool) {
+    let mut admin = node.admin().await.unwrap();
+    let mut policy = admin
+        .peer_policy(peer)
+        .await
+        .unwrap()
+        .policy
+        .unwrap_or_default();
+    let narrative = pb::DataCategory::NeedsNarrative as i32;
+    policy.data_categories.retain(|c| *c != narrative);
+    if allowed {
+        policy.data_categories.push(narrative);
+    }
+    admin.set_peer_policy(peer, policy).await.unwrap();
 }
 
 pub fn in_a_year() -> exitnet_proto::Timestamp {

@@ -444,12 +444,77 @@ impl NodeProcess {
         out.json()
     }
 
+    /// The node's admin socket, through the typed client (what `exitnetctl`
+    /// calls); tests about the command line itself run it (`ctl`).
+    pub async fn admin(&self) -> anyhow::Result<exitnet_client::AdminClient> {
+        exitnet_client::AdminClient::connect(&self.admin_socket, Duration::ZERO).await
+    }
+
+    /// A single-use invitation code, with the node's default lifetime.
+    pub async fn invite(&self) -> anyhow::Result<String> {
+        Ok(self.admin().await?.invite(0, "", "").await?.code)
+    }
+
+    /// Joins the peer that made `code`.
+    pub async fn join(&self, code: &str) -> anyhow::Result<exitnet_proto::pb::PeerView> {
+        Ok(self.admin().await?.join(code).await?)
+    }
+
+    /// The newest security events (the node's default number of them).
+    pub async fn security_events(&self) -> anyhow::Result<Vec<exitnet_proto::pb::SecurityEvent>> {
+        Ok(self.admin().await?.security_events(0).await?)
+    }
+
+    /// The audit records of one action, oldest first.
+    pub async fn audit_records_of(
+        &self,
+        action: &str,
+    ) -> anyhow::Result<Vec<exitnet_proto::pb::AuditRecord>> {
+        Ok(self
+            .audit_records()
+            .await?
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect())
+    }
+
+    /// Approves, rejects, suspends, resumes or revokes the peering with `org`.
+    pub async fn peer_action(
+        &self,
+        org: &str,
+        action: exitnet_proto::pb::PeerAction,
+    ) -> anyhow::Result<exitnet_proto::pb::SetPeerStateResponse> {
+        Ok(self.admin().await?.set_peer_state(org, action).await?)
+    }
+
+    /// The whole audit trail, oldest first.
+    pub async fn audit_records(&self) -> anyhow::Result<Vec<exitnet_proto::pb::AuditRecord>> {
+        let mut admin = self.admin().await?;
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = admin
+                .export_audit(exitnet_proto::pb::ListAuditRecordsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?;
+            all.extend(page.records);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// This node's view of one peer, as `peer list --output json` shows it.
     pub async fn peer(&self, org: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let list = self.ctl_json(&["peer", "list"]).await?;
-        Ok(list
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["org_id"] == org).cloned()))
+        let peers = self.admin().await?.peers().await?;
+        Ok(peers
+            .iter()
+            .find(|p| p.profile.as_ref().is_some_and(|x| x.org_id == org))
+            .map(exitnetctl::output::peer_json))
     }
 
     /// Waits until this node sees `org` in `state` with the other side's view `remote`.
@@ -476,13 +541,13 @@ impl NodeProcess {
 
     /// A development token for the client API (`exitnetctl dev-token`).
     pub async fn dev_token(&self, role: &str, subject: &str) -> anyhow::Result<String> {
-        let out = self
-            .ctl(&["dev-token", "--role", role, "--subject", subject])
-            .await?;
-        if !out.success {
-            bail!("dev-token failed: {}", out.stderr);
-        }
-        Ok(out.stdout.trim().to_owned())
+        let minted = self
+            .admin()
+            .await?
+            .mint_dev_token(subject, role, "")
+            .await
+            .map_err(|s| anyhow::anyhow!("dev-token failed: {s}"))?;
+        Ok(minted.access_token)
     }
 
     /// A channel to the client API.
@@ -495,11 +560,7 @@ impl NodeProcess {
     }
 
     pub async fn fingerprint(&self) -> anyhow::Result<String> {
-        let id = self.ctl_json(&["identity", "show"]).await?;
-        Ok(id["key_fingerprint"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned())
+        Ok(self.admin().await?.identity().await?.key_fingerprint)
     }
 }
 

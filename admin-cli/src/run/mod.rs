@@ -136,14 +136,9 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
             team,
         } => {
             let r = admin
-                .mint_dev_token(pb::MintDevTokenRequest {
-                    subject,
-                    role,
-                    team,
-                })
+                .mint_dev_token(&subject, &role, &team)
                 .await
-                .map_err(status_line)?
-                .into_inner();
+                .map_err(status_line)?;
             if json_out {
                 writeln!(
                     out,
@@ -158,11 +153,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Identity {
             command: IdentityCommand::Show,
         } => {
-            let r = admin
-                .get_identity(pb::GetIdentityRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let r = admin.identity().await.map_err(status_line)?;
             let p = r.profile.clone().unwrap_or_default();
             if json_out {
                 let mut v = output::profile_json(&p);
@@ -209,11 +200,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Identity {
             command: IdentityCommand::RotateMasterKey,
         } => {
-            let r = admin
-                .rotate_master_key(pb::RotateMasterKeyRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let r = admin.rotate_master_key().await.map_err(status_line)?;
             let held: Vec<_> = r
                 .generations
                 .iter()
@@ -243,11 +230,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Identity {
             command: IdentityCommand::Rotate,
         } => {
-            let r = admin
-                .rotate_identity(pb::RotateIdentityRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let r = admin.rotate_identity().await.map_err(status_line)?;
             let until = timestamp(r.old_key_valid_until.as_ref());
             if json_out {
                 writeln!(
@@ -290,14 +273,9 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Security {
             command: SecurityCommand::Events { limit },
         } => {
-            let r = admin
-                .list_security_events(pb::ListSecurityEventsRequest { limit })
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let events = admin.security_events(limit).await.map_err(status_line)?;
             if json_out {
-                let v: Vec<Value> = r
-                    .events
+                let v: Vec<Value> = events
                     .iter()
                     .map(|e| {
                         json!({
@@ -321,8 +299,7 @@ pub async fn run(opts: Opts, out: &mut impl Write) -> anyhow::Result<()> {
                         s.to_owned()
                     }
                 };
-                let rows: Vec<Vec<String>> = r
-                    .events
+                let rows: Vec<Vec<String>> = events
                     .iter()
                     .map(|e| {
                         vec![
@@ -423,14 +400,13 @@ struct PolicyChange {
 
 async fn set(
     admin: &mut client::AdminClient,
-    req: pb::SetPeerStateRequest,
+    org: &str,
+    action: pb::PeerAction,
 ) -> anyhow::Result<Option<pb::PeerView>> {
-    let org = req.org_id.clone();
     Ok(admin
-        .set_peer_state(req)
+        .set_peer_state(org, action)
         .await
-        .map_err(peer_status(&org))?
-        .into_inner()
+        .map_err(peer_status(org))?
         .peer)
 }
 

@@ -8,10 +8,6 @@ pub(super) async fn peer(
     json_out: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let action = |org: &str, action: pb::PeerAction| pb::SetPeerStateRequest {
-        org_id: org.to_owned(),
-        action: action as i32,
-    };
     let view = match command {
         PeerCommand::Invite {
             expires,
@@ -19,14 +15,9 @@ pub(super) async fn peer(
             note,
         } => {
             let r = admin
-                .create_invitation(pb::CreateInvitationRequest {
-                    expires_in_seconds: expires,
-                    endpoint: endpoint.unwrap_or_default(),
-                    note,
-                })
+                .invite(expires, &endpoint.unwrap_or_default(), &note)
                 .await
-                .map_err(status_line)?
-                .into_inner();
+                .map_err(status_line)?;
             if json_out {
                 writeln!(
                     out,
@@ -48,20 +39,15 @@ pub(super) async fn peer(
             return Ok(());
         }
         PeerCommand::List => {
-            let r = admin
-                .list_peers(pb::AdminServiceListPeersRequest {})
-                .await
-                .map_err(status_line)?
-                .into_inner();
+            let peers = admin.peers().await.map_err(status_line)?;
             if json_out {
                 writeln!(
                     out,
                     "{}",
-                    Value::Array(r.peers.iter().map(peer_json).collect())
+                    Value::Array(peers.iter().map(peer_json).collect())
                 )?;
             } else {
-                let rows: Vec<Vec<String>> = r
-                    .peers
+                let rows: Vec<Vec<String>> = peers
                     .iter()
                     .map(|v| {
                         let p = v.profile.clone().unwrap_or_default();
@@ -111,27 +97,13 @@ pub(super) async fn peer(
             } else {
                 code
             };
-            admin
-                .join_peer(pb::JoinPeerRequest { code })
-                .await
-                .map_err(status_line)?
-                .into_inner()
-                .peer
+            Some(admin.join(&code).await.map_err(status_line)?)
         }
-        PeerCommand::Show { org } => {
-            admin
-                .get_peer(pb::GetPeerRequest {
-                    org_id: org.clone(),
-                })
-                .await
-                .map_err(peer_status(&org))?
-                .into_inner()
-                .peer
-        }
-        PeerCommand::Approve { org } => set(admin, action(&org, pb::PeerAction::Approve)).await?,
-        PeerCommand::Reject { org } => set(admin, action(&org, pb::PeerAction::Reject)).await?,
-        PeerCommand::Suspend { org } => set(admin, action(&org, pb::PeerAction::Suspend)).await?,
-        PeerCommand::Resume { org } => set(admin, action(&org, pb::PeerAction::Resume)).await?,
+        PeerCommand::Show { org } => Some(admin.peer(&org).await.map_err(peer_status(&org))?),
+        PeerCommand::Approve { org } => set(admin, &org, pb::PeerAction::Approve).await?,
+        PeerCommand::Reject { org } => set(admin, &org, pb::PeerAction::Reject).await?,
+        PeerCommand::Suspend { org } => set(admin, &org, pb::PeerAction::Suspend).await?,
+        PeerCommand::Resume { org } => set(admin, &org, pb::PeerAction::Resume).await?,
         PeerCommand::Policy {
             org,
             need_areas,
@@ -158,15 +130,7 @@ pub(super) async fn peer(
             .await;
         }
         PeerCommand::Revoke { org, yes } => {
-            let current = admin
-                .get_peer(pb::GetPeerRequest {
-                    org_id: org.clone(),
-                })
-                .await
-                .map_err(peer_status(&org))?
-                .into_inner()
-                .peer
-                .unwrap_or_default();
+            let current = admin.peer(&org).await.map_err(peer_status(&org))?;
             let consequences = revoke_consequences(&org, current.pending_notices);
             if !yes {
                 eprintln!("{consequences}");
@@ -175,10 +139,9 @@ pub(super) async fn peer(
                 }
             }
             let resp = admin
-                .set_peer_state(action(&org, pb::PeerAction::Revoke))
+                .set_peer_state(&org, pb::PeerAction::Revoke)
                 .await
-                .map_err(peer_status(&org))?
-                .into_inner();
+                .map_err(peer_status(&org))?;
             if yes {
                 eprintln!("{consequences}");
             }
@@ -194,12 +157,9 @@ pub(super) async fn peer(
                 anyhow::bail!("nothing given up: withdrawals to {org} are still delivered");
             }
             let r = admin
-                .abandon_purges(pb::AbandonPurgesRequest {
-                    org_id: org.clone(),
-                })
+                .abandon_purges(&org)
                 .await
-                .map_err(peer_status(&org))?
-                .into_inner();
+                .map_err(peer_status(&org))?;
             if json_out {
                 writeln!(
                     out,
@@ -269,13 +229,7 @@ pub(super) async fn policy(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let org = c.org;
-    let current = admin
-        .get_peer_policy(pb::GetPeerPolicyRequest {
-            org_id: org.clone(),
-        })
-        .await
-        .map_err(peer_status(&org))?
-        .into_inner();
+    let current = admin.peer_policy(&org).await.map_err(peer_status(&org))?;
     let mut p = current.policy.unwrap_or_default();
     let before = p.clone();
     let all = |flag: &str,
@@ -315,14 +269,10 @@ pub(super) async fn policy(
     }
     let (p, customised) = if p != before {
         let set = admin
-            .set_peer_policy(pb::SetPeerPolicyRequest {
-                org_id: org.clone(),
-                policy: Some(p),
-            })
+            .set_peer_policy(&org, p)
             .await
-            .map_err(peer_status(&org))?
-            .into_inner();
-        (set.policy.unwrap_or_default(), true)
+            .map_err(peer_status(&org))?;
+        (set, true)
     } else {
         (p, current.customised)
     };

@@ -33,14 +33,10 @@ macro_rules! on_db {
     }};
 }
 
-/// `audit export` as parsed JSON lines.
+/// The audit trail as `audit export` shows each record (JSON).
 pub(crate) async fn export(n: &NodeProcess) -> Vec<Value> {
-    let out = n.ctl(&["audit", "export"]).await.unwrap();
-    assert!(out.success, "{}", out.stderr);
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let records = n.audit_records().await.unwrap();
+    records.iter().map(exitnetctl::audit::record_json).collect()
 }
 
 pub(crate) fn has(
@@ -222,8 +218,8 @@ async fn tamper_evidence(backend: Backend) {
     assert!(has(&records, "audit.query", "", "dpo", "ok"));
 
     // A checkpoint, witnessed by B; the trail verifies.
-    let cp = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
-    assert!(cp["seq"].as_u64().unwrap() > 0);
+    let cp = a.admin().await.unwrap().create_checkpoint().await.unwrap();
+    assert!(cp.seq > 0);
     let report = wait_until(
         "B to witness a checkpoint",
         Duration::from_secs(30),
@@ -243,7 +239,7 @@ async fn tamper_evidence(backend: Backend) {
     assert_eq!(report["peers"][0]["org_id"], "prison-b");
     let witnessed = report["peers"][0]["held"].as_u64().unwrap();
     // The position of the checkpoint just made, which B holds.
-    let w = cp["seq"].as_u64().unwrap() as i64;
+    let w = cp.seq as i64;
     let url = a.database_url();
 
     // 1. One field of one record changed: verify names that record.
@@ -387,8 +383,8 @@ async fn tamper_evidence(backend: Backend) {
         .list_audit_records(bearer(&dpo, pb::ListAuditRecordsRequest::default()))
         .await
         .unwrap();
-    let later = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
-    assert!(later["seq"].as_i64().unwrap() > w, "{later}");
+    let later = a.admin().await.unwrap().create_checkpoint().await.unwrap();
+    assert!(later.seq as i64 > w, "{later:?}");
     wait_until(
         "B to witness a checkpoint past w",
         Duration::from_secs(30),
@@ -406,9 +402,10 @@ async fn tamper_evidence(backend: Backend) {
     )
     .await
     .unwrap();
-    let mut fork = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
+    let checkpoint = || async { a.admin().await.unwrap().create_checkpoint().await.unwrap() };
+    let mut fork = checkpoint().await;
     for _ in 0..5 {
-        if fork["seq"].as_u64() == Some(w as u64) {
+        if fork.seq == w as u64 {
             break;
         }
         on_db!(&url, pool => {
@@ -421,15 +418,14 @@ async fn tamper_evidence(backend: Backend) {
             sqlx::query("DELETE FROM audit_witnesses").execute(&pool).await.unwrap();
             sqlx::query("DELETE FROM audit_checkpoints").execute(&pool).await.unwrap();
         });
-        fork = a.ctl_json(&["audit", "checkpoint"]).await.unwrap();
+        fork = checkpoint().await;
     }
-    assert_eq!(fork["seq"].as_u64(), Some(w as u64), "{fork}");
+    assert_eq!(fork.seq, w as u64, "{fork:?}");
     wait_until("B to record the fork", Duration::from_secs(60), || async {
-        let events = b.ctl_json(&["security", "events"]).await.ok()?;
+        let events = b.admin().await.ok()?.security_events(0).await.ok()?;
         events
-            .as_array()?
             .iter()
-            .any(|e| e["reason"] == "audit_checkpoint_fork" && e["org_id"] == "ngo-a")
+            .any(|e| e.reason == "audit_checkpoint_fork" && e.org_id == "ngo-a")
             .then_some(())
     })
     .await

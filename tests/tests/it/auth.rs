@@ -251,11 +251,7 @@ async fn tokens_from_a_real_provider() {
     refused(info(&node, Some(&good)).await, Code::Unauthenticated, &good);
 
     // Every refusal was recorded, without the token.
-    let events = node
-        .ctl(&["security", "events", "--limit", "100", "--output", "json"])
-        .await
-        .unwrap()
-        .stdout;
+    let events = format!("{:?}", node.security_events().await.unwrap());
     for reason in [
         "token_missing",
         "token_expired",
@@ -379,15 +375,14 @@ async fn dev_mode_tokens_and_roles() {
     let token = node.dev_token("auditor", "dpo").await.unwrap();
     info(&node, Some(&token)).await.unwrap();
     assert!(node.log().contains("DEVELOPMENT SIGN-IN"));
-    let out = node
-        .ctl(&["dev-token", "--role", "admin", "--subject", "x"])
+    let minted = node
+        .admin()
         .await
-        .unwrap();
-    assert!(
-        !out.success && out.stderr.contains("role"),
-        "{}",
-        out.stderr
-    );
+        .unwrap()
+        .mint_dev_token("x", "admin", "")
+        .await
+        .unwrap_err();
+    assert!(minted.message().contains("role"), "{minted:?}");
     // A token minted by another node is refused.
     let other = NodeProcess::start(NodeSpec::new("ngo-other", Backend::Sqlite))
         .await
@@ -504,11 +499,7 @@ async fn roles_systems_and_token_types_cannot_be_widened() {
     assert!(msg.contains("not an access token"), "{msg}");
 
     // Each refusal is a security event with its reason, and no person's name.
-    let events = node
-        .ctl(&["security", "events", "--limit", "100", "--output", "json"])
-        .await
-        .unwrap()
-        .stdout;
+    let events = format!("{:?}", node.security_events().await.unwrap());
     for reason in ["on_behalf_of_not_configured", "token_type"] {
         assert!(events.contains(reason), "{reason} not recorded: {events}");
     }

@@ -311,8 +311,8 @@ async fn closed_loop(backend: Backend) {
         }
     }
     for n in [&net.a, &net.b, &net.c] {
-        let out = n.ctl(&["audit", "verify"]).await.unwrap();
-        assert!(out.success, "{} {}", out.stdout, out.stderr);
+        let report = n.admin().await.unwrap().verify_audit(false).await.unwrap();
+        assert!(report.ok, "{report:?}");
     }
 }
 

@@ -5,16 +5,17 @@
 
 use exitnet_proto::pb;
 use exitnet_tests::fixtures::{
-    NARRATIVE, clients, consent_request, created_referral, peer_with, recorded_consent,
-    referral_request, start, wait_state,
+    NARRATIVE, allow_narrative, clients, consent_request, created_referral, peer_with,
+    recorded_consent, referral_request, start, wait_state,
 };
 use exitnet_tests::{Backend, NodeProcess, NodeSpec, bearer, wait_until};
 use std::time::Duration;
 
 async fn sound(n: &NodeProcess) {
-    let out = n.ctl(&["audit", "verify", "--local-only"]).await.unwrap();
-    assert!(out.success, "{} {}", out.stdout, out.stderr);
-    assert!(n.ctl(&["identity", "show"]).await.unwrap().success);
+    let mut admin = n.admin().await.unwrap();
+    let report = admin.verify_audit(true).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    admin.identity().await.unwrap();
 }
 
 async fn killed_while_starting(backend: Backend) {
@@ -99,14 +100,12 @@ async fn killed_during_peering() {
     let mut b = start("prison-b", Backend::Sqlite).await;
     // B dies while joining: at some point between asking A and recording A.
     for ms in [0, 5, 15, 40] {
-        let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let mut join = b.ctl_spawn(&["peer", "join", &code]).unwrap();
+        let code = a.invite().await.unwrap();
+        let mut admin = b.admin().await.unwrap();
+        let join = tokio::spawn(async move { admin.join(&code).await });
         tokio::time::sleep(Duration::from_millis(ms)).await;
         b.kill().await.unwrap();
-        let _ = join.wait().await;
+        let _ = join.await;
         b.restart().await.unwrap();
         sound(&b).await;
         if b.peer("ngo-a").await.unwrap().is_some() {
@@ -128,16 +127,13 @@ async fn killed_during_peering() {
     {
         // B never recorded A (A may have): joining again with a new
         // invitation must work, whatever A holds.
-        let code = a.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let out = b.ctl(&["peer", "join", &code]).await.unwrap();
-        assert!(out.success, "joining again after a crash: {}", out.stderr);
+        let code = a.invite().await.unwrap();
+        b.join(&code).await.expect("joining again after a crash");
     }
     // A dies right after its approval committed.
-    let out = a.ctl(&["peer", "approve", "prison-b"]).await.unwrap();
-    assert!(out.success, "{}", out.stderr);
+    a.peer_action("prison-b", pb::PeerAction::Approve)
+        .await
+        .unwrap();
     a.kill().await.unwrap();
     a.restart().await.unwrap();
     sound(&a).await;
@@ -148,12 +144,7 @@ async fn killed_during_peering() {
         .await
         .unwrap();
     for (x, y) in [(&a, &b), (&b, &a)] {
-        assert!(
-            x.ctl(&["peer", "policy", &y.spec.org_id, "--allow-narrative"])
-                .await
-                .unwrap()
-                .success
-        );
+        allow_narrative(x, &y.spec.org_id).await;
     }
     exchange_works(&a, &b, "after-peering").await;
 }
@@ -164,10 +155,11 @@ async fn killed_during_key_rotation() {
     let b = start("prison-b", Backend::Sqlite).await;
     peer_with(&a, &b).await;
     for (i, ms) in [0u64, 2, 8].into_iter().enumerate() {
-        let mut rotate = a.ctl_spawn(&["identity", "rotate"]).unwrap();
+        let mut admin = a.admin().await.unwrap();
+        let rotate = tokio::spawn(async move { admin.rotate_identity().await });
         tokio::time::sleep(Duration::from_millis(ms)).await;
         a.kill().await.unwrap();
-        let _ = rotate.wait().await;
+        let _ = rotate.await;
         a.restart().await.unwrap();
         sound(&a).await;
         // Whichever key A woke up with, B learns it and the exchange goes on.

@@ -19,29 +19,22 @@ async fn start(org: &str, backend: Backend, extra: &str) -> NodeProcess {
 }
 
 async fn invite(node: &NodeProcess) -> String {
-    node.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    node.invite().await.unwrap()
 }
 
 /// B joins A's invitation and A approves: the peering is active.
 async fn peered(a: &NodeProcess, b: &NodeProcess) {
     join(b, &invite(a).await).await;
-    assert!(
-        a.ctl(&["peer", "approve", &b.spec.org_id])
-            .await
-            .unwrap()
-            .success
-    );
+    a.peer_action(&b.spec.org_id, pb::PeerAction::Approve)
+        .await
+        .unwrap();
     a.wait_peer_state(&b.spec.org_id, "active", Some("active"))
         .await
         .unwrap();
 }
 
 async fn join(node: &NodeProcess, code: &str) {
-    let out = node.ctl(&["peer", "join", code]).await.unwrap();
-    assert!(out.success, "join failed: {}", out.stderr);
+    node.join(code).await.unwrap();
 }
 
 async fn code_for(node: &NodeProcess, org: &str) -> String {
@@ -314,8 +307,8 @@ async fn stolen_old_key(backend: Backend) {
     );
 
     // B rotates; A pins the new key (announced by the old key, proven by the new).
-    let rotated = b.ctl_json(&["identity", "rotate"]).await.unwrap();
-    let new_fp = rotated["new_fingerprint"].as_str().unwrap().to_owned();
+    let rotated = b.admin().await.unwrap().rotate_identity().await.unwrap();
+    let new_fp = rotated.new_fingerprint;
     wait_until("A to pin B's new key", Duration::from_secs(20), || async {
         let p = a.peer("prison-b").await.ok()??;
         (p["key_fingerprint"] == new_fp.as_str()).then_some(())
@@ -347,26 +340,18 @@ async fn stolen_old_key(backend: Backend) {
     let new = NodeKey::read(&b.data_dir().join("identity"), &new_fp).unwrap();
     call_with(&a, &new).await.unwrap();
     // B keeps working with A: a suspend and resume reach it.
-    assert!(
-        a.ctl(&["peer", "suspend", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
+    a.peer_action("prison-b", pb::PeerAction::Suspend)
+        .await
+        .unwrap();
     b.wait_peer_state("ngo-a", "active", Some("suspended"))
         .await
         .unwrap();
-    let reasons = a
-        .ctl_json(&["security", "events", "--limit", "100"])
-        .await
-        .unwrap();
+    let events = a.security_events().await.unwrap();
     assert!(
-        reasons
-            .as_array()
-            .unwrap()
+        events
             .iter()
-            .any(|e| e["reason"] == "key_rotation_refused" && e["org_id"] == "prison-b"),
-        "the refused rotations are recorded: {reasons}"
+            .any(|e| e.reason == "key_rotation_refused" && e.org_id == "prison-b"),
+        "the refused rotations are recorded: {events:?}"
     );
 }
 
@@ -473,7 +458,7 @@ async fn revoke_closes_connections(backend: Backend) {
         join(n, &invite(&a).await).await;
     }
     for org in ["prison-b", "health-c"] {
-        assert!(a.ctl(&["peer", "approve", org]).await.unwrap().success);
+        a.peer_action(org, pb::PeerAction::Approve).await.unwrap();
         a.wait_peer_state(org, "active", Some("active"))
             .await
             .unwrap();
@@ -487,12 +472,9 @@ async fn revoke_closes_connections(backend: Backend) {
     assert!(!from_b.is_finished() && !from_c.is_finished());
 
     let revoked_at = std::time::Instant::now();
-    assert!(
-        a.ctl(&["peer", "revoke", "prison-b", "--yes"])
-            .await
-            .unwrap()
-            .success
-    );
+    a.peer_action("prison-b", pb::PeerAction::Revoke)
+        .await
+        .unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(10), from_b)
         .await
         .expect("B's connection must end at once after the revoke")

@@ -3,7 +3,7 @@
 
 use exitnet_proto::pb;
 use exitnet_tests::fixtures::{
-    clients, consent_request, get, network, referral_request, wait_state,
+    clients, consent_request, get, network, referral_request, set_narrative, wait_state,
 };
 use exitnet_tests::{Backend, bearer, wait_until};
 use std::time::Duration;
@@ -55,20 +55,8 @@ async fn peer_policy_is_enforced_at_both_ends() {
     );
     // A allows it again, but C's own policy for A refuses it: the receiver
     // refuses, and the referral fails at A with C's reason.
-    assert!(
-        net.a
-            .ctl(&["peer", "policy", "health-c", "--allow-narrative"])
-            .await
-            .unwrap()
-            .success
-    );
-    assert!(
-        net.c
-            .ctl(&["peer", "policy", "ngo-a", "--deny-narrative"])
-            .await
-            .unwrap()
-            .success
-    );
+    set_narrative(&net.a, "health-c", true).await;
+    set_narrative(&net.c, "ngo-a", false).await;
     let r = ar
         .create_referral(bearer(
             &alice,
@@ -93,19 +81,15 @@ async fn peer_policy_is_enforced_at_both_ends() {
     );
     assert!(last.text.contains("needs_narrative"), "{}", last.text);
     // Need areas can be narrowed per peer.
-    assert!(
-        net.a
-            .ctl(&[
-                "peer",
-                "policy",
-                "health-c",
-                "--need-areas",
-                "mental_health"
-            ])
-            .await
-            .unwrap()
-            .success
-    );
+    let mut admin = net.a.admin().await.unwrap();
+    let mut policy = admin
+        .peer_policy("health-c")
+        .await
+        .unwrap()
+        .policy
+        .unwrap_or_default();
+    policy.need_areas = vec![pb::NeedArea::MentalHealth as i32];
+    admin.set_peer_policy("health-c", policy).await.unwrap();
     let e = ar
         .create_referral(bearer(
             &alice,
@@ -223,13 +207,10 @@ async fn suspension_holds_referrals_and_supervisors_reassign() {
         .unwrap();
 
     // While B is suspended, a referral to it is refused at creation …
-    assert!(
-        net.a
-            .ctl(&["peer", "suspend", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
+    net.a
+        .peer_action("prison-b", pb::PeerAction::Suspend)
+        .await
+        .unwrap();
     let req = |id: &str| {
         referral_request(
             id,
@@ -245,24 +226,18 @@ async fn suspension_holds_referrals_and_supervisors_reassign() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     // … and so it is while B has suspended us (B told us so).
-    assert!(
-        net.a
-            .ctl(&["peer", "resume", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
+    net.a
+        .peer_action("prison-b", pb::PeerAction::Resume)
+        .await
+        .unwrap();
     net.a
         .wait_peer_state("prison-b", "active", Some("active"))
         .await
         .unwrap();
-    assert!(
-        net.b
-            .ctl(&["peer", "suspend", "ngo-a"])
-            .await
-            .unwrap()
-            .success
-    );
+    net.b
+        .peer_action("ngo-a", pb::PeerAction::Suspend)
+        .await
+        .unwrap();
     net.a
         .wait_peer_state("prison-b", "active", Some("suspended"))
         .await
@@ -276,13 +251,10 @@ async fn suspension_holds_referrals_and_supervisors_reassign() {
         Code::FailedPrecondition,
         "B suspended us: nothing new goes out"
     );
-    assert!(
-        net.b
-            .ctl(&["peer", "resume", "ngo-a"])
-            .await
-            .unwrap()
-            .success
-    );
+    net.b
+        .peer_action("ngo-a", pb::PeerAction::Resume)
+        .await
+        .unwrap();
     net.a
         .wait_peer_state("prison-b", "active", Some("active"))
         .await

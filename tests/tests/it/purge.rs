@@ -539,11 +539,13 @@ async fn purge_leaves_nothing(backend: Backend) {
     assert!(kept.withdrawn_at.is_some());
     // Whoever gives the reference again (subject access) still finds it.
     let access = a
-        .ctl(&["audit", "subject", &mk.m("subject")])
+        .admin()
+        .await
+        .unwrap()
+        .subject_access(&mk.m("subject"))
         .await
         .unwrap();
-    assert!(access.success, "{}", access.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&access.stdout).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(doc["consents"][0]["consent_id"], consent.as_str(), "{doc}");
     assert_eq!(doc["referrals"].as_array().unwrap().len(), 4, "{doc}");
 }
@@ -621,11 +623,8 @@ async fn a_recipient_purges_by_itself_when_the_terms_end() {
     .unwrap();
     assert_no_content(&purged, &mk.all(), "recipient");
     assert_eq!(purged.state, pb::ReferralState::Received as i32);
-    let audit = b
-        .ctl(&["audit", "export", "--action", "referral.purge.expired"])
-        .await
-        .unwrap();
-    assert!(audit.stdout.contains(&r), "{audit:?}");
+    let audit = b.audit_records_of("referral.purge.expired").await.unwrap();
+    assert!(audit.iter().any(|x| x.object_id == r), "{audit:?}");
     wait_until("no marker left", Duration::from_secs(30), || async {
         markers_in_files(&b.data_dir(), &mk.all())
             .is_empty()
@@ -636,20 +635,12 @@ async fn a_recipient_purges_by_itself_when_the_terms_end() {
 }
 
 async fn token(n: &NodeProcess, role: &str, subject: &str, team: &str) -> String {
-    let out = n
-        .ctl(&[
-            "dev-token",
-            "--role",
-            role,
-            "--subject",
-            subject,
-            "--team",
-            team,
-        ])
+    let mut admin = n.admin().await.unwrap();
+    admin
+        .mint_dev_token(subject, role, team)
         .await
-        .unwrap();
-    assert!(out.success, "{}", out.stderr);
-    out.stdout.trim().to_owned()
+        .unwrap()
+        .access_token
 }
 
 /// A referral declined (or failed) here shows its content only to the case
@@ -740,9 +731,6 @@ async fn declined_referrals_are_hidden_then_purged() {
             .iter()
             .any(|h| h.decline_reason == pb::DeclineReason::NoCapacity as i32)
     );
-    let audit = c
-        .ctl(&["audit", "export", "--action", "referral.purge.closed"])
-        .await
-        .unwrap();
-    assert!(audit.stdout.contains(&r), "{audit:?}");
+    let audit = c.audit_records_of("referral.purge.closed").await.unwrap();
+    assert!(audit.iter().any(|x| x.object_id == r), "{audit:?}");
 }

@@ -78,16 +78,11 @@ async fn checkpoint(
         .map(|r| r.into_inner())
 }
 
-async fn quota_events(n: &NodeProcess) -> Vec<serde_json::Value> {
-    let v = n
-        .ctl_json(&["security", "events", "--limit", "100"])
-        .await
-        .unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reason"] == "peer_quota_exceeded")
-        .cloned()
+async fn quota_events(n: &NodeProcess) -> Vec<pb::SecurityEvent> {
+    let events = n.security_events().await.unwrap();
+    events
+        .into_iter()
+        .filter(|e| e.reason == "peer_quota_exceeded")
         .collect()
 }
 
@@ -137,8 +132,8 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
     // One aggregated row per minute (two if the minute turned meanwhile),
     // counting all 20 once the repeats counted in memory are written (every
     // second).
-    let counted = |events: &Vec<serde_json::Value>| -> u64 {
-        events.iter().map(|e| e["count"].as_u64().unwrap()).sum()
+    let counted = |events: &Vec<pb::SecurityEvent>| -> u64 {
+        events.iter().map(|e| e.count).sum()
     };
     let all_counted = exitnet_tests::wait_until(
         "all 20 refusals counted",

@@ -87,18 +87,12 @@ async fn the_receiver_checks_what_skips_the_senders_checks() {
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("needs_narrative"), "{}", e.message());
     // C peers with B too; then a message signed by A but sent by C is refused.
-    let code = net.b.ctl_json(&["peer", "invite"]).await.unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(net.c.ctl(&["peer", "join", &code]).await.unwrap().success);
-    assert!(
-        net.b
-            .ctl(&["peer", "approve", "health-c"])
-            .await
-            .unwrap()
-            .success
-    );
+    let code = net.b.invite().await.unwrap();
+    net.c.join(&code).await.unwrap();
+    net.b
+        .peer_action("health-c", pb::PeerAction::Approve)
+        .await
+        .unwrap();
     net.b
         .wait_peer_state("health-c", "active", Some("active"))
         .await

@@ -55,14 +55,15 @@ async fn twice(to: &NodeProcess, key: &NodeKey, msg: &pb::FederationMessage) -> 
 
 /// The audit records with `action` (and `needle` in them) at `n`.
 async fn audit_count(n: &NodeProcess, action: &str, needle: &str) -> usize {
-    let out = n
-        .ctl(&["audit", "export", "--action", action])
+    n.audit_records_of(action)
         .await
-        .unwrap();
-    assert!(out.success, "{}", out.stderr);
-    out.stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty() && l.contains(needle))
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            exitnetctl::audit::record_json(r)
+                .to_string()
+                .contains(needle)
+        })
         .count()
 }
 

@@ -169,23 +169,27 @@ async fn a_restore_never_brings_purged_data_back(backend: Backend) {
     assert!(inbound_referral(&b, &bob, &id).await.summary.is_none());
     assert!(!data_key_held(&b, &key_id).await);
     // The purge receipt A holds says, in B's signed words, that B purged.
-    let exported = a.ctl(&["receipt", "export", &id]).await.unwrap();
-    assert!(exported.success, "{}", exported.stderr);
-    let file = backup.path().join("receipts.jsonl");
-    std::fs::write(&file, &exported.stdout).unwrap();
-    let verified = a
-        .ctl(&["receipt", "verify", file.to_str().unwrap()])
-        .await
-        .unwrap();
-    assert!(verified.success, "{}{}", verified.stdout, verified.stderr);
+    let mut admin_a = a.admin().await.unwrap();
+    let mut verified = Vec::new();
+    for receipt in admin_a.receipts(&id).await.unwrap() {
+        verified.push(admin_a.verify_receipt(receipt).await.unwrap());
+    }
+    assert!(verified.iter().all(|v| v.valid), "{verified:?}");
     assert!(
-        verified.stdout.contains("the issuer purged the referral"),
-        "{}",
-        verified.stdout
+        verified
+            .iter()
+            .any(|v| v.receiver_org == "prison-b" && v.purge_outcome == "purged"),
+        "{verified:?}"
     );
     // B's chain as it is now is witnessed by A.
-    let cp = b.ctl_json(&["audit", "checkpoint"]).await.unwrap();
-    let seq = cp["seq"].as_u64().unwrap();
+    let seq = b
+        .admin()
+        .await
+        .unwrap()
+        .create_checkpoint()
+        .await
+        .unwrap()
+        .seq;
     wait_until("A to witness B's checkpoint", Duration::from_secs(60), || {
         let a = &a;
         async move {
@@ -222,22 +226,20 @@ async fn a_restore_never_brings_purged_data_back(backend: Backend) {
         "the destroyed data key came back"
     );
     let reapplied = b
-        .ctl(&["audit", "export", "--action", "referral.purge.reapplied"])
+        .audit_records_of("referral.purge.reapplied")
         .await
         .unwrap();
-    assert!(reapplied.stdout.contains(&id), "{}", reapplied.stdout);
+    assert!(reapplied.iter().any(|r| r.object_id == id), "{reapplied:?}");
 
     // The audit trail says why it is behind what A witnessed.
-    let out = b.ctl(&["audit", "verify"]).await.unwrap();
+    let report = b.admin().await.unwrap().verify_audit(false).await.unwrap();
+    assert!(!report.ok, "verify passed after a restore: {report:?}");
     assert!(
-        !out.success,
-        "verify passed after a restore:\n{}",
-        out.stdout
-    );
-    let said = format!("{}{}", out.stdout, out.stderr);
-    assert!(
-        said.contains("restored from a backup") && said.contains("ngo-a"),
-        "{said}"
+        report
+            .failures
+            .iter()
+            .any(|f| f.reason.contains("restored from a backup") && f.reason.contains("ngo-a")),
+        "{report:?}"
     );
 }
 

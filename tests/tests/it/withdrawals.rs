@@ -85,10 +85,10 @@ async fn pending_notices(n: &NodeProcess, org: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The actions of the audit trail, one per line.
 async fn audit_actions(n: &NodeProcess) -> String {
-    let out = n.ctl(&["audit", "export"]).await.unwrap();
-    assert!(out.success, "{}", out.stderr);
-    out.stdout
+    let records = n.audit_records().await.unwrap();
+    records.iter().map(|r| format!("{}\n", r.action)).collect()
 }
 
 #[tokio::test]
@@ -108,12 +108,9 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
 
     // A suspends B. B accepts r3: its status change is held (B knows it
     // is suspended), as every referral message but a withdrawal is.
-    assert!(
-        a.ctl(&["peer", "suspend", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
+    a.peer_action("prison-b", pb::PeerAction::Suspend)
+        .await
+        .unwrap();
     b.wait_peer_state("ngo-a", "active", Some("suspended"))
         .await
         .unwrap();
@@ -141,18 +138,17 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
     );
 
     // A resumes: the held status change arrives.
-    assert!(
-        a.ctl(&["peer", "resume", "prison-b"])
-            .await
-            .unwrap()
-            .success
-    );
+    a.peer_action("prison-b", pb::PeerAction::Resume)
+        .await
+        .unwrap();
     let (_, ar2) = clients(&a).await;
     wait_state(&ar2, &alice, &r3, pb::ReferralState::Accepted).await;
 
     // The other way round: B suspends A. B starts work on r3: held at B.
     // A withdraws r2: it reaches B all the same.
-    assert!(b.ctl(&["peer", "suspend", "ngo-a"]).await.unwrap().success);
+    b.peer_action("ngo-a", pb::PeerAction::Suspend)
+        .await
+        .unwrap();
     a.wait_peer_state("prison-b", "active", Some("suspended"))
         .await
         .unwrap();
@@ -191,7 +187,9 @@ async fn a_withdrawal_reaches_a_peer_while_either_side_suspends() {
         pb::ReferralState::Accepted as i32,
         "B's status change is held while B suspends us"
     );
-    assert!(b.ctl(&["peer", "resume", "ngo-a"]).await.unwrap().success);
+    b.peer_action("ngo-a", pb::PeerAction::Resume)
+        .await
+        .unwrap();
     wait_state(&ar2, &alice, &r3, pb::ReferralState::InProgress).await;
 }
 
@@ -238,18 +236,15 @@ async fn a_revoke_keeps_delivering_pending_withdrawals_until_receipts_or_giving_
     let at_b = referral(&mut br, &bob, &r1).await;
     assert_eq!(at_b.purge_status, pb::PurgeStatus::Done as i32);
     assert!(at_b.summary.is_none());
-    let receipts = a.ctl(&["receipt", "export", &r1]).await.unwrap();
-    assert!(receipts.success, "{}", receipts.stderr);
+    let receipts = a.admin().await.unwrap().receipts(&r1).await.unwrap();
     // B's delivery receipt and its purge receipt.
     assert_eq!(
         receipts
-            .stdout
-            .lines()
-            .filter(|l| l.contains("\"issued_by\":\"prison-b\""))
+            .iter()
+            .filter(|r| r.issued_by == "prison-b")
             .count(),
         2,
-        "B's purge receipt is kept: {}",
-        receipts.stdout
+        "B's purge receipt is kept: {receipts:?}"
     );
     // B's status changes are not taken from a revoked peer: B (told of the
     // revoke) holds its acceptance of r3, and A never sees it.
@@ -282,14 +277,12 @@ async fn a_revoke_keeps_delivering_pending_withdrawals_until_receipts_or_giving_
     );
     wait_purge(&a, &alice, &r2, pb::PurgeStatus::Abandoned).await;
     assert!(audit_actions(&a).await.contains("peer.purges_abandoned"));
-    let report = a.ctl_json(&["report", "purges"]).await.unwrap();
+    let report = a.admin().await.unwrap().report_purges().await.unwrap();
     assert!(
         report
-            .as_array()
-            .unwrap()
             .iter()
-            .any(|p| p["referral_id"] == r2.as_str() && p["purge_status"] == "abandoned"),
-        "{report}"
+            .any(|p| p.referral_id == r2 && p.status == pb::PurgeStatus::Abandoned as i32),
+        "{report:?}"
     );
     assert_eq!(pending_notices(&a, "prison-b").await, 0);
     assert_eq!(
