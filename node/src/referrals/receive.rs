@@ -376,3 +376,175 @@ pub fn status_change(
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Awaiting, NeedArea, OrgId, OrgProfile};
+    use crate::policy::PeerPolicy;
+    use crate::wire::message::tests::offer;
+    use exitnet_proto::pb;
+
+    const NOW: i64 = 1_750_000_000_000;
+
+    fn org(id: &str) -> OrgId {
+        OrgId::parse("org", id).expect("an organisation ID")
+    }
+
+    fn sender() -> Peer {
+        Peer {
+            org_id: org("ngo-a"),
+            profile: OrgProfile {
+                org_id: org("ngo-a"),
+                name: "NGO A".into(),
+                sector: None,
+                need_areas: vec![],
+                services: vec![],
+                languages: vec![],
+                settings: vec![],
+                accepting_referrals: true,
+                updated_at_ms: 0,
+            },
+            state: PeerState::Active,
+            awaiting: Awaiting::None,
+            remote_state: Some(PeerState::Active),
+            endpoint: "127.0.0.1:7710".into(),
+            key_fingerprint: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_seen_at_ms: None,
+            pending_notices: 0,
+        }
+    }
+
+    fn check(
+        o: pb::ReferralOffer,
+        me: &str,
+        policy: &PeerPolicy,
+        now: i64,
+    ) -> Result<ReferralRecord> {
+        let offer = Offer::from_pb(o)?;
+        offer_to_record(&org(me), &sender(), policy, offer, now).map(|(r, _)| r)
+    }
+
+    /// An offer inside its terms and this node's policy becomes a received
+    /// referral from its sender; outside either, it is refused naming what.
+    #[test]
+    fn an_offer_is_checked_against_its_terms_and_this_nodes_policy() {
+        let policy = PeerPolicy::default();
+        let r = check(offer(), "prison-b", &policy, NOW).expect("a valid offer");
+        assert_eq!(
+            (r.outbound, r.peer_org.as_str(), r.state),
+            (false, "ngo-a", ReferralState::Received)
+        );
+        assert_eq!(r.need_areas, vec![NeedArea::MentalHealth]);
+        assert!(r.summary.is_some() && r.owner.is_empty());
+
+        let no_mental_health = PeerPolicy {
+            need_areas: vec![NeedArea::Cognitive],
+            ..PeerPolicy::default()
+        };
+        type Change = fn(&mut pb::ReferralOffer);
+        let unchanged: Change = |_| {};
+        let cases: Vec<(Change, &str, &PeerPolicy, i64, &str)> = vec![
+            // Terms ended, or not for us.
+            (
+                unchanged,
+                "prison-b",
+                &policy,
+                1_900_000_000_000,
+                "offer.terms.valid_until",
+            ),
+            (
+                unchanged,
+                "health-c",
+                &policy,
+                NOW,
+                "offer.terms.recipients",
+            ),
+            // A need area or a field the client did not agree to share.
+            (
+                |o| o.need_areas = vec![pb::NeedArea::Cognitive as i32],
+                "prison-b",
+                &policy,
+                NOW,
+                "offer.need_areas",
+            ),
+            (
+                |o| {
+                    if let Some(s) = o.summary.as_mut() {
+                        s.gender = pb::Gender::Female as i32;
+                    }
+                },
+                "prison-b",
+                &policy,
+                NOW,
+                "offer.summary.gender",
+            ),
+            // Inside the terms, but not what this node takes from the sender.
+            (
+                unchanged,
+                "prison-b",
+                &no_mental_health,
+                NOW,
+                "offer.need_areas",
+            ),
+        ];
+        for (change, me, policy, now, field) in cases {
+            let mut o = offer();
+            change(&mut o);
+            let e = check(o, me, policy, now).expect_err(field);
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{field}: {e:?}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+    }
+
+    /// A peer's status change is taken only where the receiver's rules allow
+    /// it from the state our copy is in.
+    #[test]
+    fn a_status_change_follows_the_receivers_rules() {
+        use ReferralState::*;
+        let at = |state: ReferralState| ReferralRecord {
+            referral_id: "r-1".into(),
+            outbound: true,
+            peer_org: org("ngo-a"),
+            owner: "alice".into(),
+            team: None,
+            consent_id: Some("c-1".into()),
+            pseudonym: String::new(),
+            need_areas: vec![NeedArea::MentalHealth],
+            services: vec![],
+            urgency: crate::domain::Urgency::Soon,
+            key_id: "k".into(),
+            summary: None,
+            terms: vec![],
+            state,
+            purge_status: crate::domain::PurgeStatus::None,
+            purged_at_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            expires_at_ms: None,
+        };
+        let cases = [
+            (Requested, Transition::Accept, true),
+            (Received, Transition::Accept, true),
+            (Accepted, Transition::Start, true),
+            (OnHold, Transition::Start, true),
+            (Received, Transition::Start, false),
+            (Completed, Transition::Accept, false),
+            (Withdrawn, Transition::Start, false),
+        ];
+        for (from, t, allowed) in cases {
+            let to = t.to();
+            let got = status_change(&sender(), &at(from), t, NOW);
+            match got {
+                Ok(c) => {
+                    assert!(allowed, "{from} -> {to} was taken");
+                    assert_eq!(c.state, Some(to));
+                    assert_eq!(c.expected_states, vec![from]);
+                }
+                Err(e) => assert!(!allowed, "{from} -> {to} refused: {e}"),
+            }
+        }
+    }
+}

@@ -128,3 +128,135 @@ impl Offer {
         })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An offer that passes every check of its shape.
+    pub(crate) fn offer() -> pb::ReferralOffer {
+        pb::ReferralOffer {
+            referral_id: "r-1".into(),
+            subject_pseudonym: "0123456789abcdef0123456789abcdef".into(),
+            need_areas: vec![pb::NeedArea::MentalHealth as i32],
+            services: vec![],
+            urgency: pb::Urgency::Soon as i32,
+            summary: Some(pb::CaseSummary {
+                age_band: pb::AgeBand::AgeBand1824 as i32,
+                ..Default::default()
+            }),
+            terms: Some(pb::ConsentTerms {
+                recipients: vec!["prison-b".into()],
+                purposes: vec![pb::Purpose::ExitSupport as i32],
+                data_categories: vec![pb::DataCategory::AgeBand as i32],
+                need_areas: vec![pb::NeedArea::MentalHealth as i32],
+                legal_basis: Some(pb::LegalBasis {
+                    kind: pb::LegalBasisKind::Consent as i32,
+                    statute: String::new(),
+                }),
+                valid_from: Some(to_timestamp(1_700_000_000_000)),
+                valid_until: Some(to_timestamp(1_800_000_000_000)),
+                ..Default::default()
+            }),
+            consent_ref: "ref".into(),
+        }
+    }
+
+    /// What a peer's offer must look like, field by field: each row a
+    /// change to a valid offer and the field its refusal names.
+    #[test]
+    fn an_offer_is_read_field_by_field() {
+        if let Err(e) = Offer::from_pb(offer()) {
+            panic!("{e}");
+        }
+        type Change = fn(&mut pb::ReferralOffer);
+        let cases: Vec<(Change, &str)> = vec![
+            (|o| o.referral_id.clear(), "offer.referral_id"),
+            (|o| o.referral_id = "a/b".into(), "offer.referral_id"),
+            (
+                |o| o.subject_pseudonym = "short".into(),
+                "offer.subject_pseudonym",
+            ),
+            (
+                |o| o.subject_pseudonym = "z".repeat(32),
+                "offer.subject_pseudonym",
+            ),
+            (|o| o.need_areas.clear(), "offer.need_areas"),
+            (|o| o.need_areas.push(99), "offer.need_areas"),
+            (|o| o.services.push(99), "offer.services"),
+            (|o| o.urgency = 0, "offer.urgency"),
+            (|o| o.summary = None, "offer.summary"),
+            (
+                |o| {
+                    if let Some(s) = o.summary.as_mut() {
+                        s.languages = vec!["not a tag!".into()];
+                    }
+                },
+                "offer.summary.languages",
+            ),
+            (|o| o.terms = None, "offer.terms"),
+            (
+                |o| {
+                    if let Some(t) = o.terms.as_mut() {
+                        t.recipients.clear();
+                    }
+                },
+                "offer.terms.recipients",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut o = offer();
+            change(&mut o);
+            let e = Offer::from_pb(o).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    /// A status names a referral and a change its state allows; a
+    /// withdrawal names a referral, and any cause (one unknown too) is read.
+    #[test]
+    fn a_status_and_a_withdrawal_are_read() {
+        let status = |referral_id: &str, change: Option<pb::StateChange>| {
+            ReferralMessage::from_pb(Body::Status(pb::ReferralStatus {
+                referral_id: referral_id.into(),
+                change,
+            }))
+        };
+        let accepted = pb::StateChange {
+            state: pb::ReferralState::Accepted as i32,
+            at: Some(to_timestamp(5_000)),
+            ..Default::default()
+        };
+        match status("r-1", Some(accepted.clone())) {
+            Ok(ReferralMessage::Status {
+                transition, at_ms, ..
+            }) => assert_eq!(
+                (transition.to(), at_ms),
+                (crate::domain::ReferralState::Accepted, 5_000)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            status("", Some(accepted)).unwrap_err().field,
+            "status.referral_id"
+        );
+        assert_eq!(status("r-1", None).unwrap_err().field, "status.change");
+        let withdrawal = |cause| {
+            ReferralMessage::from_pb(Body::Withdrawal(pb::ReferralWithdrawal {
+                referral_id: "r-1".into(),
+                cause,
+            }))
+        };
+        assert!(matches!(
+            withdrawal(99),
+            Ok(ReferralMessage::Withdrawal { cause: None, .. })
+        ));
+        assert!(matches!(
+            withdrawal(pb::WithdrawalCause::Retention as i32),
+            Ok(ReferralMessage::Withdrawal {
+                cause: Some(WithdrawalCause::Retention),
+                ..
+            })
+        ));
+    }
+}

@@ -132,9 +132,7 @@ async fn a_flooding_peer_is_stopped_at_its_quota(backend: Backend) {
     // One aggregated row per minute (two if the minute turned meanwhile),
     // counting all 20 once the repeats counted in memory are written (every
     // second).
-    let counted = |events: &Vec<pb::SecurityEvent>| -> u64 {
-        events.iter().map(|e| e.count).sum()
-    };
+    let counted = |events: &Vec<pb::SecurityEvent>| -> u64 { events.iter().map(|e| e.count).sum() };
     let all_counted = exitnet_tests::wait_until(
         "all 20 refusals counted",
         std::time::Duration::from_secs(10),
