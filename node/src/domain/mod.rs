@@ -21,7 +21,7 @@ pub use codes::{
 pub use codes::{MAX_CODES, code_list};
 pub use ids::{id_check, request_id_check};
 pub use org::{OrgId, OrgProfile, bounded_text, endpoint_check, org_name_check};
-pub use peer::{Awaiting, Peer, PeerAction, PeerState};
+pub use peer::{Awaiting, JoinRequest, Peer, PeerAction, PeerState, PeeringNotice, SignedRotation};
 
 /// Lower-case hexadecimal of `bytes` (fingerprints, hashes in reports).
 pub fn hex(bytes: &[u8]) -> String {

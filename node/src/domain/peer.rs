@@ -4,6 +4,39 @@
 use super::org::{OrgId, OrgProfile};
 use crate::error::Error;
 
+/// A notice about the peering itself, between the two nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeeringNotice {
+    /// The sender's view of the peering.
+    State(PeerState),
+    /// The sender's profile, changed.
+    Profile(OrgProfile),
+    /// The sender's new key, announced by its old one.
+    KeyRotation(SignedRotation),
+}
+
+/// A node's request to join the inviter whose invitation it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinRequest {
+    pub invitation_id: String,
+    /// The invitation's single-use secret.
+    pub secret: Vec<u8>,
+    /// The joining organisation's profile.
+    pub profile: OrgProfile,
+    /// Where the joining node's federation port is reached.
+    pub endpoint: String,
+}
+
+/// A key rotation as signed: the payload in its wire encoding, signed by
+/// the old key and, as proof of possession, by the new one
+/// (`protocol::rotation` makes and checks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedRotation {
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub new_key_signature: Vec<u8>,
+}
+
 /// This side's view of a peering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

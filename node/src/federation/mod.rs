@@ -277,7 +277,11 @@ impl pb::federation_service_server::FederationService for FederationApi {
         };
         let req = request.into_inner();
         let claimed = req.profile.as_ref().map(|p| p.org_id.clone());
-        match peering::accept_join(&self.state, &spki, req).await {
+        let joined = match crate::domain::JoinRequest::from_pb(req) {
+            Ok(req) => peering::accept_join(&self.state, &spki, req).await,
+            Err(e) => Err(e.into()),
+        };
+        match joined {
             Ok(profile) => Ok(Response::new(pb::JoinResponse {
                 profile: Some(profile.to_pb()),
                 protocol_version: exitnet_proto::PROTOCOL_VERSION,
@@ -515,9 +519,13 @@ async fn apply_notice(
                     witness: Some(w),
                 })
         }
-        _ => peering::receive_notice(&state, &peer, &fp, req)
-            .await
-            .map(|()| pb::NotifyResponse::default()),
+        Some(notice) => match crate::domain::PeeringNotice::from_pb(notice.clone()) {
+            Ok(notice) => peering::receive_notice(&state, &peer, &fp, &req.notice_id, notice)
+                .await
+                .map(|()| pb::NotifyResponse::default()),
+            Err(e) => Err(e.into()),
+        },
+        None => Err(crate::error::FieldError::new("notice", "required").into()),
     };
     if outcome.is_err() {
         state

@@ -2,6 +2,8 @@
 //! checks that refuse a second or stolen join.
 
 use super::*;
+use crate::domain::JoinRequest;
+use crate::protocol::peer_client::PeerClient;
 
 pub struct CreatedInvitation {
     pub code: String,
@@ -88,39 +90,17 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
     if let Some(existing) = state.store.get_peer(&inv.org_id).await? {
         refuse_rejoin(&existing)?;
     }
-    let request = pb::JoinRequest {
+    let request = JoinRequest {
         invitation_id: inv.invitation_id.clone(),
         secret: inv.secret.clone(),
-        profile: Some(state.profile().to_pb()),
+        profile: state.profile(),
         endpoint: state.advertised_endpoint(),
-        protocol_version: exitnet_proto::PROTOCOL_VERSION,
     };
-    let mut client = {
-        // The key is cloned out of the lock: no lock is held across the call.
-        let ours = state.identity()?.current().clone_key()?;
-        crate::transport::client::connect(
-            &inv.endpoint,
-            Some(&ours),
-            vec![inv.key_fingerprint.clone()],
-            state.call_timeout(),
-        )
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach the inviter: {e:#}")))?
-    };
-    let response = client.join(request).await.map_err(|s| match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-            Error::Unavailable(format!("the inviter did not answer: {}", s.message()))
-        }
-        _ => Error::FailedPrecondition(format!("the inviter refused the join: {}", s.message())),
-    })?;
-    let pb::JoinResponse {
-        profile,
-        protocol_version: _,
-    } = response.into_inner();
-    let profile = OrgProfile::from_pb(
-        profile.ok_or_else(|| Error::Unavailable("the inviter sent no profile".into()))?,
-    )
-    .map_err(|e| Error::Unavailable(format!("the inviter sent an invalid profile: {e}")))?;
+    let mut client =
+        PeerClient::connect_pinned(state, &inv.endpoint, vec![inv.key_fingerprint.clone()])
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot reach the inviter: {e:#}")))?;
+    let profile = client.join(&request).await?;
     if profile.org_id != inv.org_id {
         return Err(Error::Unavailable(
             "the inviter answered with another organisation ID".into(),
@@ -189,25 +169,13 @@ pub(super) fn refuse_rejoin(existing: &Peer) -> Result<()> {
 }
 
 /// A join request at the inviter, from a caller that presented `spki`.
-pub async fn accept_join(
-    state: &NodeState,
-    spki: &[u8],
-    req: pb::JoinRequest,
-) -> Result<OrgProfile> {
-    let pb::JoinRequest {
+pub async fn accept_join(state: &NodeState, spki: &[u8], req: JoinRequest) -> Result<OrgProfile> {
+    let JoinRequest {
         invitation_id,
         secret,
         profile,
         endpoint,
-        protocol_version: _,
     } = req;
-    let profile =
-        OrgProfile::from_pb(profile.ok_or_else(|| FieldError::new("profile", "required"))?)
-            .map_err(|e| e.within("profile"))?;
-    crate::domain::endpoint_check("endpoint", &endpoint)?;
-    if invitation_id.is_empty() || invitation_id.len() > 64 {
-        return Err(FieldError::new("invitation_id", "must be 1 to 64 characters").into());
-    }
     if secret.len() != invitation::SECRET_BYTES {
         return Err(FieldError::new("secret", "must be 32 bytes").into());
     }

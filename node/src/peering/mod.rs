@@ -12,17 +12,15 @@ pub mod purges;
 pub mod quotas;
 
 use crate::crypto::sha256;
-use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState};
+use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState, PeeringNotice};
 use crate::error::{Error, FieldError, Result};
-use crate::identity::{context, fingerprint_spki, hex, verify_in};
+use crate::identity::{fingerprint_spki, hex};
 use crate::protocol::invitation;
+use crate::protocol::messages::peering_notice;
 use crate::state::NodeState;
 use crate::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent,
 };
-use crate::wire::time::{from_timestamp, to_timestamp};
-use exitnet_proto::pb;
-use prost::Message;
 
 pub use joining::*;
 pub use refusals::*;
@@ -72,33 +70,6 @@ pub fn verification_code(fp_a: &str, fp_b: &str) -> String {
         .join(" ")
 }
 
-/// A new notice ID: unique, and carrying nothing about its content.
-pub fn new_notice_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn new_notice(
-    state: &NodeState,
-    org: &OrgId,
-    body: pb::notify_request::Notice,
-    present_key: Option<String>,
-) -> NewNotice {
-    let notice_id = new_notice_id();
-    let payload = pb::NotifyRequest {
-        notice_id: notice_id.clone(),
-        notice: Some(body),
-    }
-    .encode_to_vec();
-    NewNotice {
-        notice_id,
-        org_id: org.clone(),
-        payload,
-        present_key,
-        route: crate::store::Route::peering(),
-        now_ms: state.now_ms(),
-    }
-}
-
 // === Invitations and joining ===
 
 // === The lifecycle ===
@@ -115,10 +86,10 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         expected_state: Some(peer.state),
         state: Some(next),
         awaiting: Some(Awaiting::None),
-        notices: vec![new_notice(
+        notices: vec![peering_notice(
             state,
             org,
-            pb::notify_request::Notice::State(next.to_pb() as i32),
+            &PeeringNotice::State(next),
             None,
         )],
         audit: vec![
@@ -183,9 +154,9 @@ pub async fn receive_notice(
     state: &NodeState,
     from: &Peer,
     presented_fingerprint: &str,
-    req: pb::NotifyRequest,
+    notice_id: &str,
+    notice: PeeringNotice,
 ) -> Result<()> {
-    let pb::NotifyRequest { notice_id, notice } = req;
     if notice_id.is_empty()
         || notice_id.len() > 64
         || !notice_id.bytes().all(|b| b.is_ascii_graphic())
@@ -199,13 +170,8 @@ pub async fn receive_notice(
         now_ms: now,
         ..Default::default()
     };
-    match notice.ok_or_else(|| FieldError::new("notice", "required"))? {
-        pb::notify_request::Notice::Message(_) | pb::notify_request::Notice::Checkpoint(_) => {
-            // Referral messages and checkpoints have handlers of their own.
-            return Err(FieldError::new("notice", "not a peering notice").into());
-        }
-        pb::notify_request::Notice::State(s) => {
-            let s = PeerState::from_pb("state", s)?;
+    match notice {
+        PeeringNotice::State(s) => {
             update.remote_state = Some(s);
             if from.state == PeerState::Pending && from.awaiting == Awaiting::Remote {
                 match s {
@@ -214,10 +180,10 @@ pub async fn receive_notice(
                         update.expected_state = Some(PeerState::Pending);
                         update.state = Some(PeerState::Active);
                         update.awaiting = Some(Awaiting::None);
-                        update.notices.push(new_notice(
+                        update.notices.push(peering_notice(
                             state,
                             &from.org_id,
-                            pb::notify_request::Notice::State(pb::PeerState::Active as i32),
+                            &PeeringNotice::State(PeerState::Active),
                             None,
                         ));
                     }
@@ -232,11 +198,10 @@ pub async fn receive_notice(
                 return Err(Error::PermissionDenied("peer_pending".into()));
             }
         }
-        pb::notify_request::Notice::Profile(p) => {
+        PeeringNotice::Profile(p) => {
             if from.state != PeerState::Active {
                 return Err(Error::PermissionDenied("peer_pending".into()));
             }
-            let p = OrgProfile::from_pb(p).map_err(|e| e.within("profile"))?;
             if p.org_id != from.org_id {
                 return Err(FieldError::new(
                     "profile.org_id",
@@ -246,26 +211,25 @@ pub async fn receive_notice(
             }
             update.profile = Some(p);
         }
-        pb::notify_request::Notice::KeyRotation(signed) => {
+        PeeringNotice::KeyRotation(signed) => {
             if from.state != PeerState::Active {
                 return Err(Error::PermissionDenied("peer_pending".into()));
             }
-            let (key, old_valid_until) =
-                match verify_rotation(state, from, presented_fingerprint, &signed) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        // A refused rotation may be a takeover attempt by
-                        // a thief of an old key: on record.
-                        rotation_refused(
-                            state,
-                            from,
-                            presented_fingerprint,
-                            "key_rotation_refused",
-                        )
+            let (key, old_valid_until) = match crate::protocol::rotation::verify(
+                state,
+                from,
+                presented_fingerprint,
+                &signed,
+            ) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A refused rotation may be a takeover attempt by
+                    // a thief of an old key: on record.
+                    rotation_refused(state, from, presented_fingerprint, "key_rotation_refused")
                         .await;
-                        return Err(e);
-                    }
-                };
+                    return Err(e);
+                }
+            };
             update.add_key = Some(key);
             update.retire_other_keys_at_ms = Some(old_valid_until.min(now + MAX_KEY_OVERLAP_MS));
             // Only from the newest key, also when two rotations race.
@@ -291,7 +255,7 @@ pub async fn receive_notice(
     ));
     let applied = state
         .store
-        .apply_notice_once(&from.org_id, &notice_id, &update)
+        .apply_notice_once(&from.org_id, notice_id, &update)
         .await?;
     if !applied && let Some(key) = &update.add_key {
         // Not applied: a repeat of this notice (its key is pinned), or
@@ -329,7 +293,7 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
     let mut profile = state.profile();
     let mut comparable = profile.clone();
     comparable.updated_at_ms = 0;
-    let digest = hex(&sha256(&comparable.to_pb().encode_to_vec()));
+    let digest = hex(&sha256(&comparable.encoded()));
     let previous = state.store.meta_get("announced_profile_digest").await?;
     let stored_at = state.store.meta_get("profile_updated_at").await?;
     if previous.as_deref() == Some(digest.as_str()) {
@@ -351,10 +315,10 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
         .iter()
         .filter(|p| p.state == PeerState::Active)
         .map(|p| {
-            new_notice(
+            peering_notice(
                 state,
                 &p.org_id,
-                pb::notify_request::Notice::Profile(profile.to_pb()),
+                &PeeringNotice::Profile(profile.clone()),
                 None,
             )
         })

@@ -76,6 +76,35 @@ pub fn notice_for(
     })
 }
 
+/// A new notice ID: unique, and carrying nothing about its content.
+pub fn new_notice_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A notice about the peering for `org`, as the outbox keeps it;
+/// `present_key` is the key its call must present (a rotation's old key).
+pub fn peering_notice(
+    state: &NodeState,
+    org: &crate::domain::OrgId,
+    notice: &crate::domain::PeeringNotice,
+    present_key: Option<String>,
+) -> NewNotice {
+    let notice_id = new_notice_id();
+    let payload = pb::NotifyRequest {
+        notice_id: notice_id.clone(),
+        notice: Some(notice.to_pb()),
+    }
+    .encode_to_vec();
+    NewNotice {
+        notice_id,
+        org_id: org.clone(),
+        payload,
+        present_key,
+        route: Route::peering(),
+        now_ms: state.now_ms(),
+    }
+}
+
 /// How delivery routes a message: its kind and its referral.
 fn route_of_body(body: &pb::federation_message::Body) -> Route {
     use pb::federation_message::Body;

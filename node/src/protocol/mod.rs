@@ -10,3 +10,4 @@ pub mod invitation;
 pub mod messages;
 pub mod peer_client;
 pub mod receipts;
+pub mod rotation;

@@ -2,7 +2,8 @@
 //! delivery (which keeps connections of its own): asking which referrals
 //! it withdrew, and which of our audit checkpoints it witnessed.
 
-use crate::domain::Peer;
+use crate::domain::{JoinRequest, OrgProfile, Peer};
+use crate::error::{Error, Result};
 use crate::state::NodeState;
 use exitnet_proto::pb;
 use pb::federation_service_client::FederationServiceClient;
@@ -15,6 +16,7 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// A connection to `peer`, which must present one of its pinned keys.
     pub async fn connect(state: &NodeState, peer: &Peer) -> anyhow::Result<Self> {
         let pinned = state
             .store
@@ -23,15 +25,45 @@ impl PeerClient {
             .into_iter()
             .map(|k| k.fingerprint)
             .collect();
+        Self::connect_pinned(state, &peer.endpoint, pinned).await
+    }
+
+    /// A connection to `endpoint`, which must present a key of `pinned`
+    /// (fingerprints): an inviter, before it is a peer.
+    pub async fn connect_pinned(
+        state: &NodeState,
+        endpoint: &str,
+        pinned: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        // The key is cloned out of the lock: no lock is held across the call.
         let ours = state.identity()?.current().clone_key()?;
-        let inner = crate::transport::client::connect(
-            &peer.endpoint,
-            Some(&ours),
-            pinned,
-            state.call_timeout(),
-        )
-        .await?;
+        let inner =
+            crate::transport::client::connect(endpoint, Some(&ours), pinned, state.call_timeout())
+                .await?;
         Ok(PeerClient { inner })
+    }
+
+    /// Asks the inviter to take us as a peer: its profile, checked.
+    pub async fn join(&mut self, request: &JoinRequest) -> Result<OrgProfile> {
+        let response = self
+            .inner
+            .join(request.to_pb())
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    Error::Unavailable(format!("the inviter did not answer: {}", s.message()))
+                }
+                _ => Error::FailedPrecondition(format!(
+                    "the inviter refused the join: {}",
+                    s.message()
+                )),
+            })?;
+        let profile = response
+            .into_inner()
+            .profile
+            .ok_or_else(|| Error::Unavailable("the inviter sent no profile".into()))?;
+        OrgProfile::from_pb(profile)
+            .map_err(|e| Error::Unavailable(format!("the inviter sent an invalid profile: {e}")))
     }
 
     /// Which of `referral_ids` (ours, sent to the peer) the peer holds as

@@ -69,6 +69,13 @@ impl OrgProfile {
         })
     }
 
+    /// The profile in its wire encoding: as stored, and as hashed to tell
+    /// whether it changed since it was last announced.
+    pub fn encoded(&self) -> Vec<u8> {
+        use prost::Message;
+        self.to_pb().encode_to_vec()
+    }
+
     pub fn to_pb(&self) -> pb::OrgProfile {
         pb::OrgProfile {
             org_id: self.org_id.to_string(),

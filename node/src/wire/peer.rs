@@ -45,3 +45,78 @@ impl PeerAction {
         }
     }
 }
+
+impl PeeringNotice {
+    /// A peer's notice, read; referral messages and checkpoints are not
+    /// peering notices (they have handlers of their own).
+    pub fn from_pb(notice: pb::notify_request::Notice) -> Result<Self, FieldError> {
+        use pb::notify_request::Notice;
+        Ok(match notice {
+            Notice::Message(_) | Notice::Checkpoint(_) => {
+                return Err(FieldError::new("notice", "not a peering notice"));
+            }
+            Notice::State(s) => PeeringNotice::State(PeerState::from_pb("state", s)?),
+            Notice::Profile(p) => {
+                PeeringNotice::Profile(OrgProfile::from_pb(p).map_err(|e| e.within("profile"))?)
+            }
+            Notice::KeyRotation(k) => PeeringNotice::KeyRotation(SignedRotation {
+                payload: k.payload,
+                signature: k.signature,
+                new_key_signature: k.new_key_signature,
+            }),
+        })
+    }
+
+    pub fn to_pb(&self) -> pb::notify_request::Notice {
+        use pb::notify_request::Notice;
+        match self {
+            PeeringNotice::State(s) => Notice::State(s.to_pb() as i32),
+            PeeringNotice::Profile(p) => Notice::Profile(p.to_pb()),
+            PeeringNotice::KeyRotation(k) => Notice::KeyRotation(pb::SignedKeyRotation {
+                payload: k.payload.clone(),
+                signature: k.signature.clone(),
+                new_key_signature: k.new_key_signature.clone(),
+            }),
+        }
+    }
+}
+
+impl JoinRequest {
+    /// A joining node's request, checked field by field (its secret's
+    /// length is the invitation's business, `peering::accept_join`).
+    pub fn from_pb(req: pb::JoinRequest) -> Result<Self, FieldError> {
+        let pb::JoinRequest {
+            invitation_id,
+            secret,
+            profile,
+            endpoint,
+            protocol_version: _,
+        } = req;
+        let profile =
+            OrgProfile::from_pb(profile.ok_or_else(|| FieldError::new("profile", "required"))?)
+                .map_err(|e| e.within("profile"))?;
+        endpoint_check("endpoint", &endpoint)?;
+        if invitation_id.is_empty() || invitation_id.len() > 64 {
+            return Err(FieldError::new(
+                "invitation_id",
+                "must be 1 to 64 characters",
+            ));
+        }
+        Ok(JoinRequest {
+            invitation_id,
+            secret,
+            profile,
+            endpoint,
+        })
+    }
+
+    pub fn to_pb(&self) -> pb::JoinRequest {
+        pb::JoinRequest {
+            invitation_id: self.invitation_id.clone(),
+            secret: self.secret.clone(),
+            profile: Some(self.profile.to_pb()),
+            endpoint: self.endpoint.clone(),
+            protocol_version: exitnet_proto::PROTOCOL_VERSION,
+        }
+    }
+}

@@ -67,7 +67,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
         .into_iter()
         .filter(|p| p.exchange_allowed())
         .map(|p| {
-            let id = crate::peering::new_notice_id();
+            let id = crate::protocol::messages::new_notice_id();
             NewNotice {
                 notice_id: id.clone(),
                 org_id: p.org_id,

@@ -53,8 +53,7 @@ pub(super) const REFERRAL_BY_REQUEST: &str = "SELECT referral_id, direction, pee
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, actor_kind, actor, role, on_behalf_of, action, object_type, object_id, consent_id, peer_org, result, prev_hash, hash";
 
 pub(super) fn encode_profile(p: &crate::domain::OrgProfile) -> Vec<u8> {
-    use prost::Message;
-    p.to_pb().encode_to_vec()
+    p.encoded()
 }
 
 #[cfg(test)]
