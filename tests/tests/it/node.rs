@@ -425,8 +425,7 @@ async fn client_api_over_tls_with_client_certificates() {
 async fn the_demo_tells_the_story_and_exits_0() {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(binary("exitnet-node").unwrap())
-            .arg("demo")
+        tokio::process::Command::new(binary("exitnet-demo").unwrap())
             .env_remove("RUST_LOG")
             .output(),
     )
