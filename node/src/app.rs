@@ -202,8 +202,7 @@ impl Application {
         // with data directories of their own, still wait for each other's).
         let instance_id = instance_id(&config.data_dir)?;
         store.release_leases(&instance_id).await?;
-        let changes_out =
-            store_is_shared.then(|| NodeState::publish_changes(store.clone(), instance_id.clone()));
+        let changes = crate::signals::ChangeFeed::new(store.clone(), &instance_id, store_is_shared);
         let state = Arc::new(NodeState {
             config,
             store,
@@ -215,13 +214,11 @@ impl Application {
             auth,
             pseudonym_key,
             master_key,
-            referral_events: tokio::sync::broadcast::channel(1024).0,
-            outbox_wake: tokio::sync::Notify::new(),
-            outbox_queued: std::sync::Mutex::default(),
+            changes,
+            outbox: crate::signals::OutboxSignal::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             limits,
             instance_id,
-            changes_out,
             intake,
             peer_channels: crate::transport::client::Channels::default(),
             verified_roots: Default::default(),
@@ -430,7 +427,10 @@ impl Application {
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
         );
 
-        state.follow_other_replicas().await?;
+        state
+            .changes
+            .follow_other_replicas(state.store.as_ref())
+            .await?;
         let outbox_task = tokio::spawn(crate::delivery::run(
             state.clone(),
             Arc::new(crate::answers::NodeAnswers),

@@ -15,6 +15,7 @@
 //!   and (`transport::status`) the one mapping of errors to gRPC statuses.
 //! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
 //!   they need, naming no service.
+//! - `signals`: which referrals changed, and that notices wait to be sent.
 //! - `state`: what the services share, built in `app`.
 //! - `protocol`, `delivery`: the federation messages, signed and verified,
 //!   and their delivery to each peer, which hands what peers answer to
@@ -58,6 +59,7 @@ pub mod peering;
 pub mod policy;
 pub mod protocol;
 pub mod referrals;
+pub mod signals;
 pub mod state;
 pub mod store;
 pub mod subject_access;

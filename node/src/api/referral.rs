@@ -240,7 +240,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
         let (p, permit) = authenticate(&self.state, &request).await?;
         let credentials = super::WatchCredentials::of(&request, &p);
-        let mut changes = self.state.referral_events.subscribe();
+        let mut changes = self.state.changes.subscribe();
         let state = self.state.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {

@@ -80,18 +80,14 @@ pub async fn run(
         }
         loop {
             tokio::select! {
-                _ = state.outbox_wake.notified() => {}
+                _ = state.outbox.woken() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => break,
                 _ = stop.changed() => break,
             }
             // Woken for notices queued for peers whose delivery task is
             // running: that task's next round takes them (a task that ends
             // wakes this loop, bare), so there is nothing to look for.
-            let queued: Vec<OrgId> = state
-                .outbox_queued
-                .lock()
-                .map(|mut q| q.drain().collect())
-                .unwrap_or_default();
+            let queued: Vec<OrgId> = state.outbox.take_queued();
             let all_running = !queued.is_empty()
                 && running
                     .lock()
@@ -140,7 +136,7 @@ async fn deliver_due(
             if let Ok(mut r) = running.lock() {
                 r.remove(&org);
             }
-            state.outbox_wake.notify_one();
+            state.outbox.wake();
         });
     }
     Ok(())

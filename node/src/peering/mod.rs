@@ -127,7 +127,7 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         let closed = state.peer_channels.close_peer(org.as_str(), &fingerprints);
         tracing::info!(peer = %org, connections = closed, "connections to the revoked peer closed");
     }
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     tracing::info!(peer = %org, from = peer.state.as_str(), to = next.as_str(), "peer state changed");
     state
         .store
@@ -278,7 +278,7 @@ pub async fn receive_notice(
     }
     if applied {
         if !update.notices.is_empty() {
-            state.outbox_wake.notify_one();
+            state.outbox.wake();
         }
         tracing::info!(peer = %from.org_id, "notice applied");
     }
@@ -332,7 +332,7 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
         .store
         .meta_set("profile_updated_at", &now.to_string())
         .await?;
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     Ok(())
 }
 

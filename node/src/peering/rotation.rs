@@ -72,7 +72,7 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         .store
         .enqueue_notices_with_meta(&notices, ANNOUNCED_KEY, &new_fp)
         .await?;
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     tracing::info!(old = %old_fp, new = %new_fp, "identity key rotated");
     Ok(Rotation {
         old_fingerprint: old_fp,

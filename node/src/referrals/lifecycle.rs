@@ -78,7 +78,7 @@ pub async fn act(
             "the referral changed meanwhile; read it and try again".into(),
         ));
     }
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     state.referral_changed(id);
     state
         .store
@@ -177,7 +177,7 @@ pub async fn withdraw(state: &NodeState, p: &Principal, id: &str) -> Result<Refe
             "the referral changed meanwhile; read it and try again".into(),
         ));
     }
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     state.referral_changed(id);
     state
         .store
@@ -219,7 +219,7 @@ pub async fn withdraw_consent(
             "the consent is already withdrawn".into(),
         ));
     }
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     for (id, _) in &changes {
         state.referral_changed(id);
     }

@@ -22,7 +22,7 @@ pub async fn purge_referrals(
         }
     }
     if n > 0 {
-        state.outbox_wake.notify_one();
+        state.outbox.wake();
     }
     Ok(n)
 }

@@ -99,7 +99,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
             &notices,
         )
         .await?;
-    state.outbox_wake.notify_one();
+    state.outbox.wake();
     tracing::info!(seq, peers = sent_to, "audit checkpoint signed");
     Ok(Created {
         seq,

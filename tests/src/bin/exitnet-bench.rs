@@ -484,7 +484,7 @@ async fn main() {
     println!("backlog drain: {n} referrals queued; the receiver returns");
     let started = Instant::now();
     b = node_on(&dir, "bench-prison", "prison_probation", b_db, &refs).await;
-    a.org.state.outbox_wake.notify_one();
+    a.org.state.outbox.wake();
     all_received(&a.org, &prison, n).await;
     let drain_s = started.elapsed().as_secs_f64();
     println!(
