@@ -129,7 +129,11 @@ impl PostgresStore {
             loop {
                 // `recv` reconnects after a lost connection (and re-listens);
                 // what was published meanwhile is missed.
+                // Closing first: once the pool closes, `recv` fails at once,
+                // and a stop must not wait out a retry's pause (a random
+                // pick between the two cost whole seconds per stop).
                 let next = tokio::select! {
+                    biased;
                     _ = closing.wait_for(|c| *c) => return,
                     n = listener.recv() => n,
                 };
@@ -141,7 +145,11 @@ impl PostgresStore {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "listening for other replicas' changes");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                            biased;
+                            _ = closing.wait_for(|c| *c) => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                     }
                 }
             }
