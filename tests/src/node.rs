@@ -465,17 +465,16 @@ impl NodeProcess {
         Ok(self.admin().await?.security_events(0).await?)
     }
 
-    /// The audit records of one action, oldest first.
+    /// The audit records of one action, oldest first (the node selects them).
     pub async fn audit_records_of(
         &self,
         action: &str,
     ) -> anyhow::Result<Vec<exitnet_proto::pb::AuditRecord>> {
-        Ok(self
-            .audit_records()
-            .await?
-            .into_iter()
-            .filter(|r| r.action == action)
-            .collect())
+        self.audit_records_matching(exitnet_proto::pb::ListAuditRecordsRequest {
+            action: action.to_owned(),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Approves, rejects, suspends, resumes or revokes the peering with `org`.
@@ -489,6 +488,14 @@ impl NodeProcess {
 
     /// The whole audit trail, oldest first.
     pub async fn audit_records(&self) -> anyhow::Result<Vec<exitnet_proto::pb::AuditRecord>> {
+        self.audit_records_matching(Default::default()).await
+    }
+
+    /// The audit records `query` selects (every page of them), oldest first.
+    async fn audit_records_matching(
+        &self,
+        query: exitnet_proto::pb::ListAuditRecordsRequest,
+    ) -> anyhow::Result<Vec<exitnet_proto::pb::AuditRecord>> {
         let mut admin = self.admin().await?;
         let mut all = Vec::new();
         let mut page_token = String::new();
@@ -497,7 +504,7 @@ impl NodeProcess {
                 .export_audit(exitnet_proto::pb::ListAuditRecordsRequest {
                     page_size: 1000,
                     page_token,
-                    ..Default::default()
+                    ..query.clone()
                 })
                 .await?;
             all.extend(page.records);
