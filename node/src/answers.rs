@@ -23,7 +23,7 @@ impl Answers for NodeAnswers {
         notice_row: i64,
         ack: Acknowledgement,
     ) -> AcceptedReceipt {
-        crate::referrals::delivery_receipt(state, org, notice_row, ack)
+        state.referrals.delivery_receipt(org, notice_row, ack)
     }
 
     fn delivered<'a>(
@@ -31,7 +31,7 @@ impl Answers for NodeAnswers {
         state: &'a NodeState,
         items: &'a [AcceptedReceipt],
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(crate::referrals::on_delivered(state, items))
+        Box::pin(state.referrals.on_delivered(items))
     }
 
     fn refused<'a>(
@@ -41,7 +41,7 @@ impl Answers for NodeAnswers {
         reason: FailureReason,
         text: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(crate::referrals::on_refused(state, route, reason, text))
+        Box::pin(state.referrals.on_refused(route, reason, text))
     }
 
     fn witnessed<'a>(

@@ -41,8 +41,20 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 /// A connection whose ping is not answered in this time is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The services a running node is made of, as the composition root built
+/// them; the adapters and tasks each get the ones they use.
+#[derive(Clone)]
+pub struct Services {
+    pub sign_in: crate::api::SignIn,
+    pub directory: crate::directory::Directory,
+    pub consents: crate::consents::Consents,
+    pub audit: crate::audit::Audit,
+    pub referrals: crate::referrals::Referrals,
+}
+
 pub struct Application {
     state: Arc<NodeState>,
+    services: Services,
     api_listener: TcpListener,
     federation_listener: TcpListener,
     admin_listener: UnixListener,
@@ -202,30 +214,101 @@ impl Application {
         // with data directories of their own, still wait for each other's).
         let instance_id = instance_id(&config.data_dir)?;
         store.release_leases(&instance_id).await?;
-        let changes = crate::signals::ChangeFeed::new(store.clone(), &instance_id, store_is_shared);
+        let changes = Arc::new(crate::signals::ChangeFeed::new(
+            store.clone(),
+            &instance_id,
+            store_is_shared,
+        ));
+        // The composition root: every service is built here, from exactly
+        // what it needs, and handed to the adapters and tasks that use it.
+        let config = Arc::new(config);
+        let identity = Arc::new(crate::identity::IdentityCell::new(identity));
+        let master_key = Arc::new(master_key);
+        let outbox = Arc::new(crate::signals::OutboxSignal::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
+        let protocol = crate::protocol::Protocol::new(
+            org_id.clone(),
+            identity.clone(),
+            master_key.clone(),
+            store.clone(),
+            clock.clone(),
+            Duration::from_millis(config.federation.call_timeout_ms),
+        );
+        let refusals = crate::security::Refusals::new(limits.clone(), store.clone());
+        let quotas = crate::security::Quotas::new(
+            &config.limits,
+            limits.clone(),
+            store.clone(),
+            refusals.clone(),
+            metrics.clone(),
+            clock.clone(),
+        );
+        let referrals = crate::referrals::Referrals::new(crate::referrals::ReferralParts {
+            org_id: org_id.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            intake: intake.clone(),
+            clock: clock.clone(),
+            master_key: master_key.clone(),
+            pseudonyms: crate::referrals::Pseudonyms::new(&pseudonym_key),
+            audit: audit.clone(),
+            protocol: protocol.clone(),
+            changes: changes.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+            quotas: quotas.clone(),
+        });
         let state = Arc::new(NodeState {
             config,
             store,
-            identity: RwLock::new(identity),
+            identity,
             current_key,
             org_id,
-            profile: RwLock::new(profile),
+            profile: Arc::new(RwLock::new(profile)),
             federation_bound,
-            auth,
-            pseudonym_key,
+            auth: Arc::new(auth),
             master_key,
             changes,
-            outbox: crate::signals::OutboxSignal::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            outbox,
+            metrics,
             limits,
             instance_id,
             intake,
             peer_channels: crate::transport::client::Channels::default(),
-            verified_roots: Default::default(),
             clock,
+            audit,
+            protocol,
+            referrals,
+            refusals,
+            quotas,
         });
+        let services = Services {
+            sign_in: crate::api::SignIn::new(
+                state.auth.clone(),
+                state.config.auth.clone(),
+                state.limits.clone(),
+                state.metrics.clone(),
+                state.refusals.clone(),
+                state.clock.clone(),
+            ),
+            directory: crate::directory::Directory::new(
+                state.profile.clone(),
+                state.identity.clone(),
+                state.store.clone(),
+            ),
+            consents: crate::consents::Consents::new(
+                state.store.clone(),
+                state.clock.clone(),
+                state.audit.clone(),
+                state.referrals.clone(),
+            ),
+            audit: state.audit.clone(),
+            referrals: state.referrals.clone(),
+        };
         Ok(Self {
             state,
+            services,
             api_listener,
             federation_listener,
             admin_listener,
@@ -252,11 +335,18 @@ impl Application {
         self.state.clone()
     }
 
+    /// The node's services, for a caller in the same process (the demo,
+    /// in-process tests).
+    pub fn services(&self) -> Services {
+        self.services.clone()
+    }
+
     /// Serves until `shutdown` completes; then stops accepting, lets
     /// in-flight calls finish (up to a deadline) and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
             state,
+            services,
             api_listener,
             federation_listener,
             admin_listener,
@@ -268,7 +358,7 @@ impl Application {
         // History written before its content was sealed is split, once,
         // before anything is served: no call sees (or writes next to) a
         // history half rewritten.
-        crate::referrals::content::upgrade(&state).await?;
+        state.referrals.upgrade().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -291,28 +381,41 @@ impl Application {
         let max_message = limits.max_message_bytes;
         let streams = Some(limits.max_concurrent_streams);
         let max_age = Duration::from_secs(limits.max_connection_age_secs.max(1));
-        let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(state.clone()))
-            .max_decoding_message_size(max_message);
+        let Services {
+            sign_in,
+            directory,
+            consents,
+            ..
+        } = services;
+        let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(
+            sign_in.clone(),
+            directory.clone(),
+        ))
+        .max_decoding_message_size(max_message);
         let directory_svc = pb::directory_service_server::DirectoryServiceServer::new(
-            DirectoryApi::new(state.clone()),
+            DirectoryApi::new(sign_in.clone(), directory),
         )
         .max_decoding_message_size(max_message);
         let referral_svc = pb::referral_service_server::ReferralServiceServer::new(
-            crate::api::referral::ReferralApi::new(state.clone()),
+            crate::api::referral::ReferralApi::new(
+                sign_in.clone(),
+                state.referrals.clone(),
+                state.changes.clone(),
+            ),
         )
         .max_decoding_message_size(max_message);
         health
             .set_serving::<pb::referral_service_server::ReferralServiceServer<crate::api::referral::ReferralApi>>()
             .await;
         let consent_svc = pb::consent_service_server::ConsentServiceServer::new(
-            crate::api::consent::ConsentApi::new(state.clone()),
+            crate::api::consent::ConsentApi::new(sign_in.clone(), consents),
         )
         .max_decoding_message_size(max_message);
         health
             .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
             .await;
         let audit_svc = pb::audit_service_server::AuditServiceServer::new(
-            crate::api::audit::AuditApi::new(state.clone()),
+            crate::api::audit::AuditApi::new(sign_in, state.audit.clone()),
         )
         .max_decoding_message_size(max_message);
         health
@@ -438,11 +541,11 @@ impl Application {
         ));
         // Purges a restore from backup would have undone, applied again.
         tokio::spawn(crate::referrals::reconcile::run_at_start(
-            state.clone(),
+            state.referrals.clone(),
             stop_rx.clone(),
         ));
         let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
-            state.clone(),
+            state.referrals.clone(),
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
@@ -453,14 +556,13 @@ impl Application {
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
-        let refusals_task =
-            tokio::spawn(peering::run_refusal_flush(state.clone(), stop_rx.clone()));
+        let refusals_task = tokio::spawn(state.refusals.clone().run_flush(stop_rx.clone()));
         let checkpoint_task = tokio::spawn(crate::witness::checkpoint::run(
             state.clone(),
             stop_rx.clone(),
         ));
         // Our receipts and checkpoints must stay verifiable after a rotation.
-        crate::audit::own_keys::remember_own_key(&state).await?;
+        state.protocol.remember_own_key().await?;
         peering::announce_rotation_if_missing(&state).await?;
         if let Err(e) = peering::announce_profile_if_changed(&state).await {
             tracing::warn!(error = %e, "could not queue the profile for peers");

@@ -278,6 +278,20 @@ pub trait ReceiptKeys: Send + Sync {
     fn sign_receipts(&self, fingerprint: &str, payloads: &[&[u8]]) -> Result<Vec<Signed>>;
 }
 
+impl ReceiptKeys for crate::identity::IdentityCell {
+    fn sign_receipts(
+        &self,
+        fingerprint: &str,
+        payloads: &[&[u8]],
+    ) -> crate::error::Result<Vec<Signed>> {
+        let identity = self.read().map_err(crate::error::Error::Internal)?;
+        let key = identity.key(fingerprint).ok_or_else(|| {
+            crate::error::Error::Internal(anyhow::anyhow!("the signing key is gone"))
+        })?;
+        sign_all(key, RECEIPTS, payloads).map_err(crate::error::Error::Internal)
+    }
+}
+
 /// One message's place in a batch's signing round. Signing through it
 /// waits for the round; dropping it unused (the message was refused, or its
 /// task ended) lets the round go on without it.

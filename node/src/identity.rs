@@ -454,6 +454,34 @@ impl Identity {
     }
 }
 
+/// The node's identity as the running node holds it: read by whatever signs,
+/// replaced in place by a key rotation.
+#[derive(Debug)]
+pub struct IdentityCell(std::sync::RwLock<Identity>);
+
+impl IdentityCell {
+    pub fn new(identity: Identity) -> Self {
+        Self(std::sync::RwLock::new(identity))
+    }
+
+    pub fn read(&self) -> anyhow::Result<std::sync::RwLockReadGuard<'_, Identity>> {
+        self.0
+            .read()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))
+    }
+
+    pub fn write(&self) -> anyhow::Result<std::sync::RwLockWriteGuard<'_, Identity>> {
+        self.0
+            .write()
+            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))
+    }
+
+    /// The current key's fingerprint.
+    pub fn fingerprint(&self) -> anyhow::Result<String> {
+        Ok(self.read()?.current().fingerprint().to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

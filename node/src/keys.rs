@@ -274,17 +274,16 @@ pub async fn tick(state: &NodeState, clock: &dyn Clock, pending: &mut bool) -> a
 }
 
 async fn audit(state: &NodeState, action: &str, generation: u32) {
-    crate::audit::record(
-        state,
-        &[crate::audit::AuditEntry::node(
+    state
+        .audit
+        .record(&[crate::audit::AuditEntry::node(
             state.now_ms(),
             state.org_id.as_str(),
             action,
             "master_key_generation",
             &generation.to_string(),
-        )],
-    )
-    .await;
+        )])
+        .await;
 }
 
 /// An administrator's rotation (`exitnetctl identity rotate-master-key`):
@@ -296,16 +295,15 @@ pub async fn rotate_now(state: &NodeState) -> anyhow::Result<(u32, Rewrapped)> {
     key.reload()?;
     let clock = crate::clock::for_node(state.config.dev.clock_offset_secs);
     let g = key.rotate(clock.now_ms())?;
-    crate::audit::record(
-        state,
-        &[crate::audit::AuditEntry::admin(
+    state
+        .audit
+        .record(&[crate::audit::AuditEntry::admin(
             state.now_ms(),
             "master_key.rotate",
             "master_key_generation",
             &g.to_string(),
-        )],
-    )
-    .await;
+        )])
+        .await;
     let r = rewrap_all(state).await?;
     Ok((g, r))
 }

@@ -170,7 +170,7 @@ const MAX_REFUSAL_KINDS: usize = 10_000;
 /// Refusals between flushes. The first of each kind (its aggregation key:
 /// reason, key, address, minute…) is written at once, so it is durable and
 /// logged; repeats are only counted here and added to that row by a flush
-/// (`peering::flush_refusals`, every second and at shutdown). A flood then
+/// (`security::Refusals::flush`, every second and at shutdown). A flood then
 /// costs one write per kind per second, not an fsync per refused call queued
 /// with the peers' own writes. A crash loses at most a second of counts,
 /// never the first of a kind.

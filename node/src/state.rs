@@ -2,32 +2,30 @@
 
 use crate::config::Config;
 use crate::domain::{OrgId, OrgProfile};
-use crate::identity::Identity;
+use crate::identity::{Identity, IdentityCell};
 use crate::store::Store;
 use crate::tls::CurrentKey;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 pub struct NodeState {
-    pub config: Config,
+    pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
-    pub identity: RwLock<Identity>,
+    pub identity: Arc<IdentityCell>,
     /// The certificate the federation listener presents.
     pub current_key: Arc<CurrentKey>,
     pub org_id: OrgId,
-    pub profile: RwLock<OrgProfile>,
+    pub profile: Arc<RwLock<OrgProfile>>,
     /// Where the federation listener is bound (port 0 resolved).
     pub federation_bound: std::net::SocketAddr,
     /// Verifies bearer tokens on the client API.
-    pub auth: crate::auth::Authenticator,
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Wraps the data keys of case content.
-    pub master_key: crate::crypto::MasterKey,
-    /// Key for pairwise pseudonyms (kept in the database's node_meta).
-    pub pseudonym_key: Vec<u8>,
+    pub master_key: Arc<crate::crypto::MasterKey>,
     /// Referral IDs that changed, for watchers here and in other replicas.
-    pub changes: crate::signals::ChangeFeed,
+    pub changes: Arc<crate::signals::ChangeFeed>,
     /// Wakes the notice sender.
-    pub outbox: crate::signals::OutboxSignal,
+    pub outbox: Arc<crate::signals::OutboxSignal>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub limits: Arc<crate::limits::Limits>,
     /// This process, among replicas of one node (delivery leases name it).
@@ -36,10 +34,16 @@ pub struct NodeState {
     pub intake: crate::store::intake::Intake,
     /// The sender's connections to peers, kept between delivery rounds.
     pub peer_channels: crate::transport::client::Channels,
-    /// Batch roots of peers' receipts already verified.
-    pub verified_roots: crate::batch_sign::VerifiedRoots,
     /// Where the node reads the time.
     pub clock: Arc<dyn crate::clock::Clock>,
+    // The services, for the rooms not yet given the ones they need as
+    // values of their own (issue 18): peering, delivery, the witness, the
+    // master key generations, the admin and federation adapters.
+    pub audit: crate::audit::Audit,
+    pub protocol: crate::protocol::Protocol,
+    pub referrals: crate::referrals::Referrals,
+    pub refusals: crate::security::Refusals,
+    pub quotas: crate::security::Quotas,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -52,13 +56,11 @@ impl std::fmt::Debug for NodeState {
 
 impl NodeState {
     pub fn identity(&self) -> anyhow::Result<RwLockReadGuard<'_, Identity>> {
-        self.identity
-            .read()
-            .map_err(|_| anyhow::anyhow!("identity lock poisoned"))
+        self.identity.read()
     }
 
     pub fn fingerprint(&self) -> anyhow::Result<String> {
-        Ok(self.identity()?.current().fingerprint().to_owned())
+        self.identity.fingerprint()
     }
 
     pub fn profile(&self) -> OrgProfile {
@@ -98,20 +100,5 @@ impl NodeState {
     /// Milliseconds since the Unix epoch, by the node's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
-    }
-}
-
-impl crate::batch_sign::ReceiptKeys for NodeState {
-    fn sign_receipts(
-        &self,
-        fingerprint: &str,
-        payloads: &[&[u8]],
-    ) -> crate::error::Result<Vec<crate::batch_sign::Signed>> {
-        let identity = self.identity().map_err(crate::error::Error::Internal)?;
-        let key = identity.key(fingerprint).ok_or_else(|| {
-            crate::error::Error::Internal(anyhow::anyhow!("the signing key is gone"))
-        })?;
-        crate::batch_sign::sign_all(key, crate::batch_sign::RECEIPTS, payloads)
-            .map_err(crate::error::Error::Internal)
     }
 }

@@ -68,7 +68,9 @@ fn summary_json(s: &CaseSummary) -> Value {
 }
 
 async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
-    let history: Vec<Value> = crate::referrals::content::history(state, r)
+    let history: Vec<Value> = state
+        .referrals
+        .history(r)
         .await?
         .iter()
         .map(|e| {
@@ -106,7 +108,7 @@ async fn referral_json(state: &NodeState, r: &ReferralRecord) -> Result<Value> {
             })
         })
         .collect();
-    let summary = crate::referrals::open_summary(state, r).await;
+    let summary = state.referrals.open_summary(r).await;
     Ok(json!({
         "referral_id": r.referral_id,
         "direction": if r.outbound { "outbound" } else { "inbound" },
@@ -133,7 +135,7 @@ pub async fn gather(state: &NodeState, subject_ref: &str) -> Result<Value> {
     let mut consents = Vec::new();
     // Its consents, and those withdrawn or ended, which keep only a digest
     // of the reference.
-    let forgotten = crate::referrals::content::forgotten_ref(state, subject_ref);
+    let forgotten = state.referrals.pseudonyms().forgotten_ref(subject_ref);
     for reference in [subject_ref, forgotten.as_str()] {
         let mut cursor = None;
         loop {

@@ -13,12 +13,13 @@ pub mod hints;
 
 use anyhow::{Context, bail};
 use exitnet_node::app::Application;
+use exitnet_node::app::Services;
 use exitnet_node::auth::{Principal, Role};
 use exitnet_node::config::Config;
-use exitnet_node::consents::{self, NewConsent};
+use exitnet_node::consents::NewConsent;
 use exitnet_node::domain::PeerAction;
 use exitnet_node::domain::time::now_ms;
-use exitnet_node::referrals::{self, NewReferral};
+use exitnet_node::referrals::NewReferral;
 use exitnet_node::state::NodeState;
 use exitnet_proto::pb;
 use prost::Message;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 pub struct Org {
     pub label: &'static str,
     pub state: Arc<NodeState>,
+    pub services: Services,
     pub api: std::net::SocketAddr,
     pub admin_socket: std::path::PathBuf,
 }
@@ -99,6 +101,7 @@ pub async fn start(
     let org = Org {
         label,
         state: app.state(),
+        services: app.services(),
         api: app.api_addr(),
         admin_socket: app.admin_socket().to_owned(),
     };
@@ -312,28 +315,32 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
          reference in the NGO's own files (client-2026-117) never leaves the NGO.",
     );
     let alice = person(ALICE);
-    let c_health = consents::record(
-        &ngo.state,
-        &alice,
-        NewConsent::from_pb(
-            consent_request("demo-c1", "trauma-clinic", pb::NeedArea::MentalHealth),
-            now_ms(),
-        )?,
-    )
-    .await?;
-    let c_prison = consents::record(
-        &ngo.state,
-        &alice,
-        NewConsent::from_pb(
-            consent_request(
-                "demo-c2",
-                "probation-service",
-                pb::NeedArea::FunctionalReintegration,
-            ),
-            now_ms(),
-        )?,
-    )
-    .await?;
+    let c_health = ngo
+        .services
+        .consents
+        .record(
+            &alice,
+            NewConsent::from_pb(
+                consent_request("demo-c1", "trauma-clinic", pb::NeedArea::MentalHealth),
+                now_ms(),
+            )?,
+        )
+        .await?;
+    let c_prison = ngo
+        .services
+        .consents
+        .record(
+            &alice,
+            NewConsent::from_pb(
+                consent_request(
+                    "demo-c2",
+                    "probation-service",
+                    pb::NeedArea::FunctionalReintegration,
+                ),
+                now_ms(),
+            )?,
+        )
+        .await?;
     println!(
         "  one consent for the trauma clinic (mental health), one for probation (housing), each for a year;"
     );
@@ -347,32 +354,36 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         "Each referral is saved together with the signed message that carries it, so neither exists\n\
          without the other; the message is then delivered and the receiver signs a receipt for it.",
     );
-    let to_health = referrals::create(
-        &ngo.state,
-        &alice,
-        NewReferral::from_pb(referral_request(
-            "demo-r1",
-            &c_health.consent_id,
-            "trauma-clinic",
-            pb::NeedArea::MentalHealth,
-            pb::Service::TraumaPtsd,
-            "Recurring nightmares since leaving; asks for trauma therapy.",
-        ))?,
-    )
-    .await?;
-    let to_prison = referrals::create(
-        &ngo.state,
-        &alice,
-        NewReferral::from_pb(referral_request(
-            "demo-r2",
-            &c_prison.consent_id,
-            "probation-service",
-            pb::NeedArea::FunctionalReintegration,
-            pb::Service::Housing,
-            "Needs housing after release in March; no contact to the old group.",
-        ))?,
-    )
-    .await?;
+    let to_health = ngo
+        .services
+        .referrals
+        .create(
+            &alice,
+            NewReferral::from_pb(referral_request(
+                "demo-r1",
+                &c_health.consent_id,
+                "trauma-clinic",
+                pb::NeedArea::MentalHealth,
+                pb::Service::TraumaPtsd,
+                "Recurring nightmares since leaving; asks for trauma therapy.",
+            ))?,
+        )
+        .await?;
+    let to_prison = ngo
+        .services
+        .referrals
+        .create(
+            &alice,
+            NewReferral::from_pb(referral_request(
+                "demo-r2",
+                &c_prison.consent_id,
+                "probation-service",
+                pb::NeedArea::FunctionalReintegration,
+                pb::Service::Housing,
+                "Needs housing after release in March; no contact to the old group.",
+            ))?,
+        )
+        .await?;
     let h = wait_state(&ngo, &to_health.referral_id, "received").await?;
     let p = wait_state(&ngo, &to_prison.referral_id, "received").await?;
     println!(
@@ -421,10 +432,18 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         Transition::Start,
         Transition::Complete { outcome },
     ] {
-        referrals::act(&health.state, &carol, &to_health.referral_id, t).await?;
+        health
+            .services
+            .referrals
+            .act(&carol, &to_health.referral_id, t)
+            .await?;
     }
     for t in [Transition::Accept, Transition::Start] {
-        referrals::act(&prison.state, &bob, &to_prison.referral_id, t).await?;
+        prison
+            .services
+            .referrals
+            .act(&bob, &to_prison.referral_id, t)
+            .await?;
     }
     wait_state(&ngo, &to_health.referral_id, "completed").await?;
     wait_state(&ngo, &to_prison.referral_id, "in_progress").await?;
@@ -440,7 +459,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
             .get_referral(id)
             .await?
             .context("the referral at the NGO")?;
-        let history = exitnet_node::referrals::content::history(&ngo.state, &r).await?;
+        let history = ngo.services.referrals.history(&r).await?;
         let steps: Vec<String> = history
             .iter()
             .map(|e| format!("{} ({})", e.state.as_str().replace('_', " "), e.by_org))
@@ -499,7 +518,11 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         "Alice records the withdrawal. Probation is told, deletes the case summary it holds and\n\
          signs a receipt saying so.",
     );
-    let (_, told) = consents::withdraw(&ngo.state, &alice, &c_prison.consent_id).await?;
+    let (_, told) = ngo
+        .services
+        .consents
+        .withdraw(&alice, &c_prison.consent_id)
+        .await?;
     let purged = wait_for("the purge receipt", || async {
         Ok(ngo
             .state

@@ -299,7 +299,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             role,
             team,
         } = request.into_inner();
-        let crate::auth::Authenticator::Dev(dev) = &self.state.auth else {
+        let crate::auth::Authenticator::Dev(dev) = &*self.state.auth else {
             return Err(Error::FailedPrecondition(
                 "dev tokens exist only with auth.mode = \"dev\"".into(),
             )
@@ -358,7 +358,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ExportAuditRecordsResponse>, Status> {
         let req = request.into_inner().query.unwrap_or_default();
         let query = crate::audit::AuditQuery::try_from(&req)?;
-        let page = crate::audit::list(&self.state, &query).await?;
+        let page = self.state.audit.list(&query).await?;
         if query.after_seq == 0 {
             self.audited("audit.export", "audit", "").await;
         }
@@ -441,7 +441,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             return Err(Error::from(FieldError::new("receipt", "too large")).into());
         }
         Ok(Response::new(
-            crate::protocol::receipts::verify_receipt(&self.state, &r).await?,
+            self.state.protocol.verify_exported(&r).await?,
         ))
     }
 
@@ -476,16 +476,15 @@ impl AdminApi {
 
     /// Records an administrator's action (standalone: it changes nothing else).
     async fn audited(&self, action: &str, object_type: &str, object_id: &str) {
-        crate::audit::record(
-            &self.state,
-            &[crate::audit::AuditEntry::admin(
+        self.state
+            .audit
+            .record(&[crate::audit::AuditEntry::admin(
                 self.state.now_ms(),
                 action,
                 object_type,
                 object_id,
-            )],
-        )
-        .await;
+            )])
+            .await;
     }
 }
 

@@ -1,20 +1,20 @@
 //! gRPC adapter for `AuditService`: auditors and supervisors read the trail.
 
-use super::authenticate;
+use super::SignIn;
+use crate::audit::Audit;
 use crate::auth::Role;
 use crate::error::Error;
-use crate::state::NodeState;
 use exitnet_proto::pb;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct AuditApi {
-    state: Arc<NodeState>,
+    sign_in: SignIn,
+    audit: Audit,
 }
 
 impl AuditApi {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+    pub fn new(sign_in: SignIn, audit: Audit) -> Self {
+        Self { sign_in, audit }
     }
 }
 
@@ -24,21 +24,19 @@ impl pb::audit_service_server::AuditService for AuditApi {
         &self,
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let entry = || {
-            crate::audit::AuditEntry::caller(self.state.now_ms(), &p, "audit.query", "audit", "")
-        };
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let entry = || self.audit.caller(&p, "audit.query", "audit", "");
         let allowed = match p.role {
             Role::Auditor | Role::Supervisor => Ok(()),
             Role::CaseManager | Role::System => Err(Error::PermissionDenied(
                 "only auditors and supervisors read the audit trail".into(),
             )),
         };
-        crate::audit::guard(&self.state, entry, allowed).await?;
+        self.audit.guard(entry, allowed).await?;
         let query = crate::audit::AuditQuery::try_from(request.get_ref())?;
-        let page = crate::audit::list(&self.state, &query).await?;
+        let page = self.audit.list(&query).await?;
         if query.after_seq == 0 {
-            crate::audit::record(&self.state, &[entry()]).await;
+            self.audit.record(&[entry()]).await;
         }
         Ok(Response::new(page.into()))
     }

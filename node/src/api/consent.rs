@@ -1,20 +1,19 @@
 //! gRPC adapter for `ConsentService`.
 
-use super::authenticate;
+use super::SignIn;
 use crate::access::View;
-use crate::consents::{self, NewConsent};
-use crate::state::NodeState;
+use crate::consents::{Consents, NewConsent};
 use exitnet_proto::pb;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct ConsentApi {
-    state: Arc<NodeState>,
+    sign_in: SignIn,
+    consents: Consents,
 }
 
 impl ConsentApi {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+    pub fn new(sign_in: SignIn, consents: Consents) -> Self {
+        Self { sign_in, consents }
     }
 }
 
@@ -24,9 +23,9 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::RecordConsentRequest>,
     ) -> Result<Response<pb::RecordConsentResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let new = NewConsent::from_pb(request.into_inner(), self.state.now_ms())?;
-        let c = consents::record(&self.state, &p, new).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let new = NewConsent::from_pb(request.into_inner(), self.consents.now_ms())?;
+        let c = self.consents.record(&p, new).await?;
         Ok(Response::new(pb::RecordConsentResponse {
             consent: Some(c.to_pb(true)),
         }))
@@ -36,8 +35,11 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::GetConsentResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let (c, view) = consents::get(&self.state, &p, &request.into_inner().consent_id).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let (c, view) = self
+            .consents
+            .get(&p, &request.into_inner().consent_id)
+            .await?;
         Ok(Response::new(pb::GetConsentResponse {
             consent: Some(c.to_pb(view == View::Full)),
         }))
@@ -47,13 +49,16 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
         let pb::ListConsentsRequest {
             subject_ref,
             page_size,
             page_token,
         } = request.into_inner();
-        let page = consents::list(&self.state, &p, &subject_ref, page_size, &page_token).await?;
+        let page = self
+            .consents
+            .list(&p, &subject_ref, page_size, &page_token)
+            .await?;
         let full = page.view == View::Full;
         Ok(Response::new(pb::ListConsentsResponse {
             consents: page.consents.iter().map(|c| c.to_pb(full)).collect(),
@@ -65,8 +70,11 @@ impl pb::consent_service_server::ConsentService for ConsentApi {
         &self,
         request: Request<pb::WithdrawConsentRequest>,
     ) -> Result<Response<pb::WithdrawConsentResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let (c, n) = consents::withdraw(&self.state, &p, &request.into_inner().consent_id).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let (c, n) = self
+            .consents
+            .withdraw(&p, &request.into_inner().consent_id)
+            .await?;
         Ok(Response::new(pb::WithdrawConsentResponse {
             consent: Some(c.to_pb(true)),
             recipients_notified: n,

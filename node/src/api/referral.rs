@@ -1,12 +1,12 @@
 //! gRPC adapter for `ReferralService`.
 
-use super::authenticate;
+use super::SignIn;
 use crate::auth::Principal;
 use crate::domain::referral::Transition;
 use crate::domain::{DeclineReason, FailureReason, OrgId, ReferralState};
 use crate::error::FieldError;
-use crate::referrals::{self, NewReferral};
-use crate::state::NodeState;
+use crate::referrals::{NewReferral, Referrals};
+use crate::signals::ChangeFeed;
 use crate::store::{ReferralFilter, ReferralRecord};
 use crate::wire::change as changes;
 use exitnet_proto::pb;
@@ -16,19 +16,24 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 pub struct ReferralApi {
-    state: Arc<NodeState>,
+    sign_in: SignIn,
+    referrals: Referrals,
+    /// Referral IDs that changed, for watchers.
+    changes: Arc<ChangeFeed>,
 }
 
 impl ReferralApi {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+    pub fn new(sign_in: SignIn, referrals: Referrals, changes: Arc<ChangeFeed>) -> Self {
+        Self {
+            sign_in,
+            referrals,
+            changes,
+        }
     }
 
     /// The referral the caller has just acted on.
     async fn out(&self, r: &ReferralRecord, p: &Principal) -> Result<pb::Referral, Status> {
-        Ok(referrals::view_after_action(&self.state, p, r)
-            .await?
-            .try_into()?)
+        Ok(self.referrals.view_after_action(p, r).await?.try_into()?)
     }
 
     /// A receiver's state change: the caller is authenticated first, then
@@ -38,10 +43,10 @@ impl ReferralApi {
         request: Request<T>,
         read: impl FnOnce(T) -> Result<(String, Transition), FieldError>,
     ) -> Result<pb::Referral, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
         let (id, transition) = read(request.into_inner())?;
         let transition = transition.checked("text", "outcome")?;
-        let r = referrals::act(&self.state, &p, &id, transition).await?;
+        let r = self.referrals.act(&p, &id, transition).await?;
         self.out(&r, &p).await
     }
 }
@@ -52,9 +57,9 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::CreateReferralRequest>,
     ) -> Result<Response<pb::CreateReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
         let new = NewReferral::from_pb(request.into_inner())?;
-        let referral = referrals::create_and_view(&self.state, &p, new).await?;
+        let referral = self.referrals.create_and_view(&p, new).await?;
         Ok(Response::new(pb::CreateReferralResponse {
             referral: Some(referral.try_into()?),
         }))
@@ -64,10 +69,13 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::GetReferralRequest>,
     ) -> Result<Response<pb::GetReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let (r, view) = referrals::get(&self.state, &p, &request.into_inner().referral_id).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let (r, view) = self
+            .referrals
+            .get(&p, &request.into_inner().referral_id)
+            .await?;
         Ok(Response::new(pb::GetReferralResponse {
-            referral: Some(view_of(&self.state, &r, view).await?),
+            referral: Some(view_of(&self.referrals, &r, view).await?),
         }))
     }
 
@@ -75,7 +83,7 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::ListReferralsRequest>,
     ) -> Result<Response<pb::ListReferralsResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
         let pb::ListReferralsRequest {
             direction,
             state,
@@ -101,10 +109,13 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                 Some(OrgId::parse("peer_org", &peer_org)?.to_string())
             },
         };
-        let page = referrals::list(&self.state, &p, filter, page_size, &page_token).await?;
+        let page = self
+            .referrals
+            .list(&p, filter, page_size, &page_token)
+            .await?;
         let mut out = Vec::with_capacity(page.referrals.len());
         for (r, view) in &page.referrals {
-            out.push(view_of(&self.state, r, *view).await?);
+            out.push(view_of(&self.referrals, r, *view).await?);
         }
         Ok(Response::new(pb::ListReferralsResponse {
             referrals: out,
@@ -207,8 +218,11 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::WithdrawReferralRequest>,
     ) -> Result<Response<pb::WithdrawReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
-        let r = referrals::withdraw(&self.state, &p, &request.into_inner().referral_id).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
+        let r = self
+            .referrals
+            .withdraw(&p, &request.into_inner().referral_id)
+            .await?;
         Ok(Response::new(pb::WithdrawReferralResponse {
             referral: Some(self.out(&r, &p).await?),
         }))
@@ -218,14 +232,17 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::ReassignReferralRequest>,
     ) -> Result<Response<pb::ReassignReferralResponse>, Status> {
-        let (p, _permit) = authenticate(&self.state, &request).await?;
+        let (p, _permit) = self.sign_in.authenticate(&request).await?;
         let pb::ReassignReferralRequest {
             referral_id,
             owner,
             team,
         } = request.into_inner();
         let team = Some(team).filter(|t| !t.is_empty());
-        let r = referrals::reassign(&self.state, &p, &referral_id, &owner, team).await?;
+        let r = self
+            .referrals
+            .reassign(&p, &referral_id, &owner, team)
+            .await?;
         Ok(Response::new(pb::ReassignReferralResponse {
             referral: Some(self.out(&r, &p).await?),
         }))
@@ -238,23 +255,22 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
         &self,
         request: Request<pb::WatchReferralsRequest>,
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
-        let (p, permit) = authenticate(&self.state, &request).await?;
+        let (p, permit) = self.sign_in.authenticate(&request).await?;
         let credentials = super::WatchCredentials::of(&request, &p);
-        let mut changes = self.state.changes.subscribe();
-        let state = self.state.clone();
+        let mut changes = self.changes.subscribe();
+        let (referrals, sign_in) = (self.referrals.clone(), self.sign_in.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             // A watch holds one of the caller's places in flight while it lasts.
             let _permit = permit;
             // It lasts no longer than the caller's token, nor past a check
             // the token no longer passes.
-            let ended = credentials.ended(&state);
+            let ended = credentials.ended(&sign_in);
             tokio::pin!(ended);
             // First what the caller may see now, then each change as it happens.
-            if let Ok(page) = referrals::list(&state, &p, ReferralFilter::default(), 500, "").await
-            {
+            if let Ok(page) = referrals.list(&p, ReferralFilter::default(), 500, "").await {
                 for (r, view) in &page.referrals {
-                    let Ok(v) = view_of(&state, r, *view).await else {
+                    let Ok(v) = view_of(&referrals, r, *view).await else {
                         continue;
                     };
                     if tx
@@ -289,10 +305,10 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
                     Err(_) => return,
                 };
                 // Only what this caller may see; nothing about the others.
-                let Ok(Some((r, view))) = referrals::get_if_visible(&state, &p, &id).await else {
+                let Ok(Some((r, view))) = referrals.get_if_visible(&p, &id).await else {
                     continue;
                 };
-                let Ok(v) = view_of(&state, &r, view).await else {
+                let Ok(v) = view_of(&referrals, &r, view).await else {
                     continue;
                 };
                 if tx
@@ -312,9 +328,9 @@ impl pb::referral_service_server::ReferralService for ReferralApi {
 
 /// A referral as the wire shows it to a caller with `view`.
 async fn view_of(
-    state: &NodeState,
+    referrals: &Referrals,
     r: &ReferralRecord,
     view: crate::access::View,
 ) -> Result<pb::Referral, crate::error::Error> {
-    referrals::view(state, r, view).await?.try_into()
+    referrals.view(r, view).await?.try_into()
 }

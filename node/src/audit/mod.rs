@@ -5,9 +5,10 @@
 //! Records hold identifiers, roles and results — never case content.
 //! docs/audit.md says what this proves and what it does not.
 
-pub mod own_keys;
-
 use crate::auth::{Principal, Role};
+use crate::clock::Clock;
+use crate::store::AuditStore;
+use std::sync::Arc;
 
 pub use crate::domain::audit::{AuditEntry, AuditFilter, AuditRecord, GENESIS, record_hash};
 
@@ -32,52 +33,67 @@ impl AuditEntry {
     }
 }
 
-/// Appends records outside any other write (reads, refusals, admin actions).
-pub async fn record(state: &crate::state::NodeState, entries: &[AuditEntry]) {
-    if entries.is_empty() {
-        return;
-    }
-    if let Err(e) = state.store.append_audit(entries).await {
-        // The action already happened; say loudly that its record is missing.
-        tracing::error!(error = %e, action = %entries[0].action, "writing an audit record failed");
-    }
+/// The audit trail as the services write and read it.
+#[derive(Clone)]
+pub struct Audit {
+    store: Arc<dyn AuditStore>,
+    clock: Arc<dyn Clock>,
 }
 
-/// Records an attempt the caller had no right to make, and passes the
-/// result on unchanged.
-pub async fn guard<T>(
-    state: &crate::state::NodeState,
-    entry: impl FnOnce() -> AuditEntry,
-    r: crate::error::Result<T>,
-) -> crate::error::Result<T> {
-    if let Err(crate::error::Error::PermissionDenied(_)) = &r {
-        record(state, &[entry().result("denied")]).await;
+impl Audit {
+    pub fn new(store: Arc<dyn AuditStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
-    r
+
+    /// A record of `p`'s action, stamped now.
+    pub fn caller(&self, p: &Principal, action: &str, object_type: &str, id: &str) -> AuditEntry {
+        AuditEntry::caller(self.clock.now_ms(), p, action, object_type, id)
+    }
+
+    /// Appends records outside any other write (reads, refusals, admin actions).
+    pub async fn record(&self, entries: &[AuditEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append_audit(entries).await {
+            // The action already happened; say loudly that its record is missing.
+            tracing::error!(error = %e, action = %entries[0].action, "writing an audit record failed");
+        }
+    }
+
+    /// Records an attempt the caller had no right to make, and passes the
+    /// result on unchanged.
+    pub async fn guard<T>(
+        &self,
+        entry: impl FnOnce() -> AuditEntry,
+        r: crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        if let Err(crate::error::Error::PermissionDenied(_)) = &r {
+            self.record(&[entry().result("denied")]).await;
+        }
+        r
+    }
+
+    /// One page of the trail for `ListAuditRecords` (client API and admin socket).
+    pub async fn list(&self, q: &AuditQuery) -> crate::error::Result<AuditPage> {
+        let mut records = self
+            .store
+            .list_audit(&q.filter, q.after_seq, q.size + 1)
+            .await?;
+        let next_after_seq = if records.len() as i64 > q.size {
+            records.truncate(q.size as usize);
+            records.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(AuditPage {
+            records,
+            next_after_seq,
+        })
+    }
 }
 
 pub use crate::domain::audit::{AuditPage, AuditQuery};
-
-/// One page of the trail for `ListAuditRecords` (client API and admin socket).
-pub async fn list(
-    state: &crate::state::NodeState,
-    q: &AuditQuery,
-) -> crate::error::Result<AuditPage> {
-    let mut records = state
-        .store
-        .list_audit(&q.filter, q.after_seq, q.size + 1)
-        .await?;
-    let next_after_seq = if records.len() as i64 > q.size {
-        records.truncate(q.size as usize);
-        records.last().map(|r| r.seq)
-    } else {
-        None
-    };
-    Ok(AuditPage {
-        records,
-        next_after_seq,
-    })
-}
 
 #[cfg(test)]
 mod tests {

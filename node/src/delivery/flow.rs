@@ -231,7 +231,7 @@ pub(super) async fn accept_deliveries(
         state.metrics.delivered(org.as_str(), "delivered");
         let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
         state.metrics.delivery_latency.observe(waited);
-        match crate::protocol::messages::acknowledgement(state, org, &keys, req, resp) {
+        match state.protocol.acknowledgement(org, &keys, req, resp) {
             Ok(Some(ack)) => {
                 items.push(answers.receipt(state, org, n.id, ack));
                 attempts.push((handled.len(), n.attempts));

@@ -210,7 +210,7 @@ async fn deliver_to_peer(
     let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
     for mut n in state.store.undelivered_notices_for(org, BATCH).await? {
-        let req = crate::protocol::messages::open_notice(state, &n.notice_id, &n.payload)?;
+        let req = state.protocol.open_notice(&n.notice_id, &n.payload)?;
         // Queued before routes were kept beside notices: read from the notice.
         n.route
             .get_or_insert_with(|| crate::protocol::messages::route_of(&req));

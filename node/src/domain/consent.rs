@@ -142,7 +142,7 @@ pub fn floor_to_day(ms: i64) -> i64 {
 
 /// What a consent withdrawn or ended keeps instead of its client reference:
 /// this prefix (a control character, which no reference can hold) and a
-/// keyed digest of the reference (`referrals::content::forgotten_ref`), so
+/// keyed digest of the reference (`referrals::Pseudonyms::forgotten_ref`), so
 /// subject access still finds it while the reference itself is gone.
 pub const FORGOTTEN_PREFIX: &str = "\u{1}forgotten:";
 

@@ -82,9 +82,9 @@ impl FederationApi {
         reason: &str,
         err: Error,
     ) -> Status {
-        peering::record_refusal(
-            &self.state,
-            SecurityEvent {
+        self.state
+            .refusals
+            .record(SecurityEvent {
                 at_ms: self.state.now_ms(),
                 surface: "federation".into(),
                 reason: reason.into(),
@@ -92,9 +92,8 @@ impl FederationApi {
                 org_id: org,
                 remote_addr: info.remote.map(|a| a.to_string()),
                 method: Some(info.method.into()),
-            },
-        )
-        .await;
+            })
+            .await;
         err.into()
     }
 
@@ -344,7 +343,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let spki = info.spki.clone().unwrap_or_default();
         // Each notice is applied on a task of its own, as with Notify; they
         // run together, so the receiver stores their referrals together.
-        let members = crate::batch_sign::Member::round(self.state.clone(), notices.len());
+        let members = crate::batch_sign::Member::round(self.state.identity.clone(), notices.len());
         let tasks: Vec<_> = notices
             .into_iter()
             .zip(members)
@@ -491,17 +490,14 @@ async fn apply_notice(
     };
     let outcome = match &req.notice {
         Some(pb::notify_request::Notice::Message(signed)) => {
-            let incoming = crate::protocol::incoming::open_incoming(
-                &state,
-                &peer.org_id,
-                &req.notice_id,
-                &spki,
-                signed,
-                batch,
-            )
-            .await;
+            let incoming = state
+                .protocol
+                .open_incoming(&peer.org_id, &req.notice_id, &spki, signed, batch)
+                .await;
             match incoming {
-                Ok(incoming) => crate::referrals::receive::handle(&state, &peer, incoming)
+                Ok(incoming) => state
+                    .referrals
+                    .receive(&peer, incoming)
                     .await
                     .and_then(crate::protocol::incoming::signed_receipt)
                     .map(|r| pb::NotifyResponse {

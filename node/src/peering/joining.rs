@@ -96,10 +96,13 @@ pub async fn join(state: &NodeState, code: &str) -> Result<Peer> {
         profile: state.profile(),
         endpoint: state.advertised_endpoint(),
     };
-    let mut client =
-        PeerClient::connect_pinned(state, &inv.endpoint, vec![inv.key_fingerprint.clone()])
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot reach the inviter: {e:#}")))?;
+    let mut client = PeerClient::connect_pinned(
+        &state.protocol,
+        &inv.endpoint,
+        vec![inv.key_fingerprint.clone()],
+    )
+    .await
+    .map_err(|e| Error::Unavailable(format!("cannot reach the inviter: {e:#}")))?;
     let profile = client.join(&request).await?;
     if profile.org_id != inv.org_id {
         return Err(Error::Unavailable(
@@ -208,17 +211,16 @@ pub async fn accept_join(state: &NodeState, spki: &[u8], req: JoinRequest) -> Re
         .await?;
     match outcome {
         Ok(()) => {
-            crate::audit::record(
-                state,
-                &[crate::audit::AuditEntry::peer(
+            state
+                .audit
+                .record(&[crate::audit::AuditEntry::peer(
                     state.now_ms(),
                     profile.org_id.as_str(),
                     "peer.join_request",
                     "invitation",
                     &invitation_id,
-                )],
-            )
-            .await;
+                )])
+                .await;
             tracing::info!(peer = %profile.org_id, "join request recorded; waiting for approval");
             Ok(state.profile())
         }

@@ -1,29 +1,24 @@
 //! Peering: invitations and joins (`joining`), the two administrators'
-//! approval, the lifecycle, profiles, key rotation (`rotation`), refused
-//! calls on record (`refusals`). The adapters in `admin` and `federation`
+//! approval, the lifecycle, profiles, key rotation (`rotation`). The adapters in `admin` and `federation`
 //! call these functions; the notices peers exchange about their peering are
 //! still read here in their wire form (issue 18).
 
 mod joining;
-mod refusals;
 mod rotation;
 
 pub mod purges;
-pub mod quotas;
 
 use crate::crypto::sha256;
 use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerAction, PeerState, PeeringNotice};
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{fingerprint_spki, hex};
 use crate::protocol::invitation;
-use crate::protocol::messages::peering_notice;
 use crate::state::NodeState;
 use crate::store::{
     JoinRefusal, NewInvitation, NewNotice, NewPeer, PeerKey, PeerUpdate, SecurityEvent,
 };
 
 pub use joining::*;
-pub use refusals::*;
 pub use rotation::*;
 
 pub const DEFAULT_INVITATION_SECS: u64 = 24 * 3600;
@@ -86,12 +81,11 @@ pub async fn decide(state: &NodeState, org: &OrgId, action: PeerAction) -> Resul
         expected_state: Some(peer.state),
         state: Some(next),
         awaiting: Some(Awaiting::None),
-        notices: vec![peering_notice(
-            state,
-            org,
-            &PeeringNotice::State(next),
-            None,
-        )],
+        notices: vec![
+            state
+                .protocol
+                .peering_notice(org, &PeeringNotice::State(next), None),
+        ],
         audit: vec![
             crate::audit::AuditEntry::admin(
                 state.now_ms(),
@@ -180,8 +174,7 @@ pub async fn receive_notice(
                         update.expected_state = Some(PeerState::Pending);
                         update.state = Some(PeerState::Active);
                         update.awaiting = Some(Awaiting::None);
-                        update.notices.push(peering_notice(
-                            state,
+                        update.notices.push(state.protocol.peering_notice(
                             &from.org_id,
                             &PeeringNotice::State(PeerState::Active),
                             None,
@@ -215,21 +208,25 @@ pub async fn receive_notice(
             if from.state != PeerState::Active {
                 return Err(Error::PermissionDenied("peer_pending".into()));
             }
-            let (key, old_valid_until) = match crate::protocol::rotation::verify(
-                state,
-                from,
-                presented_fingerprint,
-                &signed,
-            ) {
-                Ok(v) => v,
-                Err(e) => {
-                    // A refused rotation may be a takeover attempt by
-                    // a thief of an old key: on record.
-                    rotation_refused(state, from, presented_fingerprint, "key_rotation_refused")
+            let (key, old_valid_until) =
+                match state
+                    .protocol
+                    .verify_rotation(from, presented_fingerprint, &signed)
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // A refused rotation may be a takeover attempt by
+                        // a thief of an old key: on record.
+                        rotation_refused(
+                            state,
+                            from,
+                            presented_fingerprint,
+                            "key_rotation_refused",
+                        )
                         .await;
-                    return Err(e);
-                }
-            };
+                        return Err(e);
+                    }
+                };
             update.add_key = Some(key);
             update.retire_other_keys_at_ms = Some(old_valid_until.min(now + MAX_KEY_OVERLAP_MS));
             // Only from the newest key, also when two rotations race.
@@ -315,12 +312,9 @@ pub async fn announce_profile_if_changed(state: &NodeState) -> Result<()> {
         .iter()
         .filter(|p| p.state == PeerState::Active)
         .map(|p| {
-            peering_notice(
-                state,
-                &p.org_id,
-                &PeeringNotice::Profile(profile.clone()),
-                None,
-            )
+            state
+                .protocol
+                .peering_notice(&p.org_id, &PeeringNotice::Profile(profile.clone()), None)
         })
         .collect();
     state.store.enqueue_notices(&notices).await?;

@@ -56,7 +56,7 @@ pub async fn abandon(state: &NodeState, org: &OrgId) -> Result<(u64, u64)> {
         // One that no longer opens (say, sealed under a destroyed master
         // key generation) cannot be delivered either: it does not stop the
         // administrator from giving up the others.
-        let req = match crate::protocol::messages::open_notice(state, &n.notice_id, &n.payload) {
+        let req = match state.protocol.open_notice(&n.notice_id, &n.payload) {
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(peer = %org, notice = n.id, error = %e, "a queued notice does not open; left as it is");

@@ -11,9 +11,9 @@ pub(super) async fn rotation_refused(
     presented_fingerprint: &str,
     reason: &str,
 ) {
-    record_refusal(
-        state,
-        SecurityEvent {
+    state
+        .refusals
+        .record(SecurityEvent {
             at_ms: state.now_ms(),
             surface: "federation".into(),
             reason: reason.into(),
@@ -21,9 +21,8 @@ pub(super) async fn rotation_refused(
             org_id: Some(from.org_id.to_string()),
             remote_addr: None,
             method: Some("Notify".into()),
-        },
-    )
-    .await;
+        })
+        .await;
 }
 
 pub struct Rotation {
@@ -54,17 +53,16 @@ pub async fn rotate_key(state: &NodeState) -> Result<Rotation> {
         )
     };
     state.current_key.set(certified);
-    crate::audit::own_keys::remember_own_key(state).await?;
-    crate::audit::record(
-        state,
-        &[crate::audit::AuditEntry::admin(
+    state.protocol.remember_own_key().await?;
+    state
+        .audit
+        .record(&[crate::audit::AuditEntry::admin(
             state.now_ms(),
             "identity.rotate",
             "key",
             &new_fp,
-        )],
-    )
-    .await;
+        )])
+        .await;
     // If the process dies before this commits, the next start finds the
     // new key unannounced and announces it (`announce_rotation_if_missing`).
     let notices = rotation_notices(state, &old_fp, &new_spki, until).await?;
@@ -155,8 +153,7 @@ pub(super) async fn rotation_notices(
                 until,
             )?
         };
-        notices.push(peering_notice(
-            state,
+        notices.push(state.protocol.peering_notice(
             &peer.org_id,
             &PeeringNotice::KeyRotation(signed),
             Some(old_fp.to_owned()),

@@ -3,13 +3,13 @@
 //! body read into a domain `ReferralMessage`; with what answers it (our
 //! signed receipt, or the one stored for the same message before).
 
-use super::messages::{open, open_signed, signed_by_any};
+use super::Protocol;
+use super::messages::signed_by_any;
 use crate::batch_sign::Member;
 use crate::crypto::sha256;
 use crate::domain::OrgId;
 use crate::domain::message::ReferralMessage;
 use crate::error::{Error, FieldError, Result};
-use crate::state::NodeState;
 use crate::store::{NoticeKind, ReceiptRecord};
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
@@ -45,51 +45,53 @@ pub struct Answer {
     batch: Option<Member>,
 }
 
-/// Opens a message `from` an authenticated peer that called with
-/// `presented_spki`. With a `batch` place it came in a `NotifyBatch`, and
-/// its receipt is signed with the others of the call.
-pub async fn open_incoming(
-    state: &NodeState,
-    from: &OrgId,
-    notice_id: &str,
-    presented_spki: &[u8],
-    signed: &pb::SignedMessage,
-    batch: Option<Member>,
-) -> Result<Incoming> {
-    // The key the peer called with is pinned (it was found by it) and is
-    // almost always the one that signed: the other pinned keys (a rotation
-    // under way) are read only when it is not.
-    let msg = if signed_by_any(&[presented_spki], signed, Some(&state.verified_roots)) {
-        open_signed(state, from, notice_id, signed)?
-    } else {
-        let keys: Vec<Vec<u8>> = state
-            .store
-            .peer_keys(from, state.now_ms())
-            .await?
-            .into_iter()
-            .map(|k| k.spki_der)
-            .filter(|k| k.as_slice() != presented_spki)
-            .collect();
-        open(state, from, notice_id, &keys, signed)?
-    };
-    let body = msg
-        .body
-        .ok_or_else(|| FieldError::new("message.body", "required"))?;
-    let kind = match &body {
-        pb::federation_message::Body::Offer(_) => NoticeKind::Offer,
-        pb::federation_message::Body::Status(_) => NoticeKind::Status,
-        pb::federation_message::Body::Withdrawal(_) => NoticeKind::Withdrawal,
-    };
-    Ok(Incoming {
-        message: ReferralMessage::from_pb(body),
-        kind,
-        answer: Answer {
-            message_id: msg.message_id,
-            sender_org: msg.sender_org,
-            message_sha256: sha256(&signed.payload),
-            batch,
-        },
-    })
+impl Protocol {
+    /// Opens a message `from` an authenticated peer that called with
+    /// `presented_spki`. With a `batch` place it came in a `NotifyBatch`, and
+    /// its receipt is signed with the others of the call.
+    pub async fn open_incoming(
+        &self,
+        from: &OrgId,
+        notice_id: &str,
+        presented_spki: &[u8],
+        signed: &pb::SignedMessage,
+        batch: Option<Member>,
+    ) -> Result<Incoming> {
+        // The key the peer called with is pinned (it was found by it) and is
+        // almost always the one that signed: the other pinned keys (a rotation
+        // under way) are read only when it is not.
+        let msg = if signed_by_any(&[presented_spki], signed, Some(&self.verified_roots)) {
+            self.open_signed(from, notice_id, signed)?
+        } else {
+            let keys: Vec<Vec<u8>> = self
+                .store
+                .peer_keys(from, self.now_ms())
+                .await?
+                .into_iter()
+                .map(|k| k.spki_der)
+                .filter(|k| k.as_slice() != presented_spki)
+                .collect();
+            self.open(from, notice_id, &keys, signed)?
+        };
+        let body = msg
+            .body
+            .ok_or_else(|| FieldError::new("message.body", "required"))?;
+        let kind = match &body {
+            pb::federation_message::Body::Offer(_) => NoticeKind::Offer,
+            pb::federation_message::Body::Status(_) => NoticeKind::Status,
+            pb::federation_message::Body::Withdrawal(_) => NoticeKind::Withdrawal,
+        };
+        Ok(Incoming {
+            message: ReferralMessage::from_pb(body),
+            kind,
+            answer: Answer {
+                message_id: msg.message_id,
+                sender_org: msg.sender_org,
+                message_sha256: sha256(&signed.payload),
+                batch,
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for Answer {
@@ -104,10 +106,10 @@ impl std::fmt::Debug for Answer {
 impl Answer {
     /// The receipt stored for this very message, if it came before. The
     /// same message ID with other content is refused: IDs are never reused.
-    pub async fn stored(&self, state: &NodeState) -> Result<Option<ReceiptRecord>> {
-        let Some(stored) = state
+    pub async fn stored(&self, protocol: &Protocol) -> Result<Option<ReceiptRecord>> {
+        let Some(stored) = protocol
             .store
-            .issued_receipt(&self.message_id, state.org_id.as_str(), &self.sender_org)
+            .issued_receipt(&self.message_id, protocol.org_id.as_str(), &self.sender_org)
             .await?
         else {
             return Ok(None);
@@ -125,7 +127,7 @@ impl Answer {
     /// Our signed receipt for the message, about `referral_id`.
     pub async fn issue(
         self,
-        state: &NodeState,
+        protocol: &Protocol,
         receipt: Receipt,
         referral_id: &str,
     ) -> Result<ReceiptRecord> {
@@ -138,14 +140,14 @@ impl Answer {
                 (pb::ReceiptKind::Purge, Some(pb::PurgeOutcome::NothingHeld))
             }
         };
-        let at = state.now_ms();
+        let at = protocol.now_ms();
         let payload_for = |fingerprint: &str| {
             pb::Receipt {
                 kind: kind as i32,
                 message_id: self.message_id.clone(),
                 message_sha256: self.message_sha256.clone(),
                 sender_org: self.sender_org.clone(),
-                receiver_org: state.org_id.to_string(),
+                receiver_org: protocol.org_id.to_string(),
                 referral_id: referral_id.to_owned(),
                 at: Some(to_timestamp(at)),
                 key_fingerprint: fingerprint.to_owned(),
@@ -154,14 +156,14 @@ impl Answer {
             .encode_to_vec()
         };
         let (payload, signature, batch) = if let Some(member) = self.batch {
-            let fingerprint = state.fingerprint()?;
+            let fingerprint = protocol.fingerprint()?;
             let payload = payload_for(&fingerprint);
             let (signature, proof) = member
                 .sign(&fingerprint, &self.sender_org, payload.clone())
                 .await?;
             (payload, signature, proof.map(|p| p.encode_to_vec()))
         } else {
-            let identity = state.identity()?;
+            let identity = protocol.identity()?;
             let key = identity.current();
             let payload = payload_for(key.fingerprint());
             let signature = key.sign_in(crate::identity::context::RECEIPT, &payload)?;
@@ -169,7 +171,7 @@ impl Answer {
         };
         Ok(ReceiptRecord {
             message_id: self.message_id,
-            issued_by: state.org_id.to_string(),
+            issued_by: protocol.org_id.to_string(),
             counterpart: self.sender_org,
             referral_id: referral_id.to_owned(),
             kind: kind.as_str_name().to_owned(),

@@ -2,9 +2,9 @@
 //! delivery (which keeps connections of its own): asking which referrals
 //! it withdrew, and which of our audit checkpoints it witnessed.
 
+use super::Protocol;
 use crate::domain::{JoinRequest, OrgProfile, Peer};
 use crate::error::{Error, Result};
-use crate::state::NodeState;
 use exitnet_proto::pb;
 use pb::federation_service_client::FederationServiceClient;
 use tonic::transport::Channel;
@@ -17,28 +17,28 @@ pub struct PeerClient {
 
 impl PeerClient {
     /// A connection to `peer`, which must present one of its pinned keys.
-    pub async fn connect(state: &NodeState, peer: &Peer) -> anyhow::Result<Self> {
-        let pinned = state
+    pub async fn connect(protocol: &Protocol, peer: &Peer) -> anyhow::Result<Self> {
+        let pinned = protocol
             .store
-            .peer_keys(&peer.org_id, state.now_ms())
+            .peer_keys(&peer.org_id, protocol.now_ms())
             .await?
             .into_iter()
             .map(|k| k.fingerprint)
             .collect();
-        Self::connect_pinned(state, &peer.endpoint, pinned).await
+        Self::connect_pinned(protocol, &peer.endpoint, pinned).await
     }
 
     /// A connection to `endpoint`, which must present a key of `pinned`
     /// (fingerprints): an inviter, before it is a peer.
     pub async fn connect_pinned(
-        state: &NodeState,
+        protocol: &Protocol,
         endpoint: &str,
         pinned: Vec<String>,
     ) -> anyhow::Result<Self> {
         // The key is cloned out of the lock: no lock is held across the call.
-        let ours = state.identity()?.current().clone_key()?;
+        let ours = protocol.identity()?.current().clone_key()?;
         let inner =
-            crate::transport::client::connect(endpoint, Some(&ours), pinned, state.call_timeout())
+            crate::transport::client::connect(endpoint, Some(&ours), pinned, protocol.call_timeout)
                 .await?;
         Ok(PeerClient { inner })
     }

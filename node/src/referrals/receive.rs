@@ -2,6 +2,7 @@
 //! against this node's own rules, applied once, answered with a signed receipt.
 //! Nothing is trusted because it came from a peer.
 
+use super::Referrals;
 use crate::audit::AuditEntry;
 use crate::domain::consent::OutOfScope;
 use crate::domain::message::{Offer, ReferralMessage};
@@ -10,264 +11,270 @@ use crate::domain::referral::{self as rules, Transition};
 use crate::domain::{Peer, PeerState, ReferralState};
 use crate::error::{Error, Result};
 use crate::protocol::incoming::{Answer, Incoming, Receipt};
-use crate::state::NodeState;
 use crate::store::{NoticeKind, ReceiptRecord, ReferralChange, ReferralEvent, ReferralRecord};
 
 fn deny(m: impl Into<String>) -> Error {
     Error::PermissionDenied(m.into())
 }
 
-/// Counts a received message: new, or a redelivery answered with the
-/// receipt stored the first time.
-fn count(
-    state: &NodeState,
-    from: &Peer,
-    kind: &str,
-    issued: &ReceiptRecord,
-    stored: &ReceiptRecord,
-) {
-    let outcome = if issued.payload == stored.payload {
-        "new"
-    } else {
-        "repeat"
-    };
-    state.metrics.received(from.org_id.as_str(), kind, outcome);
-}
+impl Referrals {
+    /// Counts a received message: new, or a redelivery answered with the
+    /// receipt stored the first time.
+    pub(crate) fn count(
+        &self,
+        from: &Peer,
+        kind: &str,
+        issued: &ReceiptRecord,
+        stored: &ReceiptRecord,
+    ) {
+        let outcome = if issued.payload == stored.payload {
+            "new"
+        } else {
+            "repeat"
+        };
+        self.metrics.received(from.org_id.as_str(), kind, outcome);
+    }
 
-/// Handles a message from an authenticated peer, opened and its signature
-/// checked (`protocol::incoming`): our receipt for it, stored with what it
-/// changes, or the one stored when the same message came before.
-pub async fn handle(state: &NodeState, from: &Peer, incoming: Incoming) -> Result<ReceiptRecord> {
-    let Incoming {
-        message,
-        kind,
-        answer,
-    } = incoming;
-    // Outside an active peering (either side suspended or revoked, or not
-    // yet approved) only withdrawals are taken: a purge reaches us while any
-    // key of the peer is pinned.
-    let refusal = if from.state != PeerState::Active {
-        Some("peer_pending")
-    } else if from.remote_state != Some(PeerState::Active) {
-        // The peer told us it suspended or ended the peering: it may not send.
-        Some("peer_not_active")
-    } else {
-        None
-    };
-    if let Some(refusal) = refusal
-        && kind != NoticeKind::Withdrawal
-    {
-        return Err(Error::PeeringRefused(refusal));
-    }
-    let kind_name = kind.as_str();
-    // An exact repeat (the peer did not get or keep our answer) is answered
-    // with the receipt stored the first time, before any state rule: the
-    // referral may have moved on since. Offers, the bulk of the traffic, look
-    // only when their checks fail: a repeat that passes them finds its
-    // receipt when it is stored (`receive_message`, the intake).
-    if kind != NoticeKind::Offer
-        && let Some(stored) = answer.stored(state).await?
-    {
-        state
-            .metrics
-            .received(from.org_id.as_str(), kind_name, "repeat");
-        return Ok(stored);
-    }
-    let message = match message {
-        Ok(m) => m,
-        Err(e) => return repeat_or(state, from, kind_name, &answer, e.into()).await,
-    };
-    match message {
-        ReferralMessage::Offer(offer) => receive_offer(state, from, *offer, answer).await,
-        ReferralMessage::Status {
-            referral_id,
-            transition,
-            at_ms: _,
-        } => receive_status(state, from, &referral_id, transition, answer).await,
-        ReferralMessage::Withdrawal {
-            referral_id,
-            cause: _,
-        } => receive_withdrawal(state, from, &referral_id, refusal.is_some(), answer).await,
-    }
-}
-
-/// A message whose checks failed: answered with its stored receipt if it
-/// is a repeat of one taken before, else refused with `e`.
-async fn repeat_or(
-    state: &NodeState,
-    from: &Peer,
-    kind: &str,
-    answer: &Answer,
-    e: Error,
-) -> Result<ReceiptRecord> {
-    match answer.stored(state).await? {
-        Some(stored) => {
-            state.metrics.received(from.org_id.as_str(), kind, "repeat");
-            Ok(stored)
+    /// Handles a message from an authenticated peer, opened and its signature
+    /// checked (`protocol::incoming`): our receipt for it, stored with what it
+    /// changes, or the one stored when the same message came before.
+    pub async fn receive(&self, from: &Peer, incoming: Incoming) -> Result<ReceiptRecord> {
+        let Incoming {
+            message,
+            kind,
+            answer,
+        } = incoming;
+        // Outside an active peering (either side suspended or revoked, or not
+        // yet approved) only withdrawals are taken: a purge reaches us while any
+        // key of the peer is pinned.
+        let refusal = if from.state != PeerState::Active {
+            Some("peer_pending")
+        } else if from.remote_state != Some(PeerState::Active) {
+            // The peer told us it suspended or ended the peering: it may not send.
+            Some("peer_not_active")
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal
+            && kind != NoticeKind::Withdrawal
+        {
+            return Err(Error::PeeringRefused(refusal));
         }
-        None => Err(e),
+        let kind_name = kind.as_str();
+        // An exact repeat (the peer did not get or keep our answer) is answered
+        // with the receipt stored the first time, before any state rule: the
+        // referral may have moved on since. Offers, the bulk of the traffic, look
+        // only when their checks fail: a repeat that passes them finds its
+        // receipt when it is stored (`receive_message`, the intake).
+        if kind != NoticeKind::Offer
+            && let Some(stored) = answer.stored(&self.protocol).await?
+        {
+            self.metrics
+                .received(from.org_id.as_str(), kind_name, "repeat");
+            return Ok(stored);
+        }
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => return self.repeat_or(from, kind_name, &answer, e.into()).await,
+        };
+        match message {
+            ReferralMessage::Offer(offer) => self.receive_offer(from, *offer, answer).await,
+            ReferralMessage::Status {
+                referral_id,
+                transition,
+                at_ms: _,
+            } => {
+                self.receive_status(from, &referral_id, transition, answer)
+                    .await
+            }
+            ReferralMessage::Withdrawal {
+                referral_id,
+                cause: _,
+            } => {
+                self.receive_withdrawal(from, &referral_id, refusal.is_some(), answer)
+                    .await
+            }
+        }
     }
-}
 
-async fn receive_offer(
-    state: &NodeState,
-    from: &Peer,
-    offer: Offer,
-    answer: Answer,
-) -> Result<ReceiptRecord> {
-    let (policy, _) = crate::policy::for_peer(state.store.as_ref(), &from.org_id).await?;
-    let checked = match offer_to_record(&state.org_id, from, &policy, offer, state.now_ms()) {
-        // What a peer can make us store is bounded: a new offer over its
-        // quota of pending intake is refused (and retried by it).
-        Ok(checked) => crate::peering::quotas::intake(state, &from.org_id)
-            .await
-            .map(|()| checked),
-        Err(e) => Err(e),
-    };
-    let (mut record, ev) = match checked {
-        Ok(checked) => checked,
-        Err(e) => return repeat_or(state, from, "offer", &answer, e).await,
-    };
-    // Sealed under a data key of this referral's own, destroyed on purge,
-    // and stored with the referral (one transaction).
-    let mut wrapped_key = None;
-    if let Some(plain) = record.summary.take() {
-        let wrapped = state.master_key.new_wrapped_data_key(&record.key_id)?;
-        record.summary = Some(state.master_key.seal(
-            &record.key_id,
-            &wrapped,
-            &record.referral_id,
-            &plain,
-        )?);
-        wrapped_key = Some(wrapped);
+    /// A message whose checks failed: answered with its stored receipt if it
+    /// is a repeat of one taken before, else refused with `e`.
+    pub(crate) async fn repeat_or(
+        &self,
+        from: &Peer,
+        kind: &str,
+        answer: &Answer,
+        e: Error,
+    ) -> Result<ReceiptRecord> {
+        match answer.stored(&self.protocol).await? {
+            Some(stored) => {
+                self.metrics.received(from.org_id.as_str(), kind, "repeat");
+                Ok(stored)
+            }
+            None => Err(e),
+        }
     }
-    let referral_id = record.referral_id.clone();
-    let receipt = answer.issue(state, Receipt::Delivery, &referral_id).await?;
-    let audit = AuditEntry::peer(
-        state.now_ms(),
-        from.org_id.as_str(),
-        "referral.receive",
-        "referral",
-        &referral_id,
-    );
-    let stored = state
-        .intake
-        .receive(crate::store::NewOffer {
-            receipt: receipt.clone(),
-            record,
-            event: ev,
-            wrapped_key,
-            audit: vec![audit],
-        })
-        .await?;
-    count(state, from, "offer", &receipt, &stored);
-    state.referral_changed(&referral_id);
-    Ok(stored)
-}
 
-async fn receive_status(
-    state: &NodeState,
-    from: &Peer,
-    referral_id: &str,
-    transition: Transition,
-    answer: Answer,
-) -> Result<ReceiptRecord> {
-    let r = state.store.get_referral(referral_id).await?;
-    let r = r
-        .filter(|r| r.outbound && r.peer_org == from.org_id)
-        .ok_or(Error::NotFound("referral"))?;
-    let audit = AuditEntry::peer(
-        state.now_ms(),
-        from.org_id.as_str(),
-        &format!("referral.status.{}", transition.to()),
-        "referral",
-        &r.referral_id,
-    )
-    .consent(r.consent_id.as_deref());
-    let mut c = status_change(from, &r, transition, state.now_ms())?;
-    // The recipient's texts and outcome: sealed under the data key of our
-    // copy, deleted when it is purged.
-    if let Some(ev) = c.event.as_mut() {
-        super::content::seal_event(state, &r, ev).await?;
-    }
-    let receipt = answer
-        .issue(state, Receipt::Delivery, &r.referral_id)
-        .await?;
-    let stored = state
-        .store
-        .receive_message(&receipt, None, Some((&r.referral_id, &c)), &[audit])
-        .await?;
-    count(state, from, "status", &receipt, &stored);
-    state.referral_changed(&r.referral_id);
-    Ok(stored)
-}
-
-async fn receive_withdrawal(
-    state: &NodeState,
-    from: &Peer,
-    referral_id: &str,
-    outside_peering: bool,
-    answer: Answer,
-) -> Result<ReceiptRecord> {
-    let r = state.store.get_referral(referral_id).await?;
-    let r = r.filter(|r| !r.outbound && r.peer_org == from.org_id);
-    // Outside an active peering a withdrawal is taken only for a referral
-    // held from that peer: a suspended, revoked or never approved peer
-    // cannot make us store receipts and audit rows for IDs we never held.
-    // (Within one, "nothing held" is a receipt.)
-    if outside_peering && r.is_none() {
-        return Err(Error::NotFound("referral"));
-    }
-    let held = Receipt::Purge { held: r.is_some() };
-    let receipt = answer.issue(state, held, referral_id).await?;
-    // Purge: the summary goes, the tombstone (IDs, times, states) stays.
-    // Nothing held (it never arrived, or was refused) is purged too.
-    let c = r.as_ref().map(|r| ReferralChange {
-        state: (!rules::is_closed(r.state)).then_some(ReferralState::Withdrawn),
-        event: Some(ReferralEvent::new(
-            ReferralState::Withdrawn,
+    pub(crate) async fn receive_offer(
+        &self,
+        from: &Peer,
+        offer: Offer,
+        answer: Answer,
+    ) -> Result<ReceiptRecord> {
+        let (policy, _) = crate::policy::for_peer(self.store.as_ref(), &from.org_id).await?;
+        let checked = match offer_to_record(&self.org_id, from, &policy, offer, self.now_ms()) {
+            // What a peer can make us store is bounded: a new offer over its
+            // quota of pending intake is refused (and retried by it).
+            Ok(checked) => self.quotas.intake(&from.org_id).await.map(|()| checked),
+            Err(e) => Err(e),
+        };
+        let (mut record, ev) = match checked {
+            Ok(checked) => checked,
+            Err(e) => return self.repeat_or(from, "offer", &answer, e).await,
+        };
+        // Sealed under a data key of this referral's own, destroyed on purge,
+        // and stored with the referral (one transaction).
+        let mut wrapped_key = None;
+        if let Some(plain) = record.summary.take() {
+            let wrapped = self.master_key.new_wrapped_data_key(&record.key_id)?;
+            record.summary = Some(self.master_key.seal(
+                &record.key_id,
+                &wrapped,
+                &record.referral_id,
+                &plain,
+            )?);
+            wrapped_key = Some(wrapped);
+        }
+        let referral_id = record.referral_id.clone();
+        let receipt = answer
+            .issue(&self.protocol, Receipt::Delivery, &referral_id)
+            .await?;
+        let audit = AuditEntry::peer(
+            self.now_ms(),
             from.org_id.as_str(),
-            state.now_ms(),
-            EventDetail::default(),
-        )),
-        purge_status: Some(crate::domain::PurgeStatus::Done),
-        purged_at_ms: Some(state.now_ms()),
-        purge_summary: true,
-        purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
-        destroy_key: Some(r.key_id.clone()),
-        now_ms: state.now_ms(),
-        ..Default::default()
-    });
-    let action = if r.is_some() {
-        "referral.purge"
-    } else {
-        "referral.purge.nothing_held"
-    };
-    let audit = AuditEntry::peer(
-        state.now_ms(),
-        from.org_id.as_str(),
-        action,
-        "referral",
-        referral_id,
-    );
-    let stored = state
-        .store
-        .receive_message(
-            &receipt,
-            None,
-            c.as_ref().map(|c| (referral_id, c)),
-            &[audit],
-        )
-        .await?;
-    count(state, from, "withdrawal", &receipt, &stored);
-    // Purge work (a WAL checkpoint) only when something was purged now: not
-    // for a referral never held, not for a repeat.
-    if r.is_some() && stored.payload == receipt.payload {
-        state.referral_changed(referral_id);
-        state.store.after_purge().await?;
-        tracing::info!(peer = %from.org_id, "referral purged on withdrawal");
+            "referral.receive",
+            "referral",
+            &referral_id,
+        );
+        let stored = self
+            .intake
+            .receive(crate::store::NewOffer {
+                receipt: receipt.clone(),
+                record,
+                event: ev,
+                wrapped_key,
+                audit: vec![audit],
+            })
+            .await?;
+        self.count(from, "offer", &receipt, &stored);
+        self.referral_changed(&referral_id);
+        Ok(stored)
     }
-    Ok(stored)
+
+    pub(crate) async fn receive_status(
+        &self,
+        from: &Peer,
+        referral_id: &str,
+        transition: Transition,
+        answer: Answer,
+    ) -> Result<ReceiptRecord> {
+        let r = self.store.get_referral(referral_id).await?;
+        let r = r
+            .filter(|r| r.outbound && r.peer_org == from.org_id)
+            .ok_or(Error::NotFound("referral"))?;
+        let audit = AuditEntry::peer(
+            self.now_ms(),
+            from.org_id.as_str(),
+            &format!("referral.status.{}", transition.to()),
+            "referral",
+            &r.referral_id,
+        )
+        .consent(r.consent_id.as_deref());
+        let mut c = status_change(from, &r, transition, self.now_ms())?;
+        // The recipient's texts and outcome: sealed under the data key of our
+        // copy, deleted when it is purged.
+        if let Some(ev) = c.event.as_mut() {
+            self.seal_event(&r, ev).await?;
+        }
+        let receipt = answer
+            .issue(&self.protocol, Receipt::Delivery, &r.referral_id)
+            .await?;
+        let stored = self
+            .store
+            .receive_message(&receipt, None, Some((&r.referral_id, &c)), &[audit])
+            .await?;
+        self.count(from, "status", &receipt, &stored);
+        self.referral_changed(&r.referral_id);
+        Ok(stored)
+    }
+
+    pub(crate) async fn receive_withdrawal(
+        &self,
+        from: &Peer,
+        referral_id: &str,
+        outside_peering: bool,
+        answer: Answer,
+    ) -> Result<ReceiptRecord> {
+        let r = self.store.get_referral(referral_id).await?;
+        let r = r.filter(|r| !r.outbound && r.peer_org == from.org_id);
+        // Outside an active peering a withdrawal is taken only for a referral
+        // held from that peer: a suspended, revoked or never approved peer
+        // cannot make us store receipts and audit rows for IDs we never held.
+        // (Within one, "nothing held" is a receipt.)
+        if outside_peering && r.is_none() {
+            return Err(Error::NotFound("referral"));
+        }
+        let held = Receipt::Purge { held: r.is_some() };
+        let receipt = answer.issue(&self.protocol, held, referral_id).await?;
+        // Purge: the summary goes, the tombstone (IDs, times, states) stays.
+        // Nothing held (it never arrived, or was refused) is purged too.
+        let c = r.as_ref().map(|r| ReferralChange {
+            state: (!rules::is_closed(r.state)).then_some(ReferralState::Withdrawn),
+            event: Some(ReferralEvent::new(
+                ReferralState::Withdrawn,
+                from.org_id.as_str(),
+                self.now_ms(),
+                EventDetail::default(),
+            )),
+            purge_status: Some(crate::domain::PurgeStatus::Done),
+            purged_at_ms: Some(self.now_ms()),
+            purge_summary: true,
+            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
+            destroy_key: Some(r.key_id.clone()),
+            now_ms: self.now_ms(),
+            ..Default::default()
+        });
+        let action = if r.is_some() {
+            "referral.purge"
+        } else {
+            "referral.purge.nothing_held"
+        };
+        let audit = AuditEntry::peer(
+            self.now_ms(),
+            from.org_id.as_str(),
+            action,
+            "referral",
+            referral_id,
+        );
+        let stored = self
+            .store
+            .receive_message(
+                &receipt,
+                None,
+                c.as_ref().map(|c| (referral_id, c)),
+                &[audit],
+            )
+            .await?;
+        self.count(from, "withdrawal", &receipt, &stored);
+        // Purge work (a WAL checkpoint) only when something was purged now: not
+        // for a referral never held, not for a repeat.
+        if r.is_some() && stored.payload == receipt.payload {
+            self.referral_changed(referral_id);
+            self.store.after_purge().await?;
+            tracing::info!(peer = %from.org_id, "referral purged on withdrawal");
+        }
+        Ok(stored)
+    }
 }
 
 /// Checks a peer's offer, read from the wire (`wire::message`), against

@@ -55,7 +55,7 @@ pub async fn create(state: &NodeState) -> Result<Created> {
             key.spki_der().to_vec(),
         )
     };
-    crate::audit::own_keys::remember(state, &fingerprint, &spki).await?;
+    state.protocol.remember(&fingerprint, &spki).await?;
     let signed = pb::SignedCheckpoint {
         payload: payload.clone(),
         signature: signature.clone(),
@@ -221,7 +221,7 @@ pub async fn witness(
             )));
         }
         Some(last) if seq == last => {}
-        _ => crate::peering::quotas::checkpoints(state, peer, in_a_day).await?,
+        _ => state.quotas.checkpoints(peer, in_a_day).await?,
     }
     // Signed before it is stored, in a scope of its own: the identity's
     // lock is not held across the write.
@@ -272,26 +272,25 @@ pub async fn witness(
         }
         Some(_) => return Err(fork(state, peer, &cp, now).await),
     }
-    crate::audit::record(
-        state,
-        &[crate::audit::AuditEntry::peer(
+    state
+        .audit
+        .record(&[crate::audit::AuditEntry::peer(
             state.now_ms(),
             peer.as_str(),
             "checkpoint.witness",
             "checkpoint",
             &seq.to_string(),
-        )],
-    )
-    .await;
+        )])
+        .await;
     Ok(witness)
 }
 
 /// A second, different checkpoint for a position witnessed before: recorded
 /// as a security event, and the refusal to answer.
 async fn fork(state: &NodeState, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i64) -> Error {
-    crate::peering::record_refusal(
-        state,
-        SecurityEvent {
+    state
+        .refusals
+        .record(SecurityEvent {
             at_ms: now,
             surface: "federation".into(),
             reason: "audit_checkpoint_fork".into(),
@@ -299,9 +298,8 @@ async fn fork(state: &NodeState, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i6
             org_id: Some(peer.to_string()),
             remote_addr: None,
             method: Some("Notify".into()),
-        },
-    )
-    .await;
+        })
+        .await;
     Error::FailedPrecondition(format!(
         "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {}",
         cp.seq

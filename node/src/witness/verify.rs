@@ -100,7 +100,9 @@ async fn own_checkpoint(
 ) -> std::result::Result<pb::AuditCheckpoint, String> {
     let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
     if !keys.contains_key(&cp.key_fingerprint) {
-        let k = crate::audit::own_keys::own_key(state, &cp.key_fingerprint)
+        let k = state
+            .protocol
+            .own_key(&cp.key_fingerprint)
             .await
             .map_err(|e| e.to_string())?;
         keys.insert(cp.key_fingerprint.clone(), k);
@@ -125,7 +127,8 @@ async fn ask_peer(
     state: &NodeState,
     peer: &crate::domain::Peer,
 ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
-    let mut client = crate::protocol::peer_client::PeerClient::connect(state, peer).await?;
+    let mut client =
+        crate::protocol::peer_client::PeerClient::connect(&state.protocol, peer).await?;
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {

@@ -92,7 +92,7 @@ async fn stop(n: Node) -> Option<exitnet_tests::TestDatabase> {
 }
 
 fn token(state: &exitnet_node::state::NodeState) -> String {
-    match &state.auth {
+    match &*state.auth {
         Authenticator::Dev(d) => d
             .mint(&state.config.auth, "alice", Role::CaseManager, None)
             .unwrap(),
@@ -412,21 +412,24 @@ async fn main() {
     let prison = [OrgId::parse("peer", "bench-prison").unwrap()];
     demo::peer_up(&a.org, &b.org).await.unwrap();
     let alice = demo::person("alice");
-    let consent = exitnet_node::consents::record(
-        &a.org.state,
-        &alice,
-        exitnet_node::consents::NewConsent::from_pb(
-            consent_request(
-                "bench-c",
-                "bench-prison",
-                pb::NeedArea::FunctionalReintegration,
-            ),
-            exitnet_node::domain::time::now_ms(),
+    let consent = a
+        .org
+        .services
+        .consents
+        .record(
+            &alice,
+            exitnet_node::consents::NewConsent::from_pb(
+                consent_request(
+                    "bench-c",
+                    "bench-prison",
+                    pb::NeedArea::FunctionalReintegration,
+                ),
+                exitnet_node::domain::time::now_ms(),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     let cid = consent.consent_id.clone();
 
     // Create latency at concurrency 1 (after a warm-up).
@@ -510,14 +513,17 @@ async fn main() {
     let mut req = consent_request("bench-fan", "bench-peer-00", pb::NeedArea::MentalHealth);
     req.terms.as_mut().unwrap().recipients =
         (0..20).map(|i| format!("bench-peer-{i:02}")).collect();
-    let fan = exitnet_node::consents::record(
-        &a.org.state,
-        &alice,
-        exitnet_node::consents::NewConsent::from_pb(req, exitnet_node::domain::time::now_ms())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let fan = a
+        .org
+        .services
+        .consents
+        .record(
+            &alice,
+            exitnet_node::consents::NewConsent::from_pb(req, exitnet_node::domain::time::now_ms())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     for i in 0..20 {
         let r = referral_request(
             &format!("fan-{i}"),
@@ -527,20 +533,25 @@ async fn main() {
             pb::Service::TraumaPtsd,
             "Trauma therapy.",
         );
-        exitnet_node::referrals::create(
-            &a.org.state,
-            &alice,
-            exitnet_node::referrals::NewReferral::from_pb(r).unwrap(),
-        )
-        .await
-        .unwrap();
+        a.org
+            .services
+            .referrals
+            .create(
+                &alice,
+                exitnet_node::referrals::NewReferral::from_pb(r).unwrap(),
+            )
+            .await
+            .unwrap();
     }
     let fan_peers: Vec<OrgId> = (0..20)
         .map(|i| OrgId::parse("peer", &format!("bench-peer-{i:02}")).unwrap())
         .collect();
     all_received(&a.org, &fan_peers, 20).await;
     let started = Instant::now();
-    exitnet_node::consents::withdraw(&a.org.state, &alice, &fan.consent_id)
+    a.org
+        .services
+        .consents
+        .withdraw(&alice, &fan.consent_id)
         .await
         .unwrap();
     loop {
