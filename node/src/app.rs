@@ -50,6 +50,7 @@ pub struct Services {
     pub consents: crate::consents::Consents,
     pub audit: crate::audit::Audit,
     pub referrals: crate::referrals::Referrals,
+    pub witness: crate::witness::Witness,
 }
 
 pub struct Application {
@@ -259,6 +260,33 @@ impl Application {
             metrics: metrics.clone(),
             quotas: quotas.clone(),
         });
+        let witness = crate::witness::Witness::new(crate::witness::WitnessParts {
+            org_id: org_id.clone(),
+            config: config.clone(),
+            store: store.clone(),
+            identity: identity.clone(),
+            clock: clock.clone(),
+            outbox: outbox.clone(),
+            audit: audit.clone(),
+            protocol: protocol.clone(),
+            quotas: quotas.clone(),
+            refusals: refusals.clone(),
+        });
+        let master_keys = crate::keys::MasterKeys::new(
+            org_id.clone(),
+            &config.keys,
+            store.clone(),
+            master_key.clone(),
+            audit.clone(),
+            clock.clone(),
+            key_clock,
+        );
+        let subject_access = crate::subject_access::SubjectAccess::new(
+            org_id.clone(),
+            store.clone(),
+            clock.clone(),
+            referrals.clone(),
+        );
         let state = Arc::new(NodeState {
             config,
             store,
@@ -282,6 +310,9 @@ impl Application {
             referrals,
             refusals,
             quotas,
+            witness,
+            master_keys,
+            subject_access,
         });
         let services = Services {
             sign_in: crate::api::SignIn::new(
@@ -305,6 +336,7 @@ impl Application {
             ),
             audit: state.audit.clone(),
             referrals: state.referrals.clone(),
+            witness: state.witness.clone(),
         };
         Ok(Self {
             state,
@@ -536,7 +568,10 @@ impl Application {
             .await?;
         let outbox_task = tokio::spawn(crate::delivery::run(
             state.clone(),
-            Arc::new(crate::answers::NodeAnswers),
+            Arc::new(crate::answers::NodeAnswers {
+                referrals: state.referrals.clone(),
+                witness: state.witness.clone(),
+            }),
             stop_rx.clone(),
         ));
         // Purges a restore from backup would have undone, applied again.
@@ -550,15 +585,13 @@ impl Application {
             stop_rx.clone(),
         ));
         // Master key generations: rotation, rewrapping, destruction.
-        tokio::spawn(crate::keys::run(
-            state.clone(),
-            crate::clock::for_node(state.config.dev.clock_offset_secs),
+        tokio::spawn(state.master_keys.clone().run(
             Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
         let refusals_task = tokio::spawn(state.refusals.clone().run_flush(stop_rx.clone()));
         let checkpoint_task = tokio::spawn(crate::witness::checkpoint::run(
-            state.clone(),
+            state.witness.clone(),
             stop_rx.clone(),
         ));
         // Our receipts and checkpoints must stay verifiable after a rotation.

@@ -8,11 +8,13 @@
 //! opens it. A referral purged at p was only in backups taken before p, so it
 //! is unreadable in every backup by p + rotation + retention.
 
+use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::KeysConfig;
 use crate::crypto::MasterKey;
 use crate::crypto::SEALED_PREFIX;
-use crate::state::NodeState;
+use crate::domain::OrgId;
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,58 +73,195 @@ pub struct Rewrapped {
     pub unopenable: u64,
 }
 
-/// Rewraps every data key and sealed outbox payload not under the current
-/// generation. Each is replaced only if unchanged meanwhile, so a purge
-/// that deletes a key during the pass wins.
-pub async fn rewrap_all(state: &NodeState) -> anyhow::Result<Rewrapped> {
-    let key = &state.master_key;
-    let store = &state.store;
-    let mut out = Rewrapped::default();
-    let mut count = |resealed: anyhow::Result<Option<Vec<u8>>>| match resealed {
-        Ok(v) => v,
-        Err(_) => {
-            out.unopenable += 1;
-            None
+/// The master key's generations kept: rotated on schedule (or by an
+/// administrator), everything rewrapped under the current one, old ones
+/// destroyed once no backup needs them.
+#[derive(Clone)]
+pub struct MasterKeys {
+    org_id: OrgId,
+    policy: Policy,
+    store: Arc<dyn Store>,
+    master_key: Arc<MasterKey>,
+    audit: Audit,
+    /// The node's clock, for audit records.
+    clock: Arc<dyn Clock>,
+    /// The generations' own clock (`dev.clock_offset_secs` moves it).
+    key_clock: Arc<dyn Clock>,
+}
+
+impl MasterKeys {
+    pub fn new(
+        org_id: OrgId,
+        config: &crate::config::KeysConfig,
+        store: Arc<dyn Store>,
+        master_key: Arc<MasterKey>,
+        audit: Audit,
+        clock: Arc<dyn Clock>,
+        key_clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            org_id,
+            policy: Policy::from_config(config),
+            store,
+            master_key,
+            audit,
+            clock,
+            key_clock,
         }
-    };
-    let mut results = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = store.wrapped_data_keys(&after, PAGE).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        for (id, wrapped) in &page {
-            if let Some(new) = count(key.reseal(id, wrapped)) {
-                results.push(store.rewrap_data_key(id, wrapped, &new).await?);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Rotation, rewrapping, destruction and (PostgreSQL) compaction of the
+    /// data-key table, every `interval`, until `stop`.
+    pub async fn run(self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // At start: values an older process or a restored backup left under
+        // older generations are rewrapped.
+        let mut pending = true;
+        loop {
+            if let Err(e) = self.tick(&mut pending).await {
+                tracing::warn!(error = %e, "master key maintenance");
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(interval) => {}
             }
         }
-        tokio::task::yield_now().await;
     }
-    let mut after_id = 0;
-    loop {
-        let page = store.sealed_notices(after_id, PAGE).await?;
-        let Some((last, _, _)) = page.last() else {
-            break;
+
+    /// Rewraps every data key and sealed outbox payload not under the current
+    /// generation. Each is replaced only if unchanged meanwhile, so a purge
+    /// that deletes a key during the pass wins.
+    pub async fn rewrap_all(&self) -> anyhow::Result<Rewrapped> {
+        let key = &self.master_key;
+        let store = &self.store;
+        let mut out = Rewrapped::default();
+        let mut count = |resealed: anyhow::Result<Option<Vec<u8>>>| match resealed {
+            Ok(v) => v,
+            Err(_) => {
+                out.unopenable += 1;
+                None
+            }
         };
-        after_id = *last;
-        for (id, notice_id, payload) in &page {
-            let sealed = payload.strip_prefix(SEALED_PREFIX).unwrap_or(payload);
-            if let Some(new) = count(key.reseal(notice_id, sealed)) {
-                let mut with_prefix = SEALED_PREFIX.to_vec();
-                with_prefix.extend(new);
-                results.push(store.reseal_notice(*id, payload, &with_prefix).await?);
+        let mut results = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store.wrapped_data_keys(&after, PAGE).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.clone();
+            for (id, wrapped) in &page {
+                if let Some(new) = count(key.reseal(id, wrapped)) {
+                    results.push(store.rewrap_data_key(id, wrapped, &new).await?);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut after_id = 0;
+        loop {
+            let page = store.sealed_notices(after_id, PAGE).await?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after_id = *last;
+            for (id, notice_id, payload) in &page {
+                let sealed = payload.strip_prefix(SEALED_PREFIX).unwrap_or(payload);
+                if let Some(new) = count(key.reseal(notice_id, sealed)) {
+                    let mut with_prefix = SEALED_PREFIX.to_vec();
+                    with_prefix.extend(new);
+                    results.push(store.reseal_notice(*id, payload, &with_prefix).await?);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        for done in results {
+            if done {
+                out.rewrapped += 1;
+            } else {
+                out.left += 1;
             }
         }
-        tokio::task::yield_now().await;
+        Ok(out)
     }
-    for done in results {
-        if done {
-            out.rewrapped += 1;
-        } else {
-            out.left += 1;
+
+    pub async fn tick(&self, pending: &mut bool) -> anyhow::Result<()> {
+        let clock = self.key_clock.as_ref();
+        let key = &self.master_key;
+        // Generations another replica created or destroyed.
+        key.reload()?;
+        let now = clock.now_ms();
+        let due = due(&key.generations(), now, self.policy);
+        if due.rotate {
+            let g = key.rotate(now)?;
+            self.audit("master_key.rotate", g).await;
+            *pending = true;
         }
+        if *pending || !due.destroy.is_empty() {
+            let r = self.rewrap_all().await?;
+            if r.rewrapped > 0 {
+                tracing::info!(
+                    count = r.rewrapped,
+                    generation = key.current_generation()?,
+                    "rewrapped data keys and queued payloads under the current master key generation"
+                );
+            }
+            if r.unopenable > 0 {
+                tracing::warn!(
+                    count = r.unopenable,
+                    "data keys or queued payloads are sealed under a master key generation this node no longer holds: unreadable"
+                );
+            }
+            *pending = r.left > 0;
+            if r.left == 0 {
+                for g in due.destroy {
+                    key.destroy(g)?;
+                    self.audit("master_key.destroy", g).await;
+                    tracing::warn!(
+                        generation = g,
+                        "destroyed master key generation {g}, replaced more than keys.backup_retention_days ago: \
+                     backups taken while it was current can no longer be read"
+                    );
+                }
+            }
+        }
+        if self.store.compact_data_keys().await? {
+            tracing::debug!("rewrote the data-key table without the deleted keys");
+        }
+        Ok(())
     }
-    Ok(out)
+
+    pub(crate) async fn audit(&self, action: &str, generation: u32) {
+        self.audit
+            .record(&[crate::audit::AuditEntry::node(
+                self.now_ms(),
+                self.org_id.as_str(),
+                action,
+                "master_key_generation",
+                &generation.to_string(),
+            )])
+            .await;
+    }
+
+    /// An administrator's rotation (`exitnetctl identity rotate-master-key`):
+    /// a new generation now, everything rewrapped under it before the answer.
+    /// The schedule counts from it; the generation it replaced is destroyed
+    /// `backup_retention_days` from now.
+    pub async fn rotate_now(&self) -> anyhow::Result<(u32, Rewrapped)> {
+        let key = &self.master_key;
+        key.reload()?;
+        let g = key.rotate(self.key_clock.now_ms())?;
+        self.audit
+            .record(&[crate::audit::AuditEntry::admin(
+                self.now_ms(),
+                "master_key.rotate",
+                "master_key_generation",
+                &g.to_string(),
+            )])
+            .await;
+        let r = self.rewrap_all().await?;
+        Ok((g, r))
+    }
 }
 
 /// Refuses to start on a database whose data keys no generation held
@@ -200,112 +339,6 @@ pub async fn pseudonym_key(
         tracing::info!("the pseudonym key is sealed under the master key now");
     }
     Ok(opened)
-}
-
-/// Rotation, rewrapping, destruction and (PostgreSQL) compaction of the
-/// data-key table, every `interval`, until `stop`.
-pub async fn run(
-    state: Arc<NodeState>,
-    clock: Arc<dyn Clock>,
-    interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    // At start: values an older process or a restored backup left under
-    // older generations are rewrapped.
-    let mut pending = true;
-    loop {
-        if let Err(e) = tick(&state, clock.as_ref(), &mut pending).await {
-            tracing::warn!(error = %e, "master key maintenance");
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-pub async fn tick(state: &NodeState, clock: &dyn Clock, pending: &mut bool) -> anyhow::Result<()> {
-    let key = &state.master_key;
-    // Generations another replica created or destroyed.
-    key.reload()?;
-    let now = clock.now_ms();
-    let due = due(
-        &key.generations(),
-        now,
-        Policy::from_config(&state.config.keys),
-    );
-    if due.rotate {
-        let g = key.rotate(now)?;
-        audit(state, "master_key.rotate", g).await;
-        *pending = true;
-    }
-    if *pending || !due.destroy.is_empty() {
-        let r = rewrap_all(state).await?;
-        if r.rewrapped > 0 {
-            tracing::info!(
-                count = r.rewrapped,
-                generation = key.current_generation()?,
-                "rewrapped data keys and queued payloads under the current master key generation"
-            );
-        }
-        if r.unopenable > 0 {
-            tracing::warn!(
-                count = r.unopenable,
-                "data keys or queued payloads are sealed under a master key generation this node no longer holds: unreadable"
-            );
-        }
-        *pending = r.left > 0;
-        if r.left == 0 {
-            for g in due.destroy {
-                key.destroy(g)?;
-                audit(state, "master_key.destroy", g).await;
-                tracing::warn!(
-                    generation = g,
-                    "destroyed master key generation {g}, replaced more than keys.backup_retention_days ago: \
-                     backups taken while it was current can no longer be read"
-                );
-            }
-        }
-    }
-    if state.store.compact_data_keys().await? {
-        tracing::debug!("rewrote the data-key table without the deleted keys");
-    }
-    Ok(())
-}
-
-async fn audit(state: &NodeState, action: &str, generation: u32) {
-    state
-        .audit
-        .record(&[crate::audit::AuditEntry::node(
-            state.now_ms(),
-            state.org_id.as_str(),
-            action,
-            "master_key_generation",
-            &generation.to_string(),
-        )])
-        .await;
-}
-
-/// An administrator's rotation (`exitnetctl identity rotate-master-key`):
-/// a new generation now, everything rewrapped under it before the answer.
-/// The schedule counts from it; the generation it replaced is destroyed
-/// `backup_retention_days` from now.
-pub async fn rotate_now(state: &NodeState) -> anyhow::Result<(u32, Rewrapped)> {
-    let key = &state.master_key;
-    key.reload()?;
-    let clock = crate::clock::for_node(state.config.dev.clock_offset_secs);
-    let g = key.rotate(clock.now_ms())?;
-    state
-        .audit
-        .record(&[crate::audit::AuditEntry::admin(
-            state.now_ms(),
-            "master_key.rotate",
-            "master_key_generation",
-            &g.to_string(),
-        )])
-        .await;
-    let r = rewrap_all(state).await?;
-    Ok((g, r))
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub struct NodeState {
     pub referrals: crate::referrals::Referrals,
     pub refusals: crate::security::Refusals,
     pub quotas: crate::security::Quotas,
+    pub witness: crate::witness::Witness,
+    pub master_keys: crate::keys::MasterKeys,
+    pub subject_access: crate::subject_access::SubjectAccess,
 }
 
 impl std::fmt::Debug for NodeState {

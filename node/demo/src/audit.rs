@@ -15,7 +15,7 @@ pub async fn checkpoint_and_verify(org: &Org) -> anyhow::Result<()> {
         .filter(|p| p.exchange_allowed())
         .map(|p| p.org_id.to_string())
         .collect();
-    let created = exitnet_node::witness::checkpoint::create(state).await?;
+    let created = org.services.witness.create().await?;
     wait_for("the peers to countersign the audit checkpoint", || async {
         let held = state.store.witnesses().await?;
         Ok(peers
@@ -27,7 +27,7 @@ pub async fn checkpoint_and_verify(org: &Org) -> anyhow::Result<()> {
             .then_some(()))
     })
     .await?;
-    let report = exitnet_node::witness::verify::verify(state, false).await?;
+    let report = org.services.witness.verify(false).await?;
     println!(
         "  {}: {} records, each chained to the one before; {} signed, countersigned {}",
         org.label,

@@ -144,7 +144,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::RotateMasterKeyRequest>,
     ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
-        let (generation, r) = crate::keys::rotate_now(&self.state)
+        let (generation, r) = self
+            .state
+            .master_keys
+            .rotate_now()
             .await
             .map_err(crate::error::Error::Internal)?;
         Ok(Response::new(pb::RotateMasterKeyResponse {
@@ -372,7 +375,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let local_only = request.into_inner().local_only;
-        let report = crate::witness::verify::verify(&self.state, local_only).await?;
+        let report = self.state.witness.verify(local_only).await?;
         tracing::info!(
             ok = report.ok(),
             records = report.records,
@@ -385,7 +388,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
-        let c = crate::witness::checkpoint::create(&self.state).await?;
+        let c = self.state.witness.create().await?;
         Ok(Response::new(pb::CreateCheckpointResponse {
             seq: c.seq.max(0) as u64,
             head_sha256: c.head_hash,
@@ -399,7 +402,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::SubjectAccessResponse>, Status> {
         let subject = request.into_inner().subject_ref;
         crate::domain::consent::subject_ref("subject_ref", &subject).map_err(Error::from)?;
-        let doc = crate::subject_access::gather(&self.state, &subject).await?;
+        let doc = self.state.subject_access.gather(&subject).await?;
         // The record names no client: only that an export was made.
         self.audited("subject.export", "subject", "").await;
         let json = serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.into()))?;

@@ -109,10 +109,7 @@ impl Flow {
                 let now = state.now_ms();
                 state.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
-                    match answers
-                        .witnessed(state, org, cp, resp.witness.as_ref())
-                        .await
-                    {
+                    match answers.witnessed(org, cp, resp.witness.as_ref()).await {
                         Ok(()) => state.store.notice_delivered(n.id, now).await?,
                         Err(e) => {
                             retry_later(state, n.id, n.attempts, "invalid witness").await?;
@@ -141,7 +138,6 @@ impl Flow {
                     .await?;
                 answers
                     .refused(
-                        state,
                         n.route.as_ref(),
                         FailureReason::RefusedByReceiver,
                         status.message(),
@@ -233,7 +229,7 @@ pub(super) async fn accept_deliveries(
         state.metrics.delivery_latency.observe(waited);
         match state.protocol.acknowledgement(org, &keys, req, resp) {
             Ok(Some(ack)) => {
-                items.push(answers.receipt(state, org, n.id, ack));
+                items.push(answers.receipt(org, n.id, ack));
                 attempts.push((handled.len(), n.attempts));
             }
             Ok(None) => state.store.notice_delivered(n.id, now).await?,
@@ -252,11 +248,11 @@ pub(super) async fn accept_deliveries(
             seen: true,
         });
     }
-    if let Err(e) = answers.delivered(state, &items).await {
+    if let Err(e) = answers.delivered(&items).await {
         // One receipt that cannot be stored must not hold up the others.
         tracing::warn!(peer = %org, error = %e, "storing receipts together failed; storing them one by one");
         for (item, (at, tries)) in items.iter().zip(attempts) {
-            if let Err(e) = answers.delivered(state, std::slice::from_ref(item)).await {
+            if let Err(e) = answers.delivered(std::slice::from_ref(item)).await {
                 retry_later(state, item.notice_row, tries, "receipt not stored").await?;
                 tracing::warn!(peer = %org, error = %e, "a receipt could not be stored; will retry");
                 if let Some(h) = handled.get_mut(at) {

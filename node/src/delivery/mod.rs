@@ -35,22 +35,11 @@ type Running = Arc<Mutex<HashSet<OrgId>>>;
 /// (`answers.rs`).
 pub trait Answers: Send + Sync {
     /// A peer's checked receipt for a message we sent, with what it implies.
-    fn receipt(
-        &self,
-        state: &NodeState,
-        org: &OrgId,
-        notice_row: i64,
-        ack: Acknowledgement,
-    ) -> AcceptedReceipt;
-    fn delivered<'a>(
-        &'a self,
-        state: &'a NodeState,
-        items: &'a [AcceptedReceipt],
-    ) -> BoxFuture<'a, Result<()>>;
+    fn receipt(&self, org: &OrgId, notice_row: i64, ack: Acknowledgement) -> AcceptedReceipt;
+    fn delivered<'a>(&'a self, items: &'a [AcceptedReceipt]) -> BoxFuture<'a, Result<()>>;
     /// A message the peer refused for good, or that was not delivered in time.
     fn refused<'a>(
         &'a self,
-        state: &'a NodeState,
         route: Option<&'a Route>,
         reason: FailureReason,
         text: &'a str,
@@ -58,7 +47,6 @@ pub trait Answers: Send + Sync {
     /// The peer's witness of one of our audit checkpoints.
     fn witnessed<'a>(
         &'a self,
-        state: &'a NodeState,
         peer: &'a OrgId,
         sent: &'a pb::SignedCheckpoint,
         witness: Option<&'a pb::SignedWitness>,
@@ -221,7 +209,6 @@ async fn deliver_to_peer(
                 .await?;
             answers
                 .refused(
-                    state,
                     n.route.as_ref(),
                     FailureReason::Undeliverable,
                     "not delivered in time",

@@ -507,14 +507,14 @@ async fn apply_notice(
                 Err(e) => Err(e),
             }
         }
-        Some(pb::notify_request::Notice::Checkpoint(signed)) => {
-            crate::witness::checkpoint::witness(&state, &peer.org_id, signed)
-                .await
-                .map(|w| pb::NotifyResponse {
-                    receipt: None,
-                    witness: Some(w),
-                })
-        }
+        Some(pb::notify_request::Notice::Checkpoint(signed)) => state
+            .witness
+            .witness(&peer.org_id, signed)
+            .await
+            .map(|w| pb::NotifyResponse {
+                receipt: None,
+                witness: Some(w),
+            }),
         Some(notice) => match crate::domain::PeeringNotice::from_pb(notice.clone()) {
             Ok(notice) => peering::receive_notice(&state, &peer, &fp, &req.notice_id, notice)
                 .await

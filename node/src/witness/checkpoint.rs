@@ -3,11 +3,11 @@
 //! countersignature. A node that later rewrites its history cannot make the
 //! checkpoints its peers hold agree with the new chain.
 
+use super::Witness;
 use crate::crypto::sha256;
 use crate::domain::OrgId;
 use crate::error::{Error, FieldError, Result};
 use crate::identity::{context, verify_stored};
-use crate::state::NodeState;
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
 use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
@@ -22,119 +22,293 @@ pub struct Created {
     pub sent_to: u32,
 }
 
-/// Signs a checkpoint of the current head (unless one exists for it) and
-/// queues it for every active peer, in one transaction.
-pub async fn create(state: &NodeState) -> Result<Created> {
-    let (seq, head_hash) = state.store.audit_head().await?;
-    if let Some(last) = state.store.latest_checkpoint().await?
-        && last.seq >= seq
-    {
-        return Ok(Created {
-            seq: last.seq,
-            head_hash: last.head_hash,
-            sent_to: 0,
-        });
-    }
-    let at = state.now_ms();
-    let (payload, signature, fingerprint, spki) = {
-        let identity = state.identity()?;
-        let key = identity.current();
-        let payload = pb::AuditCheckpoint {
-            org_id: state.org_id.to_string(),
-            seq: seq as u64,
-            head_sha256: head_hash.clone(),
-            at: Some(to_timestamp(at)),
-            key_fingerprint: key.fingerprint().to_owned(),
+impl Witness {
+    /// Signs a checkpoint of the current head (unless one exists for it) and
+    /// queues it for every active peer, in one transaction.
+    pub async fn create(&self) -> Result<Created> {
+        let (seq, head_hash) = self.store.audit_head().await?;
+        if let Some(last) = self.store.latest_checkpoint().await?
+            && last.seq >= seq
+        {
+            return Ok(Created {
+                seq: last.seq,
+                head_hash: last.head_hash,
+                sent_to: 0,
+            });
         }
-        .encode_to_vec();
-        let sig = key.sign_in(context::CHECKPOINT, &payload)?;
-        (
-            payload,
-            sig,
-            key.fingerprint().to_owned(),
-            key.spki_der().to_vec(),
-        )
-    };
-    state.protocol.remember(&fingerprint, &spki).await?;
-    let signed = pb::SignedCheckpoint {
-        payload: payload.clone(),
-        signature: signature.clone(),
-    };
-    let notices: Vec<NewNotice> = state
-        .store
-        .list_peers()
-        .await?
-        .into_iter()
-        .filter(|p| p.exchange_allowed())
-        .map(|p| {
-            let id = crate::protocol::messages::new_notice_id();
-            NewNotice {
-                notice_id: id.clone(),
-                org_id: p.org_id,
-                payload: pb::NotifyRequest {
-                    notice_id: id,
-                    notice: Some(pb::notify_request::Notice::Checkpoint(signed.clone())),
+        let at = self.now_ms();
+        let (payload, signature, fingerprint, spki) = {
+            let identity = self.identity()?;
+            let key = identity.current();
+            let payload = pb::AuditCheckpoint {
+                org_id: self.org_id.to_string(),
+                seq: seq as u64,
+                head_sha256: head_hash.clone(),
+                at: Some(to_timestamp(at)),
+                key_fingerprint: key.fingerprint().to_owned(),
+            }
+            .encode_to_vec();
+            let sig = key.sign_in(context::CHECKPOINT, &payload)?;
+            (
+                payload,
+                sig,
+                key.fingerprint().to_owned(),
+                key.spki_der().to_vec(),
+            )
+        };
+        self.protocol.remember(&fingerprint, &spki).await?;
+        let signed = pb::SignedCheckpoint {
+            payload: payload.clone(),
+            signature: signature.clone(),
+        };
+        let notices: Vec<NewNotice> = self
+            .store
+            .list_peers()
+            .await?
+            .into_iter()
+            .filter(|p| p.exchange_allowed())
+            .map(|p| {
+                let id = crate::protocol::messages::new_notice_id();
+                NewNotice {
+                    notice_id: id.clone(),
+                    org_id: p.org_id,
+                    payload: pb::NotifyRequest {
+                        notice_id: id,
+                        notice: Some(pb::notify_request::Notice::Checkpoint(signed.clone())),
+                    }
+                    .encode_to_vec(),
+                    present_key: None,
+                    route: crate::store::Route {
+                        kind: crate::store::NoticeKind::Checkpoint,
+                        referral_id: None,
+                    },
+                    now_ms: at,
                 }
-                .encode_to_vec(),
-                present_key: None,
-                route: crate::store::Route {
-                    kind: crate::store::NoticeKind::Checkpoint,
-                    referral_id: None,
+            })
+            .collect();
+        let sent_to = notices.len() as u32;
+        self.store
+            .insert_checkpoint(
+                &CheckpointRecord {
+                    seq,
+                    head_hash: head_hash.clone(),
+                    at_ms: at,
+                    payload,
+                    signature,
                 },
-                now_ms: at,
+                &notices,
+            )
+            .await?;
+        self.outbox.wake();
+        tracing::info!(seq, peers = sent_to, "audit checkpoint signed");
+        Ok(Created {
+            seq,
+            head_hash,
+            sent_to,
+        })
+    }
+
+    /// Whether the schedule calls for a checkpoint now.
+    pub async fn due(&self) -> Result<bool> {
+        let (seq, _) = self.store.audit_head().await?;
+        if seq == 0 {
+            return Ok(false);
+        }
+        let cfg = &self.config.audit;
+        Ok(match self.store.latest_checkpoint().await? {
+            None => true,
+            Some(last) if last.seq >= seq => false,
+            Some(last) => {
+                (seq - last.seq) as u64 >= cfg.checkpoint_every_records
+                    || self.now_ms() - last.at_ms
+                        >= (cfg.checkpoint_interval_secs as i64).saturating_mul(1000)
             }
         })
-        .collect();
-    let sent_to = notices.len() as u32;
-    state
-        .store
-        .insert_checkpoint(
-            &CheckpointRecord {
-                seq,
-                head_hash: head_hash.clone(),
-                at_ms: at,
-                payload,
-                signature,
-            },
-            &notices,
-        )
-        .await?;
-    state.outbox.wake();
-    tracing::info!(seq, peers = sent_to, "audit checkpoint signed");
-    Ok(Created {
-        seq,
-        head_hash,
-        sent_to,
-    })
-}
-
-/// Whether the schedule calls for a checkpoint now.
-pub async fn due(state: &NodeState) -> Result<bool> {
-    let (seq, _) = state.store.audit_head().await?;
-    if seq == 0 {
-        return Ok(false);
     }
-    let cfg = &state.config.audit;
-    Ok(match state.store.latest_checkpoint().await? {
-        None => true,
-        Some(last) if last.seq >= seq => false,
-        Some(last) => {
-            (seq - last.seq) as u64 >= cfg.checkpoint_every_records
-                || state.now_ms() - last.at_ms
-                    >= (cfg.checkpoint_interval_secs as i64).saturating_mul(1000)
+
+    /// A peer's checkpoint arrived: keep it and countersign it. A second,
+    /// different checkpoint for the same position is a fork: refused, recorded.
+    pub async fn witness(
+        &self,
+        peer: &OrgId,
+        signed: &pb::SignedCheckpoint,
+    ) -> Result<pb::SignedWitness> {
+        let now = self.now_ms();
+        let keys: Vec<Vec<u8>> = self
+            .store
+            .peer_keys(peer, now)
+            .await?
+            .into_iter()
+            .map(|k| k.spki_der)
+            .collect();
+        let cp = open_checkpoint(peer, &keys, signed)?;
+        let seq = cp.seq as i64;
+        // What a peer can make us store is bounded: only a checkpoint above the
+        // last one witnessed is kept (the last one again is a repeat, answered
+        // below), and at most `limits.peer_checkpoints_per_day` a day.
+        let (last, in_a_day) = self.store.witnessed_stats(peer, now - 86_400_000).await?;
+        match last {
+            Some(last) if seq < last => {
+                // Not kept, but compared: a different head for a position we
+                // hold is a fork whether or not later checkpoints came since.
+                let held = self.store.witnessed_checkpoints(peer, seq - 1, 1).await?;
+                let forked = held.first().is_some_and(|(payload, _)| {
+                    pb::AuditCheckpoint::decode(payload.as_slice())
+                        .is_ok_and(|h| h.seq == cp.seq && h.head_sha256 != cp.head_sha256)
+                });
+                if forked {
+                    return Err(self.fork(peer, &cp, now).await);
+                }
+                return Err(Error::FailedPrecondition(format!(
+                    "checkpoint.seq: {seq} is below the last checkpoint witnessed for this peer ({last}); only a later one is kept"
+                )));
+            }
+            Some(last) if seq == last => {}
+            _ => self.quotas.checkpoints(peer, in_a_day).await?,
         }
-    })
+        // Signed before it is stored, in a scope of its own: the identity's
+        // lock is not held across the write.
+        let witness = {
+            let identity = self.identity()?;
+            let key = identity.current();
+            let payload = pb::CheckpointWitness {
+                checkpoint_sha256: sha256(&signed.payload),
+                signer_org: peer.to_string(),
+                seq: cp.seq,
+                witness_org: self.org_id.to_string(),
+                at: Some(to_timestamp(now)),
+                key_fingerprint: key.fingerprint().to_owned(),
+            }
+            .encode_to_vec();
+            pb::SignedWitness {
+                signature: key.sign_in(context::WITNESS, &payload)?,
+                payload,
+            }
+        };
+        let held = self
+            .store
+            .witness_checkpoint(
+                peer,
+                &crate::store::HeldCheckpoint {
+                    seq,
+                    head_hash: cp.head_sha256.clone(),
+                    payload: signed.payload.clone(),
+                    signature: signed.signature.clone(),
+                    witness: Some((witness.payload.clone(), witness.signature.clone())),
+                },
+                now,
+            )
+            .await?;
+        match held {
+            None => {}
+            // The same checkpoint again (our witness was lost on the way): the
+            // witness given the first time, and nothing recorded twice.
+            Some(held) if held.head_hash == cp.head_sha256 => {
+                return Ok(match held.witness {
+                    Some((payload, signature)) if held.payload == signed.payload => {
+                        pb::SignedWitness { payload, signature }
+                    }
+                    // Witnessed before witnesses were kept, or the same head
+                    // signed anew: the head is what a witness vouches for.
+                    _ => witness,
+                });
+            }
+            Some(_) => return Err(self.fork(peer, &cp, now).await),
+        }
+        self.audit
+            .record(&[crate::audit::AuditEntry::peer(
+                self.now_ms(),
+                peer.as_str(),
+                "checkpoint.witness",
+                "checkpoint",
+                &seq.to_string(),
+            )])
+            .await;
+        Ok(witness)
+    }
+
+    /// A second, different checkpoint for a position witnessed before: recorded
+    /// as a security event, and the refusal to answer.
+    pub(crate) async fn fork(&self, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i64) -> Error {
+        self.refusals
+            .record(SecurityEvent {
+                at_ms: now,
+                surface: "federation".into(),
+                reason: "audit_checkpoint_fork".into(),
+                key_fingerprint: Some(cp.key_fingerprint.clone()),
+                org_id: Some(peer.to_string()),
+                remote_addr: None,
+                method: Some("Notify".into()),
+            })
+            .await;
+        Error::FailedPrecondition(format!(
+            "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {}",
+            cp.seq
+        ))
+    }
+
+    /// Checks a peer's countersignature of `sent` and keeps it.
+    pub async fn on_witnessed(
+        &self,
+        peer: &OrgId,
+        sent: &pb::SignedCheckpoint,
+        witness: Option<&pb::SignedWitness>,
+    ) -> Result<()> {
+        let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
+        let w = witness.ok_or_else(|| bad("missing"))?;
+        let record = self.check_witness(peer, sent, w).await?;
+        self.store.insert_witness(&record).await
+    }
+
+    /// Verifies a witness against the peer's keys valid at the time it names.
+    pub async fn check_witness(
+        &self,
+        peer: &OrgId,
+        sent: &pb::SignedCheckpoint,
+        w: &pb::SignedWitness,
+    ) -> Result<WitnessRecord> {
+        let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
+        let wp =
+            pb::CheckpointWitness::decode(w.payload.as_slice()).map_err(|_| bad("malformed"))?;
+        let at = wp
+            .at
+            .as_ref()
+            .map(from_timestamp)
+            .ok_or_else(|| bad("no time"))?;
+        let keys = self.store.peer_keys(peer, at.min(self.now_ms())).await?;
+        if !keys
+            .iter()
+            // Also re-checks stored witnesses (audit verify), which may predate
+            // contexts.
+            .any(|k| verify_stored(context::WITNESS, &k.spki_der, &w.payload, &w.signature))
+        {
+            return Err(bad("signature"));
+        }
+        if wp.checkpoint_sha256 != sha256(&sent.payload)
+            || wp.witness_org != peer.as_str()
+            || wp.signer_org != self.org_id.as_str()
+        {
+            return Err(bad("it is not for this checkpoint"));
+        }
+        Ok(WitnessRecord {
+            seq: wp.seq as i64,
+            witness_org: peer.to_string(),
+            payload: w.payload.clone(),
+            signature: w.signature.clone(),
+            at_ms: at,
+        })
+    }
 }
 
 /// Signs checkpoints on schedule until stopped.
-pub async fn run(state: std::sync::Arc<NodeState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(witness: Witness, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             break;
         }
-        match due(&state).await {
+        match witness.due().await {
             Ok(true) => {
-                if let Err(e) = create(&state).await {
+                if let Err(e) = witness.create().await {
                     tracing::warn!(error = %e, "signing an audit checkpoint failed");
                 }
             }
@@ -181,178 +355,4 @@ pub fn open_checkpoint(
         return Err(FieldError::new("checkpoint.at", "required").into());
     }
     Ok(cp)
-}
-
-/// A peer's checkpoint arrived: keep it and countersign it. A second,
-/// different checkpoint for the same position is a fork: refused, recorded.
-pub async fn witness(
-    state: &NodeState,
-    peer: &OrgId,
-    signed: &pb::SignedCheckpoint,
-) -> Result<pb::SignedWitness> {
-    let now = state.now_ms();
-    let keys: Vec<Vec<u8>> = state
-        .store
-        .peer_keys(peer, now)
-        .await?
-        .into_iter()
-        .map(|k| k.spki_der)
-        .collect();
-    let cp = open_checkpoint(peer, &keys, signed)?;
-    let seq = cp.seq as i64;
-    // What a peer can make us store is bounded: only a checkpoint above the
-    // last one witnessed is kept (the last one again is a repeat, answered
-    // below), and at most `limits.peer_checkpoints_per_day` a day.
-    let (last, in_a_day) = state.store.witnessed_stats(peer, now - 86_400_000).await?;
-    match last {
-        Some(last) if seq < last => {
-            // Not kept, but compared: a different head for a position we
-            // hold is a fork whether or not later checkpoints came since.
-            let held = state.store.witnessed_checkpoints(peer, seq - 1, 1).await?;
-            let forked = held.first().is_some_and(|(payload, _)| {
-                pb::AuditCheckpoint::decode(payload.as_slice())
-                    .is_ok_and(|h| h.seq == cp.seq && h.head_sha256 != cp.head_sha256)
-            });
-            if forked {
-                return Err(fork(state, peer, &cp, now).await);
-            }
-            return Err(Error::FailedPrecondition(format!(
-                "checkpoint.seq: {seq} is below the last checkpoint witnessed for this peer ({last}); only a later one is kept"
-            )));
-        }
-        Some(last) if seq == last => {}
-        _ => state.quotas.checkpoints(peer, in_a_day).await?,
-    }
-    // Signed before it is stored, in a scope of its own: the identity's
-    // lock is not held across the write.
-    let witness = {
-        let identity = state.identity()?;
-        let key = identity.current();
-        let payload = pb::CheckpointWitness {
-            checkpoint_sha256: sha256(&signed.payload),
-            signer_org: peer.to_string(),
-            seq: cp.seq,
-            witness_org: state.org_id.to_string(),
-            at: Some(to_timestamp(now)),
-            key_fingerprint: key.fingerprint().to_owned(),
-        }
-        .encode_to_vec();
-        pb::SignedWitness {
-            signature: key.sign_in(context::WITNESS, &payload)?,
-            payload,
-        }
-    };
-    let held = state
-        .store
-        .witness_checkpoint(
-            peer,
-            &crate::store::HeldCheckpoint {
-                seq,
-                head_hash: cp.head_sha256.clone(),
-                payload: signed.payload.clone(),
-                signature: signed.signature.clone(),
-                witness: Some((witness.payload.clone(), witness.signature.clone())),
-            },
-            now,
-        )
-        .await?;
-    match held {
-        None => {}
-        // The same checkpoint again (our witness was lost on the way): the
-        // witness given the first time, and nothing recorded twice.
-        Some(held) if held.head_hash == cp.head_sha256 => {
-            return Ok(match held.witness {
-                Some((payload, signature)) if held.payload == signed.payload => {
-                    pb::SignedWitness { payload, signature }
-                }
-                // Witnessed before witnesses were kept, or the same head
-                // signed anew: the head is what a witness vouches for.
-                _ => witness,
-            });
-        }
-        Some(_) => return Err(fork(state, peer, &cp, now).await),
-    }
-    state
-        .audit
-        .record(&[crate::audit::AuditEntry::peer(
-            state.now_ms(),
-            peer.as_str(),
-            "checkpoint.witness",
-            "checkpoint",
-            &seq.to_string(),
-        )])
-        .await;
-    Ok(witness)
-}
-
-/// A second, different checkpoint for a position witnessed before: recorded
-/// as a security event, and the refusal to answer.
-async fn fork(state: &NodeState, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i64) -> Error {
-    state
-        .refusals
-        .record(SecurityEvent {
-            at_ms: now,
-            surface: "federation".into(),
-            reason: "audit_checkpoint_fork".into(),
-            key_fingerprint: Some(cp.key_fingerprint.clone()),
-            org_id: Some(peer.to_string()),
-            remote_addr: None,
-            method: Some("Notify".into()),
-        })
-        .await;
-    Error::FailedPrecondition(format!(
-        "checkpoint.head_sha256: differs from the checkpoint witnessed earlier for record {}",
-        cp.seq
-    ))
-}
-
-/// Checks a peer's countersignature of `sent` and keeps it.
-pub async fn on_witnessed(
-    state: &NodeState,
-    peer: &OrgId,
-    sent: &pb::SignedCheckpoint,
-    witness: Option<&pb::SignedWitness>,
-) -> Result<()> {
-    let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
-    let w = witness.ok_or_else(|| bad("missing"))?;
-    let record = check_witness(state, peer, sent, w).await?;
-    state.store.insert_witness(&record).await
-}
-
-/// Verifies a witness against the peer's keys valid at the time it names.
-pub async fn check_witness(
-    state: &NodeState,
-    peer: &OrgId,
-    sent: &pb::SignedCheckpoint,
-    w: &pb::SignedWitness,
-) -> Result<WitnessRecord> {
-    let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
-    let wp = pb::CheckpointWitness::decode(w.payload.as_slice()).map_err(|_| bad("malformed"))?;
-    let at = wp
-        .at
-        .as_ref()
-        .map(from_timestamp)
-        .ok_or_else(|| bad("no time"))?;
-    let keys = state.store.peer_keys(peer, at.min(state.now_ms())).await?;
-    if !keys
-        .iter()
-        // Also re-checks stored witnesses (audit verify), which may predate
-        // contexts.
-        .any(|k| verify_stored(context::WITNESS, &k.spki_der, &w.payload, &w.signature))
-    {
-        return Err(bad("signature"));
-    }
-    if wp.checkpoint_sha256 != sha256(&sent.payload)
-        || wp.witness_org != peer.as_str()
-        || wp.signer_org != state.org_id.as_str()
-    {
-        return Err(bad("it is not for this checkpoint"));
-    }
-    Ok(WitnessRecord {
-        seq: wp.seq as i64,
-        witness_org: peer.to_string(),
-        payload: w.payload.clone(),
-        signature: w.signature.clone(),
-        at_ms: at,
-    })
 }

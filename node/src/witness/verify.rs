@@ -2,11 +2,11 @@
 //! signed and every countersignature we hold, and asks each active peer for
 //! the checkpoints it witnessed. The first record that fails is named.
 
+use super::Witness;
 use crate::audit::{AuditFilter, GENESIS, record_hash};
 use crate::domain::OrgId;
 use crate::error::Result;
 use crate::identity::{context, verify_stored};
-use crate::state::NodeState;
 use exitnet_proto::pb;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,251 +91,259 @@ struct Held {
 /// Our public keys by fingerprint, looked up once each during a verification.
 type OwnKeys = BTreeMap<String, Option<Vec<u8>>>;
 
-/// Decodes one of our own checkpoints and checks our signature on it.
-async fn own_checkpoint(
-    state: &NodeState,
-    keys: &mut OwnKeys,
-    payload: &[u8],
-    signature: &[u8],
-) -> std::result::Result<pb::AuditCheckpoint, String> {
-    let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
-    if !keys.contains_key(&cp.key_fingerprint) {
-        let k = state
-            .protocol
-            .own_key(&cp.key_fingerprint)
-            .await
-            .map_err(|e| e.to_string())?;
-        keys.insert(cp.key_fingerprint.clone(), k);
-    }
-    let key = keys
-        .get(&cp.key_fingerprint)
-        .cloned()
-        .flatten()
-        .ok_or_else(|| format!("signed by an unknown key {}", cp.key_fingerprint))?;
-    // Checkpoints made before signatures carried their context still verify.
-    if !verify_stored(context::CHECKPOINT, &key, payload, signature) {
-        return Err("bad signature".into());
-    }
-    if cp.org_id != state.org_id.as_str() {
-        return Err("names another organisation".into());
-    }
-    Ok(cp)
-}
-
-/// The checkpoints one peer witnessed for us.
-async fn ask_peer(
-    state: &NodeState,
-    peer: &crate::domain::Peer,
-) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
-    let mut client =
-        crate::protocol::peer_client::PeerClient::connect(&state.protocol, peer).await?;
-    let mut out = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = client.witnessed_checkpoints(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        let last_seq = pb::AuditCheckpoint::decode(last.payload.as_slice())
-            .map(|c| c.seq)
-            .unwrap_or(u64::MAX);
-        if last_seq <= after {
-            break;
+impl Witness {
+    /// Decodes one of our own checkpoints and checks our signature on it.
+    pub(crate) async fn own_checkpoint(
+        &self,
+        keys: &mut OwnKeys,
+        payload: &[u8],
+        signature: &[u8],
+    ) -> std::result::Result<pb::AuditCheckpoint, String> {
+        let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
+        if !keys.contains_key(&cp.key_fingerprint) {
+            let k = self
+                .protocol
+                .own_key(&cp.key_fingerprint)
+                .await
+                .map_err(|e| e.to_string())?;
+            keys.insert(cp.key_fingerprint.clone(), k);
         }
-        after = last_seq;
-        let n = page.len();
-        out.extend(page);
-        if n < 1000 {
-            break;
+        let key = keys
+            .get(&cp.key_fingerprint)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| format!("signed by an unknown key {}", cp.key_fingerprint))?;
+        // Checkpoints made before signatures carried their context still verify.
+        if !verify_stored(context::CHECKPOINT, &key, payload, signature) {
+            return Err("bad signature".into());
         }
-    }
-    Ok(out)
-}
-
-pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
-    let mut report = Report::default();
-    let mut held: Vec<Held> = Vec::new();
-    let mut own_keys = OwnKeys::new();
-
-    // Our own checkpoints: our signature, then (below) the chain at each.
-    let checkpoints = state.store.checkpoints().await?;
-    report.checkpoints = checkpoints.len() as u32;
-    for c in &checkpoints {
-        match own_checkpoint(state, &mut own_keys, &c.payload, &c.signature).await {
-            Ok(cp) if cp.seq as i64 == c.seq && cp.head_sha256 == c.head_hash => held.push(Held {
-                holder: String::new(),
-                seq: c.seq,
-                head: c.head_hash.clone(),
-            }),
-            Ok(_) => report.fail(
-                c.seq,
-                format!("checkpoint {}: its row differs from what was signed", c.seq),
-            ),
-            Err(e) => report.fail(c.seq, format!("checkpoint {}: {e}", c.seq)),
+        if cp.org_id != self.org_id.as_str() {
+            return Err("names another organisation".into());
         }
+        Ok(cp)
     }
 
-    // Countersignatures we hold: each must verify against the witness's key.
-    let by_seq: BTreeMap<i64, &crate::store::CheckpointRecord> =
-        checkpoints.iter().map(|c| (c.seq, c)).collect();
-    for w in state.store.witnesses().await? {
-        let Ok(org) = OrgId::parse("witness_org", &w.witness_org) else {
-            report.fail(
-                w.seq,
-                format!("witness of checkpoint {}: bad organisation", w.seq),
-            );
-            continue;
-        };
-        let Some(c) = by_seq.get(&w.seq) else {
-            report.fail(
-                w.seq,
-                format!(
-                    "witness by {org} of checkpoint {}: the checkpoint is gone",
-                    w.seq
-                ),
-            );
-            continue;
-        };
-        let sent = pb::SignedCheckpoint {
-            payload: c.payload.clone(),
-            signature: c.signature.clone(),
-        };
-        let signed = pb::SignedWitness {
-            payload: w.payload.clone(),
-            signature: w.signature.clone(),
-        };
-        match super::checkpoint::check_witness(state, &org, &sent, &signed).await {
-            Ok(_) => report.witnesses += 1,
-            Err(e) => report.fail(
-                w.seq,
-                format!("witness by {org} of checkpoint {}: {e}", w.seq),
-            ),
-        }
-    }
-
-    // What the peers hold: the part of the check the node itself cannot fake.
-    if !local_only {
-        for peer in state.store.list_peers().await? {
-            if !peer.exchange_allowed() {
-                continue;
+    /// The checkpoints one peer witnessed for us.
+    pub(crate) async fn ask_peer(
+        &self,
+        peer: &crate::domain::Peer,
+    ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
+        let mut client =
+            crate::protocol::peer_client::PeerClient::connect(&self.protocol, peer).await?;
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page = client.witnessed_checkpoints(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            let last_seq = pb::AuditCheckpoint::decode(last.payload.as_slice())
+                .map(|c| c.seq)
+                .unwrap_or(u64::MAX);
+            if last_seq <= after {
+                break;
             }
-            let mut check = PeerCheck {
-                org_id: peer.org_id.to_string(),
-                ..PeerCheck::default()
+            after = last_seq;
+            let n = page.len();
+            out.extend(page);
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn verify(&self, local_only: bool) -> Result<Report> {
+        let mut report = Report::default();
+        let mut held: Vec<Held> = Vec::new();
+        let mut own_keys = OwnKeys::new();
+
+        // Our own checkpoints: our signature, then (below) the chain at each.
+        let checkpoints = self.store.checkpoints().await?;
+        report.checkpoints = checkpoints.len() as u32;
+        for c in &checkpoints {
+            match self
+                .own_checkpoint(&mut own_keys, &c.payload, &c.signature)
+                .await
+            {
+                Ok(cp) if cp.seq as i64 == c.seq && cp.head_sha256 == c.head_hash => {
+                    held.push(Held {
+                        holder: String::new(),
+                        seq: c.seq,
+                        head: c.head_hash.clone(),
+                    })
+                }
+                Ok(_) => report.fail(
+                    c.seq,
+                    format!("checkpoint {}: its row differs from what was signed", c.seq),
+                ),
+                Err(e) => report.fail(c.seq, format!("checkpoint {}: {e}", c.seq)),
+            }
+        }
+
+        // Countersignatures we hold: each must verify against the witness's key.
+        let by_seq: BTreeMap<i64, &crate::store::CheckpointRecord> =
+            checkpoints.iter().map(|c| (c.seq, c)).collect();
+        for w in self.store.witnesses().await? {
+            let Ok(org) = OrgId::parse("witness_org", &w.witness_org) else {
+                report.fail(
+                    w.seq,
+                    format!("witness of checkpoint {}: bad organisation", w.seq),
+                );
+                continue;
             };
-            match ask_peer(state, &peer).await {
-                Ok(list) => {
-                    for s in list {
-                        match own_checkpoint(state, &mut own_keys, &s.payload, &s.signature).await {
-                            Ok(cp) => {
-                                check.held += 1;
-                                held.push(Held {
-                                    holder: peer.org_id.to_string(),
-                                    seq: cp.seq as i64,
-                                    head: cp.head_sha256,
-                                });
-                            }
-                            Err(e) => {
-                                report.fail(0, format!("a checkpoint held by {}: {e}", peer.org_id))
+            let Some(c) = by_seq.get(&w.seq) else {
+                report.fail(
+                    w.seq,
+                    format!(
+                        "witness by {org} of checkpoint {}: the checkpoint is gone",
+                        w.seq
+                    ),
+                );
+                continue;
+            };
+            let sent = pb::SignedCheckpoint {
+                payload: c.payload.clone(),
+                signature: c.signature.clone(),
+            };
+            let signed = pb::SignedWitness {
+                payload: w.payload.clone(),
+                signature: w.signature.clone(),
+            };
+            match self.check_witness(&org, &sent, &signed).await {
+                Ok(_) => report.witnesses += 1,
+                Err(e) => report.fail(
+                    w.seq,
+                    format!("witness by {org} of checkpoint {}: {e}", w.seq),
+                ),
+            }
+        }
+
+        // What the peers hold: the part of the check the node itself cannot fake.
+        if !local_only {
+            for peer in self.store.list_peers().await? {
+                if !peer.exchange_allowed() {
+                    continue;
+                }
+                let mut check = PeerCheck {
+                    org_id: peer.org_id.to_string(),
+                    ..PeerCheck::default()
+                };
+                match self.ask_peer(&peer).await {
+                    Ok(list) => {
+                        for s in list {
+                            match self
+                                .own_checkpoint(&mut own_keys, &s.payload, &s.signature)
+                                .await
+                            {
+                                Ok(cp) => {
+                                    check.held += 1;
+                                    held.push(Held {
+                                        holder: peer.org_id.to_string(),
+                                        seq: cp.seq as i64,
+                                        head: cp.head_sha256,
+                                    });
+                                }
+                                Err(e) => report
+                                    .fail(0, format!("a checkpoint held by {}: {e}", peer.org_id)),
                             }
                         }
                     }
+                    Err(e) => check.error = Some(format!("{e:#}")),
                 }
-                Err(e) => check.error = Some(format!("{e:#}")),
+                report.peers.push(check);
             }
-            report.peers.push(check);
         }
-    }
 
-    // The head before the walk: records are appended while it runs (on
-    // PostgreSQL every statement sees what is committed by then), so the
-    // chain must reach this head and match it there; whatever follows must
-    // be covered by the head read after the walk.
-    let (head_seq, head_hash) = state.store.audit_head().await?;
-    let mut at_head: Option<Vec<u8>> = None;
-    // Walk the chain once, remembering the hash at every checkpointed position.
-    let wanted: BTreeSet<i64> = held.iter().map(|h| h.seq).collect();
-    let mut at_seq: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
-    let mut prev = GENESIS.to_vec();
-    let mut expected = 1i64;
-    let mut after = 0i64;
-    loop {
-        let page = state
-            .store
-            .list_audit(&AuditFilter::default(), after, PAGE)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in &page {
-            if r.seq != expected {
-                let missing = if r.seq == expected + 1 {
-                    format!("record {expected} is missing")
-                } else {
-                    format!("records {expected} to {} are missing", r.seq - 1)
-                };
-                report.fail(expected, missing);
-            } else if r.prev_hash != prev {
-                report.fail(
-                    r.seq,
-                    format!(
-                        "record {} does not chain to record {} (one of them was changed)",
+        // The head before the walk: records are appended while it runs (on
+        // PostgreSQL every statement sees what is committed by then), so the
+        // chain must reach this head and match it there; whatever follows must
+        // be covered by the head read after the walk.
+        let (head_seq, head_hash) = self.store.audit_head().await?;
+        let mut at_head: Option<Vec<u8>> = None;
+        // Walk the chain once, remembering the hash at every checkpointed position.
+        let wanted: BTreeSet<i64> = held.iter().map(|h| h.seq).collect();
+        let mut at_seq: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        let mut prev = GENESIS.to_vec();
+        let mut expected = 1i64;
+        let mut after = 0i64;
+        loop {
+            let page = self
+                .store
+                .list_audit(&AuditFilter::default(), after, PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for r in &page {
+                if r.seq != expected {
+                    let missing = if r.seq == expected + 1 {
+                        format!("record {expected} is missing")
+                    } else {
+                        format!("records {expected} to {} are missing", r.seq - 1)
+                    };
+                    report.fail(expected, missing);
+                } else if r.prev_hash != prev {
+                    report.fail(
                         r.seq,
-                        r.seq - 1
-                    ),
-                );
+                        format!(
+                            "record {} does not chain to record {} (one of them was changed)",
+                            r.seq,
+                            r.seq - 1
+                        ),
+                    );
+                }
+                if record_hash(r.seq, &r.prev_hash, &r.entry) != r.hash {
+                    report.fail(
+                        r.seq,
+                        format!("record {} was changed after it was written", r.seq),
+                    );
+                }
+                if wanted.contains(&r.seq) {
+                    at_seq.insert(r.seq, r.hash.clone());
+                }
+                if r.seq == head_seq {
+                    at_head = Some(r.hash.clone());
+                }
+                prev = r.hash.clone();
+                expected = r.seq + 1;
             }
-            if record_hash(r.seq, &r.prev_hash, &r.entry) != r.hash {
-                report.fail(
-                    r.seq,
-                    format!("record {} was changed after it was written", r.seq),
-                );
+            if (page.len() as i64) < PAGE {
+                break;
             }
-            if wanted.contains(&r.seq) {
-                at_seq.insert(r.seq, r.hash.clone());
-            }
-            if r.seq == head_seq {
-                at_head = Some(r.hash.clone());
-            }
-            prev = r.hash.clone();
-            expected = r.seq + 1;
         }
-        if (page.len() as i64) < PAGE {
-            break;
-        }
-    }
-    let last_seq = expected - 1;
-    let (head_after, head_hash_after) = state.store.audit_head().await?;
-    report.records = last_seq;
-    report.head_hash = prev.clone();
-    if last_seq < head_seq {
-        report.fail(
+        let last_seq = expected - 1;
+        let (head_after, head_hash_after) = self.store.audit_head().await?;
+        report.records = last_seq;
+        report.head_hash = prev.clone();
+        if last_seq < head_seq {
+            report.fail(
             last_seq + 1,
             format!("the chain ends at record {last_seq} but its head says {head_seq}: records were deleted"),
         );
-    } else if last_seq > head_after {
-        report.fail(
+        } else if last_seq > head_after {
+            report.fail(
             head_after + 1,
             format!("the chain goes on to record {last_seq} but its head says {head_after}: records were added"),
         );
-    } else if head_seq > 0 && at_head.as_ref() != Some(&head_hash) {
-        report.fail(
-            head_seq,
-            format!("the head hash does not match record {head_seq}"),
-        );
-    } else if last_seq == head_after && prev != head_hash_after {
-        report.fail(
-            last_seq,
-            format!("the head hash does not match record {last_seq}"),
-        );
-    }
+        } else if head_seq > 0 && at_head.as_ref() != Some(&head_hash) {
+            report.fail(
+                head_seq,
+                format!("the head hash does not match record {head_seq}"),
+            );
+        } else if last_seq == head_after && prev != head_hash_after {
+            report.fail(
+                last_seq,
+                format!("the head hash does not match record {last_seq}"),
+            );
+        }
 
-    // Every checkpoint, ours or witnessed, must match the chain at its position.
-    held.sort_by_key(|h| h.seq);
-    for h in &held {
-        let who = if h.holder.is_empty() {
-            "our own".to_owned()
-        } else {
-            format!("witnessed by {}", h.holder)
-        };
-        match at_seq.get(&h.seq) {
+        // Every checkpoint, ours or witnessed, must match the chain at its position.
+        held.sort_by_key(|h| h.seq);
+        for h in &held {
+            let who = if h.holder.is_empty() {
+                "our own".to_owned()
+            } else {
+                format!("witnessed by {}", h.holder)
+            };
+            match at_seq.get(&h.seq) {
             Some(hash) if *hash == h.head => {
                 if let Some(p) = report.peers.iter_mut().find(|p| p.org_id == h.holder) {
                     p.agreeing += 1;
@@ -378,10 +386,11 @@ pub async fn verify(state: &NodeState, local_only: bool) -> Result<Report> {
                 ),
             ),
         }
+        }
+        // The first failure is the lowest position named.
+        report
+            .failures
+            .sort_by_key(|f| if f.seq == 0 { i64::MAX } else { f.seq });
+        Ok(report)
     }
-    // The first failure is the lowest position named.
-    report
-        .failures
-        .sort_by_key(|f| if f.seq == 0 { i64::MAX } else { f.seq });
-    Ok(report)
 }
