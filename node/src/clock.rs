@@ -1,5 +1,5 @@
 //! Where the node reads the time, so that tests can move it. Services read
-//! `NodeState::now_ms` (the clock given to `Application::build_with_clock`);
+//! the clock each service holds (the one given to `Application::build_with_clock`);
 //! pure functions below them take the time as an argument; the master-key
 //! generations have a clock of their own (`dev.clock_offset_secs`). Audit
 //! records take their time from their writer. Still on the wall clock:

@@ -114,6 +114,11 @@ impl MasterKeys {
         self.clock.now_ms()
     }
 
+    /// The generations held: number and when each was made.
+    pub fn generations(&self) -> Vec<(u32, i64)> {
+        self.master_key.generations()
+    }
+
     /// Rotation, rewrapping, destruction and (PostgreSQL) compaction of the
     /// data-key table, every `interval`, until `stop`.
     pub async fn run(self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {

@@ -16,18 +16,20 @@
 //! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
 //!   they need, naming no service.
 //! - `signals`: which referrals changed, and that notices wait to be sent.
-//! - `state`: what the services share, built in `app`.
-//! - `protocol`, `delivery`: the federation messages, signed and verified,
-//!   and their delivery to each peer, which hands what peers answer to
-//!   `delivery::Answers` (implemented above the services, in `answers`).
-//! - `audit`, `peering`, `referrals`, `consents`: the services, each using
-//!   only those before it.
+//! - `protocol`, `delivery`: the federation messages, signed and verified
+//!   (the `Protocol` service), and their delivery to each peer (`Delivery`),
+//!   which hands what peers answer to `delivery::Answers` (implemented above
+//!   the services, in `answers`).
+//! - `audit`, `security`, `peering`, `referrals`, `consents`, `directory`:
+//!   the services, each a struct holding what it uses, each using only
+//!   those before it.
 //! - `witness`, `answers`, `subject_access`, `keys`: above the services.
 //! - `api`, `federation`, `admin`: the three gRPC surfaces, thin adapters
-//!   (`api::requests` reads requests into the services' inputs,
-//!   `api::views` shows what they return).
-//! - `app`, `cli`, `init`: builds the node, binds its listeners, runs until
-//!   stopped.
+//!   holding the services they call (`api::requests` reads requests into
+//!   the services' inputs, `api::views` shows what they return).
+//! - `app`, `cli`, `init`: the composition root (`app::Node`, the node's
+//!   parts; `app::Services`, every service built once), the listeners, the
+//!   run until stopped.
 //!
 //! The demo (`exitnet-demo`, `node/demo`) and the fuzz targets
 //! (`node/fuzzing`) are crates of their own, outside this library.
@@ -62,7 +64,7 @@ pub mod protocol;
 pub mod referrals;
 pub mod security;
 pub mod signals;
-pub mod state;
+
 pub mod store;
 pub mod subject_access;
 pub mod telemetry;

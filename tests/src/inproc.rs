@@ -3,16 +3,17 @@
 //! port but not a process of its own, and for tests that move a node's
 //! clock instead of sleeping.
 
-use exitnet_node::app::Application;
+use exitnet_node::app::Node;
+use exitnet_node::app::{Application, Services};
 use exitnet_node::clock::{Clock, ManualClock};
 use exitnet_node::config::Config;
-use exitnet_node::state::NodeState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A node running in this process until dropped.
 pub struct InProcess {
-    pub state: Arc<NodeState>,
+    pub state: Arc<Node>,
+    pub services: Services,
     /// The node's clock: set or advance it to move the node's time.
     pub clock: Arc<ManualClock>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -47,13 +48,15 @@ pub async fn spawn_app(id: &str) -> anyhow::Result<InProcess> {
     let config = Config::load(None, &env)?;
     let clock = ManualClock::at(exitnet_node::clock::SystemClock.now_ms());
     let app = Application::build_with_clock(config, clock.clone()).await?;
-    let state = app.state();
+    let state = app.node();
+    let services = app.services();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Ok(InProcess {
         state,
+        services,
         clock,
         stop,
         _dir: dir,

@@ -13,6 +13,7 @@ pub mod hints;
 
 use anyhow::{Context, bail};
 use exitnet_node::app::Application;
+use exitnet_node::app::Node;
 use exitnet_node::app::Services;
 use exitnet_node::auth::{Principal, Role};
 use exitnet_node::config::Config;
@@ -20,7 +21,6 @@ use exitnet_node::consents::NewConsent;
 use exitnet_node::domain::PeerAction;
 use exitnet_node::domain::time::now_ms;
 use exitnet_node::referrals::NewReferral;
-use exitnet_node::state::NodeState;
 use exitnet_proto::pb;
 use prost::Message;
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 pub struct Org {
     pub label: &'static str,
-    pub state: Arc<NodeState>,
+    pub state: Arc<Node>,
     pub services: Services,
     pub api: std::net::SocketAddr,
     pub admin_socket: std::path::PathBuf,
@@ -100,7 +100,7 @@ pub async fn start(
         .with_context(|| format!("starting {name}"))?;
     let org = Org {
         label,
-        state: app.state(),
+        state: app.node(),
         services: app.services(),
         api: app.api_addr(),
         admin_socket: app.admin_socket().to_owned(),
@@ -113,19 +113,17 @@ pub async fn start(
 }
 
 pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
-    let inv = exitnet_node::peering::create_invitation(
-        &inviter.state,
-        3600,
-        None,
-        format!("for {}", joiner.label),
-    )
-    .await?;
+    let inv = inviter
+        .services
+        .peering
+        .create_invitation(3600, None, format!("for {}", joiner.label))
+        .await?;
     println!(
         "  {} creates an invitation: {}…",
         inviter.label,
         &inv.code[..48]
     );
-    let peer = exitnet_node::peering::join(&joiner.state, &inv.code).await?;
+    let peer = joiner.services.peering.join(&inv.code).await?;
     let code = exitnet_node::peering::verification_code(
         &joiner.state.fingerprint()?,
         &peer.key_fingerprint,
@@ -134,7 +132,10 @@ pub async fn peer_up(inviter: &Org, joiner: &Org) -> anyhow::Result<()> {
         "  {} joins with it; both administrators read the verification code {code} to each other",
         joiner.label
     );
-    exitnet_node::peering::decide(&inviter.state, &joiner.state.org_id, PeerAction::Approve)
+    inviter
+        .services
+        .peering
+        .decide(&joiner.state.org_id, PeerAction::Approve)
         .await?;
     wait_for("the peering to be active on both sides", || async {
         let a = inviter.state.store.get_peer(&joiner.state.org_id).await?;

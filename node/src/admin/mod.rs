@@ -1,11 +1,22 @@
 //! The admin surface, served only on the node's local Unix socket (mode
 //! 0600 in a 0700 data directory): whoever can open it administers the node.
 
+use crate::audit::Audit;
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::config::AuthConfig;
+use crate::directory::Directory;
 use crate::domain::{OrgId, Peer, PeerAction};
 use crate::error::{Error, FieldError};
+use crate::identity::IdentityCell;
+use crate::keys::MasterKeys;
 use crate::peering;
-use crate::state::NodeState;
+use crate::peering::Peering;
+use crate::protocol::Protocol;
+use crate::store::Store;
+use crate::subject_access::SubjectAccess;
 use crate::wire::time::to_timestamp;
+use crate::witness::Witness;
 use anyhow::Context as _;
 use exitnet_proto::pb;
 use std::path::Path;
@@ -15,13 +26,63 @@ use tonic::{Request, Response, Status};
 
 pub mod report;
 
+/// The admin adapter and the services administrators act through.
 pub struct AdminApi {
-    state: Arc<NodeState>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    identity: Arc<IdentityCell>,
+    directory: Directory,
+    /// The federation endpoint peers are told to use.
+    advertised: String,
+    /// Mints development tokens (`auth.mode = "dev"` only).
+    auth: Arc<Authenticator>,
+    auth_config: AuthConfig,
+    audit: Audit,
+    peering: Peering,
+    protocol: Protocol,
+    witness: Witness,
+    subject_access: SubjectAccess,
+    master_keys: MasterKeys,
+}
+
+/// What the admin adapter is built from.
+pub struct AdminParts {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub identity: Arc<IdentityCell>,
+    pub directory: Directory,
+    pub advertised: String,
+    pub auth: Arc<Authenticator>,
+    pub auth_config: AuthConfig,
+    pub audit: Audit,
+    pub peering: Peering,
+    pub protocol: Protocol,
+    pub witness: Witness,
+    pub subject_access: SubjectAccess,
+    pub master_keys: MasterKeys,
 }
 
 impl AdminApi {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+    pub fn new(p: AdminParts) -> Self {
+        Self {
+            store: p.store,
+            clock: p.clock,
+            identity: p.identity,
+            directory: p.directory,
+            advertised: p.advertised,
+            auth: p.auth,
+            auth_config: p.auth_config,
+            audit: p.audit,
+            peering: p.peering,
+            protocol: p.protocol,
+            witness: p.witness,
+            subject_access: p.subject_access,
+            master_keys: p.master_keys,
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn into_service(self) -> pb::admin_service_server::AdminServiceServer<Self> {
@@ -29,7 +90,7 @@ impl AdminApi {
     }
 
     fn view(&self, p: &Peer) -> Result<pb::PeerView, Error> {
-        let ours = self.state.fingerprint()?;
+        let ours = self.identity.fingerprint()?;
         Ok(peer_view(p, &ours))
     }
 }
@@ -107,8 +168,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::GetIdentityRequest>,
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
-        let identity = self.state.identity().map_err(Error::from)?;
-        let now = self.state.now_ms();
+        let identity = self.identity.read().map_err(Error::from)?;
+        let now = self.now_ms();
         let mut keys = vec![pb::KeyView {
             fingerprint: identity.current().fingerprint().to_owned(),
             created_at: Some(to_timestamp(identity.current_created_at_ms())),
@@ -120,9 +181,9 @@ impl pb::admin_service_server::AdminService for AdminApi {
             valid_until: Some(to_timestamp(r.valid_until_ms)),
         }));
         Ok(Response::new(pb::GetIdentityResponse {
-            profile: Some(self.state.profile().to_pb()),
+            profile: Some(self.directory.profile().to_pb()),
             key_fingerprint: identity.current().fingerprint().to_owned(),
-            endpoint: self.state.advertised_endpoint(),
+            endpoint: self.advertised.clone(),
             keys,
         }))
     }
@@ -131,7 +192,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::RotateIdentityRequest>,
     ) -> Result<Response<pb::RotateIdentityResponse>, Status> {
-        let r = peering::rotate_key(&self.state).await?;
+        let r = self.peering.rotate_key().await?;
         Ok(Response::new(pb::RotateIdentityResponse {
             new_fingerprint: r.new_fingerprint,
             old_fingerprint: r.old_fingerprint,
@@ -145,7 +206,6 @@ impl pb::admin_service_server::AdminService for AdminApi {
         _: Request<pb::RotateMasterKeyRequest>,
     ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
         let (generation, r) = self
-            .state
             .master_keys
             .rotate_now()
             .await
@@ -154,8 +214,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             generation,
             rewrapped: r.rewrapped,
             generations: self
-                .state
-                .master_key
+                .master_keys
                 .generations()
                 .into_iter()
                 .map(|(number, created)| pb::MasterKeyGeneration {
@@ -175,9 +234,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
             endpoint,
             note,
         } = request.into_inner();
-        let created =
-            peering::create_invitation(&self.state, expires_in_seconds, Some(endpoint), note)
-                .await?;
+        let created = self
+            .peering
+            .create_invitation(expires_in_seconds, Some(endpoint), note)
+            .await?;
         self.audited("peer.invite", "invitation", &created.invitation_id)
             .await;
         Ok(Response::new(pb::CreateInvitationResponse {
@@ -192,7 +252,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::JoinPeerRequest>,
     ) -> Result<Response<pb::JoinPeerResponse>, Status> {
         let pb::JoinPeerRequest { code } = request.into_inner();
-        let peer = peering::join(&self.state, &code).await?;
+        let peer = self.peering.join(&code).await?;
         self.audited("peer.join", "peer", peer.org_id.as_str())
             .await;
         Ok(Response::new(pb::JoinPeerResponse {
@@ -204,7 +264,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::AdminServiceListPeersRequest>,
     ) -> Result<Response<pb::AdminServiceListPeersResponse>, Status> {
-        let peers = self.state.store.list_peers().await?;
+        let peers = self.store.list_peers().await?;
         let peers = peers
             .iter()
             .map(|p| self.view(p))
@@ -218,7 +278,6 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::GetPeerResponse>, Status> {
         let id = org("org_id", &request.into_inner().org_id)?;
         let peer = self
-            .state
             .store
             .get_peer(&id)
             .await?
@@ -235,8 +294,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let pb::SetPeerStateRequest { org_id, action } = request.into_inner();
         let id = org("org_id", &org_id)?;
         let action = PeerAction::from_pb("action", action)?;
-        let peer = peering::decide(&self.state, &id, action).await?;
-        let pending = peering::purges::pending_at(&self.state, &id).await?;
+        let peer = self.peering.decide(&id, action).await?;
+        let pending = self.peering.pending_at(&id).await?;
         Ok(Response::new(pb::SetPeerStateResponse {
             peer: Some(self.view(&peer)?),
             pending_purges: u32::try_from(pending).unwrap_or(u32::MAX),
@@ -248,7 +307,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::AbandonPurgesRequest>,
     ) -> Result<Response<pb::AbandonPurgesResponse>, Status> {
         let id = org("org_id", &request.into_inner().org_id)?;
-        let (abandoned, dropped) = peering::purges::abandon(&self.state, &id).await?;
+        let (abandoned, dropped) = self.peering.abandon(&id).await?;
         Ok(Response::new(pb::AbandonPurgesResponse {
             abandoned: u32::try_from(abandoned).unwrap_or(u32::MAX),
             withdrawals_dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
@@ -260,12 +319,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::GetPeerPolicyRequest>,
     ) -> Result<Response<pb::GetPeerPolicyResponse>, Status> {
         let id = org("org_id", &request.into_inner().org_id)?;
-        self.state
-            .store
+        self.store
             .get_peer(&id)
             .await?
             .ok_or(Error::NotFound("peer"))?;
-        let (policy, customised) = crate::policy::for_peer(self.state.store.as_ref(), &id).await?;
+        let (policy, customised) = crate::policy::for_peer(self.store.as_ref(), &id).await?;
         Ok(Response::new(pb::GetPeerPolicyResponse {
             policy: Some(policy.to_pb()),
             customised,
@@ -278,15 +336,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::SetPeerPolicyResponse>, Status> {
         let pb::SetPeerPolicyRequest { org_id, policy } = request.into_inner();
         let id = org("org_id", &org_id)?;
-        self.state
-            .store
+        self.store
             .get_peer(&id)
             .await?
             .ok_or(Error::NotFound("peer"))?;
         let policy = crate::policy::PeerPolicy::from_pb(
             policy.ok_or_else(|| FieldError::new("policy", "required"))?,
         )?;
-        crate::policy::set_for_peer(self.state.store.as_ref(), &id, &policy).await?;
+        crate::policy::set_for_peer(self.store.as_ref(), &id, &policy).await?;
         tracing::info!(peer = %id, "peer policy changed");
         Ok(Response::new(pb::SetPeerPolicyResponse {
             policy: Some(policy.to_pb()),
@@ -302,7 +359,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             role,
             team,
         } = request.into_inner();
-        let crate::auth::Authenticator::Dev(dev) = &*self.state.auth else {
+        let crate::auth::Authenticator::Dev(dev) = &*self.auth else {
             return Err(Error::FailedPrecondition(
                 "dev tokens exist only with auth.mode = \"dev\"".into(),
             )
@@ -319,12 +376,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         })?;
         let team = Some(team).filter(|t| !t.is_empty());
         let token = dev
-            .mint(&self.state.config.auth, &subject, role, team.as_deref())
+            .mint(&self.auth_config, &subject, role, team.as_deref())
             .map_err(Error::from)?;
         tracing::info!(role = role.as_str(), "minted a development token");
         Ok(Response::new(pb::MintDevTokenResponse {
             access_token: token,
-            expires_at: Some(to_timestamp(self.state.now_ms() + 8 * 3600 * 1000)),
+            expires_at: Some(to_timestamp(self.now_ms() + 8 * 3600 * 1000)),
         }))
     }
 
@@ -337,7 +394,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             n if n <= 10_000 => i64::from(n),
             _ => return Err(Error::from(FieldError::new("limit", "at most 10000")).into()),
         };
-        let events = self.state.store.security_events(limit).await?;
+        let events = self.store.security_events(limit).await?;
         Ok(Response::new(pb::ListSecurityEventsResponse {
             events: events
                 .into_iter()
@@ -361,7 +418,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ExportAuditRecordsResponse>, Status> {
         let req = request.into_inner().query.unwrap_or_default();
         let query = crate::audit::AuditQuery::try_from(&req)?;
-        let page = self.state.audit.list(&query).await?;
+        let page = self.audit.list(&query).await?;
         if query.after_seq == 0 {
             self.audited("audit.export", "audit", "").await;
         }
@@ -375,7 +432,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let local_only = request.into_inner().local_only;
-        let report = self.state.witness.verify(local_only).await?;
+        let report = self.witness.verify(local_only).await?;
         tracing::info!(
             ok = report.ok(),
             records = report.records,
@@ -388,7 +445,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
-        let c = self.state.witness.create().await?;
+        let c = self.witness.create().await?;
         Ok(Response::new(pb::CreateCheckpointResponse {
             seq: c.seq.max(0) as u64,
             head_sha256: c.head_hash,
@@ -402,7 +459,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::SubjectAccessResponse>, Status> {
         let subject = request.into_inner().subject_ref;
         crate::domain::consent::subject_ref("subject_ref", &subject).map_err(Error::from)?;
-        let doc = self.state.subject_access.gather(&subject).await?;
+        let doc = self.subject_access.gather(&subject).await?;
         // The record names no client: only that an export was made.
         self.audited("subject.export", "subject", "").await;
         let json = serde_json::to_string_pretty(&doc).map_err(|e| Error::Internal(e.into()))?;
@@ -415,7 +472,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ListReceiptsResponse>, Status> {
         let id = request.into_inner().referral_id;
         crate::domain::id_check("referral_id", &id)?;
-        let receipts = self.state.store.receipts_for(&id).await?;
+        let receipts = self.store.receipts_for(&id).await?;
         self.audited("receipt.export", "referral", &id).await;
         Ok(Response::new(pb::ListReceiptsResponse {
             receipts: receipts
@@ -443,9 +500,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         if r.payload.len() > 64 * 1024 || r.signature.len() > 1024 || r.issued_by.len() > 200 {
             return Err(Error::from(FieldError::new("receipt", "too large")).into());
         }
-        Ok(Response::new(
-            self.state.protocol.verify_exported(&r).await?,
-        ))
+        Ok(Response::new(self.protocol.verify_exported(&r).await?))
     }
 
     async fn report_shared(
@@ -461,7 +516,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::ReportPurgesRequest>,
     ) -> Result<Response<pb::ReportPurgesResponse>, Status> {
-        let r = report::purges(&self.state).await?;
+        let r = report::purges(self.store.as_ref()).await?;
         self.audited("report.purges", "report", "").await;
         Ok(Response::new(r))
     }
@@ -472,17 +527,16 @@ impl AdminApi {
         &self,
         req: pb::ReportSharedRequest,
     ) -> Result<pb::ReportSharedResponse, Error> {
-        let r = report::shared(&self.state, req).await?;
+        let r = report::shared(self.store.as_ref(), req).await?;
         self.audited("report.shared", "report", "").await;
         Ok(r)
     }
 
     /// Records an administrator's action (standalone: it changes nothing else).
     async fn audited(&self, action: &str, object_type: &str, object_id: &str) {
-        self.state
-            .audit
+        self.audit
             .record(&[crate::audit::AuditEntry::admin(
-                self.state.now_ms(),
+                self.now_ms(),
                 action,
                 object_type,
                 object_id,

@@ -5,7 +5,7 @@
 
 use crate::domain::OrgId;
 use crate::error::Result;
-use crate::state::NodeState;
+use crate::store::Store;
 use crate::store::{ListScope, ReferralFilter, ReferralRecord};
 use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
@@ -24,7 +24,7 @@ fn code(full: &str, prefix: &str) -> String {
 /// Every outbound referral (to `peer`, if given) created in `[from, to)`,
 /// newest first.
 async fn sent(
-    state: &NodeState,
+    store: &dyn Store,
     peer: Option<&OrgId>,
     from_ms: Option<i64>,
     to_ms: Option<i64>,
@@ -37,8 +37,7 @@ async fn sent(
     let mut all = Vec::new();
     let mut cursor = None;
     loop {
-        let page = state
-            .store
+        let page = store
             .list_referrals(&ListScope::All, &filter, cursor.as_ref(), PAGE)
             .await?;
         let n = page.len() as i64;
@@ -91,7 +90,7 @@ fn add_all(m: &mut BTreeMap<String, u32>, codes: impl IntoIterator<Item = String
 }
 
 pub async fn shared(
-    state: &NodeState,
+    store: &dyn Store,
     req: pb::ReportSharedRequest,
 ) -> Result<pb::ReportSharedResponse> {
     let peer = if req.peer_org.is_empty() {
@@ -107,7 +106,7 @@ pub async fn shared(
         return Err(crate::error::FieldError::new("to", "must be after `from`").into());
     }
     let mut by_peer: BTreeMap<String, Tally> = BTreeMap::new();
-    for r in sent(state, peer.as_ref(), from_ms, to_ms).await? {
+    for r in sent(store, peer.as_ref(), from_ms, to_ms).await? {
         let t = by_peer.entry(r.peer_org.to_string()).or_default();
         t.referrals += 1;
         t.first_ms = Some(
@@ -174,9 +173,9 @@ pub async fn shared(
     })
 }
 
-pub async fn purges(state: &NodeState) -> Result<pb::ReportPurgesResponse> {
+pub async fn purges(store: &dyn Store) -> Result<pb::ReportPurgesResponse> {
     let mut entries = Vec::new();
-    for r in sent(state, None, None, None).await? {
+    for r in sent(store, None, None, None).await? {
         let status = match r.purge_status.as_str() {
             "pending" => pb::PurgeStatus::Pending,
             "done" => pb::PurgeStatus::Done,
@@ -184,8 +183,7 @@ pub async fn purges(state: &NodeState) -> Result<pb::ReportPurgesResponse> {
             _ => continue,
         };
         // When and why it was withdrawn: the audit record of the withdrawal.
-        let withdrawal = state
-            .store
+        let withdrawal = store
             .audit_for_objects(std::slice::from_ref(&r.referral_id))
             .await?
             .into_iter()

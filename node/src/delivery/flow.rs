@@ -44,7 +44,7 @@ impl Flow {
     /// withdrawal, which goes even while the peering is not active.
     pub(super) async fn ready(
         &mut self,
-        state: &NodeState,
+        delivery: &Delivery,
         n: &Notice,
         is_message: bool,
         exchange_allowed: bool,
@@ -60,7 +60,7 @@ impl Flow {
             // referral waits before them.
             let rid = super::referral(n).cloned();
             let behind = rid.as_ref().is_some_and(|r| self.held.contains(r));
-            if n.next_attempt_at_ms > state.now_ms() {
+            if n.next_attempt_at_ms > delivery.now_ms() {
                 self.held.extend(rid);
                 return Ok(false);
             }
@@ -68,14 +68,14 @@ impl Flow {
                 return Ok(true);
             }
             self.held.extend(rid);
-            let next = state.now_ms() + state.config.federation.retry_max_ms as i64;
-            state
+            let next = delivery.now_ms() + delivery.config.federation.retry_max_ms as i64;
+            delivery
                 .store
                 .notice_failed(n.id, next, "peering not active")
                 .await?;
             return Ok(false);
         }
-        if n.next_attempt_at_ms > state.now_ms() {
+        if n.next_attempt_at_ms > delivery.now_ms() {
             self.wait(is_message);
             return Ok(false);
         }
@@ -86,7 +86,7 @@ impl Flow {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn handle(
         &self,
-        state: &NodeState,
+        delivery: &Delivery,
         answers: &dyn Answers,
         org: &OrgId,
         peer: &crate::domain::Peer,
@@ -98,7 +98,7 @@ impl Flow {
         match result {
             Ok(resp) if is_message => {
                 let mut handled =
-                    accept_deliveries(state, answers, org, vec![(n.clone(), req.clone(), resp)])
+                    accept_deliveries(delivery, answers, org, vec![(n.clone(), req.clone(), resp)])
                         .await?;
                 Ok(handled.pop().unwrap_or(Handled {
                     wait: false,
@@ -106,13 +106,13 @@ impl Flow {
                 }))
             }
             Ok(resp) => {
-                let now = state.now_ms();
-                state.metrics.delivered(org.as_str(), "delivered");
+                let now = delivery.now_ms();
+                delivery.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
                     match answers.witnessed(org, cp, resp.witness.as_ref()).await {
-                        Ok(()) => state.store.notice_delivered(n.id, now).await?,
+                        Ok(()) => delivery.store.notice_delivered(n.id, now).await?,
                         Err(e) => {
-                            retry_later(state, n.id, n.attempts, "invalid witness").await?;
+                            retry_later(delivery, n.id, n.attempts, "invalid witness").await?;
                             tracing::warn!(peer = %org, error = %e, "witness refused; will retry");
                             return Ok(Handled {
                                 wait: true,
@@ -121,7 +121,7 @@ impl Flow {
                         }
                     }
                 } else {
-                    state.store.notice_delivered(n.id, now).await?;
+                    delivery.store.notice_delivered(n.id, now).await?;
                 }
                 Ok(Handled {
                     wait: false,
@@ -129,12 +129,12 @@ impl Flow {
                 })
             }
             Err(status) if is_message && refused_for_good(&status) => {
-                state.metrics.delivered(org.as_str(), "refused");
+                delivery.metrics.delivered(org.as_str(), "refused");
                 // The receiver checked the message and refused it: retrying
                 // cannot help. An offer fails with the receiver's reason.
-                state
+                delivery
                     .store
-                    .notice_dropped(n.id, state.now_ms(), status.code().description())
+                    .notice_dropped(n.id, delivery.now_ms(), status.code().description())
                     .await?;
                 answers
                     .refused(
@@ -164,10 +164,10 @@ impl Flow {
                             tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition
                         );
                 if checkpoint_refused {
-                    state.metrics.delivered(org.as_str(), "refused");
-                    state
+                    delivery.metrics.delivered(org.as_str(), "refused");
+                    delivery
                         .store
-                        .notice_dropped(n.id, state.now_ms(), status.code().description())
+                        .notice_dropped(n.id, delivery.now_ms(), status.code().description())
                         .await?;
                     tracing::info!(peer = %org, code = ?status.code(), "the peer refused a checkpoint; a later one will be sent");
                     return Ok(Handled {
@@ -175,19 +175,19 @@ impl Flow {
                         seen: true,
                     });
                 }
-                state.metrics.delivered(org.as_str(), "retry");
+                delivery.metrics.delivered(org.as_str(), "retry");
                 if final_refusal && !is_message {
                     // The peering is over on our side and they refuse us: stop trying.
-                    state
+                    delivery
                         .store
-                        .notice_dropped(n.id, state.now_ms(), status.code().description())
+                        .notice_dropped(n.id, delivery.now_ms(), status.code().description())
                         .await?;
                     return Ok(Handled {
                         wait: false,
                         seen: false,
                     });
                 }
-                retry_later(state, n.id, n.attempts, status.code().description()).await?;
+                retry_later(delivery, n.id, n.attempts, status.code().description()).await?;
                 tracing::debug!(peer = %org, code = ?status.code(), "notice refused; will retry");
                 Ok(Handled {
                     wait: true,
@@ -210,7 +210,7 @@ pub(super) struct Handled {
 /// together. An invalid receipt is not proof of delivery: its message is
 /// tried again later. One outcome per message, in order.
 pub(super) async fn accept_deliveries(
-    state: &NodeState,
+    delivery: &Delivery,
     answers: &dyn Answers,
     org: &OrgId,
     answered: Vec<(Notice, pb::NotifyRequest, pb::NotifyResponse)>,
@@ -218,23 +218,23 @@ pub(super) async fn accept_deliveries(
     if answered.is_empty() {
         return Ok(Vec::new());
     }
-    let keys = state.store.peer_keys(org, state.now_ms()).await?;
-    let now = state.now_ms();
+    let keys = delivery.store.peer_keys(org, delivery.now_ms()).await?;
+    let now = delivery.now_ms();
     let mut handled = Vec::with_capacity(answered.len());
     let mut items = Vec::with_capacity(answered.len());
     let mut attempts = Vec::with_capacity(answered.len());
     for (n, req, resp) in &answered {
-        state.metrics.delivered(org.as_str(), "delivered");
+        delivery.metrics.delivered(org.as_str(), "delivered");
         let waited = (now - n.created_at_ms).max(0) as f64 / 1000.0;
-        state.metrics.delivery_latency.observe(waited);
-        match state.protocol.acknowledgement(org, &keys, req, resp) {
+        delivery.metrics.delivery_latency.observe(waited);
+        match delivery.protocol.acknowledgement(org, &keys, req, resp) {
             Ok(Some(ack)) => {
                 items.push(answers.receipt(org, n.id, ack));
                 attempts.push((handled.len(), n.attempts));
             }
-            Ok(None) => state.store.notice_delivered(n.id, now).await?,
+            Ok(None) => delivery.store.notice_delivered(n.id, now).await?,
             Err(e) => {
-                retry_later(state, n.id, n.attempts, "invalid receipt").await?;
+                retry_later(delivery, n.id, n.attempts, "invalid receipt").await?;
                 tracing::warn!(peer = %org, error = %e, "receipt refused; will retry");
                 handled.push(Handled {
                     wait: true,
@@ -253,7 +253,7 @@ pub(super) async fn accept_deliveries(
         tracing::warn!(peer = %org, error = %e, "storing receipts together failed; storing them one by one");
         for (item, (at, tries)) in items.iter().zip(attempts) {
             if let Err(e) = answers.delivered(std::slice::from_ref(item)).await {
-                retry_later(state, item.notice_row, tries, "receipt not stored").await?;
+                retry_later(delivery, item.notice_row, tries, "receipt not stored").await?;
                 tracing::warn!(peer = %org, error = %e, "a receipt could not be stored; will retry");
                 if let Some(h) = handled.get_mut(at) {
                     h.wait = true;
@@ -266,13 +266,13 @@ pub(super) async fn accept_deliveries(
 
 /// Records a failed attempt; the notice is due again after a backoff.
 pub(super) async fn retry_later(
-    state: &NodeState,
+    delivery: &Delivery,
     notice_row: i64,
     attempts: i64,
     why: &str,
 ) -> anyhow::Result<()> {
-    let next = state.now_ms() + backoff_ms(state, attempts);
-    state.store.notice_failed(notice_row, next, why).await?;
+    let next = delivery.now_ms() + backoff_ms(delivery, attempts);
+    delivery.store.notice_failed(notice_row, next, why).await?;
     Ok(())
 }
 
@@ -288,9 +288,9 @@ pub(super) fn refused_for_good(status: &tonic::Status) -> bool {
 }
 
 /// Exponential backoff with full jitter, capped.
-pub(super) fn backoff_ms(state: &NodeState, attempts: i64) -> i64 {
-    let initial = state.config.federation.retry_initial_ms as i64;
-    let cap = state.config.federation.retry_max_ms as i64;
+pub(super) fn backoff_ms(delivery: &Delivery, attempts: i64) -> i64 {
+    let initial = delivery.config.federation.retry_initial_ms as i64;
+    let cap = delivery.config.federation.retry_max_ms as i64;
     let exp = initial
         .saturating_mul(1i64 << attempts.clamp(0, 30))
         .min(cap);

@@ -5,11 +5,18 @@
 //! after the peer acknowledged it; a crash in between means it is sent
 //! again, and the peer answers the repeat as before.
 
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::domain::{FailureReason, OrgId};
 use crate::error::Result;
+use crate::identity::{Identity, IdentityCell};
+use crate::metrics::Metrics;
+use crate::protocol::Protocol;
 use crate::protocol::messages::{Acknowledgement, sign_for_sending};
-use crate::state::NodeState;
+use crate::signals::OutboxSignal;
+use crate::store::Store;
 use crate::store::{AcceptedReceipt, Notice, NoticeKind, Route};
+use crate::transport::client::Channels;
 use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -26,6 +33,65 @@ use flow::*;
 const BATCH: i64 = 500;
 /// Longest the sender sleeps without looking for due notices.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The sender: what it needs to deliver notices to peers, and nothing above.
+#[derive(Clone)]
+pub struct Delivery {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Our key, presented on connections to peers.
+    identity: Arc<IdentityCell>,
+    /// This process, among replicas of one node (delivery leases name it).
+    instance_id: String,
+    metrics: Arc<Metrics>,
+    /// Wakes the sender.
+    outbox: Arc<OutboxSignal>,
+    /// Connections to peers, kept between rounds.
+    peer_channels: Arc<Channels>,
+    protocol: Protocol,
+}
+
+/// What the sender is built from.
+pub struct DeliveryParts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub identity: Arc<IdentityCell>,
+    pub instance_id: String,
+    pub metrics: Arc<Metrics>,
+    pub outbox: Arc<OutboxSignal>,
+    pub peer_channels: Arc<Channels>,
+    pub protocol: Protocol,
+}
+
+impl Delivery {
+    pub fn new(p: DeliveryParts) -> Self {
+        Self {
+            config: p.config,
+            store: p.store,
+            clock: p.clock,
+            identity: p.identity,
+            instance_id: p.instance_id,
+            metrics: p.metrics,
+            outbox: p.outbox,
+            peer_channels: p.peer_channels,
+            protocol: p.protocol,
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn identity(&self) -> anyhow::Result<std::sync::RwLockReadGuard<'_, Identity>> {
+        self.identity.read()
+    }
+
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.federation.call_timeout_ms)
+    }
+}
 
 type Running = Arc<Mutex<HashSet<OrgId>>>;
 
@@ -54,7 +120,7 @@ pub trait Answers: Send + Sync {
 }
 
 pub async fn run(
-    state: Arc<NodeState>,
+    delivery: Delivery,
     answers: Arc<dyn Answers>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -63,19 +129,19 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        if let Err(e) = deliver_due(&state, &answers, &running).await {
+        if let Err(e) = deliver_due(&delivery, &answers, &running).await {
             tracing::warn!(error = format!("{e:#}"), "notice delivery round failed");
         }
         loop {
             tokio::select! {
-                _ = state.outbox.woken() => {}
+                _ = delivery.outbox.woken() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => break,
                 _ = stop.changed() => break,
             }
             // Woken for notices queued for peers whose delivery task is
             // running: that task's next round takes them (a task that ends
             // wakes this loop, bare), so there is nothing to look for.
-            let queued: Vec<OrgId> = state.outbox.take_queued();
+            let queued: Vec<OrgId> = delivery.outbox.take_queued();
             let all_running = !queued.is_empty()
                 && running
                     .lock()
@@ -90,11 +156,15 @@ pub async fn run(
 
 /// Starts a delivery task for every peer with a due notice and none running.
 async fn deliver_due(
-    state: &Arc<NodeState>,
+    delivery: &Delivery,
     answers: &Arc<dyn Answers>,
     running: &Running,
 ) -> anyhow::Result<()> {
-    for org in state.store.peers_with_due_notices(state.now_ms()).await? {
+    for org in delivery
+        .store
+        .peers_with_due_notices(delivery.now_ms())
+        .await?
+    {
         let fresh = running
             .lock()
             .map(|mut r| r.insert(org.clone()))
@@ -102,16 +172,17 @@ async fn deliver_due(
         if !fresh {
             continue;
         }
-        let (state, answers, running) = (state.clone(), answers.clone(), running.clone());
+        let (delivery, answers, running) = (delivery.clone(), answers.clone(), running.clone());
         tokio::spawn(async move {
             // Replicas of one node on one database: one delivery task per
             // peer across all of them, so nothing is sent twice and the order
             // per peer holds. The lease is renewed as the task goes on; if
             // this process dies, it expires and another replica takes over.
             let lease = format!("outbox:{org}");
-            match take_lease(&state, &lease).await {
+            match take_lease(&delivery, &lease).await {
                 Ok(true) => {
-                    if let Err(e) = deliver_to_peer(&state, answers.as_ref(), &org, &lease).await {
+                    if let Err(e) = deliver_to_peer(&delivery, answers.as_ref(), &org, &lease).await
+                    {
                         tracing::warn!(peer = %org, error = format!("{e:#}"), "delivering to a peer failed");
                     }
                     // Kept, not released: this replica stays the peer's sender
@@ -124,7 +195,7 @@ async fn deliver_due(
             if let Ok(mut r) = running.lock() {
                 r.remove(&org);
             }
-            state.outbox.wake();
+            delivery.outbox.wake();
         });
     }
     Ok(())
@@ -132,18 +203,18 @@ async fn deliver_due(
 
 /// How long a lease lasts: two call timeouts (at least 5 s), so a live holder
 /// that renews before each call never loses it, and a dead one's passes on soon.
-fn lease_ttl(state: &NodeState) -> i64 {
-    (state.config.federation.call_timeout_ms as i64)
+fn lease_ttl(delivery: &Delivery) -> i64 {
+    (delivery.config.federation.call_timeout_ms as i64)
         .saturating_mul(2)
         .max(5_000)
 }
 
 /// Takes or renews this process's lease.
-async fn take_lease(state: &NodeState, name: &str) -> crate::error::Result<bool> {
-    let now = state.now_ms();
-    state
+async fn take_lease(delivery: &Delivery, name: &str) -> crate::error::Result<bool> {
+    let now = delivery.now_ms();
+    delivery
         .store
-        .acquire_lease(name, &state.instance_id, now, now + lease_ttl(state))
+        .acquire_lease(name, &delivery.instance_id, now, now + lease_ttl(delivery))
         .await
 }
 
@@ -156,12 +227,12 @@ struct HeldLease<'a> {
 }
 
 impl HeldLease<'_> {
-    async fn keep(&mut self, state: &NodeState) -> crate::error::Result<bool> {
-        let now = state.now_ms();
-        if now - self.renewed_at < lease_ttl(state) / 4 {
+    async fn keep(&mut self, delivery: &Delivery) -> crate::error::Result<bool> {
+        let now = delivery.now_ms();
+        if now - self.renewed_at < lease_ttl(delivery) / 4 {
             return Ok(true);
         }
-        let kept = take_lease(state, self.name).await?;
+        let kept = take_lease(delivery, self.name).await?;
         self.renewed_at = now;
         Ok(kept)
     }
@@ -178,34 +249,34 @@ pub(super) fn referral(n: &Notice) -> Option<&String> {
 }
 
 async fn deliver_to_peer(
-    state: &NodeState,
+    delivery: &Delivery,
     answers: &dyn Answers,
     org: &OrgId,
     lease: &str,
 ) -> anyhow::Result<()> {
-    let Some(peer) = state.store.peer_for_exchange(org).await? else {
-        state.peer_channels.forget(org.as_str());
-        for n in state.store.undelivered_notices_for(org, BATCH).await? {
-            state
+    let Some(peer) = delivery.store.peer_for_exchange(org).await? else {
+        delivery.peer_channels.forget(org.as_str());
+        for n in delivery.store.undelivered_notices_for(org, BATCH).await? {
+            delivery
                 .store
-                .notice_dropped(n.id, state.now_ms(), "peer no longer recorded")
+                .notice_dropped(n.id, delivery.now_ms(), "peer no longer recorded")
                 .await?;
         }
         return Ok(());
     };
     // Offers that waited too long fail as undeliverable, whether or not the
     // peer can be reached now. Withdrawals and status changes never expire.
-    let max_age_ms = (state.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
+    let max_age_ms = (delivery.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
     let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
-    for mut n in state.store.undelivered_notices_for(org, BATCH).await? {
-        let req = state.protocol.open_notice(&n.notice_id, &n.payload)?;
+    for mut n in delivery.store.undelivered_notices_for(org, BATCH).await? {
+        let req = delivery.protocol.open_notice(&n.notice_id, &n.payload)?;
         // Queued before routes were kept beside notices: read from the notice.
         n.route
             .get_or_insert_with(|| crate::protocol::messages::route_of(&req));
-        if kind(&n) == NoticeKind::Offer && state.now_ms() - n.created_at_ms > max_age_ms {
-            state
+        if kind(&n) == NoticeKind::Offer && delivery.now_ms() - n.created_at_ms > max_age_ms {
+            delivery
                 .store
-                .notice_dropped(n.id, state.now_ms(), "undeliverable")
+                .notice_dropped(n.id, delivery.now_ms(), "undeliverable")
                 .await?;
             answers
                 .refused(
@@ -218,11 +289,11 @@ async fn deliver_to_peer(
         }
         queue.push((n, req));
     }
-    let now = state.now_ms();
+    let now = delivery.now_ms();
     if !queue.iter().any(|(n, _)| n.next_attempt_at_ms <= now) {
         return Ok(());
     }
-    let pinned: Vec<String> = state
+    let pinned: Vec<String> = delivery
         .store
         .peer_keys(org, now)
         .await?
@@ -232,33 +303,33 @@ async fn deliver_to_peer(
     // Until a key rotation has reached this peer, it knows only our old key:
     // everything queued before and with the announcement is sent with it.
     let ours = {
-        let identity = state.identity()?;
+        let identity = delivery.identity()?;
         let wanted = queue.iter().find_map(|(n, _)| n.present_key.clone());
         let key = wanted
             .and_then(|fp| identity.key(&fp))
             .unwrap_or_else(|| identity.current());
         key.clone_key()?
     };
-    let mut client = match state
+    let mut client = match delivery
         .peer_channels
         .connect(
             org.as_str(),
             &peer.endpoint,
             Some(&ours),
             pinned,
-            state.call_timeout(),
+            delivery.call_timeout(),
         )
         .await
     {
         Ok(c) => {
-            state.metrics.reachable(org.as_str(), true);
+            delivery.metrics.reachable(org.as_str(), true);
             c
         }
         Err(e) => {
-            state.metrics.reachable(org.as_str(), false);
-            state.metrics.delivered(org.as_str(), "unreachable");
+            delivery.metrics.reachable(org.as_str(), false);
+            delivery.metrics.delivered(org.as_str(), "unreachable");
             for (n, _) in queue.iter().filter(|(n, _)| n.next_attempt_at_ms <= now) {
-                retry_later(state, n.id, n.attempts, "peer unreachable").await?;
+                retry_later(delivery, n.id, n.attempts, "peer unreachable").await?;
             }
             return Err(e);
         }
@@ -276,17 +347,17 @@ async fn deliver_to_peer(
     // Just taken (by the caller).
     let mut held = HeldLease {
         name: lease,
-        renewed_at: state.now_ms(),
+        renewed_at: delivery.now_ms(),
     };
     while let Some((n, req)) = queue.next() {
         // Still ours? (A replica that stalled past its lease stops here.)
-        if !held.keep(state).await? {
+        if !held.keep(delivery).await? {
             anyhow::bail!("the delivery lease passed to another replica");
         }
         let is_message = kind(&n).is_message();
         let passes = is_message && !exchange_allowed && kind(&n) == NoticeKind::Withdrawal;
         if !flow
-            .ready(state, &n, is_message, exchange_allowed, passes)
+            .ready(delivery, &n, is_message, exchange_allowed, passes)
             .await?
         {
             continue;
@@ -295,7 +366,7 @@ async fn deliver_to_peer(
             flow.apply_all(finish(storing.take()).await?);
             let result = client.notify(req.clone()).await.map(|r| r.into_inner());
             let handled = flow
-                .handle(state, answers, org, &peer, &n, &req, false, result)
+                .handle(delivery, answers, org, &peer, &n, &req, false, result)
                 .await?;
             flow.apply(handled, false);
             continue;
@@ -315,7 +386,7 @@ async fn deliver_to_peer(
             let rid = referral(next).cloned();
             let next_bytes = notice_bytes(next_req);
             if !next_is_message
-                || next.next_attempt_at_ms > state.now_ms()
+                || next.next_attempt_at_ms > delivery.now_ms()
                 // Outside an active peering only withdrawals go.
                 || (!exchange_allowed && kind(next) != NoticeKind::Withdrawal)
                 || rid.as_ref().is_some_and(|r| flow.held.contains(r))
@@ -342,7 +413,13 @@ async fn deliver_to_peer(
             flow.apply_all(finish(storing.take()).await?);
         }
         let (results, stored) = tokio::join!(
-            call_all(&state.peer_channels, org.as_str(), &client, &ours, &batch),
+            call_all(
+                &delivery.peer_channels,
+                org.as_str(),
+                &client,
+                &ours,
+                &batch
+            ),
             finish(storing.take())
         );
         flow.apply_all(stored?);
@@ -360,7 +437,7 @@ async fn deliver_to_peer(
         }
         let handled = futures_util::future::join_all(failed.iter().map(|(n, req, status)| {
             flow.handle(
-                state,
+                delivery,
                 answers,
                 org,
                 &peer,
@@ -381,18 +458,18 @@ async fn deliver_to_peer(
                 .collect();
             storing = Some((
                 ids,
-                Box::pin(accept_deliveries(state, answers, org, answered)),
+                Box::pin(accept_deliveries(delivery, answers, org, answered)),
             ));
         }
     }
     flow.apply_all(finish(storing.take()).await?);
     // "Last seen" to the second: not a write per round.
-    let now = state.now_ms();
+    let now = delivery.now_ms();
     if flow.seen && now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
-        state.store.touch_peer(org, now).await?;
+        delivery.store.touch_peer(org, now).await?;
     } else if !flow.seen && (flow.messages_wait || flow.notices_wait) {
         // Nothing got through: the next round connects afresh.
-        state.peer_channels.forget(org.as_str());
+        delivery.peer_channels.forget(org.as_str());
     }
     Ok(())
 }

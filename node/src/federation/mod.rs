@@ -2,13 +2,23 @@
 //! It authenticates the caller by the key it presented, then hands plain
 //! domain values to `peering`. Every refusal is recorded.
 
+use crate::clock::Clock;
 use crate::domain::Peer;
 use crate::error::Error;
+use crate::identity::IdentityCell;
 use crate::identity::{fingerprint_spki, spki_from_cert};
+use crate::limits::Limits;
 use crate::limits::Permit;
+use crate::metrics::Metrics;
 use crate::peering;
-use crate::state::NodeState;
+use crate::peering::Peering;
+use crate::protocol::Protocol;
+use crate::referrals::Referrals;
+use crate::security::Refusals;
 use crate::store::SecurityEvent;
+use crate::store::Store;
+use crate::transport::client::Channels;
+use crate::witness::Witness;
 use exitnet_proto::pb;
 use std::sync::Arc;
 use tonic::server::NamedService;
@@ -18,17 +28,71 @@ use tracing::Instrument;
 
 use crate::transport::{MAX_BATCH, MAX_MESSAGE_BYTES};
 
+/// The federation adapter and what it hands peers' calls to.
+#[derive(Clone)]
 pub struct FederationApi {
-    state: Arc<NodeState>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Signs the receipts of a batch together.
+    identity: Arc<IdentityCell>,
+    limits: Arc<Limits>,
+    max_message_bytes: usize,
+    metrics: Arc<Metrics>,
+    /// Connections from peers (a caller refused for good has its closed).
+    peer_channels: Arc<Channels>,
+    protocol: Protocol,
+    referrals: Referrals,
+    peering: Peering,
+    witness: Witness,
+    refusals: Refusals,
+}
+
+/// What the federation adapter is built from.
+pub struct FederationParts {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub identity: Arc<IdentityCell>,
+    pub limits: Arc<Limits>,
+    pub max_message_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub peer_channels: Arc<Channels>,
+    pub protocol: Protocol,
+    pub referrals: Referrals,
+    pub peering: Peering,
+    pub witness: Witness,
+    pub refusals: Refusals,
 }
 
 impl FederationApi {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+    pub fn new(p: FederationParts) -> Self {
+        Self {
+            store: p.store,
+            clock: p.clock,
+            identity: p.identity,
+            limits: p.limits,
+            max_message_bytes: p.max_message_bytes,
+            metrics: p.metrics,
+            peer_channels: p.peer_channels,
+            protocol: p.protocol,
+            referrals: p.referrals,
+            peering: p.peering,
+            witness: p.witness,
+            refusals: p.refusals,
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Refuses connections from addresses over their rate before the
+    /// handshake: see `stranger_gate`.
+    pub fn stranger_gate(&self) -> crate::tls::ConnectionGate {
+        stranger_gate(self.limits.clone(), self.metrics.clone())
     }
 
     pub fn into_service(self) -> pb::federation_service_server::FederationServiceServer<Self> {
-        let max = self.state.config.limits.max_message_bytes;
+        let max = self.max_message_bytes;
         pb::federation_service_server::FederationServiceServer::new(self)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max.max(MAX_MESSAGE_BYTES))
@@ -82,10 +146,9 @@ impl FederationApi {
         reason: &str,
         err: Error,
     ) -> Status {
-        self.state
-            .refusals
+        self.refusals
             .record(SecurityEvent {
-                at_ms: self.state.now_ms(),
+                at_ms: self.now_ms(),
                 surface: "federation".into(),
                 reason: reason.into(),
                 key_fingerprint: info.fingerprint.clone(),
@@ -107,13 +170,13 @@ impl FederationApi {
     /// A place for a call of `peer` carrying `notices` notices: each counts
     /// against the peer's rate, the call holds one place in flight.
     fn admit(&self, peer: &Peer, notices: usize) -> Result<Permit, Status> {
-        let limits = &self.state.limits.peers;
+        let limits = &self.limits.peers;
         let org = peer.org_id.as_str();
         limits
             .rate_n(org, notices)
             .and_then(|()| limits.enter(org))
             .map_err(|e| {
-                self.state.metrics.received(org, "any", "rate_limited");
+                self.metrics.received(org, "any", "rate_limited");
                 Status::from(e)
             })
     }
@@ -152,15 +215,15 @@ impl FederationApi {
             Some(a) => crate::limits::Limits::stranger_bucket(a.ip()),
             None => "stranger:".into(),
         };
-        self.state.limits.addresses.rate(&bucket).map_err(|e| {
-            self.state.metrics.received("-", "any", "rate_limited");
+        self.limits.addresses.rate(&bucket).map_err(|e| {
+            self.metrics.received("-", "any", "rate_limited");
             let connection = match (&info.fingerprint, remote) {
                 (Some(fp), _) => Some(fp.clone()),
                 (None, Some(a)) => Some(crate::transport::closer::unauthenticated(a)),
                 (None, None) => None,
             };
             if let Some(c) = connection {
-                self.state.peer_channels.connections.close(&[c]);
+                self.peer_channels.connections.close(&[c]);
             }
             Status::from(e)
         })
@@ -200,25 +263,24 @@ impl FederationApi {
                 )
                 .await);
         };
-        let now = self.state.now_ms();
+        let now = self.now_ms();
         // A key refused within the last second takes from its address's
         // bucket before any lookup: past the rate, a flood costs nothing.
-        let limited_already = self.state.limits.unknown_keys.recently_unknown(fp, now);
+        let limited_already = self.limits.unknown_keys.recently_unknown(fp, now);
         if limited_already {
             self.stranger_limit(info)?;
         }
-        let peer = match self.state.store.find_peer_by_key(fp, now).await {
+        let peer = match self.store.find_peer_by_key(fp, now).await {
             Ok(p) => p,
             Err(e) => return Err(e.into()),
         };
         let Some(peer) = peer else {
-            self.state.limits.unknown_keys.note(fp, now);
+            self.limits.unknown_keys.note(fp, now);
             // A known organisation presenting a key we never pinned (or one
             // whose overlap has ended) is worth telling apart in the record.
             let known = match info.cert.as_deref().and_then(claimed_org) {
                 Some(org) => match crate::domain::OrgId::parse("org", &org) {
                     Ok(id) => self
-                        .state
                         .store
                         .get_peer(&id)
                         .await
@@ -260,10 +322,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let info = caller_info(&request, "Join");
         // Joins come from not yet known parties: bounded per address.
         let address = info.remote.map(|a| a.ip().to_string()).unwrap_or_default();
-        self.state
-            .limits
-            .addresses
-            .rate(&format!("join:{address}"))?;
+        self.limits.addresses.rate(&format!("join:{address}"))?;
         let Some(spki) = info.spki.clone() else {
             return Err(self
                 .refuse(
@@ -277,7 +336,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let req = request.into_inner();
         let claimed = req.profile.as_ref().map(|p| p.org_id.clone());
         let joined = match crate::domain::JoinRequest::from_pb(req) {
-            Ok(req) => peering::accept_join(&self.state, &spki, req).await,
+            Ok(req) => self.peering.accept_join(&spki, req).await,
             Err(e) => Err(e.into()),
         };
         match joined {
@@ -313,7 +372,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         // between the commit and its accounting.
         let task = tokio::spawn(
             apply_notice(
-                self.state.clone(),
+                self.clone(),
                 peer.clone(),
                 fp,
                 spki,
@@ -343,14 +402,14 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let spki = info.spki.clone().unwrap_or_default();
         // Each notice is applied on a task of its own, as with Notify; they
         // run together, so the receiver stores their referrals together.
-        let members = crate::batch_sign::Member::round(self.state.identity.clone(), notices.len());
+        let members = crate::batch_sign::Member::round(self.identity.clone(), notices.len());
         let tasks: Vec<_> = notices
             .into_iter()
             .zip(members)
             .map(|(req, member)| {
                 tokio::spawn(
                     apply_notice(
-                        self.state.clone(),
+                        self.clone(),
                         peer.clone(),
                         fp.clone(),
                         spki.clone(),
@@ -380,7 +439,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
             });
         }
         if answered {
-            seen(&self.state, &peer).await;
+            seen(&self, &peer).await;
         }
         Ok(Response::new(pb::NotifyBatchResponse { outcomes }))
     }
@@ -392,7 +451,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let info = caller_info(&request, "ListWithdrawn");
         let (peer, _permit) = self.authenticate(&info).await?;
         let ids = crate::referrals::reconcile::checked_ids(request.into_inner().referral_ids)?;
-        let referral_ids = self.state.store.withdrawn_among(&peer.org_id, &ids).await?;
+        let referral_ids = self.store.withdrawn_among(&peer.org_id, &ids).await?;
         Ok(Response::new(pb::ListWithdrawnResponse { referral_ids }))
     }
 
@@ -419,7 +478,6 @@ impl pb::federation_service_server::FederationService for FederationApi {
             )))
         })?;
         let checkpoints = self
-            .state
             .store
             .witnessed_checkpoints(&peer.org_id, after, limit)
             .await
@@ -440,8 +498,7 @@ impl pb::federation_service_server::FederationService for FederationApi {
 /// handshake until it refills (an approved peer connecting from the same
 /// address meanwhile waits with the strangers; its kept connections are
 /// not touched).
-pub fn stranger_gate(state: &NodeState) -> crate::tls::ConnectionGate {
-    let (limits, metrics) = (state.limits.clone(), state.metrics.clone());
+fn stranger_gate(limits: Arc<Limits>, metrics: Arc<Metrics>) -> crate::tls::ConnectionGate {
     Arc::new(move |ip| {
         let admitted = limits.admit_connection(ip);
         if !admitted {
@@ -474,7 +531,7 @@ fn batch_check(notices: &[pb::NotifyRequest]) -> Result<(), Error> {
 /// `batch`: its place in a `NotifyBatch` (its receipt is signed with the
 /// others; the peer's last seen is updated once, for the whole batch).
 async fn apply_notice(
-    state: Arc<NodeState>,
+    api: FederationApi,
     peer: Peer,
     fp: String,
     spki: Vec<u8>,
@@ -490,12 +547,12 @@ async fn apply_notice(
     };
     let outcome = match &req.notice {
         Some(pb::notify_request::Notice::Message(signed)) => {
-            let incoming = state
+            let incoming = api
                 .protocol
                 .open_incoming(&peer.org_id, &req.notice_id, &spki, signed, batch)
                 .await;
             match incoming {
-                Ok(incoming) => state
+                Ok(incoming) => api
                     .referrals
                     .receive(&peer, incoming)
                     .await
@@ -507,7 +564,7 @@ async fn apply_notice(
                 Err(e) => Err(e),
             }
         }
-        Some(pb::notify_request::Notice::Checkpoint(signed)) => state
+        Some(pb::notify_request::Notice::Checkpoint(signed)) => api
             .witness
             .witness(&peer.org_id, signed)
             .await
@@ -516,7 +573,9 @@ async fn apply_notice(
                 witness: Some(w),
             }),
         Some(notice) => match crate::domain::PeeringNotice::from_pb(notice.clone()) {
-            Ok(notice) => peering::receive_notice(&state, &peer, &fp, &req.notice_id, notice)
+            Ok(notice) => api
+                .peering
+                .receive_notice(&peer, &fp, &req.notice_id, notice)
                 .await
                 .map(|()| pb::NotifyResponse::default()),
             Err(e) => Err(e.into()),
@@ -524,28 +583,26 @@ async fn apply_notice(
         None => Err(crate::error::FieldError::new("notice", "required").into()),
     };
     if outcome.is_err() {
-        state
-            .metrics
+        api.metrics
             .received(peer.org_id.as_str(), notice_kind(&req_kind), "refused");
     } else {
         if req_kind != Kind::Message {
-            state
-                .metrics
+            api.metrics
                 .received(peer.org_id.as_str(), notice_kind(&req_kind), "new");
         }
         // A batch updates it once, when all its notices are done.
         if !in_batch {
-            seen(&state, &peer).await;
+            seen(&api, &peer).await;
         }
     }
     outcome
 }
 
 /// "Last seen" to the second: not a write per message.
-async fn seen(state: &NodeState, peer: &Peer) {
-    let now = state.now_ms();
+async fn seen(api: &FederationApi, peer: &Peer) {
+    let now = api.now_ms();
     if now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
-        let _ = state.store.touch_peer(&peer.org_id, now).await;
+        let _ = api.store.touch_peer(&peer.org_id, now).await;
     }
 }
 

@@ -4,9 +4,9 @@
 //! that travel with it, stores it once and signs a receipt (`receive`);
 //! every state change travels back the same way (`lifecycle`, `receipts`).
 //! Withdrawal reaches every recipient, which purges and signs a purge
-//! receipt (`content`, `schedule`). Who sees what is `view`. No tonic here;
-//! the protobuf messages the service still builds and reads are to move to
-//! `protocol` and the adapters (issue 18).
+//! receipt (`content`, `schedule`). Who sees what is `view`. Neither gRPC
+//! nor protobuf here: messages are domain values, signed and opened by the
+//! `Protocol` this service holds.
 
 pub mod content;
 mod lifecycle;

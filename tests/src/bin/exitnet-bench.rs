@@ -91,7 +91,7 @@ async fn stop(n: Node) -> Option<exitnet_tests::TestDatabase> {
     n._db
 }
 
-fn token(state: &exitnet_node::state::NodeState) -> String {
+fn token(state: &exitnet_node::app::Node) -> String {
     match &*state.auth {
         Authenticator::Dev(d) => d
             .mint(&state.config.auth, "alice", Role::CaseManager, None)

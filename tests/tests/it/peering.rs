@@ -620,15 +620,19 @@ async fn key_rotation_on_postgres() {
 #[tokio::test]
 async fn an_invitation_expires_by_the_nodes_clocks() {
     use exitnet_node::error::Error;
-    use exitnet_node::peering;
     let inviter = exitnet_tests::inproc::spawn_app("inviter-a").await.unwrap();
     let joiner = exitnet_tests::inproc::spawn_app("joiner-b").await.unwrap();
-    let invite = |secs| peering::create_invitation(&inviter.state, secs, None, "b".into());
+    let invite = |secs| {
+        inviter
+            .services
+            .peering
+            .create_invitation(secs, None, "b".into())
+    };
 
     // The inviter's clock moves past the invitation's hour.
     let code = invite(3600).await.unwrap().code;
     inviter.clock.advance_ms(3600 * 1000);
-    match peering::join(&joiner.state, &code).await {
+    match joiner.services.peering.join(&code).await {
         Err(Error::FailedPrecondition(m)) => assert!(
             m.contains("the inviter refused") && m.contains("expired"),
             "{m}"
@@ -649,7 +653,7 @@ async fn an_invitation_expires_by_the_nodes_clocks() {
     // The joiner's own clock past it: refused before the inviter is called.
     let code = invite(60).await.unwrap().code;
     joiner.clock.advance_ms(3600 * 1000 + 61 * 1000);
-    match peering::join(&joiner.state, &code).await {
+    match joiner.services.peering.join(&code).await {
         Err(Error::FailedPrecondition(m)) => {
             assert_eq!(m, "the invitation has expired");
         }
@@ -659,7 +663,7 @@ async fn an_invitation_expires_by_the_nodes_clocks() {
     // Within its lifetime by both clocks, the same kind of invitation works,
     // and the inviter's audit trail records the join at its own (moved) time.
     let inv = invite(7200).await.unwrap();
-    let peer = peering::join(&joiner.state, &inv.code).await.unwrap();
+    let peer = joiner.services.peering.join(&inv.code).await.unwrap();
     assert_eq!(peer.org_id, inviter.state.org_id);
     let records = inviter
         .state

@@ -9,12 +9,15 @@ use crate::config::Config;
 use crate::domain::{OrgId, OrgProfile};
 use crate::federation::FederationApi;
 use crate::identity::{Identity, create_private_dir};
-use crate::peering;
-use crate::state::NodeState;
+mod node;
+mod services;
+
 use crate::telemetry::CallLog;
 use crate::tls;
 use anyhow::{Context, bail};
 use exitnet_proto::pb;
+pub use node::Node;
+pub use services::Services;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,20 +44,8 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 /// A connection whose ping is not answered in this time is closed.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The services a running node is made of, as the composition root built
-/// them; the adapters and tasks each get the ones they use.
-#[derive(Clone)]
-pub struct Services {
-    pub sign_in: crate::api::SignIn,
-    pub directory: crate::directory::Directory,
-    pub consents: crate::consents::Consents,
-    pub audit: crate::audit::Audit,
-    pub referrals: crate::referrals::Referrals,
-    pub witness: crate::witness::Witness,
-}
-
 pub struct Application {
-    state: Arc<NodeState>,
+    node: Arc<Node>,
     services: Services,
     api_listener: TcpListener,
     federation_listener: TcpListener,
@@ -70,9 +61,9 @@ pub struct Application {
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
-            .field("org_id", &self.state.org_id)
+            .field("org_id", &self.node.org_id)
             .field("api", &self.api_addr)
-            .field("federation", &self.state.federation_bound)
+            .field("federation", &self.node.federation_bound)
             .finish()
     }
 }
@@ -220,126 +211,28 @@ impl Application {
             &instance_id,
             store_is_shared,
         ));
-        // The composition root: every service is built here, from exactly
-        // what it needs, and handed to the adapters and tasks that use it.
-        let config = Arc::new(config);
-        let identity = Arc::new(crate::identity::IdentityCell::new(identity));
-        let master_key = Arc::new(master_key);
-        let outbox = Arc::new(crate::signals::OutboxSignal::default());
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
-        let protocol = crate::protocol::Protocol::new(
-            org_id.clone(),
-            identity.clone(),
-            master_key.clone(),
-            store.clone(),
-            clock.clone(),
-            Duration::from_millis(config.federation.call_timeout_ms),
-        );
-        let refusals = crate::security::Refusals::new(limits.clone(), store.clone());
-        let quotas = crate::security::Quotas::new(
-            &config.limits,
-            limits.clone(),
-            store.clone(),
-            refusals.clone(),
-            metrics.clone(),
-            clock.clone(),
-        );
-        let referrals = crate::referrals::Referrals::new(crate::referrals::ReferralParts {
-            org_id: org_id.clone(),
-            config: config.clone(),
-            store: store.clone(),
-            intake: intake.clone(),
-            clock: clock.clone(),
-            master_key: master_key.clone(),
-            pseudonyms: crate::referrals::Pseudonyms::new(&pseudonym_key),
-            audit: audit.clone(),
-            protocol: protocol.clone(),
-            changes: changes.clone(),
-            outbox: outbox.clone(),
-            metrics: metrics.clone(),
-            quotas: quotas.clone(),
-        });
-        let witness = crate::witness::Witness::new(crate::witness::WitnessParts {
-            org_id: org_id.clone(),
-            config: config.clone(),
-            store: store.clone(),
-            identity: identity.clone(),
-            clock: clock.clone(),
-            outbox: outbox.clone(),
-            audit: audit.clone(),
-            protocol: protocol.clone(),
-            quotas: quotas.clone(),
-            refusals: refusals.clone(),
-        });
-        let master_keys = crate::keys::MasterKeys::new(
-            org_id.clone(),
-            &config.keys,
-            store.clone(),
-            master_key.clone(),
-            audit.clone(),
-            clock.clone(),
-            key_clock,
-        );
-        let subject_access = crate::subject_access::SubjectAccess::new(
-            org_id.clone(),
-            store.clone(),
-            clock.clone(),
-            referrals.clone(),
-        );
-        let state = Arc::new(NodeState {
-            config,
+        let node = Arc::new(Node {
+            config: Arc::new(config),
             store,
-            identity,
+            identity: Arc::new(crate::identity::IdentityCell::new(identity)),
             current_key,
             org_id,
             profile: Arc::new(RwLock::new(profile)),
             federation_bound,
             auth: Arc::new(auth),
-            master_key,
+            master_key: Arc::new(master_key),
             changes,
-            outbox,
-            metrics,
+            outbox: Arc::new(crate::signals::OutboxSignal::default()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             limits,
             instance_id,
             intake,
-            peer_channels: crate::transport::client::Channels::default(),
+            peer_channels: Arc::new(crate::transport::client::Channels::default()),
             clock,
-            audit,
-            protocol,
-            referrals,
-            refusals,
-            quotas,
-            witness,
-            master_keys,
-            subject_access,
         });
-        let services = Services {
-            sign_in: crate::api::SignIn::new(
-                state.auth.clone(),
-                state.config.auth.clone(),
-                state.limits.clone(),
-                state.metrics.clone(),
-                state.refusals.clone(),
-                state.clock.clone(),
-            ),
-            directory: crate::directory::Directory::new(
-                state.profile.clone(),
-                state.identity.clone(),
-                state.store.clone(),
-            ),
-            consents: crate::consents::Consents::new(
-                state.store.clone(),
-                state.clock.clone(),
-                state.audit.clone(),
-                state.referrals.clone(),
-            ),
-            audit: state.audit.clone(),
-            referrals: state.referrals.clone(),
-            witness: state.witness.clone(),
-        };
+        let services = services::build(&node, &pseudonym_key, key_clock);
         Ok(Self {
-            state,
+            node,
             services,
             api_listener,
             federation_listener,
@@ -356,15 +249,15 @@ impl Application {
     }
 
     pub fn federation_addr(&self) -> SocketAddr {
-        self.state.federation_bound
+        self.node.federation_bound
     }
 
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
     }
 
-    pub fn state(&self) -> Arc<NodeState> {
-        self.state.clone()
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
     }
 
     /// The node's services, for a caller in the same process (the demo,
@@ -377,7 +270,7 @@ impl Application {
     /// in-flight calls finish (up to a deadline) and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Self {
-            state,
+            node,
             services,
             api_listener,
             federation_listener,
@@ -390,7 +283,7 @@ impl Application {
         // History written before its content was sealed is split, once,
         // before anything is served: no call sees (or writes next to) a
         // history half rewritten.
-        state.referrals.upgrade().await?;
+        services.referrals.upgrade().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -409,7 +302,7 @@ impl Application {
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let limits = &state.config.limits;
+        let limits = &node.config.limits;
         let max_message = limits.max_message_bytes;
         let streams = Some(limits.max_concurrent_streams);
         let max_age = Duration::from_secs(limits.max_connection_age_secs.max(1));
@@ -418,7 +311,7 @@ impl Application {
             directory,
             consents,
             ..
-        } = services;
+        } = services.clone();
         let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(
             sign_in.clone(),
             directory.clone(),
@@ -431,8 +324,8 @@ impl Application {
         let referral_svc = pb::referral_service_server::ReferralServiceServer::new(
             crate::api::referral::ReferralApi::new(
                 sign_in.clone(),
-                state.referrals.clone(),
-                state.changes.clone(),
+                services.referrals.clone(),
+                node.changes.clone(),
             ),
         )
         .max_decoding_message_size(max_message);
@@ -447,7 +340,7 @@ impl Application {
             .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
             .await;
         let audit_svc = pb::audit_service_server::AuditServiceServer::new(
-            crate::api::audit::AuditApi::new(sign_in, state.audit.clone()),
+            crate::api::audit::AuditApi::new(sign_in, services.audit.clone()),
         )
         .max_decoding_message_size(max_message);
         health
@@ -472,7 +365,7 @@ impl Application {
             .max_concurrent_streams(streams)
             .max_connection_age(max_age)
             .timeout(Duration::from_secs(60))
-            .layer(CallLog::new("client", state.metrics.clone()))
+            .layer(CallLog::new("client", node.metrics.clone()))
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -481,13 +374,13 @@ impl Application {
             .add_service(consent_svc)
             .add_service(referral_svc)
             .add_service(audit_svc);
-        let api_task = match &state.config.api.tls {
+        let api_task = match &node.config.api.tls {
             Some(tls_cfg) => {
                 let cfg = tls::api_server_config(tls_cfg)?;
                 let incoming = tls::tls_incoming(
                     api_listener,
                     cfg,
-                    Duration::from_millis(state.config.federation.handshake_timeout_ms),
+                    Duration::from_millis(node.config.federation.handshake_timeout_ms),
                     None,
                 );
                 tokio::spawn(
@@ -502,14 +395,28 @@ impl Application {
             }
         };
 
+        let federation = FederationApi::new(crate::federation::FederationParts {
+            store: node.store.clone(),
+            clock: node.clock.clone(),
+            identity: node.identity.clone(),
+            limits: node.limits.clone(),
+            max_message_bytes: node.config.limits.max_message_bytes,
+            metrics: node.metrics.clone(),
+            peer_channels: node.peer_channels.clone(),
+            protocol: services.protocol.clone(),
+            referrals: services.referrals.clone(),
+            peering: services.peering.clone(),
+            witness: services.witness.clone(),
+            refusals: services.refusals.clone(),
+        });
         let federation_incoming = crate::transport::closer::closable_incoming(
             tls::tls_incoming(
                 federation_listener,
-                tls::federation_server_config(state.current_key.clone())?,
-                Duration::from_millis(state.config.federation.handshake_timeout_ms),
-                Some(crate::federation::stranger_gate(&state)),
+                tls::federation_server_config(node.current_key.clone())?,
+                Duration::from_millis(node.config.federation.handshake_timeout_ms),
+                Some(federation.stranger_gate()),
             ),
-            state.peer_channels.connections.clone(),
+            node.peer_channels.connections.clone(),
         );
         let federation_task = tokio::spawn(
             Server::builder()
@@ -518,9 +425,9 @@ impl Application {
                 .max_concurrent_streams(streams)
                 .max_connection_age(max_age)
                 .timeout(Duration::from_secs(60))
-                .layer(CallLog::new("federation", state.metrics.clone()))
+                .layer(CallLog::new("federation", node.metrics.clone()))
                 .add_service(health_service.clone())
-                .add_service(FederationApi::new(state.clone()).into_service())
+                .add_service(federation.into_service())
                 .serve_with_incoming_shutdown(federation_incoming, stopped(stop_rx.clone())),
         );
 
@@ -528,9 +435,9 @@ impl Application {
             Some(l) => {
                 let addr = l.local_addr()?;
                 tokio::spawn(crate::metrics::serve(
-                    state.metrics.clone(),
-                    state.store.clone(),
-                    state.config.audit.checkpoint_interval_secs,
+                    node.metrics.clone(),
+                    node.store.clone(),
+                    node.config.audit.checkpoint_interval_secs,
                     l,
                     stop_rx.clone(),
                 ));
@@ -556,69 +463,85 @@ impl Application {
         let admin_incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
         let admin_task = tokio::spawn(
             Server::builder()
-                .layer(CallLog::new("admin", state.metrics.clone()))
+                .layer(CallLog::new("admin", node.metrics.clone()))
                 .add_service(health_service)
-                .add_service(AdminApi::new(state.clone()).into_service())
+                .add_service(
+                    AdminApi::new(crate::admin::AdminParts {
+                        store: node.store.clone(),
+                        clock: node.clock.clone(),
+                        identity: node.identity.clone(),
+                        directory: services.directory.clone(),
+                        advertised: node.advertised_endpoint(),
+                        auth: node.auth.clone(),
+                        auth_config: node.config.auth.clone(),
+                        audit: services.audit.clone(),
+                        peering: services.peering.clone(),
+                        protocol: services.protocol.clone(),
+                        witness: services.witness.clone(),
+                        subject_access: services.subject_access.clone(),
+                        master_keys: services.master_keys.clone(),
+                    })
+                    .into_service(),
+                )
                 .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
         );
 
-        state
-            .changes
-            .follow_other_replicas(state.store.as_ref())
+        node.changes
+            .follow_other_replicas(node.store.as_ref())
             .await?;
         let outbox_task = tokio::spawn(crate::delivery::run(
-            state.clone(),
+            services.delivery.clone(),
             Arc::new(crate::answers::NodeAnswers {
-                referrals: state.referrals.clone(),
-                witness: state.witness.clone(),
+                referrals: services.referrals.clone(),
+                witness: services.witness.clone(),
             }),
             stop_rx.clone(),
         ));
         // Purges a restore from backup would have undone, applied again.
         tokio::spawn(crate::referrals::reconcile::run_at_start(
-            state.referrals.clone(),
+            services.referrals.clone(),
             stop_rx.clone(),
         ));
         let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
-            state.referrals.clone(),
-            Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
+            services.referrals.clone(),
+            Duration::from_secs(node.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
         // Master key generations: rotation, rewrapping, destruction.
-        tokio::spawn(state.master_keys.clone().run(
-            Duration::from_secs(state.config.federation.scheduler_interval_secs.max(1)),
+        tokio::spawn(services.master_keys.clone().run(
+            Duration::from_secs(node.config.federation.scheduler_interval_secs.max(1)),
             stop_rx.clone(),
         ));
-        let refusals_task = tokio::spawn(state.refusals.clone().run_flush(stop_rx.clone()));
+        let refusals_task = tokio::spawn(services.refusals.clone().run_flush(stop_rx.clone()));
         let checkpoint_task = tokio::spawn(crate::witness::checkpoint::run(
-            state.witness.clone(),
+            services.witness.clone(),
             stop_rx.clone(),
         ));
         // Our receipts and checkpoints must stay verifiable after a rotation.
-        state.protocol.remember_own_key().await?;
-        peering::announce_rotation_if_missing(&state).await?;
-        if let Err(e) = peering::announce_profile_if_changed(&state).await {
+        services.protocol.remember_own_key().await?;
+        services.peering.announce_rotation_if_missing().await?;
+        if let Err(e) = services.peering.announce_profile_if_changed().await {
             tracing::warn!(error = %e, "could not queue the profile for peers");
         }
 
-        let listening = state.config.data_dir.join("listening.json");
+        let listening = node.config.data_dir.join("listening.json");
         let info = serde_json::json!({
-            "org_id": state.org_id.as_str(),
+            "org_id": node.org_id.as_str(),
             "api": api_addr.to_string(),
-            "federation": state.federation_bound.to_string(),
+            "federation": node.federation_bound.to_string(),
             "admin_socket": admin_socket.display().to_string(),
             "metrics": metrics_addr.map(|a| a.to_string()),
             "health": health_addr.map(|a| a.to_string()),
-            "instance_id": state.instance_id,
+            "instance_id": node.instance_id,
             "pid": std::process::id(),
         });
         crate::identity::write_private(&listening, info.to_string().as_bytes())?;
         tracing::info!(
-            org_id = %state.org_id,
+            org_id = %node.org_id,
             api = %api_addr,
-            federation = %state.federation_bound,
+            federation = %node.federation_bound,
             admin_socket = %admin_socket.display(),
-            backend = state.store.backend(),
+            backend = node.store.backend(),
             "node is serving"
         );
 
@@ -656,10 +579,10 @@ impl Application {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");
         }
         // Another replica may deliver at once, without waiting for expiry.
-        if let Err(e) = state.store.release_leases(&state.instance_id).await {
+        if let Err(e) = node.store.release_leases(&node.instance_id).await {
             tracing::warn!(error = %e, "releasing delivery leases failed");
         }
-        state.store.close().await;
+        node.store.close().await;
         let _ = std::fs::remove_file(&listening);
         let _ = std::fs::remove_file(&admin_socket);
         tracing::info!("stopped");

@@ -1,14 +1,16 @@
-//! What every part of a running node shares.
+//! The parts a running node is built from (its configuration, store, keys,
+//! clock, signals, limits), as the composition root holds them. Only `app`
+//! sees this: each service and adapter is given the parts it uses.
 
 use crate::config::Config;
 use crate::domain::{OrgId, OrgProfile};
-use crate::identity::{Identity, IdentityCell};
+use crate::identity::IdentityCell;
 use crate::store::Store;
 use crate::tls::CurrentKey;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
-pub struct NodeState {
+pub struct Node {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub identity: Arc<IdentityCell>,
@@ -17,7 +19,7 @@ pub struct NodeState {
     pub org_id: OrgId,
     pub profile: Arc<RwLock<OrgProfile>>,
     /// Where the federation listener is bound (port 0 resolved).
-    pub federation_bound: std::net::SocketAddr,
+    pub federation_bound: SocketAddr,
     /// Verifies bearer tokens on the client API.
     pub auth: Arc<crate::auth::Authenticator>,
     /// Wraps the data keys of case content.
@@ -33,35 +35,20 @@ pub struct NodeState {
     /// Stores received offers together.
     pub intake: crate::store::intake::Intake,
     /// The sender's connections to peers, kept between delivery rounds.
-    pub peer_channels: crate::transport::client::Channels,
+    pub peer_channels: Arc<crate::transport::client::Channels>,
     /// Where the node reads the time.
     pub clock: Arc<dyn crate::clock::Clock>,
-    // The services, for the rooms not yet given the ones they need as
-    // values of their own (issue 18): peering, delivery, the witness, the
-    // master key generations, the admin and federation adapters.
-    pub audit: crate::audit::Audit,
-    pub protocol: crate::protocol::Protocol,
-    pub referrals: crate::referrals::Referrals,
-    pub refusals: crate::security::Refusals,
-    pub quotas: crate::security::Quotas,
-    pub witness: crate::witness::Witness,
-    pub master_keys: crate::keys::MasterKeys,
-    pub subject_access: crate::subject_access::SubjectAccess,
 }
 
-impl std::fmt::Debug for NodeState {
+impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeState")
+        f.debug_struct("Node")
             .field("org_id", &self.org_id)
             .finish()
     }
 }
 
-impl NodeState {
-    pub fn identity(&self) -> anyhow::Result<RwLockReadGuard<'_, Identity>> {
-        self.identity.read()
-    }
-
+impl Node {
     pub fn fingerprint(&self) -> anyhow::Result<String> {
         self.identity.fingerprint()
     }
@@ -75,33 +62,24 @@ impl NodeState {
 
     /// The federation endpoint peers are told to use.
     pub fn advertised_endpoint(&self) -> String {
-        if let Some(a) = &self.config.federation.advertise {
-            return a.clone();
-        }
-        let addr = self.federation_bound;
-        if addr.ip().is_unspecified() {
-            format!("127.0.0.1:{}", addr.port())
-        } else {
-            addr.to_string()
-        }
-    }
-
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.federation.call_timeout_ms)
-    }
-
-    /// Wakes the sender for a notice just queued for `org`.
-    pub fn queued_for(&self, org: &OrgId) {
-        self.outbox.queued_for(org);
-    }
-
-    /// Tells watchers that a referral changed (no content, just the ID).
-    pub fn referral_changed(&self, referral_id: &str) {
-        self.changes.changed(referral_id);
+        advertised_endpoint(&self.config, self.federation_bound)
     }
 
     /// Milliseconds since the Unix epoch, by the node's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+}
+
+/// The federation endpoint peers are told to use: the configured one, or
+/// where the listener is bound.
+pub(super) fn advertised_endpoint(config: &Config, bound: SocketAddr) -> String {
+    if let Some(a) = &config.federation.advertise {
+        return a.clone();
+    }
+    if bound.ip().is_unspecified() {
+        format!("127.0.0.1:{}", bound.port())
+    } else {
+        bound.to_string()
     }
 }
