@@ -9,7 +9,6 @@ use crate::protocol::messages::Acknowledgement;
 use crate::referrals::Referrals;
 use crate::store::{AcceptedReceipt, Route};
 use crate::witness::Witness;
-use exitnet_proto::pb;
 use futures_util::future::BoxFuture;
 
 /// The node's own answers: referrals and the witnessed audit trail.
@@ -39,8 +38,8 @@ impl Answers for NodeAnswers {
     fn witnessed<'a>(
         &'a self,
         peer: &'a OrgId,
-        sent: &'a pb::SignedCheckpoint,
-        witness: Option<&'a pb::SignedWitness>,
+        sent: &'a crate::domain::audit::SignedCheckpoint,
+        witness: Option<&'a crate::domain::audit::SignedWitness>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.witness.on_witnessed(peer, sent, witness))
     }

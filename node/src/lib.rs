@@ -10,14 +10,15 @@
 //! - `store`: a storage trait per aggregate with SQLite and PostgreSQL
 //!   backends, and `store::intake`, which stores writes that arrive at once
 //!   together.
-//! - `identity`, `tls`, `keydir`, `transport`, `batch_sign`: the node's keys,
+//! - `identity`, `tls`, `keydir`, `transport`: the node's keys,
 //!   mutual TLS pinned to peers' keys, channels and closable connections,
 //!   and (`transport::status`) the one mapping of errors to gRPC statuses.
 //! - `config`, `auth`, `access`, `policy`, `limits`, `metrics`: given what
 //!   they need, naming no service.
 //! - `signals`: which referrals changed, and that notices wait to be sent.
-//! - `protocol`, `delivery`: the federation messages, signed and verified
-//!   (the `Protocol` service), and their delivery to each peer (`Delivery`),
+//! - `protocol`, `delivery`: the federation messages, checkpoints and
+//!   receipts, signed (one signature per batch, `protocol::batch_sign`) and
+//!   verified (the `Protocol` service), and their delivery to each peer (`Delivery`),
 //!   which hands what peers answer to `delivery::Answers` (implemented above
 //!   the services, in `answers`).
 //! - `audit`, `security`, `peering`, `referrals`, `consents`, `directory`:
@@ -41,7 +42,6 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
-pub mod batch_sign;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -98,7 +98,11 @@ pub fn federation_notice(data: &[u8]) {
             }
         }
         Some(pb::notify_request::Notice::Checkpoint(c)) => {
-            let _ = exitnet_node::witness::checkpoint::open_checkpoint(&them, &[vec![0u8; 91]], &c);
+            let _ = exitnet_node::protocol::checkpoint::open_checkpoint(
+                &them,
+                &[vec![0u8; 91]],
+                &c.into(),
+            );
         }
         None => {}
     }
@@ -205,9 +209,9 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
         let _ = pb::Receipt::decode(r.payload.as_slice());
         let _ = exitnet_node::identity::verify_signature(&r.payload, &r.payload, &r.signature);
         if let Some(proof) = &r.batch {
-            let _ = exitnet_node::batch_sign::root_of(&r.payload, proof);
-            let _ = exitnet_node::batch_sign::verify(
-                exitnet_node::batch_sign::RECEIPTS,
+            let _ = exitnet_node::protocol::batch_sign::root_of(&r.payload, proof);
+            let _ = exitnet_node::protocol::batch_sign::verify(
+                exitnet_node::protocol::batch_sign::RECEIPTS,
                 &[r.payload.as_slice()],
                 &r.payload,
                 &r.signature,
@@ -219,14 +223,14 @@ pub fn receipt_and_checkpoint(data: &[u8]) {
     if let Ok(c) = pb::SignedCheckpoint::decode(data)
         && let Some(them) = org("prison-b")
     {
-        let _ = exitnet_node::witness::checkpoint::open_checkpoint(
+        let _ = exitnet_node::protocol::checkpoint::open_checkpoint(
             &them,
             std::slice::from_ref(&c.payload),
-            &c,
+            &c.clone().into(),
         );
     }
     if let Ok(w) = pb::SignedWitness::decode(data) {
-        let _ = pb::CheckpointWitness::decode(w.payload.as_slice());
+        let _ = exitnet_node::protocol::checkpoint::read_witnessing(&w.into());
     }
 }
 

@@ -438,7 +438,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             records = report.records,
             "audit trail verified"
         );
-        Ok(Response::new(report.to_pb()))
+        Ok(Response::new(verify_response(&report)))
     }
 
     async fn create_checkpoint(
@@ -542,6 +542,35 @@ impl AdminApi {
                 object_id,
             )])
             .await;
+    }
+}
+
+/// `audit verify`'s report as the admin API answers it.
+fn verify_response(r: &crate::witness::verify::Report) -> pb::VerifyAuditResponse {
+    pb::VerifyAuditResponse {
+        ok: r.ok(),
+        records: r.records.max(0) as u64,
+        head_sha256: r.head_hash.clone(),
+        checkpoints: r.checkpoints,
+        witnesses: r.witnesses,
+        peers: r
+            .peers
+            .iter()
+            .map(|p| pb::PeerWitnessCheck {
+                org_id: p.org_id.clone(),
+                held: p.held,
+                agreeing: p.agreeing,
+                error: p.error.clone().unwrap_or_default(),
+            })
+            .collect(),
+        failures: r
+            .failures
+            .iter()
+            .map(|f| pb::AuditFailure {
+                seq: f.seq.max(0) as u64,
+                reason: f.reason.clone(),
+            })
+            .collect(),
     }
 }
 

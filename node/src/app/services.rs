@@ -86,7 +86,6 @@ pub(super) fn build(n: &Node, pseudonym_key: &[u8], key_clock: Arc<dyn Clock>) -
         org_id: n.org_id.clone(),
         config: n.config.clone(),
         store: n.store.clone(),
-        identity: n.identity.clone(),
         clock: n.clock.clone(),
         outbox: n.outbox.clone(),
         audit: audit.clone(),

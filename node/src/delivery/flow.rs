@@ -3,6 +3,7 @@
 //! when to try again.
 
 use super::*;
+use crate::domain::audit::{SignedCheckpoint, SignedWitness};
 
 /// Whether messages and notices still flow in this round.
 #[derive(Default)]
@@ -109,7 +110,9 @@ impl Flow {
                 let now = delivery.now_ms();
                 delivery.metrics.delivered(org.as_str(), "delivered");
                 if let Some(pb::notify_request::Notice::Checkpoint(cp)) = &req.notice {
-                    match answers.witnessed(org, cp, resp.witness.as_ref()).await {
+                    let witness = resp.witness.clone().map(SignedWitness::from);
+                    let sent = SignedCheckpoint::from(cp.clone());
+                    match answers.witnessed(org, &sent, witness.as_ref()).await {
                         Ok(()) => delivery.store.notice_delivered(n.id, now).await?,
                         Err(e) => {
                             retry_later(delivery, n.id, n.attempts, "invalid witness").await?;

@@ -114,8 +114,8 @@ pub trait Answers: Send + Sync {
     fn witnessed<'a>(
         &'a self,
         peer: &'a OrgId,
-        sent: &'a pb::SignedCheckpoint,
-        witness: Option<&'a pb::SignedWitness>,
+        sent: &'a crate::domain::audit::SignedCheckpoint,
+        witness: Option<&'a crate::domain::audit::SignedWitness>,
     ) -> BoxFuture<'a, Result<()>>;
 }
 

@@ -157,3 +157,41 @@ pub struct AuditPage {
     pub records: Vec<AuditRecord>,
     pub next_after_seq: Option<i64>,
 }
+
+/// A checkpoint of an organisation's audit chain as it travels: the encoded
+/// payload exactly as signed, and the signature. Kept and forwarded as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A peer's countersignature of one of our checkpoints, as bytes signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedWitness {
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// What a checkpoint says: the chain of `org_id` held `seq` records, the last
+/// hashing to `head_sha256`, at `at_ms`, signed with `key_fingerprint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub org_id: String,
+    pub seq: u64,
+    pub head_sha256: Vec<u8>,
+    pub at_ms: Option<i64>,
+    pub key_fingerprint: String,
+}
+
+/// What a witness says: `witness_org` saw `signer_org`'s checkpoint number
+/// `seq` (by the digest of its payload) at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witnessing {
+    pub checkpoint_sha256: Vec<u8>,
+    pub signer_org: String,
+    pub seq: u64,
+    pub witness_org: String,
+    pub at_ms: Option<i64>,
+    pub key_fingerprint: String,
+}

@@ -402,7 +402,8 @@ impl pb::federation_service_server::FederationService for FederationApi {
         let spki = info.spki.clone().unwrap_or_default();
         // Each notice is applied on a task of its own, as with Notify; they
         // run together, so the receiver stores their referrals together.
-        let members = crate::batch_sign::Member::round(self.identity.clone(), notices.len());
+        let members =
+            crate::protocol::batch_sign::Member::round(self.identity.clone(), notices.len());
         let tasks: Vec<_> = notices
             .into_iter()
             .zip(members)
@@ -537,7 +538,7 @@ async fn apply_notice(
     spki: Vec<u8>,
     req: pb::NotifyRequest,
     _permit: Arc<Permit>,
-    batch: Option<crate::batch_sign::Member>,
+    batch: Option<crate::protocol::batch_sign::Member>,
 ) -> Result<pb::NotifyResponse, Error> {
     let in_batch = batch.is_some();
     let req_kind = match &req.notice {
@@ -566,11 +567,11 @@ async fn apply_notice(
         }
         Some(pb::notify_request::Notice::Checkpoint(signed)) => api
             .witness
-            .witness(&peer.org_id, signed)
+            .witness(&peer.org_id, &signed.clone().into())
             .await
             .map(|w| pb::NotifyResponse {
                 receipt: None,
-                witness: Some(w),
+                witness: Some(w.into()),
             }),
         Some(notice) => match crate::domain::PeeringNotice::from_pb(notice.clone()) {
             Ok(notice) => api

@@ -5,11 +5,11 @@
 
 use super::Protocol;
 use super::messages::signed_by_any;
-use crate::batch_sign::Member;
 use crate::crypto::sha256;
 use crate::domain::OrgId;
 use crate::domain::message::ReferralMessage;
 use crate::error::{Error, FieldError, Result};
+use crate::protocol::batch_sign::Member;
 use crate::store::{NoticeKind, ReceiptRecord};
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;

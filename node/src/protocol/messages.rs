@@ -140,8 +140,8 @@ impl Protocol {
         let bad = |rule: &str| Error::Unavailable(format!("the peer's receipt is invalid: {rule}"));
         let r = pb::Receipt::decode(receipt.payload.as_slice()).map_err(|_| bad("malformed"))?;
         let spkis: Vec<&[u8]> = keys.iter().map(|k| k.spki_der.as_slice()).collect();
-        if !crate::batch_sign::verify(
-            crate::batch_sign::RECEIPTS,
+        if !crate::protocol::batch_sign::verify(
+            crate::protocol::batch_sign::RECEIPTS,
             &spkis,
             &receipt.payload,
             &receipt.signature,
@@ -319,7 +319,11 @@ pub fn sign_for_sending<'a>(
         .collect();
     let signed = if together {
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-        crate::batch_sign::sign_all(key, crate::batch_sign::MESSAGES, &payloads)?
+        crate::protocol::batch_sign::sign_all(
+            key,
+            crate::protocol::batch_sign::MESSAGES,
+            &payloads,
+        )?
     } else {
         messages
             .iter()
@@ -356,10 +360,10 @@ pub struct Acknowledgement {
 pub fn signed_by_any(
     keys: &[&[u8]],
     signed: &pb::SignedMessage,
-    verified: Option<&crate::batch_sign::VerifiedRoots>,
+    verified: Option<&crate::protocol::batch_sign::VerifiedRoots>,
 ) -> bool {
-    crate::batch_sign::verify(
-        crate::batch_sign::MESSAGES,
+    crate::protocol::batch_sign::verify(
+        crate::protocol::batch_sign::MESSAGES,
         keys,
         &signed.payload,
         &signed.signature,

@@ -5,6 +5,8 @@
 //! Knows keys, peers' pinned keys and the wire format; decides nothing about
 //! referrals.
 
+pub mod batch_sign;
+pub mod checkpoint;
 pub mod incoming;
 pub mod invitation;
 pub mod messages;
@@ -13,11 +15,11 @@ pub mod peer_client;
 pub mod receipts;
 pub mod rotation;
 
-use crate::batch_sign::VerifiedRoots;
 use crate::clock::Clock;
 use crate::crypto::MasterKey;
 use crate::domain::OrgId;
 use crate::identity::{Identity, IdentityCell};
+use crate::protocol::batch_sign::VerifiedRoots;
 use crate::store::Store;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;

@@ -88,12 +88,15 @@ impl PeerClient {
         &mut self,
         after_seq: u64,
         limit: u32,
-    ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
+    ) -> anyhow::Result<Vec<crate::domain::audit::SignedCheckpoint>> {
         Ok(self
             .inner
             .list_witnessed_checkpoints(pb::ListWitnessedCheckpointsRequest { after_seq, limit })
             .await?
             .into_inner()
-            .checkpoints)
+            .checkpoints
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 }

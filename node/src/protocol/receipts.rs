@@ -71,15 +71,15 @@ impl Protocol {
             return Ok(out);
         }
         if let Some(proof) = &r.batch
-            && let Err(why) = crate::batch_sign::root_of(&r.payload, proof)
+            && let Err(why) = crate::protocol::batch_sign::root_of(&r.payload, proof)
         {
             out.reason = format!("the batch proof does not hold: {why}");
             return Ok(out);
         }
         let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         // Receipts kept from before signatures carried their context still verify.
-        if !crate::batch_sign::verify_stored(
-            crate::batch_sign::RECEIPTS,
+        if !crate::protocol::batch_sign::verify_stored(
+            crate::protocol::batch_sign::RECEIPTS,
             &keys,
             &r.payload,
             &r.signature,

@@ -143,6 +143,13 @@ impl ConsentTerms {
         Self::from_pb(t, recorded_as_of)
     }
 
+    /// Reads terms from their stored encoding (`terms_to_stored`).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message;
+        let t = pb::ConsentTerms::decode(bytes).map_err(|e| e.to_string())?;
+        Self::from_stored(t).map_err(|e| e.to_string())
+    }
+
     pub fn to_pb(&self) -> pb::ConsentTerms {
         pb::ConsentTerms {
             recipients: self.recipients.iter().map(|r| r.to_string()).collect(),

@@ -7,6 +7,13 @@ use crate::wire::time::*;
 use exitnet_proto::pb;
 
 impl OrgProfile {
+    /// Reads a profile from its stored encoding (`encoded`).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message;
+        let p = pb::OrgProfile::decode(bytes).map_err(|e| e.to_string())?;
+        Self::from_pb(p).map_err(|e| e.to_string())
+    }
+
     /// Validates a profile received from a peer or the admin API.
     pub fn from_pb(p: pb::OrgProfile) -> Result<Self, FieldError> {
         let pb::OrgProfile {

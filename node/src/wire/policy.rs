@@ -7,6 +7,19 @@ use crate::error::FieldError;
 use exitnet_proto::pb;
 
 impl PeerPolicy {
+    /// Reads a policy from its stored encoding (`encoded`).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message;
+        let p = pb::PeerPolicy::decode(bytes).map_err(|e| e.to_string())?;
+        Self::from_pb(p).map_err(|e| e.to_string())
+    }
+
+    /// The policy's stored encoding.
+    pub fn encoded(&self) -> Vec<u8> {
+        use prost::Message;
+        self.to_pb().encode_to_vec()
+    }
+
     pub fn from_pb(p: pb::PeerPolicy) -> Result<Self, FieldError> {
         let pb::PeerPolicy {
             need_areas,

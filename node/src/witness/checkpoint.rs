@@ -4,14 +4,11 @@
 //! checkpoints its peers hold agree with the new chain.
 
 use super::Witness;
-use crate::crypto::sha256;
 use crate::domain::OrgId;
-use crate::error::{Error, FieldError, Result};
-use crate::identity::{context, verify_stored};
+use crate::domain::audit::{Checkpoint, SignedCheckpoint, SignedWitness};
+use crate::error::{Error, Result};
+use crate::protocol::checkpoint::{open_checkpoint, read_checkpoint, read_witnessing};
 use crate::store::{CheckpointRecord, NewNotice, SecurityEvent, WitnessRecord};
-use crate::wire::time::{from_timestamp, to_timestamp};
-use exitnet_proto::pb;
-use prost::Message;
 
 /// What `create` did.
 #[derive(Debug, Clone)]
@@ -37,54 +34,15 @@ impl Witness {
             });
         }
         let at = self.now_ms();
-        let (payload, signature, fingerprint, spki) = {
-            let identity = self.identity()?;
-            let key = identity.current();
-            let payload = pb::AuditCheckpoint {
-                org_id: self.org_id.to_string(),
-                seq: seq as u64,
-                head_sha256: head_hash.clone(),
-                at: Some(to_timestamp(at)),
-                key_fingerprint: key.fingerprint().to_owned(),
-            }
-            .encode_to_vec();
-            let sig = key.sign_in(context::CHECKPOINT, &payload)?;
-            (
-                payload,
-                sig,
-                key.fingerprint().to_owned(),
-                key.spki_der().to_vec(),
-            )
-        };
-        self.protocol.remember(&fingerprint, &spki).await?;
-        let signed = pb::SignedCheckpoint {
-            payload: payload.clone(),
-            signature: signature.clone(),
-        };
+        let own = self.protocol.sign_checkpoint(seq, &head_hash, at)?;
+        self.protocol.remember(&own.fingerprint, &own.spki).await?;
         let notices: Vec<NewNotice> = self
             .store
             .list_peers()
             .await?
             .into_iter()
             .filter(|p| p.exchange_allowed())
-            .map(|p| {
-                let id = crate::protocol::messages::new_notice_id();
-                NewNotice {
-                    notice_id: id.clone(),
-                    org_id: p.org_id,
-                    payload: pb::NotifyRequest {
-                        notice_id: id,
-                        notice: Some(pb::notify_request::Notice::Checkpoint(signed.clone())),
-                    }
-                    .encode_to_vec(),
-                    present_key: None,
-                    route: crate::store::Route {
-                        kind: crate::store::NoticeKind::Checkpoint,
-                        referral_id: None,
-                    },
-                    now_ms: at,
-                }
-            })
+            .map(|p| self.protocol.checkpoint_notice(p.org_id, &own.signed, at))
             .collect();
         let sent_to = notices.len() as u32;
         self.store
@@ -93,8 +51,8 @@ impl Witness {
                     seq,
                     head_hash: head_hash.clone(),
                     at_ms: at,
-                    payload,
-                    signature,
+                    payload: own.signed.payload,
+                    signature: own.signed.signature,
                 },
                 &notices,
             )
@@ -128,11 +86,7 @@ impl Witness {
 
     /// A peer's checkpoint arrived: keep it and countersign it. A second,
     /// different checkpoint for the same position is a fork: refused, recorded.
-    pub async fn witness(
-        &self,
-        peer: &OrgId,
-        signed: &pb::SignedCheckpoint,
-    ) -> Result<pb::SignedWitness> {
+    pub async fn witness(&self, peer: &OrgId, signed: &SignedCheckpoint) -> Result<SignedWitness> {
         let now = self.now_ms();
         let keys: Vec<Vec<u8>> = self
             .store
@@ -153,8 +107,8 @@ impl Witness {
                 // hold is a fork whether or not later checkpoints came since.
                 let held = self.store.witnessed_checkpoints(peer, seq - 1, 1).await?;
                 let forked = held.first().is_some_and(|(payload, _)| {
-                    pb::AuditCheckpoint::decode(payload.as_slice())
-                        .is_ok_and(|h| h.seq == cp.seq && h.head_sha256 != cp.head_sha256)
+                    read_checkpoint(payload)
+                        .is_some_and(|h| h.seq == cp.seq && h.head_sha256 != cp.head_sha256)
                 });
                 if forked {
                     return Err(self.fork(peer, &cp, now).await);
@@ -168,23 +122,7 @@ impl Witness {
         }
         // Signed before it is stored, in a scope of its own: the identity's
         // lock is not held across the write.
-        let witness = {
-            let identity = self.identity()?;
-            let key = identity.current();
-            let payload = pb::CheckpointWitness {
-                checkpoint_sha256: sha256(&signed.payload),
-                signer_org: peer.to_string(),
-                seq: cp.seq,
-                witness_org: self.org_id.to_string(),
-                at: Some(to_timestamp(now)),
-                key_fingerprint: key.fingerprint().to_owned(),
-            }
-            .encode_to_vec();
-            pb::SignedWitness {
-                signature: key.sign_in(context::WITNESS, &payload)?,
-                payload,
-            }
-        };
+        let witness = self.protocol.sign_witness(peer, signed, cp.seq, now)?;
         let held = self
             .store
             .witness_checkpoint(
@@ -206,7 +144,7 @@ impl Witness {
             Some(held) if held.head_hash == cp.head_sha256 => {
                 return Ok(match held.witness {
                     Some((payload, signature)) if held.payload == signed.payload => {
-                        pb::SignedWitness { payload, signature }
+                        SignedWitness { payload, signature }
                     }
                     // Witnessed before witnesses were kept, or the same head
                     // signed anew: the head is what a witness vouches for.
@@ -229,7 +167,7 @@ impl Witness {
 
     /// A second, different checkpoint for a position witnessed before: recorded
     /// as a security event, and the refusal to answer.
-    pub(crate) async fn fork(&self, peer: &OrgId, cp: &pb::AuditCheckpoint, now: i64) -> Error {
+    pub(crate) async fn fork(&self, peer: &OrgId, cp: &Checkpoint, now: i64) -> Error {
         self.refusals
             .record(SecurityEvent {
                 at_ms: now,
@@ -251,8 +189,8 @@ impl Witness {
     pub async fn on_witnessed(
         &self,
         peer: &OrgId,
-        sent: &pb::SignedCheckpoint,
-        witness: Option<&pb::SignedWitness>,
+        sent: &SignedCheckpoint,
+        witness: Option<&SignedWitness>,
     ) -> Result<()> {
         let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
         let w = witness.ok_or_else(|| bad("missing"))?;
@@ -264,32 +202,12 @@ impl Witness {
     pub async fn check_witness(
         &self,
         peer: &OrgId,
-        sent: &pb::SignedCheckpoint,
-        w: &pb::SignedWitness,
+        sent: &SignedCheckpoint,
+        w: &SignedWitness,
     ) -> Result<WitnessRecord> {
-        let bad = |rule: &str| Error::Unavailable(format!("the peer's witness is invalid: {rule}"));
-        let wp =
-            pb::CheckpointWitness::decode(w.payload.as_slice()).map_err(|_| bad("malformed"))?;
-        let at = wp
-            .at
-            .as_ref()
-            .map(from_timestamp)
-            .ok_or_else(|| bad("no time"))?;
+        let at = read_witnessing(w)?.at_ms.unwrap_or_default();
         let keys = self.store.peer_keys(peer, at.min(self.now_ms())).await?;
-        if !keys
-            .iter()
-            // Also re-checks stored witnesses (audit verify), which may predate
-            // contexts.
-            .any(|k| verify_stored(context::WITNESS, &k.spki_der, &w.payload, &w.signature))
-        {
-            return Err(bad("signature"));
-        }
-        if wp.checkpoint_sha256 != sha256(&sent.payload)
-            || wp.witness_org != peer.as_str()
-            || wp.signer_org != self.org_id.as_str()
-        {
-            return Err(bad("it is not for this checkpoint"));
-        }
+        let wp = self.protocol.check_witness(peer, sent, w, &keys)?;
         Ok(WitnessRecord {
             seq: wp.seq as i64,
             witness_org: peer.to_string(),
@@ -320,39 +238,4 @@ pub async fn run(witness: Witness, mut stop: tokio::sync::watch::Receiver<bool>)
             _ = stop.changed() => {}
         }
     }
-}
-
-/// Decodes and checks a peer's checkpoint against the keys pinned for it.
-pub fn open_checkpoint(
-    from: &OrgId,
-    keys: &[Vec<u8>],
-    signed: &pb::SignedCheckpoint,
-) -> Result<pb::AuditCheckpoint> {
-    if !keys
-        .iter()
-        // A checkpoint made before signatures carried their context may
-        // still be pushed (it waits for witnesses); only its signer calls.
-        .any(|k| verify_stored(context::CHECKPOINT, k, &signed.payload, &signed.signature))
-    {
-        return Err(Error::PermissionDenied(
-            "checkpoint.signature: not signed by the calling peer's key".into(),
-        ));
-    }
-    let cp = pb::AuditCheckpoint::decode(signed.payload.as_slice())
-        .map_err(|_| FieldError::new("checkpoint.payload", "not an AuditCheckpoint"))?;
-    if cp.org_id != from.as_str() {
-        return Err(Error::PermissionDenied(
-            "checkpoint.org_id: not the calling peer".into(),
-        ));
-    }
-    if cp.seq == 0 || cp.seq > i64::MAX as u64 {
-        return Err(FieldError::new("checkpoint.seq", "must be between 1 and 2^63-1").into());
-    }
-    if cp.head_sha256.len() != 32 {
-        return Err(FieldError::new("checkpoint.head_sha256", "must be 32 bytes").into());
-    }
-    if cp.at.is_none() {
-        return Err(FieldError::new("checkpoint.at", "required").into());
-    }
-    Ok(cp)
 }

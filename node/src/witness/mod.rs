@@ -11,22 +11,20 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::OrgId;
-use crate::identity::{Identity, IdentityCell};
 use crate::protocol::Protocol;
 use crate::security::{Quotas, Refusals};
 use crate::signals::OutboxSignal;
 use crate::store::Store;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
 /// The witness service: our checkpoints made and sent, peers' checkpoints
-/// countersigned, our chain verified against what peers witnessed.
+/// countersigned, our chain verified against what peers witnessed. The
+/// signing and checking is the protocol's (`protocol::checkpoint`).
 #[derive(Clone)]
 pub struct Witness {
     org_id: OrgId,
     config: Arc<Config>,
     store: Arc<dyn Store>,
-    /// Signs our checkpoints and our witnesses of peers'.
-    identity: Arc<IdentityCell>,
     clock: Arc<dyn Clock>,
     /// Wakes the notice sender when checkpoints are queued.
     outbox: Arc<OutboxSignal>,
@@ -41,7 +39,6 @@ pub struct WitnessParts {
     pub org_id: OrgId,
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
-    pub identity: Arc<IdentityCell>,
     pub clock: Arc<dyn Clock>,
     pub outbox: Arc<OutboxSignal>,
     pub audit: Audit,
@@ -56,7 +53,6 @@ impl Witness {
             org_id: p.org_id,
             config: p.config,
             store: p.store,
-            identity: p.identity,
             clock: p.clock,
             outbox: p.outbox,
             audit: p.audit,
@@ -68,9 +64,5 @@ impl Witness {
 
     fn now_ms(&self) -> i64 {
         self.clock.now_ms()
-    }
-
-    fn identity(&self) -> anyhow::Result<RwLockReadGuard<'_, Identity>> {
-        self.identity.read()
     }
 }

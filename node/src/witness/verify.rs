@@ -5,10 +5,10 @@
 use super::Witness;
 use crate::audit::{AuditFilter, GENESIS, record_hash};
 use crate::domain::OrgId;
+use crate::domain::audit::{Checkpoint, SignedCheckpoint, SignedWitness};
 use crate::error::Result;
 use crate::identity::{context, verify_stored};
-use exitnet_proto::pb;
-use prost::Message;
+use crate::protocol::checkpoint::read_checkpoint;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// At most this many failures are listed (the first is what matters).
@@ -50,34 +50,6 @@ impl Report {
             self.failures.push(Failure { seq, reason });
         }
     }
-
-    pub fn to_pb(&self) -> pb::VerifyAuditResponse {
-        pb::VerifyAuditResponse {
-            ok: self.ok(),
-            records: self.records.max(0) as u64,
-            head_sha256: self.head_hash.clone(),
-            checkpoints: self.checkpoints,
-            witnesses: self.witnesses,
-            peers: self
-                .peers
-                .iter()
-                .map(|p| pb::PeerWitnessCheck {
-                    org_id: p.org_id.clone(),
-                    held: p.held,
-                    agreeing: p.agreeing,
-                    error: p.error.clone().unwrap_or_default(),
-                })
-                .collect(),
-            failures: self
-                .failures
-                .iter()
-                .map(|f| pb::AuditFailure {
-                    seq: f.seq.max(0) as u64,
-                    reason: f.reason.clone(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// A checkpoint of ours, as a peer or our own table holds it.
@@ -98,8 +70,8 @@ impl Witness {
         keys: &mut OwnKeys,
         payload: &[u8],
         signature: &[u8],
-    ) -> std::result::Result<pb::AuditCheckpoint, String> {
-        let cp = pb::AuditCheckpoint::decode(payload).map_err(|_| "malformed".to_owned())?;
+    ) -> std::result::Result<Checkpoint, String> {
+        let cp = read_checkpoint(payload).ok_or_else(|| "malformed".to_owned())?;
         if !keys.contains_key(&cp.key_fingerprint) {
             let k = self
                 .protocol
@@ -127,7 +99,7 @@ impl Witness {
     pub(crate) async fn ask_peer(
         &self,
         peer: &crate::domain::Peer,
-    ) -> anyhow::Result<Vec<pb::SignedCheckpoint>> {
+    ) -> anyhow::Result<Vec<SignedCheckpoint>> {
         let mut client =
             crate::protocol::peer_client::PeerClient::connect(&self.protocol, peer).await?;
         let mut out = Vec::new();
@@ -135,7 +107,7 @@ impl Witness {
         loop {
             let page = client.witnessed_checkpoints(after, 1000).await?;
             let Some(last) = page.last() else { break };
-            let last_seq = pb::AuditCheckpoint::decode(last.payload.as_slice())
+            let last_seq = read_checkpoint(&last.payload)
                 .map(|c| c.seq)
                 .unwrap_or(u64::MAX);
             if last_seq <= after {
@@ -200,11 +172,11 @@ impl Witness {
                 );
                 continue;
             };
-            let sent = pb::SignedCheckpoint {
+            let sent = SignedCheckpoint {
                 payload: c.payload.clone(),
                 signature: c.signature.clone(),
             };
-            let signed = pb::SignedWitness {
+            let signed = SignedWitness {
                 payload: w.payload.clone(),
                 signature: w.signature.clone(),
             };

@@ -40,13 +40,10 @@ pub(super) fn stored_detail(
 pub(super) fn row_to_peer(row: &DbRow) -> crate::error::Result<crate::domain::Peer> {
     use crate::domain::{Awaiting, OrgId, OrgProfile, Peer, PeerState};
     use anyhow::anyhow;
-    use prost::Message;
     let org_id: String = row.try_get("org_id")?;
     let profile: Vec<u8> = row.try_get("profile")?;
-    let profile = exitnet_proto::pb::OrgProfile::decode(profile.as_slice())
+    let profile = OrgProfile::decode_stored(&profile)
         .map_err(|e| anyhow!("stored profile of {org_id}: {e}"))?;
-    let profile =
-        OrgProfile::from_pb(profile).map_err(|e| anyhow!("stored profile of {org_id}: {e}"))?;
     let state: String = row.try_get("state")?;
     let awaiting: String = row.try_get("awaiting")?;
     let remote_state: Option<String> = row.try_get("remote_state")?;
@@ -75,13 +72,10 @@ pub(super) fn row_to_consent(row: &DbRow) -> crate::error::Result<crate::domain:
     use crate::domain::CollectionMethod;
     use crate::domain::consent::{Consent, ConsentTerms};
     use anyhow::anyhow;
-    use prost::Message;
     let id: String = row.try_get("consent_id")?;
     let terms: Vec<u8> = row.try_get("terms")?;
-    let terms = exitnet_proto::pb::ConsentTerms::decode(terms.as_slice())
-        .map_err(|e| anyhow!("stored consent {id}: {e}"))?;
     let terms =
-        ConsentTerms::from_stored(terms).map_err(|e| anyhow!("stored consent {id}: {e}"))?;
+        ConsentTerms::decode_stored(&terms).map_err(|e| anyhow!("stored consent {id}: {e}"))?;
     let method: String = row.try_get("collection_method")?;
     Ok(Consent {
         subject_ref: row.try_get("subject_ref")?,
