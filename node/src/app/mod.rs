@@ -3,16 +3,13 @@
 //! reported before anything is served); `run_until_stopped` serves until the
 //! shutdown future completes, then stops gracefully within a deadline.
 
-use crate::admin::AdminApi;
-use crate::api::{DirectoryApi, NodeApi};
 use crate::config::Config;
 use crate::domain::{OrgId, OrgProfile};
-use crate::federation::FederationApi;
 use crate::identity::{Identity, create_private_dir};
 mod node;
+mod serve;
 mod services;
 
-use crate::telemetry::CallLog;
 use crate::tls;
 use anyhow::{Context, bail};
 use exitnet_proto::pb;
@@ -24,25 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-
-/// Services the client API offers (and reflection lists).
-const CLIENT_SERVICES: &[&str] = &[
-    "exitnet.v1.NodeService",
-    "exitnet.v1.DirectoryService",
-    "exitnet.v1.ConsentService",
-    "exitnet.v1.ReferralService",
-    "exitnet.v1.AuditService",
-    "grpc.health.v1.Health",
-];
 
 /// How long in-flight calls may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
-/// Longest time between HTTP/2 keepalive pings on idle connections.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-/// A connection whose ping is not answered in this time is closed.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Application {
     node: Arc<Node>,
@@ -284,239 +265,25 @@ impl Application {
         // before anything is served: no call sees (or writes next to) a
         // history half rewritten.
         services.referrals.upgrade().await?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let health = tonic_health::server::HealthReporter::new();
+        let serving = serve::Serving {
+            node: &node,
+            services: &services,
+            health: health.clone(),
+            stop,
         };
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // Reflection lists the client API's own services, not the admin or
-        // federation surfaces.
-        let reflection = || {
-            CLIENT_SERVICES.iter().fold(
-                tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(exitnet_proto::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-                |b, s| b.with_service_name(*s),
-            )
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        let limits = &node.config.limits;
-        let max_message = limits.max_message_bytes;
-        let streams = Some(limits.max_concurrent_streams);
-        let max_age = Duration::from_secs(limits.max_connection_age_secs.max(1));
-        let Services {
-            sign_in,
-            directory,
-            consents,
-            ..
-        } = services.clone();
-        let node_svc = pb::node_service_server::NodeServiceServer::new(NodeApi::new(
-            sign_in.clone(),
-            directory.clone(),
-        ))
-        .max_decoding_message_size(max_message);
-        let directory_svc = pb::directory_service_server::DirectoryServiceServer::new(
-            DirectoryApi::new(sign_in.clone(), directory),
-        )
-        .max_decoding_message_size(max_message);
-        let referral_svc = pb::referral_service_server::ReferralServiceServer::new(
-            crate::api::referral::ReferralApi::new(
-                sign_in.clone(),
-                services.referrals.clone(),
-                node.changes.clone(),
-            ),
-        )
-        .max_decoding_message_size(max_message);
-        health
-            .set_serving::<pb::referral_service_server::ReferralServiceServer<crate::api::referral::ReferralApi>>()
-            .await;
-        let consent_svc = pb::consent_service_server::ConsentServiceServer::new(
-            crate::api::consent::ConsentApi::new(sign_in.clone(), consents),
-        )
-        .max_decoding_message_size(max_message);
-        health
-            .set_serving::<pb::consent_service_server::ConsentServiceServer<crate::api::consent::ConsentApi>>()
-            .await;
-        let audit_svc = pb::audit_service_server::AuditServiceServer::new(
-            crate::api::audit::AuditApi::new(sign_in, services.audit.clone()),
-        )
-        .max_decoding_message_size(max_message);
-        health
-            .set_serving::<pb::audit_service_server::AuditServiceServer<crate::api::audit::AuditApi>>()
-            .await;
-        health
-            .set_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
-            .await;
-        health
-            .set_serving::<pb::directory_service_server::DirectoryServiceServer<DirectoryApi>>()
-            .await;
-        health
-            .set_service_status(
-                crate::federation::SERVICE_NAME,
-                tonic_health::ServingStatus::Serving,
-            )
-            .await;
-
-        let api_router = Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(streams)
-            .max_connection_age(max_age)
-            .timeout(Duration::from_secs(60))
-            .layer(CallLog::new("client", node.metrics.clone()))
-            .add_service(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(node_svc)
-            .add_service(directory_svc)
-            .add_service(consent_svc)
-            .add_service(referral_svc)
-            .add_service(audit_svc);
-        let api_task = match &node.config.api.tls {
-            Some(tls_cfg) => {
-                let cfg = tls::api_server_config(tls_cfg)?;
-                let incoming = tls::tls_incoming(
-                    api_listener,
-                    cfg,
-                    Duration::from_millis(node.config.federation.handshake_timeout_ms),
-                    None,
-                );
-                tokio::spawn(
-                    api_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-            None => {
-                let incoming = TcpIncoming::from(api_listener).with_nodelay(Some(true));
-                tokio::spawn(
-                    api_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                )
-            }
-        };
-
-        let federation = FederationApi::new(crate::federation::FederationParts {
-            store: node.store.clone(),
-            clock: node.clock.clone(),
-            identity: node.identity.clone(),
-            limits: node.limits.clone(),
-            max_message_bytes: node.config.limits.max_message_bytes,
-            metrics: node.metrics.clone(),
-            peer_channels: node.peer_channels.clone(),
-            protocol: services.protocol.clone(),
-            referrals: services.referrals.clone(),
-            peering: services.peering.clone(),
-            witness: services.witness.clone(),
-            refusals: services.refusals.clone(),
-        });
-        let federation_incoming = crate::transport::closer::closable_incoming(
-            tls::tls_incoming(
-                federation_listener,
-                tls::federation_server_config(node.current_key.clone())?,
-                Duration::from_millis(node.config.federation.handshake_timeout_ms),
-                Some(federation.stranger_gate()),
-            ),
-            node.peer_channels.connections.clone(),
-        );
-        let federation_task = tokio::spawn(
-            Server::builder()
-                .http2_keepalive_interval(Some(KEEPALIVE))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-                .max_concurrent_streams(streams)
-                .max_connection_age(max_age)
-                .timeout(Duration::from_secs(60))
-                .layer(CallLog::new("federation", node.metrics.clone()))
-                .add_service(health_service.clone())
-                .add_service(federation.into_service())
-                .serve_with_incoming_shutdown(federation_incoming, stopped(stop_rx.clone())),
-        );
-
-        let metrics_addr = match metrics_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                tokio::spawn(crate::metrics::serve(
-                    node.metrics.clone(),
-                    node.store.clone(),
-                    node.config.audit.checkpoint_interval_secs,
-                    l,
-                    stop_rx.clone(),
-                ));
-                Some(addr)
-            }
-            None => None,
-        };
-        let health_addr = match health_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
-                tokio::spawn(
-                    Server::builder()
-                        .timeout(Duration::from_secs(10))
-                        .add_service(health_service.clone())
-                        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
-                );
-                Some(addr)
-            }
-            None => None,
-        };
-
-        let admin_incoming = tokio_stream::wrappers::UnixListenerStream::new(admin_listener);
-        let admin_task = tokio::spawn(
-            Server::builder()
-                .layer(CallLog::new("admin", node.metrics.clone()))
-                .add_service(health_service)
-                .add_service(
-                    AdminApi::new(crate::admin::AdminParts {
-                        store: node.store.clone(),
-                        clock: node.clock.clone(),
-                        identity: node.identity.clone(),
-                        directory: services.directory.clone(),
-                        advertised: node.advertised_endpoint(),
-                        auth: node.auth.clone(),
-                        auth_config: node.config.auth.clone(),
-                        audit: services.audit.clone(),
-                        peering: services.peering.clone(),
-                        protocol: services.protocol.clone(),
-                        witness: services.witness.clone(),
-                        subject_access: services.subject_access.clone(),
-                        master_keys: services.master_keys.clone(),
-                    })
-                    .into_service(),
-                )
-                .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone())),
-        );
-
+        let listeners = [
+            ("client API", serving.client_api(api_listener).await?),
+            ("federation", serving.federation(federation_listener)?),
+            ("admin", serving.admin(admin_listener)),
+        ];
+        let metrics_addr = serving.metrics(metrics_listener)?;
+        let health_addr = serving.health_only(health_listener)?;
         node.changes
             .follow_other_replicas(node.store.as_ref())
             .await?;
-        let outbox_task = tokio::spawn(crate::delivery::run(
-            services.delivery.clone(),
-            Arc::new(crate::answers::NodeAnswers {
-                referrals: services.referrals.clone(),
-                witness: services.witness.clone(),
-            }),
-            stop_rx.clone(),
-        ));
-        // Purges a restore from backup would have undone, applied again.
-        tokio::spawn(crate::referrals::reconcile::run_at_start(
-            services.referrals.clone(),
-            stop_rx.clone(),
-        ));
-        let scheduler_task = tokio::spawn(crate::referrals::run_scheduler(
-            services.referrals.clone(),
-            Duration::from_secs(node.config.federation.scheduler_interval_secs.max(1)),
-            stop_rx.clone(),
-        ));
-        // Master key generations: rotation, rewrapping, destruction.
-        tokio::spawn(services.master_keys.clone().run(
-            Duration::from_secs(node.config.federation.scheduler_interval_secs.max(1)),
-            stop_rx.clone(),
-        ));
-        let refusals_task = tokio::spawn(services.refusals.clone().run_flush(stop_rx.clone()));
-        let checkpoint_task = tokio::spawn(crate::witness::checkpoint::run(
-            services.witness.clone(),
-            stop_rx.clone(),
-        ));
+        let tasks = serving.tasks();
         // Our receipts and checkpoints must stay verifiable after a rotation.
         services.protocol.remember_own_key().await?;
         services.peering.announce_rotation_if_missing().await?;
@@ -548,7 +315,7 @@ impl Application {
         shutdown.await;
         tracing::info!("stopping: no new calls, finishing in-flight ones");
         health
-            .set_not_serving::<pb::node_service_server::NodeServiceServer<NodeApi>>()
+            .set_not_serving::<pb::node_service_server::NodeServiceServer<crate::api::NodeApi>>()
             .await;
         // The overall status too, so probes see the stop before the listener closes.
         health
@@ -556,11 +323,7 @@ impl Application {
             .await;
         let _ = stop_tx.send(true);
         let drain = async {
-            for (name, task) in [
-                ("client API", api_task),
-                ("federation", federation_task),
-                ("admin", admin_task),
-            ] {
+            for (name, task) in listeners {
                 match task.await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -569,11 +332,10 @@ impl Application {
                     Err(e) => tracing::warn!(listener = name, error = %e, "listener task failed"),
                 }
             }
-            let _ = outbox_task.await;
-            let _ = scheduler_task.await;
-            let _ = checkpoint_task.await;
             // After the listeners: refusals counted up to the end are written.
-            let _ = refusals_task.await;
+            for task in tasks {
+                let _ = task.await;
+            }
         };
         if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
             tracing::warn!("in-flight calls did not finish in time; stopping anyway");

@@ -7,9 +7,9 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::domain::{FailureReason, OrgId};
+use crate::domain::{FailureReason, OrgId, Peer};
 use crate::error::Result;
-use crate::identity::{Identity, IdentityCell};
+use crate::identity::{Identity, IdentityCell, NodeKey};
 use crate::metrics::Metrics;
 use crate::protocol::Protocol;
 use crate::protocol::messages::{Acknowledgement, sign_for_sending};
@@ -255,19 +255,61 @@ async fn deliver_to_peer(
     lease: &str,
 ) -> anyhow::Result<()> {
     let Some(peer) = delivery.store.peer_for_exchange(org).await? else {
-        delivery.peer_channels.forget(org.as_str());
-        for n in delivery.store.undelivered_notices_for(org, BATCH).await? {
-            delivery
-                .store
-                .notice_dropped(n.id, delivery.now_ms(), "peer no longer recorded")
-                .await?;
-        }
-        return Ok(());
+        return drop_all(delivery, org).await;
     };
-    // Offers that waited too long fail as undeliverable, whether or not the
-    // peer can be reached now. Withdrawals and status changes never expire.
+    let queue = due_queue(delivery, answers, org).await?;
+    let now = delivery.now_ms();
+    if !queue.iter().any(|(n, _)| n.next_attempt_at_ms <= now) {
+        return Ok(());
+    }
+    let ours = key_to_present(delivery, &queue)?;
+    let client = connect(delivery, &peer, &ours, &queue).await?;
+    let mut round = Round {
+        delivery,
+        answers,
+        peer: &peer,
+        client: &client,
+        ours: &ours,
+        flow: Flow::default(),
+        storing: None,
+    };
+    round.send(queue, lease).await?;
+    let flow = round.flow;
+    // "Last seen" to the second: not a write per round.
+    let now = delivery.now_ms();
+    if flow.seen && now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
+        delivery.store.touch_peer(org, now).await?;
+    } else if !flow.seen && (flow.messages_wait || flow.notices_wait) {
+        // Nothing got through: the next round connects afresh.
+        delivery.peer_channels.forget(org.as_str());
+    }
+    Ok(())
+}
+
+/// The peer is no longer recorded: what was queued for it is dropped.
+async fn drop_all(delivery: &Delivery, org: &OrgId) -> anyhow::Result<()> {
+    delivery.peer_channels.forget(org.as_str());
+    for n in delivery.store.undelivered_notices_for(org, BATCH).await? {
+        delivery
+            .store
+            .notice_dropped(n.id, delivery.now_ms(), "peer no longer recorded")
+            .await?;
+    }
+    Ok(())
+}
+
+type Queued = (Notice, pb::NotifyRequest);
+
+/// The notices waiting for `org`, opened, in order. Offers that waited too
+/// long fail as undeliverable, whether or not the peer can be reached now;
+/// withdrawals and status changes never expire.
+async fn due_queue(
+    delivery: &Delivery,
+    answers: &dyn Answers,
+    org: &OrgId,
+) -> anyhow::Result<Vec<Queued>> {
     let max_age_ms = (delivery.config.federation.max_delivery_age_secs as i64).saturating_mul(1000);
-    let mut queue: Vec<(Notice, pb::NotifyRequest)> = Vec::new();
+    let mut queue = Vec::new();
     for mut n in delivery.store.undelivered_notices_for(org, BATCH).await? {
         let req = delivery.protocol.open_notice(&n.notice_id, &n.payload)?;
         // Queued before routes were kept beside notices: read from the notice.
@@ -289,10 +331,31 @@ async fn deliver_to_peer(
         }
         queue.push((n, req));
     }
+    Ok(queue)
+}
+
+/// The key the calls present. Until a key rotation has reached this peer,
+/// it knows only our old key: everything queued before and with the
+/// announcement is sent with it.
+fn key_to_present(delivery: &Delivery, queue: &[Queued]) -> anyhow::Result<NodeKey> {
+    let identity = delivery.identity()?;
+    let wanted = queue.iter().find_map(|(n, _)| n.present_key.clone());
+    let key = wanted
+        .and_then(|fp| identity.key(&fp))
+        .unwrap_or_else(|| identity.current());
+    key.clone_key()
+}
+
+/// A connection to `peer` presenting `ours`; when it cannot be had, every
+/// due notice is retried later.
+async fn connect(
+    delivery: &Delivery,
+    peer: &Peer,
+    ours: &NodeKey,
+    queue: &[Queued],
+) -> anyhow::Result<Client> {
+    let org = &peer.org_id;
     let now = delivery.now_ms();
-    if !queue.iter().any(|(n, _)| n.next_attempt_at_ms <= now) {
-        return Ok(());
-    }
     let pinned: Vec<String> = delivery
         .store
         .peer_keys(org, now)
@@ -300,30 +363,20 @@ async fn deliver_to_peer(
         .into_iter()
         .map(|k| k.fingerprint)
         .collect();
-    // Until a key rotation has reached this peer, it knows only our old key:
-    // everything queued before and with the announcement is sent with it.
-    let ours = {
-        let identity = delivery.identity()?;
-        let wanted = queue.iter().find_map(|(n, _)| n.present_key.clone());
-        let key = wanted
-            .and_then(|fp| identity.key(&fp))
-            .unwrap_or_else(|| identity.current());
-        key.clone_key()?
-    };
-    let mut client = match delivery
+    let connected = delivery
         .peer_channels
         .connect(
             org.as_str(),
             &peer.endpoint,
-            Some(&ours),
+            Some(ours),
             pinned,
             delivery.call_timeout(),
         )
-        .await
-    {
+        .await;
+    match connected {
         Ok(c) => {
             delivery.metrics.reachable(org.as_str(), true);
-            c
+            Ok(c)
         }
         Err(e) => {
             delivery.metrics.reachable(org.as_str(), false);
@@ -331,65 +384,114 @@ async fn deliver_to_peer(
             for (n, _) in queue.iter().filter(|(n, _)| n.next_attempt_at_ms <= now) {
                 retry_later(delivery, n.id, n.attempts, "peer unreachable").await?;
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    let exchange_allowed = peer.exchange_allowed();
-    // Referral messages keep their order within a referral: once one waits,
-    // every later one waits too. Messages of different referrals go out
-    // together (up to `MAX_BATCH`, as many as a peer accepts, in one call).
-    // Peering notices (states, profiles, keys) are independent of them and may
-    // go ahead, so a suspension is told even while messages wait.
-    let mut flow = Flow::default();
-    let mut queue = queue.into_iter().peekable();
-    // Receipts of the last batch, being stored while the next one is sent.
-    let mut storing: Option<Storing<'_>> = None;
-    // Just taken (by the caller).
-    let mut held = HeldLease {
-        name: lease,
-        renewed_at: delivery.now_ms(),
-    };
-    while let Some((n, req)) = queue.next() {
-        // Still ours? (A replica that stalled past its lease stops here.)
-        if !held.keep(delivery).await? {
-            anyhow::bail!("the delivery lease passed to another replica");
+    }
+}
+
+/// One delivery round to one peer over one connection.
+struct Round<'a> {
+    delivery: &'a Delivery,
+    answers: &'a dyn Answers,
+    peer: &'a Peer,
+    client: &'a Client,
+    ours: &'a NodeKey,
+    flow: Flow,
+    /// Receipts of the last batch, being stored while the next one is sent.
+    storing: Option<Storing<'a>>,
+}
+
+impl<'a> Round<'a> {
+    /// Sends `queue` in order. Referral messages keep their order within a
+    /// referral: once one waits, every later one waits too. Messages of
+    /// different referrals go out together (up to `MAX_BATCH`, as many as a
+    /// peer accepts, in one call). Peering notices (states, profiles, keys)
+    /// are independent of them and may go ahead, so a suspension is told
+    /// even while messages wait.
+    async fn send(&mut self, queue: Vec<Queued>, lease: &str) -> anyhow::Result<()> {
+        let exchange_allowed = self.peer.exchange_allowed();
+        let mut queue = queue.into_iter().peekable();
+        // Just taken (by the caller).
+        let mut held = HeldLease {
+            name: lease,
+            renewed_at: self.delivery.now_ms(),
+        };
+        while let Some((n, req)) = queue.next() {
+            // Still ours? (A replica that stalled past its lease stops here.)
+            if !held.keep(self.delivery).await? {
+                anyhow::bail!("the delivery lease passed to another replica");
+            }
+            let is_message = kind(&n).is_message();
+            let passes = is_message && !exchange_allowed && kind(&n) == NoticeKind::Withdrawal;
+            if !self
+                .flow
+                .ready(self.delivery, &n, is_message, exchange_allowed, passes)
+                .await?
+            {
+                continue;
+            }
+            if is_message {
+                let (batch, referrals) = self.gather(n, req, &mut queue, exchange_allowed);
+                self.send_batch(batch, referrals).await?;
+            } else {
+                self.send_notice(n, req).await?;
+            }
         }
-        let is_message = kind(&n).is_message();
-        let passes = is_message && !exchange_allowed && kind(&n) == NoticeKind::Withdrawal;
-        if !flow
-            .ready(delivery, &n, is_message, exchange_allowed, passes)
-            .await?
-        {
-            continue;
-        }
-        if !is_message {
-            flow.apply_all(finish(storing.take()).await?);
-            let result = client.notify(req.clone()).await.map(|r| r.into_inner());
-            let handled = flow
-                .handle(delivery, answers, org, &peer, &n, &req, false, result)
-                .await?;
-            flow.apply(handled, false);
-            continue;
-        }
-        // Gather the following messages of other referrals into one batch.
+        let stored = finish(self.storing.take()).await?;
+        self.flow.apply_all(stored);
+        Ok(())
+    }
+
+    /// A peering notice, on its own.
+    async fn send_notice(&mut self, n: Notice, req: pb::NotifyRequest) -> anyhow::Result<()> {
+        let stored = finish(self.storing.take()).await?;
+        self.flow.apply_all(stored);
+        let result = self
+            .client
+            .clone()
+            .notify(req.clone())
+            .await
+            .map(|r| r.into_inner());
+        let handled = self
+            .flow
+            .handle(
+                self.delivery,
+                self.answers,
+                &self.peer.org_id,
+                self.peer,
+                &n,
+                &req,
+                false,
+                result,
+            )
+            .await?;
+        self.flow.apply(handled, false);
+        Ok(())
+    }
+
+    /// `n` and the following messages of other referrals, as one batch,
+    /// with the referrals it is about.
+    fn gather(
+        &self,
+        n: Notice,
+        req: pb::NotifyRequest,
+        queue: &mut std::iter::Peekable<std::vec::IntoIter<Queued>>,
+        exchange_allowed: bool,
+    ) -> (Vec<Queued>, HashSet<String>) {
         let mut bytes = notice_bytes(&req);
+        let mut referrals: HashSet<String> = referral(&n).cloned().into_iter().collect();
         let mut batch = vec![(n, req)];
-        let mut referrals: HashSet<String> = batch
-            .iter()
-            .filter_map(|(n, _)| referral(n).cloned())
-            .collect();
         while batch.len() < crate::transport::MAX_BATCH {
             let Some((next, next_req)) = queue.peek() else {
                 break;
             };
-            let next_is_message = kind(next).is_message();
             let rid = referral(next).cloned();
             let next_bytes = notice_bytes(next_req);
-            if !next_is_message
-                || next.next_attempt_at_ms > delivery.now_ms()
+            if !kind(next).is_message()
+                || next.next_attempt_at_ms > self.delivery.now_ms()
                 // Outside an active peering only withdrawals go.
                 || (!exchange_allowed && kind(next) != NoticeKind::Withdrawal)
-                || rid.as_ref().is_some_and(|r| flow.held.contains(r))
+                || rid.as_ref().is_some_and(|r| self.flow.held.contains(r))
                 || rid.as_ref().is_some_and(|r| referrals.contains(r))
                 || bytes + next_bytes > BATCH_BYTES
             {
@@ -403,30 +505,42 @@ async fn deliver_to_peer(
                 batch.push(item);
             }
         }
+        (batch, referrals)
+    }
+
+    /// Sends a batch while the last one's receipts are stored. Refusals and
+    /// failures are handled at once (they decide whether later messages
+    /// wait); receipts are checked and stored together (multi-row
+    /// statements in one transaction) while the next batch is on its way.
+    async fn send_batch(
+        &mut self,
+        batch: Vec<Queued>,
+        referrals: HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let (delivery, answers, peer) = (self.delivery, self.answers, self.peer);
+        let org = &peer.org_id;
         // The previous batch's receipts are still being stored: a message
         // of one of its referrals waits for that (order within a referral),
         // others go out meanwhile.
-        if storing
+        if self
+            .storing
             .as_ref()
             .is_some_and(|(pending, _)| !pending.is_disjoint(&referrals))
         {
-            flow.apply_all(finish(storing.take()).await?);
+            let stored = finish(self.storing.take()).await?;
+            self.flow.apply_all(stored);
         }
         let (results, stored) = tokio::join!(
             call_all(
                 &delivery.peer_channels,
                 org.as_str(),
-                &client,
-                &ours,
+                self.client,
+                self.ours,
                 &batch
             ),
-            finish(storing.take())
+            finish(self.storing.take())
         );
-        flow.apply_all(stored?);
-        // Refusals and failures are handled at once (they decide whether
-        // later messages wait); receipts are checked and stored together
-        // (multi-row statements in one transaction) while the next batch
-        // is on its way.
+        self.flow.apply_all(stored?);
         let mut answered = Vec::new();
         let mut failed = Vec::new();
         for ((n, req), result) in batch.into_iter().zip(results) {
@@ -435,12 +549,13 @@ async fn deliver_to_peer(
                 Err(status) => failed.push((n, req, status)),
             }
         }
+        let flow = &self.flow;
         let handled = futures_util::future::join_all(failed.iter().map(|(n, req, status)| {
             flow.handle(
                 delivery,
                 answers,
                 org,
-                &peer,
+                peer,
                 n,
                 req,
                 true,
@@ -449,29 +564,20 @@ async fn deliver_to_peer(
         }))
         .await;
         for h in handled {
-            flow.apply(h?, true);
+            self.flow.apply(h?, true);
         }
         if !answered.is_empty() {
             let ids: HashSet<String> = answered
                 .iter()
                 .filter_map(|(n, _, _)| referral(n).cloned())
                 .collect();
-            storing = Some((
+            self.storing = Some((
                 ids,
                 Box::pin(accept_deliveries(delivery, answers, org, answered)),
             ));
         }
+        Ok(())
     }
-    flow.apply_all(finish(storing.take()).await?);
-    // "Last seen" to the second: not a write per round.
-    let now = delivery.now_ms();
-    if flow.seen && now - peer.last_seen_at_ms.unwrap_or(0) >= 1000 {
-        delivery.store.touch_peer(org, now).await?;
-    } else if !flow.seen && (flow.messages_wait || flow.notices_wait) {
-        // Nothing got through: the next round connects afresh.
-        delivery.peer_channels.forget(org.as_str());
-    }
-    Ok(())
 }
 
 /// Receipts being stored: the referrals they are about, and the work.

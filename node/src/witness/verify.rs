@@ -9,6 +9,7 @@ use crate::domain::audit::{Checkpoint, SignedCheckpoint, SignedWitness};
 use crate::error::Result;
 use crate::identity::{context, verify_stored};
 use crate::protocol::checkpoint::read_checkpoint;
+use crate::store::CheckpointRecord;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// At most this many failures are listed (the first is what matters).
@@ -124,16 +125,31 @@ impl Witness {
     }
 
     pub async fn verify(&self, local_only: bool) -> Result<Report> {
-        let mut report = Report::default();
-        let mut held: Vec<Held> = Vec::new();
-        let mut own_keys = OwnKeys::new();
-
-        // Our own checkpoints: our signature, then (below) the chain at each.
+        let mut v = Verification::default();
         let checkpoints = self.store.checkpoints().await?;
+        self.own_checkpoints(&mut v, &checkpoints).await;
+        self.held_witnesses(&mut v, &checkpoints).await?;
+        // What the peers hold: the part of the check the node itself cannot fake.
+        if !local_only {
+            self.peers_hold(&mut v).await?;
+        }
+        let at_seq = self.walk_chain(&mut v).await?;
+        compare(&mut v, &at_seq);
+        let mut report = v.report;
+        // The first failure is the lowest position named.
+        report
+            .failures
+            .sort_by_key(|f| if f.seq == 0 { i64::MAX } else { f.seq });
+        Ok(report)
+    }
+
+    /// Our own checkpoints: our signature, then (`compare`) the chain at each.
+    async fn own_checkpoints(&self, v: &mut Verification, checkpoints: &[CheckpointRecord]) {
+        let (report, held, own_keys) = (&mut v.report, &mut v.held, &mut v.own_keys);
         report.checkpoints = checkpoints.len() as u32;
-        for c in &checkpoints {
+        for c in checkpoints {
             match self
-                .own_checkpoint(&mut own_keys, &c.payload, &c.signature)
+                .own_checkpoint(own_keys, &c.payload, &c.signature)
                 .await
             {
                 Ok(cp) if cp.seq as i64 == c.seq && cp.head_sha256 == c.head_hash => {
@@ -150,9 +166,16 @@ impl Witness {
                 Err(e) => report.fail(c.seq, format!("checkpoint {}: {e}", c.seq)),
             }
         }
+    }
 
-        // Countersignatures we hold: each must verify against the witness's key.
-        let by_seq: BTreeMap<i64, &crate::store::CheckpointRecord> =
+    /// Countersignatures we hold: each must verify against the witness's key.
+    async fn held_witnesses(
+        &self,
+        v: &mut Verification,
+        checkpoints: &[CheckpointRecord],
+    ) -> Result<()> {
+        let report = &mut v.report;
+        let by_seq: BTreeMap<i64, &CheckpointRecord> =
             checkpoints.iter().map(|c| (c.seq, c)).collect();
         for w in self.store.witnesses().await? {
             let Ok(org) = OrgId::parse("witness_org", &w.witness_org) else {
@@ -189,42 +212,52 @@ impl Witness {
             }
         }
 
-        // What the peers hold: the part of the check the node itself cannot fake.
-        if !local_only {
-            for peer in self.store.list_peers().await? {
-                if !peer.exchange_allowed() {
-                    continue;
-                }
-                let mut check = PeerCheck {
-                    org_id: peer.org_id.to_string(),
-                    ..PeerCheck::default()
-                };
-                match self.ask_peer(&peer).await {
-                    Ok(list) => {
-                        for s in list {
-                            match self
-                                .own_checkpoint(&mut own_keys, &s.payload, &s.signature)
-                                .await
-                            {
-                                Ok(cp) => {
-                                    check.held += 1;
-                                    held.push(Held {
-                                        holder: peer.org_id.to_string(),
-                                        seq: cp.seq as i64,
-                                        head: cp.head_sha256,
-                                    });
-                                }
-                                Err(e) => report
-                                    .fail(0, format!("a checkpoint held by {}: {e}", peer.org_id)),
+        Ok(())
+    }
+
+    /// What each active peer holds of our checkpoints.
+    async fn peers_hold(&self, v: &mut Verification) -> Result<()> {
+        let (report, held, own_keys) = (&mut v.report, &mut v.held, &mut v.own_keys);
+        for peer in self.store.list_peers().await? {
+            if !peer.exchange_allowed() {
+                continue;
+            }
+            let mut check = PeerCheck {
+                org_id: peer.org_id.to_string(),
+                ..PeerCheck::default()
+            };
+            match self.ask_peer(&peer).await {
+                Ok(list) => {
+                    for s in list {
+                        match self
+                            .own_checkpoint(own_keys, &s.payload, &s.signature)
+                            .await
+                        {
+                            Ok(cp) => {
+                                check.held += 1;
+                                held.push(Held {
+                                    holder: peer.org_id.to_string(),
+                                    seq: cp.seq as i64,
+                                    head: cp.head_sha256,
+                                });
+                            }
+                            Err(e) => {
+                                report.fail(0, format!("a checkpoint held by {}: {e}", peer.org_id))
                             }
                         }
                     }
-                    Err(e) => check.error = Some(format!("{e:#}")),
                 }
-                report.peers.push(check);
+                Err(e) => check.error = Some(format!("{e:#}")),
             }
+            report.peers.push(check);
         }
+        Ok(())
+    }
 
+    /// Walks the chain once, checking every link and hash; the hash at every
+    /// position a checkpoint names.
+    async fn walk_chain(&self, v: &mut Verification) -> Result<BTreeMap<i64, Vec<u8>>> {
+        let (report, held) = (&mut v.report, &v.held);
         // The head before the walk: records are appended while it runs (on
         // PostgreSQL every statement sees what is committed by then), so the
         // chain must reach this head and match it there; whatever follows must
@@ -307,15 +340,33 @@ impl Witness {
             );
         }
 
-        // Every checkpoint, ours or witnessed, must match the chain at its position.
-        held.sort_by_key(|h| h.seq);
-        for h in &held {
-            let who = if h.holder.is_empty() {
-                "our own".to_owned()
-            } else {
-                format!("witnessed by {}", h.holder)
-            };
-            match at_seq.get(&h.seq) {
+        v.last_seq = last_seq;
+        Ok(at_seq)
+    }
+}
+
+/// What a verification gathers as it goes.
+#[derive(Default)]
+struct Verification {
+    report: Report,
+    /// Checkpoints of ours, as we and our peers hold them.
+    held: Vec<Held>,
+    own_keys: OwnKeys,
+    /// The chain's last record.
+    last_seq: i64,
+}
+
+/// Every checkpoint, ours or witnessed, must match the chain at its position.
+fn compare(v: &mut Verification, at_seq: &BTreeMap<i64, Vec<u8>>) {
+    let (report, held, last_seq) = (&mut v.report, &mut v.held, v.last_seq);
+    held.sort_by_key(|h| h.seq);
+    for h in held.iter() {
+        let who = if h.holder.is_empty() {
+            "our own".to_owned()
+        } else {
+            format!("witnessed by {}", h.holder)
+        };
+        match at_seq.get(&h.seq) {
             Some(hash) if *hash == h.head => {
                 if let Some(p) = report.peers.iter_mut().find(|p| p.org_id == h.holder) {
                     p.agreeing += 1;
@@ -358,11 +409,5 @@ impl Witness {
                 ),
             ),
         }
-        }
-        // The first failure is the lowest position named.
-        report
-            .failures
-            .sort_by_key(|f| if f.seq == 0 { i64::MAX } else { f.seq });
-        Ok(report)
     }
 }
