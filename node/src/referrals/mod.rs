@@ -28,7 +28,7 @@ use crate::auth::{Principal, Role};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::MasterKey;
-use crate::domain::consent::{Consent, OutOfScope};
+use crate::domain::consent::{Consent, ConsentTerms, OutOfScope};
 use crate::domain::id_check;
 use crate::domain::message::{Offer, ReferralMessage};
 use crate::domain::referral::{self as rules, CaseSummary, Transition};
@@ -139,6 +139,17 @@ pub struct NewReferral {
     pub summary: CaseSummary,
 }
 
+/// A referral cleared for sending, with what the checks found.
+struct Sending {
+    consent: Consent,
+    /// The recipient's own copy of the terms.
+    terms: ConsentTerms,
+    /// The data key of the client's content here, and its wrapped key if it exists.
+    key_id: String,
+    data_key: Option<Vec<u8>>,
+    now: i64,
+}
+
 /// Everything the consent and this node's rules say about sending `new`.
 /// Refusals are PERMISSION_DENIED naming the field or term.
 pub fn check_scope(consent: &Consent, new: &NewReferral, now: i64) -> Result<()> {
@@ -243,12 +254,10 @@ impl Referrals {
         }
     }
 
-    pub(crate) async fn create_checked(
-        &self,
-        p: &Principal,
-        new: NewReferral,
-    ) -> Result<(ReferralRecord, Option<ReferralEvent>)> {
-        let owner = access::acting_owner(p)?.to_owned();
+    /// Everything that must hold before `new` is sent: the caller may write
+    /// under the consent, the consent covers it, this node's policy for the
+    /// recipient allows it, and the peering is active on both sides.
+    async fn check_sending(&self, p: &Principal, new: &NewReferral) -> Result<Sending> {
         let consent = self
             .store
             .get_consent(&new.consent_id)
@@ -270,7 +279,7 @@ impl Referrals {
             )
             .await?;
         let now = self.now_ms();
-        check_scope(&consent, &new, now)?;
+        check_scope(&consent, new, now)?;
         let key_id = self.pseudonyms.outbound_key_id(&consent.subject_ref);
         // Three independent lookups, at once (the peer and its policy are
         // usually answered from memory, see store/cache.rs).
@@ -310,6 +319,28 @@ impl Referrals {
                     .into(),
             ));
         }
+        Ok(Sending {
+            consent,
+            terms,
+            key_id,
+            data_key,
+            now,
+        })
+    }
+
+    pub(crate) async fn create_checked(
+        &self,
+        p: &Principal,
+        new: NewReferral,
+    ) -> Result<(ReferralRecord, Option<ReferralEvent>)> {
+        let owner = access::acting_owner(p)?.to_owned();
+        let Sending {
+            consent,
+            terms,
+            key_id,
+            data_key,
+            now,
+        } = self.check_sending(p, &new).await?;
         let referral_id = uuid::Uuid::new_v4().to_string();
         let pseudonym = self
             .pseudonyms
