@@ -1,9 +1,10 @@
 //! Code lists shared by every organisation (VOCABULARY.md). Each is a closed
-//! Rust enum with its wire value and its configuration name; an unknown or
-//! unspecified wire value is an invalid argument naming the field.
+//! Rust enum with its number in the protocol and its configuration name; an
+//! unknown or unspecified number is an invalid argument naming the field.
+//! The numbers are the protocol's (`proto/exitnet/v1/`); `wire::codes`
+//! checks every one against the generated enums.
 
 use crate::error::FieldError;
-use exitnet_proto::pb;
 
 /// Most entries a list of codes may carry (before repeats are removed).
 pub const MAX_CODES: usize = 64;
@@ -32,7 +33,7 @@ pub fn code_list<T: Ord>(
 }
 
 macro_rules! code_list {
-    ($(#[$meta:meta])* $name:ident => $pb:ident { $($var:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident => $pb:ident { $($var:ident = ($n:literal, $s:literal)),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($var),+ }
@@ -49,13 +50,20 @@ macro_rules! code_list {
                 match s { $($s => Some($name::$var),)+ _ => None }
             }
 
+            /// The variants' names in the protocol's enum (`wire` checks
+            /// that each number below is the protocol's for that name).
+            pub const WIRE_NAMES: &'static [&'static str] = &[$(stringify!($var)),+];
+
+            /// The protocol's number for this code.
             pub fn to_pb(self) -> i32 {
-                match self { $($name::$var => pb::$pb::$var as i32),+ }
+                match self { $($name::$var => $n),+ }
             }
 
+            /// The code with the protocol's number `value`; 0 (unspecified)
+            /// or a number this build does not know is refused, naming `field`.
             pub fn from_pb(field: &str, value: i32) -> Result<Self, FieldError> {
-                match pb::$pb::try_from(value) {
-                    $(Ok(pb::$pb::$var) => Ok($name::$var),)+
+                match value {
+                    $($n => Ok($name::$var),)+
                     _ => Err(FieldError::new(field, format!("unknown or unspecified value {value}"))),
                 }
             }
@@ -95,179 +103,179 @@ macro_rules! code_list {
 code_list! {
     /// Sector of a member organisation.
     Sector => Sector {
-        Ngo = "ngo",
-        PrisonProbation = "prison_probation",
-        Police = "police",
-        MentalHealth = "mental_health",
-        SocialServices = "social_services",
-        Housing = "housing",
-        Employment = "employment",
-        Education = "education",
-        Health = "health",
-        OtherPublicBody = "other_public_body",
+        Ngo = (1, "ngo"),
+        PrisonProbation = (2, "prison_probation"),
+        Police = (3, "police"),
+        MentalHealth = (4, "mental_health"),
+        SocialServices = (5, "social_services"),
+        Housing = (6, "housing"),
+        Employment = (7, "employment"),
+        Education = (8, "education"),
+        Health = (9, "health"),
+        OtherPublicBody = (10, "other_public_body"),
     }
 }
 
 code_list! {
     /// The five areas of needs (seed 001).
     NeedArea => NeedArea {
-        FunctionalReintegration = "functional_reintegration",
-        SocialReintegration = "social_reintegration",
-        Cognitive = "cognitive",
-        MentalHealth = "mental_health",
-        Security = "security",
+        FunctionalReintegration = (1, "functional_reintegration"),
+        SocialReintegration = (2, "social_reintegration"),
+        Cognitive = (3, "cognitive"),
+        MentalHealth = (4, "mental_health"),
+        Security = (5, "security"),
     }
 }
 
 code_list! {
     /// Services offered, grouped by need area.
     Service => Service {
-        Housing = "housing",
-        Relocation = "relocation",
-        EmploymentSupport = "employment_support",
-        EducationSupport = "education_support",
-        TattooRemoval = "tattoo_removal",
-        FinancialAid = "financial_aid",
-        AdministrativeHelp = "administrative_help",
-        FamilySupport = "family_support",
-        ProSocialNetwork = "pro_social_network",
-        Mentoring = "mentoring",
-        IdentityWork = "identity_work",
-        IsolationStigma = "isolation_stigma",
-        AngerManagement = "anger_management",
-        CriticalThinking = "critical_thinking",
-        WorldView = "world_view",
-        IdeologyQuestioning = "ideology_questioning",
-        Dialogue = "dialogue",
-        TraumaPtsd = "trauma_ptsd",
-        SubstanceAbuse = "substance_abuse",
-        PsychiatricCare = "psychiatric_care",
-        Cbt = "cbt",
-        RetaliationRiskAssessment = "retaliation_risk_assessment",
-        SafetyPlanning = "safety_planning",
-        PoliceLiaison = "police_liaison",
-        ProtectedIdentity = "protected_identity",
+        Housing = (1, "housing"),
+        Relocation = (2, "relocation"),
+        EmploymentSupport = (3, "employment_support"),
+        EducationSupport = (4, "education_support"),
+        TattooRemoval = (5, "tattoo_removal"),
+        FinancialAid = (6, "financial_aid"),
+        AdministrativeHelp = (7, "administrative_help"),
+        FamilySupport = (20, "family_support"),
+        ProSocialNetwork = (21, "pro_social_network"),
+        Mentoring = (22, "mentoring"),
+        IdentityWork = (23, "identity_work"),
+        IsolationStigma = (24, "isolation_stigma"),
+        AngerManagement = (25, "anger_management"),
+        CriticalThinking = (40, "critical_thinking"),
+        WorldView = (41, "world_view"),
+        IdeologyQuestioning = (42, "ideology_questioning"),
+        Dialogue = (43, "dialogue"),
+        TraumaPtsd = (60, "trauma_ptsd"),
+        SubstanceAbuse = (61, "substance_abuse"),
+        PsychiatricCare = (62, "psychiatric_care"),
+        Cbt = (63, "cbt"),
+        RetaliationRiskAssessment = (80, "retaliation_risk_assessment"),
+        SafetyPlanning = (81, "safety_planning"),
+        PoliceLiaison = (82, "police_liaison"),
+        ProtectedIdentity = (83, "protected_identity"),
     }
 }
 
 code_list! {
     /// Settings an organisation works in.
     Setting => Setting {
-        Prison = "prison",
-        Probation = "probation",
-        Open = "open",
-        OpenWithJusticeLink = "open_with_justice_link",
+        Prison = (1, "prison"),
+        Probation = (2, "probation"),
+        Open = (3, "open"),
+        OpenWithJusticeLink = (4, "open_with_justice_link"),
     }
 }
 
 code_list! {
     /// Why data may be processed under a consent.
     Purpose => Purpose {
-        ExitSupport = "exit_support",
-        ServiceProvision = "service_provision",
-        RiskAssessment = "risk_assessment",
-        EvaluationStatistics = "evaluation_statistics",
-        Other = "other",
+        ExitSupport = (1, "exit_support"),
+        ServiceProvision = (2, "service_provision"),
+        RiskAssessment = (3, "risk_assessment"),
+        EvaluationStatistics = (4, "evaluation_statistics"),
+        Other = (5, "other"),
     }
 }
 
 code_list! {
     /// Summary fields a consent lets travel.
     DataCategory => DataCategory {
-        AgeBand = "age_band",
-        Gender = "gender",
-        Languages = "languages",
-        Setting = "setting",
-        IdeologicalContext = "ideological_context",
-        RiskLevel = "risk_level",
-        SecurityConsiderations = "security_considerations",
-        NeedsNarrative = "needs_narrative",
+        AgeBand = (1, "age_band"),
+        Gender = (2, "gender"),
+        Languages = (3, "languages"),
+        Setting = (4, "setting"),
+        IdeologicalContext = (5, "ideological_context"),
+        RiskLevel = (6, "risk_level"),
+        SecurityConsiderations = (7, "security_considerations"),
+        NeedsNarrative = (8, "needs_narrative"),
     }
 }
 
 code_list! {
     /// The legal ground of an exchange.
     LegalBasisKind => LegalBasisKind {
-        Consent = "consent",
-        Statute = "statute",
-        VitalInterests = "vital_interests",
+        Consent = (1, "consent"),
+        Statute = (2, "statute"),
+        VitalInterests = (3, "vital_interests"),
     }
 }
 
 code_list! {
     /// Restrictions that travel with the data.
     Restriction => Restriction {
-        NoOnwardSharing = "no_onward_sharing",
-        NotForCriminalInvestigation = "not_for_criminal_investigation",
-        NotForImmigrationEnforcement = "not_for_immigration_enforcement",
+        NoOnwardSharing = (1, "no_onward_sharing"),
+        NotForCriminalInvestigation = (2, "not_for_criminal_investigation"),
+        NotForImmigrationEnforcement = (3, "not_for_immigration_enforcement"),
     }
 }
 
 code_list! {
     /// How a consent was collected.
     CollectionMethod => CollectionMethod {
-        Written = "written",
-        VerbalWitnessed = "verbal_witnessed",
-        Digital = "digital",
+        Written = (1, "written"),
+        VerbalWitnessed = (2, "verbal_witnessed"),
+        Digital = (3, "digital"),
     }
 }
 
 code_list! {
-    Urgency => Urgency { Routine = "routine", Soon = "soon", Urgent = "urgent" }
+    Urgency => Urgency { Routine = (1, "routine"), Soon = (2, "soon"), Urgent = (3, "urgent") }
 }
 
 code_list! {
     AgeBand => AgeBand {
-        Under15 = "under_15",
-        AgeBand1517 = "15_17",
-        AgeBand1824 = "18_24",
-        AgeBand2534 = "25_34",
-        AgeBand3549 = "35_49",
-        AgeBand50AndOver = "50_and_over",
+        Under15 = (1, "under_15"),
+        AgeBand1517 = (2, "15_17"),
+        AgeBand1824 = (3, "18_24"),
+        AgeBand2534 = (4, "25_34"),
+        AgeBand3549 = (5, "35_49"),
+        AgeBand50AndOver = (6, "50_and_over"),
     }
 }
 
 code_list! {
-    Gender => Gender { Female = "female", Male = "male", Diverse = "diverse", Undisclosed = "undisclosed" }
+    Gender => Gender { Female = (1, "female"), Male = (2, "male"), Diverse = (3, "diverse"), Undisclosed = (4, "undisclosed") }
 }
 
 code_list! {
     IdeologicalContext => IdeologicalContext {
-        FarRight = "far_right",
-        FarLeft = "far_left",
-        ReligiouslyMotivated = "religiously_motivated",
-        SingleIssue = "single_issue",
-        MixedOrUnclear = "mixed_or_unclear",
-        Other = "other",
+        FarRight = (1, "far_right"),
+        FarLeft = (2, "far_left"),
+        ReligiouslyMotivated = (3, "religiously_motivated"),
+        SingleIssue = (4, "single_issue"),
+        MixedOrUnclear = (5, "mixed_or_unclear"),
+        Other = (6, "other"),
     }
 }
 
 code_list! {
-    RiskLevel => RiskLevel { Low = "low", Moderate = "moderate", High = "high", NotAssessed = "not_assessed" }
+    RiskLevel => RiskLevel { Low = (1, "low"), Moderate = (2, "moderate"), High = (3, "high"), NotAssessed = (4, "not_assessed") }
 }
 
 code_list! {
     DeclineReason => DeclineReason {
-        NoCapacity = "no_capacity",
-        OutsideMandate = "outside_mandate",
-        NotEligible = "not_eligible",
-        SafetyConcern = "safety_concern",
-        Duplicate = "duplicate",
-        ConsentInsufficient = "consent_insufficient",
-        ClientDeclinedContact = "client_declined_contact",
-        Other = "other",
+        NoCapacity = (1, "no_capacity"),
+        OutsideMandate = (2, "outside_mandate"),
+        NotEligible = (3, "not_eligible"),
+        SafetyConcern = (4, "safety_concern"),
+        Duplicate = (5, "duplicate"),
+        ConsentInsufficient = (6, "consent_insufficient"),
+        ClientDeclinedContact = (7, "client_declined_contact"),
+        Other = (8, "other"),
     }
 }
 
 code_list! {
     FailureReason => FailureReason {
-        ClientUnreachable = "client_unreachable",
-        ClientWithdrew = "client_withdrew",
-        ClientMoved = "client_moved",
-        SafetyIncident = "safety_incident",
-        Undeliverable = "undeliverable",
-        RefusedByReceiver = "refused_by_receiver",
-        Other = "other",
+        ClientUnreachable = (1, "client_unreachable"),
+        ClientWithdrew = (2, "client_withdrew"),
+        ClientMoved = (3, "client_moved"),
+        SafetyIncident = (4, "safety_incident"),
+        Undeliverable = (5, "undeliverable"),
+        RefusedByReceiver = (6, "refused_by_receiver"),
+        Other = (7, "other"),
     }
 }
 
@@ -275,35 +283,35 @@ code_list! {
     /// Why a sender withdraws a referral (its name ends the audit action,
     /// `referral.withdraw.<name>`).
     WithdrawalCause => WithdrawalCause {
-        SenderWithdrew = "sender",
-        ConsentWithdrawn = "consent_withdrawn",
-        ConsentExpired = "consent_expired",
-        Retention = "retention",
+        SenderWithdrew = (1, "sender"),
+        ConsentWithdrawn = (2, "consent_withdrawn"),
+        ConsentExpired = (3, "consent_expired"),
+        Retention = (4, "retention"),
     }
 }
 
 code_list! {
-    Progress => Progress { None = "none", Some = "some", Substantial = "substantial" }
+    Progress => Progress { None = (1, "none"), Some = (2, "some"), Substantial = (3, "substantial") }
 }
 
 code_list! {
     /// Where a referral's purge stands: nothing to purge, a withdrawal sent
     /// and its receipt awaited, done, or given up by an administrator.
-    PurgeStatus => PurgeStatus { None = "none", Pending = "pending", Done = "done", Abandoned = "abandoned" }
+    PurgeStatus => PurgeStatus { None = (1, "none"), Pending = (2, "pending"), Done = (3, "done"), Abandoned = (4, "abandoned") }
 }
 
 code_list! {
     /// The closed loop's states (FHIR Task, Gravity SDOH profile).
     ReferralState => ReferralState {
-        Requested = "requested",
-        Received = "received",
-        Accepted = "accepted",
-        Declined = "declined",
-        InProgress = "in_progress",
-        OnHold = "on_hold",
-        Completed = "completed",
-        Failed = "failed",
-        Withdrawn = "withdrawn",
+        Requested = (1, "requested"),
+        Received = (2, "received"),
+        Accepted = (3, "accepted"),
+        Declined = (4, "declined"),
+        InProgress = (5, "in_progress"),
+        OnHold = (6, "on_hold"),
+        Completed = (7, "completed"),
+        Failed = (8, "failed"),
+        Withdrawn = (9, "withdrawn"),
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod change;
 pub mod checkpoint;
+pub mod codes;
 pub mod consent;
 pub mod message;
 pub mod org;
