@@ -141,7 +141,7 @@ impl SubjectAccess {
                 })
             })
             .collect();
-        let summary = self.referrals.open_summary(r).await;
+        let summary = self.referrals.open_summary(r).await?;
         Ok(json!({
             "referral_id": r.referral_id,
             "direction": if r.outbound { "outbound" } else { "inbound" },

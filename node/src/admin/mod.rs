@@ -474,19 +474,26 @@ impl pb::admin_service_server::AdminService for AdminApi {
         crate::domain::id_check("referral_id", &id)?;
         let receipts = self.store.receipts_for(&id).await?;
         self.audited("receipt.export", "referral", &id).await;
-        Ok(Response::new(pb::ListReceiptsResponse {
-            receipts: receipts
-                .into_iter()
-                .map(|r| pb::ExportedReceipt {
+        let receipts = receipts
+            .into_iter()
+            .map(|r| {
+                // A stored batch proof that does not decode is an error: the
+                // receipt would not verify without it.
+                let batch = match r.batch {
+                    Some(b) => Some(prost::Message::decode(b.as_slice()).map_err(|e| {
+                        Error::Internal(anyhow::anyhow!("the stored batch proof of a receipt: {e}"))
+                    })?),
+                    None => None,
+                };
+                Ok(pb::ExportedReceipt {
                     issued_by: r.issued_by,
                     payload: r.payload,
                     signature: r.signature,
-                    batch: r
-                        .batch
-                        .and_then(|b| prost::Message::decode(b.as_slice()).ok()),
+                    batch,
                 })
-                .collect(),
-        }))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Response::new(pb::ListReceiptsResponse { receipts }))
     }
 
     async fn verify_receipt(

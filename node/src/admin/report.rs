@@ -9,7 +9,6 @@ use crate::store::Store;
 use crate::store::{ListScope, ReferralFilter, ReferralRecord};
 use crate::wire::time::{from_timestamp, to_timestamp};
 use exitnet_proto::pb;
-use prost::Message;
 use std::collections::BTreeMap;
 
 const PAGE: i64 = 500;
@@ -126,7 +125,7 @@ pub async fn shared(
             &mut t.need_areas,
             r.need_areas.iter().map(|n| n.as_str().to_owned()),
         );
-        let terms = pb::ConsentTerms::decode(r.terms.as_slice()).unwrap_or_default();
+        let terms = crate::wire::consent::terms_from_stored(&r.terms)?;
         add_all(
             &mut t.data_categories,
             terms.data_categories.iter().filter_map(|v| {

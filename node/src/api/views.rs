@@ -6,7 +6,6 @@ use crate::referrals::ReferralView;
 use crate::wire::change::detail_to_pb;
 use crate::wire::time::to_timestamp;
 use exitnet_proto::pb;
-use prost::Message;
 
 impl TryFrom<ReferralView> for pb::Referral {
     type Error = Error;
@@ -35,7 +34,7 @@ impl TryFrom<ReferralView> for pb::Referral {
                 }
             })
             .collect();
-        let terms = pb::ConsentTerms::decode(r.terms.as_slice()).ok();
+        let terms = Some(crate::wire::consent::terms_from_stored(&r.terms)?);
         Ok(pb::Referral {
             referral_id: r.referral_id.clone(),
             direction: if r.outbound {

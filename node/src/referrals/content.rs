@@ -127,7 +127,7 @@ impl Referrals {
                 };
                 if self
                     .store
-                    .change_referral(&r.referral_id, &local_purge(r, action, &by, self.now_ms()))
+                    .change_referral(&r.referral_id, &local_purge(r, action, &by, self.now_ms())?)
                     .await?
                 {
                     self.referral_changed(&r.referral_id);
@@ -158,7 +158,7 @@ impl Referrals {
             let due = self.store.consents_to_forget(self.now_ms(), 500).await?;
             let mut round = 0;
             for c in &due {
-                let terms = purged_terms(&terms_to_stored(&c.terms));
+                let terms = purged_terms(&terms_to_stored(&c.terms))?;
                 let audit = AuditEntry::node(
                     self.now_ms(),
                     self.org_id.as_str(),
@@ -196,15 +196,15 @@ impl Referrals {
     pub async fn upgrade(&self) -> Result<()> {
         loop {
             let rows = self.store.referrals_without_expiry(500).await?;
-            let items: Vec<(String, i64)> = rows
+            let items = rows
                 .iter()
                 .map(|r| {
-                    (
+                    Ok((
                         r.referral_id.clone(),
-                        terms_end(&r.terms).unwrap_or(i64::MAX),
-                    )
+                        terms_end(&r.terms)?.unwrap_or(i64::MAX),
+                    ))
                 })
-                .collect();
+                .collect::<Result<Vec<(String, i64)>>>()?;
             self.store.set_expiry(&items).await?;
             if rows.len() < 500 {
                 break;
@@ -222,7 +222,7 @@ impl Referrals {
                     expected_states: vec![r.state],
                     expected_purge_status: Some(r.purge_status),
                     purge_summary: true,
-                    purge_terms: Some(purged_terms(&r.terms)),
+                    purge_terms: Some(purged_terms(&r.terms)?),
                     audit: vec![
                         by.about("referral.purge.content", "referral", &r.referral_id)
                             .with_peer(r.peer_org.as_str()),
@@ -296,14 +296,19 @@ impl Referrals {
 
 /// A recipient's purge of `r`, by itself: content and data key go; the
 /// state stays (the sender did not withdraw it), the purge is done.
-fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry, now: i64) -> ReferralChange {
-    ReferralChange {
+fn local_purge(
+    r: &ReferralRecord,
+    action: &str,
+    by: &AuditEntry,
+    now: i64,
+) -> Result<ReferralChange> {
+    Ok(ReferralChange {
         expected_states: vec![r.state],
         expected_purge_status: Some(crate::domain::PurgeStatus::None),
         purge_status: Some(crate::domain::PurgeStatus::Done),
         purged_at_ms: Some(now),
         purge_summary: true,
-        purge_terms: Some(purged_terms(&r.terms)),
+        purge_terms: Some(purged_terms(&r.terms)?),
         destroy_key: Some(r.key_id.clone()),
         audit: vec![
             by.about(action, "referral", &r.referral_id)
@@ -311,7 +316,7 @@ fn local_purge(r: &ReferralRecord, action: &str, by: &AuditEntry, now: i64) -> R
         ],
         now_ms: now,
         ..Default::default()
-    }
+    })
 }
 
 /// Whether a state leaves an inbound referral's content with only the one

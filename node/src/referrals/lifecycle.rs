@@ -119,7 +119,7 @@ impl Referrals {
             // The sender's copy of the content goes now: the summary it sent,
             // the texts and outcome its recipient reported, the terms' free text.
             purge_summary: true,
-            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
+            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)?),
             notices: vec![notice],
             audit: vec![
                 by.about(

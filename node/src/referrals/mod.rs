@@ -200,14 +200,20 @@ impl Referrals {
     }
 
     /// The summary, if it is still held and its data key still exists.
-    pub async fn open_summary(&self, r: &ReferralRecord) -> Option<CaseSummary> {
-        let sealed = r.summary.as_ref()?;
-        let wrapped = self.store.find_data_key(&r.key_id).await.ok()??;
-        let plain = self
+    /// A store that cannot be read is an error; content whose key was
+    /// destroyed (purged, or its master key generation gone) is not shown.
+    pub async fn open_summary(&self, r: &ReferralRecord) -> Result<Option<CaseSummary>> {
+        let Some(sealed) = r.summary.as_ref() else {
+            return Ok(None);
+        };
+        let Some(wrapped) = self.store.find_data_key(&r.key_id).await? else {
+            return Ok(None);
+        };
+        Ok(self
             .master_key
             .open(&r.key_id, &wrapped, &r.referral_id, sealed)
-            .ok()?;
-        crate::wire::referral::summary_from_stored(&plain)
+            .ok()
+            .and_then(|plain| crate::wire::referral::summary_from_stored(&plain)))
     }
 
     pub async fn create(&self, p: &Principal, new: NewReferral) -> Result<ReferralRecord> {

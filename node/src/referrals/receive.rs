@@ -228,22 +228,27 @@ impl Referrals {
         let receipt = answer.issue(&self.protocol, held, referral_id).await?;
         // Purge: the summary goes, the tombstone (IDs, times, states) stays.
         // Nothing held (it never arrived, or was refused) is purged too.
-        let c = r.as_ref().map(|r| ReferralChange {
-            state: (!rules::is_closed(r.state)).then_some(ReferralState::Withdrawn),
-            event: Some(ReferralEvent::new(
-                ReferralState::Withdrawn,
-                from.org_id.as_str(),
-                self.now_ms(),
-                EventDetail::default(),
-            )),
-            purge_status: Some(crate::domain::PurgeStatus::Done),
-            purged_at_ms: Some(self.now_ms()),
-            purge_summary: true,
-            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
-            destroy_key: Some(r.key_id.clone()),
-            now_ms: self.now_ms(),
-            ..Default::default()
-        });
+        let c = r
+            .as_ref()
+            .map(|r| -> Result<ReferralChange> {
+                Ok(ReferralChange {
+                    state: (!rules::is_closed(r.state)).then_some(ReferralState::Withdrawn),
+                    event: Some(ReferralEvent::new(
+                        ReferralState::Withdrawn,
+                        from.org_id.as_str(),
+                        self.now_ms(),
+                        EventDetail::default(),
+                    )),
+                    purge_status: Some(crate::domain::PurgeStatus::Done),
+                    purged_at_ms: Some(self.now_ms()),
+                    purge_summary: true,
+                    purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)?),
+                    destroy_key: Some(r.key_id.clone()),
+                    now_ms: self.now_ms(),
+                    ..Default::default()
+                })
+            })
+            .transpose()?;
         let action = if r.is_some() {
             "referral.purge"
         } else {

@@ -143,7 +143,7 @@ impl Referrals {
             purge_status: Some(crate::domain::PurgeStatus::Done),
             purged_at_ms: Some(now),
             purge_summary: true,
-            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)),
+            purge_terms: Some(crate::wire::consent::purged_terms(&r.terms)?),
             destroy_key: (!r.outbound).then(|| r.key_id.clone()),
             audit: vec![AuditEntry::peer(
                 self.now_ms(),

@@ -63,7 +63,7 @@ impl Referrals {
             View::MetadataOnly => self.store.referral_history(&r.referral_id).await?,
         };
         let summary = match v {
-            View::Full => self.open_summary(r).await,
+            View::Full => self.open_summary(r).await?,
             View::MetadataOnly => None,
         };
         Ok(assemble(r.clone(), v, history, summary))

@@ -207,9 +207,20 @@ pub fn terms_to_stored(t: &ConsentTerms) -> Vec<u8> {
 /// (`purpose_text` with PURPOSE_OTHER).
 pub const PURGED_TEXT: &str = "(purged)";
 
+/// Stored terms that do not decode: an error, never read as empty terms.
+fn stored(terms: &[u8]) -> Result<pb::ConsentTerms, crate::error::Error> {
+    pb::ConsentTerms::decode(terms)
+        .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("stored terms: {e}")))
+}
+
+/// Stored terms as the client API shows them.
+pub fn terms_from_stored(terms: &[u8]) -> Result<pb::ConsentTerms, crate::error::Error> {
+    stored(terms)
+}
+
 /// Terms as kept after a purge: the same without their free text.
-pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
-    let mut t = pb::ConsentTerms::decode(terms).unwrap_or_default();
+pub fn purged_terms(terms: &[u8]) -> Result<Vec<u8>, crate::error::Error> {
+    let mut t = stored(terms)?;
     if !t.purpose_text.is_empty() {
         t.purpose_text = PURGED_TEXT.into();
     }
@@ -219,16 +230,12 @@ pub fn purged_terms(terms: &[u8]) -> Vec<u8> {
     {
         basis.statute = PURGED_TEXT.into();
     }
-    t.encode_to_vec()
+    Ok(t.encode_to_vec())
 }
 
 /// When terms end (their `valid_until`), if they say.
-pub fn terms_end(terms: &[u8]) -> Option<i64> {
-    pb::ConsentTerms::decode(terms)
-        .ok()?
-        .valid_until
-        .as_ref()
-        .map(from_timestamp)
+pub fn terms_end(terms: &[u8]) -> Result<Option<i64>, crate::error::Error> {
+    Ok(stored(terms)?.valid_until.as_ref().map(from_timestamp))
 }
 
 #[cfg(test)]
@@ -484,13 +491,26 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).as_slice()).unwrap();
+        let p =
+            pb::ConsentTerms::decode(purged_terms(&t.encode_to_vec()).unwrap().as_slice()).unwrap();
         assert_eq!(p.purpose_text, PURGED_TEXT);
         let basis = p.legal_basis.unwrap();
         assert_eq!(basis.statute, PURGED_TEXT);
         assert_eq!(basis.kind, pb::LegalBasisKind::Statute as i32);
         let none = pb::ConsentTerms::default();
-        let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).as_slice()).unwrap();
+        let p = pb::ConsentTerms::decode(purged_terms(&none.encode_to_vec()).unwrap().as_slice())
+            .unwrap();
         assert!(p.purpose_text.is_empty());
+    }
+
+    #[test]
+    fn stored_terms_that_do_not_decode_are_an_error_not_empty_terms() {
+        let garbage = [0xff, 0xff, 0xff, 0xff];
+        assert!(purged_terms(&garbage).is_err());
+        assert!(terms_end(&garbage).is_err());
+        assert!(terms_from_stored(&garbage).is_err());
+        // Terms without an end say so: none, not an error.
+        let open = pb::ConsentTerms::default().encode_to_vec();
+        assert_eq!(terms_end(&open).unwrap(), None);
     }
 }
