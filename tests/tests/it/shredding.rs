@@ -28,8 +28,14 @@ fn generations(dir: &Path) -> Vec<(String, Vec<u8>)> {
         if !name.ends_with(".key") {
             continue;
         }
-        let f: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+        let text = match std::fs::read_to_string(e.path()) {
+            Ok(t) => t,
+            // Destroyed by the node between the listing and the read: not
+            // there to be copied.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => panic!("reading {name}: {err}"),
+        };
+        let f: serde_json::Value = serde_json::from_str(&text).unwrap();
         let key = base64::engine::general_purpose::STANDARD
             .decode(f["key"].as_str().unwrap())
             .unwrap();
