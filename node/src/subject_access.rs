@@ -109,7 +109,7 @@ impl SubjectAccess {
             .map(|e| {
                 let d = &e.detail;
                 json!({
-                    "self": e.state,
+                    "state": e.state,
                     "at": time(e.at_ms),
                     "by_org": e.by_org,
                     "actor": e.actor,
@@ -151,7 +151,7 @@ impl SubjectAccess {
             "need_areas": r.need_areas,
             "services": r.services,
             "urgency": r.urgency,
-            "self": r.state,
+            "state": r.state,
             "owner": r.owner,
             "created_at": time(r.created_at_ms),
             "updated_at": time(r.updated_at_ms),

@@ -217,7 +217,7 @@ impl Peering {
             tracing::info!(peer = %org, connections = closed, "connections to the revoked peer closed");
         }
         self.outbox.wake();
-        tracing::info!(peer = %org, from = peer.state.as_str(), to = next.as_str(), "peer self changed");
+        tracing::info!(peer = %org, from = peer.state.as_str(), to = next.as_str(), "peer state changed");
         self.store
             .get_peer(org)
             .await?

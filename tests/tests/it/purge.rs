@@ -548,6 +548,15 @@ async fn purge_leaves_nothing(backend: Backend) {
     let doc: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(doc["consents"][0]["consent_id"], consent.as_str(), "{doc}");
     assert_eq!(doc["referrals"].as_array().unwrap().len(), 4, "{doc}");
+    // Each referral with its state and the state of every step of its history.
+    for r in doc["referrals"].as_array().unwrap() {
+        assert!(r["state"].as_str().is_some_and(|s| !s.is_empty()), "{doc}");
+        let history = r["history"].as_array().unwrap();
+        assert!(!history.is_empty(), "{doc}");
+        for h in history {
+            assert!(h["state"].as_str().is_some_and(|s| !s.is_empty()), "{doc}");
+        }
+    }
 }
 
 #[tokio::test]
